@@ -1,0 +1,20 @@
+"""Builds the compiled inner loops (stream_logreg/_kernel.pyx); everything else is in pyproject.toml."""
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=cythonize(
+        [
+            Extension(
+                "stream_logreg._kernel",
+                ["stream_logreg/_kernel.pyx"],
+                include_dirs=[numpy.get_include()],
+                define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+                extra_compile_args=["-O3"],
+            )
+        ],
+        compiler_directives={"language_level": "3"},
+    )
+)

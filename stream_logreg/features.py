@@ -1,0 +1,219 @@
+"""The feature space: how the keys of a dict row become columns of the weight vector.
+
+Rules, the same for every entry point (dicts, data frames, arrays):
+
+- a numeric value (int, float, numpy number) of key ``k`` is feature ``k`` with that value; it must be finite;
+- a bool is 0 or 1;
+- a string value ``v`` of key ``k`` is the indicator feature ``k=v`` with value 1;
+- a key absent from a row counts as 0; an unseen key gets a new column whose weight starts at 0;
+- anything else (None, NaN, ±inf, lists, ...) raises a ``ValueError`` that names the feature, and nothing
+  is added to the space.
+
+Two ways to assign columns:
+
+- vocabulary (default): columns in order of first appearance. With ``max_features`` set, once that many
+  columns exist, new features are ignored (they count as 0, as if absent) and counted in ``n_dropped``;
+  features already known keep learning.
+- hashing (``n_bits=k``): the column is a stable 64-bit BLAKE2b hash of the feature name modulo 2^k, so the
+  model never exceeds 2^k weights whatever the stream. Colliding features share a weight. Hash look-ups are
+  cached in a dict of at most ``HASH_CACHE_SIZE`` entries, so memory stays bounded.
+
+>>> space = FeatureSpace()
+>>> space.encode({"age": 42, "city": "Paris", "vip": True}, grow=True)
+([0, 1, 2], [42.0, 1.0, 1.0])
+>>> space.names
+['age', 'city=Paris', 'vip']
+>>> space.encode({"city": "Rome", "age": 1}, grow=False)
+([0], [1.0])
+>>> space.encode({"age": float("nan")}, grow=True)
+Traceback (most recent call last):
+...
+ValueError: feature 'age' has a non-finite value nan
+
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+from collections.abc import Hashable, Iterable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FeatureSpace", "HASH_CACHE_SIZE"]
+
+HASH_CACHE_SIZE = 1 << 16
+
+
+def feature_name(key: Hashable) -> str:
+    """The readable name of a column key: ``k`` for a plain key, ``k=v`` for the indicator ``(k, v)``."""
+    if isinstance(key, IndicatorKey):
+        return f"{key[0]}={key[1]}"
+    return str(key)
+
+
+class IndicatorKey(tuple):
+    """The column key of the indicator feature ``k=v``: a ``(k, v)`` tuple (equal and hashed as one)."""
+
+    __slots__ = ()
+
+
+def _value(key: Hashable, v: Any) -> tuple[Hashable, float]:
+    """The column key and the numeric value of one ``key: v`` entry, or a ``ValueError`` naming it."""
+    if isinstance(v, str):
+        return IndicatorKey((key, v)), 1.0
+    if isinstance(v, (bool, np.bool_)):
+        return key, 1.0 if v else 0.0
+    if isinstance(v, numbers.Real):
+        try:
+            f = float(v)
+        except OverflowError:
+            raise ValueError(f"feature {key!r} has a value too large for a float: {v!r}") from None
+        if not math.isfinite(f):
+            raise ValueError(f"feature {key!r} has a non-finite value {f!r}")
+        return key, f
+    raise ValueError(
+        f"feature {key!r} has a value of type {type(v).__name__} ({v!r:.40}); "
+        "expected a finite number, a bool or a string"
+    )
+
+
+class FeatureSpace:
+    """Maps feature keys to weight columns: a growing vocabulary, or hashing into 2^n_bits columns.
+
+    Parameters
+    ----------
+    n_bits
+        Hash every feature name into 2^n_bits columns (bounded memory). ``None`` keeps a vocabulary.
+    max_features
+        Vocabulary only: the most columns ever created; later new features are ignored and counted in
+        ``n_dropped``.
+
+    """
+
+    def __init__(self, n_bits: int | None = None, max_features: int | None = None) -> None:
+        if n_bits is not None and not 1 <= n_bits <= 30:
+            raise ValueError(f"n_bits must be between 1 and 30, got {n_bits!r}")
+        if max_features is not None and max_features < 1:
+            raise ValueError(f"max_features must be a positive integer, got {max_features!r}")
+        if n_bits is not None and max_features is not None:
+            raise ValueError("max_features applies to the vocabulary; with n_bits the size is 2^n_bits")
+        self.n_bits = n_bits
+        self.max_features = max_features
+        #: key (or IndicatorKey) → column; with hashing, a bounded cache of recent look-ups.
+        self.columns: dict[Hashable, int] = {}
+        #: vocabulary only: the key of each column, in column order.
+        self.keys: list[Hashable] = []
+        self.n_dropped = 0
+
+    @property
+    def hashing(self) -> bool:
+        return self.n_bits is not None
+
+    @property
+    def n_columns(self) -> int:
+        """How many columns the weight vector needs."""
+        return 1 << self.n_bits if self.n_bits is not None else len(self.keys)
+
+    @property
+    def names(self) -> list[str]:
+        """Vocabulary only: the feature name of each column."""
+        return [feature_name(k) for k in self.keys]
+
+    def hash_column(self, key: Hashable) -> int:
+        """Hashing only: the column of a key, 8 bytes of BLAKE2b of its name modulo 2^n_bits."""
+        digest = hashlib.blake2b(feature_name(key).encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        assert self.n_bits is not None
+        return int.from_bytes(digest, "little") & ((1 << self.n_bits) - 1)
+
+    def column(self, key: Hashable, grow: bool) -> int | None:
+        """The column of ``key``; a new one if ``grow`` and there is room, else ``None`` (ignored)."""
+        col = self.columns.get(key)
+        if col is not None:
+            return col
+        if self.n_bits is not None:
+            if len(self.columns) >= HASH_CACHE_SIZE:
+                self.columns.clear()
+            col = self.columns[key] = self.hash_column(key)
+            return col
+        if not grow:
+            return None
+        if self.max_features is not None and len(self.keys) >= self.max_features:
+            self.n_dropped += 1
+            return None
+        col = self.columns[key] = len(self.keys)
+        self.keys.append(key)
+        return col
+
+    def encode(self, x: dict, grow: bool) -> tuple[list[int], list[float]]:
+        """The columns and values of row ``x``; all values are checked before any column is added.
+
+        With hashing, colliding features of the row are merged into one entry (their values summed).
+        """
+        entries = [_value(k, v) for k, v in x.items()]
+        cols: list[int] = []
+        vals: list[float] = []
+        for key, value in entries:
+            col = self.column(key, grow)
+            if col is not None:
+                cols.append(col)
+                vals.append(value)
+        if self.n_bits is not None and len(set(cols)) < len(cols):
+            merged: dict[int, float] = {}
+            for c, v in zip(cols, vals, strict=True):
+                merged[c] = merged.get(c, 0.0) + v
+            cols, vals = list(merged), list(merged.values())
+        return cols, vals
+
+    def columns_of(self, keys: Iterable[Hashable], grow: bool) -> np.ndarray:
+        """Columns of numeric features named ``keys`` (e.g. a data frame's columns); -1 where ignored."""
+        return np.array(
+            [-1 if (c := self.column(k, grow)) is None else c for k in keys], dtype=np.intp
+        )
+
+    # State, for checkpoints: JSON-able, no pickle.
+
+    def to_state(self) -> dict:
+        """A JSON-able description from which :meth:`from_state` rebuilds an equal space."""
+        keys = []
+        if self.n_bits is None:
+            for k in self.keys:
+                if isinstance(k, IndicatorKey):
+                    keys.append({"k": _json_key(k[0]), "v": k[1]})
+                else:
+                    keys.append({"k": _json_key(k)})
+        return {
+            "n_bits": self.n_bits,
+            "max_features": self.max_features,
+            "n_dropped": self.n_dropped,
+            "keys": keys,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> FeatureSpace:
+        space = cls(n_bits=state["n_bits"], max_features=state["max_features"])
+        space.n_dropped = int(state["n_dropped"])
+        for entry in state["keys"]:
+            key = _from_json_key(entry["k"])
+            if "v" in entry:
+                key = IndicatorKey((key, entry["v"]))
+            space.columns[key] = len(space.keys)
+            space.keys.append(key)
+        return space
+
+
+def _json_key(key: Hashable) -> Any:
+    """A feature key as JSON: strings, ints, floats and bools as themselves, tuples as tagged lists."""
+    if isinstance(key, (str, bool, int, float)) and not isinstance(key, IndicatorKey):
+        return key
+    if isinstance(key, tuple):
+        return {"tuple": [_json_key(k) for k in key]}
+    raise TypeError(f"feature key {key!r} of type {type(key).__name__} cannot be written to a checkpoint")
+
+
+def _from_json_key(value: Any) -> Hashable:
+    if isinstance(value, dict):
+        return tuple(_from_json_key(k) for k in value["tuple"])
+    return value

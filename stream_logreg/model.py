@@ -1,0 +1,306 @@
+"""The online logistic-regression classifier: River's interface, the seed's update, compiled inner loops."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from river import base
+
+from stream_logreg import _kernel
+from stream_logreg import optim as optim_
+from stream_logreg.features import FeatureSpace, feature_name
+from stream_logreg.math import sigmoid, sigmoid_scalar
+
+__all__ = ["OnlineLogisticRegression"]
+
+
+def _label(y: Any) -> float:
+    """A binary label as 0.0/1.0; anything but 0, 1, False, True is a ``ValueError``."""
+    if y is True or y is False or y in (0, 1):
+        return 1.0 if y else 0.0
+    raise ValueError(f"label must be 0, 1, False or True, got {y!r}")
+
+
+class OnlineLogisticRegression(base.MiniBatchClassifier):
+    """Binary logistic regression learned one sample or one mini-batch at a time.
+
+    For a mini-batch X (m×n) with labels y ∈ {0, 1}^m (m = 1 for ``learn_one``), one update is::
+
+        h = σ(Xw + b)
+        ∇w = (1/m) Xᵀ(h − y) + l2·w     ∇b = (1/m) 1ᵀ(h − y)
+        w ← optimizer(w, ∇w)            b ← b − intercept_lr·∇b   (or optimizer(b, ∇b))
+
+    With ``optimizer=optim.SGD(η)`` that is exactly the seed's rule w ← w − η∇w, b ← b − η∇b. Only the
+    coordinates of features present in the batch are updated (a missing feature counts as 0, and so has
+    gradient 0). Features map to columns through a :class:`~stream_logreg.features.FeatureSpace`: numbers
+    as they are, bools as 0/1, a string ``v`` of key ``k`` as the indicator ``k=v``; unseen features start
+    at weight 0. A row with a non-finite or non-numeric value raises a ``ValueError`` that names the
+    feature, before anything in the model changes.
+
+    Parameters
+    ----------
+    optimizer
+        The update rule of the weights (``optim.SGD``, ``optim.AdaGrad``, ``optim.FTRL``). Defaults to
+        ``optim.FTRL(alpha=0.1, beta=1.0)``, which the accuracy benchmark in ``bench/`` chose.
+    l2
+        L2 penalty added to the weights' gradient (not the bias's).
+    intercept_lr
+        Constant learning rate of the bias, as in River. ``None`` gives the bias its own copy of the
+        weights' optimizer (so the same step as the weights); ``0`` freezes it.
+    n_bits
+        Hash features into 2^n_bits columns instead of keeping a vocabulary (bounded memory).
+    max_features
+        Vocabulary only: stop adding columns once there are this many; later new features are ignored.
+
+    Attributes
+    ----------
+    n_samples_seen : int
+        Samples learned so far (a mini-batch of m adds m).
+
+    Examples
+    --------
+
+    >>> from river import datasets, evaluate, metrics, preprocessing
+    >>> from stream_logreg import OnlineLogisticRegression, optim
+
+    >>> model = preprocessing.StandardScaler() | OnlineLogisticRegression(optimizer=optim.SGD(0.1))
+    >>> evaluate.progressive_val_score(datasets.Phishing(), model, metrics.Accuracy())
+    Accuracy: 89.84%
+
+    """
+
+    def __init__(
+        self,
+        optimizer: optim_.Optimizer | None = None,
+        l2: float = 0.0,
+        intercept_lr: float | None = None,
+        n_bits: int | None = None,
+        max_features: int | None = None,
+    ) -> None:
+        if not l2 >= 0:
+            raise ValueError(f"l2 must be >= 0, got {l2!r}")
+        if intercept_lr is not None and not intercept_lr >= 0:
+            raise ValueError(f"intercept_lr must be None or >= 0, got {intercept_lr!r}")
+        self.optimizer = optim_.FTRL(alpha=0.1, beta=1.0) if optimizer is None else optimizer
+        self.l2 = l2
+        self.intercept_lr = intercept_lr
+        self.n_bits = n_bits
+        self.max_features = max_features
+        self.features = FeatureSpace(n_bits=n_bits, max_features=max_features)
+        self.n_samples_seen = 0
+        self._bias_optimizer = self.optimizer.clone()
+        self._bias_optimizer.resize(1)
+        self._b = np.zeros(1)  # the bias, as an array so that the optimizer can update it in place
+        self._b_col = np.zeros(1, dtype=np.intp)
+        self._b_grad = np.zeros(1)
+        self._w = np.zeros(0)
+        self._grow(self.features.n_columns)
+        self._cols = np.zeros(64, dtype=np.intp)  # scratch buffers of the per-sample path
+        self._vals = np.zeros(64)
+        self._grads = np.zeros(64)
+        self._array_cols: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def _unit_test_params(cls):
+        yield {}
+        yield {"optimizer": optim_.SGD(0.1), "intercept_lr": 0.1}
+        yield {"optimizer": optim_.AdaGrad(), "n_bits": 10}
+
+    # State
+
+    @property
+    def intercept(self) -> float:
+        """The bias b."""
+        return float(self._b[0])
+
+    @property
+    def n_features(self) -> int:
+        """How many columns the weight vector has (2^n_bits with hashing)."""
+        return self.features.n_columns
+
+    @property
+    def coef(self) -> np.ndarray:
+        """The weight vector w, one entry per column of the feature space (a read-only view)."""
+        view = self._w[: self.n_features]
+        view.flags.writeable = False
+        return view
+
+    @property
+    def weights(self) -> dict:
+        """The weights by feature name (by column index with hashing, where names are not kept)."""
+        w = self._w[: self.n_features].tolist()
+        if self.features.hashing:
+            return {i: wi for i, wi in enumerate(w) if wi != 0.0}
+        return {feature_name(k): wi for k, wi in zip(self.features.keys, w, strict=True)}
+
+    def _grow(self, n_columns: int) -> None:
+        """Make room for ``n_columns`` weights (capacity doubles; new weights are 0)."""
+        if n_columns <= len(self._w):
+            return
+        capacity = max(n_columns, 2 * len(self._w), 16)
+        w = np.zeros(capacity)
+        w[: len(self._w)] = self._w
+        self._w = w
+        self.optimizer.resize(capacity)
+
+    # The per-sample path
+
+    def _encode(self, x: dict, grow: bool) -> int:
+        """Write row ``x`` into the scratch buffers; return how many entries (compiled fast path first)."""
+        n = _kernel.encode(x, self.features.columns, self._cols, self._vals, self.features.hashing)
+        if n >= 0:
+            return n
+        cols, vals = self.features.encode(x, grow)
+        n = len(cols)
+        if n > len(self._cols):
+            size = 2 * n
+            self._cols, self._vals, self._grads = (
+                np.zeros(size, dtype=np.intp), np.zeros(size), np.zeros(size)
+            )
+        self._cols[:n] = cols
+        self._vals[:n] = vals
+        if grow:
+            self._grow(self.features.n_columns)
+        return n
+
+    def _raw_dot_one(self, x: dict) -> float:
+        n = self._encode(x, grow=False)
+        return _kernel.dot(self._w, self._cols, self._vals, n) + self._b[0]
+
+    def predict_proba_one(self, x: dict, **kwargs: Any) -> dict[bool, float]:
+        """{False: 1 − p, True: p} with p = σ(w·x + b); unseen features count as 0."""
+        p = sigmoid_scalar(self._raw_dot_one(x))
+        return {False: 1.0 - p, True: p}
+
+    def predict_one(self, x: dict, **kwargs: Any) -> bool:
+        return self._raw_dot_one(x) > 0.0
+
+    def learn_one(self, x: dict, y: Any, w: float = 1.0, **kwargs: Any) -> None:
+        """One update with m = 1 on row ``x``, label ``y`` and sample weight ``w``."""
+        target = _label(y)
+        n = self._encode(x, grow=True)
+        z = _kernel.dot(self._w, self._cols, self._vals, n) + self._b[0]
+        g = (sigmoid_scalar(z) - target) * w
+        _kernel.scaled_gradient(self._w, self._cols, self._vals, n, g, self.l2, self._grads)
+        if not (math.isfinite(g) and _kernel.all_finite(self._grads, n)):
+            raise ValueError(f"the update for {x!r:.200} is not finite; refused")
+        self.optimizer.step(self._w, self._cols, self._grads, n)
+        self._step_bias(g)
+        self.n_samples_seen += 1
+
+    def _step_bias(self, g: float) -> None:
+        if self.intercept_lr is None:
+            self._b_grad[0] = g
+            self._bias_optimizer.step(self._b, self._b_col, self._b_grad, 1)
+        else:
+            self._b[0] -= self.intercept_lr * g
+
+    # The mini-batch path: numpy arrays (fast) and pandas frames (River's interface)
+
+    def _columns_of_array(self, n_cols: int) -> np.ndarray:
+        """Model columns of array columns 0..n_cols-1 (array column j is the feature with key j)."""
+        cols = self._array_cols.get(n_cols)
+        if cols is None:
+            cols = self.features.columns_of(range(n_cols), grow=True)
+            self._grow(self.features.n_columns)
+            self._array_cols[n_cols] = cols
+        return cols
+
+    def _batch_step(
+        self, X: np.ndarray, cols: np.ndarray, y: np.ndarray, sample_weight: Any, names: Any
+    ) -> None:
+        """One update with the seed's batch formula on rows X whose columns are model columns ``cols``."""
+        m = X.shape[0]
+        if m == 0:
+            return
+        if (cols < 0).any():  # features ignored by a full vocabulary
+            keep = cols >= 0
+            X, cols, names = X[:, keep], cols[keep], [n for n, k in zip(names, keep, strict=True) if k]
+        if self.features.hashing and len(np.unique(cols)) < len(cols):
+            uniq, inverse = np.unique(cols, return_inverse=True)
+            merged = np.zeros((m, len(uniq)))
+            np.add.at(merged.T, inverse, X.T)
+            X, cols = merged, uniq
+        r = sigmoid(X @ self._w[cols] + self._b[0]) - y
+        if sample_weight is not None:
+            r = r * sample_weight
+        grad = (r @ X) / m
+        if self.l2:
+            grad += self.l2 * self._w[cols]
+        g_b = float(r.sum()) / m
+        if not (math.isfinite(g_b) and np.isfinite(grad).all()):
+            raise ValueError(_non_finite_message(X, names))
+        grad = np.ascontiguousarray(grad, dtype=np.float64)
+        self.optimizer.step(self._w, np.ascontiguousarray(cols, dtype=np.intp), grad, len(cols))
+        self._step_bias(g_b)
+        self.n_samples_seen += m
+
+    def learn_batch(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> None:
+        """Numpy fast path: one update on a dense float array X (m×n) and labels y ∈ {0, 1}^m.
+
+        Array column j is the feature with key ``j``.
+        """
+        X = np.asarray(X, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        if X.ndim != 2 or y.shape != (X.shape[0],):
+            raise ValueError(f"expected X of shape (m, n) and y of shape (m,), got {X.shape} and {y.shape}")
+        if not np.isin(y, (0.0, 1.0)).all():
+            raise ValueError("labels must be 0 or 1")
+        self._batch_step(X, self._columns_of_array(X.shape[1]), y, sample_weight, range(X.shape[1]))
+
+    def predict_proba_batch(self, X: np.ndarray) -> np.ndarray:
+        """Numpy fast path: p = σ(Xw + b) for a dense float array X (m×n); array column j is key j."""
+        X = np.asarray(X, dtype=np.float64)
+        cols = self.features.columns_of(range(X.shape[1]), grow=False)
+        known = cols >= 0
+        return sigmoid(X[:, known] @ self._w[cols[known]] + self._b[0])
+
+    def _frame(self, X: Any) -> tuple[np.ndarray, list]:
+        names = list(X.columns)
+        try:
+            values = X.to_numpy(dtype=np.float64)
+        except (TypeError, ValueError):
+            for name in names:
+                try:
+                    X[name].to_numpy(dtype=np.float64)
+                except (TypeError, ValueError):
+                    raise ValueError(f"feature {name!r} has non-numeric values") from None
+            raise
+        return values, names
+
+    def learn_many(self, X: Any, y: Any, w: Any = 1.0, **kwargs: Any) -> None:
+        """One mini-batch update on a data frame X (one column per feature) and series y."""
+        values, names = self._frame(X)
+        target = np.asarray(y, dtype=np.float64)
+        if not np.isin(target, (0.0, 1.0)).all():
+            raise ValueError("labels must be 0, 1, False or True")
+        weights = None if np.isscalar(w) and w == 1 else np.asarray(w, dtype=np.float64)
+        cols = self.features.columns_of(names, grow=True)
+        self._grow(self.features.n_columns)
+        self._batch_step(values, cols, target, weights, names)
+
+    def predict_proba_many(self, X: Any) -> Any:
+        """A frame with columns False and True: 1 − p and p = σ(Xw + b) for each row of X."""
+        import pandas as pd
+
+        values, names = self._frame(X)
+        cols = self.features.columns_of(names, grow=False)
+        known = cols >= 0
+        p = sigmoid(values[:, known] @ self._w[cols[known]] + self._b[0])
+        return pd.DataFrame({False: 1.0 - p, True: p}, index=X.index)
+
+    def predict_many(self, X: Any) -> Any:
+        import pandas as pd
+
+        proba = self.predict_proba_many(X)
+        return pd.Series(proba[True].to_numpy() > 0.5, index=X.index)
+
+
+def _non_finite_message(X: np.ndarray, names: Any) -> str:
+    bad = ~np.isfinite(X)
+    if bad.any():
+        j = int(np.argmax(bad.any(axis=0)))
+        return f"feature {list(names)[j]!r} has non-finite values; the batch was refused"
+    return "the update is not finite (values too large); the batch was refused"
