@@ -53,6 +53,9 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         Hash features into 2^n_bits columns instead of keeping a vocabulary (bounded memory).
     max_features
         Vocabulary only: stop adding columns once there are this many; later new features are ignored.
+    class_weight
+        Weight of each class's samples, e.g. ``{False: 1.0, True: 5.0}`` (keys 0/1 or False/True); it
+        multiplies the per-sample weight ``w`` of ``learn_one`` / ``learn_many``.
 
     Attributes
     ----------
@@ -78,6 +81,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         intercept_lr: float | None = None,
         n_bits: int | None = None,
         max_features: int | None = None,
+        class_weight: dict | None = None,
     ) -> None:
         if not l2 >= 0:
             raise ValueError(f"l2 must be >= 0, got {l2!r}")
@@ -88,6 +92,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         self.intercept_lr = intercept_lr
         self.n_bits = n_bits
         self.max_features = max_features
+        self.class_weight = class_weight
+        self._neg_weight, self._pos_weight = _class_weights(class_weight)
         self.features = FeatureSpace(n_bits=n_bits, max_features=max_features)
         self.n_samples_seen = 0
         self._bias_optimizer = self.optimizer.clone()
@@ -145,6 +151,80 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         self._w = w
         self.optimizer.resize(capacity)
 
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """The complete learned state: float arrays and a JSON-able dict (for checkpoints, no pickle).
+
+        ``from_state(*model.state())`` gives a model whose predictions and future updates are bitwise
+        those of ``model``.
+        """
+        n = self.n_features
+        arrays = {"w": self._w[:n].copy(), "b": self._b.copy()}
+        for name, values in self.optimizer.state_arrays(n).items():
+            arrays[f"optimizer.{name}"] = values
+        for name, values in self._bias_optimizer.state_arrays(1).items():
+            arrays[f"bias_optimizer.{name}"] = values
+        meta = {
+            "params": self.config(),
+            "features": self.features.to_state(),
+            "n_samples_seen": self.n_samples_seen,
+            "optimizer_iterations": self.optimizer.n_iterations,
+            "bias_optimizer_iterations": self._bias_optimizer.n_iterations,
+        }
+        return arrays, meta
+
+    def config(self) -> dict:
+        """The hyper-parameters as JSON: the optimizer's class and parameters, and the model's own."""
+        return {
+            "optimizer": {"name": type(self.optimizer).__name__, **self.optimizer._get_params()},
+            "l2": self.l2,
+            "intercept_lr": self.intercept_lr,
+            "n_bits": self.n_bits,
+            "max_features": self.max_features,
+            "class_weight": None
+            if self.class_weight is None
+            else {"0": self._neg_weight, "1": self._pos_weight},
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> OnlineLogisticRegression:
+        """A fresh model with the hyper-parameters of :meth:`config`."""
+        params = dict(config)
+        if params.get("class_weight") is not None:
+            params["class_weight"] = {int(k): v for k, v in params["class_weight"].items()}
+        opt = dict(params.pop("optimizer"))
+        name = opt.pop("name")
+        if name not in optim_.__all__ or name == "Optimizer":
+            raise ValueError(f"unknown optimizer {name!r}; known: {optim_.__all__[1:]}")
+        return cls(optimizer=getattr(optim_, name)(**opt), **params)
+
+    @classmethod
+    def from_state(cls, arrays: dict[str, np.ndarray], meta: dict) -> OnlineLogisticRegression:
+        """The model that :meth:`state` described."""
+        model = cls.from_config(meta["params"])
+        model.features = FeatureSpace.from_state(meta["features"])
+        n = model.features.n_columns
+        w = np.asarray(arrays["w"], dtype=np.float64)
+        if w.shape != (n,):
+            raise ValueError(f"weights have shape {w.shape}, the feature space needs ({n},)")
+        model._w = np.zeros(0)
+        model._grow(n)
+        model._w[:n] = w
+        model._b[:] = np.asarray(arrays["b"], dtype=np.float64)
+        prefix = "optimizer."
+        model.optimizer.load_state(
+            {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)},
+            meta["optimizer_iterations"],
+            len(model._w),
+        )
+        prefix = "bias_optimizer."
+        model._bias_optimizer.load_state(
+            {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)},
+            meta["bias_optimizer_iterations"],
+            1,
+        )
+        model.n_samples_seen = int(meta["n_samples_seen"])
+        return model
+
     # The per-sample path
 
     def _encode(self, x: dict, grow: bool) -> int:
@@ -182,7 +262,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         target = _label(y)
         n = self._encode(x, grow=True)
         z = _kernel.dot(self._w, self._cols, self._vals, n) + self._b[0]
-        g = (sigmoid_scalar(z) - target) * w
+        g = (sigmoid_scalar(z) - target) * w * (self._pos_weight if target else self._neg_weight)
         _kernel.scaled_gradient(self._w, self._cols, self._vals, n, g, self.l2, self._grads)
         if not (math.isfinite(g) and _kernel.all_finite(self._grads, n)):
             raise ValueError(f"the update for {x!r:.200} is not finite; refused")
@@ -226,6 +306,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         r = sigmoid(X @ self._w[cols] + self._b[0]) - y
         if sample_weight is not None:
             r = r * sample_weight
+        if self.class_weight is not None:
+            r = r * np.where(y == 1.0, self._pos_weight, self._neg_weight)
         grad = (r @ X) / m
         if self.l2:
             grad += self.l2 * self._w[cols]
@@ -296,6 +378,19 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
 
         proba = self.predict_proba_many(X)
         return pd.Series(proba[True].to_numpy() > 0.5, index=X.index)
+
+
+def _class_weights(class_weight: dict | None) -> tuple[float, float]:
+    """(negative, positive) class weights from ``{0|False: w0, 1|True: w1}``; missing classes weigh 1."""
+    if class_weight is None:
+        return 1.0, 1.0
+    unknown = [k for k in class_weight if k not in (0, 1)]
+    if unknown:
+        raise ValueError(f"class_weight keys must be 0/1 or False/True, got {unknown!r}")
+    neg, pos = float(class_weight.get(0, 1.0)), float(class_weight.get(1, 1.0))
+    if not (neg >= 0 and pos >= 0 and math.isfinite(neg) and math.isfinite(pos)):
+        raise ValueError(f"class weights must be finite and >= 0, got {class_weight!r}")
+    return neg, pos
 
 
 def _non_finite_message(X: np.ndarray, names: Any) -> str:

@@ -34,8 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 KAFKA_FIXTURES = frozenset({"kafka_bootstrap", "kafka_broker", "kafka_topic"})
 HOW_TO_RUN = (
     "To run the Kafka tests, install a JDK >= 17 and Apache Maven "
-    "(e.g. `apt-get install openjdk-17-jdk-headless maven`; the broker jars are fetched once with `python scripts/kafka_broker.py fetch`), or point "
-    "KAFKA_BOOTSTRAP_SERVERS at a running Kafka 4.x broker (e.g. `docker compose up`)."
+    "(e.g. `apt-get install openjdk-17-jdk-headless maven`; the broker jars are fetched once with "
+    "`python scripts/kafka_broker.py fetch`), or point KAFKA_BOOTSTRAP_SERVERS at a running Kafka 4.x "
+    "broker (e.g. `docker compose up`)."
 )
 
 
@@ -73,6 +74,9 @@ def _java_available() -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     if not any(str(line).startswith("kafka") for line in config.getini("markers")):
         config.addinivalue_line("markers", "kafka: needs a real Apache Kafka broker")
+    # kafka-python 3.0 loads protocol schemas via the legacy importlib.resources API (hundreds of warnings).
+    for message in ("read_text is deprecated", "open_text is deprecated"):
+        config.addinivalue_line("filterwarnings", f"ignore:{message}:DeprecationWarning")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -84,7 +88,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def _kafka_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any | None]]:
-    """(bootstrap servers, KafkaBroker), the broker None if ``$KAFKA_BOOTSTRAP_SERVERS`` names an external one."""
+    """(bootstrap servers, KafkaBroker); the broker is None if ``$KAFKA_BOOTSTRAP_SERVERS`` is used."""
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
     if external:
         yield external, None
