@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FeatureSpace", "HASH_CACHE_SIZE"]
+__all__ = ["FeatureSpace", "HASH_CACHE_SIZE", "encode_value", "feature_name"]
 
 HASH_CACHE_SIZE = 1 << 16
 
@@ -60,7 +60,7 @@ class IndicatorKey(tuple):
     __slots__ = ()
 
 
-def _value(key: Hashable, v: Any) -> tuple[Hashable, float]:
+def encode_value(key: Hashable, v: Any) -> tuple[Hashable, float]:
     """The column key and the numeric value of one ``key: v`` entry, or a ``ValueError`` naming it."""
     if isinstance(v, str):
         return IndicatorKey((key, v)), 1.0
@@ -152,7 +152,7 @@ class FeatureSpace:
 
         With hashing, colliding features of the row are merged into one entry (their values summed).
         """
-        entries = [_value(k, v) for k, v in x.items()]
+        entries = [encode_value(k, v) for k, v in x.items()]
         cols: list[int] = []
         vals: list[float] = []
         for key, value in entries:
