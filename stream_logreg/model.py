@@ -319,6 +319,50 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         self._step_bias(g_b)
         self.n_samples_seen += m
 
+    def learn_rows(self, xs: list[dict], ys: Any, sample_weight: Any = None) -> None:
+        """One mini-batch update (the seed's batch formula, m = len(xs)) on dict rows.
+
+        The same update as :meth:`learn_many` on the frame of these rows with missing features as 0. A row
+        with a bad value raises ``ValueError`` naming the feature, and the model is left as it was.
+        """
+        m = len(xs)
+        if m == 0:
+            return
+        y = np.asarray(ys, dtype=np.float64)
+        if y.shape != (m,) or not np.isin(y, (0.0, 1.0)).all():
+            raise ValueError("expected one label in {0, 1, False, True} per row")
+        n_keys, n_dropped = len(self.features.keys), self.features.n_dropped
+        col_parts, val_parts, lengths = [], [], np.empty(m, dtype=np.intp)
+        try:
+            for i, x in enumerate(xs):
+                n = self._encode(x, grow=True)
+                col_parts.append(self._cols[:n].copy())
+                val_parts.append(self._vals[:n].copy())
+                lengths[i] = n
+        except ValueError:
+            for key in self.features.keys[n_keys:]:  # forget what the earlier rows added
+                del self.features.columns[key]
+            del self.features.keys[n_keys:]
+            self.features.n_dropped = n_dropped
+            raise
+        cols, vals = np.concatenate(col_parts), np.concatenate(val_parts)
+        rows = np.repeat(np.arange(m), lengths)
+        r = sigmoid(np.bincount(rows, weights=self._w[cols] * vals, minlength=m) + self._b[0]) - y
+        if sample_weight is not None:
+            r = r * np.asarray(sample_weight, dtype=np.float64)
+        if self.class_weight is not None:
+            r = r * np.where(y == 1.0, self._pos_weight, self._neg_weight)
+        touched, inverse = np.unique(cols, return_inverse=True)
+        grad = np.bincount(inverse, weights=vals * r[rows], minlength=len(touched)) / m
+        if self.l2:
+            grad += self.l2 * self._w[touched]
+        g_b = float(r.sum()) / m
+        if not (math.isfinite(g_b) and np.isfinite(grad).all()):
+            raise ValueError("the update is not finite (values too large); the batch was refused")
+        self.optimizer.step(self._w, touched, grad, len(touched))
+        self._step_bias(g_b)
+        self.n_samples_seen += m
+
     def learn_batch(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> None:
         """Numpy fast path: one update on a dense float array X (m×n) and labels y ∈ {0, 1}^m.
 
