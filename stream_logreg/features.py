@@ -169,9 +169,33 @@ class FeatureSpace:
 
     def columns_of(self, keys: Iterable[Hashable], grow: bool) -> np.ndarray:
         """Columns of numeric features named ``keys`` (e.g. a data frame's columns); -1 where ignored."""
-        return np.array(
-            [-1 if (c := self.column(k, grow)) is None else c for k in keys], dtype=np.intp
-        )
+        if self.n_bits is not None or self.max_features is not None or not grow:
+            return np.array([-1 if (c := self.column(k, grow)) is None else c for k in keys], dtype=np.intp)
+        columns, names = self.columns, self.keys  # a growing vocabulary: the common case, inlined
+        cols = []
+        for k in keys:
+            c = columns.get(k)
+            if c is None:
+                c = columns[k] = len(names)
+                names.append(k)
+            cols.append(c)
+        return np.array(cols, dtype=np.intp)
+
+    def mark(self) -> tuple[int, int]:
+        """A point to :meth:`rollback` to: (number of vocabulary columns, ``n_dropped``)."""
+        return len(self.keys), self.n_dropped
+
+    def rollback(self, mark: tuple[int, int]) -> None:
+        """Forget the columns added and the features dropped since :meth:`mark` returned ``mark``.
+
+        Used to leave a model untouched when a row or batch is refused after its features were looked
+        up. With hashing only the bounded look-up cache may keep new entries (they are not state).
+        """
+        n_keys, n_dropped = mark
+        for key in self.keys[n_keys:]:
+            del self.columns[key]
+        del self.keys[n_keys:]
+        self.n_dropped = n_dropped
 
     # State, for checkpoints: JSON-able, no pickle.
 

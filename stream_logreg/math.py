@@ -127,7 +127,8 @@ def sgd_update(
     (array([0.8]), -0.1)
 
     """
-    new_w = w - lr * grad_w
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, not warned about
+        new_w = w - lr * grad_w
     new_b = b - lr * grad_b
     if not (np.isfinite(new_w).all() and math.isfinite(new_b)):
         raise FloatingPointError("the update would make w or b non-finite; refused")

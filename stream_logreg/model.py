@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+import numbers
+from typing import Any, NamedTuple
 
 import numpy as np
 from river import base
@@ -15,12 +16,27 @@ from stream_logreg.math import sigmoid, sigmoid_scalar
 
 __all__ = ["OnlineLogisticRegression"]
 
+_F64 = np.dtype(np.float64)
+
 
 def _label(y: Any) -> float:
-    """A binary label as 0.0/1.0; anything but 0, 1, False, True is a ``ValueError``."""
-    if y is True or y is False or y in (0, 1):
+    """A binary label as 0.0/1.0; anything but the numbers 0 and 1 (bools included) is a ``ValueError``."""
+    if y is True or y is False:
         return 1.0 if y else 0.0
-    raise ValueError(f"label must be 0, 1, False or True, got {y!r}")
+    if (type(y) is int or type(y) is float or isinstance(y, (numbers.Real, np.bool_))) and (y == 0 or y == 1):
+        return 1.0 if y else 0.0
+    raise ValueError(f"label must be 0, 1, False or True, got {y!r:.100}")
+
+
+def _labels(y: Any) -> np.ndarray:
+    """Binary labels as a contiguous float64 array. Numeric arrays are converted as they are (their values
+    are checked where they are used); any other (strings, objects) is checked label by label."""
+    if type(y) is np.ndarray and y.dtype == _F64 and y.flags.c_contiguous:
+        return y
+    values = np.asarray(y)
+    if values.dtype.kind in "biuf":
+        return np.ascontiguousarray(values, dtype=np.float64)
+    return np.array([_label(v) for v in values.ravel()], dtype=np.float64).reshape(values.shape)
 
 
 class OnlineLogisticRegression(base.MiniBatchClassifier):
@@ -106,13 +122,20 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         self._cols = np.zeros(64, dtype=np.intp)  # scratch buffers of the per-sample path
         self._vals = np.zeros(64)
         self._grads = np.zeros(64)
-        self._array_cols: dict[int, np.ndarray] = {}
+        # How batches with given columns are learned (see _plan): by array width, and by frame columns.
+        self._array_plans: dict[int, _Plan] = {}
+        self._frame_plans: dict[tuple, _Plan] = {}
 
     @classmethod
     def _unit_test_params(cls):
         yield {}
         yield {"optimizer": optim_.SGD(0.1), "intercept_lr": 0.1}
         yield {"optimizer": optim_.AdaGrad(), "n_bits": 10}
+
+    def _unit_test_skips(self):
+        # As for River's linear models: learn_many takes one mean-gradient step over the whole batch (the
+        # seed's batch formula), which is deliberately not one step per row as a learn_one loop takes.
+        return {"check_learn_many_matches_learn_one"}
 
     # State
 
@@ -232,6 +255,10 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         n = _kernel.encode(x, self.features.columns, self._cols, self._vals, self.features.hashing)
         if n >= 0:
             return n
+        return self._encode_slow(x, grow)
+
+    def _encode_slow(self, x: dict, grow: bool) -> int:
+        """:meth:`_encode` through the feature space: grows it, or raises on a bad value."""
         cols, vals = self.features.encode(x, grow)
         n = len(cols)
         if n > len(self._cols):
@@ -246,8 +273,14 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         return n
 
     def _raw_dot_one(self, x: dict) -> float:
-        n = self._encode(x, grow=False)
-        return _kernel.dot(self._w, self._cols, self._vals, n) + self._b[0]
+        if self.features.hashing:  # colliding features are merged first, exactly as when learning
+            n = self._encode(x, grow=False)
+            return _kernel.dot(self._w, self._cols, self._vals, n) + self._b[0]
+        z = _kernel.dot_dict(x, self.features.columns, self._w)
+        if z != z:  # NaN: an unknown feature or a value the feature space must judge
+            n = self._encode_slow(x, grow=False)
+            z = _kernel.dot(self._w, self._cols, self._vals, n)
+        return z + self._b[0]
 
     def predict_proba_one(self, x: dict, **kwargs: Any) -> dict[bool, float]:
         """{False: 1 − p, True: p} with p = σ(w·x + b); unseen features count as 0."""
@@ -260,14 +293,29 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
     def learn_one(self, x: dict, y: Any, w: float = 1.0, **kwargs: Any) -> None:
         """One update with m = 1 on row ``x``, label ``y`` and sample weight ``w``."""
         target = _label(y)
-        n = self._encode(x, grow=True)
-        z = _kernel.dot(self._w, self._cols, self._vals, n) + self._b[0]
-        g = (sigmoid_scalar(z) - target) * w * (self._pos_weight if target else self._neg_weight)
-        _kernel.scaled_gradient(self._w, self._cols, self._vals, n, g, self.l2, self._grads)
-        if not (math.isfinite(g) and _kernel.all_finite(self._grads, n)):
-            raise ValueError(f"the update for {x!r:.200} is not finite; refused")
+        n = _kernel.encode(x, self.features.columns, self._cols, self._vals, self.features.hashing)
+        mark = None
+        if n < 0:  # new features or a bad value: the feature space decides (and may grow)
+            mark = self.features.mark()
+            n = self._encode_slow(x, grow=True)
+        try:
+            # z = w·x + b, g = (σ(z) − y)·w·c, grads = g·x + l2·w; NaN if anything is not finite
+            g = _kernel.logistic_gradient(
+                self._w, self._cols, self._vals, n, self._b[0], target, w,
+                self._pos_weight if target else self._neg_weight, self.l2, self._grads,
+            )
+            if g != g:
+                raise ValueError(f"the update for {x!r:.200} is not finite; refused")
+        except BaseException:
+            if mark is not None:
+                self._rollback(mark)
+            raise
         self.optimizer.step(self._w, self._cols, self._grads, n)
-        self._step_bias(g)
+        if self.intercept_lr is None:
+            self._b_grad[0] = g
+            self._bias_optimizer.step(self._b, self._b_col, self._b_grad, 1)
+        else:
+            self._b[0] -= self.intercept_lr * g
         self.n_samples_seen += 1
 
     def _step_bias(self, g: float) -> None:
@@ -279,44 +327,77 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
 
     # The mini-batch path: numpy arrays (fast) and pandas frames (River's interface)
 
-    def _columns_of_array(self, n_cols: int) -> np.ndarray:
-        """Model columns of array columns 0..n_cols-1 (array column j is the feature with key j)."""
-        cols = self._array_cols.get(n_cols)
-        if cols is None:
-            cols = self.features.columns_of(range(n_cols), grow=True)
-            self._grow(self.features.n_columns)
-            self._array_cols[n_cols] = cols
-        return cols
+    def _rollback(self, mark: tuple[int, int]) -> None:
+        """Undo the feature-space growth since ``mark`` (a refused row or batch leaves no trace)."""
+        self.features.rollback(mark)
+        self._array_plans.clear()
+        self._frame_plans.clear()
 
-    def _batch_step(
-        self, X: np.ndarray, cols: np.ndarray, y: np.ndarray, sample_weight: Any, names: Any
-    ) -> None:
-        """One update with the seed's batch formula on rows X whose columns are model columns ``cols``."""
+    def _plan(self, cols: np.ndarray) -> _Plan:
+        """How to learn a batch whose columns are the model columns ``cols`` (-1: ignored feature)."""
+        keep = None
+        if (cols < 0).any():  # features ignored by a full vocabulary
+            keep = cols >= 0
+            cols = cols[keep]
+        inverse = None
+        if len(np.unique(cols)) < len(cols):  # hash collisions (or a repeated frame column): merge them
+            cols, inverse = np.unique(cols, return_inverse=True)
+        cols = np.ascontiguousarray(cols, dtype=np.intp)
+        dense = keep is None and inverse is None and np.array_equal(cols, np.arange(len(cols)))
+        n_ignored = 0 if keep is None else int(len(keep) - keep.sum())
+        return _Plan(cols, keep, inverse, dense, n_ignored)
+
+    def _plan_of(self, cache: dict, key: Any, names: Any) -> _Plan:
+        """The cached plan of a batch with feature keys ``names``; creates their columns if needed."""
+        plan = cache.get(key)
+        if plan is None:
+            plan = self._plan(self.features.columns_of(names, grow=True))
+            self._grow(self.features.n_columns)
+            if len(cache) >= 256:
+                cache.clear()
+            cache[key] = plan
+        else:
+            self.features.n_dropped += plan.n_ignored  # as columns_of counts them on every batch
+        return plan
+
+    def _batch_step(self, X: np.ndarray, plan: _Plan, y: np.ndarray, sample_weight: Any, names: Any) -> None:
+        """One update with the seed's batch formula on rows X, laid out by ``plan``; y is contiguous float64.
+
+        One BLAS pass over X for z = Xw + b, one for ∇w = (1/m)Xᵀr, and compiled passes over the batch in
+        between (r = σ(z) − y); the model is only written once everything is known to be finite.
+        """
         m = X.shape[0]
         if m == 0:
             return
-        if (cols < 0).any():  # features ignored by a full vocabulary
-            keep = cols >= 0
-            X, cols, names = X[:, keep], cols[keep], [n for n, k in zip(names, keep, strict=True) if k]
-        if self.features.hashing and len(np.unique(cols)) < len(cols):
-            uniq, inverse = np.unique(cols, return_inverse=True)
-            merged = np.zeros((m, len(uniq)))
-            np.add.at(merged.T, inverse, X.T)
-            X, cols = merged, uniq
-        r = sigmoid(X @ self._w[cols] + self._b[0]) - y
+        X0 = X
+        if plan.keep is not None:
+            if not np.isfinite(X[:, ~plan.keep]).all():  # ignored, but still checked
+                raise ValueError(_non_finite_message(X0, names))
+            X = X[:, plan.keep]
+        if plan.inverse is not None:
+            merged = np.zeros((m, len(plan.cols)))
+            np.add.at(merged.T, plan.inverse, X.T)
+            X = merged
+        elif not (X.flags.c_contiguous or X.flags.f_contiguous):
+            X = np.ascontiguousarray(X)
+        cols = plan.cols
+        w = self._w[: len(cols)] if plan.dense else self._w[cols]
+        z, e = np.empty(m), np.empty(m)
+        if not _kernel.logits(X, w, self._b[0], z, e):
+            raise ValueError(_non_finite_message(X0, names))
+        np.exp(e, out=e)  # e = exp(−|z|), never overflows
         if sample_weight is not None:
-            r = r * sample_weight
-        if self.class_weight is not None:
-            r = r * np.where(y == 1.0, self._pos_weight, self._neg_weight)
-        grad = (r @ X) / m
-        if self.l2:
-            grad += self.l2 * self._w[cols]
-        g_b = float(r.sum()) / m
-        if not (math.isfinite(g_b) and np.isfinite(grad).all()):
-            raise ValueError(_non_finite_message(X, names))
-        grad = np.ascontiguousarray(grad, dtype=np.float64)
-        self.optimizer.step(self._w, np.ascontiguousarray(cols, dtype=np.intp), grad, len(cols))
-        self._step_bias(g_b)
+            sample_weight = np.ascontiguousarray(
+                np.broadcast_to(np.asarray(sample_weight, dtype=np.float64), (m,))
+            )
+        grad = np.empty(len(cols))
+        s = _kernel.batch_gradient(
+            X, z, e, y, sample_weight, self._neg_weight, self._pos_weight, self.l2, w, grad
+        )
+        if s != s:
+            raise ValueError(_non_finite_message(X0, names))
+        self.optimizer.step(self._w, cols, grad, len(cols))
+        self._step_bias(s / m)
         self.n_samples_seen += m
 
     def learn_rows(self, xs: list[dict], ys: Any, sample_weight: Any = None) -> None:
@@ -328,10 +409,10 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         m = len(xs)
         if m == 0:
             return
-        y = np.asarray(ys, dtype=np.float64)
+        y = _labels(ys)
         if y.shape != (m,) or not np.isin(y, (0.0, 1.0)).all():
             raise ValueError("expected one label in {0, 1, False, True} per row")
-        n_keys, n_dropped = len(self.features.keys), self.features.n_dropped
+        mark = self.features.mark()
         col_parts, val_parts, lengths = [], [], np.empty(m, dtype=np.intp)
         try:
             for i, x in enumerate(xs):
@@ -340,10 +421,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
                 val_parts.append(self._vals[:n].copy())
                 lengths[i] = n
         except ValueError:
-            for key in self.features.keys[n_keys:]:  # forget what the earlier rows added
-                del self.features.columns[key]
-            del self.features.keys[n_keys:]
-            self.features.n_dropped = n_dropped
+            self._rollback(mark)  # forget what the earlier rows added
             raise
         cols, vals = np.concatenate(col_parts), np.concatenate(val_parts)
         rows = np.repeat(np.arange(m), lengths)
@@ -358,6 +436,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             grad += self.l2 * self._w[touched]
         g_b = float(r.sum()) / m
         if not (math.isfinite(g_b) and np.isfinite(grad).all()):
+            self._rollback(mark)
             raise ValueError("the update is not finite (values too large); the batch was refused")
         self.optimizer.step(self._w, touched, grad, len(touched))
         self._step_bias(g_b)
@@ -368,20 +447,50 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
 
         Array column j is the feature with key ``j``.
         """
-        X = np.asarray(X, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
+        if not (type(X) is np.ndarray and X.dtype == _F64):
+            X = np.asarray(X, dtype=np.float64)
+        y = _labels(y)
         if X.ndim != 2 or y.shape != (X.shape[0],):
             raise ValueError(f"expected X of shape (m, n) and y of shape (m,), got {X.shape} and {y.shape}")
-        if not np.isin(y, (0.0, 1.0)).all():
-            raise ValueError("labels must be 0 or 1")
-        self._batch_step(X, self._columns_of_array(X.shape[1]), y, sample_weight, range(X.shape[1]))
+        n = X.shape[1]
+        names = range(n)
+        mark = self.features.mark()
+        try:
+            self._batch_step(X, self._plan_of(self._array_plans, n, names), y, sample_weight, names)
+        except BaseException:
+            self._rollback(mark)
+            raise
+
+    def _logits(self, X: np.ndarray, names: Any, dense: bool = False) -> np.ndarray:
+        """z = Xw + b for rows X whose columns are the features ``names``; unknown features count as 0.
+
+        With ``dense``, the columns of X are the model's first columns. A non-finite value raises.
+        """
+        X0 = X
+        if dense:
+            w = self._w[: X.shape[1]]
+        else:
+            cols = self.features.columns_of(names, grow=False)
+            if (cols < 0).any():
+                known = cols >= 0
+                if not np.isfinite(X[:, ~known]).all():
+                    raise ValueError(_non_finite_message(X0, names))
+                X, cols = X[:, known], cols[known]
+            w = self._w[cols]
+        if not (X.flags.c_contiguous or X.flags.f_contiguous):
+            X = np.ascontiguousarray(X)
+        z = np.empty(X.shape[0])
+        if not _kernel.logits(X, w, self._b[0], z, None):
+            raise ValueError(_non_finite_message(X0, names))
+        return z
 
     def predict_proba_batch(self, X: np.ndarray) -> np.ndarray:
         """Numpy fast path: p = σ(Xw + b) for a dense float array X (m×n); array column j is key j."""
         X = np.asarray(X, dtype=np.float64)
-        cols = self.features.columns_of(range(X.shape[1]), grow=False)
-        known = cols >= 0
-        return sigmoid(X[:, known] @ self._w[cols[known]] + self._b[0])
+        if X.ndim != 2:
+            raise ValueError(f"expected X of shape (m, n), got {X.shape}")
+        plan = self._array_plans.get(X.shape[1])
+        return sigmoid(self._logits(X, range(X.shape[1]), dense=plan is not None and plan.dense))
 
     def _frame(self, X: Any) -> tuple[np.ndarray, list]:
         names = list(X.columns)
@@ -399,22 +508,24 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
     def learn_many(self, X: Any, y: Any, w: Any = 1.0, **kwargs: Any) -> None:
         """One mini-batch update on a data frame X (one column per feature) and series y."""
         values, names = self._frame(X)
-        target = np.asarray(y, dtype=np.float64)
-        if not np.isin(target, (0.0, 1.0)).all():
-            raise ValueError("labels must be 0, 1, False or True")
-        weights = None if np.isscalar(w) and w == 1 else np.asarray(w, dtype=np.float64)
-        cols = self.features.columns_of(names, grow=True)
-        self._grow(self.features.n_columns)
-        self._batch_step(values, cols, target, weights, names)
+        target = _labels(y)
+        if target.shape != (values.shape[0],):
+            raise ValueError(f"expected {values.shape[0]} labels, got an array of shape {target.shape}")
+        weights = None if np.isscalar(w) and w == 1 else w
+        mark = self.features.mark()
+        try:
+            plan = self._plan_of(self._frame_plans, tuple(names), names)
+            self._batch_step(values, plan, target, weights, names)
+        except BaseException:
+            self._rollback(mark)
+            raise
 
     def predict_proba_many(self, X: Any) -> Any:
         """A frame with columns False and True: 1 − p and p = σ(Xw + b) for each row of X."""
         import pandas as pd
 
         values, names = self._frame(X)
-        cols = self.features.columns_of(names, grow=False)
-        known = cols >= 0
-        p = sigmoid(values[:, known] @ self._w[cols[known]] + self._b[0])
+        p = sigmoid(self._logits(values, names))
         return pd.DataFrame({False: 1.0 - p, True: p}, index=X.index)
 
     def predict_many(self, X: Any) -> Any:
@@ -422,6 +533,16 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
 
         proba = self.predict_proba_many(X)
         return pd.Series(proba[True].to_numpy() > 0.5, index=X.index)
+
+
+class _Plan(NamedTuple):
+    """How the columns of a batch map to the model's: see ``OnlineLogisticRegression._plan``."""
+
+    cols: np.ndarray  # model columns of the kept (and merged) batch columns, contiguous intp
+    keep: np.ndarray | None  # mask of the batch columns not ignored by a full vocabulary (None: all)
+    inverse: np.ndarray | None  # merged column of each kept batch column, where columns repeat
+    dense: bool  # cols is 0..n-1: the weights are the view w[:n]
+    n_ignored: int  # batch columns ignored by a full vocabulary
 
 
 def _class_weights(class_weight: dict | None) -> tuple[float, float]:

@@ -1,0 +1,311 @@
+"""Speed of the learner, per sample and per mini-batch, against River, a bare numpy loop and scikit-learn.
+
+Run from the repository root (after building the kernel with ``python setup.py build_ext --inplace``)::
+
+    python bench/bench_learner.py [--repeats 5] [--rows 20000] [--batches 100]
+
+Every figure is the median of ``--repeats`` runs (the minimum is shown too: on a busy machine it is the
+steadier of the two); in each repeat the contenders run one after the other on the same data, each with a
+fresh model. What is measured:
+
+1. per-sample: ``predict_proba_one`` then ``learn_one`` on dict rows of 20 float features, µs per step,
+   ours (``optim.SGD(0.1)`` and the default optimizer) against ``river.linear_model.LogisticRegression``
+   (``optimizer=optim.SGD(0.1)``). Bar: ours/River ≤ 0.7 (goal 0.5).
+2. mini-batch on dense float64 arrays (100 features, batches of 1024): samples/s of ``learn_batch``
+   (``optim.SGD(0.1)``) against a bare numpy loop of the seed formula in this process. Bar: ≥ 0.9.
+   Then ``learn_many`` on pandas frames of the same batches against River's ``learn_many``. Bar: ≥ 1.5.
+3. context: scikit-learn ``SGDClassifier(loss="log_loss")`` ``partial_fit`` per sample (numpy rows, fewer
+   of them: it is slow) and per batch.
+
+Before timing, each mini-batch contender's weights are checked against the bare loop's, so that the same
+computation is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import pandas as pd  # noqa: E402
+import river  # noqa: E402
+from river import linear_model  # noqa: E402
+from river import optim as river_optim  # noqa: E402
+
+import stream_logreg  # noqa: E402
+from stream_logreg import OnlineLogisticRegression, optim  # noqa: E402
+
+LR = 0.1
+
+
+def blas_report() -> list[str]:
+    lines = [f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(not set)')}"]
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        lines.append("threadpoolctl: not installed (BLAS unknown)")
+        return lines
+    for info in threadpool_info():
+        if info.get("user_api") == "blas":
+            lines.append(
+                "BLAS (threadpoolctl): {internal_api} {version}, architecture {architecture}, "
+                "{num_threads} threads, {filepath}".format(**{k: info.get(k) for k in (
+                    "internal_api", "version", "architecture", "num_threads", "filepath")})
+            )
+    if len(lines) == 1:
+        lines.append("BLAS (threadpoolctl): none reported")
+    return lines
+
+
+def repeat(contenders: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """Run each contender ``repeats`` times, interleaved; each call returns its own elapsed seconds."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, run in contenders.items():
+            times[name].append(run())
+    return times
+
+
+# 1. Per sample
+
+
+def make_rows(n_rows: int, n_features: int, seed: int) -> tuple[list[dict], list[bool], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n_rows, n_features))
+    true_w = rng.standard_normal(n_features)
+    y = rng.random(n_rows) < 1.0 / (1.0 + np.exp(-(X @ true_w)))
+    names = [f"f{j:02d}" for j in range(n_features)]
+    rows = [dict(zip(names, map(float, row), strict=True)) for row in X]
+    return rows, [bool(v) for v in y], X
+
+
+def per_sample_runner(
+    make_model: Callable[[], object], rows: list[dict], ys: list[bool]
+) -> Callable[[], float]:
+    def run() -> float:
+        model = make_model()
+        predict, learn = model.predict_proba_one, model.learn_one
+        start = time.perf_counter()
+        for x, y in zip(rows, ys, strict=True):
+            predict(x)
+            learn(x, y)
+        return time.perf_counter() - start
+
+    return run
+
+
+def sklearn_per_sample_runner(X: np.ndarray, ys: list[bool]) -> Callable[[], float]:
+    from sklearn.linear_model import SGDClassifier
+
+    y_arr = np.array(ys, dtype=np.int64)
+
+    def run() -> float:
+        clf = SGDClassifier(loss="log_loss", learning_rate="constant", eta0=LR, alpha=0.0)
+        classes = np.array([0, 1])
+        rows = [X[i : i + 1] for i in range(len(X))]
+        labels = [y_arr[i : i + 1] for i in range(len(X))]
+        start = time.perf_counter()
+        clf.partial_fit(rows[0], labels[0], classes=classes)  # the first call only learns
+        for xi, yi in zip(rows[1:], labels[1:], strict=True):
+            clf.predict_proba(xi)
+            clf.partial_fit(xi, yi)
+        return time.perf_counter() - start
+
+    return run
+
+
+# 2. Mini-batches
+
+
+def make_batches(n_batches: int, m: int, n: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    true_w = rng.standard_normal(n) / np.sqrt(n)
+    batches = []
+    for _ in range(n_batches):
+        X = rng.standard_normal((m, n))
+        y = (rng.random(m) < 1.0 / (1.0 + np.exp(-(X @ true_w)))).astype(np.float64)
+        batches.append((X, y))
+    return batches
+
+
+def bare_numpy(batches: list[tuple[np.ndarray, np.ndarray]], lr: float) -> tuple[np.ndarray, float]:
+    """The seed's formula, as plainly as numpy allows: z = Xw + b, h = σ(z), ∇ = (1/m)Xᵀ(h − y), step."""
+    w = np.zeros(batches[0][0].shape[1])
+    b = 0.0
+    for X, y in batches:
+        m = X.shape[0]
+        h = 1.0 / (1.0 + np.exp(-(X @ w + b)))
+        r = h - y
+        w -= lr * (r @ X) / m
+        b -= lr * r.sum() / m
+    return w, b
+
+
+def timed(fn: Callable[[], object]) -> Callable[[], float]:
+    def run() -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    return run
+
+
+def ours_learn_batch(batches, make_model) -> OnlineLogisticRegression:
+    model = make_model()
+    learn = model.learn_batch
+    for X, y in batches:
+        learn(X, y)
+    return model
+
+
+def learn_many(frames, model):
+    for X, y in frames:
+        model.learn_many(X, y)
+    return model
+
+
+def sklearn_batches(batches) -> object:
+    from sklearn.linear_model import SGDClassifier
+
+    clf = SGDClassifier(loss="log_loss", learning_rate="constant", eta0=LR, alpha=0.0)
+    classes = np.array([0, 1])
+    for X, y in batches:
+        clf.partial_fit(X, y, classes=classes)
+    return clf
+
+
+# Report
+
+
+def row(name: str, times: list[float], units: float, unit: str, per: str = "step") -> tuple[str, float]:
+    med = statistics.median(times) / units
+    best = min(times) / units
+    if unit == "µs":
+        print(f"  {name:<52} {med * 1e6:>10.2f} µs/{per}   (min {best * 1e6:.2f})")
+    else:
+        print(f"  {name:<52} {1 / med:>12,.0f} samples/s   (min-time rate {1 / best:,.0f})")
+    return name, med
+
+
+def verdict(label: str, ratio: float, bar: float, higher_is_better: bool, goal: float | None = None) -> bool:
+    ok = ratio >= bar if higher_is_better else ratio <= bar
+    sign = "≥" if higher_is_better else "≤"
+    extra = f", goal {goal}" if goal is not None else ""
+    print(f"  {label:<52} {ratio:>10.3f}   (bar {sign} {bar}{extra}: {'ok' if ok else 'MISSED'})")
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rows", type=int, default=20_000, help="per-sample rows")
+    parser.add_argument("--sklearn-rows", type=int, default=2_000, help="per-sample rows for scikit-learn")
+    parser.add_argument("--batches", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--features", type=int, default=100, help="features of the mini-batch benchmark")
+    parser.add_argument(
+        "--blas-threads", type=int, default=None,
+        help="limit every BLAS to this many threads (threadpoolctl), e.g. 1 on a busy machine",
+    )
+    args = parser.parse_args()
+    if args.blas_threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=args.blas_threads, user_api="blas")
+
+    import sklearn
+
+    print(f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs; numpy "
+          f"{np.__version__}, pandas {pd.__version__}, river {river.__version__}, scikit-learn "
+          f"{sklearn.__version__}, stream_logreg {stream_logreg.__version__}")
+    for line in blas_report():
+        print(line)
+    print(f"median of {args.repeats} repeats\n")
+    ok = True
+
+    # 1. Per sample
+    rows, ys, X_rows = make_rows(args.rows, 20, seed=1)
+    print(f"1. predict_proba_one + learn_one, {args.rows:,} dict rows of 20 float features")
+    times = repeat(
+        {
+            "ours": per_sample_runner(lambda: OnlineLogisticRegression(optimizer=optim.SGD(LR)), rows, ys),
+            "ours default": per_sample_runner(OnlineLogisticRegression, rows, ys),
+            "river": per_sample_runner(
+                lambda: linear_model.LogisticRegression(optimizer=river_optim.SGD(LR)), rows, ys
+            ),
+        },
+        args.repeats,
+    )
+    n = len(rows)
+    row(f"ours, optim.SGD({LR})", times["ours"], n, "µs")
+    row("ours, default optimizer (FTRL)", times["ours default"], n, "µs")
+    row(f"River LogisticRegression(optimizer=SGD({LR}))", times["river"], n, "µs")
+    river_t = statistics.median(times["river"])
+    ok &= verdict("ratio ours SGD / River", statistics.median(times["ours"]) / river_t, 0.7, False, 0.5)
+    default_t = statistics.median(times["ours default"])
+    ok &= verdict("ratio ours default / River", default_t / river_t, 0.7, False, 0.5)
+    sk = repeat({"sk": sklearn_per_sample_runner(X_rows[: args.sklearn_rows], ys[: args.sklearn_rows])},
+                args.repeats)
+    row(f"context: sklearn SGDClassifier partial_fit ({args.sklearn_rows:,} numpy rows)", sk["sk"],
+        args.sklearn_rows - 1, "µs")
+    print()
+
+    # 2. Mini-batches
+    m, nf = args.batch_size, args.features
+    batches = make_batches(args.batches, m, nf, seed=2)
+    names = [f"f{j:03d}" for j in range(nf)]
+    frames = [(pd.DataFrame(X, columns=names), pd.Series(y.astype(bool))) for X, y in batches]
+    n_samples = args.batches * m
+    print(f"2. mini-batch learning: {args.batches} batches of {m} x {nf} float64")
+
+    # Same computation? (ours and River against the bare loop, on the first batches)
+    w_ref, b_ref = bare_numpy(batches[:10], LR)
+    ours = ours_learn_batch(batches[:10], lambda: OnlineLogisticRegression(optimizer=optim.SGD(LR)))
+    assert np.allclose(ours.coef, w_ref, rtol=0, atol=1e-9) and abs(ours.intercept - b_ref) < 1e-9
+    ours_df = learn_many(frames[:10], OnlineLogisticRegression(optimizer=optim.SGD(LR)))
+    theirs = learn_many(frames[:10], linear_model.LogisticRegression(optimizer=river_optim.SGD(LR),
+                                                                     intercept_lr=LR))
+    assert np.allclose([ours_df.weights[k] for k in names], w_ref, rtol=0, atol=1e-9)
+    assert np.allclose([theirs.weights[k] for k in names], w_ref, rtol=0, atol=1e-9)
+
+    times = repeat(
+        {
+            "bare": timed(lambda: bare_numpy(batches, LR)),
+            "ours": timed(lambda: ours_learn_batch(batches, lambda: OnlineLogisticRegression(
+                optimizer=optim.SGD(LR)))),
+            "ours default": timed(lambda: ours_learn_batch(batches, OnlineLogisticRegression)),
+            "ours df": timed(lambda: learn_many(frames, OnlineLogisticRegression(optimizer=optim.SGD(LR)))),
+            "river df": timed(lambda: learn_many(frames, linear_model.LogisticRegression(
+                optimizer=river_optim.SGD(LR), intercept_lr=LR))),
+            "sklearn": timed(lambda: sklearn_batches(batches)),
+        },
+        args.repeats,
+    )
+    row("bare numpy loop of the seed formula", times["bare"], n_samples, "samples/s")
+    row(f"ours learn_batch, optim.SGD({LR})", times["ours"], n_samples, "samples/s")
+    row("ours learn_batch, default optimizer (FTRL)", times["ours default"], n_samples, "samples/s")
+    ok &= verdict("ratio ours learn_batch / bare numpy (speed)",
+                  statistics.median(times["bare"]) / statistics.median(times["ours"]), 0.9, True)
+    row(f"ours learn_many (pandas), optim.SGD({LR})", times["ours df"], n_samples, "samples/s")
+    row(f"River learn_many (pandas), SGD({LR})", times["river df"], n_samples, "samples/s")
+    ok &= verdict("ratio ours learn_many / River learn_many (speed)",
+                  statistics.median(times["river df"]) / statistics.median(times["ours df"]), 1.5, True)
+    row("context: sklearn SGDClassifier partial_fit per batch", times["sklearn"], n_samples, "samples/s")
+    print(f"  (per batch: bare {statistics.median(times['bare']) / args.batches * 1e6:.1f} µs, ours "
+          f"{statistics.median(times['ours']) / args.batches * 1e6:.1f} µs)")
+    print()
+    print("all bars met" if ok else "SOME BARS MISSED")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
