@@ -1,0 +1,264 @@
+"""The learner's settings: one dataclass, validated on construction, with errors that name the setting.
+
+>>> cfg = LearnerConfig(bootstrap_servers="127.0.0.1:9092", topics=["events"], group_id="lr",
+...                     checkpoint_dir="/tmp/ckpt", batch_size=8)
+>>> cfg.batch_size, cfg.auto_offset_reset
+(8, 'earliest')
+>>> LearnerConfig(bootstrap_servers="k:9092", topics=["events"], group_id="lr", checkpoint_dir="/tmp/c",
+...               batch_size=0)
+Traceback (most recent call last):
+...
+consumers.config.ConfigError: batch_size: must be an integer >= 1, got 0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ConfigError", "LearnerConfig"]
+
+# Settings of kafka-python that the learner owns: letting a user override them would break the
+# checkpoint/offset contract (auto-commit) or the byte-level message handling (de)serializers.
+_MANAGED_CONSUMER = frozenset(
+    {"bootstrap_servers", "group_id", "enable_auto_commit", "key_deserializer", "value_deserializer",
+     "auto_offset_reset", "max_poll_records", "default_offset_commit_callback"}
+)
+_MANAGED_PRODUCER = frozenset({"bootstrap_servers", "key_serializer", "value_serializer"})
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message starts with the setting's name."""
+
+
+def _default_model() -> dict:
+    from stream_logreg import OnlineLogisticRegression
+
+    return OnlineLogisticRegression().config()
+
+
+@dataclass
+class LearnerConfig:
+    """Everything the Kafka learner needs; validated by ``__post_init__`` (raises :class:`ConfigError`).
+
+    Kafka
+        ``bootstrap_servers`` ("host:port,host:port" or a list), ``topics`` to learn from, ``group_id``.
+        ``client_settings`` go to both the consumer and the producer (``security_protocol``, ``sasl_*``,
+        ``ssl_*``, ``client_id``, ``request_timeout_ms`` ...; each one only to the client that knows it);
+        ``consumer_settings`` / ``producer_settings`` only to one of them (e.g. ``session_timeout_ms``,
+        ``linger_ms``).
+        ``auto_offset_reset`` applies to partitions that neither a checkpoint nor the group has seen.
+    Learning
+        ``batch_size`` 1 learns each labelled event on its own (``learn_one``); k > 1 learns one mini-batch
+        of k consecutive labelled events (``learn_rows``). ``model`` is the model's hyper-parameters in the
+        form of ``OnlineLogisticRegression.config()`` (keys left out keep their defaults).
+    Checkpoints
+        Every ``checkpoint_every_messages`` consumed messages or ``checkpoint_every_seconds`` seconds
+        (whichever comes first) into ``checkpoint_dir``, keeping the newest ``keep_checkpoints``.
+    Outputs
+        ``predictions_topic`` receives one JSON prediction per unlabelled event (and per labelled one if
+        ``publish_labelled``); ``dead_letter_topic`` receives every rejected message. Both optional.
+    Codec
+        ``x_field``, ``y_field``, ``id_field``, ``max_features``, ``max_message_bytes``.
+    """
+
+    bootstrap_servers: str | list[str]
+    topics: list[str]
+    group_id: str
+    checkpoint_dir: str | Path
+    client_settings: dict[str, Any] = field(default_factory=dict)
+    consumer_settings: dict[str, Any] = field(default_factory=dict)
+    producer_settings: dict[str, Any] = field(default_factory=dict)
+    auto_offset_reset: str = "earliest"
+    batch_size: int = 1
+    model: dict[str, Any] = field(default_factory=dict)
+    checkpoint_every_messages: int = 10_000
+    checkpoint_every_seconds: float = 60.0
+    keep_checkpoints: int = 5
+    predictions_topic: str | None = None
+    publish_labelled: bool = False
+    dead_letter_topic: str | None = None
+    x_field: str = "x"
+    y_field: str = "y"
+    id_field: str = "id"
+    max_features: int = 10_000
+    max_message_bytes: int = 1_048_576
+    max_poll_records: int = 2_000
+    poll_timeout_ms: int = 200
+    metrics_window: int = 10_000
+    commit_timeout_ms: int = 10_000
+
+    def __post_init__(self) -> None:
+        if isinstance(self.topics, str):
+            self.topics = [t for t in self.topics.split(",") if t]
+        self.topics = list(self.topics) if isinstance(self.topics, list | tuple) else self.topics
+        self.validate()
+
+    # -- validation
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid setting."""
+        servers = self.bootstrap_servers
+        if isinstance(servers, str):
+            servers = [s for s in servers.split(",") if s.strip()]
+        if not isinstance(servers, list | tuple) or not servers or not all(
+            isinstance(s, str) and s.strip() for s in servers
+        ):
+            _fail("bootstrap_servers", "must name at least one host:port", self.bootstrap_servers)
+        if not isinstance(self.topics, list) or not self.topics:
+            _fail("topics", "must be a non-empty list of topic names", self.topics)
+        for t in self.topics:
+            _check_topic("topics", t)
+        if len(set(self.topics)) != len(self.topics):
+            _fail("topics", "must not repeat a topic", self.topics)
+        if not isinstance(self.group_id, str) or not self.group_id.strip():
+            _fail("group_id", "must be a non-empty string", self.group_id)
+        if not isinstance(self.checkpoint_dir, str | Path) or not str(self.checkpoint_dir).strip():
+            _fail("checkpoint_dir", "must be a directory path", self.checkpoint_dir)
+        if self.auto_offset_reset not in ("earliest", "latest"):
+            _fail("auto_offset_reset", "must be 'earliest' or 'latest'", self.auto_offset_reset)
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("checkpoint_every_messages", self.checkpoint_every_messages)
+        s = self.checkpoint_every_seconds
+        if isinstance(s, bool) or not isinstance(s, int | float) or not (s > 0 and math.isfinite(s)):
+            _fail("checkpoint_every_seconds", "must be a finite number of seconds > 0", s)
+        _positive_int("keep_checkpoints", self.keep_checkpoints)
+        for name in ("predictions_topic", "dead_letter_topic"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_topic(name, value)
+                if value in self.topics:
+                    _fail(name, "must not be one of the input topics (the learner would read its own output)",
+                          value)
+        if (self.predictions_topic is not None and self.predictions_topic == self.dead_letter_topic):
+            _fail("dead_letter_topic", "must differ from predictions_topic", self.dead_letter_topic)
+        if not isinstance(self.publish_labelled, bool):
+            _fail("publish_labelled", "must be true or false", self.publish_labelled)
+        for name in ("x_field", "y_field", "id_field"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                _fail(name, "must be a non-empty string", value)
+        if len({self.x_field, self.y_field, self.id_field}) != 3:
+            _fail("x_field", "x_field, y_field and id_field must be three different names",
+                  (self.x_field, self.y_field, self.id_field))
+        _positive_int("max_features", self.max_features)
+        _positive_int("max_message_bytes", self.max_message_bytes)
+        _positive_int("max_poll_records", self.max_poll_records)
+        _positive_int("poll_timeout_ms", self.poll_timeout_ms)
+        _positive_int("metrics_window", self.metrics_window)
+        _positive_int("commit_timeout_ms", self.commit_timeout_ms)
+        self._validate_client_settings()
+        if not isinstance(self.model, dict):
+            _fail("model", "must be a dict like OnlineLogisticRegression.config()", self.model)
+        try:
+            self.make_model()
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ConfigError(f"model: invalid hyper-parameters {self.model!r}: {exc}") from None
+
+    def _validate_client_settings(self) -> None:
+        from kafka import KafkaConsumer, KafkaProducer
+
+        consumer_keys, producer_keys = set(KafkaConsumer.DEFAULT_CONFIG), set(KafkaProducer.DEFAULT_CONFIG)
+        for name, known, managed in (
+            ("client_settings", consumer_keys | producer_keys, _MANAGED_CONSUMER | _MANAGED_PRODUCER),
+            ("consumer_settings", consumer_keys, _MANAGED_CONSUMER),
+            ("producer_settings", producer_keys, _MANAGED_PRODUCER),
+        ):
+            settings = getattr(self, name)
+            if not isinstance(settings, dict):
+                _fail(name, "must be a dict of kafka-python settings", settings)
+            for key in settings:
+                if key in managed:
+                    raise ConfigError(
+                        f"{name}: {key!r} is set by the learner itself"
+                        + (f" (use LearnerConfig.{key})" if key in _OWN_FIELD else "")
+                    )
+                if key not in known:
+                    raise ConfigError(f"{name}: {key!r} is not a kafka-python setting")
+
+    # -- derived objects
+
+    def model_config(self) -> dict:
+        """The model's full ``config()``: the defaults updated with ``model`` (the optimizer as a whole),
+        normalised (every optimizer parameter present), as checkpoints record it."""
+        return self.make_model().config()
+
+    def make_model(self):
+        """A fresh :class:`~stream_logreg.OnlineLogisticRegression` with these hyper-parameters."""
+        from stream_logreg import OnlineLogisticRegression
+
+        return OnlineLogisticRegression.from_config({**_default_model(), **self.model})
+
+    def make_codec(self):
+        from stream_logreg.codec import JsonCodec
+
+        return JsonCodec(
+            x_field=self.x_field, y_field=self.y_field, id_field=self.id_field,
+            max_features=self.max_features, max_bytes=self.max_message_bytes,
+        )
+
+    def consumer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``KafkaConsumer`` (the learner's own settings win over nothing: they are
+        rejected in the user's dicts)."""
+        from kafka import KafkaConsumer
+
+        known = KafkaConsumer.DEFAULT_CONFIG
+        kwargs = {k: v for k, v in self.client_settings.items() if k in known}
+        kwargs.update(self.consumer_settings)
+        kwargs.update(
+            bootstrap_servers=self.bootstrap_servers,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=self.auto_offset_reset,
+            max_poll_records=self.max_poll_records,
+        )
+        return kwargs
+
+    def producer_kwargs(self) -> dict[str, Any]:
+        from kafka import KafkaProducer
+
+        known = KafkaProducer.DEFAULT_CONFIG
+        kwargs = {k: v for k, v in self.client_settings.items() if k in known}
+        kwargs.update(self.producer_settings)
+        kwargs["bootstrap_servers"] = self.bootstrap_servers
+        return kwargs
+
+    # -- plain-dict round trip (for a CLI or a config file)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["checkpoint_dir"] = str(self.checkpoint_dir)
+        return d
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LearnerConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: unknown setting (known: {', '.join(sorted(names))})")
+        try:
+            return cls(**values)
+        except TypeError as exc:  # a required setting is missing
+            raise ConfigError(str(exc)) from None
+
+
+_OWN_FIELD = frozenset({"bootstrap_servers", "group_id", "auto_offset_reset", "max_poll_records"})
+
+
+def _fail(name: str, requirement: str, value: Any) -> None:
+    raise ConfigError(f"{name}: {requirement}, got {value!r}")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        _fail(name, "must be an integer >= 1", value)
+
+
+def _check_topic(name: str, topic: Any) -> None:
+    valid = isinstance(topic, str) and re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic) is not None
+    if not valid or topic in {".", ".."}:
+        _fail(name, "must be a valid Kafka topic name (letters, digits, '.', '_', '-')", topic)
