@@ -1354,8 +1354,8 @@ def _cmd_consume(args: argparse.Namespace) -> int:
 def _run_learner(config: Any, values: Mapping[str, Any]) -> int:
     """Run the Kafka learner until SIGTERM (exit 0), Ctrl-C (exit 130) or ``--max-idle-seconds``.
 
-    This is the one place where the service is assembled: the learner, its signal handlers and (next) the
-    metrics/health HTTP server on ``--metrics-port``.
+    This is the one place where the service is assembled: the learner, its signal handlers and the
+    metrics/health HTTP server on ``--metrics-port`` (:mod:`consumers.metrics`; 0: none).
     """
     from consumers.learner import Learner
     from stream_logreg.checkpoints import CheckpointError, CheckpointMismatch
@@ -1385,13 +1385,26 @@ def _run_learner(config: Any, values: Mapping[str, Any]) -> int:
             previous[sig] = signal.signal(sig, on_signal)
     except ValueError:  # not the main thread (embedded use): the caller stops the learner
         pass
-    # TODO(metrics): start the Prometheus/health server on values["metrics_host"]:values["metrics_port"]
-    # here (learner.stats.snapshot() has the numbers); stop it in the finally below.
-    log.info("learning from %s at %s as group %s; checkpoints in %s", ",".join(config.topics),
-             config.bootstrap_servers, config.group_id, config.checkpoint_dir)
+    # The Prometheus/health server (consumers.metrics: /metrics, /ready, /live): up for the whole run,
+    # stopped once the final checkpoint is written. --metrics-port 0: no server.
+    server = None
     try:
+        if values["metrics_port"]:
+            from consumers.metrics import serve_metrics
+
+            host, port = values["metrics_host"], values["metrics_port"]
+            try:
+                server = serve_metrics(learner, host, port)
+            except OSError as exc:
+                raise CommandError(f"cannot serve metrics on --metrics-host {host} --metrics-port {port}: "
+                                   f"{exc.strerror or exc}") from None
+            log.info("metrics on http://%s:%d/metrics, health on /ready and /live", host, server.port)
+        log.info("learning from %s at %s as group %s; checkpoints in %s", ",".join(config.topics),
+                 config.bootstrap_servers, config.group_id, config.checkpoint_dir)
         stats = learner.run(max_idle_seconds=values["max_idle_seconds"])
     finally:
+        if server is not None:
+            server.shutdown()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     snap = stats.snapshot()

@@ -1,0 +1,480 @@
+"""Prometheus metrics and health endpoints of a :class:`~consumers.Learner`.
+
+>>> server = serve_metrics(learner, "0.0.0.0", 9108)     # doctest: +SKIP
+>>> learner.run()                                        # doctest: +SKIP
+>>> server.shutdown()                                    # doctest: +SKIP
+
+One small HTTP server (a daemon thread; ``port=0`` binds a free port, see :attr:`MetricsServer.port`):
+
+``/metrics``
+    The Prometheus exposition (text format, or OpenMetrics when the scraper asks for it) of a dedicated
+    :class:`~prometheus_client.CollectorRegistry` — never the global one, so tests and several learners in
+    one process do not clash. :class:`LearnerCollector` reads ``learner.stats.snapshot()`` at scrape time:
+    nothing is counted twice and nothing is added to the learner's per-message path. The registry also
+    carries prometheus-client's standard ``process_*``, ``python_gc_*`` and ``python_info`` collectors.
+``/ready``
+    200 once the learner is running (its checkpoint was restored when it was built), owns partitions (each
+    sought to its checkpoint/committed offset), and is live; 503 before that (connecting, joining the group,
+    a rebalance in progress, more learners than partitions), when stuck, and once stopped.
+``/live`` (also ``/healthz``)
+    200 while the consume loop has polled within ``live_timeout`` seconds (default
+    max(60 s, 3 × the poll timeout)), and while it is still connecting; 503 when the loop is stuck or
+    has stopped.
+
+Both health endpoints answer a small JSON object saying why. Every metric is listed with its type, labels
+and meaning in :data:`METRICS` (:func:`metrics_table_markdown` renders that for the README):
+
+>>> [m.exposed_name for m in METRICS][:2]
+['stream_logreg_events_consumed_total', 'stream_logreg_events_learned_total']
+
+When did the loop last poll? ``LearnerStats`` may carry ``last_poll_time`` (wall clock, set once per poll);
+while it does not, the age is taken from kafka-python's own record of the consumer's last poll (the group
+coordinator's heartbeat bookkeeping, read defensively) and from the stats' counters moving between probes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+__all__ = [
+    "METRICS",
+    "Health",
+    "LearnerCollector",
+    "MetricSpec",
+    "MetricsServer",
+    "make_registry",
+    "metrics_table_markdown",
+    "serve_metrics",
+]
+
+log = logging.getLogger(__name__)
+
+PREFIX = "stream_logreg_"
+MIN_LIVE_TIMEOUT = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricSpec:
+    """One metric family: ``name`` without the prefix (and without ``_total`` for counters)."""
+
+    name: str
+    kind: str  # "counter" or "gauge"
+    help: str
+    labels: tuple[str, ...] = ()
+    key: str | None = None  # the LearnerStats snapshot key it reads directly, if any
+
+    @property
+    def full_name(self) -> str:
+        return PREFIX + self.name
+
+    @property
+    def exposed_name(self) -> str:
+        """The sample name a scraper sees (counters get ``_total``)."""
+        return self.full_name + ("_total" if self.kind == "counter" else "")
+
+
+def _c(name: str, key: str | None, help: str, labels: tuple[str, ...] = ()) -> MetricSpec:
+    return MetricSpec(name, "counter", help, labels, key)
+
+
+def _g(name: str, key: str | None, help: str, labels: tuple[str, ...] = ()) -> MetricSpec:
+    return MetricSpec(name, "gauge", help, labels, key)
+
+
+#: Every metric of :class:`LearnerCollector`. Counters count since this process started.
+METRICS: tuple[MetricSpec, ...] = (
+    _c("events_consumed", "consumed", "Messages polled and processed: events and rejected messages."),
+    _c("events_learned", "learned", "Labelled events learned into the model."),
+    _c("events_scored", "scored", "Unlabelled events scored."),
+    _c("events_rejected", None,
+       "Messages rejected (dead-lettered when a dead-letter topic is set), by reason.", ("reason",)),
+    _c("labelled_predicted", "predicted_labelled",
+       "Labelled events predicted before being learned (progressive validation)."),
+    _c("progressive_log_loss", "log_loss_total",
+       "Sum of the log loss of the predictions of labelled events made before learning them; "
+       "rate() of it over rate() of labelled_predicted_total is the log loss over any time window."),
+    _c("progressive_correct", "correct_total",
+       "Labelled events whose prediction made before learning them was right (p >= 0.5 for label 1)."),
+    _c("dead_letters", "dead_lettered", "Messages sent to the dead-letter topic."),
+    _c("predictions_published", "predictions_published", "Predictions sent to the predictions topic."),
+    _c("produce_failures", "produce_failures",
+       "Outputs (predictions, dead letters) whose send failed (re-sent)."),
+    _c("checkpoints_written", "checkpoints_written", "Checkpoints written."),
+    _c("checkpoint_failures", "checkpoint_failures",
+       "Checkpoints not written: outputs not acknowledged in time, or the write failed."),
+    _c("commits", "commits", "Offset commits that succeeded."),
+    _c("commit_failures", "commit_failures",
+       "Offset commits that failed (retried with the next checkpoint)."),
+    _c("poll_errors", "poll_errors", "Polls that raised a Kafka error (retried with backoff)."),
+    _c("rebalances", "rebalances", "Partition assignments received from the group."),
+    _g("last_checkpoint_timestamp_seconds", None,
+       "Unix time of the last checkpoint written by this process (absent before the first)."),
+    _g("last_checkpoint_age_seconds", None,
+       "Seconds since the last checkpoint written by this process (absent before the first)."),
+    _g("last_checkpoint_duration_seconds", "last_checkpoint_duration",
+       "How long the last checkpoint took (flushing outputs, then writing), in seconds."),
+    _g("consumer_lag", None,
+       "Messages of an owned partition not yet read: highwater minus position (as of the last fetch "
+       "returning records from it).", ("topic", "partition")),
+    _g("assigned_partitions", None, "Partitions this learner owns (assigned and sought)."),
+    _g("buffered_events", "buffered", "Labelled events waiting for a full mini-batch (not learned yet)."),
+    _g("rolling_log_loss", "rolling_log_loss",
+       "Log loss of the predictions made before learning, over the last rolling_window_events labelled "
+       "events (absent before the first)."),
+    _g("rolling_accuracy", "rolling_accuracy",
+       "Accuracy of the predictions made before learning, over the last rolling_window_events labelled "
+       "events (absent before the first)."),
+    _g("rolling_window_events", "rolling_window", "Labelled events in the rolling log loss and accuracy."),
+    _g("model_samples_seen", "n_samples_seen",
+       "Labelled events in the model, over its whole history (restored checkpoints included)."),
+    _g("model_weights", "n_features",
+       "Weights of the model: one per feature column (2^n_bits with hashing)."),
+    _g("model_nonzero_weights", None,
+       "Weights of the model that are not zero (counted on the model at scrape time)."),
+    _g("running", None, "1 while the consume loop runs (connected and subscribed), else 0."),
+    _g("ready", None, "1 when /ready answers 200, else 0."),
+    _g("live", None, "1 when /live answers 200, else 0."),
+    _g("last_poll_age_seconds", None, "Seconds since the consume loop last polled (absent if unknown)."),
+)
+
+_SPECS = {m.name: m for m in METRICS}
+
+
+def metrics_table_markdown() -> str:
+    """:data:`METRICS` as a Markdown table (name, type, labels, meaning), for the README."""
+    rows = ["| Metric | Type | Labels | Meaning |", "|---|---|---|---|"]
+    for m in METRICS:
+        labels = ", ".join(f"`{label}`" for label in m.labels) or "—"
+        rows.append(f"| `{m.exposed_name}` | {m.kind} | {labels} | {m.help.replace('|', '/')} |")
+    return "\n".join(rows) + "\n"
+
+
+def _split_tp(key: str) -> tuple[str, str]:
+    topic, _, partition = key.rpartition(":")
+    return topic, partition
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Health
+
+
+class Health:
+    """Readiness and liveness of a learner, from its stats (and, failing those, kafka-python's own records).
+
+    ``learner`` needs ``stats.snapshot()``; ``config.poll_timeout_ms`` (for the default ``live_timeout``)
+    and ``_consumer`` (kafka-python's record of its last poll) are used when present.
+    """
+
+    #: Snapshot counters that move only when the loop goes round: a change between probes shows it polled.
+    PROGRESS_KEYS = ("consumed", "poll_errors", "checkpoints_written", "checkpoint_failures", "commits",
+                     "commit_failures", "rebalances")
+
+    def __init__(self, learner: Any, live_timeout: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.learner = learner
+        if live_timeout is None:
+            poll_ms = getattr(getattr(learner, "config", None), "poll_timeout_ms", 0) or 0
+            live_timeout = max(MIN_LIVE_TIMEOUT, 3 * poll_ms / 1000)
+        if not live_timeout > 0:
+            raise ValueError(f"live_timeout must be > 0 seconds, got {live_timeout!r}")
+        self.live_timeout = float(live_timeout)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._progress: tuple | None = None
+        self._progress_at: float | None = None  # clock() when the counters were last seen moving
+        self._seen_running = False
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.learner.stats.snapshot()
+
+    def last_poll_age(self, snap: Mapping[str, Any]) -> float | None:
+        """Seconds since the loop last polled, the most recent of what is known; ``None`` if nothing is."""
+        now = self._clock()
+        ages = []
+        wall = snap.get("last_poll_time")
+        if isinstance(wall, int | float) and math.isfinite(wall):
+            ages.append(max(0.0, time.time() - wall))
+        last = self._kafka_last_poll()
+        if last is not None:
+            ages.append(max(0.0, time.monotonic() - last))
+        progress = tuple(snap.get(k) for k in self.PROGRESS_KEYS)
+        with self._lock:
+            if self._progress is not None and progress != self._progress:
+                self._progress_at = now
+            self._progress = progress
+            if snap.get("running"):
+                self._seen_running = True
+            # Counters moving prove the loop went round, but counters standing still may just be an idle
+            # stream: they only refresh an age that a poll timestamp gave.
+            if ages and self._progress_at is not None:
+                ages.append(max(0.0, now - self._progress_at))
+        return min(ages) if ages else None
+
+    def _kafka_last_poll(self) -> float | None:
+        """kafka-python's ``time.monotonic()`` of the consumer's last poll (after joining the group), if any.
+
+        Private attributes of kafka-python 3.0, read defensively: on another version this gives ``None``.
+        """
+        consumer = getattr(self.learner, "_consumer", None)
+        heartbeat = getattr(getattr(consumer, "_coordinator", None), "heartbeat", None)
+        last = getattr(heartbeat, "last_poll", None)
+        if isinstance(last, int | float) and math.isfinite(last):
+            return float(last)
+        return None
+
+    def live(self, snap: Mapping[str, Any] | None = None) -> tuple[bool, dict[str, Any]]:
+        """(live?, details): 503-worthy only when the loop is stuck or stopped, not while connecting."""
+        snap = self.snapshot() if snap is None else snap
+        age = self.last_poll_age(snap)
+        info: dict[str, Any] = {"last_poll_age_seconds": age, "live_timeout_seconds": self.live_timeout}
+        if not snap.get("running"):
+            if self._seen_running or snap.get("consumed") or snap.get("rebalances"):
+                return False, {"status": "stopped", **info}
+            return True, {"status": "starting", **info}
+        if age is None:
+            return True, {"status": "joining", **info}
+        if age > self.live_timeout:
+            return False, {"status": f"stuck: no poll for {age:.0f}s", **info}
+        return True, {"status": "ok", **info}
+
+    def ready(self, snap: Mapping[str, Any] | None = None) -> tuple[bool, dict[str, Any]]:
+        """(ready?, details): running, owning partitions, and live."""
+        snap = self.snapshot() if snap is None else snap
+        live, live_info = self.live(snap)
+        assigned = list(snap.get("assigned") or ())
+        info = {"assigned": assigned, "checkpoint": snap.get("last_checkpoint_id"),
+                "n_samples_seen": snap.get("n_samples_seen"), "live": live_info}
+        if not snap.get("running"):
+            return False, {"status": "not running", **info}
+        if not live:
+            return False, {"status": "not live", **info}
+        if not assigned:
+            return False, {"status": "no partitions assigned", **info}
+        return True, {"status": "ok", **info}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The collector
+
+
+class LearnerCollector(Collector):
+    """The metrics of :data:`METRICS`, read from ``learner.stats.snapshot()`` at every scrape.
+
+    ``model_nonzero_weights`` is counted on ``learner.model`` itself (``numpy.count_nonzero``, about 1 ms
+    per million weights, without the learner's lock: a read of a float array the loop may be writing, so at
+    worst a count a few updates old), and counted again only when the stats show the model changed.
+    """
+
+    def __init__(self, learner: Any, health: Health | None = None) -> None:
+        self.learner = learner
+        self.health = health if health is not None else Health(learner)
+        self._nonzero_lock = threading.Lock()
+        self._nonzero: tuple[Any, Any, int] | None = None  # (model, n_samples_seen, count)
+
+    def describe(self) -> Iterator[Metric]:
+        for m in METRICS:
+            yield self._family(m)
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.learner.stats.snapshot()
+        values = self._values(snap)
+        for m in METRICS:
+            family = self._family(m)
+            for labels, value in values.get(m.name, ()):
+                family.add_metric(labels, value)
+            yield family
+
+    @staticmethod
+    def _family(m: MetricSpec) -> Metric:
+        cls = CounterMetricFamily if m.kind == "counter" else GaugeMetricFamily
+        return cls(m.full_name, m.help, labels=list(m.labels))
+
+    def _values(self, snap: Mapping[str, Any]) -> dict[str, list[tuple[list[str], float]]]:
+        values: dict[str, list[tuple[list[str], float]]] = {}
+
+        def put(name: str, value: Any, labels: list[str] | None = None) -> None:
+            assert name in _SPECS, name
+            if isinstance(value, bool):
+                value = int(value)
+            if isinstance(value, int | float):
+                values.setdefault(name, []).append((labels or [], float(value)))
+
+        for m in METRICS:
+            if m.key is not None:
+                put(m.name, snap.get(m.key))
+        for reason, n in sorted((snap.get("rejected") or {}).items()):
+            put("events_rejected", n, [reason])
+        last = snap.get("last_checkpoint_time")
+        if last is not None:
+            put("last_checkpoint_timestamp_seconds", last)
+            put("last_checkpoint_age_seconds", max(0.0, time.time() - last))
+        assigned = list(snap.get("assigned") or ())
+        lag = snap.get("lag") or {}
+        for key in sorted(set(assigned) & set(lag)):
+            put("consumer_lag", lag[key], list(_split_tp(key)))
+        put("assigned_partitions", len(assigned))
+        put("model_nonzero_weights", self._nonzero_weights(snap))
+        put("running", bool(snap.get("running")))
+        put("ready", self.health.ready(snap)[0])
+        put("live", self.health.live(snap)[0])
+        put("last_poll_age_seconds", self.health.last_poll_age(snap))
+        return values
+
+    def _nonzero_weights(self, snap: Mapping[str, Any]) -> int | None:
+        model = getattr(self.learner, "model", None)
+        coef = getattr(model, "coef", None) if model is not None else None
+        if coef is None:
+            return None
+        seen = snap.get("n_samples_seen")
+        with self._nonzero_lock:
+            cached = self._nonzero
+            if cached is not None and cached[0] is model and cached[1] == seen:
+                return cached[2]
+            import numpy as np
+
+            try:
+                count = int(np.count_nonzero(coef))
+            except Exception:  # a model being swapped for its checkpoint: skip this scrape
+                log.debug("counting the nonzero weights failed", exc_info=True)
+                return None if cached is None else cached[2]
+            self._nonzero = (model, seen, count)
+            return count
+
+
+def make_registry(learner: Any, health: Health | None = None, *, process_metrics: bool = True
+                  ) -> CollectorRegistry:
+    """A new registry with a :class:`LearnerCollector` (and the standard process/platform/GC collectors)."""
+    registry = CollectorRegistry()
+    registry.register(LearnerCollector(learner, health))
+    if process_metrics:
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+    return registry
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The HTTP server
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "stream-logreg-metrics"
+    timeout = 30  # a client that sends nothing does not hold a thread forever
+
+    def do_GET(self) -> None:
+        self._respond(body=True)
+
+    def do_HEAD(self) -> None:
+        self._respond(body=False)
+
+    def _respond(self, body: bool) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        try:
+            if path == "/metrics":
+                encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+                status, payload = 200, encoder(self.server.registry)
+            elif path in ("/ready", "/live", "/healthz"):
+                check = self.server.health.ready if path == "/ready" else self.server.health.live
+                ok, info = check()
+                status, content_type = (200 if ok else 503), "application/json"
+                payload = json.dumps({"ok": ok, **info}).encode() + b"\n"
+            elif path == "/":
+                status, content_type = 200, "text/plain; charset=utf-8"
+                payload = b"stream-logreg learner: /metrics /ready /live\n"
+            else:
+                status, content_type, payload = 404, "text/plain; charset=utf-8", b"not found\n"
+        except Exception as exc:
+            log.exception("serving %s failed", path)
+            status, content_type = 500, "text/plain; charset=utf-8"
+            payload = f"error: {exc!r}\n".encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if body:
+            self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s - " + format, self.address_string(), *args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    registry: CollectorRegistry
+    health: Health
+
+
+class MetricsServer:
+    """A running metrics/health server; :meth:`shutdown` stops it (also as a context manager)."""
+
+    def __init__(self, httpd: _Server, thread: threading.Thread) -> None:
+        self._httpd = httpd
+        self._thread = thread
+        self.host, self.port = httpd.server_address[:2]
+        self.registry = httpd.registry
+        self.health = httpd.health
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else "[::1]" if self.host == "::" else self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop serving, close the socket and wait for the thread (idempotent)."""
+        if self._thread.is_alive():
+            self._httpd.shutdown()
+            self._thread.join(timeout)
+        self._httpd.server_close()
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+
+def serve_metrics(learner: Any, host: str = "0.0.0.0", port: int = 9108, *,
+                  live_timeout: float | None = None, registry: CollectorRegistry | None = None
+                  ) -> MetricsServer:
+    """Serve ``/metrics``, ``/ready`` and ``/live`` of ``learner`` on ``host:port`` from a daemon thread.
+
+    ``port=0`` binds a free port (read it from the result's ``port``). ``registry`` defaults to a new one
+    from :func:`make_registry`. Raises ``OSError`` if the address cannot be bound.
+    """
+    health = Health(learner, live_timeout)
+    if registry is None:
+        registry = make_registry(learner, health)
+    family = socket.AF_INET
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        if infos:
+            family = infos[0][0]
+    except socket.gaierror:
+        pass  # let bind() report the bad address
+
+    server_class = type("_BoundServer", (_Server,), {"address_family": family})
+    httpd = server_class((host, port), _Handler)
+    httpd.registry = registry
+    httpd.health = health
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                              name=f"metrics-http-{httpd.server_address[1]}", daemon=True)
+    thread.start()
+    return MetricsServer(httpd, thread)
