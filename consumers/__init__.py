@@ -2,10 +2,26 @@
 
 :class:`LearnerConfig` holds the settings, :class:`Learner` runs the loop (``Learner(config).run()``, and
 ``stop()`` from a signal handler), :class:`LearnerStats` is what it counts. ``python -m consumers --help``
-runs it from the command line.
+runs it from the command line; ``stream-logreg`` (:mod:`consumers.cli`) is the full command line.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from consumers.config import ConfigError, LearnerConfig
-from consumers.learner import Learner, LearnerStats
+
+if TYPE_CHECKING:
+    from consumers.learner import Learner, LearnerStats
 
 __all__ = ["ConfigError", "Learner", "LearnerConfig", "LearnerStats"]
+
+
+def __getattr__(name: str) -> Any:
+    # The learner imports kafka-python: it is loaded on first use, so that the commands of the command line
+    # that do not need Kafka (demo, inspect, score, report, --help) do not import it.
+    if name in ("Learner", "LearnerStats"):
+        from consumers import learner
+
+        return getattr(learner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

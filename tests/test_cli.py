@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 from river import datasets
 
-from stream_logreg import OnlineLogisticRegression, cli, optim
+from consumers import cli, demo, logs, report, settings
+from stream_logreg import OnlineLogisticRegression, optim
 from stream_logreg.checkpoints import DirectoryStore
 from stream_logreg.codec import Event, JsonCodec, encode_event
 
@@ -36,11 +37,11 @@ PHISHING = list(datasets.Phishing())
 
 def cli_command() -> list[str]:
     """The installed ``stream-logreg`` console script of this interpreter's environment, else
-    ``python -m stream_logreg.cli`` (a source checkout without ``pip install -e .``)."""
+    ``python -m consumers.cli`` (a source checkout without ``pip install -e .``)."""
     script = Path(sys.executable).parent / "stream-logreg"
     if script.is_file():
         return [str(script)]
-    return [sys.executable, "-m", "stream_logreg.cli"]
+    return [sys.executable, "-m", "consumers.cli"]
 
 
 def cli_env(**extra: str) -> dict[str, str]:
@@ -133,7 +134,7 @@ def test_demo_checkpoint_equals_an_offline_model(tmp_path: Path, capsys: pytest.
     model, loss, hits = OnlineLogisticRegression(), 0.0, 0
     for x, y in PHISHING:
         p = model.predict_proba_one(x)[True]
-        loss += cli._log_loss(p, y)
+        loss += demo._log_loss(p, y)
         hits += (p > 0.5) == y
         model.learn_one(x, y)
     out = capsys.readouterr().out
@@ -237,7 +238,7 @@ def test_demo_synthetic_seed_is_part_of_the_run(tmp_path: Path, capsys: pytest.C
 def test_demo_curve_csv(demo_dir: Path) -> None:
     with open(demo_dir / "run.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert tuple(rows[0]) == cli.CURVE_COLUMNS
+    assert tuple(rows[0]) == demo.CURVE_COLUMNS
     assert [int(r["event"]) for r in rows] == list(range(1, len(PHISHING) + 1))
     assert [int(r["y"]) for r in rows] == [int(y) for _, y in PHISHING]
     model = OnlineLogisticRegression()
@@ -399,8 +400,8 @@ def test_report_writes_the_curve_of_the_run(demo_dir: Path, tmp_path: Path, caps
     assert data.endswith(b"IEND\xaeB`\x82")
 
     # The figure plots the run's own columns.
-    curve = cli.read_curve(demo_dir / "run.csv")
-    fig = cli.plot_curve(curve, "t")
+    curve = report.read_curve(demo_dir / "run.csv")
+    fig = report.plot_curve(curve, "t")
     loss_ax, acc_ax = fig.axes
     assert list(loss_ax.lines[0].get_xdata()) == curve["event"]
     assert list(loss_ax.lines[0].get_ydata()) == curve["log_loss"]
@@ -523,12 +524,12 @@ def test_consume_flag_wins_over_environment(monkeypatch: pytest.MonkeyPatch, cap
 def test_learner_config_is_built_from_the_settings() -> None:
     from consumers.config import LearnerConfig
 
-    values, _ = cli.resolve_settings(
+    values, _ = settings.resolve_settings(
         cli.build_parser().parse_args(["consume", "--topics", "events", "--checkpoint-dir", "/tmp/x",
                                        "--batch-size", "4", "--ssl-check-hostname"]),
-        cli.CONSUME_SETTINGS, {"STREAM_LOGREG_SECURITY_PROTOCOL": "SSL"},
+        settings.CONSUME_SETTINGS, {"STREAM_LOGREG_SECURITY_PROTOCOL": "SSL"},
     )
-    config = cli.learner_config(values)
+    config = settings.learner_config(values)
     assert isinstance(config, LearnerConfig)
     assert config.batch_size == 4 and config.checkpoint_dir == "/tmp/x"
     assert config.client_settings["security_protocol"] == "SSL"
@@ -540,26 +541,26 @@ def test_settings_table_covers_the_learner_config() -> None:
     """Every LearnerConfig field is a setting with the same default (bar those assembled from several)."""
     from consumers.config import LearnerConfig
 
-    settings = {s.name: s for s in cli.CONSUME_SETTINGS}
+    by_name = {s.name: s for s in settings.CONSUME_SETTINGS}
     assembled = {"client_settings", "consumer_settings", "producer_settings", "model"}
     for field in dataclasses.fields(LearnerConfig):
         if field.name in assembled:
             continue
-        assert field.name in settings, f"LearnerConfig.{field.name} has no CLI setting"
+        assert field.name in by_name, f"LearnerConfig.{field.name} has no CLI setting"
         if field.default is not dataclasses.MISSING:
-            assert settings[field.name].default == field.default, field.name
-    names = [s.name for s in cli.CONSUME_SETTINGS]
+            assert by_name[field.name].default == field.default, field.name
+    names = [s.name for s in settings.CONSUME_SETTINGS]
     assert len(names) == len(set(names))
 
 
 def test_config_table_markdown(capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["consume", "--print-config-table"]) == 0
     table = capsys.readouterr().out
-    assert table == cli.config_table_markdown()
+    assert table == settings.config_table_markdown()
     lines = table.strip().splitlines()
     assert lines[0].startswith("| Flag | Environment variable |")
-    assert len(lines) == 2 + len(cli.CONSUME_SETTINGS)
-    for s in cli.CONSUME_SETTINGS:
+    assert len(lines) == 2 + len(settings.CONSUME_SETTINGS)
+    for s in settings.CONSUME_SETTINGS:
         assert f"| `{s.flag}` | `{s.env}` |" in table
     for env in ("STREAM_LOGREG_BOOTSTRAP_SERVERS", "STREAM_LOGREG_TOPICS", "STREAM_LOGREG_GROUP_ID",
                 "STREAM_LOGREG_CHECKPOINT_DIR", "STREAM_LOGREG_BATCH_SIZE",
@@ -584,19 +585,19 @@ def test_help_everywhere_with_examples(command: list[str], capsys: pytest.Captur
 def test_help_of_consume_names_every_environment_variable(capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["consume", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    for s in cli.CONSUME_SETTINGS:
+    for s in settings.CONSUME_SETTINGS:
         assert s.flag in out and s.env in out
 
 
 def test_entry_point_is_main() -> None:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     module, _, attr = scripts["stream-logreg"].partition(":")
-    assert module == "stream_logreg.cli" and getattr(cli, attr) is cli.main
+    assert module == "consumers.cli" and getattr(cli, attr) is cli.main
 
 
 def test_json_log_lines(capsys: pytest.CaptureFixture) -> None:
     stream = io.StringIO()
-    cli.configure_logging("json", "INFO", stream)
+    logs.configure_logging("json", "INFO", stream)
     try:
         log = logging.getLogger("stream_logreg.test")
         log.info("learned %d events", 5, extra={"partition": 3, "topic": "events"})
@@ -606,7 +607,7 @@ def test_json_log_lines(capsys: pytest.CaptureFixture) -> None:
         except ValueError:
             log.exception("failed")
     finally:
-        cli.configure_logging("text", "WARNING")
+        logs.configure_logging("text", "WARNING")
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert len(lines) == 2
     first = lines[0]
@@ -851,9 +852,10 @@ def test_consume_refuses_checkpoints_of_other_options(tmp_path: Path, capsys: py
 
 
 def test_cli_module_imports_neither_kafka_nor_matplotlib() -> None:
-    """Commands that do not need them (demo, score, inspect, --help) never import the Kafka client or
-    matplotlib."""
-    code = ("import sys; import stream_logreg.cli as c; c.build_parser(); "
-            "print(sorted(m for m in ('kafka', 'matplotlib', 'consumers') if m in sys.modules))")
+    """Commands that do not need them (demo, score, inspect, --help) never import the Kafka client,
+    matplotlib, or the service modules that need Kafka (the learner, its metrics)."""
+    code = ("import sys; import consumers.cli as c; c.build_parser(); "
+            "print(sorted(m for m in ('kafka', 'matplotlib', 'consumers.learner', 'consumers.metrics') "
+            "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, env=cli_env(), check=True)
     assert out.stdout.decode().strip() == "[]"

@@ -2,7 +2,7 @@
 
 The file is parsed and checked for coherence (services, healthchecks, dependencies, volumes, topic names,
 settings), then the learner service's own command and environment run NATIVELY (the console script, or
-``python -m stream_logreg.cli``) against the test broker — only the bootstrap address, the checkpoint
+``python -m consumers.cli``) against the test broker — only the bootstrap address, the checkpoint
 directory and the metrics port are replaced — while the producer service's command replays events into it.
 """
 
@@ -23,7 +23,7 @@ import orjson
 import pytest
 import yaml
 
-from stream_logreg import cli
+from consumers import cli, settings
 from stream_logreg.checkpoints import DirectoryStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,13 +136,13 @@ def test_learner_service() -> None:
     assert learner["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert learner["depends_on"]["topics"]["condition"] == "service_completed_successfully"
     env = env_of("learner")
-    known = {s.env for s in cli.CONSUME_SETTINGS}
+    known = {s.env for s in settings.CONSUME_SETTINGS}
     assert set(env) <= known, set(env) - known
     # The environment is a valid configuration of `consume` (as the container will parse it).
     args = cli.build_parser().parse_args(learner["command"])
-    values, sources = cli.resolve_settings(args, cli.CONSUME_SETTINGS, env)
-    assert all(sources[s.name] == "env" for s in cli.CONSUME_SETTINGS if s.env in env)
-    config = cli.learner_config(values)
+    values, sources = settings.resolve_settings(args, settings.CONSUME_SETTINGS, env)
+    assert all(sources[s.name] == "env" for s in settings.CONSUME_SETTINGS if s.env in env)
+    config = settings.learner_config(values)
     # Checkpoints go to a named volume, the image's checkpoint directory.
     targets = volume_targets("learner")
     assert config.checkpoint_dir in targets
@@ -163,7 +163,7 @@ def test_producer_service() -> None:
     args = cli.build_parser().parse_args(command)
     assert args.topic in env_of("learner")["STREAM_LOGREG_TOPICS"].split(",")
     assert args.topic in created_topics()
-    known = {s.env for s in (*cli.CONNECTION_SETTINGS, *cli.COMMON_SETTINGS)}
+    known = {s.env for s in (*settings.CONNECTION_SETTINGS, *settings.COMMON_SETTINGS)}
     assert set(env_of("producer")) <= known
     assert producer["depends_on"]["topics"]["condition"] == "service_completed_successfully"
     assert producer.get("image") == SERVICES["learner"].get("image")
@@ -205,9 +205,9 @@ def test_dockerfile() -> None:
 
 
 def cli_command() -> list[str]:
-    """The installed ``stream-logreg`` console script, else ``python -m stream_logreg.cli``."""
+    """The installed ``stream-logreg`` console script, else ``python -m consumers.cli``."""
     script = Path(sys.executable).parent / "stream-logreg"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "stream_logreg.cli"]
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "consumers.cli"]
 
 
 def cli_env(**extra: str) -> dict[str, str]:

@@ -27,7 +27,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumers import Learner, LearnerConfig
+from consumers import Learner, LearnerConfig, cli
 from consumers.metrics import (
     METRICS,
     Health,
@@ -36,7 +36,6 @@ from consumers.metrics import (
     metrics_table_markdown,
     serve_metrics,
 )
-from stream_logreg import cli
 from stream_logreg.codec import Reason, encode_event
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -470,7 +469,7 @@ def test_consume_metrics_match_what_was_produced(kafka_bootstrap: str, kafka_top
         return None
 
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "stream_logreg.cli", "consume"], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "consumers.cli", "consume"], env=env,
                                 stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
             alive = lambda: proc.poll() is None  # noqa: E731

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from consumers.metrics import metrics_table_markdown
-from stream_logreg.cli import config_table_markdown
+from consumers.settings import config_table_markdown
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 

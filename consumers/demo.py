@@ -1,0 +1,258 @@
+"""``stream-logreg demo``: learn a built-in dataset with progressive validation, checkpointing; and the
+built-in datasets themselves (also the sources of ``replay``).
+
+The datasets need no network: River's bundled files (Phishing, Bananas) and synthetic generators (SEA with a
+concept drift, a rotating hyperplane).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import itertools
+import math
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from consumers.errors import EXIT_INTERRUPTED, EXIT_OK, PROG, CommandError, UsageError, mismatch_text
+from consumers.settings import MODEL_SETTINGS, at_least, build_model, resolve_settings
+from consumers.terminal import Progress, bar, graceful_interrupt
+
+__all__ = ["CURVE_COLUMNS", "DATASETS", "SYNTHETIC_DEFAULT_N", "cmd_demo", "dataset_help", "dataset_stream",
+           "validate_demo"]
+
+#: The columns of the learning curve that ``demo --curve`` writes (and ``report`` draws).
+CURVE_COLUMNS = ("event", "y", "p", "log_loss", "accuracy", "rolling_log_loss", "rolling_accuracy")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Datasets (no network: River's bundled files and synthetic generators)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Dataset:
+    """A built-in dataset: what it is, how many events (``None``: synthetic, endless), its stream by seed."""
+
+    description: str
+    size: int | None  # None: synthetic, endless
+    make: Callable[[int], Iterable[tuple[dict, Any]]]
+
+
+def _phishing(seed: int) -> Iterable[tuple[dict, Any]]:
+    from river import datasets
+
+    return datasets.Phishing()
+
+
+def _bananas(seed: int) -> Iterable[tuple[dict, Any]]:
+    from river import datasets
+
+    return datasets.Bananas()
+
+
+def _sea(seed: int) -> Iterable[tuple[dict, Any]]:
+    from river.datasets import synth
+
+    return synth.ConceptDriftStream(
+        stream=synth.SEA(variant=0, noise=0.05, seed=seed),
+        drift_stream=synth.SEA(variant=3, noise=0.05, seed=seed + 1),
+        position=5000, width=1000, seed=seed,
+    )
+
+
+def _hyperplane(seed: int) -> Iterable[tuple[dict, Any]]:
+    from river.datasets import synth
+
+    return synth.Hyperplane(seed=seed, n_features=10, n_drift_features=2, mag_change=0.001,
+                            noise_percentage=0.05)
+
+
+DATASETS: dict[str, _Dataset] = {
+    "phishing": _Dataset("River's Phishing websites: 1,250 events, 9 features (bundled)", 1250, _phishing),
+    "bananas": _Dataset("River's Bananas: 5,300 events, 2 features, not linearly separable (bundled)", 5300,
+                        _bananas),
+    "sea": _Dataset("SEA concepts (synthetic): 3 features, 5% noise, the concept drifts around event "
+                    "5,000", None, _sea),
+    "hyperplane": _Dataset("rotating hyperplane (synthetic): 10 features, 2 of them drifting, 5% noise",
+                           None, _hyperplane),
+}
+SYNTHETIC_DEFAULT_N = 10_000
+
+
+def dataset_stream(name: str, n: int | None, seed: int) -> tuple[Iterable[tuple[dict, Any]], int]:
+    """The (x, y) pairs of a built-in dataset and how many of them to use."""
+    spec = DATASETS[name]
+    if n is None:
+        n = spec.size if spec.size is not None else SYNTHETIC_DEFAULT_N
+    elif spec.size is not None and n > spec.size:
+        raise UsageError(f"--n {n} is larger than the {name} dataset ({spec.size} events)")
+    return spec.make(seed), n
+
+
+def dataset_help() -> str:
+    """The datasets and their descriptions, one a line (for ``--help``)."""
+    return "\n".join(f"  {name:<11} {spec.description}" for name, spec in DATASETS.items())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# demo
+
+
+def _log_loss(p: float, y: bool) -> float:
+    """Cross-entropy of probability ``p`` against ``y``, with p clipped to [1e-15, 1 - 1e-15]."""
+    p = min(max(p, 1e-15), 1.0 - 1e-15)
+    return -math.log(p) if y else -math.log1p(-p)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Stream a built-in dataset through the model (predict, then learn), checkpointing; resume if asked."""
+    from stream_logreg.checkpoints import CheckpointError, CheckpointMismatch, DirectoryStore
+
+    model_values, _ = resolve_settings(args, MODEL_SETTINGS, None)
+    model = build_model(model_values)
+    batch_size = model_values["batch_size"]
+    stream, n = dataset_stream(args.dataset, args.n, args.seed)
+    synthetic = DATASETS[args.dataset].size is None
+    identity = {"dataset": args.dataset, "seed": args.seed if synthetic else None, "batch_size": batch_size}
+
+    try:
+        store = DirectoryStore(args.checkpoint_dir, keep=args.keep)
+    except OSError as exc:
+        raise CommandError(f"cannot use --checkpoint-dir {args.checkpoint_dir}: {exc}") from None
+    position, totals, resumed_from = 0, {"n": 0, "log_loss_sum": 0.0, "correct": 0}, None
+    if not args.fresh:
+        try:
+            checkpoint = store.latest(expect_config=model.config())
+        except CheckpointMismatch as exc:
+            raise UsageError(
+                f"the latest checkpoint in --checkpoint-dir {args.checkpoint_dir} has other model options "
+                f"({mismatch_text(exc)}): use the same options, another --checkpoint-dir, or --fresh"
+            ) from None
+        except CheckpointError as exc:
+            raise CommandError(f"cannot resume from {args.checkpoint_dir}: {exc}") from None
+        if checkpoint is not None:
+            meta = checkpoint.metadata
+            theirs = {k: meta.get(k) for k in identity}
+            if theirs != identity or not isinstance(meta.get("position"), int):
+                raise UsageError(
+                    f"the latest checkpoint in --checkpoint-dir {args.checkpoint_dir} ({checkpoint.id}) is "
+                    f"of another run ({theirs}, this run: {identity}): use another --checkpoint-dir, or "
+                    "--fresh"
+                )
+            model, position, resumed_from = checkpoint.model, meta["position"], checkpoint.id
+            totals.update(meta.get("progressive") or {})
+            print(
+                f"resumed from checkpoint {checkpoint.id} in {args.checkpoint_dir}: skipping the "
+                f"{position:,} events it covers",
+                file=sys.stderr,
+            )
+
+    def save() -> str:
+        try:
+            return store.save(model, {**identity, "position": position, "progressive": dict(totals)})
+        except (CheckpointError, OSError) as exc:
+            raise CommandError(f"cannot write a checkpoint to {args.checkpoint_dir}: {exc}") from None
+
+    curve_file = None
+    writer = None
+    if args.curve is not None:
+        try:
+            curve_file = open(args.curve, "w", newline="")  # closed in the finally below
+        except OSError as exc:
+            raise CommandError(f"cannot write --curve {args.curve}: {exc}") from None
+        writer = csv.writer(curve_file)
+        writer.writerow(CURVE_COLUMNS)
+
+    progress = Progress(sys.stderr, enabled=not args.quiet)
+    window: deque[tuple[float, int]] = deque(maxlen=args.window)
+    rolling = [0.0, 0]
+    learned = 0
+    last_saved = position if resumed_from is not None else -1
+    checkpoint_id = resumed_from
+    interrupted = False
+    start = time.monotonic()
+
+    def status() -> str:
+        k = max(totals["n"], 1)
+        return (
+            f"demo {args.dataset}  {bar(position, n)} events  {progress.rate(learned):,.0f} ev/s  "
+            f"log loss {totals['log_loss_sum'] / k:.4f}  accuracy {totals['correct'] / k:.2%}"
+        )
+
+    try:
+        with graceful_interrupt() as stop_requested:
+            events = itertools.islice(stream, position, n) if position < n else iter(())
+            while True:
+                batch = list(itertools.islice(events, batch_size))
+                if not batch:
+                    break
+                for i, (x, y) in enumerate(batch):
+                    p = model.predict_proba_one(x)[True]
+                    truth = bool(y)
+                    loss, hit = _log_loss(p, truth), int((p > 0.5) == truth)
+                    totals["n"] += 1
+                    totals["log_loss_sum"] += loss
+                    totals["correct"] += hit
+                    if len(window) == window.maxlen:
+                        old_loss, old_hit = window[0]
+                        rolling[0] -= old_loss
+                        rolling[1] -= old_hit
+                    window.append((loss, hit))
+                    rolling[0] += loss
+                    rolling[1] += hit
+                    if writer is not None:
+                        k = totals["n"]
+                        writer.writerow((
+                            position + i + 1, int(truth), repr(p),
+                            repr(totals["log_loss_sum"] / k), repr(totals["correct"] / k),
+                            repr(rolling[0] / len(window)), repr(rolling[1] / len(window)),
+                        ))
+                if batch_size == 1:
+                    model.learn_one(*batch[0])
+                else:
+                    model.learn_rows([x for x, _ in batch], [y for _, y in batch])
+                position += len(batch)
+                learned += len(batch)
+                if position // args.checkpoint_every > max(last_saved, 0) // args.checkpoint_every:
+                    checkpoint_id, last_saved = save(), position
+                if progress.due():
+                    progress.show(status())
+                if stop_requested():
+                    interrupted = True
+                    break
+        if last_saved != position:
+            checkpoint_id, last_saved = save(), position
+    finally:
+        if curve_file is not None:
+            curve_file.close()
+    elapsed = time.monotonic() - start
+    progress.show(status(), final=True)
+
+    k = max(totals["n"], 1)
+    out = sys.stdout
+    print(f"dataset               {args.dataset} ({DATASETS[args.dataset].description})", file=out)
+    if resumed_from is not None:
+        print(f"resumed from          checkpoint {resumed_from} (event {position - learned:,} of {n:,})",
+              file=out)
+    print(f"events                {position:,} of {n:,} ({learned:,} learned in this run"
+          f"{', interrupted' if interrupted else ''})", file=out)
+    print(f"throughput            {learned / elapsed if elapsed > 0 else 0.0:,.0f} events/s", file=out)
+    print(f"progressive log loss  {totals['log_loss_sum'] / k:.4f}", file=out)
+    print(f"progressive accuracy  {totals['correct'] / k:.2%}", file=out)
+    print(f"samples seen          {model.n_samples_seen:,}", file=out)
+    print(f"checkpoint            {checkpoint_id} in {args.checkpoint_dir}", file=out)
+    if args.curve is not None:
+        print(f"learning curve        {args.curve} (draw it: {PROG} report {args.curve} -o curve.png)",
+              file=out)
+    return EXIT_INTERRUPTED if interrupted else EXIT_OK
+
+
+def validate_demo(args: argparse.Namespace) -> None:
+    """Refuse ``demo``'s counts below 1 (before logging is set up)."""
+    for flag, value in (("--n", args.n), ("--checkpoint-every", args.checkpoint_every), ("--keep", args.keep),
+                        ("--window", args.window)):
+        at_least(flag, value, 1)
