@@ -1,18 +1,28 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Compiled inner loops: encoding a dict row into (column, value) buffers, the sparse dot product, the
-per-sample gradient, the dense mini-batch gradient (two BLAS passes over X) and the per-coordinate optimizer
-steps. The formulas live in the docstrings of `stream_logreg.math` and `stream_logreg.optim`; the optimizer
-loops apply them to the coordinates named in `cols` only, in order.
+"""Compiled inner loops: encoding dict rows into (column, value) buffers (one row, or a mini-batch as CSR),
+the sparse dot product, the per-sample prediction and gradient, the sparse and the dense (two BLAS passes)
+mini-batch gradients, the per-coordinate optimizer steps, the whole per-sample update in one call
+(`SampleStep`), and the message codec's hot path (`json_event`, `JsonDecoder`). The formulas live in the
+docstrings of `stream_logreg.math` and `stream_logreg.optim`; the optimizer loops apply them to the
+coordinates named in `cols` only, in order, with the same arithmetic wherever they are called from (the
+model's tests check the fused paths bitwise against the step-by-step ones).
 
 Arrays are passed as C-contiguous numpy arrays (float64 for values, intp for columns) and are read
 through raw pointers, which costs far less per call than typed memoryviews.
 """
 
+cimport cython
 cimport numpy as cnp
-from cpython.dict cimport PyDict_GetItem, PyDict_Next
+from cpython.dict cimport PyDict_GetItemWithError, PyDict_Next, PyDict_SetItem
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLong
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF, Py_XINCREF
+from cpython.tuple cimport PyTuple_SET_ITEM
+from cpython.type cimport PyType_IsSubtype
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
-from libc.math cimport exp, fabs, isfinite, sqrt
+from libc.math cimport exp, fabs, isfinite, pow, sqrt
+from libc.stdlib cimport calloc, free, realloc
 
 cnp.import_array()
 
@@ -31,12 +41,15 @@ cdef extern from "Python.h":
     bint _is_bool "PyBool_Check" (PyObject* o)
     bint _is_int "PyLong_CheckExact" (PyObject* o)
     bint _is_str "PyUnicode_CheckExact" (PyObject* o)
+    bint _is_exact_float "PyFloat_CheckExact" (PyObject* o)
     double _float_value "PyFloat_AS_DOUBLE" (PyObject* o)
     double _int_value "PyLong_AsDouble" (PyObject* o)
     Py_ssize_t _column_value "PyLong_AsSsize_t" (PyObject* o)
     PyObject* _true "Py_True"
     PyObject* PyErr_Occurred()
     void PyErr_Clear()
+    object PyType_GenericAlloc(type t, Py_ssize_t n)  # what a tuple subclass's tp_alloc is
+    PyObject* _dict_get "PyDict_GetItemWithError" (object d, object key)  # borrowed; NULL: absent or error
 
 
 cdef inline bint _lookup(dict columns, PyObject* key, PyObject* value, Py_ssize_t* ci, double* d):
@@ -46,46 +59,127 @@ cdef inline bint _lookup(dict columns, PyObject* key, PyObject* value, Py_ssize_
         d[0] = _float_value(value)
         if not isfinite(d[0]):
             return False
-        col = PyDict_GetItem(columns, <object> key)
+        col = _dict_get(columns, <object> key)
     elif _is_bool(value):
         d[0] = 1.0 if value == _true else 0.0
-        col = PyDict_GetItem(columns, <object> key)
+        col = _dict_get(columns, <object> key)
     elif _is_int(value):
         d[0] = _int_value(value)
         if d[0] == -1.0 and PyErr_Occurred() != NULL:  # too large for a double
             PyErr_Clear()
             return False
-        col = PyDict_GetItem(columns, <object> key)
+        col = _dict_get(columns, <object> key)
     elif _is_str(value):
         d[0] = 1.0
-        col = PyDict_GetItem(columns, (<object> key, <object> value))
+        col = _dict_get(columns, (<object> key, <object> value))
     else:
         return False
-    if col is NULL:
+    if col is NULL:  # not there (or an error comparing keys: the slow path raises it again)
+        if PyErr_Occurred() != NULL:
+            PyErr_Clear()
         return False
     ci[0] = _column_value(col)
     return True
 
 
-def encode(dict x, dict columns, cnp.ndarray cols, cnp.ndarray vals, bint merge):
-    """Write the row `x` as columns and values into the buffers; return how many, or -1.
+cdef inline bint _number(PyObject* value, double* d):
+    """Whether `value` is a number `encode` takes as it is (a finite float, a bool, an int that fits a
+    double), with *d its value."""
+    if _is_float(value):
+        d[0] = _float_value(value)
+        return isfinite(d[0])
+    if _is_bool(value):
+        d[0] = 1.0 if value == _true else 0.0
+        return True
+    if _is_int(value):
+        d[0] = _int_value(value)
+        if d[0] == -1.0 and PyErr_Occurred() != NULL:  # too large for a double
+            PyErr_Clear()
+            return False
+        return True
+    return False
 
-    Handles what needs no decision: keys already in `columns` with a finite float, int or bool value,
-    and strings whose indicator key `(k, v)` is already in `columns`. Anything else (a new key, a
-    non-finite or non-numeric value, a full buffer) returns -1 and the caller takes the slow path,
-    which grows the feature space or raises. With `merge`, repeated columns (hash collisions) are
-    summed into one entry.
+
+@cython.final
+cdef class RowLayout:
+    """The keys of the last rows encoded, by position, with their columns: a row whose keys are the same
+    objects in the same order (the rows of one producer, parsed by orjson, which reuses its key strings)
+    skips the dict look-ups of its numeric entries. The keys are held, so the same pointer is the same
+    key. Valid as long as a key's column never changes: the model clears it when it rolls its feature
+    space back. A copy (pickle, deepcopy) is an empty layout.
     """
-    cdef Py_ssize_t pos = 0, n = 0, cap = cnp.PyArray_DIM(cols, 0), j
+
+    cdef PyObject** keys
+    cdef Py_ssize_t* cols
+    cdef Py_ssize_t n, cap
+
+    def __dealloc__(self):
+        self.clear()
+        free(self.keys)
+        free(self.cols)
+
+    def __reduce__(self):
+        return RowLayout, ()
+
+    def __len__(self):
+        return self.n
+
+    cpdef clear(self):
+        """Forget every key."""
+        cdef Py_ssize_t i
+        cdef PyObject* key
+        for i in range(self.n):
+            key = self.keys[i]
+            self.keys[i] = NULL
+            Py_XDECREF(key)
+        self.n = 0
+
+    cdef int put(self, Py_ssize_t i, PyObject* key, Py_ssize_t col) except -1:
+        """Remember that the key at position i is `key`, of column `col`."""
+        cdef Py_ssize_t cap
+        cdef PyObject* old
+        cdef void* mem
+        if i >= self.cap:
+            cap = max(2 * self.cap, i + 1, 32)
+            mem = realloc(self.keys, cap * sizeof(PyObject*))
+            if mem == NULL:
+                raise MemoryError()
+            self.keys = <PyObject**> mem
+            mem = realloc(self.cols, cap * sizeof(Py_ssize_t))
+            if mem == NULL:
+                raise MemoryError()
+            self.cols = <Py_ssize_t*> mem
+            self.cap = cap
+        while self.n <= i:
+            self.keys[self.n] = NULL
+            self.n += 1
+        Py_XINCREF(key)
+        old = self.keys[i]
+        self.keys[i] = key
+        self.cols[i] = col
+        Py_XDECREF(old)
+        return 0
+
+
+cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_ssize_t cap, bint merge,
+                            RowLayout layout) except -2:
+    """`encode` into the `cap` entries at c and v; with a `layout`, numeric entries whose key is the one
+    at the same position in the layout take its column, and the others update it."""
+    cdef Py_ssize_t pos = 0, n = 0, i = 0, j
     cdef PyObject* key
     cdef PyObject* value
-    cdef Py_ssize_t* c = iptr(cols)
-    cdef double* v = dptr(vals)
     cdef double d = 0.0
     cdef Py_ssize_t ci = 0
     while PyDict_Next(x, &pos, &key, &value):
-        if n >= cap or not _lookup(columns, key, value, &ci, &d):
+        if n >= cap:
             return -1
+        if layout is not None and i < layout.n and layout.keys[i] == key and _number(value, &d):
+            ci = layout.cols[i]
+        elif not _lookup(columns, key, value, &ci, &d):
+            return -1
+        elif layout is not None and not _is_str(value):
+            layout.put(i, key, ci)
+        i += 1
         if merge:
             for j in range(n):
                 if c[j] == ci:
@@ -100,6 +194,84 @@ def encode(dict x, dict columns, cnp.ndarray cols, cnp.ndarray vals, bint merge)
             v[n] = d
             n += 1
     return n
+
+
+def encode(dict x, dict columns, cnp.ndarray cols, cnp.ndarray vals, bint merge):
+    """Write the row `x` as columns and values into the buffers; return how many, or -1.
+
+    Handles what needs no decision: keys already in `columns` with a finite float, int or bool value,
+    and strings whose indicator key `(k, v)` is already in `columns`. Anything else (a new key, a
+    non-finite or non-numeric value, a full buffer) returns -1 and the caller takes the slow path,
+    which grows the feature space or raises. With `merge`, repeated columns (hash collisions) are
+    summed into one entry.
+    """
+    return _encode_row(x, columns, iptr(cols), dptr(vals), cnp.PyArray_DIM(cols, 0), merge, None)
+
+
+def encode_rows(list xs, Py_ssize_t start, dict columns, cnp.ndarray cols, cnp.ndarray vals,
+                cnp.ndarray indptr, bint merge, RowLayout layout):
+    """`encode` the rows xs[start:] one after the other into the buffers (CSR): row i's entries go to
+    cols/vals[indptr[i]:indptr[i + 1]]; the caller sets indptr[start]. `layout` (or None) as in
+    `RowLayout`.
+
+    Stops at the first row that `encode` leaves to the slow path (or that is not a dict) and returns its
+    index; returns len(xs) when every row is written.
+    """
+    cdef Py_ssize_t m = len(xs), cap = cnp.PyArray_DIM(cols, 0), i, n
+    cdef Py_ssize_t* c = iptr(cols)
+    cdef double* v = dptr(vals)
+    cdef Py_ssize_t* ip = iptr(indptr)
+    cdef object x
+    if cnp.PyArray_DIM(indptr, 0) < m + 1 or cnp.PyArray_DIM(vals, 0) < cap or not 0 <= start <= m:
+        raise ValueError("encode_rows: inconsistent array lengths")
+    for i in range(start, m):
+        x = xs[i]
+        if type(x) is not dict or not 0 <= ip[i] <= cap:
+            return i
+        n = _encode_row(<dict> x, columns, c + ip[i], v + ip[i], cap - ip[i], merge, layout)
+        if n < 0:
+            return i
+        ip[i + 1] = ip[i] + n
+    return m
+
+
+@cython.auto_pickle(False)
+@cython.final
+cdef class JsonDecoder:
+    """`JsonCodec.decode` as one compiled callable, for hot loops: the same result for every value.
+
+    A bytes value of at most `max_bytes` is parsed with `loads` and goes through `json_event`; a message
+    that is valid as it is comes back as the event without any Python-level call. Anything else takes the
+    codec's own way: `check(doc)` when `json_event` declines a parsed document, `decode(value)` for
+    another type of value, an oversize one or one `loads` refuses (which it parses again, to say why).
+    """
+
+    cdef object loads, check, decode
+    cdef str x_field, y_field, id_field
+    cdef Py_ssize_t max_features, max_bytes
+    cdef type event
+
+    def __init__(self, object loads, str x_field not None, str y_field not None, str id_field not None,
+                 Py_ssize_t max_features, Py_ssize_t max_bytes, type event not None, object check,
+                 object decode):
+        if not PyType_IsSubtype(event, tuple):
+            raise TypeError("event must be a tuple subclass")
+        self.loads, self.check, self.decode = loads, check, decode
+        self.x_field, self.y_field, self.id_field = x_field, y_field, id_field
+        self.max_features, self.max_bytes, self.event = max_features, max_bytes, event
+
+    def __call__(self, value):
+        cdef object doc, ev
+        if type(value) is not bytes or len(<bytes> value) > self.max_bytes:
+            return self.decode(value)
+        try:
+            doc = self.loads(value)
+        except Exception:  # the codec says why (it parses again)
+            return self.decode(value)
+        ev = json_event(doc, self.x_field, self.y_field, self.id_field, self.max_features, self.event)
+        if ev is None:
+            return self.check(doc)
+        return ev
 
 
 def dot_dict(dict x, dict columns, cnp.ndarray w):
@@ -117,30 +289,36 @@ def dot_dict(dict x, dict columns, cnp.ndarray w):
     return s
 
 
-def logistic_gradient(cnp.ndarray w, cnp.ndarray cols, cnp.ndarray vals, Py_ssize_t n, double b, double y,
-                      double sample_weight, double class_weight, double l2, cnp.ndarray out):
-    """The per-sample step of the seed's formula (m = 1) on the row held in the buffers:
+cdef inline double _sigmoid(double z) noexcept nogil:
+    """σ(z) with the branches of `stream_logreg.math.sigmoid_scalar` (no overflow for any z)."""
+    cdef double e
+    if z >= 0.0:
+        return 1.0 / (1.0 + exp(-z))
+    e = exp(z)
+    return e / (1.0 + e)
 
-    z = Σ_i w[cols[i]] · vals[i] + b;  g = (σ(z) − y) · s · c;  out[i] = g · vals[i] + l2 · w[cols[i]].
-    σ as in `stream_logreg.math.sigmoid_scalar`. Returns g, or NaN if g or any out[i] is not finite
-    (nothing is written to w).
+
+def predict_gradient(cnp.ndarray w, cnp.ndarray cols, cnp.ndarray vals, Py_ssize_t n, cnp.ndarray b,
+                     double y, double sample_weight, double class_weight, double l2, cnp.ndarray out,
+                     cnp.ndarray g_out):
+    """The per-sample step of the seed's formula (m = 1) on the row held in the buffers, and its prediction:
+
+    z = Σ_i w[cols[i]] · vals[i] + b[0];  p = σ(z);  g = (p − y) · s · c;
+    out[i] = g · vals[i] + l2 · w[cols[i]];  g_out[0] = g.  σ as in `stream_logreg.math.sigmoid_scalar`.
+    Returns p, the probability before the update (bitwise what `dot` + `sigmoid_scalar` give), or NaN if g
+    or any out[i] is not finite (nothing is written to w or b).
     """
     cdef double* wp = dptr(w)
     cdef Py_ssize_t* c = iptr(cols)
     cdef double* v = dptr(vals)
     cdef double* o = dptr(out)
-    cdef double z = 0.0, e, h, g
+    cdef double z = 0.0, p, g
     cdef Py_ssize_t i
     cdef bint ok
     for i in range(n):
         z += wp[c[i]] * v[i]
-    z = z + b
-    if z >= 0.0:
-        h = 1.0 / (1.0 + exp(-z))
-    else:
-        e = exp(z)
-        h = e / (1.0 + e)
-    g = (h - y) * sample_weight * class_weight
+    p = _sigmoid(z + dptr(b)[0])
+    g = (p - y) * sample_weight * class_weight
     ok = isfinite(g)
     if l2 == 0.0:
         for i in range(n):
@@ -150,7 +328,209 @@ def logistic_gradient(cnp.ndarray w, cnp.ndarray cols, cnp.ndarray vals, Py_ssiz
         for i in range(n):
             o[i] = g * v[i] + l2 * wp[c[i]]
             ok = ok and isfinite(o[i])
-    return g if ok else float("nan")
+    dptr(g_out)[0] = g
+    return p if ok else float("nan")
+
+
+# The message codec's hot path (stream_logreg.codec): a parsed JSON document to an Event in one call.
+
+cdef inline bint _plain_value(PyObject* v):
+    """A feature value that `features.encode_value` accepts as it is: a str, a bool, an int that fits a
+    double or a finite float (exact types)."""
+    cdef double d
+    if _is_exact_float(v):
+        return isfinite(_float_value(v))
+    if _is_str(v) or _is_bool(v):
+        return True
+    if _is_int(v):
+        d = _int_value(v)
+        if d == -1.0 and PyErr_Occurred() != NULL:  # too large for a double
+            PyErr_Clear()
+            return False
+        return True
+    return False
+
+
+cdef object _plain_label(PyObject* y):
+    """The label 0 or 1 of a `true`/`false`/0/1/0.0/1.0 field, None for null; False if anything else."""
+    cdef int overflow = 0
+    cdef long long v
+    cdef double d
+    if y == NULL or y == <PyObject*> None:
+        return None
+    if _is_bool(y):
+        return 1 if y == _true else 0
+    if _is_int(y):
+        v = PyLong_AsLongLongAndOverflow(<object> y, &overflow)
+        if overflow == 0 and (v == 0 or v == 1):
+            return <int> v
+        return False
+    if _is_exact_float(y):
+        d = _float_value(y)
+        if d == 0.0 or d == 1.0:
+            return 1 if d == 1.0 else 0
+    return False
+
+
+cdef object _plain_id(PyObject* i):
+    """The id of an id field: None for null, a string as it is, an integer in [−2⁶³, 2⁶⁴) as its decimal
+    string; False if anything else."""
+    cdef int overflow = 0
+    if i == NULL or i == <PyObject*> None:
+        return None
+    if _is_str(i):
+        return <object> i
+    if _is_int(i):
+        PyLong_AsLongLongAndOverflow(<object> i, &overflow)
+        if overflow == 1:  # above 2⁶³ − 1: fits if below 2⁶⁴
+            PyLong_AsUnsignedLongLong(<object> i)
+            if PyErr_Occurred() != NULL:
+                PyErr_Clear()
+                return False
+        elif overflow != 0:
+            return False
+        return str(<object> i)
+    return False
+
+
+cpdef object json_event(object doc, str x_field, str y_field, str id_field, Py_ssize_t max_features,
+                        type event):
+    """``event(x, y, id)`` for a parsed message that is valid as it is, else None (the codec decides).
+
+    Valid as it is: `doc` is a dict whose `x_field` is a dict (returned as is) or a list (returned as
+    `{0: v0, 1: v1, ...}`) of at most `max_features` values, each a str, a bool, an int that fits a double
+    or a finite float (exact types); `y_field` absent, null, true, false, 0, 1, 0.0 or 1.0 (→ None, 0 or
+    1); `id_field` absent, null, a string, or an integer in [−2⁶³, 2⁶⁴) (→ None, the string, its decimal
+    string). None means only "not on this path": the codec's own checks then accept or reject the
+    message, and accept exactly what this accepts. `event` is a tuple subclass of three fields (a
+    NamedTuple), built here without a call.
+    """
+    cdef PyObject* xo
+    cdef PyObject* key
+    cdef PyObject* value
+    cdef Py_ssize_t pos = 0, i, n
+    cdef dict x
+    cdef object y, id_, ev
+    if type(doc) is not dict:
+        return None
+    xo = PyDict_GetItemWithError(doc, x_field)
+    if xo == NULL:
+        return None
+    if type(<object> xo) is dict:
+        if len(<dict> xo) > max_features:
+            return None
+        while PyDict_Next(<dict> xo, &pos, &key, &value):
+            if not _plain_value(value):
+                return None
+        x = <dict> xo
+    elif type(<object> xo) is list:
+        n = PyList_GET_SIZE(<list> xo)
+        if n > max_features:
+            return None
+        for i in range(n):
+            if not _plain_value(PyList_GET_ITEM(<list> xo, i)):
+                return None
+        x = {}
+        for i in range(n):
+            PyDict_SetItem(x, i, <object> PyList_GET_ITEM(<list> xo, i))
+    else:
+        return None
+    y = _plain_label(PyDict_GetItemWithError(doc, y_field))
+    if y is False:
+        return None
+    id_ = _plain_id(PyDict_GetItemWithError(doc, id_field))
+    if id_ is False:
+        return None
+    if not PyType_IsSubtype(event, tuple):
+        raise TypeError("event must be a tuple subclass")
+    # As tuple.__new__(event, (x, y, id_)) does, without the intermediate tuple.
+    ev = PyType_GenericAlloc(event, 3)
+    Py_INCREF(x)
+    PyTuple_SET_ITEM(ev, 0, x)
+    Py_INCREF(y)
+    PyTuple_SET_ITEM(ev, 1, y)
+    Py_INCREF(id_)
+    PyTuple_SET_ITEM(ev, 2, id_)
+    return ev
+
+
+def batch_predict_gradient(cnp.ndarray w, cnp.ndarray b, cnp.ndarray cols, cnp.ndarray vals,
+                           cnp.ndarray indptr, cnp.ndarray y, object sample_weight, double neg_w, double pos_w,
+                           double l2, cnp.ndarray p, cnp.ndarray touched, cnp.ndarray grads, cnp.ndarray g_b):
+    """The seed's batch step on the m = len(y) rows held in CSR buffers (row i: entries
+    cols/vals[indptr[i]:indptr[i + 1]], as `encode_rows` writes them), and its predictions:
+
+    z_i = Σ w[cols]·vals + b[0];  p_i = σ(z_i);  r_i = (p_i − y_i) · s_i · c_{y_i};
+    touched ← the distinct columns, in order of first appearance;
+    grads[k] = (1/m) Σ_i r_i x_{i,touched[k]} + l2 · w[touched[k]]  (each column's terms added in row order);
+    g_b[0] = (Σ_i r_i) / m.
+
+    p_i = σ(z_i) is what `dot` + `sigmoid_scalar` give for row i (the prediction before the update).
+    `y` holds the labels (one other than 0 or 1 raises ValueError), `sample_weight` is None or the
+    weights s, `neg_w` / `pos_w` are the class weights c. Returns the number of touched columns, or -1 if
+    anything is not finite. Writes p, touched, grads and g_b only, never w or b.
+    """
+    cdef Py_ssize_t m = cnp.PyArray_DIM(y, 0), i, k, j, slot, nt = 0, size = 16, nnz
+    cdef int bits = 4
+    cdef double* wp = dptr(w)
+    cdef Py_ssize_t* c = iptr(cols)
+    cdef double* v = dptr(vals)
+    cdef Py_ssize_t* ip = iptr(indptr)
+    cdef double* yp = dptr(y)
+    cdef double* sp = NULL
+    cdef double* pp = dptr(p)
+    cdef Py_ssize_t* tp = iptr(touched)
+    cdef double* gp = dptr(grads)
+    cdef double z, r, s = 0.0
+    cdef bint ok = True
+    cdef Py_ssize_t* table
+    if m == 0 or cnp.PyArray_DIM(indptr, 0) < m + 1 or cnp.PyArray_DIM(p, 0) < m:
+        raise ValueError("batch_predict_gradient: inconsistent array lengths")
+    nnz = ip[m]
+    if (ip[0] != 0 or nnz > cnp.PyArray_DIM(cols, 0) or nnz > cnp.PyArray_DIM(vals, 0)
+            or nnz > cnp.PyArray_DIM(touched, 0) or nnz > cnp.PyArray_DIM(grads, 0)
+            or (sample_weight is not None and cnp.PyArray_DIM(<cnp.ndarray> sample_weight, 0) != m)):
+        raise ValueError("batch_predict_gradient: inconsistent array lengths")
+    for i in range(m):
+        if yp[i] != 0.0 and yp[i] != 1.0:
+            raise ValueError(f"labels must be 0, 1, False or True, got {yp[i]!r} (row {i})")
+    if sample_weight is not None:
+        sp = dptr(<cnp.ndarray> sample_weight)
+    # The distinct columns: an open-addressing table (linear probing) of slot + 1 into `touched`.
+    while size < 2 * nnz:
+        size <<= 1
+        bits += 1
+    table = <Py_ssize_t*> calloc(size, sizeof(Py_ssize_t))
+    if table == NULL:
+        raise MemoryError()
+    for i in range(m):
+        z = 0.0
+        for k in range(ip[i], ip[i + 1]):
+            z += wp[c[k]] * v[k]
+        pp[i] = _sigmoid(z + dptr(b)[0])
+        r = (pp[i] - yp[i]) * (1.0 if sp == NULL else sp[i]) * (pos_w if yp[i] == 1.0 else neg_w)
+        s += r
+        for k in range(ip[i], ip[i + 1]):
+            j = c[k]
+            slot = <Py_ssize_t> ((<unsigned long long> j * 11400714819323198485ULL) >> (64 - bits))
+            while table[slot] != 0 and tp[table[slot] - 1] != j:
+                slot = (slot + 1) & (size - 1)
+            if table[slot] == 0:
+                table[slot] = nt + 1
+                tp[nt] = j
+                gp[nt] = 0.0
+                nt += 1
+            gp[table[slot] - 1] += r * v[k]
+    free(table)
+    ok = isfinite(s)
+    for k in range(nt):
+        if l2 == 0.0:
+            gp[k] = gp[k] / <double> m
+        else:
+            gp[k] = gp[k] / <double> m + l2 * wp[tp[k]]
+        ok = ok and isfinite(gp[k])
+    dptr(g_b)[0] = s / <double> m
+    return nt if ok else -1
 
 
 def dot(cnp.ndarray w, cnp.ndarray cols, cnp.ndarray vals, Py_ssize_t n):
@@ -292,28 +672,57 @@ def batch_gradient(cnp.ndarray X, cnp.ndarray z, cnp.ndarray e, cnp.ndarray y, o
     return s if ok else float("nan")
 
 
-def sgd_step(cnp.ndarray w, cnp.ndarray cols, cnp.ndarray grads, Py_ssize_t n, double lr):
-    """w_j ← w_j − η g_j."""
-    cdef double* wp = dptr(w)
-    cdef Py_ssize_t* c = iptr(cols)
-    cdef double* g = dptr(grads)
+# The optimizers' per-coordinate rules (`stream_logreg.optim`), applied to the coordinates cols[:n] in order:
+# the def wrappers below are what the optimizer classes call, `SampleStep` calls the same functions.
+
+cdef inline void _sgd(double* wp, Py_ssize_t* c, double* g, Py_ssize_t n, double lr) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(n):
         wp[c[i]] -= lr * g[i]
 
 
-def adagrad_step(cnp.ndarray w, cnp.ndarray acc, cnp.ndarray cols, cnp.ndarray grads, Py_ssize_t n,
-                 double lr, double eps):
-    """G_j ← G_j + g_j²;  w_j ← w_j − η g_j / (√G_j + ε)."""
-    cdef double* wp = dptr(w)
-    cdef double* G = dptr(acc)
-    cdef Py_ssize_t* c = iptr(cols)
-    cdef double* g = dptr(grads)
+cdef inline void _adagrad(double* wp, double* G, Py_ssize_t* c, double* g, Py_ssize_t n, double lr,
+                          double eps) noexcept nogil:
     cdef Py_ssize_t i, j
     for i in range(n):
+        if eps == 0.0 and g[i] == 0.0:  # with ε = 0 a zero gradient is skipped (no 0 / 0), as AdaGrad does
+            continue
         j = c[i]
         G[j] += g[i] * g[i]
         wp[j] -= lr * g[i] / (sqrt(G[j]) + eps)
+
+
+cdef inline void _ftrl(double* wp, double* z, double* na, Py_ssize_t* c, double* g, Py_ssize_t n, double alpha,
+                       double beta, double l1, double l2) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef double gi, sigma, n_old, n_new, sqrt_n, zj
+    for i in range(n):
+        j = c[i]
+        gi = g[i]
+        n_old = na[j]
+        n_new = n_old + gi * gi
+        sqrt_n = sqrt(n_new)
+        sigma = (sqrt_n - sqrt(n_old)) / alpha
+        zj = z[j] + (gi - sigma * wp[j])
+        z[j] = zj
+        na[j] = n_new
+        if fabs(zj) <= l1:
+            wp[j] = 0.0
+        elif zj > 0:
+            wp[j] = -(zj - l1) / ((beta + sqrt_n) / alpha + l2)
+        else:
+            wp[j] = -(zj + l1) / ((beta + sqrt_n) / alpha + l2)
+
+
+def sgd_step(cnp.ndarray w, cnp.ndarray cols, cnp.ndarray grads, Py_ssize_t n, double lr):
+    """w_j ← w_j − η g_j."""
+    _sgd(dptr(w), iptr(cols), dptr(grads), n, lr)
+
+
+def adagrad_step(cnp.ndarray w, cnp.ndarray acc, cnp.ndarray cols, cnp.ndarray grads, Py_ssize_t n,
+                 double lr, double eps):
+    """G_j ← G_j + g_j²;  w_j ← w_j − η g_j / (√G_j + ε) (with ε = 0, a coordinate whose g_j is 0 is skipped)."""
+    _adagrad(dptr(w), dptr(acc), iptr(cols), dptr(grads), n, lr, eps)
 
 
 def ftrl_step(cnp.ndarray w, cnp.ndarray z_acc, cnp.ndarray n_acc, cnp.ndarray cols, cnp.ndarray grads,
@@ -323,24 +732,164 @@ def ftrl_step(cnp.ndarray w, cnp.ndarray z_acc, cnp.ndarray n_acc, cnp.ndarray c
     σ_j = (√(n_j + g_j²) − √n_j) / α;  z_j ← z_j + g_j − σ_j w_j;  n_j ← n_j + g_j²;
     w_j = 0 if |z_j| ≤ λ1 else −(z_j − sgn(z_j) λ1) / ((β + √n_j) / α + λ2).
     """
-    cdef double* wp = dptr(w)
-    cdef double* z = dptr(z_acc)
-    cdef double* na = dptr(n_acc)
-    cdef Py_ssize_t* c = iptr(cols)
-    cdef double* g = dptr(grads)
-    cdef Py_ssize_t i, j
-    cdef double gi, sigma, nn, zj
-    for i in range(n):
-        j = c[i]
-        gi = g[i]
-        nn = na[j] + gi * gi
-        sigma = (sqrt(nn) - sqrt(na[j])) / alpha
-        z[j] += gi - sigma * wp[j]
-        na[j] = nn
-        zj = z[j]
-        if fabs(zj) <= l1:
-            wp[j] = 0.0
-        elif zj > 0:
-            wp[j] = -(zj - l1) / ((beta + sqrt(nn)) / alpha + l2)
+    _ftrl(dptr(w), dptr(z_acc), dptr(n_acc), iptr(cols), dptr(grads), n, alpha, beta, l1, l2)
+
+
+# The whole per-sample update in one call
+
+cdef enum:
+    RULE_SGD, RULE_ADAGRAD, RULE_FTRL
+
+_RULES = {"sgd": RULE_SGD, "adagrad": RULE_ADAGRAD, "ftrl": RULE_FTRL}
+_N_STATE = {"sgd": 0, "adagrad": 1, "ftrl": 2}
+_N_HYPER = {"sgd": 2, "adagrad": 2, "ftrl": 4}
+
+
+@cython.auto_pickle(False)
+@cython.final
+cdef class SampleStep:
+    """A model's per-sample update (the seed's formula, m = 1), compiled end to end: what
+    `OnlineLogisticRegression.predict_learn_one` does with `encode`, `predict_gradient` and its
+    optimizers' `step`, in one call and with the same arithmetic in the same order.
+
+    Bound to the model's arrays and dict (`columns` and its `layout` cache, the scratch buffers
+    `cols`/`vals`/`grads`, `w`, `b`, the optimizers' state arrays) and to copies of its hyper-parameters:
+    the model makes a new one whenever it replaces an array. `rule` is "sgd" (hyper-parameters lr,
+    power_t; no state), "adagrad" (lr, eps; state G) or "ftrl" (alpha, beta, l1, l2; state z, n), the
+    rules of `sgd_step`, `adagrad_step`, `ftrl_step`; the weights follow it with `w_state`, and so does the
+    bias with `b_state` unless `intercept_lr` is given (then b ← b − intercept_lr · g). Each step adds 1
+    to the `n_iterations` of the optimizer objects `opt` and (when it steps) `bias_opt`, and SGD reads
+    them for its schedule.
+    """
+
+    cdef dict columns
+    cdef bint merge
+    cdef RowLayout layout
+    cdef cnp.ndarray cols, vals, grads, w, b
+    cdef double neg_w, pos_w, l2, intercept_lr
+    cdef bint bias_rule
+    cdef int rule
+    cdef double h0, h1, h2, h3
+    cdef cnp.ndarray w_s0, w_s1, b_s0, b_s1
+    cdef object opt, bias_opt
+
+    def __init__(self, dict columns not None, bint merge, RowLayout layout, cnp.ndarray cols not None,
+                 cnp.ndarray vals not None, cnp.ndarray grads not None, cnp.ndarray w not None,
+                 cnp.ndarray b not None, double neg_w, double pos_w, double l2, object intercept_lr, str rule,
+                 tuple hyper, tuple w_state, tuple b_state, object opt, object bias_opt):
+        if rule not in _RULES or len(hyper) != _N_HYPER[rule]:
+            raise ValueError(f"unknown rule {rule!r} or wrong hyper-parameters {hyper!r}")
+        if len(w_state) != _N_STATE[rule] or len(b_state) != _N_STATE[rule]:
+            raise ValueError(f"rule {rule!r} has {_N_STATE[rule]} state array(s)")
+        arrays = [cols, vals, grads, w, b, *w_state, *b_state]
+        if not all(cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_ISWRITEABLE(a) for a in arrays):
+            raise ValueError("the arrays must be C-contiguous and writeable")
+        if (cnp.PyArray_TYPE(cols) != cnp.NPY_INTP
+                or not all(cnp.PyArray_TYPE(a) == cnp.NPY_DOUBLE for a in arrays[1:])):
+            raise ValueError("cols must be intp, the other arrays float64")
+        if (cnp.PyArray_DIM(vals, 0) < cnp.PyArray_DIM(cols, 0)
+                or cnp.PyArray_DIM(grads, 0) < cnp.PyArray_DIM(cols, 0) or cnp.PyArray_DIM(b, 0) < 1
+                or any(cnp.PyArray_DIM(a, 0) < cnp.PyArray_DIM(w, 0) for a in w_state)
+                or any(cnp.PyArray_DIM(a, 0) < 1 for a in b_state)):
+            raise ValueError("inconsistent array lengths")
+        self.columns, self.merge, self.layout = columns, merge, layout
+        self.cols, self.vals, self.grads, self.w, self.b = cols, vals, grads, w, b
+        self.neg_w, self.pos_w, self.l2 = neg_w, pos_w, l2
+        self.bias_rule = intercept_lr is None
+        self.intercept_lr = 0.0 if intercept_lr is None else intercept_lr
+        self.rule = _RULES[rule]
+        h = [float(v) for v in hyper] + [0.0] * (4 - len(hyper))
+        self.h0, self.h1, self.h2, self.h3 = h
+        self.w_s0 = w_state[0] if len(w_state) > 0 else None
+        self.w_s1 = w_state[1] if len(w_state) > 1 else None
+        self.b_s0 = b_state[0] if len(b_state) > 0 else None
+        self.b_s1 = b_state[1] if len(b_state) > 1 else None
+        self.opt, self.bias_opt = opt, bias_opt
+
+    def __call__(self, object x, object y, double sample_weight):
+        """Encode row `x` (see `encode`) and learn it with label `y` and weight `sample_weight`.
+
+        Returns p = σ(w·x + b), the probability before the update; -1.0 if `x` or `y` needs the model's
+        general path (`x` not a dict, a new feature, a value `encode` does not take; `y` not one of
+        False, True, 0, 1, 0.0, 1.0 of exact type): nothing was done; NaN if the update is not finite
+        (refused: nothing was written).
+        """
+        cdef double label = _binary_label(<PyObject*> y)
+        if label < 0.0 or type(x) is not dict:
+            return -1.0
+        cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout)
+        if n < 0:
+            return -1.0
+        return self._learn(n, label, sample_weight)
+
+    cdef double _learn(self, Py_ssize_t n, double y, double sample_weight) except? -2.0:
+        """The update on the row in the first n entries of the scratch buffers; returns p, or NaN if refused."""
+        cdef double* wp = dptr(self.w)
+        cdef double* bp = dptr(self.b)
+        cdef Py_ssize_t* c = iptr(self.cols)
+        cdef double* v = dptr(self.vals)
+        cdef double* o = dptr(self.grads)
+        cdef double z = 0.0, p, g, l2 = self.l2
+        cdef Py_ssize_t i
+        cdef bint ok
+        if not 0 <= n <= cnp.PyArray_DIM(self.cols, 0):
+            raise ValueError("n is beyond the buffers")
+        for i in range(n):  # as predict_gradient
+            z += wp[c[i]] * v[i]
+        p = _sigmoid(z + bp[0])
+        g = (p - y) * sample_weight * (self.pos_w if y else self.neg_w)
+        ok = isfinite(g)
+        if l2 == 0.0:
+            for i in range(n):
+                o[i] = g * v[i]
+                ok = ok and isfinite(o[i])
         else:
-            wp[j] = -(zj + l1) / ((beta + sqrt(nn)) / alpha + l2)
+            for i in range(n):
+                o[i] = g * v[i] + l2 * wp[c[i]]
+                ok = ok and isfinite(o[i])
+        if not ok:
+            return float("nan")
+        self._apply(self.opt, wp, c, o, n, self.w_s0, self.w_s1)
+        if self.bias_rule:
+            self._apply(self.bias_opt, bp, &_ZERO, &g, 1, self.b_s0, self.b_s1)
+        else:
+            bp[0] -= self.intercept_lr * g
+        return p
+
+    cdef int _apply(self, object opt, double* wp, Py_ssize_t* c, double* g, Py_ssize_t n,
+                    cnp.ndarray s0, cnp.ndarray s1) except -1:
+        """One step of the rule on coordinates c[:n], then opt.n_iterations += 1 (as Optimizer.step)."""
+        cdef double lr
+        if self.rule == RULE_SGD:
+            lr = self.h0  # SGD.learning_rate: lr / (t + 1)^power_t, t = the updates already made
+            if self.h1 != 0.0:
+                lr = self.h0 / pow(<double> (opt.n_iterations + 1), self.h1)
+            _sgd(wp, c, g, n, lr)
+        elif self.rule == RULE_ADAGRAD:
+            _adagrad(wp, dptr(s0), c, g, n, self.h0, self.h1)
+        else:
+            _ftrl(wp, dptr(s0), dptr(s1), c, g, n, self.h0, self.h1, self.h2, self.h3)
+        opt.n_iterations += 1
+        return 0
+
+
+cdef Py_ssize_t _ZERO = 0
+
+
+cdef inline double _binary_label(PyObject* y):
+    """1.0 or 0.0 for the labels True/1/1.0 and False/0/0.0/-0.0 (exact types); -1.0 for anything else."""
+    cdef int overflow = 0
+    cdef long long v
+    cdef double d
+    if _is_bool(y):
+        return 1.0 if y == _true else 0.0
+    if _is_int(y):
+        v = PyLong_AsLongLongAndOverflow(<object> y, &overflow)
+        if overflow == 0 and (v == 0 or v == 1):
+            return <double> v
+    elif _is_exact_float(y):
+        d = _float_value(y)
+        if d == 0.0 or d == 1.0:
+            return 1.0 if d == 1.0 else 0.0
+    return -1.0

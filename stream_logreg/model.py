@@ -48,7 +48,9 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         ∇w = (1/m) Xᵀ(h − y) + l2·w     ∇b = (1/m) 1ᵀ(h − y)
         w ← optimizer(w, ∇w)            b ← b − intercept_lr·∇b   (or optimizer(b, ∇b))
 
-    With ``optimizer=optim.SGD(η)`` that is exactly the seed's rule w ← w − η∇w, b ← b − η∇b. Only the
+    With ``optimizer=optim.SGD(η)`` that is exactly the seed's rule w ← w − η∇w, b ← b − η∇b. For
+    progressive validation, :meth:`predict_learn_one` and :meth:`predict_learn_rows` return the
+    prediction of the model before the update and make the update, in one compiled pass. Only the
     coordinates of features present in the batch are updated (a missing feature counts as 0, and so has
     gradient 0). Features map to columns through a :class:`~stream_logreg.features.FeatureSpace`: numbers
     as they are, bools as 0/1, a string ``v`` of key ``k`` as the indicator ``k=v``; unseen features start
@@ -122,6 +124,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         self._cols = np.zeros(64, dtype=np.intp)  # scratch buffers of the per-sample path
         self._vals = np.zeros(64)
         self._grads = np.zeros(64)
+        self._step: _kernel.SampleStep | bool | None = None  # see _compile_step
+        self._layout = _kernel.RowLayout()  # the keys of the last rows and their columns (no look-ups)
         # How batches with given columns are learned (see _plan): by array width, and by frame columns.
         self._array_plans: dict[int, _Plan] = {}
         self._frame_plans: dict[tuple, _Plan] = {}
@@ -173,6 +177,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         w[: len(self._w)] = self._w
         self._w = w
         self.optimizer.resize(capacity)
+        self._step = None  # bound to the old arrays
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         """The complete learned state: float arrays and a JSON-able dict (for checkpoints, no pickle).
@@ -246,6 +251,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             1,
         )
         model.n_samples_seen = int(meta["n_samples_seen"])
+        model._step = None  # the feature space and the optimizers' arrays were replaced
+        model._layout.clear()
         return model
 
     # The per-sample path
@@ -266,6 +273,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             self._cols, self._vals, self._grads = (
                 np.zeros(size, dtype=np.intp), np.zeros(size), np.zeros(size)
             )
+            self._step = None
         self._cols[:n] = cols
         self._vals[:n] = vals
         if grow:
@@ -292,19 +300,43 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
 
     def learn_one(self, x: dict, y: Any, w: float = 1.0, **kwargs: Any) -> None:
         """One update with m = 1 on row ``x``, label ``y`` and sample weight ``w``."""
+        self.predict_learn_one(x, y, w)
+
+    def predict_learn_one(self, x: dict, y: Any, w: float = 1.0) -> float:
+        """Progressive validation of one sample: p = σ(w·x + b), then ``learn_one(x, y, w)``; returns p.
+
+        p and the model afterwards are bitwise those of ``predict_proba_one(x)[True]`` followed by
+        ``learn_one(x, y, w)``, at a fraction of the cost: the row is encoded and its dot product computed
+        once, and for a row of known features with one of the package's optimizers the whole update is
+        one compiled call (:meth:`_compile_step`). A refused update (a bad value, a non-finite step)
+        raises ``ValueError`` and leaves the model as it was.
+        """
+        step = self._step
+        if step is None:
+            step = self._step = self._compile_step()
+        if step:
+            p = step(x, y, w)
+            if p >= 0.0:
+                self.n_samples_seen += 1
+                return p
+            if p != p:
+                raise ValueError(f"the update for {x!r:.200} is not finite; refused")
+        # The general path: new features or a bad value (the feature space decides, and may grow), a label
+        # of another type, or an optimizer without a compiled rule.
         target = _label(y)
-        n = _kernel.encode(x, self.features.columns, self._cols, self._vals, self.features.hashing)
+        features = self.features
+        n = _kernel.encode(x, features.columns, self._cols, self._vals, features.n_bits is not None)
         mark = None
-        if n < 0:  # new features or a bad value: the feature space decides (and may grow)
-            mark = self.features.mark()
+        if n < 0:
+            mark = features.mark()
             n = self._encode_slow(x, grow=True)
         try:
-            # z = w·x + b, g = (σ(z) − y)·w·c, grads = g·x + l2·w; NaN if anything is not finite
-            g = _kernel.logistic_gradient(
-                self._w, self._cols, self._vals, n, self._b[0], target, w,
-                self._pos_weight if target else self._neg_weight, self.l2, self._grads,
+            # z = w·x + b, p = σ(z), g = (p − y)·w·c into _b_grad, grads = g·x + l2·w; NaN if not finite
+            p = _kernel.predict_gradient(
+                self._w, self._cols, self._vals, n, self._b, target, w,
+                self._pos_weight if target else self._neg_weight, self.l2, self._grads, self._b_grad,
             )
-            if g != g:
+            if p != p:
                 raise ValueError(f"the update for {x!r:.200} is not finite; refused")
         except BaseException:
             if mark is not None:
@@ -312,11 +344,34 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             raise
         self.optimizer.step(self._w, self._cols, self._grads, n)
         if self.intercept_lr is None:
-            self._b_grad[0] = g
             self._bias_optimizer.step(self._b, self._b_col, self._b_grad, 1)
         else:
-            self._b[0] -= self.intercept_lr * g
+            self._b[0] -= self.intercept_lr * self._b_grad[0]
         self.n_samples_seen += 1
+        return p
+
+    def _compile_step(self) -> _kernel.SampleStep | bool:
+        """The compiled per-sample update bound to the current arrays, or False if the optimizer has no
+        compiled twin (a subclass or another class: its ``step`` is then called).
+
+        The twin is the kernel function each optimizer's ``step`` calls, with the optimizer's
+        hyper-parameters, which are immutable (River's convention); :meth:`_grow`, the slow path and
+        :meth:`from_state` drop the compiled step whenever they replace an array it is bound to.
+        """
+        twins = _compiled_rules(self.optimizer), _compiled_rules(self._bias_optimizer)
+        if twins[0] is None or twins[1] is None:
+            return False
+        (rule, hyper, w_state), (_, _, b_state) = twins
+        return _kernel.SampleStep(
+            self.features.columns, self.features.n_bits is not None, self._layout, self._cols, self._vals,
+            self._grads, self._w, self._b, self._neg_weight, self._pos_weight, self.l2, self.intercept_lr,
+            rule, hyper, w_state, b_state, self.optimizer, self._bias_optimizer,
+        )
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_step"] = None  # bound to this instance's arrays: the copy makes its own
+        return state
 
     def _step_bias(self, g: float) -> None:
         if self.intercept_lr is None:
@@ -330,6 +385,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
     def _rollback(self, mark: tuple[int, int]) -> None:
         """Undo the feature-space growth since ``mark`` (a refused row or batch leaves no trace)."""
         self.features.rollback(mark)
+        self._layout.clear()  # it may hold keys that are gone, whose columns will be other keys'
         self._array_plans.clear()
         self._frame_plans.clear()
 
@@ -406,41 +462,60 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         The same update as :meth:`learn_many` on the frame of these rows with missing features as 0. A row
         with a bad value raises ``ValueError`` naming the feature, and the model is left as it was.
         """
+        self.predict_learn_rows(xs, ys, sample_weight)
+
+    def predict_learn_rows(self, xs: list[dict], ys: Any, sample_weight: Any = None) -> np.ndarray:
+        """Progressive validation of a mini-batch: p_i = σ(w·x_i + b) for each row, then :meth:`learn_rows`.
+
+        Returns the p_i, bitwise what ``predict_proba_one(x_i)[True]`` gives before the update. One pass in
+        compiled code: the rows are encoded into one buffer (new features through the feature space),
+        then z_i, p_i, r_i = (p_i − y_i)·s_i·c_{y_i}, ∇w_j = (1/m) Σ_i r_i x_ij + l2·w_j over the touched
+        columns j and ∇b = (1/m) Σ_i r_i, then one optimizer step. Colliding hashed features are merged
+        per row. A bad row or a non-finite update raises ``ValueError`` and leaves the model as it was.
+        """
+        if type(xs) is not list:
+            xs = list(xs)
         m = len(xs)
         if m == 0:
-            return
+            return np.empty(0)
         y = _labels(ys)
-        if y.shape != (m,) or not np.isin(y, (0.0, 1.0)).all():
+        if y.shape != (m,):
             raise ValueError("expected one label in {0, 1, False, True} per row")
-        mark = self.features.mark()
-        col_parts, val_parts, lengths = [], [], np.empty(m, dtype=np.intp)
+        if sample_weight is not None:
+            sample_weight = np.ascontiguousarray(
+                np.broadcast_to(np.asarray(sample_weight, dtype=np.float64), (m,))
+            )
+        features = self.features
+        merge = features.n_bits is not None
+        size = sum(map(len, xs))  # a row has at most one entry per key
+        cols, vals = np.empty(size, dtype=np.intp), np.empty(size)
+        indptr = np.zeros(m + 1, dtype=np.intp)
+        mark = features.mark()
         try:
-            for i, x in enumerate(xs):
-                n = self._encode(x, grow=True)
-                col_parts.append(self._cols[:n].copy())
-                val_parts.append(self._vals[:n].copy())
-                lengths[i] = n
-        except ValueError:
+            i = 0
+            layout = self._layout
+            while (i := _kernel.encode_rows(xs, i, features.columns, cols, vals, indptr, merge, layout)) < m:
+                # new features or a bad value: the feature space decides (and may grow)
+                row_cols, row_vals = features.encode(xs[i], grow=True)
+                start, end = indptr[i], indptr[i] + len(row_cols)
+                cols[start:end], vals[start:end] = row_cols, row_vals
+                indptr[i + 1] = end
+                i += 1
+            self._grow(features.n_columns)
+            p, touched, grads, g_b = np.empty(m), np.empty(size, dtype=np.intp), np.empty(size), np.empty(1)
+            n = _kernel.batch_predict_gradient(
+                self._w, self._b, cols, vals, indptr, y, sample_weight, self._neg_weight, self._pos_weight,
+                self.l2, p, touched, grads, g_b,
+            )
+            if n < 0:
+                raise ValueError("the update is not finite (values too large); the batch was refused")
+        except BaseException:
             self._rollback(mark)  # forget what the earlier rows added
             raise
-        cols, vals = np.concatenate(col_parts), np.concatenate(val_parts)
-        rows = np.repeat(np.arange(m), lengths)
-        r = sigmoid(np.bincount(rows, weights=self._w[cols] * vals, minlength=m) + self._b[0]) - y
-        if sample_weight is not None:
-            r = r * np.asarray(sample_weight, dtype=np.float64)
-        if self.class_weight is not None:
-            r = r * np.where(y == 1.0, self._pos_weight, self._neg_weight)
-        touched, inverse = np.unique(cols, return_inverse=True)
-        grad = np.bincount(inverse, weights=vals * r[rows], minlength=len(touched)) / m
-        if self.l2:
-            grad += self.l2 * self._w[touched]
-        g_b = float(r.sum()) / m
-        if not (math.isfinite(g_b) and np.isfinite(grad).all()):
-            self._rollback(mark)
-            raise ValueError("the update is not finite (values too large); the batch was refused")
-        self.optimizer.step(self._w, touched, grad, len(touched))
-        self._step_bias(g_b)
+        self.optimizer.step(self._w, touched, grads, n)
+        self._step_bias(float(g_b[0]))
         self.n_samples_seen += m
+        return p
 
     def learn_batch(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> None:
         """Numpy fast path: one update on a dense float array X (m×n) and labels y ∈ {0, 1}^m.
@@ -543,6 +618,19 @@ class _Plan(NamedTuple):
     inverse: np.ndarray | None  # merged column of each kept batch column, where columns repeat
     dense: bool  # cols is 0..n-1: the weights are the view w[:n]
     n_ignored: int  # batch columns ignored by a full vocabulary
+
+
+def _compiled_rules(opt: optim_.Optimizer) -> tuple[str, tuple, tuple] | None:
+    """(rule, hyper-parameters, state arrays) of ``opt`` for ``_kernel.SampleStep``: the kernel function
+    its ``step`` calls, with the same arguments. None for any other class (subclasses included)."""
+    kind = type(opt)
+    if kind is optim_.SGD:
+        return "sgd", (opt.lr, opt.power_t), ()
+    if kind is optim_.AdaGrad:
+        return "adagrad", (opt.lr, opt.eps), (opt.G,)
+    if kind is optim_.FTRL:
+        return "ftrl", (opt.alpha, opt.beta, opt.l1, opt.l2), (opt.z, opt.n)
+    return None
 
 
 def _class_weights(class_weight: dict | None) -> tuple[float, float]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import doctest
 import random
 
@@ -78,8 +77,10 @@ def test_event_is_frozen_and_same_as_constructed() -> None:
     event = CODEC.decode(b'{"x": {"a": 1}, "y": 1, "id": "k"}')
     assert event == Event({"a": 1}, 1, "k")
     assert repr(event) == repr(Event({"a": 1}, 1, "k"))
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):  # immutable
         event.y = 0  # type: ignore[misc]
+    x, y, id_ = event  # a named tuple
+    assert (x, y, id_) == ({"a": 1}, 1, "k")
 
 
 def test_bytes_like_values() -> None:
@@ -416,6 +417,50 @@ def test_random_messages_never_raise_and_events_are_model_ready() -> None:
     assert counts["event"] > 2000
     assert {Reason.NOT_JSON, Reason.NOT_OBJECT, Reason.X_MISSING, Reason.BAD_VALUE, Reason.BAD_LABEL,
             Reason.BAD_ID, Reason.TOO_MANY_FEATURES} <= set(counts), counts  # fmt: skip
+
+
+def test_compiled_path_agrees_with_the_python_checks() -> None:
+    """``_kernel.json_event`` (the hot path) accepts only what ``_check`` accepts, with the same event, and
+    everything ``_check`` accepts when the values are of the fast types; it declines the rest."""
+    assert codec_module._COMPILED
+    rng = random.Random(99)
+    codec = JsonCodec(max_features=MAX_FEATURES)
+    fields = codec.x_field, codec.y_field, codec.id_field, codec.max_features
+    declined = accepted = 0
+    extra = [b'{"x": {"a": 1}, "y": 18446744073709551616}', b'{"x": {"a": 1}, "id": -9223372036854775809}',
+             b'{"x": {"a": 1}, "id": 9223372036854775808}', b'{"x": [1, 2, 3], "y": -0.0, "id": -1}',
+             b'{"x": {"a": 1}, "y": 1, "id": 18446744073709551615}']  # fmt: skip
+    messages = [random_message(rng)[0] for _ in range(5000)] + extra
+    for data in messages:
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            continue
+        expected = codec._check(doc, FAST_TYPES)
+        event = codec_module.json_event(doc, *fields, Event)
+        if event is None:
+            declined += 1
+            assert not isinstance(expected, Event), (data, expected)
+        else:
+            accepted += 1
+            assert type(event) is Event and event == expected, (data, event, expected)
+            assert [type(v) for v in event] == [type(v) for v in expected]
+        assert codec.decode(data) == expected
+    assert accepted > 2000 and declined > 500
+
+
+@pytest.mark.parametrize("codec", [JsonCodec(max_features=MAX_FEATURES, max_bytes=400),
+                                   JsonCodec("features", "label", "key")], ids=["limits", "fields"])
+def test_the_compiled_decoder_gives_what_decode_gives(codec: JsonCodec) -> None:
+    decoder = codec.decoder()
+    assert decoder is not codec.decode  # compiled
+    rng = random.Random(5)
+    messages = [random_message(rng)[0] for _ in range(3000)]
+    messages += [None, b"", b"null", b'{"x": {}}', b"x" * 500, bytearray(b'{"x": [1]}'), '{"x": [1]}',
+                 memoryview(b'{"x": {"a": 1}, "y": 1}'), b'{"features": {"a": 1}, "label": true, "key": 3}']
+    for data in messages:
+        assert decoder(data) == codec.decode(data), data
+        assert type(decoder(data)) is type(codec.decode(data))
 
 
 def test_random_good_messages_are_all_accepted() -> None:

@@ -9,6 +9,7 @@ by fixed sleeps.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import signal
@@ -93,6 +94,27 @@ def offline(values: list[bytes | None], batch_size: int, config: LearnerConfig |
                 model.learn_rows([e.x for e in buffer], [e.y for e in buffer])
                 buffer.clear()
     return model, scored
+
+
+def progressive_log_loss(values: list[bytes], batch_size: int) -> tuple[int, float]:
+    """(labelled events learned, Σ of their log loss): each predicted by the model before its batch (the
+    model it met on arrival), as the learner's progressive validation; events left in an incomplete batch
+    are not learned, hence not counted."""
+    codec = JsonCodec()
+    model = OnlineLogisticRegression.from_config({**OnlineLogisticRegression().config(), **MODEL})
+    events = [ev for ev in map(codec.decode, values) if isinstance(ev, Event) and ev.y is not None]
+    n = len(events) - len(events) % batch_size
+    loss = 0.0
+    for i in range(0, n, batch_size):
+        batch = events[i : i + batch_size]
+        for ev in batch:
+            p = model.predict_proba_one(ev.x)[True]
+            loss -= math.log(max(p if ev.y else 1.0 - p, 1e-15))
+        if batch_size == 1:
+            model.learn_one(batch[0].x, batch[0].y)
+        else:
+            model.learn_rows([e.x for e in batch], [e.y for e in batch])
+    return n, loss
 
 
 def same_model(a: OnlineLogisticRegression, b: OnlineLogisticRegression) -> bool:
@@ -258,6 +280,9 @@ def test_learn_through_equals_offline(kafka_bootstrap: str, kafka_topic: Any, tm
     assert snap["learned"] == learned and snap["consumed"] == 3003 and snap["rejected_total"] == 0
     assert snap["checkpoints_written"] >= 4 and snap["commit_failures"] == 0
     assert 0 < snap["rolling_log_loss"] < 0.69 and snap["rolling_accuracy"] > 0.7
+    n, loss = progressive_log_loss(values, batch_size)
+    assert snap["predicted_labelled"] == n == learned
+    assert snap["log_loss_total"] == pytest.approx(loss, rel=1e-9)
 
 
 @pytest.mark.kafka
@@ -582,3 +607,45 @@ def test_predictions_of_unlabelled_events(kafka_bootstrap: str, kafka_topic: Any
     ids = [g["checkpoint"] for g in got]
     assert ids[0] is None and ids[-1] is not None and ids == sorted(ids, key=lambda i: i or "")
     assert r.learner.stats.snapshot()["scored"] == 500
+
+
+def offline_predictions(values: list[bytes], batch_size: int) -> dict[int, tuple[str | None, float, int]]:
+    """offset → (id, p, n_samples_seen of the predicting model) for every event the learner publishes with
+    ``publish_labelled``: unlabelled ones when read, labelled ones when their mini-batch is learned, each
+    predicted by the model it met on arrival (events of an incomplete last batch are not published)."""
+    codec = JsonCodec()
+    model = OnlineLogisticRegression.from_config({**OnlineLogisticRegression().config(), **MODEL})
+    out, batch = {}, []
+    for offset, value in enumerate(values):
+        ev = codec.decode(value)
+        if ev.y is None:
+            out[offset] = (ev.id, model.predict_proba_one(ev.x)[True], model.n_samples_seen)
+            continue
+        batch.append((offset, ev))
+        if len(batch) == batch_size:
+            for o, e in batch:
+                out[o] = (e.id, model.predict_proba_one(e.x)[True], model.n_samples_seen)
+            model.learn_rows([e.x for _, e in batch], [e.y for _, e in batch])
+            batch.clear()
+    return out
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_predictions_of_labelled_events(kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path,
+                                        batch_size: int) -> None:
+    topic, predictions = kafka_topic(1), kafka_topic(1)
+    values = make_events(1003, seed=15, unlabelled_every=5)
+    produce(kafka_bootstrap, topic, values)
+    cfg = make_config(kafka_bootstrap, topic, tmp_path / "ckpt", batch_size=batch_size,
+                      predictions_topic=predictions, publish_labelled=True, max_poll_records=100)
+    with running(cfg) as r:
+        r.wait_consumed(len(values))
+        r.stop()
+    expected = offline_predictions(values, batch_size)
+    assert len(expected) == (1003 if batch_size == 1 else 1003 - 3)  # 803 labelled: 3 left in a batch
+    records = read_topic(kafka_bootstrap, predictions, len(expected))
+    got = {g["offset"]: g for g in (orjson.loads(rec.value) for rec in records)}
+    assert len(records) == len(got)  # one prediction per event
+    assert {o: (g["id"], g["p"], g["n_samples_seen"]) for o, g in got.items()} == expected  # bitwise p
+    assert all(("y" in g) == (o % 5 != 4) for o, g in got.items())

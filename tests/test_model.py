@@ -359,3 +359,152 @@ def test_predictions_depend_on_the_state_only(space):
         model.learn_one(x, True)
         restored.learn_one(x, True)
     assert restored.coef.tobytes() == model.coef.tobytes() and restored.intercept == model.intercept
+
+
+# predict_learn_one / predict_learn_rows: progressive validation in one pass, bitwise the two-step way
+
+FUSED_OPTIMIZERS = {
+    **OPTIMIZERS,
+    "sgd-int-lr": lambda: optim.SGD(1, power_t=1),
+    "adagrad-eps0": lambda: optim.AdaGrad(0.1, eps=0.0),
+    "ftrl-default": lambda: optim.FTRL(),
+}
+MODEL_VARIANTS = {
+    "vocab": {},
+    "hashing": {"n_bits": 3},  # 8 columns: many collisions, merged per row
+    "capped": {"max_features": 10},
+    "l2-intercept_lr-class_weight": {"l2": 0.01, "intercept_lr": 0.05, "class_weight": {0: 1.0, 1: 3.0}},
+}
+LABELS = [0, 1, True, False, 0.0, 1.0, -0.0, np.bool_(True), np.int64(0), np.float32(1.0)]
+
+
+def progressive_stream(n=600, seed=3, refused=True):
+    """(x, y, w) rows: features that appear over time, strings, bools, ints and zeros, labels of every
+    accepted type, sample weights (0 included), and (``refused``) a few rows whose update overflows."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        k = min(3 + i // 40, 14)
+        x = {f"f{j}": float(rng.standard_normal() * 3) for j in range(k) if rng.random() < 0.8}
+        x.update(city=["paris", "rome", "oslo"][i % 3], vip=bool(i % 2), n=int(rng.integers(-3, 4)), zero=0.0)
+        x["mixed"] = [1.5, "a", True, -2, "b"][i % 5]  # one key, values of every kind
+        w = float(rng.choice([1.0, 0.5, 2.0, 0.0]))
+        if refused and i % 97 == 50:
+            x["n"], w = 10**300, 1e300  # g·x overflows: the update is refused
+        rows.append((x, LABELS[i % len(LABELS)], w))
+    return rows
+
+
+def general_path(model):
+    """The model without its compiled step: encode, predict_gradient, optimizer.step (the reference)."""
+    model._compile_step = lambda: False
+    return model
+
+
+@pytest.mark.parametrize("variant", MODEL_VARIANTS)
+@pytest.mark.parametrize("opt", FUSED_OPTIMIZERS)
+def test_predict_learn_one_is_bitwise_predict_then_learn(opt, variant):
+    def make():
+        return OnlineLogisticRegression(optimizer=FUSED_OPTIMIZERS[opt](), **MODEL_VARIANTS[variant])
+
+    fused, reference = make(), general_path(make())
+    refused = 0
+    for x, y, w in progressive_stream():
+        expected = reference.predict_proba_one(x)[True]
+        try:
+            reference.learn_one(x, y, w)
+        except ValueError:
+            refused += 1
+            with pytest.raises(ValueError, match="not finite"):
+                fused.predict_learn_one(x, y, w)
+        else:
+            p = fused.predict_learn_one(x, y, w)
+            assert type(p) is float and p.hex() == expected.hex()
+        assert_same_state(fused, reference.state())
+    assert refused >= 2
+    assert fused._step and not reference._step  # the compiled step did the work
+
+
+@pytest.mark.parametrize("variant", MODEL_VARIANTS)
+@pytest.mark.parametrize("opt", ["sgd-power_t", "adagrad", "ftrl-default"])
+def test_learn_one_is_predict_learn_one(opt, variant):
+    def make():
+        return OnlineLogisticRegression(optimizer=FUSED_OPTIMIZERS[opt](), **MODEL_VARIANTS[variant])
+
+    a, b = make(), make()
+    for x, y, w in progressive_stream(refused=False):
+        a.learn_one(x, y, w)
+        b.predict_learn_one(x, y, w)
+    assert_same_state(a, b.state())
+
+
+@pytest.mark.parametrize("variant", MODEL_VARIANTS)
+@pytest.mark.parametrize("opt", ["sgd-power_t", "adagrad-eps0", "ftrl"])
+def test_predict_learn_rows_predicts_what_predict_proba_one_does(opt, variant):
+    def make():
+        return OnlineLogisticRegression(optimizer=FUSED_OPTIMIZERS[opt](), **MODEL_VARIANTS[variant])
+
+    model, twin = make(), make()
+    rows = progressive_stream(refused=False)
+    for i in range(0, len(rows), 16):
+        xs, ys, ws = (list(col) for col in zip(*rows[i : i + 16], strict=True))
+        expected = [model.predict_proba_one(x)[True].hex() for x in xs]
+        p = model.predict_learn_rows(xs, ys, ws)
+        twin.learn_rows(xs, ys, ws)
+        assert [v.hex() for v in p.tolist()] == expected
+    assert_same_state(model, twin.state())
+    assert model.n_samples_seen == len(rows)
+
+
+def test_predict_learn_rows_refuses_a_batch_and_leaves_the_model_alone():
+    model = OnlineLogisticRegression(optimizer=optim.SGD(0.1))
+    model.learn_rows([{"a": 1.0}, {"b": 2.0}], [1, 0])
+    before = copy.deepcopy(model.state())
+    with pytest.raises(ValueError, match="not finite"):
+        model.predict_learn_rows([{"a": 1.0, "new": 1e300}, {"b": 1.0}], [1, 0], [1e300, 1.0])
+    with pytest.raises(ValueError, match="'bad'"):
+        model.predict_learn_rows([{"a": 1.0, "new": 1.0}, {"bad": float("nan")}], [1, 0])
+    with pytest.raises(ValueError, match="labels"):
+        model.predict_learn_rows([{"a": 1.0, "new": 1.0}, {"b": 1.0}], [1, 2])
+    assert_same_state(model, before)
+    assert model.predict_learn_rows([], []).shape == (0,)
+
+
+@pytest.mark.parametrize("copier", [lambda m: pickle.loads(pickle.dumps(m)), copy.deepcopy],
+                         ids=["pickle", "deepcopy"])
+def test_a_copy_learns_on_its_own_arrays(copier):
+    """The compiled step is bound to its model's arrays: a copy binds its own, the original is left alone."""
+    rows = progressive_stream(refused=False)
+    model = OnlineLogisticRegression()
+    for x, y, w in rows[:300]:
+        model.predict_learn_one(x, y, w)
+    assert model._step
+    twin = copier(model)
+    before = copy.deepcopy(model.state())
+    for x, y, w in rows[300:]:
+        twin.predict_learn_one(x, y, w)
+    assert_same_state(model, before)
+    for x, y, w in rows[300:]:
+        model.predict_learn_one(x, y, w)
+    assert_same_state(twin, model.state())
+
+
+def test_the_row_layout_cache_forgets_keys_rolled_back():
+    """A refused batch rolls back the columns it added; the model must not remember them by key."""
+    k = "k"  # the same key object in every row, as orjson gives
+
+    def stream(model, refused):
+        model.learn_rows([{"a": 1.0}], [1])
+        if refused:  # "k" gets column 1 and is cached by position; then the batch is refused
+            with pytest.raises(ValueError, match="'bad'"):
+                model.learn_rows([{k: 1.0}, {k: 2.0}, {"bad": float("nan")}], [1, 0, 1])
+        model.learn_rows([{"j": 1.0}], [1])  # column 1 is now "j"'s
+        for _ in range(3):
+            model.predict_learn_one({k: 1.0}, 1)
+            model.learn_rows([{k: 3.0}, {k: 1.0}], [0, 1])
+
+    model, reference = OnlineLogisticRegression(optim.SGD(0.1)), OnlineLogisticRegression(optim.SGD(0.1))
+    stream(model, refused=True)
+    stream(reference, refused=False)
+    assert_same_state(model, reference.state())
+    assert model.features.names == ["a", "j", "k"]
