@@ -186,10 +186,10 @@ COMMON_SETTINGS: tuple[Setting, ...] = (
 MODEL_SETTINGS: tuple[Setting, ...] = (
     Setting("optimizer", "choice", "ftrl",
             "Update rule of the weights: plain SGD (the seed's rule), AdaGrad, or FTRL-Proximal (the model's "
-            "default, FTRL alpha=0.1 beta=1).", "Model", choices=("sgd", "adagrad", "ftrl")),
+            "default, FTRL alpha=0.17 beta=0.5).", "Model", choices=("sgd", "adagrad", "ftrl")),
     Setting("lr", "float", None,
             "Learning rate: SGD's and AdaGrad's rate, FTRL's alpha. Unset: the optimizer's default "
-            "(sgd 0.01, adagrad 0.1, ftrl 0.1).", "Model", minimum=0, exclusive_minimum=True),
+            "(sgd 0.01, adagrad 0.15, ftrl 0.17).", "Model", minimum=0, exclusive_minimum=True),
     Setting("l1", "float", 0.0, "L1 penalty (FTRL only: its proximal step gives exact zeros).", "Model",
             minimum=0),
     Setting("l2", "float", 0.0,
@@ -386,12 +386,13 @@ def build_model(values: Mapping[str, Any]) -> Any:
     if name != "ftrl" and l1:
         raise UsageError(f"--l1 applies only to --optimizer ftrl (got --optimizer {name}); "
                          "L1 needs FTRL's proximal step to give exact zeros")
+    rate = {} if lr is None else {"alpha" if name == "ftrl" else "lr": lr}
     if name == "sgd":
-        opt: Any = optim.SGD(lr=0.01 if lr is None else lr)
+        opt: Any = optim.SGD(**rate)
     elif name == "adagrad":
-        opt = optim.AdaGrad(lr=0.1 if lr is None else lr)
+        opt = optim.AdaGrad(**rate)
     else:
-        opt = optim.FTRL(alpha=0.1 if lr is None else lr, beta=1.0, l1=l1, l2=l2)
+        opt = optim.FTRL(**rate, l1=l1, l2=l2)
     return OnlineLogisticRegression(
         optimizer=opt, l2=0.0 if name == "ftrl" else l2, n_bits=values["n_bits"]
     )

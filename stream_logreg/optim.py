@@ -75,6 +75,12 @@ class Optimizer(base.Base):
     def _step(self, w: np.ndarray, cols: np.ndarray, grads: np.ndarray, n: int) -> None:
         raise NotImplementedError
 
+    def _compiled_rule(self) -> tuple[str, tuple, tuple] | None:
+        """(kernel rule, hyper-parameters, state arrays) with which the model's compiled per-sample update
+        applies exactly this optimizer's ``step``; ``None`` (the default, and for subclasses, whose ``step``
+        may differ) makes the model call ``step`` itself."""
+        return None
+
     def state_arrays(self, size: int) -> dict[str, np.ndarray]:
         """The first ``size`` coordinates of each state array (for checkpoints)."""
         return {name: getattr(self, name)[:size].copy() for name in self._state_names}
@@ -137,6 +143,9 @@ class SGD(Optimizer):
     def _step(self, w: np.ndarray, cols: np.ndarray, grads: np.ndarray, n: int) -> None:
         _kernel.sgd_step(w, cols, grads, n, self.learning_rate)
 
+    def _compiled_rule(self) -> tuple[str, tuple, tuple] | None:
+        return ("sgd", (self.lr, self.power_t), ()) if type(self) is SGD else None
+
     @classmethod
     def _unit_test_params(cls):
         yield {"lr": 0.1}
@@ -177,14 +186,10 @@ class AdaGrad(Optimizer):
         self.eps = _check("AdaGrad", "eps", eps, positive=False)
 
     def _step(self, w: np.ndarray, cols: np.ndarray, grads: np.ndarray, n: int) -> None:
-        if self.eps == 0.0:
-            # A zero gradient leaves a coordinate as it is; with ε = 0 the kernel would compute 0 / 0 = NaN
-            # for a coordinate that has no gradient yet (a feature whose value is 0, a sample of weight 0).
-            nonzero = grads[:n] != 0.0
-            if not nonzero.all():
-                cols, grads = cols[:n][nonzero], grads[:n][nonzero]
-                n = len(cols)
         _kernel.adagrad_step(w, self.G, cols, grads, n, self.lr, self.eps)
+
+    def _compiled_rule(self) -> tuple[str, tuple, tuple] | None:
+        return ("adagrad", (self.lr, self.eps), (self.G,)) if type(self) is AdaGrad else None
 
 
 class FTRL(Optimizer):
@@ -235,7 +240,7 @@ class FTRL(Optimizer):
 
     _state_names = ("z", "n")
 
-    def __init__(self, alpha: float = 0.1, beta: float = 1.0, l1: float = 0.0, l2: float = 0.0) -> None:
+    def __init__(self, alpha: float = 0.17, beta: float = 0.5, l1: float = 0.0, l2: float = 0.0) -> None:
         super().__init__()
         self.alpha = _check("FTRL", "alpha", alpha, positive=True)
         self.beta = _check("FTRL", "beta", beta, positive=False)
@@ -244,3 +249,8 @@ class FTRL(Optimizer):
 
     def _step(self, w: np.ndarray, cols: np.ndarray, grads: np.ndarray, n: int) -> None:
         _kernel.ftrl_step(w, self.z, self.n, cols, grads, n, self.alpha, self.beta, self.l1, self.l2)
+
+    def _compiled_rule(self) -> tuple[str, tuple, tuple] | None:
+        if type(self) is not FTRL:
+            return None
+        return "ftrl", (self.alpha, self.beta, self.l1, self.l2), (self.z, self.n)

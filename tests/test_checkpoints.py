@@ -541,10 +541,10 @@ def test_a_different_configuration_is_refused_naming_the_differences(two_checkpo
         store.latest(expect_config=other.config())
     message = str(caught.value)
     assert f"checkpoint {new} is of a different model configuration" in message
-    assert "optimizer.alpha: checkpoint 0.1, expected 0.05" in message
+    assert "optimizer.alpha: checkpoint 0.17, expected 0.05" in message
     assert "l2: checkpoint 0.0, expected 0.01" in message
     assert "beta" not in message
-    assert caught.value.differences == [("l2", 0.0, 0.01), ("optimizer.alpha", 0.1, 0.05)]
+    assert caught.value.differences == [("l2", 0.0, 0.01), ("optimizer.alpha", 0.17, 0.05)]
 
     sgd = OnlineLogisticRegression(optimizer=optim.SGD(0.1), n_bits=10)
     with pytest.raises(CheckpointMismatch) as caught:

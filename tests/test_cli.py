@@ -199,7 +199,7 @@ def test_demo_model_options(tmp_path: Path) -> None:
     d2 = str(tmp_path / "ftrl")
     assert cli.main(["demo", "--checkpoint-dir", d2, "-q", "--lr", "0.3", "--l1", "0.5", "--l2", "1"]) == 0
     assert DirectoryStore(d2).latest().model.config()["optimizer"] == {
-        "name": "FTRL", "alpha": 0.3, "beta": 1.0, "l1": 0.5, "l2": 1.0
+        "name": "FTRL", "alpha": 0.3, "beta": 0.5, "l1": 0.5, "l2": 1.0
     }
 
 
@@ -305,7 +305,7 @@ def test_inspect_text_and_the_ways_to_name_a_checkpoint(demo_dir: Path, capsys) 
         out = capsys.readouterr().out
         assert f"checkpoint     {checkpoint.id}" in out
         assert "samples seen   1,250" in out
-        assert "optimizer      FTRL(alpha=0.1, beta=1.0, l1=0.0, l2=0.0)" in out
+        assert "optimizer      FTRL(alpha=0.17, beta=0.5, l1=0.0, l2=0.0)" in out
         assert "top 9 weights by |w|" in out  # 9 non-zero weights, fewer than --top 10
         assert "bias" in out and "position=1250" in out
 
