@@ -1,8 +1,8 @@
 """The Kafka service: learn an online logistic regression from topics, crash-safe.
 
 :class:`LearnerConfig` holds the settings, :class:`Learner` runs the loop (``Learner(config).run()``, and
-``stop()`` from a signal handler), :class:`LearnerStats` is what it counts. ``python -m consumers --help``
-runs it from the command line; ``stream-logreg`` (:mod:`consumers.cli`) is the full command line.
+``stop()`` from a signal handler), :class:`LearnerStats` is what it counts. The command line is
+``stream-logreg`` (:mod:`consumers.cli`; also ``python -m consumers``).
 """
 
 from __future__ import annotations

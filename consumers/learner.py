@@ -167,6 +167,7 @@ class LearnerStats:
         self.commits = 0
         self.commit_failures = 0
         self.poll_errors = 0
+        self.last_poll_time: float | None = None  # wall clock of the last poll, answered or failed (liveness)
         self.rebalances = 0
         self.assigned: list[str] = []
         self.positions: dict[str, int] = {}  # "topic:partition" -> next offset to read
@@ -350,8 +351,10 @@ class Learner:
             while not self._should_stop(stop_event):
                 try:
                     batch = consumer.poll(timeout_ms=cfg.poll_timeout_ms)
+                    self.stats.last_poll_time = time.time()
                 except KafkaError as exc:
                     with self.stats.lock:
+                        self.stats.last_poll_time = time.time()
                         self.stats.poll_errors += 1
                     self._ratelog("poll", logging.WARNING, "poll failed, retrying in %.1fs: %r", backoff, exc)
                     self._wait(backoff, stop_event)
@@ -368,7 +371,7 @@ class Learner:
                             continue  # not sought yet: these will be fetched again after the seek
                         self._process(tp, records)
                         n += len(records)
-                    self._publish_stats(consumer, batch)
+                    self._publish_stats(consumer)
                     if self._checkpoint_due():
                         if self._since_checkpoint and self._checkpoint("periodic"):
                             self._commit(consumer)
@@ -880,21 +883,19 @@ class Learner:
 
     # ------------------------------------------------------------------ stats
 
-    def _publish_stats(self, consumer: KafkaConsumer, batch: dict) -> None:
+    def _publish_stats(self, consumer: KafkaConsumer) -> None:
+        """Fold the model's size and every owned partition's position and highwater (lag) into the stats."""
         st = self.stats
-        highwaters = {}
-        for tp in batch:
-            try:
-                hw = consumer.highwater(tp)
-            except Exception:  # revoked meanwhile
-                continue
+        positions, highwaters = {}, {}
+        for tp in consumer.assignment():  # local look-ups, no request
+            key = _tp_key(tp)
+            if tp in self._positions:
+                positions[key] = self._positions[tp]
+            hw = consumer.highwater(tp)
             if hw is not None:
-                highwaters[_tp_key(tp)] = hw
+                highwaters[key] = hw
         with st.lock:
-            for tp in batch:
-                if tp in self._positions:
-                    st.positions[_tp_key(tp)] = self._positions[tp]
-            st.highwaters.update(highwaters)
+            st.positions, st.highwaters = positions, highwaters  # revoked partitions drop out
             st.n_samples_seen = self.model.n_samples_seen
             st.n_features = self.model.n_features
             st.buffered = len(self._buffer)

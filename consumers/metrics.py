@@ -27,9 +27,8 @@ and meaning in :data:`METRICS` (:func:`metrics_table_markdown` renders that for 
 >>> [m.exposed_name for m in METRICS][:2]
 ['stream_logreg_events_consumed_total', 'stream_logreg_events_learned_total']
 
-When did the loop last poll? ``LearnerStats`` may carry ``last_poll_time`` (wall clock, set once per poll);
-while it does not, the age is taken from kafka-python's own record of the consumer's last poll (the group
-coordinator's heartbeat bookkeeping, read defensively) and from the stats' counters moving between probes.
+Liveness reads ``last_poll_time`` from the learner's stats: the wall clock of its last poll, answered or
+failed (a loop retrying while the broker is away is alive; one stuck in a call is not).
 """
 
 from __future__ import annotations
@@ -173,18 +172,14 @@ def _split_tp(key: str) -> tuple[str, str]:
 
 
 class Health:
-    """Readiness and liveness of a learner, from its stats (and, failing those, kafka-python's own records).
+    """Readiness and liveness of a learner, from its stats.
 
-    ``learner`` needs ``stats.snapshot()``; ``config.poll_timeout_ms`` (for the default ``live_timeout``)
-    and ``_consumer`` (kafka-python's record of its last poll) are used when present.
+    ``learner`` needs ``stats.snapshot()`` (with ``running``, ``assigned``, ``last_poll_time``);
+    ``config.poll_timeout_ms`` sets the default ``live_timeout``.
     """
 
-    #: Snapshot counters that move only when the loop goes round: a change between probes shows it polled.
-    PROGRESS_KEYS = ("consumed", "poll_errors", "checkpoints_written", "checkpoint_failures", "commits",
-                     "commit_failures", "rebalances")
-
     def __init__(self, learner: Any, live_timeout: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
         self.learner = learner
         if live_timeout is None:
             poll_ms = getattr(getattr(learner, "config", None), "poll_timeout_ms", 0) or 0
@@ -193,47 +188,15 @@ class Health:
             raise ValueError(f"live_timeout must be > 0 seconds, got {live_timeout!r}")
         self.live_timeout = float(live_timeout)
         self._clock = clock
-        self._lock = threading.Lock()
-        self._progress: tuple | None = None
-        self._progress_at: float | None = None  # clock() when the counters were last seen moving
-        self._seen_running = False
 
     def snapshot(self) -> dict[str, Any]:
         return self.learner.stats.snapshot()
 
     def last_poll_age(self, snap: Mapping[str, Any]) -> float | None:
-        """Seconds since the loop last polled, the most recent of what is known; ``None`` if nothing is."""
-        now = self._clock()
-        ages = []
+        """Seconds since the loop last polled; ``None`` before its first poll."""
         wall = snap.get("last_poll_time")
         if isinstance(wall, int | float) and math.isfinite(wall):
-            ages.append(max(0.0, time.time() - wall))
-        last = self._kafka_last_poll()
-        if last is not None:
-            ages.append(max(0.0, time.monotonic() - last))
-        progress = tuple(snap.get(k) for k in self.PROGRESS_KEYS)
-        with self._lock:
-            if self._progress is not None and progress != self._progress:
-                self._progress_at = now
-            self._progress = progress
-            if snap.get("running"):
-                self._seen_running = True
-            # Counters moving prove the loop went round, but counters standing still may just be an idle
-            # stream: they only refresh an age that a poll timestamp gave.
-            if ages and self._progress_at is not None:
-                ages.append(max(0.0, now - self._progress_at))
-        return min(ages) if ages else None
-
-    def _kafka_last_poll(self) -> float | None:
-        """kafka-python's ``time.monotonic()`` of the consumer's last poll (after joining the group), if any.
-
-        Private attributes of kafka-python 3.0, read defensively: on another version this gives ``None``.
-        """
-        consumer = getattr(self.learner, "_consumer", None)
-        heartbeat = getattr(getattr(consumer, "_coordinator", None), "heartbeat", None)
-        last = getattr(heartbeat, "last_poll", None)
-        if isinstance(last, int | float) and math.isfinite(last):
-            return float(last)
+            return max(0.0, self._clock() - wall)
         return None
 
     def live(self, snap: Mapping[str, Any] | None = None) -> tuple[bool, dict[str, Any]]:
@@ -242,7 +205,7 @@ class Health:
         age = self.last_poll_age(snap)
         info: dict[str, Any] = {"last_poll_age_seconds": age, "live_timeout_seconds": self.live_timeout}
         if not snap.get("running"):
-            if self._seen_running or snap.get("consumed") or snap.get("rebalances"):
+            if age is not None:
                 return False, {"status": "stopped", **info}
             return True, {"status": "starting", **info}
         if age is None:

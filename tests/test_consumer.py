@@ -310,7 +310,8 @@ def test_a_join_finished_after_poll_timed_out_is_not_lost(
 def start_service(bootstrap: str, topic: str, group: str, ckpt: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     cmd = [
-        sys.executable, "-m", "consumers", "--bootstrap-servers", bootstrap, "--topic", topic,
+        sys.executable, str(ROOT / "tests" / "learner_process.py"),
+        "--bootstrap-servers", bootstrap, "--topic", topic,
         "--group", group, "--checkpoint-dir", str(ckpt), "--model", orjson.dumps(MODEL).decode(),
         "--consumer-setting", "session_timeout_ms=6000", "--consumer-setting", "heartbeat_interval_ms=500",
         "--consumer-setting", "fetch_max_wait_ms=100", "--log-level", "WARNING", *extra,
