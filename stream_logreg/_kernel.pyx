@@ -21,7 +21,7 @@ from cpython.ref cimport Py_INCREF, Py_XDECREF, Py_XINCREF
 from cpython.tuple cimport PyTuple_SET_ITEM
 from cpython.type cimport PyType_IsSubtype
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
-from libc.math cimport exp, fabs, isfinite, pow, sqrt
+from libc.math cimport NAN, exp, fabs, isfinite, pow, sqrt
 from libc.stdlib cimport calloc, free, realloc
 
 cnp.import_array()
@@ -298,26 +298,19 @@ cdef inline double _sigmoid(double z) noexcept nogil:
     return e / (1.0 + e)
 
 
-def predict_gradient(cnp.ndarray w, cnp.ndarray cols, cnp.ndarray vals, Py_ssize_t n, cnp.ndarray b,
-                     double y, double sample_weight, double class_weight, double l2, cnp.ndarray out,
-                     cnp.ndarray g_out):
-    """The per-sample step of the seed's formula (m = 1) on the row held in the buffers, and its prediction:
+cdef inline double _sample_gradient(double* wp, Py_ssize_t* c, double* v, Py_ssize_t n, double b, double y,
+                                    double sample_weight, double class_weight, double l2, double* o,
+                                    double* g_out) noexcept nogil:
+    """z = Σ_i w[c[i]] · v[i] + b;  p = σ(z);  g = (p − y) · s · c;  o[i] = g · v[i] + l2 · w[c[i]];  *g_out = g.
 
-    z = Σ_i w[cols[i]] · vals[i] + b[0];  p = σ(z);  g = (p − y) · s · c;
-    out[i] = g · vals[i] + l2 · w[cols[i]];  g_out[0] = g.  σ as in `stream_logreg.math.sigmoid_scalar`.
-    Returns p, the probability before the update (bitwise what `dot` + `sigmoid_scalar` give), or NaN if g
-    or any out[i] is not finite (nothing is written to w or b).
+    Returns p, or NaN if g or any o[i] is not finite.
     """
-    cdef double* wp = dptr(w)
-    cdef Py_ssize_t* c = iptr(cols)
-    cdef double* v = dptr(vals)
-    cdef double* o = dptr(out)
     cdef double z = 0.0, p, g
     cdef Py_ssize_t i
     cdef bint ok
     for i in range(n):
         z += wp[c[i]] * v[i]
-    p = _sigmoid(z + dptr(b)[0])
+    p = _sigmoid(z + b)
     g = (p - y) * sample_weight * class_weight
     ok = isfinite(g)
     if l2 == 0.0:
@@ -328,8 +321,22 @@ def predict_gradient(cnp.ndarray w, cnp.ndarray cols, cnp.ndarray vals, Py_ssize
         for i in range(n):
             o[i] = g * v[i] + l2 * wp[c[i]]
             ok = ok and isfinite(o[i])
-    dptr(g_out)[0] = g
-    return p if ok else float("nan")
+    g_out[0] = g
+    return p if ok else NAN
+
+
+def predict_gradient(cnp.ndarray w, cnp.ndarray cols, cnp.ndarray vals, Py_ssize_t n, cnp.ndarray b,
+                     double y, double sample_weight, double class_weight, double l2, cnp.ndarray out,
+                     cnp.ndarray g_out):
+    """The per-sample step of the seed's formula (m = 1) on the row held in the buffers, and its prediction:
+
+    z = Σ_i w[cols[i]] · vals[i] + b[0];  p = σ(z);  g = (p − y) · s · c;
+    out[i] = g · vals[i] + l2 · w[cols[i]];  g_out[0] = g.  σ as in `stream_logreg.math.sigmoid_scalar`.
+    Returns p, the probability before the update (bitwise what `dot` + `sigmoid_scalar` give), or NaN if g
+    or any out[i] is not finite (nothing is written to w or b).
+    """
+    return _sample_gradient(dptr(w), iptr(cols), dptr(vals), n, dptr(b)[0], y, sample_weight, class_weight,
+                            l2, dptr(out), dptr(g_out))
 
 
 # The message codec's hot path (stream_logreg.codec): a parsed JSON document to an Event in one call.
@@ -828,28 +835,14 @@ cdef class SampleStep:
         cdef double* wp = dptr(self.w)
         cdef double* bp = dptr(self.b)
         cdef Py_ssize_t* c = iptr(self.cols)
-        cdef double* v = dptr(self.vals)
         cdef double* o = dptr(self.grads)
-        cdef double z = 0.0, p, g, l2 = self.l2
-        cdef Py_ssize_t i
-        cdef bint ok
+        cdef double p, g
         if not 0 <= n <= cnp.PyArray_DIM(self.cols, 0):
             raise ValueError("n is beyond the buffers")
-        for i in range(n):  # as predict_gradient
-            z += wp[c[i]] * v[i]
-        p = _sigmoid(z + bp[0])
-        g = (p - y) * sample_weight * (self.pos_w if y else self.neg_w)
-        ok = isfinite(g)
-        if l2 == 0.0:
-            for i in range(n):
-                o[i] = g * v[i]
-                ok = ok and isfinite(o[i])
-        else:
-            for i in range(n):
-                o[i] = g * v[i] + l2 * wp[c[i]]
-                ok = ok and isfinite(o[i])
-        if not ok:
-            return float("nan")
+        p = _sample_gradient(wp, c, dptr(self.vals), n, bp[0], y, sample_weight,
+                             self.pos_w if y else self.neg_w, self.l2, o, &g)
+        if p != p:
+            return p
         self._apply(self.opt, wp, c, o, n, self.w_s0, self.w_s1)
         if self.bias_rule:
             self._apply(self.bias_opt, bp, &_ZERO, &g, 1, self.b_s0, self.b_s1)
