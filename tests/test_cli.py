@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from polling import wait_for_checkpoint
 from river import datasets
 
 from consumers import cli, demo, logs, report, settings
@@ -743,20 +744,6 @@ def test_replay_unreachable_broker(capsys: pytest.CaptureFixture) -> None:
                    "--connect-timeout", "1"])
     assert rc == 1
     assert f"127.0.0.1:{port}" in capsys.readouterr().err
-
-
-def wait_for_checkpoint(directory: Path, n_samples: int, timeout: float = 90.0, alive=lambda: True):
-    """Poll ``directory`` until its latest checkpoint has learned ``n_samples`` events."""
-    deadline = time.monotonic() + timeout
-    seen = None
-    while time.monotonic() < deadline and alive():
-        if directory.is_dir():
-            checkpoint = DirectoryStore(directory).latest()
-            seen = None if checkpoint is None else checkpoint.model.n_samples_seen
-            if seen == n_samples:
-                return checkpoint
-        time.sleep(0.1)
-    raise AssertionError(f"no checkpoint with n_samples_seen={n_samples} in {directory} (last: {seen})")
 
 
 @pytest.mark.kafka

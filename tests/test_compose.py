@@ -22,6 +22,7 @@ from pathlib import Path
 import orjson
 import pytest
 import yaml
+from polling import wait_for_checkpoint
 
 from consumers import cli, settings
 from stream_logreg.checkpoints import DirectoryStore
@@ -234,20 +235,6 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0)
         return records
     finally:
         consumer.close()
-
-
-def wait_for_checkpoint(directory: Path, n_samples: int, alive, timeout: float = 90.0):
-    """Poll ``directory`` until its latest checkpoint has learned ``n_samples`` events."""
-    deadline = time.monotonic() + timeout
-    seen = None
-    while time.monotonic() < deadline and alive():
-        if directory.is_dir():
-            checkpoint = DirectoryStore(directory).latest()
-            seen = None if checkpoint is None else checkpoint.model.n_samples_seen
-            if seen == n_samples:
-                return checkpoint
-        time.sleep(0.1)
-    raise AssertionError(f"no checkpoint with n_samples_seen={n_samples} in {directory} (last: {seen})")
 
 
 def free_port() -> int:

@@ -18,13 +18,14 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from polling import wait_for
 
 from consumers import ConfigError, Learner, LearnerConfig
 from stream_logreg import OnlineLogisticRegression
@@ -45,18 +46,6 @@ MODEL = {"optimizer": {"name": "SGD", "lr": 0.05}, "intercept_lr": None}
 
 # --------------------------------------------------------------------------------------------------
 # Helpers
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.02) -> Any:
-    """Poll ``condition`` until it returns something truthy (returned), or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
 
 
 def make_events(n: int, seed: int, unlabelled_every: int = 0) -> list[bytes]:

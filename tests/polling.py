@@ -1,0 +1,38 @@
+"""Waiting in tests by polling a condition with a deadline (never a bare sleep as synchronisation)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from stream_logreg.checkpoints import Checkpoint, DirectoryStore
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.02) -> Any:
+    """Poll ``condition`` until it returns something truthy (returned), or fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+def wait_for_checkpoint(
+    directory: Path, n_samples: int, alive: Callable[[], bool] = lambda: True, timeout: float = 90.0
+) -> Checkpoint:
+    """Poll ``directory`` until its latest checkpoint has learned ``n_samples`` events (while ``alive()``)."""
+    deadline = time.monotonic() + timeout
+    seen = None
+    while time.monotonic() < deadline and alive():
+        if directory.is_dir():
+            checkpoint = DirectoryStore(directory).latest()
+            seen = None if checkpoint is None else checkpoint.model.n_samples_seen
+            if seen == n_samples:
+                return checkpoint
+        time.sleep(0.1)
+    raise AssertionError(f"no checkpoint with n_samples_seen={n_samples} in {directory} (last: {seen})")
