@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from consumers.config import ConfigError, LearnerConfig
+from consumers.stats import LearnerStats
 
 if TYPE_CHECKING:
-    from consumers.learner import Learner, LearnerStats
+    from consumers.learner import Learner
 
 __all__ = ["ConfigError", "Learner", "LearnerConfig", "LearnerStats"]
 
@@ -20,8 +21,8 @@ __all__ = ["ConfigError", "Learner", "LearnerConfig", "LearnerStats"]
 def __getattr__(name: str) -> Any:
     # The learner imports kafka-python: it is loaded on first use, so that the commands of the command line
     # that do not need Kafka (demo, inspect, score, report, --help) do not import it.
-    if name in ("Learner", "LearnerStats"):
-        from consumers import learner
+    if name == "Learner":
+        from consumers.learner import Learner
 
-        return getattr(learner, name)
+        return Learner
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -93,38 +93,26 @@ import logging
 import math
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable
 from operator import itemgetter
 from typing import Any
 
-import numpy as np
 import orjson
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from consumers.config import LearnerConfig
+from consumers.stats import LearnerStats, progressive_metrics
 from stream_logreg.checkpoints import DirectoryStore
 from stream_logreg.codec import Event, Reason
 
-__all__ = ["Learner", "LearnerStats"]
+__all__ = ["Learner"]
 
 log = logging.getLogger(__name__)
 
 _LOG_EVERY_SECONDS = 10.0
-_EPS = 1e-15
-
-
-def _progressive_metrics(ps: list[float], ys: list[int]) -> tuple[float, int]:
-    """Progressive validation of the predictions ``ps`` of labels ``ys``: (Σ log loss, with the probability
-    of the true class clipped to >= ε; how many are right, p ≥ 0.5 meaning 1). Vectorised: the loop only
-    collects."""
-    p = np.array(ps, dtype=np.float64)
-    y = np.array(ys, dtype=bool)
-    loss = -np.log(np.maximum(np.where(y, p, 1.0 - p), _EPS)).sum()
-    hits = np.count_nonzero(np.where(y, p >= 0.5, p < 0.5))
-    return float(loss), int(hits)
 
 
 def _tp_key(tp: TopicPartition) -> str:
@@ -138,99 +126,6 @@ def _tp_keys(partitions: Iterable[TopicPartition]) -> list[str]:
 def _parse_tp_key(key: str) -> TopicPartition:
     topic, _, partition = key.rpartition(":")
     return TopicPartition(topic, int(partition))
-
-
-class LearnerStats:
-    """Counters and gauges of a running learner; :meth:`snapshot` reads them consistently from any thread.
-
-    The loop updates them once per polled batch under :attr:`lock`; readers (an HTTP metrics thread) take
-    a :meth:`snapshot`, a plain dict.
-    """
-
-    def __init__(self, window: int = 10_000) -> None:
-        self.lock = threading.Lock()
-        self.started_at = time.time()
-        self.running = False
-        self.consumed = 0  # messages polled and processed
-        self.learned = 0  # labelled events learned into the model (this process)
-        self.scored = 0  # unlabelled events scored
-        self.predicted_labelled = 0  # labelled events learned, each predicted just before (the metrics)
-        self.rejected: dict[str, int] = {r.value: 0 for r in Reason}
-        self.dead_lettered = 0
-        self.predictions_published = 0
-        self.produce_failures = 0
-        self.checkpoints_written = 0
-        self.checkpoint_failures = 0
-        self.last_checkpoint_time: float | None = None  # wall clock
-        self.last_checkpoint_duration: float | None = None  # seconds
-        self.last_checkpoint_id: str | None = None
-        self.commits = 0
-        self.commit_failures = 0
-        self.poll_errors = 0
-        self.last_poll_time: float | None = None  # wall clock of the last poll, answered or failed (liveness)
-        self.rebalances = 0
-        self.assigned: list[str] = []
-        self.positions: dict[str, int] = {}  # "topic:partition" -> next offset to read
-        self.highwaters: dict[str, int] = {}  # "topic:partition" -> highwater (from fetch responses)
-        self.n_samples_seen = 0
-        self.n_features = 0
-        self.buffered = 0  # labelled events waiting for a full mini-batch
-        self.log_loss_total = 0.0  # progressive validation, since start
-        self.correct_total = 0
-        # Rolling window over the last ~``window`` labelled events, kept per processed chunk (a polled
-        # batch of one partition) as (events, log loss sum, correct) so the hot loop only sums.
-        self._window = window
-        self._chunks: deque[tuple[int, float, int]] = deque()
-        self._window_n = 0
-        self._window_loss = 0.0
-        self._window_hits = 0
-
-    def _add_chunk(self, n: int, loss: float, hits: int) -> None:
-        """Record ``n`` labelled predictions (lock held); drop the oldest chunks beyond the window."""
-        if not n:
-            return
-        self.predicted_labelled += n
-        self.log_loss_total += loss
-        self.correct_total += hits
-        self._chunks.append((n, loss, hits))
-        self._window_n += n
-        self._window_loss += loss
-        self._window_hits += hits
-        while self._window_n - self._chunks[0][0] >= self._window:
-            n0, loss0, hits0 = self._chunks.popleft()
-            self._window_n -= n0
-            self._window_loss -= loss0
-            self._window_hits -= hits0
-
-    @property
-    def rejected_total(self) -> int:
-        return sum(self.rejected.values())
-
-    def snapshot(self) -> dict[str, Any]:
-        """A consistent copy of everything, with the rolling metrics computed, as a JSON-able dict."""
-        with self.lock:
-            window = (self._window_n, math.fsum(c[1] for c in self._chunks), self._window_hits)
-            lag = {
-                k: max(0, self.highwaters[k] - pos)
-                for k, pos in self.positions.items()
-                if k in self.highwaters
-            }
-            snap = {
-                k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
-                for k, v in vars(self).items()
-                if not k.startswith("_") and k != "lock"
-            }
-        snap["rejected_total"] = sum(snap["rejected"].values())
-        snap["lag"] = lag
-        n_window, loss_window, hits_window = window
-        snap["rolling_window"] = n_window
-        snap["rolling_log_loss"] = loss_window / n_window if n_window else None
-        snap["rolling_accuracy"] = hits_window / n_window if n_window else None
-        n = snap["predicted_labelled"]
-        snap["log_loss"] = snap["log_loss_total"] / n if n else None
-        snap["accuracy"] = snap["correct_total"] / n if n else None
-        snap["uptime_seconds"] = time.time() - snap["started_at"]
-        return snap
 
 
 class _RebalanceListener(AsyncConsumerRebalanceListener):
@@ -564,7 +459,7 @@ class Learner:
         learned = len(ps)
         if batch_size == 1 and learned:
             self._learned_by_tp[tp] = self._learned_by_tp.get(tp, 0) + learned
-        loss, hits = _progressive_metrics(ps, ys) if learned else (0.0, 0)
+        loss, hits = progressive_metrics(ps, ys) if learned else (0.0, 0)
         st = self.stats
         with st.lock:
             st.consumed += len(records)
