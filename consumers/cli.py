@@ -268,7 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Stream a built-in dataset through the model with progressive validation (each event is\n"
             "predicted, then learned), checkpointing every --checkpoint-every events and at the end. A\n"
             "second run with the same options resumes from the latest checkpoint and skips the events it\n"
-            "covers. Ctrl-C stops at the next batch boundary with a checkpoint (exit 130).\n\n"
+            "covers (and appends to its --curve). Ctrl-C stops at the next batch boundary with a\n"
+            "checkpoint (exit 130). The model learns the raw features (no scaling); progressive accuracy\n"
+            "counts p >= 0.5 as a prediction of 1, as the consumer's metrics do.\n\n"
             "datasets:\n" + dataset_help()
         ),
         examples=(
@@ -292,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints and start over")
     p.add_argument("--curve", metavar="FILE.csv",
                    help="write the learning curve (per event: progressive and rolling log loss and "
-                        f"accuracy) for `{PROG} report`")
+                        f"accuracy) for `{PROG} report`; a resumed run appends to the curve it continues "
+                        "(and refuses a file of another run)")
     p.add_argument("--window", type=int, default=100, metavar="N",
                    help="events in the rolling log loss and accuracy of --curve (default: 100)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line on stderr")
@@ -348,19 +351,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     # report
     p = _command(
-        sub, "report", cmd_report, help="draw a learning curve (demo --curve CSV) as a PNG",
+        sub, "report", cmd_report, help="draw a learning curve (demo --curve CSV) as an image",
         description=(
             f"Draw the learning curve of a run (the CSV of `{PROG} demo --curve`): progressive and rolling\n"
-            "log loss and accuracy against the number of events, as a PNG (matplotlib, Agg backend)."
+            "log loss and accuracy against the number of events, titled with what was run (dataset,\n"
+            "optimizer, rolling window). The format is that of the -o file name: .png, .jpg/.jpeg, .svg or\n"
+            ".pdf (matplotlib, Agg backend); any other suffix is refused (exit 2)."
         ),
         examples=(
             f"{PROG} demo --curve run.csv && {PROG} report run.csv -o curve.png",
-            f"{PROG} report run.csv -o curve.png --title 'FTRL on Phishing' --dpi 150",
+            f"{PROG} report run.csv -o curve.svg --title 'FTRL on Phishing'",
+            f"{PROG} report run.csv -o curve.jpg --dpi 150",
         ),
     )
     p.add_argument("run", metavar="RUN.csv")
-    p.add_argument("-o", "--output", required=True, metavar="FILE.png", help="the PNG to write")
-    p.add_argument("--title", help="figure title (default: from the file name)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.png",
+                   help="the image to write: .png, .jpg, .jpeg, .svg or .pdf")
+    p.add_argument("--title", help="figure title (default: what was run, from the CSV's first note)")
     p.add_argument("--dpi", type=int, default=100, help="resolution (default: 100)")
     add_settings(p, COMMON_SETTINGS, env=True)
 

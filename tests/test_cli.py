@@ -11,6 +11,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import os
 import signal
 import struct
@@ -135,8 +136,8 @@ def test_demo_checkpoint_equals_an_offline_model(tmp_path: Path, capsys: pytest.
     model, loss, hits = OnlineLogisticRegression(), 0.0, 0
     for x, y in PHISHING:
         p = model.predict_proba_one(x)[True]
-        loss += demo._log_loss(p, y)
-        hits += (p > 0.5) == y
+        loss -= math.log(max(p if y else 1.0 - p, 1e-15))
+        hits += (p >= 0.5) == y  # the consumer's definition (consumers.stats.progressive_metrics)
         model.learn_one(x, y)
     out = capsys.readouterr().out
     assert f"progressive log loss  {loss / len(PHISHING):.4f}" in out
@@ -160,7 +161,8 @@ def test_demo_resumes_without_learning_anything_twice(tmp_path: Path, capsys: py
     latest_id = DirectoryStore(d).latest().id
     assert cli.main(["demo", "--checkpoint-dir", d, "-q"]) == 0
     captured = capsys.readouterr()
-    assert "resumed" in captured.err and "0 learned in this run" in captured.out
+    assert "resumed" in captured.err and "nothing left to learn" in captured.out
+    assert "throughput" not in captured.out
     checkpoint = DirectoryStore(d).latest()
     assert checkpoint.model.n_samples_seen == len(PHISHING)
     assert checkpoint.id == latest_id  # nothing new to save
@@ -236,9 +238,14 @@ def test_demo_synthetic_seed_is_part_of_the_run(tmp_path: Path, capsys: pytest.C
     assert "another run" in capsys.readouterr().err
 
 
+def curve_rows(path: Path) -> list[dict[str, str]]:
+    """The data rows of a ``demo --curve`` CSV (its ``#`` note lines skipped)."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(line for line in f if not line.startswith("#")))
+
+
 def test_demo_curve_csv(demo_dir: Path) -> None:
-    with open(demo_dir / "run.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = curve_rows(demo_dir / "run.csv")
     assert tuple(rows[0]) == demo.CURVE_COLUMNS
     assert [int(r["event"]) for r in rows] == list(range(1, len(PHISHING) + 1))
     assert [int(r["y"]) for r in rows] == [int(y) for _, y in PHISHING]
@@ -246,12 +253,52 @@ def test_demo_curve_csv(demo_dir: Path) -> None:
     for row, (x, y) in zip(rows[:100], PHISHING, strict=False):
         assert float(row["p"]) == model.predict_proba_one(x)[True]
         model.learn_one(x, y)
-    acc = sum((float(r["p"]) > 0.5) == bool(int(r["y"])) for r in rows) / len(rows)
+    acc = sum((float(r["p"]) >= 0.5) == bool(int(r["y"])) for r in rows) / len(rows)
     assert float(rows[-1]["accuracy"]) == pytest.approx(acc)
     window = rows[-100:]
     assert float(rows[-1]["rolling_accuracy"]) == pytest.approx(
-        sum((float(r["p"]) > 0.5) == bool(int(r["y"])) for r in window) / 100
+        sum((float(r["p"]) >= 0.5) == bool(int(r["y"])) for r in window) / 100
     )
+
+
+def test_demo_resumed_curve_continues_the_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A resumed run appends to its curve: the rows are those of one uninterrupted run (the rolling window
+    refilled from the file), with a note where it resumed; and `report` draws it."""
+    once = tmp_path / "once.csv"
+    assert cli.main(["demo", "--checkpoint-dir", str(tmp_path / "c1"), "--curve", str(once), "-q"]) == 0
+    run, ckpt = tmp_path / "run.csv", str(tmp_path / "c2")
+    assert cli.main(["demo", "--checkpoint-dir", ckpt, "--n", "700", "--curve", str(run), "-q"]) == 0
+    assert cli.main(["demo", "--checkpoint-dir", ckpt, "--curve", str(run), "-q"]) == 0
+    assert cli.main(["demo", "--checkpoint-dir", ckpt, "--curve", str(run), "-q"]) == 0  # nothing left
+    resumed, whole = curve_rows(run), curve_rows(once)
+    assert [r["event"] for r in resumed] == [r["event"] for r in whole]
+    for a, b in zip(resumed, whole, strict=True):
+        assert (a["y"], a["p"], a["accuracy"]) == (b["y"], b["p"], b["accuracy"])
+        for column in ("log_loss", "rolling_log_loss", "rolling_accuracy"):
+            assert float(a[column]) == pytest.approx(float(b[column]), rel=1e-12, abs=1e-12)
+    notes = [line for line in run.read_text().splitlines() if line.startswith("#")]
+    assert len(notes) == 3 and notes[1].startswith("# resumed at event 700 from checkpoint")
+    assert notes[2].startswith("# resumed at event 1,250")
+    assert cli.main(["report", str(run), "-o", str(tmp_path / "curve.png")]) == 0
+    assert png_size((tmp_path / "curve.png").read_bytes()) == (900, 650)
+
+
+def test_demo_resumed_curve_refuses_another_runs_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ckpt, run = str(tmp_path / "ckpt"), tmp_path / "run.csv"
+    assert cli.main(["demo", "--checkpoint-dir", ckpt, "--n", "300", "-q"]) == 0
+    assert cli.main(["demo", "--checkpoint-dir", str(tmp_path / "other"), "--n", "200", "--curve", str(run),
+                     "-q"]) == 0
+    before = run.read_bytes()
+    capsys.readouterr()
+    assert cli.main(["demo", "--checkpoint-dir", ckpt, "--curve", str(run), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "ends at event 200" in err and "resumes at event 300" in err
+    assert run.read_bytes() == before  # untouched
+    assert DirectoryStore(ckpt).latest().model.n_samples_seen == 300  # and nothing learned
+    # A resumed run without a curve file starts one at the event it resumes from.
+    fresh_curve = tmp_path / "rest.csv"
+    assert cli.main(["demo", "--checkpoint-dir", ckpt, "--curve", str(fresh_curve), "-q"]) == 0
+    assert [int(r["event"]) for r in curve_rows(fresh_curve)] == list(range(301, len(PHISHING) + 1))
 
 
 class _FakeTTY(io.StringIO):
@@ -401,7 +448,9 @@ def test_report_writes_the_curve_of_the_run(demo_dir: Path, tmp_path: Path, caps
     assert data.endswith(b"IEND\xaeB`\x82")
 
     # The figure plots the run's own columns.
-    curve = report.read_curve(demo_dir / "run.csv")
+    curve, notes = report.read_curve(demo_dir / "run.csv")
+    setup = demo.setup_text(OnlineLogisticRegression(), 1)
+    assert notes == [f"stream-logreg demo --dataset phishing: {setup}, rolling window 100"]
     fig = report.plot_curve(curve, "t")
     loss_ax, acc_ax = fig.axes
     assert list(loss_ax.lines[0].get_xdata()) == curve["event"]
@@ -421,6 +470,23 @@ def test_report_writes_the_curve_of_the_run(demo_dir: Path, tmp_path: Path, caps
     assert other_png.read_bytes() != data
 
 
+@pytest.mark.parametrize(("suffix", "magic"), [(".png", PNG_SIGNATURE), (".jpg", b"\xff\xd8\xff"),
+                                              (".JPEG", b"\xff\xd8\xff"), (".svg", b"<?xml"),
+                                              (".pdf", b"%PDF-")])
+def test_report_writes_the_format_its_file_name_asks_for(demo_dir: Path, tmp_path: Path, suffix: str,
+                                                           magic: bytes) -> None:
+    out = tmp_path / f"curve{suffix}"
+    assert cli.main(["report", str(demo_dir / "run.csv"), "-o", str(out)]) == 0
+    assert out.read_bytes().startswith(magic)
+
+
+def test_report_title_names_what_was_run(demo_dir: Path) -> None:
+    curve, notes = report.read_curve(demo_dir / "run.csv")
+    title = report.curve_title(notes, curve, "run.csv")
+    assert title.startswith("phishing: FTRL(alpha=0.17") and "rolling window 100" in title
+    assert "1,250 events" in title and "run.csv" not in title
+
+
 def test_report_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n")
@@ -428,6 +494,10 @@ def test_report_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "missing columns" in capsys.readouterr().err
     assert cli.main(["report", str(tmp_path / "none.csv"), "-o", str(tmp_path / "x.png")]) == 1
     assert cli.main(["report", str(bad)]) == 2  # -o is required
+    capsys.readouterr()
+    assert cli.main(["report", str(bad), "-o", str(tmp_path / "x.gif")]) == 2
+    assert "unknown image format '.gif'" in capsys.readouterr().err
+    assert not (tmp_path / "x.gif").exists()
     assert not (tmp_path / "x.png").exists()
 
 
