@@ -379,8 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
             "with a progress bar on stderr; the topic is created if missing. Sources: a built-in dataset\n"
             "(--dataset, the default), JSON lines (--file data.jsonl: {\"x\":..,\"y\":..,\"id\":..}), or\n"
             "CSV (--file data.csv: a header row; --label-column, default \"y\" or the last column, is the\n"
-            "label (0/1/true/false, empty: unlabelled); the other columns are features). The connection\n"
-            "settings also come from the STREAM_LOGREG_* environment variables, as for `consume`.\n\n"
+            "label (0/1/true/false, empty: unlabelled); the other columns are features: the first\n"
+            "non-empty cell of a column makes it numeric, boolean (true/false) or text, and a later cell\n"
+            "of another kind (\"abc\" in a numeric column) skips its line; an empty cell is a missing\n"
+            "feature). Skipped lines are reported on stderr and make the exit status 1 unless\n"
+            "--skip-bad-lines. The connection settings also come from the STREAM_LOGREG_* environment\n"
+            "variables, as for `consume`.\n\n"
             "datasets:\n" + dataset_help()
         ),
         examples=(
@@ -408,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partitions", type=int, default=1, help="partitions of a topic created (default: 1)")
     p.add_argument("--replication-factor", type=int, default=1, help="of a topic created (default: 1)")
     p.add_argument("--no-create-topic", action="store_true", help="do not create the topic if it is missing")
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="--file: skip input lines that cannot be sent and still exit 0 (default: they are "
+                        "skipped, reported, and the exit status is 1)")
     p.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="give up if no broker answers within this time (default: 30)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar on stderr")

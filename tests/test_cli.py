@@ -735,6 +735,8 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0)
 
 @pytest.mark.kafka
 def test_replay_dataset(kafka_bootstrap: str, kafka_topic, capsys: pytest.CaptureFixture) -> None:
+    assert replay(kafka_bootstrap, kafka_topic(partitions=1), "--dataset", "phishing", "--limit", "1") == 0
+    assert "replayed 1 event to topic" in capsys.readouterr().out
     topic = kafka_topic(partitions=2)
     assert replay(kafka_bootstrap, topic, "--dataset", "phishing", "--limit", "300", quiet=False) == 0
     captured = capsys.readouterr()
@@ -761,29 +763,42 @@ def test_replay_csv_creates_the_topic(kafka_bootstrap: str, tmp_path: Path, caps
 
     topic = f"test-replay-csv-{uuid.uuid4().hex[:10]}"
     path = tmp_path / "data.csv"
-    path.write_text("id,amount,country,clicked\n"
-                    "a,3.5,FR,1\n"
-                    "b,1,DE,0\n"
-                    "c,,FR,\n"          # missing feature; unlabelled
-                    "d,2.0,US,maybe\n"  # bad label: skipped
-                    "e,7,US,true\n")
+    path.write_text("id,amount,country,new_device,clicked\n"
+                    "a,3.5,FR,true,1\n"
+                    "b,1,DE,FALSE,0\n"
+                    "c,,FR,,\n"            # missing features; unlabelled
+                    "d,2.0,US,true,maybe\n"  # bad label: skipped
+                    "e,7,42,false,true\n"  # "42" in a text column is the text "42"
+                    "f,abc,US,true,1\n"    # not a number in a numeric column: skipped
+                    "g,1,US,yes,1\n"       # not a boolean in a boolean column: skipped
+                    "h,1e999,US,true,1\n"  # overflows a double: skipped
+                    "i,nan,US,true,1\n")   # not a number: skipped
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     try:
         assert replay(kafka_bootstrap, topic, "--file", str(path), "--label-column", "clicked",
-                      "--id-column", "id", "--partitions", "2") == 0
+                      "--id-column", "id", "--partitions", "2") == 1
         captured = capsys.readouterr()
-        assert f"replayed 4 events to topic {topic} (1 input records skipped)" in captured.out
-        assert "line 5" in captured.err and "maybe" in captured.err
+        assert f"replayed 4 events to topic {topic} (5 input lines skipped)" in captured.out
+        assert "--skip-bad-lines" in captured.err
+        for lineno, what in ((5, "maybe"), (7, "'abc'"), (8, "'yes'"), (9, "1e999"), (10, "'nan'")):
+            assert f"line {lineno}: " in captured.err and what in captured.err
         (described,) = admin.describe_topics([topic])
         assert len(described["partitions"]) == 2
         codec = JsonCodec()
         events = {e.id: e for e in (codec.decode(r.value) for r in read_topic(kafka_bootstrap, topic, 4))}
         assert events == {
-            "a": Event({"amount": 3.5, "country": "FR"}, 1, "a"),
-            "b": Event({"amount": 1, "country": "DE"}, 0, "b"),
+            "a": Event({"amount": 3.5, "country": "FR", "new_device": True}, 1, "a"),
+            "b": Event({"amount": 1, "country": "DE", "new_device": False}, 0, "b"),
             "c": Event({"country": "FR"}, None, "c"),
-            "e": Event({"amount": 7, "country": "US"}, 1, "e"),
+            "e": Event({"amount": 7, "country": "42", "new_device": False}, 1, "e"),
         }
+        assert type(events["b"].x["amount"]) is int and type(events["a"].x["amount"]) is float
+        # --skip-bad-lines: the same lines skipped and reported, exit 0.
+        assert replay(kafka_bootstrap, topic, "--file", str(path), "--label-column", "clicked",
+                      "--id-column", "id", "--skip-bad-lines", "--no-create-topic") == 0
+        captured = capsys.readouterr()
+        assert f"replayed 4 events to topic {topic} (5 input lines skipped)" in captured.out
+        assert "line 7: " in captured.err
     finally:
         admin.delete_topics([topic], raise_errors=False)
         admin.close()
@@ -794,8 +809,10 @@ def test_replay_jsonl_and_raw(kafka_bootstrap: str, kafka_topic, tmp_path: Path,
     topic = kafka_topic(partitions=1)
     path = tmp_path / "data.jsonl"
     path.write_bytes(b'{"x": {"a": 1}, "y": 1, "id": "one"}\n\nnot json\n{"x": [0.5, 2], "id": 2}\n')
-    assert replay(kafka_bootstrap, topic, "--file", str(path)) == 0
-    assert "replayed 2 events" in capsys.readouterr().out
+    assert replay(kafka_bootstrap, topic, "--file", str(path)) == 1
+    captured = capsys.readouterr()
+    assert "replayed 2 events" in captured.out and "(1 input line skipped)" in captured.out
+    assert "line 3: not_json" in captured.err
     assert replay(kafka_bootstrap, topic, "--file", str(path), "--raw") == 0
     values = [r.value for r in read_topic(kafka_bootstrap, topic, 5)]
     assert values == [
