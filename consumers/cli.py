@@ -159,18 +159,31 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 # score
 
 
-def _best_effort_id(line: bytes, id_field: str) -> Any:
-    """The id of a message the codec rejected, if it is a JSON object with a string or integer id."""
+def _best_effort_id(line: bytes, id_field: str) -> str | int | None:
+    """The id of a message as it was written (a string, or an integer kept an integer), read on its own so
+    that a line the codec rejects keeps its id too: the standard library's parser also reads the JSON that
+    orjson refuses (``NaN``, a number overflowing a double elsewhere in the line). ``None`` when the line
+    is no JSON object or its id is neither a string nor an integer; an integer beyond 64 bits is given as
+    its decimal string."""
+    import json
+
     import orjson
 
-    try:
-        doc = orjson.loads(line)
-    except orjson.JSONDecodeError:
+    def read(parse: Callable[[bytes], Any]) -> Any:
+        try:
+            doc = parse(line)
+        except (ValueError, RecursionError):  # not JSON, bad UTF-8, an integer of > 4,300 digits
+            return None
+        return doc.get(id_field) if isinstance(doc, dict) else None
+
+    value = read(orjson.loads)
+    if value is None or type(value) is float:  # orjson refused the line, or read a > 64-bit int as a float
+        value = read(json.loads)
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
         return None
-    value = doc.get(id_field) if isinstance(doc, dict) else None
-    if isinstance(value, bool):
-        return None
-    return value if isinstance(value, str) else str(value) if isinstance(value, int) else None
+    if isinstance(value, int) and not -(1 << 63) <= value < 1 << 64:
+        return str(value)  # beyond 64 bits JSON writers lose digits: its decimal string
+    return value
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
@@ -200,7 +213,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
                 "detail": result.detail, "line": lineno,
             }
         else:
-            doc = {"id": result.id, "p": model.predict_proba_one(result.x)[True]}
+            # The codec gives every id as a string (the Kafka key); the output keeps the id's own type.
+            event_id = _best_effort_id(line, args.id_field) if result.id is not None else None
+            doc = {"id": event_id, "p": model.predict_proba_one(result.x)[True]}
         out.write(orjson.dumps(doc).decode() + "\n")
         out.flush()
     log.info("scored %d lines with checkpoint %s (%d errors)", n - errors, checkpoint.id, errors)
@@ -333,8 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Read messages as JSON lines on stdin ({\"x\": {...} | [...], \"id\": ...}, the Kafka message\n"
             "format; a label is ignored) and write one JSON line per input line on stdout:\n"
             "{\"id\": ..., \"p\": P(y=1)}, or {\"id\": ..., \"error\": REASON, \"detail\": ...,\n"
-            "\"line\": N} for a line that does not decode (the rest are still scored; exit 0). Blank lines\n"
-            "are skipped."
+            "\"line\": N} for a line that does not decode (the rest are still scored; exit 0). The id is\n"
+            "the line's own, as written (an integer stays an integer; best effort for a rejected line).\n"
+            "Blank lines are skipped."
         ),
         examples=(
             f"echo '{{\"x\": {{\"https\": 1, \"long_url\": 0}}, \"id\": \"a\"}}' | {PROG} score",

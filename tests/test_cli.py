@@ -388,8 +388,16 @@ def score_input() -> tuple[bytes, list[dict]]:
     expected.append({"id": None, "error": "not_json"})
     lines.append(b'{"x": {"https": null}, "id": "bad"}')
     expected.append({"id": "bad", "error": "bad_value"})
-    lines.append(b'{"x": [1, 2], "y": 1, "id": 99}')  # a label is ignored
-    expected.append({"id": "99", "x": {0: 1, 1: 2}})
+    lines.append(b'{"x": [1, 2], "y": 1, "id": 99}')  # a label is ignored; an integer id stays one
+    expected.append({"id": 99, "x": {0: 1, 1: 2}})
+    lines.append(b'{"x": {"https": NaN}, "id": 7}')  # not JSON for the codec: its id all the same
+    expected.append({"id": 7, "error": "not_json"})
+    lines.append(b'{"x": {"https": 1e999}, "id": "huge"}')
+    expected.append({"id": "huge", "error": "bad_value"})
+    lines.append(b'{"x": {}, "id": 1.5}')  # an id neither string nor integer: none
+    expected.append({"id": None, "error": "bad_id"})
+    lines.append(b'{"x": {}, "y": 2, "id": 123456789012345678901234567890}')  # beyond 64 bits: its digits
+    expected.append({"id": "123456789012345678901234567890", "error": "bad_label"})
     return b"\n".join(lines) + b"\n", expected
 
 
@@ -397,7 +405,7 @@ def check_scores(output: bytes, expected: list[dict], model: OnlineLogisticRegre
     got = [json.loads(line) for line in output.decode().splitlines()]
     assert len(got) == len(expected)
     for g, e in zip(got, expected, strict=True):
-        assert g["id"] == e["id"]
+        assert g["id"] == e["id"] and type(g["id"]) is type(e["id"])
         if "error" in e:
             assert g["error"] == e["error"] and g["detail"] and "p" not in g
         else:
