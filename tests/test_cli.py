@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from polling import wait_for_checkpoint
+from polling import wait_for, wait_for_checkpoint
 from river import datasets
 
 from consumers import cli, demo, logs, report, settings
@@ -886,6 +886,44 @@ def test_consume_learns_a_replayed_topic(kafka_bootstrap: str, kafka_topic, tmp_
     assert f"{topic}:0=" in capsys.readouterr().out
     assert cli.main([*argv, "--max-idle-seconds", "3"]) == 0
     assert DirectoryStore(ckpt).latest().model.n_samples_seen == 400
+
+
+@pytest.mark.kafka
+def test_demo_and_the_consumer_metrics_agree(kafka_bootstrap: str, kafka_topic, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    """One definition of progressive validation: on the same stream (Phishing, default model, one event
+    per update), the demo's summary and the consumer's metrics count the same predictions right — the
+    first one included (p = 0.5 with y = 1) — with the same log loss."""
+    from consumers.config import LearnerConfig
+    from consumers.learner import Learner
+
+    topic = kafka_topic(partitions=1)
+    assert replay(kafka_bootstrap, topic, "--dataset", "phishing") == 0
+    capsys.readouterr()
+    assert cli.main(["demo", "--checkpoint-dir", str(tmp_path / "demo"), "--curve", str(tmp_path / "run.csv"),
+                     "-q"]) == 0
+    out = capsys.readouterr().out
+    first = curve_rows(tmp_path / "run.csv")[0]
+    assert (first["p"], first["y"]) == ("0.5", "1")
+
+    learner = Learner(LearnerConfig(bootstrap_servers=kafka_bootstrap, topics=[topic], group_id=f"g-{topic}",
+                                    checkpoint_dir=str(tmp_path / "consume"), poll_timeout_ms=100))
+    stop = threading.Event()
+
+    def stop_when_learned() -> None:
+        try:
+            wait_for(lambda: learner.stats.snapshot()["learned"] >= len(PHISHING), 120, "every event learned")
+        finally:
+            stop.set()
+
+    watcher = threading.Thread(target=stop_when_learned, daemon=True)
+    watcher.start()
+    snap = learner.run(stop_event=stop).snapshot()
+    watcher.join(timeout=130)
+    assert snap["predicted_labelled"] == len(PHISHING)
+    assert f"({snap['correct_total']:,} of {len(PHISHING):,} predicted right" in out
+    assert f"progressive accuracy  {snap['accuracy']:.2%}" in out
+    assert f"progressive log loss  {snap['log_loss']:.4f}" in out
 
 
 @pytest.mark.kafka
