@@ -49,7 +49,7 @@ from consumers.settings import (
     at_least,
     resolve_settings,
 )
-from consumers.terminal import stdin_lines
+from consumers.terminal import plural, stdin_lines
 
 __all__ = ["build_parser", "main"]
 
@@ -218,7 +218,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
             doc = {"id": event_id, "p": model.predict_proba_one(result.x)[True]}
         out.write(orjson.dumps(doc).decode() + "\n")
         out.flush()
-    log.info("scored %d lines with checkpoint %s (%d errors)", n - errors, checkpoint.id, errors)
+    log.info("scored %s with checkpoint %s (%s)", plural(n - errors, "line"), checkpoint.id,
+             plural(errors, "error"))
     return EXIT_OK
 
 
