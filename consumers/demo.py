@@ -112,9 +112,10 @@ def setup_text(model: Any, batch_size: int) -> str:
 
 class _Curve:
     """The learning curve of ``demo --curve``: a CSV with ``#`` note lines (what was run, where a run
-    resumed). A run from event 1 writes the file anew; a resumed run appends to the curve that ends where
-    it resumes (its rolling window refilled from the file's last rows), starts a new file if there is none,
-    and refuses any other file (it would mix two runs)."""
+    resumed). A run from event 1 writes the file anew; a resumed run appends to the curve of the same run
+    (same description: dataset, options, window) that ends where it resumes (its rolling window refilled
+    from the file's last rows), starts a new file if there is none, and refuses any other file (it would
+    mix two runs)."""
 
     def __init__(self, path: str, note: str, window: int, position: int, resumed_from: str | None) -> None:
         self.path = path
@@ -124,7 +125,12 @@ class _Curve:
         if append:
             from consumers.report import read_curve
 
-            columns, _ = read_curve(path, allow_empty=True)
+            columns, notes = read_curve(path, allow_empty=True)
+            if notes[:1] != [note]:
+                raise UsageError(
+                    f"--curve {path} is the curve of another run ({notes[0] if notes else 'no description'}; "
+                    f"this run: {note}): name another --curve file, or start over with --fresh"
+                )
             last = int(columns["event"][-1]) if columns["event"] else 0
             if last != position:
                 raise UsageError(

@@ -294,6 +294,11 @@ def test_demo_resumed_curve_refuses_another_runs_file(tmp_path: Path, capsys: py
     err = capsys.readouterr().err
     assert "ends at event 200" in err and "resumes at event 300" in err
     assert run.read_bytes() == before  # untouched
+    # Nor a curve of the same run with another rolling window.
+    assert cli.main(["demo", "--checkpoint-dir", str(tmp_path / "other"), "--curve", str(run),
+                     "--window", "50", "-q"]) == 2
+    assert "curve of another run" in capsys.readouterr().err
+    assert run.read_bytes() == before
     assert DirectoryStore(ckpt).latest().model.n_samples_seen == 300  # and nothing learned
     # A resumed run without a curve file starts one at the event it resumes from.
     fresh_curve = tmp_path / "rest.csv"
@@ -787,7 +792,7 @@ def test_replay_csv_creates_the_topic(kafka_bootstrap: str, tmp_path: Path, caps
                       "--id-column", "id", "--partitions", "2") == 1
         captured = capsys.readouterr()
         assert f"replayed 4 events to topic {topic} (5 input lines skipped)" in captured.out
-        assert "--skip-bad-lines" in captured.err
+        assert f"created topic {topic} (2 partitions)" in captured.err and "--skip-bad-lines" in captured.err
         for lineno, what in ((5, "maybe"), (7, "'abc'"), (8, "'yes'"), (9, "1e999"), (10, "'nan'")):
             assert f"line {lineno}: " in captured.err and what in captured.err
         (described,) = admin.describe_topics([topic])
