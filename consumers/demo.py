@@ -163,8 +163,12 @@ class _Curve:
         return loss, hit
 
     def row(self, event: int, p: float, y: int, totals: dict[str, Any]) -> None:
-        """Record the prediction ``p`` of event number ``event`` (labelled ``y``), after ``totals``."""
-        self._push(p, y)
+        """Add the prediction ``p`` of event number ``event`` (labelled ``y``) to ``totals`` and write its
+        row."""
+        loss, hit = self._push(p, y)
+        totals["n"] += 1
+        totals["log_loss_sum"] += loss
+        totals["correct"] += hit
         k, n = totals["n"], len(self.window)
         self.writer.writerow((
             event, y, repr(p), repr(totals["log_loss_sum"] / k), repr(totals["correct"] / k),
@@ -272,12 +276,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 if not batch:
                     break
                 for i, (x, y) in enumerate(batch):
-                    pending[0].append(model.predict_proba_one(x)[True])
-                    pending[1].append(int(bool(y)))
+                    p = model.predict_proba_one(x)[True]
                     if curve is not None:
-                        p = pending[0][-1]
-                        settle()
                         curve.row(position + i + 1, p, int(bool(y)), totals)
+                    else:
+                        pending[0].append(p)
+                        pending[1].append(int(bool(y)))
                 if batch_size == 1:
                     model.learn_one(*batch[0])
                 else:
