@@ -303,6 +303,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if curve is not None:
             curve.close()
     elapsed = time.monotonic() - start
+    settle()
     progress.show(status(), final=True)
 
     k = max(totals["n"], 1)
