@@ -49,7 +49,7 @@ from consumers.settings import (
     at_least,
     resolve_settings,
 )
-from consumers.terminal import stdin_lines
+from consumers.terminal import plural, stdin_lines
 
 __all__ = ["build_parser", "main"]
 
@@ -159,18 +159,31 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 # score
 
 
-def _best_effort_id(line: bytes, id_field: str) -> Any:
-    """The id of a message the codec rejected, if it is a JSON object with a string or integer id."""
+def _best_effort_id(line: bytes, id_field: str) -> str | int | None:
+    """The id of a message as it was written (a string, or an integer kept an integer), read on its own so
+    that a line the codec rejects keeps its id too: the standard library's parser also reads the JSON that
+    orjson refuses (``NaN``, a number overflowing a double elsewhere in the line). ``None`` when the line
+    is no JSON object or its id is neither a string nor an integer; an integer beyond 64 bits is given as
+    its decimal string."""
+    import json
+
     import orjson
 
-    try:
-        doc = orjson.loads(line)
-    except orjson.JSONDecodeError:
+    def read(parse: Callable[[bytes], Any]) -> Any:
+        try:
+            doc = parse(line)
+        except (ValueError, RecursionError):  # not JSON, bad UTF-8, an integer of > 4,300 digits
+            return None
+        return doc.get(id_field) if isinstance(doc, dict) else None
+
+    value = read(orjson.loads)
+    if value is None or type(value) is float:  # orjson refused the line, or read a > 64-bit int as a float
+        value = read(json.loads)
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
         return None
-    value = doc.get(id_field) if isinstance(doc, dict) else None
-    if isinstance(value, bool):
-        return None
-    return value if isinstance(value, str) else str(value) if isinstance(value, int) else None
+    if isinstance(value, int) and not -(1 << 63) <= value < 1 << 64:
+        return str(value)  # beyond 64 bits JSON writers lose digits: its decimal string
+    return value
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
@@ -200,10 +213,13 @@ def _cmd_score(args: argparse.Namespace) -> int:
                 "detail": result.detail, "line": lineno,
             }
         else:
-            doc = {"id": result.id, "p": model.predict_proba_one(result.x)[True]}
+            # The codec gives every id as a string (the Kafka key); the output keeps the id's own type.
+            event_id = _best_effort_id(line, args.id_field) if result.id is not None else None
+            doc = {"id": event_id, "p": model.predict_proba_one(result.x)[True]}
         out.write(orjson.dumps(doc).decode() + "\n")
         out.flush()
-    log.info("scored %d lines with checkpoint %s (%d errors)", n - errors, checkpoint.id, errors)
+    log.info("scored %s with checkpoint %s (%s)", plural(n - errors, "line"), checkpoint.id,
+             plural(errors, "error"))
     return EXIT_OK
 
 
@@ -268,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Stream a built-in dataset through the model with progressive validation (each event is\n"
             "predicted, then learned), checkpointing every --checkpoint-every events and at the end. A\n"
             "second run with the same options resumes from the latest checkpoint and skips the events it\n"
-            "covers. Ctrl-C stops at the next batch boundary with a checkpoint (exit 130).\n\n"
+            "covers (and appends to its --curve). Ctrl-C stops at the next batch boundary with a\n"
+            "checkpoint (exit 130). The model learns the raw features (no scaling); the progressive log\n"
+            "loss and accuracy are computed as the consumer's metrics compute them.\n\n"
             "datasets:\n" + dataset_help()
         ),
         examples=(
@@ -292,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints and start over")
     p.add_argument("--curve", metavar="FILE.csv",
                    help="write the learning curve (per event: progressive and rolling log loss and "
-                        f"accuracy) for `{PROG} report`")
+                        f"accuracy) for `{PROG} report`; a resumed run appends to the curve it continues "
+                        "(and refuses a file of another run)")
     p.add_argument("--window", type=int, default=100, metavar="N",
                    help="events in the rolling log loss and accuracy of --curve (default: 100)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line on stderr")
@@ -330,8 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Read messages as JSON lines on stdin ({\"x\": {...} | [...], \"id\": ...}, the Kafka message\n"
             "format; a label is ignored) and write one JSON line per input line on stdout:\n"
             "{\"id\": ..., \"p\": P(y=1)}, or {\"id\": ..., \"error\": REASON, \"detail\": ...,\n"
-            "\"line\": N} for a line that does not decode (the rest are still scored; exit 0). Blank lines\n"
-            "are skipped."
+            "\"line\": N} for a line that does not decode (the rest are still scored; exit 0). The id is\n"
+            "the line's own, as written (an integer stays an integer; best effort for a rejected line).\n"
+            "Blank lines are skipped."
         ),
         examples=(
             f"echo '{{\"x\": {{\"https\": 1, \"long_url\": 0}}, \"id\": \"a\"}}' | {PROG} score",
@@ -348,19 +368,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     # report
     p = _command(
-        sub, "report", cmd_report, help="draw a learning curve (demo --curve CSV) as a PNG",
+        sub, "report", cmd_report, help="draw a learning curve (demo --curve CSV) as an image",
         description=(
             f"Draw the learning curve of a run (the CSV of `{PROG} demo --curve`): progressive and rolling\n"
-            "log loss and accuracy against the number of events, as a PNG (matplotlib, Agg backend)."
+            "log loss and accuracy against the number of events, titled with what was run (dataset,\n"
+            "optimizer, rolling window). The format is that of the -o file name: .png, .jpg/.jpeg, .svg or\n"
+            ".pdf (matplotlib, Agg backend); any other suffix is refused (exit 2)."
         ),
         examples=(
             f"{PROG} demo --curve run.csv && {PROG} report run.csv -o curve.png",
-            f"{PROG} report run.csv -o curve.png --title 'FTRL on Phishing' --dpi 150",
+            f"{PROG} report run.csv -o curve.svg --title 'FTRL on Phishing'",
+            f"{PROG} report run.csv -o curve.jpg --dpi 150",
         ),
     )
     p.add_argument("run", metavar="RUN.csv")
-    p.add_argument("-o", "--output", required=True, metavar="FILE.png", help="the PNG to write")
-    p.add_argument("--title", help="figure title (default: from the file name)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.png",
+                   help="the image to write: .png, .jpg, .jpeg, .svg or .pdf")
+    p.add_argument("--title", help="figure title (default: what was run, from the CSV's first note)")
     p.add_argument("--dpi", type=int, default=100, help="resolution (default: 100)")
     add_settings(p, COMMON_SETTINGS, env=True)
 
@@ -372,8 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
             "with a progress bar on stderr; the topic is created if missing. Sources: a built-in dataset\n"
             "(--dataset, the default), JSON lines (--file data.jsonl: {\"x\":..,\"y\":..,\"id\":..}), or\n"
             "CSV (--file data.csv: a header row; --label-column, default \"y\" or the last column, is the\n"
-            "label (0/1/true/false, empty: unlabelled); the other columns are features). The connection\n"
-            "settings also come from the STREAM_LOGREG_* environment variables, as for `consume`.\n\n"
+            "label (0/1/true/false, empty: unlabelled); the other columns are features: the first\n"
+            "non-empty cell of a column makes it numeric, boolean (true/false) or text, and a later cell\n"
+            "of another kind (\"abc\" in a numeric column) skips its line; an empty cell is a missing\n"
+            "feature). Skipped lines are reported on stderr and make the exit status 1 unless\n"
+            "--skip-bad-lines. The connection settings also come from the STREAM_LOGREG_* environment\n"
+            "variables, as for `consume`.\n\n"
             "datasets:\n" + dataset_help()
         ),
         examples=(
@@ -401,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partitions", type=int, default=1, help="partitions of a topic created (default: 1)")
     p.add_argument("--replication-factor", type=int, default=1, help="of a topic created (default: 1)")
     p.add_argument("--no-create-topic", action="store_true", help="do not create the topic if it is missing")
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="--file: skip input lines that cannot be sent and still exit 0 (default: they are "
+                        "skipped, reported, and the exit status is 1)")
     p.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="give up if no broker answers within this time (default: 30)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar on stderr")

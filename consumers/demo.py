@@ -11,7 +11,7 @@ import argparse
 import csv
 import dataclasses
 import itertools
-import math
+import os
 import sys
 import time
 from collections import deque
@@ -20,10 +20,11 @@ from typing import Any
 
 from consumers.errors import EXIT_INTERRUPTED, EXIT_OK, PROG, CommandError, UsageError, mismatch_text
 from consumers.settings import MODEL_SETTINGS, at_least, build_model, resolve_settings
+from consumers.stats import progressive_metrics
 from consumers.terminal import Progress, bar, graceful_interrupt
 
 __all__ = ["CURVE_COLUMNS", "DATASETS", "SYNTHETIC_DEFAULT_N", "cmd_demo", "dataset_help", "dataset_stream",
-           "validate_demo"]
+           "setup_text", "validate_demo"]
 
 #: The columns of the learning curve that ``demo --curve`` writes (and ``report`` draws).
 CURVE_COLUMNS = ("event", "y", "p", "log_loss", "accuracy", "rolling_log_loss", "rolling_accuracy")
@@ -102,10 +103,87 @@ def dataset_help() -> str:
 # demo
 
 
-def _log_loss(p: float, y: bool) -> float:
-    """Cross-entropy of probability ``p`` against ``y``, with p clipped to [1e-15, 1 - 1e-15]."""
-    p = min(max(p, 1e-15), 1.0 - 1e-15)
-    return -math.log(p) if y else -math.log1p(-p)
+def setup_text(model: Any, batch_size: int) -> str:
+    """What the model is, in the words of its options: ``ftrl(alpha=0.17, ...), batch size 1``."""
+    opt = dict(model.config()["optimizer"])
+    name = opt.pop("name")
+    return f"{name}(" + ", ".join(f"{k}={v}" for k, v in opt.items()) + f"), batch size {batch_size}"
+
+
+class _Curve:
+    """The learning curve of ``demo --curve``: a CSV with ``#`` note lines (what was run, where a run
+    resumed). A run from event 1 writes the file anew; a resumed run appends to the curve of the same run
+    (same description: dataset, options, window) that ends where it resumes (its rolling window refilled
+    from the file's last rows), starts a new file if there is none, and refuses any other file (it would
+    mix two runs)."""
+
+    def __init__(self, path: str, note: str, window: int, position: int, resumed_from: str | None) -> None:
+        self.path = path
+        self.window: deque[tuple[float, int]] = deque(maxlen=window)
+        self.rolling = [0.0, 0]
+        append = resumed_from is not None and _has_rows_or_header(path)
+        if append:
+            from consumers.report import read_curve
+
+            columns, notes = read_curve(path, allow_empty=True)
+            if notes[:1] != [note]:
+                raise UsageError(
+                    f"--curve {path} is the curve of another run ({notes[0] if notes else 'no description'}; "
+                    f"this run: {note}): name another --curve file, or start over with --fresh"
+                )
+            last = int(columns["event"][-1]) if columns["event"] else 0
+            if last != position:
+                raise UsageError(
+                    f"--curve {path} ends at event {last:,}, but this run resumes at event {position:,} "
+                    f"(checkpoint {resumed_from}): name another --curve file, or start over with --fresh"
+                )
+            tail = max(0, len(columns["event"]) - window)
+            for p, y in zip(columns["p"][tail:], columns["y"][tail:], strict=True):
+                self._push(p, int(y))
+        try:
+            self.file = open(path, "a" if append else "w", newline="")  # closed by close()
+        except OSError as exc:
+            raise CommandError(f"cannot write --curve {path}: {exc}") from None
+        self.writer = csv.writer(self.file)
+        if not append:
+            self.file.write(f"# {note}\n")
+            self.writer.writerow(CURVE_COLUMNS)
+        if resumed_from is not None:
+            self.file.write(f"# resumed at event {position:,} from checkpoint {resumed_from}\n")
+
+    def _push(self, p: float, y: int) -> tuple[float, int]:
+        loss, hit = progressive_metrics([p], [y])
+        if len(self.window) == self.window.maxlen:
+            old_loss, old_hit = self.window[0]
+            self.rolling[0] -= old_loss
+            self.rolling[1] -= old_hit
+        self.window.append((loss, hit))
+        self.rolling[0] += loss
+        self.rolling[1] += hit
+        return loss, hit
+
+    def row(self, event: int, p: float, y: int, totals: dict[str, Any]) -> None:
+        """Add the prediction ``p`` of event number ``event`` (labelled ``y``) to ``totals`` and write its
+        row."""
+        loss, hit = self._push(p, y)
+        totals["n"] += 1
+        totals["log_loss_sum"] += loss
+        totals["correct"] += hit
+        k, n = totals["n"], len(self.window)
+        self.writer.writerow((
+            event, y, repr(p), repr(totals["log_loss_sum"] / k), repr(totals["correct"] / k),
+            repr(self.rolling[0] / n), repr(self.rolling[1] / n),
+        ))
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _has_rows_or_header(path: str) -> bool:
+    try:
+        return os.path.getsize(path) > 0
+    except OSError:
+        return False
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -152,31 +230,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
 
     def save() -> str:
+        settle()
         try:
             return store.save(model, {**identity, "position": position, "progressive": dict(totals)})
         except (CheckpointError, OSError) as exc:
             raise CommandError(f"cannot write a checkpoint to {args.checkpoint_dir}: {exc}") from None
 
-    curve_file = None
-    writer = None
+    curve = None
     if args.curve is not None:
-        try:
-            curve_file = open(args.curve, "w", newline="")  # closed in the finally below
-        except OSError as exc:
-            raise CommandError(f"cannot write --curve {args.curve}: {exc}") from None
-        writer = csv.writer(curve_file)
-        writer.writerow(CURVE_COLUMNS)
+        note = (f"{PROG} demo --dataset {args.dataset}" + (f" --seed {args.seed}" if synthetic else "")
+                + f": {setup_text(model, batch_size)}, rolling window {args.window}")
+        curve = _Curve(args.curve, note, args.window, position, resumed_from)
 
     progress = Progress(sys.stderr, enabled=not args.quiet)
-    window: deque[tuple[float, int]] = deque(maxlen=args.window)
-    rolling = [0.0, 0]
+    pending: tuple[list[float], list[int]] = ([], [])  # predictions not yet in the totals
     learned = 0
     last_saved = position if resumed_from is not None else -1
     checkpoint_id = resumed_from
     interrupted = False
     start = time.monotonic()
 
+    def settle() -> None:
+        """Add the pending predictions to the totals (the consumer's definition, one numpy call)."""
+        if pending[0]:
+            loss, hits = progressive_metrics(*pending)
+            totals["n"] += len(pending[0])
+            totals["log_loss_sum"] += loss
+            totals["correct"] += hits
+            pending[0].clear()
+            pending[1].clear()
+
     def status() -> str:
+        settle()
         k = max(totals["n"], 1)
         return (
             f"demo {args.dataset}  {bar(position, n)} events  {progress.rate(learned):,.0f} ev/s  "
@@ -192,31 +277,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     break
                 for i, (x, y) in enumerate(batch):
                     p = model.predict_proba_one(x)[True]
-                    truth = bool(y)
-                    loss, hit = _log_loss(p, truth), int((p > 0.5) == truth)
-                    totals["n"] += 1
-                    totals["log_loss_sum"] += loss
-                    totals["correct"] += hit
-                    if len(window) == window.maxlen:
-                        old_loss, old_hit = window[0]
-                        rolling[0] -= old_loss
-                        rolling[1] -= old_hit
-                    window.append((loss, hit))
-                    rolling[0] += loss
-                    rolling[1] += hit
-                    if writer is not None:
-                        k = totals["n"]
-                        writer.writerow((
-                            position + i + 1, int(truth), repr(p),
-                            repr(totals["log_loss_sum"] / k), repr(totals["correct"] / k),
-                            repr(rolling[0] / len(window)), repr(rolling[1] / len(window)),
-                        ))
+                    if curve is not None:
+                        curve.row(position + i + 1, p, int(bool(y)), totals)
+                    else:
+                        pending[0].append(p)
+                        pending[1].append(int(bool(y)))
                 if batch_size == 1:
                     model.learn_one(*batch[0])
                 else:
                     model.learn_rows([x for x, _ in batch], [y for _, y in batch])
                 position += len(batch)
                 learned += len(batch)
+                if len(pending[0]) >= 4096:
+                    settle()
                 if position // args.checkpoint_every > max(last_saved, 0) // args.checkpoint_every:
                     checkpoint_id, last_saved = save(), position
                 if progress.due():
@@ -227,9 +300,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if last_saved != position:
             checkpoint_id, last_saved = save(), position
     finally:
-        if curve_file is not None:
-            curve_file.close()
+        if curve is not None:
+            curve.close()
     elapsed = time.monotonic() - start
+    settle()
     progress.show(status(), final=True)
 
     k = max(totals["n"], 1)
@@ -238,11 +312,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if resumed_from is not None:
         print(f"resumed from          checkpoint {resumed_from} (event {position - learned:,} of {n:,})",
               file=out)
-    print(f"events                {position:,} of {n:,} ({learned:,} learned in this run"
-          f"{', interrupted' if interrupted else ''})", file=out)
-    print(f"throughput            {learned / elapsed if elapsed > 0 else 0.0:,.0f} events/s", file=out)
+    if learned:
+        print(f"events                {position:,} of {n:,} ({learned:,} learned in this run"
+              f"{', interrupted' if interrupted else ''})", file=out)
+        print(f"throughput            {learned / elapsed if elapsed > 0 else 0.0:,.0f} events/s", file=out)
+    else:
+        print(f"events                {position:,} of {n:,} (nothing left to learn: the checkpoint covers "
+              "them all)", file=out)
+    print(f"model                 {setup_text(model, batch_size)}, on the raw features (no scaling)",
+          file=out)
     print(f"progressive log loss  {totals['log_loss_sum'] / k:.4f}", file=out)
-    print(f"progressive accuracy  {totals['correct'] / k:.2%}", file=out)
+    print(f"progressive accuracy  {totals['correct'] / k:.2%} ({totals['correct']:,} of {totals['n']:,} "
+          "predicted right before learning)", file=out)
     print(f"samples seen          {model.n_samples_seen:,}", file=out)
     print(f"checkpoint            {checkpoint_id} in {args.checkpoint_dir}", file=out)
     if args.curve is not None:

@@ -1,8 +1,18 @@
 """``stream-logreg replay``: produce a built-in dataset, or a file of events (JSON lines or CSV), into a Kafka
 topic in the message format (:func:`stream_logreg.codec.encode_event`), keyed by id.
 
-Input records that cannot be sent (a bad label, a line that does not decode) are skipped and counted; the
-connection settings are those of ``consume`` (flags or ``STREAM_LOGREG_*`` environment variables).
+Input lines that cannot be sent (a bad label, a line that does not decode, a value not of its column's
+kind) are skipped, reported on stderr and counted; any skipped line makes the exit status 1 unless
+``--skip-bad-lines`` is given. The connection settings are those of ``consume`` (flags or
+``STREAM_LOGREG_*`` environment variables).
+
+CSV cells (stripped; an empty cell is a missing feature): the first non-empty cell of a column decides its
+kind — ``true``/``false`` (any case) a boolean column, a decimal number (``3``, ``-2.5``, ``1e-3``; no
+``nan``, ``inf`` or ``1_000``) a numeric one, anything else a text column (a string value: the indicator
+feature ``column=value``). Then every cell must be of its column's kind: ``abc`` in a numeric column or
+``yes`` in a boolean one skips the line with a reason; in a text column any cell is text (``"3"`` too).
+Integers stay integers; a number that overflows a double skips its line. The label column takes ``0``,
+``1``, ``true``, ``false`` (and ``1.0``/``0.0``); empty: the event is unlabelled.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ import csv
 import itertools
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -29,28 +40,45 @@ from consumers.settings import (
     client_settings,
     resolve_settings,
 )
-from consumers.terminal import Progress, bar, graceful_interrupt, stdin_lines
+from consumers.terminal import Progress, bar, graceful_interrupt, plural, stdin_lines
 
 __all__ = ["cmd_replay"]
 
 
-def _csv_value(text: str) -> Any:
-    """A CSV cell as an int, else a float, else the text."""
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_INTEGER = re.compile(r"[+-]?\d+")
+_BOOLEANS = {"true": True, "false": False}
+
+
+def _csv_kind(text: str) -> str:
+    """The kind of a column whose first non-empty cell is ``text``: boolean, number or text."""
+    if text.lower() in _BOOLEANS:
+        return "boolean"
+    return "number" if _NUMBER.fullmatch(text) else "text"
+
+
+def _csv_value(column: str, kind: str, text: str) -> Any:
+    """The feature value of a (stripped, non-empty) cell of a column of ``kind``; ``ValueError`` (a reason)
+    for a cell that is not of the column's kind."""
+    if kind == "text":
         return text
+    if kind == "boolean":
+        if text.lower() not in _BOOLEANS:
+            raise ValueError(f"column {column!r} holds booleans (true/false), not {text!r}")
+        return _BOOLEANS[text.lower()]
+    if not _NUMBER.fullmatch(text):
+        raise ValueError(f"column {column!r} holds numbers, not {text!r}")
+    value: int | float = int(text) if _INTEGER.fullmatch(text) else float(text)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"column {column!r}: {text!r} does not fit in a double")
+    return value
 
 
 _CSV_LABELS = {"1": 1, "0": 0, "1.0": 1, "0.0": 0, "true": 1, "false": 0}
 
 
 class _Skips:
-    """Counts input records that cannot be sent, warning about the first few."""
+    """Counts input lines that cannot be sent, reporting the first few."""
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -61,7 +89,7 @@ class _Skips:
         if self.count <= 10:
             print(f"skipped {self.source} {where}: {why}", file=sys.stderr)
         elif self.count == 11:
-            print("(further skipped records are only counted)", file=sys.stderr)
+            print("(further skipped lines are only counted)", file=sys.stderr)
 
 
 _Records = Iterator[tuple[bytes, bytes | None]]  # (message value, key)
@@ -128,6 +156,7 @@ def _replay_source(args: argparse.Namespace, skips: _Skips) -> tuple[_Records, i
             raise UsageError(f"--label-column {label!r} is not a column of {path} (columns: {header})")
         if args.id_column is not None and args.id_column not in header:
             raise UsageError(f"--id-column {args.id_column!r} is not a column of {path} (columns: {header})")
+        kinds: dict[str, str] = {}  # column -> its kind, set by its first non-empty cell
         for lineno, row in enumerate(reader, 2):
             if not row:
                 continue
@@ -141,8 +170,13 @@ def _replay_source(args: argparse.Namespace, skips: _Skips) -> tuple[_Records, i
             if raw_label and y is None:
                 skips.skip(f"line {lineno}", f"label {raw_label!r} is not 0, 1, true or false")
                 continue
-            x = {k: _csv_value(v.strip()) for k, v in record.items() if v.strip() != ""}
             try:
+                x = {}
+                for column, cell in record.items():
+                    cell = cell.strip()
+                    if cell:
+                        kind = kinds.setdefault(column, _csv_kind(cell))
+                        x[column] = _csv_value(column, kind, cell)
                 value = encode_event(x, y, event_id)
             except ValueError as exc:
                 skips.skip(f"line {lineno}", str(exc))
@@ -212,7 +246,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         timeout_ms = int(args.connect_timeout * 1000)
         if not args.no_create_topic and _ensure_topic(values, args.topic, args.partitions,
                                                       args.replication_factor, timeout_ms):
-            print(f"created topic {args.topic} ({args.partitions} partitions)", file=sys.stderr)
+            print(f"created topic {args.topic} ({plural(args.partitions, 'partition')})", file=sys.stderr)
         producer = KafkaProducer(bootstrap_servers=servers, linger_ms=10, bootstrap_timeout_ms=timeout_ms,
                                  **client_settings(values))
     except KafkaTimeoutError:
@@ -252,9 +286,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
         producer.close(timeout=10)
     progress.show(status(), final=True)
     delivered = sent - len(failures)
-    print(f"replayed {delivered:,} events to topic {args.topic}"
-          + (f" ({skips.count:,} input records skipped)" if skips.count else "")
+    print(f"replayed {plural(delivered, 'event')} to topic {args.topic}"
+          + (f" ({plural(skips.count, 'input line')} skipped)" if skips.count else "")
           + (" (interrupted)" if interrupted else ""), file=sys.stdout)
     if failures:
-        raise CommandError(f"{len(failures):,} of {sent:,} events were not delivered: {failures[0]!r}")
+        raise CommandError(
+            f"{len(failures):,} of {plural(sent, 'event')} were not delivered: {failures[0]!r}"
+        )
+    if skips.count and not args.skip_bad_lines:
+        raise CommandError(
+            f"{plural(skips.count, 'input line')} could not be sent (see above; the other lines were): fix "
+            "them, or pass --skip-bad-lines to skip them without failing"
+        )
     return EXIT_INTERRUPTED if interrupted else EXIT_OK

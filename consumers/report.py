@@ -1,7 +1,9 @@
-"""``stream-logreg report``: draw the learning curve of a ``demo --curve`` run as a PNG.
+"""``stream-logreg report``: draw the learning curve of a ``demo --curve`` run as an image (PNG, JPEG, SVG
+or PDF, by the suffix of ``-o``; any other suffix is refused, exit 2).
 
-:func:`read_curve` reads the CSV, :func:`plot_curve` draws it (matplotlib, Agg canvas, no pyplot state; the
-``report`` extra).
+:func:`read_curve` reads the CSV (``#`` lines are notes: the first says what was run and titles the plot,
+later ones mark where a run resumed), :func:`plot_curve` draws it (matplotlib, Agg canvas, no pyplot state;
+the ``report`` extra).
 """
 
 from __future__ import annotations
@@ -14,36 +16,70 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from consumers.errors import EXIT_OK, PROG, CommandError
+from consumers.errors import EXIT_OK, PROG, CommandError, UsageError
 from consumers.settings import at_least
 
-__all__ = ["cmd_report", "plot_curve", "read_curve"]
+__all__ = ["FORMATS", "cmd_report", "curve_title", "plot_curve", "read_curve"]
 
 
-def read_curve(path: str | os.PathLike) -> dict[str, list[float]]:
-    """The columns of a learning-curve CSV written by ``demo --curve`` (each as a list of floats)."""
+def read_curve(
+    path: str | os.PathLike, allow_empty: bool = False
+) -> tuple[dict[str, list[float]], list[str]]:
+    """The columns of a learning-curve CSV written by ``demo --curve`` (each as a list of floats) and its
+    notes (the ``#`` lines: what was run, where a run resumed), in file order."""
+    columns: dict[str, list[float]] = {}
+    notes: list[str] = []
+    header: list[str] | None = None
     try:
         with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
-            missing = [c for c in ("event", "log_loss", "accuracy") if c not in header]
-            if missing:
-                raise CommandError(
-                    f"{path} is not a learning curve from `{PROG} demo --curve`: missing columns {missing} "
-                    f"(it has {header})"
-                )
-            columns: dict[str, list[float]] = {name: [] for name in header}
-            for lineno, row in enumerate(reader, 2):
+            for lineno, line in enumerate(f, 1):
+                if line.startswith("#"):
+                    notes.append(line[1:].strip())
+                    continue
+                if not line.strip():
+                    continue
+                (row,) = csv.reader([line])
+                if header is None:
+                    header = row
+                    missing = [c for c in ("event", "log_loss", "accuracy") if c not in header]
+                    if missing:
+                        raise CommandError(
+                            f"{path} is not a learning curve from `{PROG} demo --curve`: missing columns "
+                            f"{missing} (it has {header})"
+                        )
+                    columns = {name: [] for name in header}
+                    continue
                 try:
-                    for name in header:
-                        columns[name].append(float(row[name]))
-                except (TypeError, ValueError):
-                    raise CommandError(f"{path}, line {lineno}: not a number in {row}") from None
+                    if len(row) != len(header):
+                        raise ValueError
+                    values = [float(v) for v in row]
+                except ValueError:
+                    raise CommandError(f"{path}, line {lineno}: not {len(header)} numbers: {row}") from None
+                for name, value in zip(header, values, strict=True):
+                    columns[name].append(value)
     except OSError as exc:
         raise CommandError(f"cannot read {path}: {exc}") from None
-    if not columns["event"]:
+    except UnicodeDecodeError:
+        raise CommandError(f"{path} is not a learning curve from `{PROG} demo --curve`: not text") from None
+    if header is None:
+        raise CommandError(f"{path} is not a learning curve from `{PROG} demo --curve`: no header")
+    if not columns["event"] and not allow_empty:
         raise CommandError(f"{path} has no rows")
-    return columns
+    return columns, notes
+
+
+#: The file formats ``report -o`` writes, by file name suffix (matplotlib's names).
+FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".svg": "svg", ".pdf": "pdf"}
+
+
+def curve_title(notes: Sequence[str], curve: Mapping[str, Sequence[float]], name: str) -> str:
+    """What was run (the curve's first note, written by ``demo``), else the file name; and its events."""
+    events = curve["event"]
+    span = (f"events {int(events[0]):,} to {int(events[-1]):,}" if events[0] != 1
+            else f"{len(events):,} events")
+    what = notes[0].removeprefix(f"{PROG} demo --dataset ") if notes else name
+    resumed = sum(1 for note in notes if note.startswith("resumed"))
+    return f"{what}\n{span}" + (f" (resumed {resumed} time{'s' if resumed != 1 else ''})" if resumed else "")
 
 
 def plot_curve(curve: Mapping[str, Sequence[float]], title: str) -> Any:
@@ -76,17 +112,23 @@ def plot_curve(curve: Mapping[str, Sequence[float]], title: str) -> Any:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Read ``args.run``, draw it and write the PNG ``args.output``."""
+    """Read ``args.run``, draw it and write ``args.output`` in the format its suffix names."""
+    suffix = Path(args.output).suffix.lower()
+    if suffix not in FORMATS:
+        raise UsageError(
+            f"-o {args.output}: unknown image format {suffix or '(no suffix)'!r}; name the file "
+            + ", ".join(f"*{s}" for s in FORMATS)
+        )
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise CommandError("report needs matplotlib: pip install 'stream-logreg[report]'") from None
     at_least("--dpi", args.dpi, 10)
-    curve = read_curve(args.run)
-    title = args.title or f"Learning curve of {Path(args.run).name} ({len(curve['event']):,} events)"
+    curve, notes = read_curve(args.run)
+    title = args.title or curve_title(notes, curve, Path(args.run).name)
     fig = plot_curve(curve, title)
     try:
-        fig.savefig(args.output, format="png", dpi=args.dpi)
+        fig.savefig(args.output, format=FORMATS[suffix], dpi=args.dpi)
     except OSError as exc:
         raise CommandError(f"cannot write -o {args.output}: {exc}") from None
     print(f"wrote {args.output}", file=sys.stdout)

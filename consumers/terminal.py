@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO
 
-__all__ = ["Progress", "bar", "graceful_interrupt", "stdin_lines"]
+__all__ = ["Progress", "bar", "graceful_interrupt", "plural", "stdin_lines"]
 
 
 class Progress:
@@ -46,6 +46,15 @@ class Progress:
         else:
             self.stream.write(text + "\n")
         self.stream.flush()
+
+
+def plural(n: int, word: str) -> str:
+    """``1 event``, ``2 events``, ``1,000 partitions``: a count and its noun in the right number.
+
+    >>> plural(1, "partition"), plural(0, "event"), plural(1250, "input line")
+    ('1 partition', '0 events', '1,250 input lines')
+    """
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def bar(done: int, total: int | None, width: int = 24) -> str:

@@ -11,6 +11,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import os
 import signal
 import struct
@@ -23,7 +24,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from polling import wait_for_checkpoint
+from polling import wait_for, wait_for_checkpoint
 from river import datasets
 
 from consumers import cli, demo, logs, report, settings
@@ -135,8 +136,8 @@ def test_demo_checkpoint_equals_an_offline_model(tmp_path: Path, capsys: pytest.
     model, loss, hits = OnlineLogisticRegression(), 0.0, 0
     for x, y in PHISHING:
         p = model.predict_proba_one(x)[True]
-        loss += demo._log_loss(p, y)
-        hits += (p > 0.5) == y
+        loss -= math.log(max(p if y else 1.0 - p, 1e-15))
+        hits += (p >= 0.5) == y  # the consumer's definition (consumers.stats.progressive_metrics)
         model.learn_one(x, y)
     out = capsys.readouterr().out
     assert f"progressive log loss  {loss / len(PHISHING):.4f}" in out
@@ -160,7 +161,8 @@ def test_demo_resumes_without_learning_anything_twice(tmp_path: Path, capsys: py
     latest_id = DirectoryStore(d).latest().id
     assert cli.main(["demo", "--checkpoint-dir", d, "-q"]) == 0
     captured = capsys.readouterr()
-    assert "resumed" in captured.err and "0 learned in this run" in captured.out
+    assert "resumed" in captured.err and "nothing left to learn" in captured.out
+    assert "throughput" not in captured.out
     checkpoint = DirectoryStore(d).latest()
     assert checkpoint.model.n_samples_seen == len(PHISHING)
     assert checkpoint.id == latest_id  # nothing new to save
@@ -236,9 +238,14 @@ def test_demo_synthetic_seed_is_part_of_the_run(tmp_path: Path, capsys: pytest.C
     assert "another run" in capsys.readouterr().err
 
 
+def curve_rows(path: Path) -> list[dict[str, str]]:
+    """The data rows of a ``demo --curve`` CSV (its ``#`` note lines skipped)."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(line for line in f if not line.startswith("#")))
+
+
 def test_demo_curve_csv(demo_dir: Path) -> None:
-    with open(demo_dir / "run.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = curve_rows(demo_dir / "run.csv")
     assert tuple(rows[0]) == demo.CURVE_COLUMNS
     assert [int(r["event"]) for r in rows] == list(range(1, len(PHISHING) + 1))
     assert [int(r["y"]) for r in rows] == [int(y) for _, y in PHISHING]
@@ -246,12 +253,57 @@ def test_demo_curve_csv(demo_dir: Path) -> None:
     for row, (x, y) in zip(rows[:100], PHISHING, strict=False):
         assert float(row["p"]) == model.predict_proba_one(x)[True]
         model.learn_one(x, y)
-    acc = sum((float(r["p"]) > 0.5) == bool(int(r["y"])) for r in rows) / len(rows)
+    acc = sum((float(r["p"]) >= 0.5) == bool(int(r["y"])) for r in rows) / len(rows)
     assert float(rows[-1]["accuracy"]) == pytest.approx(acc)
     window = rows[-100:]
     assert float(rows[-1]["rolling_accuracy"]) == pytest.approx(
-        sum((float(r["p"]) > 0.5) == bool(int(r["y"])) for r in window) / 100
+        sum((float(r["p"]) >= 0.5) == bool(int(r["y"])) for r in window) / 100
     )
+
+
+def test_demo_resumed_curve_continues_the_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A resumed run appends to its curve: the rows are those of one uninterrupted run (the rolling window
+    refilled from the file), with a note where it resumed; and `report` draws it."""
+    once = tmp_path / "once.csv"
+    assert cli.main(["demo", "--checkpoint-dir", str(tmp_path / "c1"), "--curve", str(once), "-q"]) == 0
+    run, ckpt = tmp_path / "run.csv", str(tmp_path / "c2")
+    assert cli.main(["demo", "--checkpoint-dir", ckpt, "--n", "700", "--curve", str(run), "-q"]) == 0
+    assert cli.main(["demo", "--checkpoint-dir", ckpt, "--curve", str(run), "-q"]) == 0
+    assert cli.main(["demo", "--checkpoint-dir", ckpt, "--curve", str(run), "-q"]) == 0  # nothing left
+    resumed, whole = curve_rows(run), curve_rows(once)
+    assert [r["event"] for r in resumed] == [r["event"] for r in whole]
+    for a, b in zip(resumed, whole, strict=True):
+        assert (a["y"], a["p"], a["accuracy"]) == (b["y"], b["p"], b["accuracy"])
+        for column in ("log_loss", "rolling_log_loss", "rolling_accuracy"):
+            assert float(a[column]) == pytest.approx(float(b[column]), rel=1e-12, abs=1e-12)
+    notes = [line for line in run.read_text().splitlines() if line.startswith("#")]
+    assert len(notes) == 3 and notes[1].startswith("# resumed at event 700 from checkpoint")
+    assert notes[2].startswith("# resumed at event 1,250")
+    assert cli.main(["report", str(run), "-o", str(tmp_path / "curve.png")]) == 0
+    assert png_size((tmp_path / "curve.png").read_bytes()) == (900, 650)
+
+
+def test_demo_resumed_curve_refuses_another_runs_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ckpt, run = str(tmp_path / "ckpt"), tmp_path / "run.csv"
+    assert cli.main(["demo", "--checkpoint-dir", ckpt, "--n", "300", "-q"]) == 0
+    assert cli.main(["demo", "--checkpoint-dir", str(tmp_path / "other"), "--n", "200", "--curve", str(run),
+                     "-q"]) == 0
+    before = run.read_bytes()
+    capsys.readouterr()
+    assert cli.main(["demo", "--checkpoint-dir", ckpt, "--curve", str(run), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "ends at event 200" in err and "resumes at event 300" in err
+    assert run.read_bytes() == before  # untouched
+    # Nor a curve of the same run with another rolling window.
+    assert cli.main(["demo", "--checkpoint-dir", str(tmp_path / "other"), "--curve", str(run),
+                     "--window", "50", "-q"]) == 2
+    assert "curve of another run" in capsys.readouterr().err
+    assert run.read_bytes() == before
+    assert DirectoryStore(ckpt).latest().model.n_samples_seen == 300  # and nothing learned
+    # A resumed run without a curve file starts one at the event it resumes from.
+    fresh_curve = tmp_path / "rest.csv"
+    assert cli.main(["demo", "--checkpoint-dir", ckpt, "--curve", str(fresh_curve), "-q"]) == 0
+    assert [int(r["event"]) for r in curve_rows(fresh_curve)] == list(range(301, len(PHISHING) + 1))
 
 
 class _FakeTTY(io.StringIO):
@@ -341,8 +393,16 @@ def score_input() -> tuple[bytes, list[dict]]:
     expected.append({"id": None, "error": "not_json"})
     lines.append(b'{"x": {"https": null}, "id": "bad"}')
     expected.append({"id": "bad", "error": "bad_value"})
-    lines.append(b'{"x": [1, 2], "y": 1, "id": 99}')  # a label is ignored
-    expected.append({"id": "99", "x": {0: 1, 1: 2}})
+    lines.append(b'{"x": [1, 2], "y": 1, "id": 99}')  # a label is ignored; an integer id stays one
+    expected.append({"id": 99, "x": {0: 1, 1: 2}})
+    lines.append(b'{"x": {"https": NaN}, "id": 7}')  # not JSON for the codec: its id all the same
+    expected.append({"id": 7, "error": "not_json"})
+    lines.append(b'{"x": {"https": 1e999}, "id": "huge"}')
+    expected.append({"id": "huge", "error": "bad_value"})
+    lines.append(b'{"x": {}, "id": 1.5}')  # an id neither string nor integer: none
+    expected.append({"id": None, "error": "bad_id"})
+    lines.append(b'{"x": {}, "y": 2, "id": 123456789012345678901234567890}')  # beyond 64 bits: its digits
+    expected.append({"id": "123456789012345678901234567890", "error": "bad_label"})
     return b"\n".join(lines) + b"\n", expected
 
 
@@ -350,7 +410,7 @@ def check_scores(output: bytes, expected: list[dict], model: OnlineLogisticRegre
     got = [json.loads(line) for line in output.decode().splitlines()]
     assert len(got) == len(expected)
     for g, e in zip(got, expected, strict=True):
-        assert g["id"] == e["id"]
+        assert g["id"] == e["id"] and type(g["id"]) is type(e["id"])
         if "error" in e:
             assert g["error"] == e["error"] and g["detail"] and "p" not in g
         else:
@@ -401,7 +461,9 @@ def test_report_writes_the_curve_of_the_run(demo_dir: Path, tmp_path: Path, caps
     assert data.endswith(b"IEND\xaeB`\x82")
 
     # The figure plots the run's own columns.
-    curve = report.read_curve(demo_dir / "run.csv")
+    curve, notes = report.read_curve(demo_dir / "run.csv")
+    setup = demo.setup_text(OnlineLogisticRegression(), 1)
+    assert notes == [f"stream-logreg demo --dataset phishing: {setup}, rolling window 100"]
     fig = report.plot_curve(curve, "t")
     loss_ax, acc_ax = fig.axes
     assert list(loss_ax.lines[0].get_xdata()) == curve["event"]
@@ -421,6 +483,23 @@ def test_report_writes_the_curve_of_the_run(demo_dir: Path, tmp_path: Path, caps
     assert other_png.read_bytes() != data
 
 
+@pytest.mark.parametrize(("suffix", "magic"), [(".png", PNG_SIGNATURE), (".jpg", b"\xff\xd8\xff"),
+                                              (".JPEG", b"\xff\xd8\xff"), (".svg", b"<?xml"),
+                                              (".pdf", b"%PDF-")])
+def test_report_writes_the_format_its_file_name_asks_for(demo_dir: Path, tmp_path: Path, suffix: str,
+                                                           magic: bytes) -> None:
+    out = tmp_path / f"curve{suffix}"
+    assert cli.main(["report", str(demo_dir / "run.csv"), "-o", str(out)]) == 0
+    assert out.read_bytes().startswith(magic)
+
+
+def test_report_title_names_what_was_run(demo_dir: Path) -> None:
+    curve, notes = report.read_curve(demo_dir / "run.csv")
+    title = report.curve_title(notes, curve, "run.csv")
+    assert title.startswith("phishing: FTRL(alpha=0.17") and "rolling window 100" in title
+    assert "1,250 events" in title and "run.csv" not in title
+
+
 def test_report_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n")
@@ -428,6 +507,10 @@ def test_report_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "missing columns" in capsys.readouterr().err
     assert cli.main(["report", str(tmp_path / "none.csv"), "-o", str(tmp_path / "x.png")]) == 1
     assert cli.main(["report", str(bad)]) == 2  # -o is required
+    capsys.readouterr()
+    assert cli.main(["report", str(bad), "-o", str(tmp_path / "x.gif")]) == 2
+    assert "unknown image format '.gif'" in capsys.readouterr().err
+    assert not (tmp_path / "x.gif").exists()
     assert not (tmp_path / "x.png").exists()
 
 
@@ -665,6 +748,8 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0)
 
 @pytest.mark.kafka
 def test_replay_dataset(kafka_bootstrap: str, kafka_topic, capsys: pytest.CaptureFixture) -> None:
+    assert replay(kafka_bootstrap, kafka_topic(partitions=1), "--dataset", "phishing", "--limit", "1") == 0
+    assert "replayed 1 event to topic" in capsys.readouterr().out
     topic = kafka_topic(partitions=2)
     assert replay(kafka_bootstrap, topic, "--dataset", "phishing", "--limit", "300", quiet=False) == 0
     captured = capsys.readouterr()
@@ -691,29 +776,42 @@ def test_replay_csv_creates_the_topic(kafka_bootstrap: str, tmp_path: Path, caps
 
     topic = f"test-replay-csv-{uuid.uuid4().hex[:10]}"
     path = tmp_path / "data.csv"
-    path.write_text("id,amount,country,clicked\n"
-                    "a,3.5,FR,1\n"
-                    "b,1,DE,0\n"
-                    "c,,FR,\n"          # missing feature; unlabelled
-                    "d,2.0,US,maybe\n"  # bad label: skipped
-                    "e,7,US,true\n")
+    path.write_text("id,amount,country,new_device,clicked\n"
+                    "a,3.5,FR,true,1\n"
+                    "b,1,DE,FALSE,0\n"
+                    "c,,FR,,\n"            # missing features; unlabelled
+                    "d,2.0,US,true,maybe\n"  # bad label: skipped
+                    "e,7,42,false,true\n"  # "42" in a text column is the text "42"
+                    "f,abc,US,true,1\n"    # not a number in a numeric column: skipped
+                    "g,1,US,yes,1\n"       # not a boolean in a boolean column: skipped
+                    "h,1e999,US,true,1\n"  # overflows a double: skipped
+                    "i,nan,US,true,1\n")   # not a number: skipped
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     try:
         assert replay(kafka_bootstrap, topic, "--file", str(path), "--label-column", "clicked",
-                      "--id-column", "id", "--partitions", "2") == 0
+                      "--id-column", "id", "--partitions", "2") == 1
         captured = capsys.readouterr()
-        assert f"replayed 4 events to topic {topic} (1 input records skipped)" in captured.out
-        assert "line 5" in captured.err and "maybe" in captured.err
+        assert f"replayed 4 events to topic {topic} (5 input lines skipped)" in captured.out
+        assert f"created topic {topic} (2 partitions)" in captured.err and "--skip-bad-lines" in captured.err
+        for lineno, what in ((5, "maybe"), (7, "'abc'"), (8, "'yes'"), (9, "1e999"), (10, "'nan'")):
+            assert f"line {lineno}: " in captured.err and what in captured.err
         (described,) = admin.describe_topics([topic])
         assert len(described["partitions"]) == 2
         codec = JsonCodec()
         events = {e.id: e for e in (codec.decode(r.value) for r in read_topic(kafka_bootstrap, topic, 4))}
         assert events == {
-            "a": Event({"amount": 3.5, "country": "FR"}, 1, "a"),
-            "b": Event({"amount": 1, "country": "DE"}, 0, "b"),
+            "a": Event({"amount": 3.5, "country": "FR", "new_device": True}, 1, "a"),
+            "b": Event({"amount": 1, "country": "DE", "new_device": False}, 0, "b"),
             "c": Event({"country": "FR"}, None, "c"),
-            "e": Event({"amount": 7, "country": "US"}, 1, "e"),
+            "e": Event({"amount": 7, "country": "42", "new_device": False}, 1, "e"),
         }
+        assert type(events["b"].x["amount"]) is int and type(events["a"].x["amount"]) is float
+        # --skip-bad-lines: the same lines skipped and reported, exit 0.
+        assert replay(kafka_bootstrap, topic, "--file", str(path), "--label-column", "clicked",
+                      "--id-column", "id", "--skip-bad-lines", "--no-create-topic") == 0
+        captured = capsys.readouterr()
+        assert f"replayed 4 events to topic {topic} (5 input lines skipped)" in captured.out
+        assert "line 7: " in captured.err
     finally:
         admin.delete_topics([topic], raise_errors=False)
         admin.close()
@@ -724,8 +822,10 @@ def test_replay_jsonl_and_raw(kafka_bootstrap: str, kafka_topic, tmp_path: Path,
     topic = kafka_topic(partitions=1)
     path = tmp_path / "data.jsonl"
     path.write_bytes(b'{"x": {"a": 1}, "y": 1, "id": "one"}\n\nnot json\n{"x": [0.5, 2], "id": 2}\n')
-    assert replay(kafka_bootstrap, topic, "--file", str(path)) == 0
-    assert "replayed 2 events" in capsys.readouterr().out
+    assert replay(kafka_bootstrap, topic, "--file", str(path)) == 1
+    captured = capsys.readouterr()
+    assert "replayed 2 events" in captured.out and "(1 input line skipped)" in captured.out
+    assert "line 3: not_json" in captured.err
     assert replay(kafka_bootstrap, topic, "--file", str(path), "--raw") == 0
     values = [r.value for r in read_topic(kafka_bootstrap, topic, 5)]
     assert values == [
@@ -791,6 +891,44 @@ def test_consume_learns_a_replayed_topic(kafka_bootstrap: str, kafka_topic, tmp_
     assert f"{topic}:0=" in capsys.readouterr().out
     assert cli.main([*argv, "--max-idle-seconds", "3"]) == 0
     assert DirectoryStore(ckpt).latest().model.n_samples_seen == 400
+
+
+@pytest.mark.kafka
+def test_demo_and_the_consumer_metrics_agree(kafka_bootstrap: str, kafka_topic, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    """One definition of progressive validation: on the same stream (Phishing, default model, one event
+    per update), the demo's summary and the consumer's metrics count the same predictions right — the
+    first one included (p = 0.5 with y = 1) — with the same log loss."""
+    from consumers.config import LearnerConfig
+    from consumers.learner import Learner
+
+    topic = kafka_topic(partitions=1)
+    assert replay(kafka_bootstrap, topic, "--dataset", "phishing") == 0
+    capsys.readouterr()
+    assert cli.main(["demo", "--checkpoint-dir", str(tmp_path / "demo"), "--curve", str(tmp_path / "run.csv"),
+                     "-q"]) == 0
+    out = capsys.readouterr().out
+    first = curve_rows(tmp_path / "run.csv")[0]
+    assert (first["p"], first["y"]) == ("0.5", "1")
+
+    learner = Learner(LearnerConfig(bootstrap_servers=kafka_bootstrap, topics=[topic], group_id=f"g-{topic}",
+                                    checkpoint_dir=str(tmp_path / "consume"), poll_timeout_ms=100))
+    stop = threading.Event()
+
+    def stop_when_learned() -> None:
+        try:
+            wait_for(lambda: learner.stats.snapshot()["learned"] >= len(PHISHING), 120, "every event learned")
+        finally:
+            stop.set()
+
+    watcher = threading.Thread(target=stop_when_learned, daemon=True)
+    watcher.start()
+    snap = learner.run(stop_event=stop).snapshot()
+    watcher.join(timeout=130)
+    assert snap["predicted_labelled"] == len(PHISHING)
+    assert f"({snap['correct_total']:,} of {len(PHISHING):,} predicted right" in out
+    assert f"progressive accuracy  {snap['accuracy']:.2%}" in out
+    assert f"progressive log loss  {snap['log_loss']:.4f}" in out
 
 
 @pytest.mark.kafka
