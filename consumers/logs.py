@@ -68,10 +68,7 @@ class RedactSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not _secrets:
             return True
-        try:
-            message = record.getMessage()
-        except Exception:  # arguments that do not fit the format: logging reports it; show neither
-            message = f"{record.msg!s} {record.args!r}"
+        message = _message(record)
         if _contains_secret(message):
             record.msg, record.args = redact(message), None
         for key, value in list(vars(record).items()):
@@ -87,6 +84,14 @@ class RedactSecrets(logging.Filter):
         if record.stack_info and _contains_secret(record.stack_info):
             record.stack_info = redact(record.stack_info)
         return True
+
+
+def _message(record: logging.LogRecord) -> str:
+    """The record's message with its arguments merged in; both side by side if they do not fit."""
+    try:
+        return record.getMessage()
+    except Exception:
+        return f"{_safe_str(record.msg)} {_safe_str(record.args)}"
 
 
 def _safe_str(value: Any) -> str:
@@ -116,7 +121,7 @@ class JsonFormatter(logging.Formatter):
             "ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
-            "message": _clean(record.getMessage()),
+            "message": _clean(_message(record)),
         }
         for key, value in record.__dict__.items():
             if key not in _RECORD_ATTRS and not key.startswith("_"):
@@ -130,12 +135,17 @@ class JsonFormatter(logging.Formatter):
         return _dumps(doc)
 
 
+# Line breaks other than "\n" that line-splitting readers honour (Python's splitlines, JavaScript): escaped,
+# so that a record is always exactly one line.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def _dumps(doc: dict[str, Any]) -> str:
     import orjson
 
     option = orjson.OPT_NON_STR_KEYS
     try:
-        return orjson.dumps(doc, default=_safe_str, option=option).decode()
+        return orjson.dumps(doc, default=_safe_str, option=option).decode().translate(_LINE_BREAKS)
     except TypeError:  # one value JSON cannot hold even as its str: fall back value by value
         pass
     safe: dict[str, Any] = {}
@@ -145,7 +155,7 @@ def _dumps(doc: dict[str, Any]) -> str:
             safe[key] = value
         except TypeError:
             safe[key] = _clean(_safe_str(value))
-    return orjson.dumps(safe, option=option).decode()
+    return orjson.dumps(safe, default=_safe_str, option=option).decode().translate(_LINE_BREAKS)
 
 
 def configure_logging(fmt: str, level: str, stream: TextIO | None = None) -> Callable[[], None]:
