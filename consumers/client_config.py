@@ -52,11 +52,11 @@ class ClientConfigError(ValueError):
 
 #: Settings the learner sets itself, with the reason a user may not (both clients).
 CONTROLLED: dict[str, str] = {
-    "bootstrap_servers": "use --bootstrap-servers",
-    "group_id": "use --group-id",
+    "bootstrap_servers": "use --bootstrap-servers (LearnerConfig.bootstrap_servers)",
+    "group_id": "use --group-id (LearnerConfig.group_id)",
     "enable_auto_commit": "it commits offsets only once a checkpoint covers them",
-    "auto_offset_reset": "use --auto-offset-reset",
-    "max_poll_records": "use --max-poll-records",
+    "auto_offset_reset": "use --auto-offset-reset (LearnerConfig.auto_offset_reset)",
+    "max_poll_records": "use --max-poll-records (LearnerConfig.max_poll_records)",
     "default_offset_commit_callback": "it handles the results of its own commits",
     "key_deserializer": "it reads the raw bytes of messages",
     "value_deserializer": "it reads the raw bytes of messages",
