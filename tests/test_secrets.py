@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,12 +19,21 @@ from hypothesis import given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
+from consumers import logs
 from consumers.logs import RedactSecrets, add_secret, configure_logging, redact
 from stream_logreg.codec import encode_event
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "S3cr3tDummy-" + uuid.uuid4().hex[:8]
 OTHER = "Sasl-Pr0ducer-" + uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _forget_the_secrets_after() -> Iterator[None]:
+    """The secrets are process-wide: those of this module must not redact other modules' log lines."""
+    saved = logs._secrets
+    yield
+    logs._secrets = saved
 
 
 def logged(fmt: str, emit) -> str:
@@ -76,8 +86,12 @@ def test_quoted_forms_of_a_secret_are_redacted_too() -> None:
 @given(st.text(min_size=1, max_size=30), st.text(max_size=30), st.text(max_size=30))
 @hyp_settings(max_examples=200, deadline=None)
 def test_redaction_leaves_no_trace_of_any_secret(secret: str, before: str, after: str) -> None:
-    add_secret(secret)
-    assert secret not in redact(before + secret + after) or secret in "***"
+    saved = logs._secrets
+    try:
+        add_secret(secret)
+        assert secret not in redact(before + secret + after) or secret in "***"
+    finally:
+        logs._secrets = saved
 
 
 def test_the_filter_is_on_every_root_handler_and_removed_after() -> None:
