@@ -45,7 +45,9 @@ VOLUME ["/var/lib/stream-logreg"]
 WORKDIR /var/lib/stream-logreg
 USER stream-logreg:stream-logreg
 
-# Prometheus metrics and health endpoints of `consume` (STREAM_LOGREG_METRICS_PORT).
+# Prometheus metrics and health endpoints of `consume` (STREAM_LOGREG_METRICS_PORT), on every interface of
+# the container (outside a container the default is 127.0.0.1).
+ENV STREAM_LOGREG_METRICS_HOST=0.0.0.0
 EXPOSE 9108
 
 # SIGTERM (docker stop) makes `consume` checkpoint, commit its offsets and leave the group; allow it

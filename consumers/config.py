@@ -22,15 +22,6 @@ from typing import Any
 
 __all__ = ["ConfigError", "LearnerConfig"]
 
-# Settings of kafka-python that the learner owns: letting a user override them would break the
-# checkpoint/offset contract (auto-commit) or the byte-level message handling (de)serializers.
-_MANAGED_CONSUMER = frozenset(
-    {"bootstrap_servers", "group_id", "enable_auto_commit", "key_deserializer", "value_deserializer",
-     "auto_offset_reset", "max_poll_records", "default_offset_commit_callback"}
-)
-_MANAGED_PRODUCER = frozenset({"bootstrap_servers", "key_serializer", "value_serializer"})
-
-
 class ConfigError(ValueError):
     """A setting is missing or invalid; the message starts with the setting's name."""
 
@@ -160,25 +151,21 @@ class LearnerConfig:
             raise ConfigError(f"model: invalid hyper-parameters {self.model!r}: {exc}") from None
 
     def _validate_client_settings(self) -> None:
-        from kafka import KafkaConsumer, KafkaProducer
+        from consumers.client_config import ClientConfigError, check_bootstrap, check_client_settings
 
-        consumer_keys, producer_keys = set(KafkaConsumer.DEFAULT_CONFIG), set(KafkaProducer.DEFAULT_CONFIG)
-        for name, known, managed in (
-            ("client_settings", consumer_keys | producer_keys, _MANAGED_CONSUMER | _MANAGED_PRODUCER),
-            ("consumer_settings", consumer_keys, _MANAGED_CONSUMER),
-            ("producer_settings", producer_keys, _MANAGED_PRODUCER),
-        ):
+        try:
+            check_bootstrap(self.bootstrap_servers)
+        except ClientConfigError as exc:
+            raise ConfigError(f"bootstrap_servers: {exc}") from None
+        for name, client in (("client_settings", "both"), ("consumer_settings", "consumer"),
+                             ("producer_settings", "producer")):
             settings = getattr(self, name)
             if not isinstance(settings, dict):
                 _fail(name, "must be a dict of kafka-python settings", settings)
-            for key in settings:
-                if key in managed:
-                    raise ConfigError(
-                        f"{name}: {key!r} is set by the learner itself"
-                        + (f" (use LearnerConfig.{key})" if key in _OWN_FIELD else "")
-                    )
-                if key not in known:
-                    raise ConfigError(f"{name}: {key!r} is not a kafka-python setting")
+            try:
+                check_client_settings(settings, client)
+            except ClientConfigError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
 
     # -- derived objects
 
@@ -244,9 +231,6 @@ class LearnerConfig:
             return cls(**values)
         except TypeError as exc:  # a required setting is missing
             raise ConfigError(str(exc)) from None
-
-
-_OWN_FIELD = frozenset({"bootstrap_servers", "group_id", "auto_offset_reset", "max_poll_records"})
 
 
 def _fail(name: str, requirement: str, value: Any) -> None:

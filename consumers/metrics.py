@@ -1,10 +1,13 @@
 """Prometheus metrics and health endpoints of a :class:`~consumers.Learner`.
 
->>> server = serve_metrics(learner, "0.0.0.0", 9108)     # doctest: +SKIP
+>>> server = serve_metrics(learner, "127.0.0.1", 9108)   # doctest: +SKIP
 >>> learner.run()                                        # doctest: +SKIP
 >>> server.shutdown()                                    # doctest: +SKIP
 
-One small HTTP server (a daemon thread; ``port=0`` binds a free port, see :attr:`MetricsServer.port`):
+One small HTTP server (one daemon thread running an asyncio loop, bound to 127.0.0.1 unless told otherwise;
+``port=0`` binds a free port, see :attr:`MetricsServer.port`). Clients cannot exhaust it: a connection costs
+no thread, has :data:`REQUEST_TIMEOUT` seconds to send its request, and at most :data:`MAX_CONNECTIONS` are
+open (a new one closes the oldest still silent).
 
 ``/metrics``
     The Prometheus exposition (text format, or OpenMetrics when the scraper asks for it) of a dedicated
@@ -18,8 +21,9 @@ One small HTTP server (a daemon thread; ``port=0`` binds a free port, see :attr:
     a rebalance in progress, more learners than partitions), when stuck, and once stopped.
 ``/live`` (also ``/healthz``)
     200 while the consume loop has polled within ``live_timeout`` seconds (default
-    max(60 s, 3 × the poll timeout)), and while it is still connecting; 503 when the loop is stuck or
-    has stopped.
+    max(60 s, 3 × the poll timeout)), and while it is starting; 503 "not connected" while the learner's
+    stats say it is not connected to the brokers (``connected`` False), and when the loop is stuck or has
+    stopped.
 
 Both health endpoints answer a small JSON object saying why. Every metric is listed with its type, labels
 and meaning in :data:`METRICS` (:func:`metrics_table_markdown` renders that for the README):
@@ -33,6 +37,8 @@ failed (a loop retrying while the broker is away is alive; one stuck in a call i
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -41,7 +47,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -148,6 +153,16 @@ METRICS: tuple[MetricSpec, ...] = (
     _g("ready", None, "1 when /ready answers 200, else 0."),
     _g("live", None, "1 when /live answers 200, else 0."),
     _g("last_poll_age_seconds", None, "Seconds since the consume loop last polled (absent if unknown)."),
+    _c("features_dropped", None,
+       "New feature names ignored because the model's vocabulary was full (--max-vocabulary), over the "
+       "model's whole history (restored checkpoints included)."),
+    _g("connected", "connected", "1 while the learner is connected to the brokers, else 0."),
+    _c("connection_failures", "connection_failures", "Failed attempts to connect to the brokers."),
+    _c("output_failures", None, "Outputs (predictions, dead letters) that could not be sent, by topic.",
+       ("topic",)),
+    _c("offset_resets", "offset_resets",
+       "Partitions whose checkpointed offset was beyond the end of the log (topic re-created): read from "
+       "the reset position instead."),
 )
 
 _SPECS = {m.name: m for m in METRICS}
@@ -204,9 +219,12 @@ class Health:
         snap = self.snapshot() if snap is None else snap
         age = self.last_poll_age(snap)
         info: dict[str, Any] = {"last_poll_age_seconds": age, "live_timeout_seconds": self.live_timeout}
+        if not snap.get("running") and age is not None:
+            return False, {"status": "stopped", **info}
+        if snap.get("connected", True) is False:
+            return False, {"status": "not connected", **info,
+                           "connection_failures": snap.get("connection_failures")}
         if not snap.get("running"):
-            if age is not None:
-                return False, {"status": "stopped", **info}
             return True, {"status": "starting", **info}
         if age is None:
             return True, {"status": "joining", **info}
@@ -295,7 +313,16 @@ class LearnerCollector(Collector):
         put("ready", self.health.ready(snap)[0])
         put("live", self.health.live(snap)[0])
         put("last_poll_age_seconds", self.health.last_poll_age(snap))
+        put("features_dropped", self._features_dropped())
+        for topic, n in sorted((snap.get("output_failures") or {}).items()):
+            put("output_failures", n, [str(topic)])
         return values
+
+    def _features_dropped(self) -> int | None:
+        """Names the model's full vocabulary ignored (an int, read without the learner's lock)."""
+        features = getattr(getattr(self.learner, "model", None), "features", None)
+        n = getattr(features, "n_dropped", None)
+        return n if isinstance(n, int) else None
 
     def _nonzero_weights(self, snap: Mapping[str, Any]) -> int | None:
         model = getattr(self.learner, "model", None)
@@ -331,67 +358,72 @@ def make_registry(learner: Any, health: Health | None = None, *, process_metrics
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The HTTP server
+# The HTTP server: one thread running an asyncio loop. A connection costs no thread, must send its request
+# within REQUEST_TIMEOUT seconds, and at most MAX_CONNECTIONS are open (a new one closes the oldest still
+# waiting for its request), so idle or slow clients cannot keep /metrics or the health checks from answering.
+
+#: Seconds a client has to send its request line and headers.
+REQUEST_TIMEOUT = 5.0
+#: Connections open at once (beyond: the oldest one that has not sent its request is closed).
+MAX_CONNECTIONS = 64
+#: Longest request head (request line and headers) accepted, in bytes.
+MAX_REQUEST_BYTES = 16 * 1024
+ENDPOINTS = ("/metrics", "/ready", "/live", "/healthz")
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
+_TEXT = "text/plain; charset=utf-8"
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    server_version = "stream-logreg-metrics"
-    timeout = 30  # a client that sends nothing does not hold a thread forever
+class _App:
+    """The answers of the server: (status, content type, body) of a method and a path."""
 
-    def do_GET(self) -> None:
-        self._respond(body=True)
+    def __init__(self, registry: CollectorRegistry, health: Health) -> None:
+        self.registry = registry
+        self.health = health
 
-    def do_HEAD(self) -> None:
-        self._respond(body=False)
-
-    def _respond(self, body: bool) -> None:
-        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+    def respond(self, path: str, accept: str) -> tuple[int, str, bytes]:
+        path = path.split("?", 1)[0].rstrip("/") or "/"
         try:
             if path == "/metrics":
-                encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-                status, payload = 200, encoder(self.server.registry)
-            elif path in ("/ready", "/live", "/healthz"):
-                check = self.server.health.ready if path == "/ready" else self.server.health.live
+                encoder, content_type = choose_encoder(accept)
+                return 200, content_type, encoder(self.registry)
+            if path in ("/ready", "/live", "/healthz"):
+                check = self.health.ready if path == "/ready" else self.health.live
                 ok, info = check()
-                status, content_type = (200 if ok else 503), "application/json"
-                payload = json.dumps({"ok": ok, **info}).encode() + b"\n"
-            elif path == "/":
-                status, content_type = 200, "text/plain; charset=utf-8"
-                payload = b"stream-logreg learner: /metrics /ready /live\n"
-            else:
-                status, content_type, payload = 404, "text/plain; charset=utf-8", b"not found\n"
+                body = json.dumps({"ok": ok, **info}).encode() + b"\n"
+                return (200 if ok else 503), "application/json", body
+            if path == "/":
+                return 200, _TEXT, ("stream-logreg learner: " + " ".join(ENDPOINTS)
+                                                          + "\n").encode()
+            return 404, _TEXT, b"not found\n"
         except Exception as exc:
             log.exception("serving %s failed", path)
-            status, content_type = 500, "text/plain; charset=utf-8"
-            payload = f"error: {exc!r}\n".encode()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if body:
-            self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s - " + format, self.address_string(), *args)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    registry: CollectorRegistry
-    health: Health
+            return 500, _TEXT, f"error: {exc!r}\n".encode()
 
 
 class MetricsServer:
-    """A running metrics/health server; :meth:`shutdown` stops it (also as a context manager)."""
+    """A running metrics/health server; :meth:`shutdown` stops it (also as a context manager).
 
-    def __init__(self, httpd: _Server, thread: threading.Thread) -> None:
-        self._httpd = httpd
-        self._thread = thread
-        self.host, self.port = httpd.server_address[:2]
-        self.registry = httpd.registry
-        self.health = httpd.health
+    ``max_connections`` and ``request_timeout`` bound what clients can hold (see :data:`MAX_CONNECTIONS`,
+    :data:`REQUEST_TIMEOUT`).
+    """
+
+    def __init__(self, sock: socket.socket, registry: CollectorRegistry, health: Health, *,
+                 max_connections: int = MAX_CONNECTIONS, request_timeout: float = REQUEST_TIMEOUT) -> None:
+        self.host, self.port = sock.getsockname()[:2]
+        self.registry = registry
+        self.health = health
+        self.max_connections = max_connections
+        self.request_timeout = request_timeout
+        self._app = _App(registry, health)
+        self._sock = sock
+        self._waiting: dict[asyncio.Task, None] = {}  # connections not yet answered, oldest first
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name=f"metrics-http-{self.port}", daemon=True)
+        self._thread.start()
+        self._started.wait(10)
 
     @property
     def url(self) -> str:
@@ -400,12 +432,94 @@ class MetricsServer:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
 
+    # -- the loop thread
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._serve())
+        finally:
+            self._loop.close()
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(self._connection, sock=self._sock, limit=MAX_REQUEST_BYTES)
+        self._started.set()
+        try:
+            await self._stop.wait()
+        finally:
+            server.close()
+            for task in list(self._waiting):
+                task.cancel()
+            await asyncio.gather(*self._waiting, return_exceptions=True)
+            await server.wait_closed()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting[task] = None
+        while len(self._waiting) > self.max_connections:  # the oldest waiting client makes room
+            oldest = next(iter(self._waiting))
+            self._waiting.pop(oldest)
+            oldest.cancel()
+        try:
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.request_timeout)
+            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                return  # too slow, or gone: close without an answer
+            except asyncio.LimitOverrunError:
+                await self._write(writer, "GET", 431, _TEXT, b"request too large\n")
+                await self._discard(reader, writer)
+                return
+            finally:
+                self._waiting.pop(task, None)
+            method, path, accept = _parse_head(head)
+            if method not in ("GET", "HEAD"):
+                status, content_type, body = ((405, _TEXT, b"GET or HEAD only\n") if method
+                                              else (400, _TEXT, b"bad request\n"))
+            else:
+                status, content_type, body = self._app.respond(path, accept)
+            await self._write(writer, method, status, content_type, body)
+            log.debug("%s %s %s", method, path, status)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._waiting.pop(task, None)
+            writer.close()
+
+    async def _write(self, writer: asyncio.StreamWriter, method: str, status: int, content_type: str,
+                     body: bytes) -> None:
+        head = (f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nServer: stream-logreg-metrics\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\nCache-Control: no-store\r\n"
+                "Connection: close\r\n\r\n").encode("latin-1")
+        writer.write(head if method == "HEAD" else head + body)
+        try:
+            await asyncio.wait_for(writer.drain(), self.request_timeout)
+        except (TimeoutError, ConnectionError):
+            pass
+
+    async def _discard(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Read and drop what the client still sends (a bounded time and size), so that closing does not
+        reset the connection before it has read the answer."""
+        with contextlib.suppress(Exception):
+            writer.write_eof()
+            loop = asyncio.get_running_loop()
+            deadline, left = loop.time() + 1.0, 1 << 20
+            while left > 0 and loop.time() < deadline:
+                chunk = await asyncio.wait_for(reader.read(65536), deadline - loop.time())
+                if not chunk:
+                    break
+                left -= len(chunk)
+
+    # -- control
+
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop serving, close the socket and wait for the thread (idempotent)."""
-        if self._thread.is_alive():
-            self._httpd.shutdown()
+        if self._thread.is_alive() and self._stop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(timeout)
-        self._httpd.server_close()
+        self._sock.close()
 
     def __enter__(self) -> MetricsServer:
         return self
@@ -414,10 +528,26 @@ class MetricsServer:
         self.shutdown()
 
 
-def serve_metrics(learner: Any, host: str = "0.0.0.0", port: int = 9108, *,
-                  live_timeout: float | None = None, registry: CollectorRegistry | None = None
+def _parse_head(head: bytes) -> tuple[str, str, str]:
+    """(method, path, Accept header) of a request head; ``("", "", "")`` if it is not HTTP."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/") or not parts[1].startswith("/"):
+        return "", "", ""
+    accept = ""
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "accept":
+            accept = value.strip()
+    return parts[0], parts[1], accept
+
+
+def serve_metrics(learner: Any, host: str = "127.0.0.1", port: int = 9108, *,
+                  live_timeout: float | None = None, registry: CollectorRegistry | None = None,
+                  max_connections: int = MAX_CONNECTIONS, request_timeout: float = REQUEST_TIMEOUT
                   ) -> MetricsServer:
-    """Serve ``/metrics``, ``/ready`` and ``/live`` of ``learner`` on ``host:port`` from a daemon thread.
+    """Serve ``/metrics``, ``/ready`` and ``/live`` (also ``/healthz``) of ``learner`` on ``host:port`` from
+    a daemon thread.
 
     ``port=0`` binds a free port (read it from the result's ``port``). ``registry`` defaults to a new one
     from :func:`make_registry`. Raises ``OSError`` if the address cannot be bound.
@@ -432,12 +562,6 @@ def serve_metrics(learner: Any, host: str = "0.0.0.0", port: int = 9108, *,
             family = infos[0][0]
     except socket.gaierror:
         pass  # let bind() report the bad address
-
-    server_class = type("_BoundServer", (_Server,), {"address_family": family})
-    httpd = server_class((host, port), _Handler)
-    httpd.registry = registry
-    httpd.health = health
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                              name=f"metrics-http-{httpd.server_address[1]}", daemon=True)
-    thread.start()
-    return MetricsServer(httpd, thread)
+    sock = socket.create_server((host, port), family=family, backlog=128)
+    return MetricsServer(sock, registry, health, max_connections=max_connections,
+                         request_timeout=request_timeout)

@@ -11,14 +11,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import logging
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from consumers.client_config import (
+    ClientConfigError,
+    check_bootstrap,
+    is_secret,
+    parse_client_config,
+    split_pairs,
+)
 from consumers.config import ConfigError, LearnerConfig
-from consumers.errors import UsageError
+from consumers.errors import PROG, UsageError
+from consumers.logs import add_secret
 
 __all__ = [
     "COMMON_SETTINGS",
@@ -36,7 +46,10 @@ __all__ = [
     "config_table_markdown",
     "learner_config",
     "resolve_settings",
+    "unknown_environment",
 ]
+
+log = logging.getLogger(__name__)
 
 ENV_PREFIX = "STREAM_LOGREG_"
 #: A Kafka topic name (also refuse "." and "..").
@@ -50,7 +63,10 @@ class Setting:
     type (``kind``), default, allowed values and help.
 
     ``kind`` is one of ``str``, ``int``, ``float``, ``bool``, ``choice``, ``topics`` (comma-separated topic
-    names), ``topic`` (one topic name) and ``file`` (an existing file). ``default=None`` means unset.
+    names), ``topic`` (one topic name), ``file`` (an existing file) and ``client`` (kafka-python settings of
+    the ``client`` named by its ``client`` field, ``key=value`` items: a repeatable flag, or one environment
+    variable holding a comma- or newline-separated list). ``default=None`` means unset; with ``unbounded``,
+    an int setting also takes ``none`` (or 0) for no limit, which is ``None``.
     """
 
     name: str
@@ -65,6 +81,8 @@ class Setting:
     required: bool = False
     secret: bool = False
     metavar: str | None = None
+    client: str | None = None
+    unbounded: bool = False
 
     @property
     def flag(self) -> str:
@@ -78,7 +96,7 @@ class Setting:
     def type_name(self) -> str:
         return {
             "str": "string", "int": "integer", "float": "number", "bool": "boolean", "choice": "choice",
-            "topics": "list of topics", "topic": "topic", "file": "file path",
+            "topics": "list of topics", "topic": "topic", "file": "file path", "client": "key=value list",
         }[self.kind]
 
     def allowed(self) -> str:
@@ -93,6 +111,8 @@ class Setting:
             return "a Kafka topic name (letters, digits, '.', '_', '-'), or empty for none"
         if self.kind == "file":
             return "the path of an existing file"
+        if self.kind == "client":
+            return f"key=value settings of kafka-python's {self.client} (e.g. fetch.max.bytes=1048576)"
         if self.kind in ("int", "float"):
             what = "an integer" if self.kind == "int" else "a number"
             bounds = []
@@ -100,7 +120,8 @@ class Setting:
                 bounds.append(f"{'>' if self.exclusive_minimum else '>='} {_num(self.minimum)}")
             if self.maximum is not None:
                 bounds.append(f"<= {_num(self.maximum)}")
-            return what + (" " + " and ".join(bounds) if bounds else "")
+            return (what + (" " + " and ".join(bounds) if bounds else "")
+                    + (" (0 or none: no limit)" if self.unbounded else ""))
         return "a non-empty string"
 
     def default_text(self) -> str:
@@ -119,6 +140,9 @@ class Setting:
         """
         if isinstance(raw, bool) and self.kind == "bool":
             return raw
+        if self.kind == "client":  # a list of flag values, or one environment variable
+            items = [str(r).strip() for r in raw] if isinstance(raw, list | tuple) else split_pairs(str(raw))
+            return parse_client_config([i for i in items if i], self.client or "consumer")
         text = str(raw).strip()
         if text == "" and not self.required:
             return self.default
@@ -138,6 +162,8 @@ class Setting:
                 if text.lower() == choice.lower():
                     return choice
             raise ValueError("not one of the choices")
+        if self.unbounded and text.lower() in ("none", "0"):
+            return None
         if self.kind == "int":
             value: Any = int(text.replace("_", ""), 10)
         elif self.kind == "float":
@@ -201,6 +227,11 @@ MODEL_SETTINGS: tuple[Setting, ...] = (
     Setting("batch_size", "int", 1,
             "Events per update: 1 learns each labelled event on its own, k > 1 one mini-batch of k "
             "consecutive labelled events.", "Model", minimum=1),
+    Setting("max_vocabulary", "int", 1_000_000,
+            "Most feature names the model learns (its vocabulary; bounds memory and checkpoint size). Once "
+            "full, new names are ignored (they count as 0, as if absent; counted in "
+            "stream_logreg_features_dropped_total) and known ones keep learning. Not used with --n-bits "
+            "(already bounded).", "Model", minimum=0, unbounded=True),
 )
 
 _KAFKA = "Kafka connection"
@@ -267,14 +298,18 @@ CONSUME_SETTINGS: tuple[Setting, ...] = (
     Setting("x_field", "str", "x", "Name of the features field of a message.", _MESSAGES),
     Setting("y_field", "str", "y", "Name of the label field of a message.", _MESSAGES),
     Setting("id_field", "str", "id", "Name of the id field of a message.", _MESSAGES),
-    Setting("max_features", "int", 10_000, "Most features a message may have (more: rejected).", _MESSAGES,
+    Setting("max_features", "int", 10_000,
+            "Most features one message may have (per message; more: the message is rejected). The model's "
+            "total is --max-vocabulary.", _MESSAGES,
             minimum=1),
     Setting("max_message_bytes", "int", 1_048_576,
             "Longest message value accepted, in bytes (longer: rejected).", _MESSAGES, minimum=1),
     Setting("metrics_port", "int", 9108,
-            "Port of the HTTP server for Prometheus metrics (/metrics) and health (/healthz, /ready); "
-            "0: off.", _OPERATIONS, minimum=0, maximum=65535),
-    Setting("metrics_host", "str", "0.0.0.0", "Address the metrics server binds to.", _OPERATIONS),
+            "Port of the HTTP server for Prometheus metrics (/metrics) and health (/ready; /live, also "
+            "/healthz); 0: off.", _OPERATIONS, minimum=0, maximum=65535),
+    Setting("metrics_host", "str", "127.0.0.1",
+            "Address the metrics server binds to (0.0.0.0: every interface, as in a container).",
+            _OPERATIONS),
     Setting("metrics_window", "int", 10_000, "Labelled events in the rolling log loss and accuracy.",
             _OPERATIONS, minimum=1),
     Setting("commit_timeout_ms", "int", 10_000,
@@ -283,6 +318,14 @@ CONSUME_SETTINGS: tuple[Setting, ...] = (
     Setting("max_idle_seconds", "float", None,
             "Stop (checkpoint, commit, exit 0) after this many seconds without a message. Unset: run until "
             "SIGTERM or Ctrl-C.", _OPERATIONS, minimum=0, exclusive_minimum=True),
+    Setting("consumer_config", "client", None,
+            "A kafka-python consumer setting, key=value (repeatable; Java-style names like fetch.max.bytes "
+            "too; the environment variable takes a comma- or newline-separated list). Settings the learner "
+            "controls (group, offset commits, deserializers) are refused.", _KAFKA, metavar="KEY=VALUE",
+            client="consumer"),
+    Setting("producer_config", "client", None,
+            "A kafka-python producer setting of the outputs, key=value (repeatable, as --consumer-config).",
+            _KAFKA, metavar="KEY=VALUE", client="producer"),
     *COMMON_SETTINGS,
 )
 
@@ -314,7 +357,7 @@ def add_settings(parser: argparse.ArgumentParser, settings: Iterable[Setting], e
         )
         group.add_argument(
             s.flag, dest=s.name, default=argparse.SUPPRESS, metavar=metavar,
-            help=(s.help + extra).replace("%", "%%"),
+            action="append" if s.kind == "client" else "store", help=(s.help + extra).replace("%", "%%"),
         )
 
 
@@ -328,6 +371,11 @@ def resolve_settings(
     """
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    settings = tuple(settings)
+    if environ is not None and settings != COMMON_SETTINGS:  # those are read before logging is set up
+        for name, closest in unknown_environment(environ):
+            log.warning("environment variable %s is not a setting of %s%s: ignored", name, PROG,
+                        f" (did you mean {closest}?)" if closest else "")
     for s in settings:
         if hasattr(args, s.name):
             raw, source = getattr(args, s.name), "flag"
@@ -343,12 +391,43 @@ def resolve_settings(
             continue
         try:
             values[s.name] = s.parse(raw)
+        except ClientConfigError as exc:
+            where = s.flag if source == "flag" else f"{s.env} (for {s.flag})"
+            raise UsageError(f"invalid {where}: {exc}") from None
         except ValueError:
             shown = "***" if s.secret else repr(raw)
             where = s.flag if source == "flag" else f"{s.env} (for {s.flag})"
             raise UsageError(f"invalid value {shown} for {where}: expected {s.allowed()}") from None
         sources[s.name] = source
+        _remember_secrets(s, values[s.name])
     return values, sources
+
+
+def _remember_secrets(s: Setting, value: Any) -> None:
+    """Tell the logs the secret values of a setting, so that no log line shows them."""
+    if s.secret and value is not None:
+        add_secret(str(value))
+    if s.kind == "client" and value:
+        for key, v in value.items():
+            if is_secret(key):
+                add_secret(str(v))
+
+
+#: ``STREAM_LOGREG_*`` variables that are not settings of a command but are read elsewhere (the test broker).
+OTHER_VARIABLES = frozenset({"STREAM_LOGREG_KAFKA_CACHE", "STREAM_LOGREG_KAFKA_VERSION"})
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """The ``STREAM_LOGREG_*`` variables of ``environ`` that no command reads, each with the closest
+    known variable (or ``None``): most likely misspelled."""
+    known = {s.env for s in (*CONSUME_SETTINGS, *CONNECTION_SETTINGS, *COMMON_SETTINGS, *MODEL_SETTINGS)}
+    known |= OTHER_VARIABLES
+    out = []
+    for name in sorted(environ):
+        if name.upper().startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.7)
+            out.append((name, close[0] if close else None))
+    return out
 
 
 def config_table_markdown(settings: Sequence[Setting] = CONSUME_SETTINGS) -> str:
@@ -393,8 +472,10 @@ def build_model(values: Mapping[str, Any]) -> Any:
         opt = optim.AdaGrad(**rate)
     else:
         opt = optim.FTRL(**rate, l1=l1, l2=l2)
+    # With hashing the model is bounded by 2^n_bits already (and takes no vocabulary cap).
+    vocabulary = values["max_vocabulary"] if values["n_bits"] is None else None
     return OnlineLogisticRegression(
-        optimizer=opt, l2=0.0 if name == "ftrl" else l2, n_bits=values["n_bits"]
+        optimizer=opt, l2=0.0 if name == "ftrl" else l2, n_bits=values["n_bits"], max_features=vocabulary
     )
 
 
@@ -438,20 +519,21 @@ def client_settings(values: Mapping[str, Any]) -> dict[str, Any]:
 
 def bootstrap_servers(values: Mapping[str, Any]) -> list[str]:
     """The ``host:port`` entries of the bootstrap_servers setting (at least one)."""
-    servers = [s.strip() for s in values["bootstrap_servers"].split(",") if s.strip()]
-    if not servers:
-        raise UsageError(
-            "--bootstrap-servers (STREAM_LOGREG_BOOTSTRAP_SERVERS) must name at least one host:port"
-        )
-    return servers
+    try:
+        return check_bootstrap(values["bootstrap_servers"])
+    except ClientConfigError as exc:
+        raise UsageError(f"invalid --bootstrap-servers (STREAM_LOGREG_BOOTSTRAP_SERVERS): {exc}") from None
 
 
 def learner_config(values: Mapping[str, Any]) -> LearnerConfig:
     """The :class:`consumers.LearnerConfig` of resolved ``CONSUME_SETTINGS`` values; a setting it refuses
     becomes a :class:`UsageError` naming its flag and environment variable."""
     check_security(values)
-    consumer_settings = {}
+    consumer_settings = dict(values["consumer_config"] or {})
     if values["session_timeout_ms"] is not None:
+        if "session_timeout_ms" in consumer_settings:
+            raise UsageError("session_timeout_ms is set by both --session-timeout-ms and --consumer-config: "
+                             "set it once")
         consumer_settings["session_timeout_ms"] = values["session_timeout_ms"]
     own = {
         "bootstrap_servers", "topics", "group_id", "checkpoint_dir", "auto_offset_reset", "batch_size",
@@ -464,6 +546,7 @@ def learner_config(values: Mapping[str, Any]) -> LearnerConfig:
     kwargs["model"] = build_model(values).config()
     kwargs["client_settings"] = client_settings(values)
     kwargs["consumer_settings"] = consumer_settings
+    kwargs["producer_settings"] = dict(values["producer_config"] or {})
     try:
         return LearnerConfig(**kwargs)
     except ConfigError as exc:

@@ -618,7 +618,8 @@ def test_learner_config_is_built_from_the_settings() -> None:
     assert config.batch_size == 4 and config.checkpoint_dir == "/tmp/x"
     assert config.client_settings["security_protocol"] == "SSL"
     assert config.client_settings["ssl_check_hostname"] is True
-    assert config.model_config() == OnlineLogisticRegression().config()  # defaults = the model's defaults
+    # defaults = the model's defaults, but for the vocabulary cap that `consume` turns on by default
+    assert config.model_config() == OnlineLogisticRegression(max_features=1_000_000).config()
 
 
 def test_settings_table_covers_the_learner_config() -> None:

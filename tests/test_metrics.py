@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -480,3 +481,144 @@ def test_consume_metrics_match_what_was_produced(kafka_bootstrap: str, kafka_top
                 proc.wait()
     assert rc == 0, log_path.read_text()
     assert port_closed(port)
+
+
+# --------------------------------------------------------------------------------------------------
+# Connection, outputs, offset resets and the vocabulary cap
+
+
+def test_connection_output_and_reset_metrics_from_the_stats(tmp_path: Path) -> None:
+    """The attributes LearnerStats carries for the service's health are exposed as they are set."""
+    learner = make_learner(tmp_path)
+    st = learner.stats
+    samples = scrape_registry(make_registry(learner, process_metrics=False))
+    for name in ("connection_failures_total", "offset_resets_total", "connected"):
+        # before the stats carry them (or once they do): absent or the stats' own value, never invented
+        assert value(samples, name) in (None, getattr(st, name.removesuffix("_total"), None)), name
+    with st.lock:
+        st.connected = False
+        st.connection_failures = 3
+        st.output_failures = {"predictions": 2, "dead-letters": 5}
+        st.offset_resets = 1
+    samples = scrape_registry(make_registry(learner, process_metrics=False))
+    assert value(samples, "connected") == 0
+    assert value(samples, "connection_failures_total") == 3
+    assert value(samples, "offset_resets_total") == 1
+    assert value(samples, "output_failures_total", topic="predictions") == 2
+    assert value(samples, "output_failures_total", topic="dead-letters") == 5
+    assert value(samples, "live") == 0 and value(samples, "ready") == 0
+    with st.lock:
+        st.connected = True
+    assert value(scrape_registry(make_registry(learner, process_metrics=False)), "connected") == 1
+
+
+def test_live_says_not_connected() -> None:
+    snap = base_snapshot(running=True, assigned=["t:0"], last_poll_time=time.time(), connected=False,
+                         connection_failures=4)
+    with serve_metrics(fake_learner(snap), "127.0.0.1", 0) as server:
+        for path in ("/live", "/healthz", "/ready"):
+            status, _, body = get(server.url + path)
+            assert status == 503, path
+        status, _, body = get(server.url + "/live")
+        assert b'"not connected"' in body and b'"connection_failures": 4' in body
+        snap["connected"] = True
+        assert get(server.url + "/live")[0] == 200 and get(server.url + "/ready")[0] == 200
+        snap.pop("connected")  # stats without the attribute: connected is not assumed lost
+        assert get(server.url + "/live")[0] == 200
+
+
+def test_features_dropped_counts_what_the_full_vocabulary_ignored(tmp_path: Path) -> None:
+    learner = make_learner(tmp_path, model={"max_features": 2})
+    for i in range(6):
+        learner.model.learn_one({f"f{i}": 1.0}, i % 2)
+    samples = scrape_registry(make_registry(learner, process_metrics=False))
+    assert learner.model.features.n_dropped == 4  # the oracle: the model's own count
+    assert value(samples, "features_dropped_total") == 4
+    assert value(samples, "model_weights") is not None
+
+
+# --------------------------------------------------------------------------------------------------
+# The server: its address, its endpoints, and clients that try to exhaust it
+
+
+def test_metrics_bind_to_localhost_by_default() -> None:
+    import inspect
+
+    from consumers import settings
+
+    by_name = {s.name: s for s in settings.CONSUME_SETTINGS}
+    assert by_name["metrics_host"].default == "127.0.0.1"
+    assert inspect.signature(serve_metrics).parameters["host"].default == "127.0.0.1"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    compose = (ROOT / "docker-compose.yml").read_text()
+    assert "STREAM_LOGREG_METRICS_HOST=0.0.0.0" in dockerfile.replace(" ", "")
+    assert "STREAM_LOGREG_METRICS_HOST: 0.0.0.0" in compose
+
+
+def test_the_documented_endpoints_are_the_real_ones() -> None:
+    from consumers import settings
+    from consumers.metrics import ENDPOINTS
+
+    help_text = {s.name: s for s in settings.CONSUME_SETTINGS}["metrics_port"].help
+    readme = (ROOT / "README.md").read_text()
+    with serve_metrics(fake_learner(base_snapshot()), "127.0.0.1", 0) as server:
+        for path in ENDPOINTS:
+            assert get(server.url + path)[0] in (200, 503), path
+            assert path in help_text and f"`{path}`" in readme, path
+        assert get(server.url + "/other")[0] == 404
+        assert get(server.url + "/metrics", method="POST")[0] == 405
+
+
+def _idle_connections(port: int, n: int, partial: bytes) -> list[socket.socket]:
+    out = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        if partial:
+            s.sendall(partial)
+        out.append(s)
+    return out
+
+
+@pytest.mark.parametrize("partial", [b"", b"GET /metrics HTTP/1.1\r\nHost: x\r\n"])
+def test_idle_clients_cannot_exhaust_the_server(partial: bytes) -> None:
+    """Slowloris: many more silent (or half-sent) connections than the server keeps; it still answers,
+    without a thread per connection."""
+    with serve_metrics(fake_learner(base_snapshot()), "127.0.0.1", 0, request_timeout=30) as server:
+        threads_before = threading.active_count()
+        idle = _idle_connections(server.port, 3 * server.max_connections, partial)
+        try:
+            for path in ("/metrics", "/live", "/ready"):
+                status = get(server.url + path)[0]
+                assert status in (200, 503), path
+            assert threading.active_count() <= threads_before + 1
+            # the oldest silent connections were closed to make room (they read EOF or a reset)
+            closed = 0
+            for s in idle[: server.max_connections]:
+                s.settimeout(5)
+                try:
+                    closed += s.recv(1) == b""
+                except (ConnectionResetError, TimeoutError):
+                    closed += 1  # a reset is a close too; a timeout would mean still open
+            assert closed == server.max_connections
+        finally:
+            for s in idle:
+                s.close()
+
+
+def test_a_silent_client_is_dropped_after_the_request_timeout() -> None:
+    with serve_metrics(fake_learner(base_snapshot()), "127.0.0.1", 0, request_timeout=0.5) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\n")  # and never the end of the headers
+            started = time.monotonic()
+            assert s.recv(1) == b""  # closed by the server, well before our 10 s socket timeout
+            assert time.monotonic() - started < 9
+        assert get(server.url + "/metrics")[0] == 200
+
+
+def test_an_oversized_request_is_refused() -> None:
+    with serve_metrics(fake_learner(base_snapshot()), "127.0.0.1", 0) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
+            reply = s.recv(100)
+        assert reply.startswith(b"HTTP/1.1 431")
+        assert get(server.url + "/metrics")[0] == 200
