@@ -505,6 +505,7 @@ TREATMENT_NOTES = {
 GRID_RATES = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 GRID: dict[str, Callable[[], object]] = {f"SGD({r})": (lambda r=r: cand.SGD(r)) for r in GRID_RATES}
 HINDSIGHT = "hindsight SGD"
+PRIOR_01 = (0.1, 0.5, 0.1, 0.1, 0.1, 0.1)  # over GRID_RATES: 1/2 on 0.01 (normalised to sum 1)
 # Every candidate tried, in the order they were tried (bench/ACCURACY.md has the reasoning).
 CANDIDATES: dict[str, Callable[[], object]] = {
     "AdaGrad(.5)": lambda: cand.AdaGradFloor(0.5, 0.0),
@@ -520,6 +521,18 @@ CANDIDATES: dict[str, Callable[[], object]] = {
     "Mix6 SGD share1e-2": lambda: cand.Mixture(share=1e-2),
     "Mix SGD+NAG share1e-3": lambda: cand.Mixture(
         [cand.SGD(r) for r in cand.Mixture.RATES] + [cand.NAG(0.5)], share=1e-3
+    ),
+    # Second round, after the first: half the prior on River's rate 0.01 (the mixture starts as River's
+    # default, and its regret to it is ln 2 instead of ln 6).
+    "Mix6 SGD prior.5@.01": lambda: cand.Mixture(prior=PRIOR_01),
+    "Mix6 SGD prior.5@.01 share1e-3": lambda: cand.Mixture(share=1e-3, prior=PRIOR_01),
+    # ... and a per-coordinate member (FTRL's rate shape α/(β + √G) with a floor) for sparse rows, where
+    # rare coordinates want larger steps than frequent ones (text_drift, ctr_drift in the first round).
+    "AdaGrad(.1,b1,floor.003)": lambda: cand.AdaGradFloor(0.1, 0.003, beta=1.0),
+    "Mix7 +AdaGrad prior.5@.01 share1e-3": lambda: cand.Mixture(
+        [cand.SGD(r) for r in GRID_RATES] + [cand.AdaGradFloor(0.1, 0.003, beta=1.0)],
+        share=1e-3,
+        prior=(*PRIOR_01, 0.1),
     ),
 }
 PEERS = ("ours default", "River default", "River SGD(0.1)", "VW default", HINDSIGHT)

@@ -76,16 +76,20 @@ class AdaGradFloor:
     """Per-coordinate AdaGrad (Duchi, Hazan & Singer 2011) whose rate never falls below a floor:
 
         G_i ← G_i + g_i²
-        η_i = max(α / √(G_i + ε), η_min)          (ε = 1e-8)
+        η_i = max(α / (β + √(G_i + ε)), η_min)     (ε = 1e-8)
         w_i ← w_i − η_i g_i
 
-    With η_min = 0 it is AdaGrad; the floor keeps a constant-rate tail so a coordinate that has seen
-    many gradients still tracks drift (the failure of FTRL's α/(β + √n), see issue 10). State: w_i, G_i.
+    With β = η_min = 0 it is AdaGrad; β > 0 caps the first steps at α/β, as FTRL-Proximal's per-coordinate
+    rate α/(β + √n) does (McMahan et al. 2013; without L1/L2 FTRL-Proximal and this update differ only
+    in where the weights are centred); the floor keeps a constant-rate tail so a coordinate that has
+    seen many gradients still tracks drift (the failure of FTRL's α/(β + √n), see issue 10).
+    State: w_i, G_i.
     """
 
-    def __init__(self, alpha: float = 0.5, floor: float = 0.01) -> None:
+    def __init__(self, alpha: float = 0.5, floor: float = 0.01, beta: float = 0.0) -> None:
         self.alpha = alpha
         self.floor = floor
+        self.beta = beta
         self.w: dict = {}
         self.G: dict = {}
 
@@ -98,7 +102,7 @@ class AdaGradFloor:
         for k, v in coords(x):
             g = r * v
             G[k] = G.get(k, 0.0) + g * g
-            eta = max(self.alpha / math.sqrt(G[k] + 1e-8), self.floor)
+            eta = max(self.alpha / (self.beta + math.sqrt(G[k] + 1e-8)), self.floor)
             w[k] = w.get(k, 0.0) - eta * g
 
 
@@ -221,16 +225,18 @@ class Mixture:
     η = 1, where the substitution function is the mixture itself), optionally with fixed share
     (Herbster & Warmuth 1998) so the weights can move to another member after a drift:
 
+        π_k = π0_k at the start                     (the prior; uniform 1/K by default)
         p = Σ_k π_k p_k
         π_k ← π_k p_k(y) / Σ_j π_j p_j(y)           (p_k(y) = p_k if y else 1 − p_k)
-        π_k ← (1 − a) π_k + a / K                   (fixed share, rate a; a = 0: Bayes mixture)
+        π_k ← (1 − a) π_k + a π0_k                  (fixed share, rate a; a = 0: Bayes mixture)
         then every member learns (x, y) with its own rule
 
     (The π update uses the members' p from the last ``predict_proba``, which the loss was charged on,
     when the caller predicted first; the members learn from the row given to ``learn``.)
 
-    Regret: with a = 0, total log loss ≤ min_k (member k's total) + ln K, on every stream; with fixed
-    share, ≤ that of the best sequence of members with m switches + ln K + m ln(K/a) + T ln(1/(1 − a)).
+    Regret: with a = 0, total log loss ≤ member k's total + ln(1/π0_k) for every k, on every stream (ln K
+    with the uniform prior); with fixed share, ≤ that of the best sequence of members with m switches
+    + ln(1/π0_first) + m ln(1/(a π0_min)) + T ln(1/(1 − a)).
     The members default to SGD at rates 0.003, 0.01, 0.03, 0.1, 0.3 and 1.0. Cost: K dot products per
     event (one feature lookup); state: K weights per coordinate, plus the K mixture weights (kept as
     logs, normalised so the largest is 0, so they never underflow).
@@ -238,10 +244,14 @@ class Mixture:
 
     RATES = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
-    def __init__(self, members: Sequence | None = None, share: float = 0.0) -> None:
+    def __init__(
+        self, members: Sequence | None = None, share: float = 0.0, prior: Sequence[float] | None = None
+    ) -> None:
         self.members = list(members) if members is not None else [SGD(r) for r in self.RATES]
         self.share = share
-        self.log_pi = [0.0] * len(self.members)
+        K = len(self.members)
+        self.prior = [1.0 / K] * K if prior is None else [v / sum(prior) for v in prior]
+        self.log_pi = [math.log(v) for v in self.prior]
         self._predicted: list[float] | None = None  # the members' p at the last predict_proba
 
     def _member_probas(self, x: dict) -> list[float]:
@@ -265,9 +275,11 @@ class Mixture:
             a + math.log(max(p if y else 1.0 - p, 1e-300)) for a, p in zip(self.log_pi, charged, strict=True)
         ]
         if self.share > 0.0:
-            K = len(self.members)
             pi = self._pi()
-            self.log_pi = [math.log((1.0 - self.share) * v + self.share / K) for v in pi]
+            self.log_pi = [
+                math.log((1.0 - self.share) * v + self.share * v0)
+                for v, v0 in zip(pi, self.prior, strict=True)
+            ]
         top = max(self.log_pi)
         self.log_pi = [a - top for a in self.log_pi]
         for m, p in zip(self.members, ps, strict=True):
