@@ -79,10 +79,12 @@ class AdaGradFloor:
         η_i = max(α / (β + √(G_i + ε)), η_min)     (ε = 1e-8)
         w_i ← w_i − η_i g_i
 
-    With β = η_min = 0 it is AdaGrad; β > 0 caps the first steps at α/β, as FTRL-Proximal's per-coordinate
-    rate α/(β + √n) does (McMahan et al. 2013; without L1/L2 FTRL-Proximal and this update differ only
-    in where the weights are centred); the floor keeps a constant-rate tail so a coordinate that has
-    seen many gradients still tracks drift (the failure of FTRL's α/(β + √n), see issue 10).
+    With β = η_min = 0 it is AdaGrad. With η_min = 0 and β > 0 it is FTRL-Proximal(α, β) without L1/L2
+    (McMahan et al. 2013, "Ad click prediction", §3.1: with λ1 = 0 FTRL-Proximal gives the same weights
+    as gradient descent with the per-coordinate rate α/(β + √n_i), n_i including the current g_i²), so
+    ``AdaGradFloor(0.17, 0.0, beta=0.5)`` is the current default ``optim.FTRL(0.17, 0.5)`` (up to ε).
+    The floor keeps a constant-rate tail so a coordinate that has seen many gradients still tracks
+    drift (the failure of FTRL's α/(β + √n), see issue 10).
     State: w_i, G_i.
     """
 
