@@ -550,6 +550,8 @@ CANDIDATES: dict[str, Callable[[], object]] = {
         mix8_members(), share=1e-3, prior=(*PRIOR_01, 0.1, 0.1)
     ),
     "Mix8 SGD+NAG+FTRL": lambda: cand.Mixture(mix8_members()),
+    # Is VW's rule needed as a member? (it costs three numbers per coordinate and two per model)
+    "Mix7 SGD+FTRL": lambda: cand.Mixture(mix8_members()[:6] + [cand.AdaGradFloor(0.17, 0.0, beta=0.5)]),
 }
 PEERS = ("ours default", "River default", "River SGD(0.1)", "VW default", HINDSIGHT)
 
@@ -561,7 +563,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--models", default="ours,river,vw,grid,cand", help="families to run: ours,river,vw,sklearn,grid,cand"
     )
-    parser.add_argument("--only", default=None, help="comma-separated model names within the families")
+    parser.add_argument("--only", default=None, help="semicolon-separated model names within the families")
     parser.add_argument("--seed", type=int, default=None, help="reseed synthetic / shuffle bundled streams")
     parser.add_argument("--slow", action="store_true", help="also run River's Adam on the sparse streams")
     parser.add_argument("--save", type=Path, default=None, help="write the scores to this JSON file")
@@ -590,7 +592,7 @@ def main(argv: list[str] | None = None) -> None:
                 {name: (lambda s, make=make: run_candidate(s, make)) for name, make in table.items()}
             )
     if args.only:
-        models = {m: run for m, run in models.items() if m in args.only.split(",")}
+        models = {m: run for m, run in models.items() if m in args.only.split(";")}
 
     results = {}
     meta = {}
