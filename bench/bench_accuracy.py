@@ -45,10 +45,11 @@ its decision function, which is what its ``predict_proba`` computes, read from `
 adaptive, normalized, invariant update; σ(raw prediction) is what ``--link logistic`` returns. The
 true probabilities' log loss (the Bayes rate) is printed for the streams that know it. River's Adam
 is skipped on the sparse streams unless ``--slow`` (see ``SLOW``). scikit-learn's ``partial_fit``
-costs ~0.2 ms per call (O(2^18) on the hashed streams); it is not in the default families. ``grid``: plain SGD at
-0.003 … 1.0 (bias at the same rate); ``hindsight SGD`` is the best of them on each stream. ``cand``:
-every candidate of ``CANDIDATES``. String values reach every model as one-hot ``k=v`` indicators (ours
-encodes them itself, River and the candidates get ``{"k=v": 1.0}``, VW hashes ``k=v``).
+costs ~0.2 ms per call (O(2^18) on the hashed streams); it is not in the default families.
+``grid``: plain SGD at 0.003 … 1.0 (bias at the same rate); ``hindsight SGD`` is the best of them on
+each stream. ``cand``: every candidate of ``CANDIDATES``. String values reach every model as one-hot
+``k=v`` indicators (ours encodes them itself, River and the candidates get ``{"k=v": 1.0}``, VW hashes
+``k=v``).
 
 After the tables, the bars for every model that is not a peer, per stream: log loss ≤ 1.00× River's
 default, ≤ 1.00× VW's default, ≤ 1.03× the hindsight-best fixed SGD; and the geometric means of the
