@@ -340,6 +340,15 @@ def load_streams(names: list[str], n: int, seed: int | None = None) -> dict[str,
             ).take(n),
             scale=True,
         ),
+        # Not in STREAMS: the same events unscaled, for every model (what a user without a scaler runs).
+        "phishing_raw": lambda: river_stream("phishing_raw", bundled(datasets.Phishing()), scale=False),
+        "agrawal_raw": lambda: river_stream("agrawal_raw", synth.Agrawal(seed=s).take(n), scale=False),
+        "image_segments_raw": lambda: river_stream(
+            "image_segments_raw",
+            bundled(datasets.ImageSegments()),
+            scale=False,
+            label=lambda y: y in SEGMENTS,
+        ),
         "ctr_drift": lambda: ctr_drift(n, seed=11 if seed is None else seed),
         "text_drift": lambda: text_drift(n, seed=13 if seed is None else seed),
     }
