@@ -142,14 +142,16 @@ class NAG:
     """Normalized adaptive gradient (Ross, Mineiro & Langford 2013, "Normalized online learning",
     Algorithm 2 NAG; VW's ``--adaptive --normalized`` without ``--invariant``), rate η:
 
-        for i in x: if |x_i| > s_i: w_i ← w_i s_i² / x_i²;  s_i ← |x_i|   (s_i = 0 for a new i: w_i = 0)
+        for i in x: if |x_i| > s_i: w_i ← w_i (s_i / x_i)²;  s_i ← |x_i|   (s_i = 0 for a new i: w_i = 0)
         p = σ(b + Σ w_i x_i)
-        N ← N + Σ_{i in x} x_i² / s_i²             (one scalar for the model; t counts events)
+        N ← N + Σ_{i in x, x_i ≠ 0} (x_i / s_i)²   (one scalar for the model; t counts events)
         G_i ← G_i + g_i²
         w_i ← w_i − η √(t / N) g_i / (s_i √G_i)
 
     Scale-invariant per coordinate: multiplying feature i by c leaves predictions unchanged. The bias is
-    a coordinate with x = 1 (s = 1). State: w_i, s_i, G_i per coordinate; t and N per model.
+    a coordinate with x = 1 (s = 1). The rescaling happens in ``learn`` (predicting does not change the
+    model), so a prediction uses the weights of the scales seen before. State: w_i, s_i, G_i per
+    coordinate; t and N per model.
     """
 
     def __init__(self, lr: float = 0.5) -> None:
@@ -166,7 +168,7 @@ class NAG:
             a = abs(v)
             if a > s.get(k, 0.0):
                 if k in w and s.get(k, 0.0) > 0.0:
-                    w[k] *= s[k] ** 2 / a**2
+                    w[k] *= (s[k] / a) ** 2  # ≤ 1: no overflow for huge finite values
                 s[k] = a
 
     def predict_proba(self, x: dict) -> float:
@@ -178,7 +180,7 @@ class NAG:
         self.t += 1
         w, s, G = self.w, self.s, self.G
         cs = [(k, v) for k, v in coords(x) if v != 0.0]
-        self.N += sum(v * v / s[k] ** 2 for k, v in cs)
+        self.N += sum((v / s[k]) ** 2 for k, v in cs)
         scale = self.lr * math.sqrt(self.t / self.N) if self.N > 0 else 0.0
         for k, v in cs:
             g = r * v
