@@ -134,6 +134,7 @@ COMMIT_FORMAT = "stream-logreg-kafka-state"
 COMMIT_VERSION = 1
 _STATE_KEY = re.compile(r"[A-Za-z0-9._:,=+-]{1,200}")
 _ID = re.compile(r"\d{20}")
+_FETCH_BYTES = 16 * 1024 * 1024  # per fetch: 32 chunks a round trip (the default, 1 MiB, is one or two)
 _POLL_MS = 500  # the longest single wait inside a bounded read (stays responsive to signals)
 _FENCED = (
     kafka_errors.ProducerFencedError,
@@ -419,6 +420,8 @@ class KafkaStore:
                 group_id=None,
                 enable_auto_commit=False,
                 isolation_level="read_committed",
+                max_partition_fetch_bytes=_FETCH_BYTES,
+                fetch_max_bytes=_FETCH_BYTES,
                 request_timeout_ms=max(30500, int(self.timeout * 1000) + 500),
                 **_client_settings(KafkaConsumer, self.client_settings),
             )
