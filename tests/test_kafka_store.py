@@ -71,7 +71,7 @@ def stores(kafka_bootstrap: str) -> Iterator:
     made: list[KafkaStore] = []
 
     def make(topic: str, key: str = "member-1", **settings) -> KafkaStore:
-        store = KafkaStore(kafka_bootstrap, key, topic=topic, timeout=60.0, **settings)
+        store = KafkaStore(kafka_bootstrap, key, topic=topic, **{"timeout": 60.0, **settings})
         made.append(store)
         return store
 
@@ -381,3 +381,24 @@ def test_reading_the_topic_is_bounded_in_time(stores, state_topic) -> None:
 def test_bad_state_keys_are_refused(key) -> None:
     with pytest.raises(ValueError, match="state key"):
         KafkaStore("127.0.0.1:1", key, topic="never-created")  # refused before any connection
+
+
+def test_a_newer_commit_behind_another_keys_open_transaction_is_waited_for(stores, state_topic) -> None:
+    """Keys share a partition: a reader never restores an older checkpoint because another writer's
+    transaction is open in front of the newest one; it waits (bounded), then sees it."""
+    model = trained(40)
+    other = stores(state_topic, key="member-2")
+    mine = stores(state_topic, key="member-1")
+    older = mine.save(model, {"n": 1})
+    open_transaction = other.transaction()
+    open_transaction.__enter__()
+    other.write(model, {"n": "member-2"})
+    other.producer.flush(timeout=30)  # member-2's records are in the log, its transaction open
+    newer = mine.save(model, {"n": 2})  # committed after them
+    reader = stores(state_topic, key="member-1", timeout=3.0)
+    with pytest.raises(CheckpointError, match="transaction of another writer may still be open"):
+        reader.latest()
+    open_transaction.__exit__(None, None, None)
+    checkpoint = reader.latest()
+    assert older < newer and checkpoint.id == newer and checkpoint.metadata == {"n": 2}
+    assert other.latest().metadata == {"n": "member-2"}

@@ -36,10 +36,14 @@ the id is in the key.) Compaction does not reorder records, so a compacted log r
 
 What a reader does (:meth:`KafkaStore.latest`)
 ----------------------------------------------
-1. Reads the key's partition from the beginning to its end offset (the last stable offset) as of the
-   start, within ``timeout`` seconds, keeping for ``K`` only an index: each commit record (parsed), and
-   each chunk key's offset, size and sha256 (a tombstone removes the entry). No chunk bytes are held:
-   memory is the index plus one checkpoint.
+1. Reads the key's partition from the beginning to its high watermark as of the start, within
+   ``timeout`` seconds, keeping for ``K`` only an index: each commit record (parsed), and each chunk key's
+   offset, size and sha256 (a tombstone removes the entry). No chunk bytes are held: memory is the index
+   plus one checkpoint. Reading to the high watermark (not the last stable offset) waits for the
+   transactions open in the partition at the start to end, so a newer commit of ``K`` behind another
+   key's open transaction is not missed; a writer killed mid-transaction holds readers of the keys on its
+   partition up to its transaction timeout (60 s by default, then Kafka aborts it; at once when its key's
+   next owner opens its store). Give the topic more partitions to keep keys apart.
 2. Takes the commits newest first; one whose record is malformed, or whose chunks are missing or differ
    from what it records, is skipped with the reason (``store.skipped``, a warning); the first whose chunks
    all match is read back (seek to its first chunk, read to its last), and its manifest and arrays are
@@ -341,8 +345,8 @@ class KafkaStore:
         self._pending: _Index | None = None
         self._in_transaction = False
         self._fenced: str | None = None
-        self._committed: str | None = None  # the id of the newest checkpoint this store committed
         self._consumer: KafkaConsumer | None = None
+        self._probe: KafkaConsumer | None = None
         self._own_producer = producer is None
         self._partition = TopicPartition(topic, state_partition(key, self._ensure_topic()))
         if producer is None:
@@ -413,28 +417,37 @@ class KafkaStore:
 
     # Reading
 
-    def _consumer_for_reads(self) -> KafkaConsumer:
+    def _consumers(self) -> tuple[KafkaConsumer, KafkaConsumer]:
+        """(a read_committed consumer of the key's partition, a read_uncommitted one for its end offset)."""
         if self._consumer is None:
-            self._consumer = KafkaConsumer(
-                bootstrap_servers=self.bootstrap_servers,
-                group_id=None,
-                enable_auto_commit=False,
-                isolation_level="read_committed",
-                max_partition_fetch_bytes=_FETCH_BYTES,
-                fetch_max_bytes=_FETCH_BYTES,
-                request_timeout_ms=max(30500, int(self.timeout * 1000) + 500),
-                **_client_settings(KafkaConsumer, self.client_settings),
+            self._consumer, self._probe = (
+                KafkaConsumer(
+                    bootstrap_servers=self.bootstrap_servers,
+                    group_id=None,
+                    enable_auto_commit=False,
+                    isolation_level=isolation,
+                    max_partition_fetch_bytes=_FETCH_BYTES,
+                    fetch_max_bytes=_FETCH_BYTES,
+                    request_timeout_ms=max(30500, int(self.timeout * 1000) + 500),
+                    **_client_settings(KafkaConsumer, self.client_settings),
+                )
+                for isolation in ("read_committed", "read_uncommitted")
             )
             self._consumer.assign([self._partition])
-        return self._consumer
+        return self._consumer, self._probe
 
     def _records(self, start: int | None, stop: int | None = None) -> Iterator[Any]:
         """The committed records of the key's partition from ``start`` (``None``: the beginning) until
-        its end offset as of now, or until offset ``stop``; within ``timeout`` seconds."""
-        consumer, tp = self._consumer_for_reads(), self._partition
+        its high watermark as of now, or until offset ``stop``; within ``timeout`` seconds.
+
+        The high watermark, not the last stable offset: a transaction of another key that is open in the
+        partition would otherwise hide this key's newer commits behind it. So this waits for the
+        transactions open now to end (Kafka aborts a dead writer's after its transaction timeout).
+        """
+        (consumer, probe), tp = self._consumers(), self._partition
         deadline = time.monotonic() + self.timeout
         try:
-            end = consumer.end_offsets([tp], timeout_ms=int(self.timeout * 1000))[tp]
+            end = probe.end_offsets([tp], timeout_ms=int(self.timeout * 1000))[tp]
             if stop is not None:
                 end = min(end, stop + 1)
             if start is None:
@@ -446,7 +459,8 @@ class KafkaStore:
                 if left <= 0:
                     raise CheckpointError(
                         f"could not read the state topic {self.topic!r} partition {tp.partition} to its end "
-                        f"within {self.timeout:g} s (at offset {position} of {end}); raise the timeout"
+                        f"within {self.timeout:g} s (at offset {position} of {end}; a transaction of another "
+                        "writer may still be open there); raise the timeout"
                     )
                 for records in consumer.poll(timeout_ms=int(min(left * 1000, _POLL_MS))).values():
                     for record in records:
@@ -487,22 +501,6 @@ class KafkaStore:
                     index.chunks[name] = (record.offset, len(record.value), digest)
         return index
 
-    def _scan_fresh(self) -> _Index:
-        """:meth:`_scan`, repeated until it shows this store's own newest commit (Kafka writes a
-        transaction's commit markers just after ``commit_transaction`` returns; until then read_committed
-        readers stop before it)."""
-        deadline = time.monotonic() + self.timeout
-        while True:
-            index = self._scan()
-            if self._committed is None or self._committed in index.ids:
-                return index
-            if time.monotonic() > deadline:
-                raise CheckpointError(
-                    f"checkpoint {self._committed}, committed by this store, is not readable from the state "
-                    f"topic {self.topic!r} after {self.timeout:g} s"
-                )
-            time.sleep(0.05)
-
     def _read_bytes(self, index: _Index, commit: _Commit) -> bytes:
         """The bytes of ``commit``'s chunks, read back from their offsets."""
         wanted = {index.chunks[key][0]: key for key, _, _ in commit.chunks}
@@ -524,10 +522,9 @@ class KafkaStore:
         """The newest checkpoint of the key that verifies, or ``None``; damaged ones are skipped (see
         ``skipped``). Raises :class:`UnsupportedCheckpoint` or :class:`CheckpointMismatch` (with
         ``expect_config``) for the newest intact checkpoint rather than falling back past it."""
+        self._check_no_transaction("latest")
         self.skipped = []
-        index = self._scan_fresh()
-        if not self._in_transaction:
-            self._index = index
+        index = self._index = self._scan()
         for cid in sorted(index.commits, reverse=True):
             commit = index.commits[cid]
             try:
@@ -552,7 +549,8 @@ class KafkaStore:
         """The key's checkpoints in the topic, oldest first; ``valid`` says whether the commit record
         parses and all its chunks are there with the recorded sizes and sha256 (the arrays are not
         loaded)."""
-        index = self._scan_fresh()
+        self._check_no_transaction("list")
+        index = self._scan()
         infos = []
         for cid in sorted(index.commits):
             commit = index.commits[cid]
@@ -564,6 +562,10 @@ class KafkaStore:
         return infos
 
     # Writing
+
+    def _check_no_transaction(self, what: str) -> None:
+        if self._in_transaction:  # the read would wait for this very transaction to end
+            raise CheckpointError(f"KafkaStore.{what}() cannot be called inside the store's transaction")
 
     def _check_usable(self) -> None:
         if self._fenced is not None:
@@ -610,7 +612,6 @@ class KafkaStore:
         else:
             if self._pending is not None:
                 self._index = self._pending
-                self._committed = max(self._pending.commits)
         finally:
             self._pending = None
             self._in_transaction = False
@@ -673,9 +674,10 @@ class KafkaStore:
 
     def close(self) -> None:
         """Close the clients this store made (a producer it was given stays open)."""
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
+        for consumer in (self._consumer, self._probe):
+            if consumer is not None:
+                consumer.close()
+        self._consumer = self._probe = None
         if self._own_producer:
             self.producer.close(timeout=self.timeout)
 
