@@ -402,3 +402,24 @@ def test_a_newer_commit_behind_another_keys_open_transaction_is_waited_for(store
     checkpoint = reader.latest()
     assert older < newer and checkpoint.id == newer and checkpoint.metadata == {"n": 2}
     assert other.latest().metadata == {"n": "member-2"}
+
+
+def test_a_commit_the_cluster_does_not_answer_is_bounded_and_the_store_then_refuses_to_write(
+    kafka_broker, stores, state_topic
+) -> None:
+    store = stores(state_topic, timeout=5.0)
+    model = trained(20)
+    before = store.save(model, {"n": 1})
+    try:
+        with pytest.raises(CheckpointError, match="commit did not complete within 5 s"):
+            with store.transaction():
+                store.write(model, {"n": 2})
+                store.producer.flush(timeout=30)
+                kafka_broker.stop()  # the commit finds no coordinator
+        with pytest.raises(CheckpointError, match="can no longer write"):
+            store.save(model, {"n": 3})
+    finally:
+        if not kafka_broker.is_running():
+            kafka_broker.start()
+    checkpoint = stores(state_topic).latest()  # a new store resolves the transaction either way
+    assert checkpoint is not None and checkpoint.id >= before

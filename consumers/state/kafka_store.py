@@ -81,9 +81,13 @@ consumer.group_metadata())``: outputs, state and offsets commit together or not 
 
 Limits
 ------
-Every wait is bounded by ``timeout``, except kafka-python's ``commit_transaction()`` itself, which has no
-timeout: the store first flushes the transaction's records within ``timeout``, so only the final
-end-transaction round trip is unbounded (it is retried by the client until the coordinator answers).
+Every wait is bounded by ``timeout`` seconds and stays responsive to signals: opening the producer,
+reading the topic, flushing a transaction, and its commit or abort (kafka-python has no timeout for
+these two, so they run in a helper thread that the store stops waiting for). A commit that does not
+complete in time has an unknown outcome: the store then refuses to write (a new store resolves it, as
+``init_transactions`` completes or aborts it). The transaction timeout is the producer's
+(``transaction_timeout_ms``, kafka-python's default 60 s): a checkpoint interval's transaction must end
+within it, and Kafka aborts a dead writer's transaction after it.
 
 Examples
 --------
@@ -102,6 +106,7 @@ import datetime as dt
 import hashlib
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -344,7 +349,7 @@ class KafkaStore:
         self._index: _Index | None = None
         self._pending: _Index | None = None
         self._in_transaction = False
-        self._fenced: str | None = None
+        self._unusable: CheckpointError | None = None  # why this store may no longer write
         self._consumer: KafkaConsumer | None = None
         self._probe: KafkaConsumer | None = None
         self._own_producer = producer is None
@@ -568,16 +573,16 @@ class KafkaStore:
             raise CheckpointError(f"KafkaStore.{what}() cannot be called inside the store's transaction")
 
     def _check_usable(self) -> None:
-        if self._fenced is not None:
-            raise StateFenced(self._fenced)
+        if self._unusable is not None:
+            raise type(self._unusable)(str(self._unusable))
 
     def _fence(self, exc: BaseException) -> StateFenced:
-        self._fenced = (
+        self._unusable = StateFenced(
             f"another writer of state key {self.key!r} in {self.topic!r} (transactional id "
             f"{self.transactional_id!r}) took over; this store can no longer write and its checkpoint in "
             f"flight was aborted: stop this member ({type(exc).__name__})"
         )
-        return StateFenced(self._fenced)
+        return self._unusable
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[KafkaProducer]:
@@ -600,12 +605,20 @@ class KafkaStore:
         try:
             yield self.producer
             self.producer.flush(timeout=self.timeout)
-            self.producer.commit_transaction()
+            self._end(self.producer.commit_transaction, "commit")
         except BaseException as exc:
             if _is_fenced(exc):
                 raise self._fence(exc) from exc
-            with contextlib.suppress(Exception):
-                self.producer.abort_transaction()
+            if self._unusable is None:
+                try:
+                    self._end(self.producer.abort_transaction, "abort")
+                except Exception as abort_exc:
+                    if _is_fenced(abort_exc):
+                        raise self._fence(abort_exc) from exc
+                    self._unusable = CheckpointError(
+                        f"the state transaction could not be aborted ({abort_exc}); this store can no longer "
+                        "write: open a new one (it resolves the transaction)"
+                    )
             if isinstance(exc, kafka_errors.KafkaError):
                 raise CheckpointError(f"the state transaction failed and was aborted: {exc}") from exc
             raise
@@ -615,6 +628,32 @@ class KafkaStore:
         finally:
             self._pending = None
             self._in_transaction = False
+
+    def _end(self, call: Any, what: str) -> None:
+        """Run ``call`` (the producer's commit or abort, which kafka-python waits for without a timeout)
+        in a helper thread, waiting at most ``timeout`` seconds, in short slices (signals stay heard)."""
+        failure: builtins.list[BaseException] = []
+
+        def run() -> None:
+            try:
+                call()
+            except BaseException as exc:  # handed to the waiting thread
+                failure.append(exc)
+
+        worker = threading.Thread(target=run, name=f"state-{what}", daemon=True)
+        worker.start()
+        deadline = time.monotonic() + self.timeout
+        while worker.is_alive() and time.monotonic() < deadline:
+            worker.join(timeout=_POLL_MS / 1000)
+        if worker.is_alive():
+            self._unusable = CheckpointError(
+                f"the state transaction's {what} did not complete within {self.timeout:g} s (the cluster did "
+                "not answer); whether it committed is unknown, and this store can no longer write: open a "
+                "new one (it resolves the transaction)"
+            )
+            raise self._unusable
+        if failure:
+            raise failure[0]
 
     def write(self, model: OnlineLogisticRegression, metadata: dict | None = None) -> str:
         """Add a checkpoint of ``model`` and ``metadata`` to the open :meth:`transaction`; return its id.
