@@ -20,7 +20,6 @@ A broker is started (scripts/kafka_broker.py) unless ``KAFKA_BOOTSTRAP_SERVERS``
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_checkpoints import median_time  # noqa: E402
+from bench.bench_consumer import _broker_module  # noqa: E402
 from consumers.state.kafka_store import KafkaStore  # noqa: E402
 from stream_logreg import OnlineLogisticRegression, optim  # noqa: E402
 from stream_logreg.checkpoints import DirectoryStore  # noqa: E402
@@ -47,14 +47,6 @@ def build(name: str, seed: int = 0) -> OnlineLogisticRegression:
     model = OnlineLogisticRegression(optimizer=optim.FTRL(), n_bits=n_bits)
     model.learn_batch(np.random.default_rng(seed).standard_normal((2, columns)), np.array([0.0, 1.0]))
     return model
-
-
-def _broker_module():
-    spec = importlib.util.spec_from_file_location("bench_kafka_broker", ROOT / "scripts" / "kafka_broker.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def run(bootstrap: str, names: list[str], repeats: int) -> None:

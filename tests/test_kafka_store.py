@@ -423,3 +423,9 @@ def test_a_commit_the_cluster_does_not_answer_is_bounded_and_the_store_then_refu
             kafka_broker.start()
     checkpoint = stores(state_topic).latest()  # a new store resolves the transaction either way
     assert checkpoint is not None and checkpoint.id >= before
+
+
+@pytest.mark.parametrize("settings", [{"securty_protocol": "SSL"}, {"isolation_level": "read_uncommitted"}])
+def test_unknown_or_reserved_client_settings_are_refused(settings) -> None:
+    with pytest.raises(ValueError, match="client_settings"):
+        KafkaStore("127.0.0.1:1", "member-1", topic="never-created", client_settings=settings)

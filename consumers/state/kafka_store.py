@@ -145,6 +145,10 @@ _STATE_KEY = re.compile(r"[A-Za-z0-9._:,=+-]{1,200}")
 _ID = re.compile(r"\d{20}")
 _FETCH_BYTES = 16 * 1024 * 1024  # per fetch: 32 chunks a round trip (the default, 1 MiB, is one or two)
 _POLL_MS = 500  # the longest single wait inside a bounded read (stays responsive to signals)
+_OWN_SETTINGS = frozenset({
+    "bootstrap_servers", "transactional_id", "max_block_ms", "group_id", "enable_auto_commit",
+    "isolation_level", "max_partition_fetch_bytes", "fetch_max_bytes", "request_timeout_ms",
+})
 _FENCED = (
     kafka_errors.ProducerFencedError,
     kafka_errors.InvalidProducerEpochError,
@@ -334,6 +338,13 @@ class KafkaStore:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
         if not isinstance(partitions, int) or partitions < 1:
             raise ValueError(f"partitions must be an integer >= 1, got {partitions!r}")
+        settings = dict(client_settings or {})
+        known = set().union(*(c.DEFAULT_CONFIG for c in (KafkaProducer, KafkaConsumer, KafkaAdminClient)))
+        if set(settings) - known or set(settings) & _OWN_SETTINGS:
+            raise ValueError(
+                f"client_settings: {sorted(set(settings) - known)} are not kafka-python settings, and "
+                f"{sorted(set(settings) & _OWN_SETTINGS)} are set by the store itself"
+            )
         if producer is not None and not producer.config.get("transactional_id"):
             raise ValueError("the producer given must be transactional (transactional_id set)")
         self.bootstrap_servers = bootstrap_servers
@@ -344,7 +355,7 @@ class KafkaStore:
         self.chunk_bytes = chunk_bytes
         self.timeout = timeout
         self.partitions = partitions
-        self.client_settings = dict(client_settings or {})
+        self.client_settings = settings
         self.skipped: builtins.list[tuple[str, str]] = []
         self._index: _Index | None = None
         self._pending: _Index | None = None
