@@ -429,3 +429,9 @@ def test_a_commit_the_cluster_does_not_answer_is_bounded_and_the_store_then_refu
 def test_unknown_or_reserved_client_settings_are_refused(settings) -> None:
     with pytest.raises(ValueError, match="client_settings"):
         KafkaStore("127.0.0.1:1", "member-1", topic="never-created", client_settings=settings)
+
+
+def test_an_unreachable_cluster_is_a_clear_error_after_the_timeout() -> None:
+    reached = "could not reach the Kafka cluster at '127.0.0.1:1' within 1 s"
+    with pytest.raises(StateTopicError, match=reached):
+        KafkaStore("127.0.0.1:1", "member-1", topic="never-created", timeout=1.0)

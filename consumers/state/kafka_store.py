@@ -105,6 +105,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import math
 import re
 import threading
 import time
@@ -148,6 +149,7 @@ _POLL_MS = 500  # the longest single wait inside a bounded read (stays responsiv
 _OWN_SETTINGS = frozenset({
     "bootstrap_servers", "transactional_id", "max_block_ms", "group_id", "enable_auto_commit",
     "isolation_level", "max_partition_fetch_bytes", "fetch_max_bytes", "request_timeout_ms",
+    "bootstrap_timeout_ms",
 })
 _FENCED = (
     kafka_errors.ProducerFencedError,
@@ -334,8 +336,8 @@ class KafkaStore:
             raise ValueError(
                 f"chunk_bytes must be an integer from 1024 to {_MAX_CHUNK_BYTES}, got {chunk_bytes!r}"
             )
-        if not timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
         if not isinstance(partitions, int) or partitions < 1:
             raise ValueError(f"partitions must be an integer >= 1, got {partitions!r}")
         settings = dict(client_settings or {})
@@ -371,6 +373,7 @@ class KafkaStore:
                 bootstrap_servers=bootstrap_servers,
                 transactional_id=self.transactional_id,
                 max_block_ms=int(timeout * 1000),
+                bootstrap_timeout_ms=int(timeout * 1000),
                 **_client_settings(KafkaProducer, self.client_settings),
             )
             try:
@@ -391,11 +394,18 @@ class KafkaStore:
 
     def _ensure_topic(self) -> int:
         """Create the topic if absent, check it otherwise; return its number of partitions."""
-        admin = KafkaAdminClient(
-            bootstrap_servers=self.bootstrap_servers,
-            request_timeout_ms=int(self.timeout * 1000),
-            **_client_settings(KafkaAdminClient, self.client_settings),
-        )
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=self.bootstrap_servers,
+                request_timeout_ms=int(self.timeout * 1000),
+                bootstrap_timeout_ms=int(self.timeout * 1000),
+                **_client_settings(KafkaAdminClient, self.client_settings),
+            )
+        except kafka_errors.KafkaError as exc:
+            raise StateTopicError(
+                f"could not reach the Kafka cluster at {self.bootstrap_servers!r} within {self.timeout:g} s "
+                f"to open the state topic {self.topic!r}: {exc}"
+            ) from exc
         try:
             brokers = len(admin.describe_cluster()["brokers"])
             configs = topic_configs(self.chunk_bytes)
@@ -445,6 +455,7 @@ class KafkaStore:
                     max_partition_fetch_bytes=_FETCH_BYTES,
                     fetch_max_bytes=_FETCH_BYTES,
                     request_timeout_ms=max(30500, int(self.timeout * 1000) + 500),
+                    bootstrap_timeout_ms=int(self.timeout * 1000),
                     **_client_settings(KafkaConsumer, self.client_settings),
                 )
                 for isolation in ("read_committed", "read_uncommitted")
