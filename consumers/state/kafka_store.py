@@ -17,8 +17,9 @@ larger than every id of ``K`` already in the topic):
   "id": I, "created_at", "manifest_size", "size", "chunks": [[chunk key, size, sha256], ...]}``, written
   after its chunks;
 - then tombstones (null values) for the commit records and chunks of the checkpoints of ``K`` beyond the
-  newest ``keep`` (default 2, so a damaged newest falls back to the previous one), and for chunks of ``K``
-  that no kept commit names (left over by hand-written or foreign records).
+  newest ``keep`` (default 2, so a damaged newest falls back to the previous one), for damaged commits,
+  and for chunks of ``K`` that no kept commit names (debris of foreign records, as the store last read
+  the partition: at its first save, or its last ``latest()``).
 
 The chunks, the commit record and the tombstones of one checkpoint are **one Kafka transaction**, by a
 producer whose ``transactional_id`` is ``stream-logreg-state.<topic>.<K>``. Readers read with
@@ -64,11 +65,16 @@ to an existing state topic: keys would hash to other partitions and their state 
 
 One writer per key; fencing
 ---------------------------
-Opening a store calls ``init_transactions()`` with the key's transactional id. Kafka then aborts any open
-transaction of that id and fences every older producer with it: the older store's next write or commit
-raises :class:`StateFenced` (its checkpoint in flight is aborted, nothing of it is visible), and that store
-stays unusable; the process should stop, its partitions belong to someone else now. Two live writers of
-one key are therefore not possible: the newer one wins, the older one gets a clear error.
+Opening a store calls ``init_transactions()`` with the key's transactional id (a producer given to the
+store: its owner calls it, and its transactional id is the fence). Kafka then aborts any open transaction
+of that id and fences every older producer with it: the older store's next write or commit raises
+:class:`StateFenced` (its checkpoint in flight is aborted, nothing of it is visible, and so are the
+outputs and offsets in the same transaction), and that store stays unusable; the process should stop,
+its partitions belong to someone else now. Two live writers of one key are therefore not possible: the
+newer one wins, the older one gets a clear error. On revoke or SIGTERM the service ends its open
+transaction itself (commit what it covers, or abort: the ``with`` block aborts on any exception); one left
+open by a killed process is aborted by the next owner's ``init_transactions`` or after the transaction
+timeout.
 
 Exactly-once with the service's outputs
 ---------------------------------------
