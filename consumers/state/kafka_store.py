@@ -259,12 +259,12 @@ def _parse_commit(state_key: str, cid: str, raw: bytes) -> _Commit:
 
 @dataclass
 class _Index:
-    """What a read of the partition found for one state key: commits (or why they do not parse) and the
-    live chunks' ``(offset, size, sha256)``."""
+    """What a read of the partition found for one state key: commits (or why they do not parse), the
+    live chunks' ``(offset, size, sha256)``, and the largest id in any of its record keys."""
 
     commits: dict[str, _Commit | CheckpointError]
     chunks: dict[str, tuple[int, int, str]]
-    ids: set[str]
+    newest: str = ""
 
     def problem(self, commit: _Commit) -> str | None:
         """Why ``commit``'s chunks are not all present as it records them, or ``None``."""
@@ -504,7 +504,7 @@ class KafkaStore:
 
     def _scan(self) -> _Index:
         """Read the key's partition to its end, indexing this key's commits and chunks (not their bytes)."""
-        index = _Index({}, {}, set())
+        index = _Index({}, {})
         prefix = f"{self.key}/"
         for record in self._records(None):
             try:
@@ -517,7 +517,7 @@ class KafkaStore:
             if not _ID.fullmatch(parts[0]):
                 continue
             cid = parts[0]
-            index.ids.add(cid)
+            index.newest = max(index.newest, cid)
             if parts[1:] == ["commit"]:
                 if record.value is None:
                     index.commits.pop(cid, None)
@@ -696,7 +696,7 @@ class KafkaStore:
         if self._pending is not None:
             raise CheckpointError("this transaction already holds a checkpoint")
         index = self._index if self._index is not None else self._scan()
-        cid = _new_id(sorted(index.ids))
+        cid = _new_id([index.newest] if index.newest else [])
         npz, manifest = encode_checkpoint(cid, model, metadata)
         data = manifest + npz
         step = self.chunk_bytes
@@ -727,7 +727,7 @@ class KafkaStore:
         self._pending = _Index(
             {c.id: c for c in kept},
             {key: (-1, size, digest) for c in kept for key, size, digest in c.chunks},
-            index.ids | {cid},
+            cid,
         )
         return cid
 
