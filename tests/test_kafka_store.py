@@ -276,28 +276,37 @@ def test_second_writer_of_a_key_fences_the_first(stores, state_topic, kafka_boot
     assert third.latest().metadata == {"by": "third"} and other.latest().metadata == {"by": "member-2"}
 
 
-def test_compaction_keeps_the_newest_checkpoint_and_drops_superseded_ones(
+def compacted(records: list) -> list[tuple[bytes, bytes]]:
+    """What compaction can leave of ``records`` at most: the last record per key, in log order, without
+    tombstones."""
+    newest = {record.key: (record.offset, record.value) for record in records}
+    return [(key, value) for key, (_, value) in sorted(newest.items(), key=lambda kv: kv[1][0]) if value]
+
+
+def test_compaction_at_any_checkpoint_keeps_the_newest_and_drops_superseded_ones(
     stores, state_topic, kafka_topic, kafka_bootstrap
 ) -> None:
-    """Compaction simulated exactly: keep the last record per key in log order, drop tombstones."""
+    """Compaction simulated exactly, of the log as it was after each checkpoint: keep the last record per
+    key, drop tombstones, copy that into a new topic and restore from it."""
     store = stores(state_topic, keep=1, chunk_bytes=2048)
     models = [trained(n) for n in (50, 100, 150, 200)]
     ids = [store.save(m, {"n": i}) for i, m in enumerate(models)]
-    newest: dict[bytes, tuple[int, bytes | None]] = {}
-    for record in raw_records(kafka_bootstrap, state_topic):
-        newest[record.key] = (record.offset, record.value)
-    kept = sorted((offset, key, value) for key, (offset, value) in newest.items() if value is not None)
-    assert all(key.decode().startswith(f"member-1/{ids[-1]}/") for _, key, _ in kept)  # the rest tombstoned
-
-    compacted = kafka_topic(config={"cleanup.policy": "compact"})
-    producer = plain_producer(kafka_bootstrap)
-    for _, key, value in kept:
-        producer.send(compacted, key=key, value=value, partition=0)
-    producer.flush(timeout=30)
-    producer.close()
-    checkpoint = stores(compacted).latest(expect_config=models[-1].config())
-    assert checkpoint is not None and checkpoint.id == ids[-1] and checkpoint.metadata == {"n": 3}
-    same_model(checkpoint.model, models[-1])
+    log = raw_records(kafka_bootstrap, state_topic)
+    assert len({r.key.split(b"/")[1] for r in log}) == len(ids)
+    for i, cid in enumerate(ids):
+        after = [r.offset for r in log if r.key.split(b"/")[1] > cid.encode()]
+        prefix = [r for r in log if not after or r.offset < min(after)]  # the log right after save i
+        kept = compacted(prefix)
+        assert {key.split(b"/")[1] for key, _ in kept} == {cid.encode()}  # older ones all tombstoned
+        topic = kafka_topic(config={"cleanup.policy": "compact"})
+        producer = plain_producer(kafka_bootstrap)
+        for key, value in kept:
+            producer.send(topic, key=key, value=value, partition=0)
+        producer.flush(timeout=30)
+        producer.close()
+        checkpoint = stores(topic).latest(expect_config=models[i].config())
+        assert checkpoint is not None and checkpoint.id == cid and checkpoint.metadata == {"n": i}
+        same_model(checkpoint.model, models[i])
 
 
 def test_list_describes_the_kept_checkpoints_oldest_first(stores, state_topic) -> None:
