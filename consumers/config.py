@@ -26,7 +26,7 @@ __all__ = ["ConfigError", "LearnerConfig"]
 # checkpoint/offset contract (auto-commit) or the byte-level message handling (de)serializers.
 _MANAGED_CONSUMER = frozenset(
     {"bootstrap_servers", "group_id", "enable_auto_commit", "key_deserializer", "value_deserializer",
-     "auto_offset_reset", "max_poll_records", "default_offset_commit_callback"}
+     "auto_offset_reset", "max_poll_records", "default_offset_commit_callback", "group_instance_id"}
 )
 _MANAGED_PRODUCER = frozenset({"bootstrap_servers", "key_serializer", "value_serializer"})
 
@@ -91,6 +91,10 @@ class LearnerConfig:
     poll_timeout_ms: int = 200
     metrics_window: int = 10_000
     commit_timeout_ms: int = 10_000
+    connect_timeout: float = 60.0
+    group_instance_id: str | None = None
+    create_topics: bool = False
+    progress_every_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if isinstance(self.topics, str):
@@ -151,6 +155,16 @@ class LearnerConfig:
         _positive_int("poll_timeout_ms", self.poll_timeout_ms)
         _positive_int("metrics_window", self.metrics_window)
         _positive_int("commit_timeout_ms", self.commit_timeout_ms)
+        for name in ("connect_timeout", "progress_every_seconds"):
+            s = getattr(self, name)
+            if isinstance(s, bool) or not isinstance(s, int | float) or not (s > 0 and math.isfinite(s)):
+                _fail(name, "must be a finite number of seconds > 0", s)
+        gid = self.group_instance_id
+        valid_id = isinstance(gid, str) and re.fullmatch(r"[A-Za-z0-9._-]{1,249}", gid) is not None
+        if gid is not None and (not valid_id or gid in {".", ".."}):
+            _fail("group_instance_id", "must be letters, digits, '.', '_' or '-' (at most 249)", gid)
+        if not isinstance(self.create_topics, bool):
+            _fail("create_topics", "must be true or false", self.create_topics)
         self._validate_client_settings()
         if not isinstance(self.model, dict):
             _fail("model", "must be a dict like OnlineLogisticRegression.config()", self.model)
@@ -246,7 +260,9 @@ class LearnerConfig:
             raise ConfigError(str(exc)) from None
 
 
-_OWN_FIELD = frozenset({"bootstrap_servers", "group_id", "auto_offset_reset", "max_poll_records"})
+_OWN_FIELD = frozenset(
+    {"bootstrap_servers", "group_id", "auto_offset_reset", "max_poll_records", "group_instance_id"}
+)
 
 
 def _fail(name: str, requirement: str, value: Any) -> None:
