@@ -237,8 +237,21 @@ class LearnerConfig:
 
         known = KafkaProducer.DEFAULT_CONFIG
         kwargs = {k: v for k, v in self.client_settings.items() if k in known}
+        # Bounded waits: a send waits at most 1 s for a topic's metadata (a deleted topic must not stall the
+        # loop for kafka-python's 60 s), and topics are never created by sending to them (see create_topics).
+        kwargs.update(max_block_ms=1000, allow_auto_create_topics=False)
         kwargs.update(self.producer_settings)
         kwargs["bootstrap_servers"] = self.bootstrap_servers
+        return kwargs
+
+    def admin_kwargs(self, timeout_ms: int) -> dict[str, Any]:
+        """Keyword arguments of a ``KafkaAdminClient`` with the consumer's connection settings, each request
+        and the bootstrap bounded by ``timeout_ms``."""
+        from kafka import KafkaAdminClient
+
+        known = KafkaAdminClient.DEFAULT_CONFIG
+        kwargs = {k: v for k, v in self.consumer_kwargs().items() if k in known and k != "group_id"}
+        kwargs.update(request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms)
         return kwargs
 
     # -- plain-dict round trip (for a CLI or a config file)

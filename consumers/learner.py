@@ -76,7 +76,7 @@ from kafka import TopicPartition
 from kafka.errors import KafkaError
 
 from consumers.config import LearnerConfig
-from consumers.outputs import Outputs
+from consumers.outputs import Outputs, check_topics
 from consumers.source import Source, wait_or_stop
 from consumers.state.checkpointing import Checkpointing, tp_key, tp_keys
 from consumers.stats import LearnerStats, progressive_metrics
@@ -88,6 +88,8 @@ __all__ = ["Learner"]
 log = logging.getLogger(__name__)
 
 _LOG_EVERY_SECONDS = 10.0
+#: Seconds each step of the shutdown may take after a stop request (flush, commit, closing each client).
+STOP_BUDGET = 1.0
 
 
 class _RateLimitedLog:
@@ -134,6 +136,7 @@ class Learner:
         self._state = Checkpointing(store, config, self.stats)
         self._source = Source(config, self.stats)
         self._outputs = Outputs(config, self.stats)
+        self._topics_checked = False
 
     @property
     def model(self) -> Any:
@@ -163,7 +166,7 @@ class Learner:
         should_stop = self._stop_check(stop_event)
         source, state, outputs = self._source, self._state, self._outputs
         try:
-            connected = source.connect(self, should_stop, cfg.connect_timeout, before=outputs.connect)
+            connected = source.connect(self, should_stop, cfg.connect_timeout, before=self._prepare_outputs)
         except BaseException:
             outputs.close(0)
             self._stopping.clear()
@@ -174,7 +177,9 @@ class Learner:
             return self.stats
         with self.stats.lock:
             self.stats.running = True
-        idle_since = time.monotonic()
+        idle_since = last_progress = time.monotonic()
+        next_progress = idle_since + cfg.progress_every_seconds
+        self._progress_consumed = self.stats.consumed
         backoff = 0.1
         flush = self._flush
         try:
@@ -205,8 +210,12 @@ class Learner:
                     self._publish_stats()
                     state.tick(source.assignment(), source.pending, flush, source.commit)
                 now = time.monotonic()
-                if n or source.pending or not source.assignment():
-                    idle_since = now  # waiting for partitions is not idleness
+                if now >= next_progress:
+                    self._log_progress(now - last_progress)
+                    last_progress, next_progress = now, now + cfg.progress_every_seconds
+                connected = self._watch_connection()
+                if n or not connected or source.pending or not source.assignment():
+                    idle_since = now  # an outage or a wait for partitions is not idleness
                 elif max_idle_seconds is not None and now - idle_since >= max_idle_seconds:
                     log.info("no message for %.1fs: stopping", max_idle_seconds)
                     break
@@ -223,22 +232,72 @@ class Learner:
             return stopping.is_set
         return lambda: stopping.is_set() or stop_event.is_set()
 
+    def _log_progress(self, seconds: float) -> None:
+        """The periodic INFO line: events/s since the last one, the lag, the last checkpoint."""
+        snap = self.stats.snapshot()
+        rate = (snap["consumed"] - self._progress_consumed) / max(seconds, 1e-9)
+        self._progress_consumed = snap["consumed"]
+        lag = sum(snap["lag"].values())
+        ckpt, at = snap["last_checkpoint_id"], snap["last_checkpoint_time"]
+        age = f"{time.time() - at:.0f}s ago" if at is not None else "none yet"
+        log.info(
+            "progress: %.0f events/s, lag %d, %d learned, %d rejected, last checkpoint %s (%s)",
+            rate, lag, snap["learned"], snap["rejected_total"], ckpt, age,
+            extra={"events_per_second": round(rate, 1), "lag": lag, "checkpoint_id": ckpt,
+                   "learned": snap["learned"], "rejected": snap["rejected_total"]},
+        )
+
+    def _watch_connection(self) -> bool:
+        """Whether the group coordinator is reachable; a loss is logged and counted."""
+        connected = self._source.connected()
+        st = self.stats
+        if connected != st.connected:
+            with st.lock:
+                st.connected = connected
+                if not connected:
+                    st.connection_failures += 1
+            if connected:
+                log.info("connected to the group coordinator again")
+            else:
+                log.warning("lost the connection to the group coordinator", extra={"reason": "disconnected"})
+        return connected
+
+    def _prepare_outputs(self) -> None:
+        """Create the producer, and check (or create) the output topics once (``MissingTopics``)."""
+        cfg = self.config
+        topics = [t for t in (cfg.predictions_topic, cfg.dead_letter_topic) if t]
+        if topics and not self._topics_checked:
+            check_topics(cfg.admin_kwargs(1000), topics, cfg.topics[0], cfg.create_topics)
+            self._topics_checked = True
+        self._outputs.connect()
+
     def _flush(self, timeout: float) -> bool:
         return self._outputs.flush(timeout, self._stopping.is_set)
 
     def _shutdown(self) -> None:
-        """Final checkpoint and commit, then leave the group (the revoke callback then has nothing to do)."""
-        state, source = self._state, self._source
+        """Final checkpoint and commit, then leave the group (the revoke callback then has nothing to do).
+
+        After a stop request (SIGTERM, Ctrl-C) every step is bounded by :data:`STOP_BUDGET` seconds (the
+        final flush, the commit, closing each client), so that the process exits within a couple of
+        seconds whatever the cluster does; otherwise by ``commit_timeout_ms``.
+        """
+        state, source, cfg = self._state, self._source, self.config
+        timeout = cfg.commit_timeout_ms / 1000
+        if self._stopping.is_set():
+            timeout = min(timeout, STOP_BUDGET)
+        timeout_ms = max(int(timeout * 1000), 1)
         try:
             with self._lock:
-                if state.since_checkpoint and not state.checkpoint("stop", self._flush):
+                flush = lambda t: self._outputs.flush(timeout)  # noqa: E731  (not interrupted: bounded)
+                if state.since_checkpoint and not state.checkpoint("stop", flush):
                     log.error("no final checkpoint: a restart resumes from checkpoint %s",
                               state.checkpoint_id, extra={"checkpoint_id": state.checkpoint_id})
                 if state.commit_pending:
-                    state.commit(source.assignment(), source.pending, source.commit)
+                    state.commit(source.assignment(), source.pending,
+                                 lambda offsets: source.commit(offsets, timeout_ms))
         finally:
-            source.close(self.config.commit_timeout_ms, leave=True)  # unlocked: runs the revoke callback
-            self._outputs.close(self.config.commit_timeout_ms / 1000)
+            source.close(timeout_ms, leave=True)  # unlocked: runs the revoke callback
+            self._outputs.close(timeout)
             with self.stats.lock:
                 self.stats.running = False
                 self.stats.assigned = []
@@ -409,12 +468,13 @@ class Learner:
         tps = sorted(source.pending)
         try:
             committed = source.committed(tps)
+            ends = source.end_offsets(tps)
         except (KafkaError, OSError) as exc:
             self._ratelog(
                 "committed", logging.WARNING, "fetching committed offsets failed, retrying: %r", exc
             )
             return  # stay paused; the next loop iteration tries again
-        source.seek_and_resume(state.start_offsets(committed))
+        source.seek_and_resume(state.start_offsets(committed, ends))
         with self.stats.lock:
             self.stats.assigned = [tp_key(tp) for tp in sorted(assigned)]
 

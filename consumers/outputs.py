@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +36,7 @@ from kafka.errors import KafkaError
 
 from consumers.stats import LearnerStats
 
-__all__ = ["MissingTopics", "Outputs", "check_topics"]
+__all__ = ["MissingTopics", "Outputs", "check_topics", "fit_dead_letter"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class Outputs:
     """
 
     retries = 3  # re-sends of a failed record within one flush
+    probe_every = 30.0  # seconds between two look-ups of an unhealthy topic
 
     def __init__(self, config: Any, stats: LearnerStats, producer: KafkaProducer | None = None) -> None:
         self.config = config
@@ -76,7 +78,7 @@ class Outputs:
         # Sent since the last checkpoint: (future or None, topic, value, key, headers, attempts).
         self._outbox: list[list[Any]] = []
         self._down: dict[str, str] = {}  # unhealthy topic -> why
-        self._last_log: dict[str, float] = {}
+        self._probed: dict[str, float] = {}  # unhealthy topic -> when last asked about
 
     @property
     def enabled(self) -> bool:
@@ -85,12 +87,20 @@ class Outputs:
     def connect(self) -> None:
         """Create the producer (raises ``KafkaError`` if the brokers cannot be reached)."""
         if self.producer is None and self.enabled:
-            self.producer = KafkaProducer(**self.config.producer_kwargs())
+            kwargs = self.config.producer_kwargs()
+            self.producer = KafkaProducer(**kwargs)
+            # kafka-python 3.0.12 does not pass allow_auto_create_topics on to its metadata (its requests
+            # always allow creation): a deleted output topic would be re-created behind the operator's back
+            # by a broker with auto.create.topics.enable. Guarded: does nothing where the attribute differs.
+            cluster_config = getattr(getattr(self.producer, "_metadata", None), "config", None)
+            if isinstance(cluster_config, dict) and "allow_auto_create_topics" in cluster_config:
+                cluster_config["allow_auto_create_topics"] = kwargs.get("allow_auto_create_topics", True)
 
     # ------------------------------------------------------------------ sending
 
     def dead_letter(self, record: Any, reason: str, detail: str) -> None:
-        """The original key and value of ``record`` to the dead-letter topic, with why and where from."""
+        """The original key and value of ``record`` to the dead-letter topic, with why and where from (cut
+        to the producer's ``max_request_size``, see :func:`fit_dead_letter`)."""
         topic = self.config.dead_letter_topic
         if topic is None:
             return
@@ -101,23 +111,10 @@ class Outputs:
             ("source_partition", str(record.partition).encode()),
             ("source_offset", str(record.offset).encode()),
         ]
-        value = record.value
-        size = (len(value) if value else 0) + (len(record.key) if record.key else 0)
-        size += sum(len(k) + len(v) for k, v in headers) + _RECORD_OVERHEAD
-        if value and size > self.max_request_size:
-            value, headers = self._truncated(value, headers, size)
+        value, headers = fit_dead_letter(record.value, record.key, headers, self.max_request_size)
         self.send(topic, value, record.key, headers)
         with self.stats.lock:
             self.stats.dead_lettered += 1
-
-    def _truncated(self, value: bytes, headers: list, size: int) -> tuple[bytes, list]:
-        extra = [
-            ("original_size", str(len(value)).encode()),
-            ("original_sha256", hashlib.sha256(value).hexdigest().encode()),
-            ("truncated", b"true"),
-        ]
-        room = len(value) - (size - self.max_request_size) - sum(len(k) + len(v) for k, v in extra)
-        return value[: max(room, 0)], headers + extra
 
     def prediction(self, record: Any, ev: Any, p: float, n_samples_seen: int, checkpoint_id: str | None
                    ) -> None:
@@ -218,17 +215,32 @@ class Outputs:
                 pass
 
     def _probe_down_topics(self) -> None:
-        """Bring a topic back once the cluster knows it again (a local look-up, no wait)."""
+        """Ask the cluster again about each unhealthy topic, at most every :attr:`probe_every` seconds (a
+        metadata look-up bounded by the producer's ``max_block_ms``)."""
         if not self._down or self.producer is None:
             return
-        known = self.producer._metadata.partitions_for_topic  # noqa: SLF001  (non-blocking look-up)
+        now = time.monotonic()
         for topic in list(self._down):
-            self.producer._sender.add_topic(topic)  # noqa: SLF001  (keep asking the cluster about it)
-            if known(topic):
-                del self._down[topic]
-                log.info("output topic %s is back", topic, extra={"topic": topic})
+            if now - self._probed.get(topic, -math.inf) < self.probe_every:
+                continue
+            self._probed[topic] = now
+            try:
+                self.producer.partitions_for(topic)
+            except KafkaError:
+                self._forget(topic)
+                continue
+            del self._down[topic]
+            log.info("output topic %s is back", topic, extra={"topic": topic})
         with self.stats.lock:
             self.stats.output_healthy = not self._down
+
+    def _forget(self, topic: str) -> None:
+        """Stop the producer from asking for the metadata of ``topic`` (it logs an error ~10 times a second
+        for a topic that does not exist). Guarded: does nothing on a kafka-python without ``_metadata``."""
+        cluster = getattr(self.producer, "_metadata", None)
+        topics = getattr(cluster, "_topics", None)
+        if isinstance(topics, set) and topic in topics:
+            cluster.set_topics(topics - {topic})
 
     # ------------------------------------------------------------------ accounting
 
@@ -240,7 +252,8 @@ class Outputs:
                 self.stats.output_healthy = False
         if down and topic not in self._down:
             self._down[topic] = repr(exc)
-            self._last_log[topic] = time.monotonic()
+            self._probed[topic] = time.monotonic()
+            self._forget(topic)
             log.error("cannot send to %s (%r): dropping its records until it is back", topic, exc,
                       extra={"topic": topic, "reason": type(exc).__name__})
         elif not down:
@@ -252,23 +265,54 @@ class Outputs:
             self.stats.output_dropped[topic] = self.stats.output_dropped.get(topic, 0) + n
 
     def close(self, timeout: float) -> None:
-        if self.producer is not None:
+        producer, self.producer = self.producer, None
+        if producer is not None:
             try:
-                self.producer.close(timeout=timeout)
+                producer.close(timeout=timeout)
+            except KafkaError as exc:  # records it could not deliver in time (kafka-python then skips
+                # its own force-close: do it, so that the sender thread ends and __del__ does not retry)
+                log.warning("closing the producer: undelivered records dropped (%r)", exc,
+                            extra={"reason": "close_timeout"})
+                sender = getattr(producer, "_sender", None)
+                if sender is not None:
+                    sender.force_close()
+                    sender.join(timeout)
+                producer._closed = True  # noqa: SLF001
             except Exception:
                 log.exception("closing the producer failed")
-            self.producer = None
         self._outbox = []
 
 
-def check_topics(bootstrap_kwargs: dict[str, Any], topics: list[str], input_topic: str, create: bool,
-                 timeout_ms: int) -> list[str]:
-    """Raise :class:`MissingTopics` for the ``topics`` that do not exist, or create them (``create``) with
-    the partition count of ``input_topic``; returns the topics created."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
+def fit_dead_letter(value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]], limit: int
+                    ) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+    """``(value, headers)`` unchanged if the record fits ``limit`` bytes (with room for its framing), else
+    the value's first bytes that fit and the headers plus ``original_size``, ``original_sha256`` and
+    ``truncated=true``.
 
-    admin = KafkaAdminClient(**bootstrap_kwargs, request_timeout_ms=timeout_ms)
+    >>> value, headers = fit_dead_letter(b"a" * 5000, None, [("reason", b"oversize")], 2000)
+    >>> len(value), dict(headers)["original_size"], dict(headers)["truncated"]
+    (1380, b'5000', b'true')
+    """
+    fixed = (len(key) if key else 0) + sum(len(k) + len(v) for k, v in headers) + _RECORD_OVERHEAD
+    if not value or len(value) + fixed <= limit:
+        return value, headers
+    extra = [
+        ("original_size", str(len(value)).encode()),
+        ("original_sha256", hashlib.sha256(value).hexdigest().encode()),
+        ("truncated", b"true"),
+    ]
+    room = limit - fixed - sum(len(k) + len(v) for k, v in extra)
+    return value[: max(room, 0)], headers + extra
+
+
+def check_topics(admin_kwargs: dict[str, Any], topics: list[str], input_topic: str, create: bool
+                 ) -> list[str]:
+    """Raise :class:`MissingTopics` for the ``topics`` that do not exist, or create them (``create``) with
+    the partition count of ``input_topic``; returns the topics created. Raises ``KafkaError`` when the
+    cluster cannot be asked."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(**admin_kwargs)
     try:
         existing = set(admin.list_topics())
         missing = [t for t in topics if t not in existing]
@@ -276,12 +320,11 @@ def check_topics(bootstrap_kwargs: dict[str, Any], topics: list[str], input_topi
             return []
         if not create:
             raise MissingTopics(missing)
-        desc = admin.describe_topics([input_topic])
-        n = len(desc[0]["partitions"]) if desc and desc[0].get("partitions") else 1
-        try:
-            admin.create_topics([NewTopic(t, n, -1) for t in missing], timeout_ms=timeout_ms)
-        except kerr.TopicAlreadyExistsError:
-            pass
+        desc = {t.get("name"): t for t in admin.describe_topics([input_topic])}
+        partitions = (desc.get(input_topic) or {}).get("partitions") or []
+        n = max(len(partitions), 1)
+        admin.create_topics({t: {"num_partitions": n} for t in missing}, raise_errors=False,
+                            wait_for_metadata=True)
         log.info("created output topics %s with %d partitions", missing, n,
                  extra={"topic": ",".join(missing)})
         return missing

@@ -104,7 +104,8 @@ class _Listener(AsyncConsumerRebalanceListener):
             return
         try:
             offsets = self._handler.on_revoked(revoked)
-            if offsets:
+            # On close, the learner has committed already (bounded); a commit here could not be bounded.
+            if offsets and not self._source.closing:
                 await self._source.commit_async(offsets)
         except Exception:  # an exception here would surface from poll(); log it instead
             log.exception("checkpoint/commit on revoke of %s failed", tp_keys(revoked))
@@ -139,14 +140,14 @@ class Source:
         self.stats = stats
         self.consumer: KafkaConsumer | None = None
         self.pending: set[TopicPartition] = set()  # assigned, waiting to be sought
-        self.instance_id: str | None = config.group_instance_id
+        self.closing = False
+        self.instance_id = config.group_instance_id or default_instance_id(config.checkpoint_dir)
 
     # ------------------------------------------------------------------ connecting
 
     def kwargs(self) -> dict[str, Any]:
         kwargs = self.config.consumer_kwargs()
-        if self.instance_id is not None:
-            kwargs["group_instance_id"] = self.instance_id
+        kwargs["group_instance_id"] = self.instance_id
         kwargs.setdefault("bootstrap_timeout_ms", _ATTEMPT_MS)
         return kwargs
 
@@ -207,8 +208,8 @@ class Source:
         timeout = self.config.commit_timeout_ms
         return {tp: self.consumer.committed(tp, timeout_ms=timeout) for tp in tps}
 
-    def commit(self, offsets: dict) -> None:
-        self.consumer.commit(offsets, timeout_ms=self.config.commit_timeout_ms)
+    def commit(self, offsets: dict, timeout_ms: int | None = None) -> None:
+        self.consumer.commit(offsets, timeout_ms=timeout_ms or self.config.commit_timeout_ms)
 
     async def commit_async(self, offsets: dict) -> None:
         """The revoke callback's commit: await the public ``commit_async`` future on the IO loop."""
@@ -221,6 +222,10 @@ class Source:
             return
         with self.stats.lock:
             self.stats.commits += 1
+
+    def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The partitions' end offsets (blocking, bounded; raises ``KafkaError``/``OSError``)."""
+        return self.consumer.end_offsets(tps, timeout_ms=self.config.commit_timeout_ms)
 
     def seek_and_resume(self, starts: dict[TopicPartition, int]) -> None:
         """Seek the pending partitions (those in ``starts``; the others start at auto_offset_reset) and
@@ -238,14 +243,17 @@ class Source:
     def close(self, timeout_ms: int, leave: bool) -> None:
         """Close the consumer (its revoke callback runs in here) within ``timeout_ms``; with ``leave``,
         remove this static member from the group so that its partitions move at once."""
-        consumer, self.consumer = self.consumer, None
+        consumer = self.consumer
         if consumer is None:
             return
+        self.closing = True
         try:
             consumer.close(timeout_ms=timeout_ms)
         except Exception:
             log.exception("closing the consumer failed")
-        if leave and self.instance_id is not None:
+        finally:
+            self.consumer, self.closing = None, False
+        if leave:
             self._leave_group(timeout_ms)
         with self.stats.lock:
             self.stats.connected = False
@@ -254,10 +262,7 @@ class Source:
         from kafka import KafkaAdminClient
         from kafka.admin import MemberToRemove
 
-        kwargs = {k: v for k, v in self.config.consumer_kwargs().items()
-                  if k in KafkaAdminClient.DEFAULT_CONFIG}
-        kwargs.update(request_timeout_ms=timeout_ms, bootstrap_timeout_ms=min(timeout_ms, _ATTEMPT_MS))
-        kwargs.pop("group_id", None)
+        kwargs = self.config.admin_kwargs(timeout_ms)
         try:
             admin = KafkaAdminClient(**kwargs)
             try:

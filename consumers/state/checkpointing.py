@@ -245,18 +245,41 @@ class Checkpointing:
             else:
                 self.positions[tp] = durable
 
-    def start_offsets(self, committed: dict[TopicPartition, int | None]) -> dict[TopicPartition, int]:
+    def start_offsets(self, committed: dict[TopicPartition, int | None],
+                      ends: dict[TopicPartition, int] | None = None) -> dict[TopicPartition, int]:
         """Where each newly assigned partition starts: max(checkpoint offset, group's committed offset);
-        absent when neither has seen it (``auto_offset_reset``). Records the floor."""
+        absent when neither has seen it (``auto_offset_reset``). Records the floor.
+
+        An offset beyond the partition's end (``ends``: the topic was deleted and re-created) is a warning
+        and counted in ``LearnerStats.offset_resets``: the partition starts at ``auto_offset_reset`` and its
+        stale offsets are forgotten (neither checkpointed nor committed again).
+        """
         starts = {}
+        ends = ends or {}
         for tp, theirs in sorted(committed.items()):
             ours = self.positions.get(tp)
+            candidates = [o for o in (ours, theirs) if o is not None]
+            where = {"topic": tp.topic, "partition": tp.partition}
+            end = ends.get(tp)
+            if candidates and end is not None and max(candidates) > end:
+                log.warning(
+                    "%s: the offset to resume from (%d) is beyond the end of the partition (%d), was the "
+                    "topic re-created? Starting at auto_offset_reset=%s", tp_key(tp), max(candidates), end,
+                    self.config.auto_offset_reset, extra={**where, "offset": max(candidates), "end": end,
+                                                          "reason": "offset_beyond_end"},
+                )
+                with self.stats.lock:
+                    self.stats.offset_resets += 1
+                self.positions.pop(tp, None)
+                self.ckpt_offsets.pop(tp, None)
+                self.floor.pop(tp, None)
+                self.since_checkpoint = max(self.since_checkpoint, 1)
+                continue
             if theirs is not None:
                 self.floor[tp] = theirs
-            candidates = [o for o in (ours, theirs) if o is not None]
             if not candidates:
                 log.info("%s: new partition, starting at auto_offset_reset=%s", tp_key(tp),
-                         self.config.auto_offset_reset, extra={"topic": tp.topic, "partition": tp.partition})
+                         self.config.auto_offset_reset, extra=where)
                 continue
             start = max(candidates)
             starts[tp] = start
@@ -265,6 +288,5 @@ class Checkpointing:
                 self.since_checkpoint = max(self.since_checkpoint, 1)  # offsets changed: checkpoint
             if ours is not None and start > ours:
                 log.info("%s: the group is ahead of this model (%d > %d): skipping to %d",
-                         tp_key(tp), theirs, ours, start,
-                         extra={"topic": tp.topic, "partition": tp.partition, "offset": start})
+                         tp_key(tp), theirs, ours, start, extra={**where, "offset": start})
         return starts
