@@ -140,7 +140,12 @@ class Learner:
 
     @property
     def model(self) -> Any:
+        """The model being learned (the one of :class:`~consumers.state.checkpointing.Checkpointing`)."""
         return self._state.model
+
+    @model.setter
+    def model(self, model: Any) -> None:
+        self._state.model = model
 
     @property
     def checkpoint_id(self) -> str | None:

@@ -276,3 +276,44 @@ def test_sigkill_and_restart_with_defaults_gets_the_partitions_back_fast(
         if proc.poll() is None:
             proc.kill()
     assert latest(ckpt).model.n_samples_seen == 300
+
+
+# --------------------------------------------------------------------------------------------------
+# A checkpoint offset beyond the end of the log (the topic was re-created)
+
+
+@pytest.mark.kafka
+def test_a_recreated_topic_is_a_counted_offset_reset(kafka_bootstrap: str, kafka_topic: Any,
+                                                     tmp_path: Path) -> None:
+    topic = kafka_topic(1)
+    before, after = make_events(300, seed=36), make_events(100, seed=37)
+    produce(kafka_bootstrap, topic, before)
+    cfg = make_config(kafka_bootstrap, topic, tmp_path / "ckpt", group_id=f"g1-{topic}")
+    with running(cfg) as r:
+        r.wait_consumed(len(before))
+        r.stop()
+    assert latest(tmp_path / "ckpt").metadata["offsets"] == {f"{topic}:0": 300}
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.delete_topics([topic])
+        wait_for(lambda: topic not in admin.list_topics(), 30, "the topic deleted", every=0.2)
+
+        def recreated() -> bool:
+            try:
+                admin.create_topics({topic: {"num_partitions": 1, "replication_factor": 1}})
+            except Exception:  # still being deleted
+                return False
+            return True
+
+        wait_for(recreated, 30, "the topic re-created", every=0.2)
+    finally:
+        admin.close()
+    produce(kafka_bootstrap, topic, after)
+    # a new group: the old one's committed offset is gone with nothing to compare; the checkpoint says 300
+    with running(make_config(kafka_bootstrap, topic, tmp_path / "ckpt", group_id=f"g2-{topic}")) as r:
+        r.wait_consumed(len(after))
+        r.stop()
+    snap = r.learner.stats.snapshot()
+    assert snap["offset_resets"] == 1
+    assert r.learner.model.n_samples_seen == len(before) + len(after)
+    assert latest(tmp_path / "ckpt").metadata["offsets"] == {f"{topic}:0": len(after)}
