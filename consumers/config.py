@@ -52,6 +52,9 @@ class LearnerConfig:
         ``consumer_settings`` / ``producer_settings`` only to one of them (e.g. ``session_timeout_ms``,
         ``linger_ms``).
         ``auto_offset_reset`` applies to partitions that neither a checkpoint nor the group has seen.
+        ``group_instance_id``: static group membership (None: the host name and a hash of
+        ``checkpoint_dir``, see :func:`consumers.source.default_instance_id`). ``connect_timeout``: seconds
+        to reach the brokers at start.
     Learning
         ``batch_size`` 1 learns each labelled event on its own (``learn_one``); k > 1 learns one mini-batch
         of k consecutive labelled events (``learn_rows``). ``model`` is the model's hyper-parameters in the
@@ -61,7 +64,11 @@ class LearnerConfig:
         (whichever comes first) into ``checkpoint_dir``, keeping the newest ``keep_checkpoints``.
     Outputs
         ``predictions_topic`` receives one JSON prediction per unlabelled event (and per labelled one if
-        ``publish_labelled``); ``dead_letter_topic`` receives every rejected message. Both optional.
+        ``publish_labelled``); ``dead_letter_topic`` receives every rejected message. Both optional; they must exist at start
+        unless ``create_topics``.
+    Operations
+        ``progress_every_seconds`` between two progress log lines; ``commit_timeout_ms`` bounds commits
+        and flushes.
     Codec
         ``x_field``, ``y_field``, ``id_field``, ``max_features``, ``max_message_bytes``.
     """

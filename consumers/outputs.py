@@ -291,7 +291,7 @@ def fit_dead_letter(value: bytes | None, key: bytes | None, headers: list[tuple[
 
     >>> value, headers = fit_dead_letter(b"a" * 5000, None, [("reason", b"oversize")], 2000)
     >>> len(value), dict(headers)["original_size"], dict(headers)["truncated"]
-    (1380, b'5000', b'true')
+    (1365, b'5000', b'true')
     """
     fixed = (len(key) if key else 0) + sum(len(k) + len(v) for k, v in headers) + _RECORD_OVERHEAD
     if not value or len(value) + fixed <= limit:
