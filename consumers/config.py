@@ -64,8 +64,8 @@ class LearnerConfig:
         (whichever comes first) into ``checkpoint_dir``, keeping the newest ``keep_checkpoints``.
     Outputs
         ``predictions_topic`` receives one JSON prediction per unlabelled event (and per labelled one if
-        ``publish_labelled``); ``dead_letter_topic`` receives every rejected message. Both optional; they must exist at start
-        unless ``create_topics``.
+        ``publish_labelled``); ``dead_letter_topic`` receives every rejected message. Both optional; they
+        must exist at start unless ``create_topics``.
     Operations
         ``progress_every_seconds`` between two progress log lines; ``commit_timeout_ms`` bounds commits
         and flushes.
