@@ -58,7 +58,7 @@ def run_learner(config: LearnerConfig, values: Mapping[str, Any]) -> int:
     This is the one place where the service is assembled: the learner, its signal handlers and the
     metrics/health HTTP server on ``--metrics-port`` (:mod:`consumers.metrics`; 0: none).
     """
-    from consumers.learner import Learner
+    from consumers.learner import Fenced, Learner
     from consumers.outputs import MissingTopics
     from consumers.source import ConnectTimeout
     from stream_logreg.checkpoints import CheckpointError, CheckpointMismatch
@@ -108,6 +108,8 @@ def run_learner(config: LearnerConfig, values: Mapping[str, Any]) -> int:
             stats = learner.run(max_idle_seconds=values["max_idle_seconds"])
         except ConnectTimeout as exc:
             raise CommandError(f"{exc}: check --bootstrap-servers, or raise --connect-timeout") from None
+        except Fenced as exc:
+            raise CommandError(str(exc)) from None
         except MissingTopics as exc:
             names = ", ".join(exc.topics)
             raise UsageError(f"output topic(s) missing in the cluster: {names}; create them, or pass "

@@ -83,13 +83,17 @@ from consumers.stats import LearnerStats, progressive_metrics
 from stream_logreg.checkpoints import DirectoryStore
 from stream_logreg.codec import Event, Reason
 
-__all__ = ["Learner"]
+__all__ = ["Fenced", "Learner"]
 
 log = logging.getLogger(__name__)
 
 _LOG_EVERY_SECONDS = 10.0
 #: Seconds each step of the shutdown may take after a stop request (flush, commit, closing each client).
 STOP_BUDGET = 1.0
+
+
+class Fenced(Exception):
+    """Another member joined the group with this learner's ``group_instance_id``."""
 
 
 class _RateLimitedLog:
@@ -165,7 +169,9 @@ class Learner:
 
         Returns the stats. Before returning: a final checkpoint, a commit, and leaving the group. Raises
         :class:`~consumers.source.ConnectTimeout` if the brokers cannot be reached within
-        ``config.connect_timeout`` seconds.
+        ``config.connect_timeout`` seconds, :class:`~consumers.outputs.MissingTopics` if an output topic
+        does not exist (and ``create_topics`` is off), :class:`Fenced` if another member took this one's
+        ``group_instance_id``.
         """
         cfg = self.config
         should_stop = self._stop_check(stop_event)
@@ -182,6 +188,7 @@ class Learner:
             return self.stats
         with self.stats.lock:
             self.stats.running = True
+        fenced = None
         idle_since = last_progress = time.monotonic()
         next_progress = idle_since + cfg.progress_every_seconds
         self._progress_consumed = self.stats.consumed
@@ -214,6 +221,12 @@ class Learner:
                         n += len(records)
                     self._publish_stats()
                     state.tick(source.assignment(), source.pending, flush, source.commit)
+                if source.fenced:  # learning on would learn the other member's events a second time
+                    fenced = Fenced(f"another learner joined group {cfg.group_id} with this learner's "
+                                    f"--group-instance-id {source.instance_id}: give each its own "
+                                    "--checkpoint-dir or --group-instance-id")
+                    log.error("%s", fenced, extra={"reason": "fenced"})
+                    break
                 now = time.monotonic()
                 if now >= next_progress:
                     self._log_progress(now - last_progress)
@@ -227,6 +240,8 @@ class Learner:
         finally:
             self._shutdown()
             self._stopping.clear()  # a later run() starts afresh
+        if fenced is not None:
+            raise fenced
         return self.stats
 
     # ------------------------------------------------------------------ setup and teardown
@@ -301,7 +316,8 @@ class Learner:
                     state.commit(source.assignment(), source.pending,
                                  lambda offsets: source.commit(offsets, timeout_ms))
         finally:
-            source.close(timeout_ms, leave=True)  # unlocked: runs the revoke callback
+            # unlocked: runs the revoke callback; a fenced member must not remove the one that fenced it
+            source.close(timeout_ms, leave=not source.fenced)
             self._outputs.close(timeout)
             with self.stats.lock:
                 self.stats.running = False

@@ -62,7 +62,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import FencedInstanceIdError, KafkaError
 
 from consumers.state.checkpointing import tp_keys
 
@@ -141,6 +141,7 @@ class Source:
         self.consumer: KafkaConsumer | None = None
         self.pending: set[TopicPartition] = set()  # assigned, waiting to be sought
         self.closing = False
+        self.fenced = False
         self.instance_id = config.group_instance_id or default_instance_id(config.checkpoint_dir)
 
     # ------------------------------------------------------------------ connecting
@@ -209,7 +210,13 @@ class Source:
         return {tp: self.consumer.committed(tp, timeout_ms=timeout) for tp in tps}
 
     def commit(self, offsets: dict, timeout_ms: int | None = None) -> None:
-        self.consumer.commit(offsets, timeout_ms=timeout_ms or self.config.commit_timeout_ms)
+        """Commit ``offsets`` (raises ``KafkaError``). A member fenced by another one with the same
+        instance id is flagged (:attr:`fenced`): kafka-python only stops its heartbeats."""
+        try:
+            self.consumer.commit(offsets, timeout_ms=timeout_ms or self.config.commit_timeout_ms)
+        except FencedInstanceIdError:
+            self.fenced = True
+            raise
 
     async def commit_async(self, offsets: dict) -> None:
         """The revoke callback's commit: await the public ``commit_async`` future on the IO loop."""

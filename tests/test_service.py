@@ -317,3 +317,32 @@ def test_a_recreated_topic_is_a_counted_offset_reset(kafka_bootstrap: str, kafka
     assert snap["offset_resets"] == 1
     assert r.learner.model.n_samples_seen == len(before) + len(after)
     assert latest(tmp_path / "ckpt").metadata["offsets"] == {f"{topic}:0": len(after)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Two learners with one instance id: the fenced one stops (instead of learning the other's events twice)
+
+
+@pytest.mark.kafka
+def test_a_fenced_member_stops_and_leaves_the_other_alone(kafka_bootstrap: str, kafka_topic: Any,
+                                                          tmp_path: Path) -> None:
+    from test_consumer import Running
+
+    from consumers.learner import Fenced, Learner
+
+    topic = kafka_topic(1)
+    produce(kafka_bootstrap, topic, make_events(100, seed=38))
+
+    def config(name: str) -> Any:
+        return make_config(kafka_bootstrap, topic, tmp_path / name, group_instance_id="same",
+                           checkpoint_every_seconds=0.5)
+
+    first = Running(Learner(config("a")))
+    first.wait_consumed(100)
+    second = Running(Learner(config("b")))
+    wait_for(lambda: not first.thread.is_alive(), 30, "the fenced learner stopped")
+    assert isinstance(first.error, Fenced) and "--group-instance-id same" in str(first.error)
+    produce(kafka_bootstrap, topic, make_events(50, seed=39))
+    second.wait_consumed(150)  # still a member: the fenced one did not remove it on its way out
+    second.stop()
+    assert second.learner.stats.snapshot()["commit_failures"] == 0
