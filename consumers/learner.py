@@ -29,9 +29,10 @@ event NOT yet in the model. Labelled events waiting in an incomplete mini-batch 
 checkpoint records the offset of the first of them; after a crash they are re-read and re-batched
 identically. A checkpoint is written every ``checkpoint_every_messages`` messages or
 ``checkpoint_every_seconds`` seconds, after flushing the producer (so every dead letter and prediction derived
-from the covered messages is acknowledged — failed sends are re-sent, and the checkpoint waits until they
-are). Only once the checkpoint is durable are its offsets committed to the group (metadata: the checkpoint
-id), and only for the partitions this member owns. A failed commit is logged and retried with the next
+from the covered messages is acknowledged: failed sends are re-sent, and the checkpoint waits while the
+brokers are away; records that can never be sent — too large, topic deleted or not authorised — are dropped
+and counted instead, see :mod:`consumers.outputs`). Only once the checkpoint is durable are its offsets
+committed to the group (metadata: the checkpoint id), and only for the partitions this member owns. A failed commit is logged and retried with the next
 checkpoint (or the next time tick); the loop goes on.
 
 The bookkeeping of offsets and checkpoints is :mod:`consumers.state.checkpointing`; the outputs, with their
@@ -41,8 +42,8 @@ rebalance callbacks :mod:`consumers.source`. This module is the loop that ties t
 On start the newest valid checkpoint is restored. On assignment each partition is sought to
 max(checkpoint offset, group's committed offset): the max matters when the partition was learned by another
 member in between. Partitions neither has seen start at ``auto_offset_reset``. On revoke, and on
-SIGTERM/SIGINT (:meth:`Learner.stop`), the learner checkpoints, commits, and lets go.
-
+SIGTERM/SIGINT (:meth:`Learner.stop`), the learner checkpoints, commits, and lets go, each step bounded
+(:data:`STOP_BUDGET`) so that it exits within a couple of seconds.
 
 Rebalances (see :mod:`consumers.source` for where the callbacks run): on revoke, checkpoint and commit
 before the partitions go; on loss (evicted), no checkpoint and no commit, and the model falls back to its
@@ -55,9 +56,9 @@ Guarantees
 ----------
 Learning is exactly once per consumer group as long as checkpoints stay readable: every event of a partition
 is in exactly one member's model, whatever crashes (SIGKILL included), restarts, rebalances and broker
-outages happen. The outputs (predictions, dead letters) are at least once: events re-read after a crash or a
-fall-back are predicted and published again. Two exceptions lose the exactly-once property, both logged:
-an eviction (``lost``) after a checkpoint whose commit had failed (the new owner starts at the older
+outages happen. The outputs (predictions, dead letters) are at least once while their topics take records:
+events re-read after a crash or a fall-back are predicted and published again. Two exceptions lose the
+exactly-once property, both logged: an eviction (``lost``) after a checkpoint whose commit had failed (the new owner starts at the older
 committed offset), and a newest checkpoint that is corrupt while its offsets were committed (the fallback
 checkpoint is older than the group's offset: the events in between are skipped by this model).
 """
