@@ -26,14 +26,14 @@ The checkpoint/offset contract
 ------------------------------
 A checkpoint holds the model and, for every partition the model has read, the next offset to read: the first
 event NOT yet in the model. Labelled events waiting in an incomplete mini-batch are not in the model, so the
-checkpoint records the offset of the first of them; after a crash they are re-read and re-batched
-identically. A checkpoint is written every ``checkpoint_every_messages`` messages or
-``checkpoint_every_seconds`` seconds, after flushing the producer (so every dead letter and prediction derived
-from the covered messages is acknowledged: failed sends are re-sent, and the checkpoint waits while the
-brokers are away; records that can never be sent — too large, topic deleted or not authorised — are dropped
-and counted instead, see :mod:`consumers.outputs`). Only once the checkpoint is durable are its offsets
-committed to the group (metadata: the checkpoint id), and only for the partitions this member owns. A failed commit is logged and retried with the next
-checkpoint (or the next time tick); the loop goes on.
+checkpoint records the offset of the first of them; after a crash they are re-read and re-batched identically.
+A checkpoint is written every ``checkpoint_every_messages`` messages or ``checkpoint_every_seconds`` seconds,
+after flushing the producer (so every dead letter and prediction derived from the covered messages is
+acknowledged: failed sends are re-sent, and the checkpoint waits while the brokers are away; records that can
+never be sent — too large, topic deleted or not authorised — are dropped and counted instead, see
+:mod:`consumers.outputs`). Only once the checkpoint is durable are its offsets committed to the group
+(metadata: the checkpoint id), and only for the partitions this member owns. A failed commit is logged and
+retried with the next checkpoint (or the next time tick); the loop goes on.
 
 The bookkeeping of offsets and checkpoints is :mod:`consumers.state.checkpointing`; the outputs, with their
 bounds, :mod:`consumers.outputs`; the consumer, its group membership and the threading argument of the
@@ -55,12 +55,12 @@ loss.
 Guarantees
 ----------
 Learning is exactly once per consumer group as long as checkpoints stay readable: every event of a partition
-is in exactly one member's model, whatever crashes (SIGKILL included), restarts, rebalances and broker
-outages happen. The outputs (predictions, dead letters) are at least once while their topics take records:
-events re-read after a crash or a fall-back are predicted and published again. Two exceptions lose the
-exactly-once property, both logged: an eviction (``lost``) after a checkpoint whose commit had failed (the new owner starts at the older
-committed offset), and a newest checkpoint that is corrupt while its offsets were committed (the fallback
-checkpoint is older than the group's offset: the events in between are skipped by this model).
+is in exactly one member's model, whatever crashes (SIGKILL included), restarts, rebalances and broker outages
+happen. The outputs (predictions, dead letters) are at least once while their topics take records: events
+re-read after a crash or a fall-back are predicted and published again. Two exceptions lose the exactly-once
+property, both logged: an eviction (``lost``) after a checkpoint whose commit had failed (the new owner starts
+at the older committed offset), and a newest checkpoint that is corrupt while its offsets were committed (the
+fallback checkpoint is older than the group's offset: the events in between are skipped by this model).
 """
 
 from __future__ import annotations
