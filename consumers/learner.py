@@ -116,6 +116,12 @@ class _RateLimitedLog:
             msg += f" ({n} similar suppressed in the last {self.every:.0f}s)"
         log.log(level, msg, *args, extra={**(extra or {}), "suppressed": n})
 
+    def flush(self) -> None:
+        """Say how many lines of each key were suppressed since its last line (none would follow)."""
+        for key, n in sorted(self._suppressed.items()):
+            log.info("%d more like %s suppressed", n, key, extra={"suppressed": n, "reason": key})
+        self._suppressed.clear()
+
 
 class Learner:
     """Learns an :class:`~stream_logreg.OnlineLogisticRegression` from Kafka topics; see the module docs.
@@ -254,7 +260,9 @@ class Learner:
         return lambda: stopping.is_set() or stop_event.is_set()
 
     def _log_progress(self, seconds: float) -> None:
-        """The periodic INFO line: events/s since the last one, the lag, the last checkpoint."""
+        """The periodic INFO line: events/s since the last one, the lag, the last checkpoint (and how many
+        warnings were suppressed since their last line)."""
+        self._ratelog.flush()
         snap = self.stats.snapshot()
         rate = (snap["consumed"] - self._progress_consumed) / max(seconds, 1e-9)
         self._progress_consumed = snap["consumed"]

@@ -9,6 +9,7 @@ sha256 of the original message, the group's committed offsets.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import signal
 import socket
@@ -128,7 +129,9 @@ def test_a_missing_output_topic_exits_2_unless_create_topics(kafka_bootstrap: st
 
 @pytest.mark.kafka
 def test_huge_value_and_oversize_dead_letter_mid_stream(kafka_bootstrap: str, kafka_topic: Any,
-                                                        tmp_path: Path) -> None:
+                                                        tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                                        ) -> None:
+    caplog.set_level(logging.INFO, logger="consumers")
     topic, dlq = kafka_topic(1), kafka_topic(1)
     good = make_events(1200, seed=31)
     huge = orjson.dumps({"x": {"a": 1e300, "b": 1.0}, "y": 1, "id": "huge"})
@@ -137,6 +140,7 @@ def test_huge_value_and_oversize_dead_letter_mid_stream(kafka_bootstrap: str, ka
     produce(kafka_bootstrap, topic, values)
     cfg = make_config(kafka_bootstrap, topic, tmp_path / "ckpt", dead_letter_topic=dlq,
                       checkpoint_every_messages=200, checkpoint_every_seconds=0.5, max_poll_records=100,
+                      progress_every_seconds=0.2,
                       producer_settings={"max_request_size": 100_000})
     with running(cfg) as r:
         r.wait_consumed(len(values))
@@ -163,6 +167,13 @@ def test_huge_value_and_oversize_dead_letter_mid_stream(kafka_bootstrap: str, ka
         assert model.n_samples_seen == len(good) + 1
     assert latest(tmp_path / "ckpt").metadata["offsets"] == {f"{topic}:0": len(values)}
     assert snap["output_healthy"]
+    # operator logs: the rejection carries where it came from as fields; progress lines say events/s and lag
+    (reject,) = [rec for rec in caplog.records if getattr(rec, "offset", None) == 801]
+    assert reject.topic == topic and reject.partition == 0 and reject.reason == "not_json"
+    progress = [rec for rec in caplog.records if rec.getMessage().startswith("progress:")]
+    assert progress and all(hasattr(rec, "events_per_second") and hasattr(rec, "lag") for rec in progress)
+    assert max(rec.learned for rec in progress) > 0
+    assert not [rec for rec in caplog.records if rec.getMessage().startswith("revoked []")]
 
 
 def test_a_dead_letter_is_cut_to_the_request_size() -> None:
@@ -346,3 +357,18 @@ def test_a_fenced_member_stops_and_leaves_the_other_alone(kafka_bootstrap: str, 
     second.wait_consumed(150)  # still a member: the fenced one did not remove it on its way out
     second.stop()
     assert second.learner.stats.snapshot()["commit_failures"] == 0
+
+
+def test_suppressed_warnings_are_counted_in_the_end(caplog: pytest.LogCaptureFixture) -> None:
+    from consumers.learner import _RateLimitedLog
+
+    caplog.set_level(logging.INFO, logger="consumers")
+    ratelog = _RateLimitedLog(every=3600)
+    for i in range(5):
+        ratelog("reject:not_json", logging.WARNING, "rejected a message (%s)", "not_json", extra={"offset": i})
+    assert [rec.offset for rec in caplog.records] == [0]  # the first one, then silence
+    ratelog.flush()
+    assert caplog.records[-1].getMessage() == "4 more like reject:not_json suppressed"
+    assert caplog.records[-1].suppressed == 4
+    ratelog.flush()
+    assert len(caplog.records) == 2  # nothing left to tell
