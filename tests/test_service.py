@@ -365,7 +365,7 @@ def test_suppressed_warnings_are_counted_in_the_end(caplog: pytest.LogCaptureFix
     caplog.set_level(logging.INFO, logger="consumers")
     ratelog = _RateLimitedLog(every=3600)
     for i in range(5):
-        ratelog("reject:not_json", logging.WARNING, "rejected a message (%s)", "not_json", extra={"offset": i})
+        ratelog("reject:not_json", logging.WARNING, "rejected (%s)", "not_json", extra={"offset": i})
     assert [rec.offset for rec in caplog.records] == [0]  # the first one, then silence
     ratelog.flush()
     assert caplog.records[-1].getMessage() == "4 more like reject:not_json suppressed"
