@@ -312,8 +312,10 @@ class Learner:
         """
         state, source, cfg = self._state, self._source, self.config
         timeout = cfg.commit_timeout_ms / 1000
+        connected = source.consumer is not None and source.connected()
         if self._stopping.is_set():
-            timeout = min(timeout, STOP_BUDGET)
+            # without a group coordinator, the commit and the leave cannot succeed: do not wait for them
+            timeout = min(timeout, STOP_BUDGET if connected else 0.2)
         timeout_ms = max(int(timeout * 1000), 1)
         try:
             with self._lock:
@@ -326,7 +328,7 @@ class Learner:
                                  lambda offsets: source.commit(offsets, timeout_ms))
         finally:
             # unlocked: runs the revoke callback; a fenced member must not remove the one that fenced it
-            source.close(timeout_ms, leave=not source.fenced)
+            source.close(timeout_ms, leave=connected and not source.fenced)
             self._outputs.close(timeout)
             with self.stats.lock:
                 self.stats.running = False
