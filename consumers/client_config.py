@@ -57,6 +57,7 @@ CONTROLLED: dict[str, str] = {
     "enable_auto_commit": "it commits offsets only once a checkpoint covers them",
     "auto_offset_reset": "use --auto-offset-reset (LearnerConfig.auto_offset_reset)",
     "max_poll_records": "use --max-poll-records (LearnerConfig.max_poll_records)",
+    "group_instance_id": "use --group-instance-id (LearnerConfig.group_instance_id)",
     "default_offset_commit_callback": "it handles the results of its own commits",
     "key_deserializer": "it reads the raw bytes of messages",
     "value_deserializer": "it reads the raw bytes of messages",

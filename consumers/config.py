@@ -43,6 +43,9 @@ class LearnerConfig:
         ``consumer_settings`` / ``producer_settings`` only to one of them (e.g. ``session_timeout_ms``,
         ``linger_ms``).
         ``auto_offset_reset`` applies to partitions that neither a checkpoint nor the group has seen.
+        ``group_instance_id``: static group membership (None: the host name and a hash of
+        ``checkpoint_dir``, see :func:`consumers.source.default_instance_id`). ``connect_timeout``: seconds
+        to reach the brokers at start.
     Learning
         ``batch_size`` 1 learns each labelled event on its own (``learn_one``); k > 1 learns one mini-batch
         of k consecutive labelled events (``learn_rows``). ``model`` is the model's hyper-parameters in the
@@ -52,7 +55,11 @@ class LearnerConfig:
         (whichever comes first) into ``checkpoint_dir``, keeping the newest ``keep_checkpoints``.
     Outputs
         ``predictions_topic`` receives one JSON prediction per unlabelled event (and per labelled one if
-        ``publish_labelled``); ``dead_letter_topic`` receives every rejected message. Both optional.
+        ``publish_labelled``); ``dead_letter_topic`` receives every rejected message. Both optional; they
+        must exist at start unless ``create_topics``.
+    Operations
+        ``progress_every_seconds`` between two progress log lines; ``commit_timeout_ms`` bounds commits
+        and flushes.
     Codec
         ``x_field``, ``y_field``, ``id_field``, ``max_features``, ``max_message_bytes``.
     """
@@ -82,6 +89,10 @@ class LearnerConfig:
     poll_timeout_ms: int = 200
     metrics_window: int = 10_000
     commit_timeout_ms: int = 10_000
+    connect_timeout: float = 60.0
+    group_instance_id: str | None = None
+    create_topics: bool = False
+    progress_every_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if isinstance(self.topics, str):
@@ -142,6 +153,16 @@ class LearnerConfig:
         _positive_int("poll_timeout_ms", self.poll_timeout_ms)
         _positive_int("metrics_window", self.metrics_window)
         _positive_int("commit_timeout_ms", self.commit_timeout_ms)
+        for name in ("connect_timeout", "progress_every_seconds"):
+            s = getattr(self, name)
+            if isinstance(s, bool) or not isinstance(s, int | float) or not (s > 0 and math.isfinite(s)):
+                _fail(name, "must be a finite number of seconds > 0", s)
+        gid = self.group_instance_id
+        valid_id = isinstance(gid, str) and re.fullmatch(r"[A-Za-z0-9._-]{1,249}", gid) is not None
+        if gid is not None and (not valid_id or gid in {".", ".."}):
+            _fail("group_instance_id", "must be letters, digits, '.', '_' or '-' (at most 249)", gid)
+        if not isinstance(self.create_topics, bool):
+            _fail("create_topics", "must be true or false", self.create_topics)
         self._validate_client_settings()
         if not isinstance(self.model, dict):
             _fail("model", "must be a dict like OnlineLogisticRegression.config()", self.model)
@@ -210,8 +231,21 @@ class LearnerConfig:
 
         known = KafkaProducer.DEFAULT_CONFIG
         kwargs = {k: v for k, v in self.client_settings.items() if k in known}
+        # Bounded waits: a send waits at most 1 s for a topic's metadata (a deleted topic must not stall the
+        # loop for kafka-python's 60 s), and topics are never created by sending to them (see create_topics).
+        kwargs.update(max_block_ms=1000, allow_auto_create_topics=False)
         kwargs.update(self.producer_settings)
         kwargs["bootstrap_servers"] = self.bootstrap_servers
+        return kwargs
+
+    def admin_kwargs(self, timeout_ms: int) -> dict[str, Any]:
+        """Keyword arguments of a ``KafkaAdminClient`` with the consumer's connection settings, each request
+        and the bootstrap bounded by ``timeout_ms``."""
+        from kafka import KafkaAdminClient
+
+        known = KafkaAdminClient.DEFAULT_CONFIG
+        kwargs = {k: v for k, v in self.consumer_kwargs().items() if k in known and k != "group_id"}
+        kwargs.update(request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms)
         return kwargs
 
     # -- plain-dict round trip (for a CLI or a config file)

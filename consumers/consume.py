@@ -58,7 +58,9 @@ def run_learner(config: LearnerConfig, values: Mapping[str, Any]) -> int:
     This is the one place where the service is assembled: the learner, its signal handlers and the
     metrics/health HTTP server on ``--metrics-port`` (:mod:`consumers.metrics`; 0: none).
     """
-    from consumers.learner import Learner
+    from consumers.learner import Fenced, Learner
+    from consumers.outputs import MissingTopics
+    from consumers.source import ConnectTimeout
     from stream_logreg.checkpoints import CheckpointError, CheckpointMismatch
 
     try:
@@ -102,7 +104,16 @@ def run_learner(config: LearnerConfig, values: Mapping[str, Any]) -> int:
             log.info("metrics on http://%s:%d/metrics, health on /ready and /live", host, server.port)
         log.info("learning from %s at %s as group %s; checkpoints in %s", ",".join(config.topics),
                  config.bootstrap_servers, config.group_id, config.checkpoint_dir)
-        stats = learner.run(max_idle_seconds=values["max_idle_seconds"])
+        try:
+            stats = learner.run(max_idle_seconds=values["max_idle_seconds"])
+        except ConnectTimeout as exc:
+            raise CommandError(f"{exc}: check --bootstrap-servers, or raise --connect-timeout") from None
+        except Fenced as exc:
+            raise CommandError(str(exc)) from None
+        except MissingTopics as exc:
+            names = ", ".join(exc.topics)
+            raise UsageError(f"output topic(s) missing in the cluster: {names}; create them, or pass "
+                             "--create-topics") from None
     finally:
         if server is not None:
             server.shutdown()

@@ -315,6 +315,18 @@ CONSUME_SETTINGS: tuple[Setting, ...] = (
     Setting("commit_timeout_ms", "int", 10_000,
             "How long a commit (and the final flush of outputs) may take, in milliseconds.", _OPERATIONS,
             minimum=1),
+    Setting("connect_timeout", "float", 60.0,
+            "Seconds to keep trying to reach the brokers at start; then exit with status 1.", _OPERATIONS,
+            minimum=0, exclusive_minimum=True),
+    Setting("group_instance_id", "str", None,
+            "Static group membership: a restarted learner with the same id takes its partitions back at "
+            "once. Unset: the host name and a hash of --checkpoint-dir.", _KAFKA),
+    Setting("create_topics", "bool", False,
+            "Create missing output topics (with the input topic's partition count) instead of exiting with "
+            "status 2.", _OUTPUTS),
+    Setting("progress_every_seconds", "float", 30.0,
+            "Seconds between progress log lines (events/s, lag, last checkpoint).", _OPERATIONS,
+            minimum=0, exclusive_minimum=True),
     Setting("max_idle_seconds", "float", None,
             "Stop (checkpoint, commit, exit 0) after this many seconds without a message. Unset: run until "
             "SIGTERM or Ctrl-C.", _OPERATIONS, minimum=0, exclusive_minimum=True),
@@ -540,6 +552,7 @@ def learner_config(values: Mapping[str, Any]) -> LearnerConfig:
         "checkpoint_every_messages", "checkpoint_every_seconds", "keep_checkpoints", "predictions_topic",
         "publish_labelled", "dead_letter_topic", "x_field", "y_field", "id_field", "max_features",
         "max_message_bytes", "max_poll_records", "poll_timeout_ms", "metrics_window", "commit_timeout_ms",
+        "connect_timeout", "group_instance_id", "create_topics", "progress_every_seconds",
     }
     kwargs = {name: values[name] for name in own}
     kwargs["bootstrap_servers"] = ",".join(bootstrap_servers(values))

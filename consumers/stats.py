@@ -50,7 +50,13 @@ class LearnerStats:
         self.rejected: dict[str, int] = {r.value: 0 for r in Reason}
         self.dead_lettered = 0
         self.predictions_published = 0
-        self.produce_failures = 0
+        self.produce_failures = 0  # failed sends, re-sent or not
+        self.output_failures: dict[str, int] = {}  # topic -> failures that dropped records or the topic
+        self.output_dropped: dict[str, int] = {}  # topic -> records given up on (see consumers.outputs)
+        self.output_healthy = True  # every output topic takes records
+        self.connected = False  # the learner has reached the brokers (and not lost its group coordinator)
+        self.connection_failures = 0  # failed connection attempts, and losses of the connection
+        self.offset_resets = 0  # checkpoint offsets found beyond the end of the log (topic re-created)
         self.checkpoints_written = 0
         self.checkpoint_failures = 0
         self.last_checkpoint_time: float | None = None  # wall clock

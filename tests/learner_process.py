@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-setting", action="append", type=_key_value, default=[], metavar="KEY=VALUE")
     p.add_argument("--consumer-setting", action="append", type=_key_value, default=[], metavar="KEY=VALUE")
     p.add_argument("--producer-setting", action="append", type=_key_value, default=[], metavar="KEY=VALUE")
+    p.add_argument("--group-instance-id", help="static group membership id (default: derived, see Source)")
+    p.add_argument("--connect-timeout", type=float, default=60.0)
     p.add_argument("--max-idle-seconds", type=float, help="stop after this long without a message")
     p.add_argument("--status-file", help="keep the learner's stats here as JSON (rewritten atomically)")
     p.add_argument("--status-every", type=float, default=1.0, help="seconds between status-file writes")
@@ -116,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             client_settings=dict(args.client_setting),
             consumer_settings=dict(args.consumer_setting),
             producer_settings=dict(args.producer_setting),
+            group_instance_id=args.group_instance_id,
+            connect_timeout=args.connect_timeout,
         )
     except ConfigError as exc:
         print(f"learner_process.py: error: {exc}", file=sys.stderr)

@@ -333,7 +333,7 @@ def test_sigkill_and_restart_learns_every_event_exactly_once(
     # Static membership: a restarted member takes over its predecessor's assignment at once, instead of
     # waiting for the killed one's session to time out.
     extra = ("--batch-size", str(batch_size), "--checkpoint-every-messages", "250",
-             "--max-poll-records", "50", "--consumer-setting", "group_instance_id=crash-test")
+             "--max-poll-records", "50", "--group-instance-id", "crash-test")
     rng = random.Random(7)
     kill_points = sorted(rng.sample(range(300, 5700), 4))
     at_kill: list[int] = []

@@ -126,7 +126,7 @@ def test_collector_reads_a_real_learners_stats(tmp_path: Path) -> None:
     st = learner.stats
     checkpoint_time = time.time() - 5
     with st.lock:
-        st.running = True
+        st.running = st.connected = True
         st.consumed, st.learned, st.scored = 17, 12, 2
         st.rejected["not_json"] = 2
         st.rejected["tombstone"] = 1
@@ -338,7 +338,8 @@ def test_consume_serves_metrics_during_run_and_stops_after(tmp_path: Path, monke
                    "--metrics-host", "127.0.0.1", "--metrics-port", str(port)])
     assert rc == 0
     assert value(seen["metrics"], "events_consumed_total") == 0
-    assert (seen["live"], seen["ready"]) == (200, 503)
+    # run() never connected: live says "not connected", and nothing is ready
+    assert (seen["live"], seen["ready"]) == (503, 503)
     assert port_closed(port)
 
 

@@ -1,0 +1,292 @@
+"""The checkpoint/offset bookkeeping of one learner, and the checkpoint-then-commit step.
+
+A checkpoint holds the model and, for every partition the model has read, the next offset to read: the first
+event NOT yet in the model. Labelled events waiting in an incomplete mini-batch (:attr:`Checkpointing.buffer`)
+are not in the model, so the checkpoint records the offset of the first of them; after a crash they are
+re-read and re-batched identically. Only once a checkpoint is durable are its offsets committed to the group
+(metadata: the checkpoint id), only for the partitions this member owns and never below the group's
+committed offset when the partition was taken (:attr:`Checkpointing.floor`). A failed commit is retried with
+the next checkpoint (or the next time tick).
+
+:class:`Checkpointing` works over any ``CheckpointStore`` (``save(model, metadata) -> id``,
+``latest(expect_config=...)``): a local directory or a Kafka topic. It knows nothing about Kafka clients: the
+learner passes it the callables that flush the outputs and commit offsets.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from kafka import TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from consumers.stats import LearnerStats
+
+__all__ = ["Checkpointing", "parse_tp_key", "tp_key", "tp_keys"]
+
+log = logging.getLogger(__name__)
+
+
+def tp_key(tp: TopicPartition) -> str:
+    """``topic:partition``, as checkpoints and stats name a partition."""
+    return f"{tp.topic}:{tp.partition}"
+
+
+def tp_keys(partitions: Iterable[TopicPartition]) -> list[str]:
+    return [tp_key(tp) for tp in sorted(partitions)]
+
+
+def parse_tp_key(key: str) -> TopicPartition:
+    topic, _, partition = key.rpartition(":")
+    return TopicPartition(topic, int(partition))
+
+
+class Checkpointing:
+    """The model, the offsets it covers, and its durable checkpoints.
+
+    Attributes read and written by the loop's hot path: ``model``, ``positions`` (next offset to read, per
+    partition read), ``buffer`` ((event, record, tp) read but not learned yet), ``learned`` (events of each
+    partition in the model, over its whole history), ``since_checkpoint`` (messages since the last
+    checkpoint).
+
+    >>> from stream_logreg.checkpoints import DirectoryStore          # doctest: +SKIP
+    >>> state = Checkpointing(DirectoryStore("ckpt"), config, stats)   # doctest: +SKIP
+    >>> state.checkpoint("periodic", flush=lambda timeout: True)       # doctest: +SKIP
+    True
+    """
+
+    def __init__(self, store: Any, config: Any, stats: LearnerStats) -> None:
+        self.store = store
+        self.config = config
+        self.stats = stats
+        self.model_config = config.model_config()
+        self.model: Any = None
+        self.checkpoint_id: str | None = None
+        self.positions: dict[TopicPartition, int] = {}
+        self.buffer: list[tuple[Any, Any, TopicPartition]] = []
+        self.learned: dict[TopicPartition, int] = {}
+        self.ckpt_offsets: dict[TopicPartition, int] = {}  # the offsets of checkpoint_id
+        # The group's committed offset when we took each partition: never commit below it (a checkpoint
+        # written before a skip ahead must not move the group back).
+        self.floor: dict[TopicPartition, int] = {}
+        self.since_checkpoint = 0
+        self.last_checkpoint_at = time.monotonic()
+        self.commit_pending = False
+        self.needs_reload = False  # the model is ahead of its offsets (a failed revoke checkpoint)
+        self.restore()
+
+    # ------------------------------------------------------------------ restore
+
+    def restore(self) -> None:
+        """Load the newest valid checkpoint (model, offsets), or start a fresh model."""
+        ckpt = self.store.latest(expect_config=self.model_config)
+        self.buffer.clear()
+        if ckpt is None:
+            self.model = self.config.make_model()
+            self.checkpoint_id = None
+            self.positions, self.ckpt_offsets, self.learned = {}, {}, {}
+            log.info("no checkpoint in %s: starting a fresh model", self.config.checkpoint_dir)
+        else:
+            self.model = ckpt.model
+            self.checkpoint_id = ckpt.id
+            offsets = {parse_tp_key(k): int(v) for k, v in (ckpt.metadata.get("offsets") or {}).items()}
+            self.positions, self.ckpt_offsets = dict(offsets), dict(offsets)
+            learned = ckpt.metadata.get("learned") or {}
+            self.learned = {parse_tp_key(k): int(v) for k, v in learned.items()}
+            log.info(
+                "restored checkpoint %s (n_samples_seen=%d)", ckpt.id, self.model.n_samples_seen,
+                extra={"checkpoint_id": ckpt.id, "offsets": ckpt.metadata.get("offsets")},
+            )
+        self.needs_reload = False
+        self.since_checkpoint = 0
+        with self.stats.lock:
+            self.stats.last_checkpoint_id = self.checkpoint_id
+            self.stats.n_samples_seen = self.model.n_samples_seen
+            self.stats.n_features = self.model.n_features
+            self.stats.buffered = 0
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def due(self) -> bool:
+        return (
+            self.since_checkpoint >= self.config.checkpoint_every_messages
+            or time.monotonic() - self.last_checkpoint_at >= self.config.checkpoint_every_seconds
+        )
+
+    def offsets(self) -> dict[TopicPartition, int]:
+        """Per partition, the first event not in the model: the position, or the first buffered event."""
+        offsets = dict(self.positions)
+        seen: set[TopicPartition] = set()
+        for _, r, tp in self.buffer:
+            if tp not in seen:
+                seen.add(tp)
+                offsets[tp] = r.offset
+        return offsets
+
+    def checkpoint(self, reason: str, flush: Callable[[float], bool], flush_timeout: float | None = None
+                   ) -> bool:
+        """Flush the outputs (``flush(timeout)``), then write a durable checkpoint of the model and its
+        offsets. The caller holds the learner's lock."""
+        t0 = time.monotonic()
+        if self.needs_reload:  # the model is ahead of its offsets: the last checkpoint stays the truth
+            return False
+        if flush_timeout is None:
+            flush_timeout = self.config.commit_timeout_ms / 1000
+        if not flush(flush_timeout):
+            with self.stats.lock:
+                self.stats.checkpoint_failures += 1
+            self.last_checkpoint_at = t0  # try again at the next tick, not at every poll
+            log.warning("checkpoint postponed: outputs not acknowledged yet", extra={"reason": reason})
+            return False
+        offsets = self.offsets()
+        metadata = {
+            "offsets": {tp_key(tp): off for tp, off in sorted(offsets.items())},
+            # events of each partition learned into this model, over its whole history (for audits)
+            "learned": {tp_key(tp): n for tp, n in sorted(self.learned.items())},
+            "group_id": self.config.group_id,
+            "topics": list(self.config.topics),
+            "batch_size": self.config.batch_size,
+            "n_samples_seen": self.model.n_samples_seen,
+            "parent": self.checkpoint_id,
+            "reason": reason,
+        }
+        try:
+            cid = self.store.save(self.model, metadata)
+        except Exception:
+            with self.stats.lock:
+                self.stats.checkpoint_failures += 1
+            self.last_checkpoint_at = t0
+            log.exception("writing a checkpoint to %s failed", self.config.checkpoint_dir,
+                          extra={"reason": reason})
+            return False
+        self.checkpoint_id = cid
+        self.ckpt_offsets = offsets
+        self.since_checkpoint = 0
+        self.commit_pending = True
+        now = time.monotonic()
+        self.last_checkpoint_at = now
+        with self.stats.lock:
+            self.stats.checkpoints_written += 1
+            self.stats.last_checkpoint_id = cid
+            self.stats.last_checkpoint_time = time.time()
+            self.stats.last_checkpoint_duration = now - t0
+        log.debug("checkpoint %s (%s): n_samples_seen=%d", cid, reason, self.model.n_samples_seen,
+                  extra={"checkpoint_id": cid, "reason": reason})
+        return True
+
+    # ------------------------------------------------------------------ commits
+
+    def commit_offsets(self, partitions: Iterable[TopicPartition], pending: set[TopicPartition]
+                       ) -> dict[TopicPartition, OffsetAndMetadata]:
+        """The last durable checkpoint's offsets of ``partitions`` (those it knows, not ``pending`` a seek),
+        with its id, never below the floor."""
+        meta = self.checkpoint_id or ""
+        ckpt = self.ckpt_offsets
+        return {
+            tp: OffsetAndMetadata(ckpt[tp], meta, -1)
+            for tp in partitions
+            if tp in ckpt and tp not in pending and ckpt[tp] >= self.floor.get(tp, 0)
+        }
+
+    def commit(self, partitions: Iterable[TopicPartition], pending: set[TopicPartition],
+               commit: Callable[[dict], None]) -> bool:
+        """Commit the checkpoint's offsets of ``partitions`` with ``commit(offsets)`` (which raises on
+        failure). Never raises."""
+        offsets = self.commit_offsets(partitions, pending)
+        if not offsets:
+            self.commit_pending = False
+            return True
+        try:
+            commit(offsets)
+        except Exception as exc:
+            with self.stats.lock:
+                self.stats.commit_failures += 1
+            log.warning("commit failed (retried with the next checkpoint): %r", exc,
+                        extra={"checkpoint_id": self.checkpoint_id, "reason": "commit_failed"})
+            self.commit_pending = True
+            return False
+        self.commit_pending = False
+        with self.stats.lock:
+            self.stats.commits += 1
+        return True
+
+    def tick(self, partitions: Iterable[TopicPartition], pending: set[TopicPartition],
+             flush: Callable[[float], bool], commit: Callable[[dict], None]) -> None:
+        """The periodic step: when due, checkpoint (if anything changed) and then commit."""
+        if not self.due():
+            return
+        if self.since_checkpoint:
+            if self.checkpoint("periodic", flush):
+                self.commit(partitions, pending, commit)
+        elif self.commit_pending:
+            self.last_checkpoint_at = time.monotonic()
+            self.commit(partitions, pending, commit)
+
+    # ------------------------------------------------------------------ partitions coming and going
+
+    def let_go(self, partitions: set[TopicPartition]) -> None:
+        """Forget buffered events of ``partitions`` and rewind them to the checkpoint.
+
+        If the model had learned events of them beyond the last durable checkpoint (the checkpoint on
+        revoke failed), it no longer matches any offsets: it is reloaded from the checkpoint before the
+        next assignment is sought.
+        """
+        current = self.offsets()
+        self.buffer[:] = [b for b in self.buffer if b[2] not in partitions]
+        for tp in partitions:
+            durable = self.ckpt_offsets.get(tp)
+            if current.get(tp) != durable:
+                self.needs_reload = True
+            if durable is None:
+                self.positions.pop(tp, None)
+            else:
+                self.positions[tp] = durable
+
+    def start_offsets(self, committed: dict[TopicPartition, int | None],
+                      ends: dict[TopicPartition, int] | None = None) -> dict[TopicPartition, int]:
+        """Where each newly assigned partition starts: max(checkpoint offset, group's committed offset);
+        absent when neither has seen it (``auto_offset_reset``). Records the floor.
+
+        An offset beyond the partition's end (``ends``: the topic was deleted and re-created) is a warning
+        and counted in ``LearnerStats.offset_resets``: the partition starts at ``auto_offset_reset`` and its
+        stale offsets are forgotten (neither checkpointed nor committed again).
+        """
+        starts = {}
+        ends = ends or {}
+        for tp, theirs in sorted(committed.items()):
+            ours = self.positions.get(tp)
+            candidates = [o for o in (ours, theirs) if o is not None]
+            where = {"topic": tp.topic, "partition": tp.partition}
+            end = ends.get(tp)
+            if candidates and end is not None and max(candidates) > end:
+                log.warning(
+                    "%s: the offset to resume from (%d) is beyond the end of the partition (%d), was the "
+                    "topic re-created? Starting at auto_offset_reset=%s", tp_key(tp), max(candidates), end,
+                    self.config.auto_offset_reset, extra={**where, "offset": max(candidates), "end": end,
+                                                          "reason": "offset_beyond_end"},
+                )
+                with self.stats.lock:
+                    self.stats.offset_resets += 1
+                self.positions.pop(tp, None)
+                self.ckpt_offsets.pop(tp, None)
+                self.floor.pop(tp, None)
+                self.since_checkpoint = max(self.since_checkpoint, 1)
+                continue
+            if theirs is not None:
+                self.floor[tp] = theirs
+            if not candidates:
+                log.info("%s: new partition, starting at auto_offset_reset=%s", tp_key(tp),
+                         self.config.auto_offset_reset, extra=where)
+                continue
+            start = max(candidates)
+            starts[tp] = start
+            self.positions[tp] = start
+            if start != self.ckpt_offsets.get(tp):
+                self.since_checkpoint = max(self.since_checkpoint, 1)  # offsets changed: checkpoint
+            if ours is not None and start > ours:
+                log.info("%s: the group is ahead of this model (%d > %d): skipping to %d",
+                         tp_key(tp), theirs, ours, start, extra={**where, "offset": start})
+        return starts
