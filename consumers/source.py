@@ -245,6 +245,26 @@ class Source:
     def assignment(self) -> set[TopicPartition]:
         return self.consumer.assignment()
 
+    # ------------------------------------------------------------------ polling (what the loop sees)
+
+    def poll(self, timeout_ms: int) -> dict[TopicPartition, tuple[list, list]]:
+        """``{partition: (records, values)}``: the polled records of each partition, in offset order, and
+        their values (what the hot loop reads, alike for every client)."""
+        return {tp: (rs, [r.value for r in rs])
+                for tp, rs in self.consumer.poll(timeout_ms=timeout_ms).items()}
+
+    @staticmethod
+    def record(r: Any) -> Any:
+        """The record with ``topic partition offset key value timestamp`` (kafka-python's own)."""
+        return r
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        self.consumer.pause(*partitions)
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        """The partition's end offset as last fetched (a local look-up)."""
+        return self.consumer.highwater(tp)
+
     # ------------------------------------------------------------------ closing
 
     def close(self, timeout_ms: int, leave: bool) -> None:

@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--producer-setting", action="append", type=_key_value, default=[], metavar="KEY=VALUE")
     p.add_argument("--group-instance-id", help="static group membership id (default: derived, see Source)")
     p.add_argument("--connect-timeout", type=float, default=60.0)
+    p.add_argument("--kafka-client", default="kafka-python", choices=("kafka-python", "confluent"))
     p.add_argument("--max-idle-seconds", type=float, help="stop after this long without a message")
     p.add_argument("--status-file", help="keep the learner's stats here as JSON (rewritten atomically)")
     p.add_argument("--status-every", type=float, default=1.0, help="seconds between status-file writes")
@@ -120,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             producer_settings=dict(args.producer_setting),
             group_instance_id=args.group_instance_id,
             connect_timeout=args.connect_timeout,
+            kafka_client=args.kafka_client,
         )
     except ConfigError as exc:
         print(f"learner_process.py: error: {exc}", file=sys.stderr)

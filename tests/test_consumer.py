@@ -245,11 +245,13 @@ def test_config_errors_name_the_setting(tmp_path: Path) -> None:
 @pytest.mark.kafka
 @pytest.mark.parametrize("batch_size", [1, 8])
 def test_learn_through_equals_offline(kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path,
+                                      kafka_client: str,
                                       batch_size: int) -> None:
     topic = kafka_topic(1)
     values = make_events(3003, seed=1)  # 3003 = 375 * 8 + 3: three events stay buffered with batch_size 8
     produce(kafka_bootstrap, topic, values)
-    cfg = make_config(kafka_bootstrap, topic, tmp_path / "ckpt", batch_size=batch_size, max_poll_records=300)
+    cfg = make_config(kafka_bootstrap, topic, tmp_path / "ckpt", batch_size=batch_size,
+                      max_poll_records=300, kafka_client=kafka_client)
     with running(cfg) as r:
         r.wait_consumed(len(values))
         r.stop()
@@ -323,7 +325,7 @@ def checkpointed(ckpt: Path) -> int:
 
 @pytest.mark.kafka
 def test_sigkill_and_restart_learns_every_event_exactly_once(
-    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str
 ) -> None:
     topic = kafka_topic(1)
     batch_size, n = 5, 6002  # 6000 learned, 2 left buffered
@@ -338,7 +340,7 @@ def test_sigkill_and_restart_learns_every_event_exactly_once(
     kill_points = sorted(rng.sample(range(300, 5700), 4))
     at_kill: list[int] = []
     for point in kill_points:
-        proc = start_service(kafka_bootstrap, topic, group, ckpt, *extra)
+        proc = start_service(kafka_bootstrap, topic, group, ckpt, "--kafka-client", kafka_client, *extra)
         try:
             wait_for(lambda p=point, proc=proc: checkpointed(ckpt) >= p or proc.poll() is not None, 90,
                      f"a checkpoint past {point}")
@@ -349,7 +351,8 @@ def test_sigkill_and_restart_learns_every_event_exactly_once(
         at_kill.append(checkpointed(ckpt))
     assert min(at_kill) < 6000, f"every kill came too late to interrupt anything: {at_kill}"
     status = tmp_path / "status.json"
-    proc = start_service(kafka_bootstrap, topic, group, ckpt, *extra, "--status-file", str(status),
+    proc = start_service(kafka_bootstrap, topic, group, ckpt, "--kafka-client", kafka_client, *extra,
+                         "--status-file", str(status),
                          "--status-every", "0.05")
     try:  # until it has read everything (then SIGTERM: its handler is installed by then)
         wait_for(lambda: read_status(status).get("positions", {}).get(f"{topic}:0") == n
@@ -370,7 +373,7 @@ def test_sigkill_and_restart_learns_every_event_exactly_once(
 
 @pytest.mark.kafka
 def test_sigterm_checkpoints_commits_and_restart_learns_nothing_twice(
-    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str
 ) -> None:
     topic = kafka_topic(1)
     batch_size = 3
@@ -378,7 +381,8 @@ def test_sigterm_checkpoints_commits_and_restart_learns_nothing_twice(
     produce(kafka_bootstrap, topic, first)
     ckpt, group, status = tmp_path / "ckpt", f"g-{topic}", tmp_path / "status.json"
     # No periodic checkpoint: the only one is the one SIGTERM writes.
-    proc = start_service(kafka_bootstrap, topic, group, ckpt, "--batch-size", str(batch_size),
+    proc = start_service(kafka_bootstrap, topic, group, ckpt, "--kafka-client", kafka_client,
+                         "--batch-size", str(batch_size),
                          "--checkpoint-every-messages", "1000000", "--checkpoint-every-seconds", "3600",
                          "--status-file", str(status), "--status-every", "0.05")
     try:
@@ -398,7 +402,8 @@ def test_sigterm_checkpoints_commits_and_restart_learns_nothing_twice(
     assert (offset.offset, offset.metadata) == (1998, stopped.id)
 
     produce(kafka_bootstrap, topic, second)
-    cfg = make_config(kafka_bootstrap, topic, ckpt, group_id=group, batch_size=batch_size)
+    cfg = make_config(kafka_bootstrap, topic, ckpt, group_id=group, batch_size=batch_size,
+                      kafka_client=kafka_client)
     with running(cfg) as r:
         r.wait_consumed(1002)  # the 2 buffered events are read again, then the 1000 new ones
         r.stop()
@@ -431,7 +436,7 @@ def poison_messages() -> dict[Reason, list[bytes | None]]:
 
 @pytest.mark.kafka
 def test_poison_messages_go_to_the_dead_letter_topic_and_never_reach_the_model(
-    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str
 ) -> None:
     topic, dlq = kafka_topic(1), kafka_topic(1)
     poison = poison_messages()
@@ -446,7 +451,7 @@ def test_poison_messages_go_to_the_dead_letter_topic_and_never_reach_the_model(
     keys = [f"k{i}".encode() for i in range(len(stream))]
     produce(kafka_bootstrap, topic, values, keys=keys)
     cfg = make_config(kafka_bootstrap, topic, tmp_path / "ckpt", batch_size=4, dead_letter_topic=dlq,
-                      max_features=8, max_message_bytes=4000)
+                      max_features=8, max_message_bytes=4000, kafka_client=kafka_client)
     with running(cfg) as r:
         r.wait_consumed(len(values))
         dead = read_topic(kafka_bootstrap, dlq, len(bad))
@@ -480,16 +485,16 @@ def test_poison_messages_go_to_the_dead_letter_topic_and_never_reach_the_model(
 
 @pytest.mark.kafka
 def test_two_members_and_a_graceful_leave_learn_every_event_once(
-    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str
 ) -> None:
     topic = kafka_topic(4)
     group = f"g-{topic}"
     phases = [make_events(1200, seed=s) for s in (7, 8, 9, 10)]
     total = sum(len(p) for p in phases)
     cfg_a = make_config(kafka_bootstrap, topic, tmp_path / "a", group_id=group, max_poll_records=100,
-                        checkpoint_every_messages=200)
+                        checkpoint_every_messages=200, kafka_client=kafka_client)
     cfg_b = make_config(kafka_bootstrap, topic, tmp_path / "b", group_id=group, max_poll_records=100,
-                        checkpoint_every_messages=200)
+                        checkpoint_every_messages=200, kafka_client=kafka_client)
     with running(cfg_a) as a:
         produce(kafka_bootstrap, topic, phases[0], partitions=4)
         a.wait_consumed(600)  # A alone, mid-stream
@@ -524,7 +529,7 @@ def test_two_members_and_a_graceful_leave_learn_every_event_once(
 
 @pytest.mark.kafka
 def test_broker_restart_mid_stream(kafka_broker: Any, kafka_bootstrap: str, kafka_topic: Any,
-                                   tmp_path: Path) -> None:
+                                   tmp_path: Path, kafka_client: str) -> None:
     topic, predictions = kafka_topic(1), kafka_topic(1)
     values = make_events(4000, seed=12, unlabelled_every=10)
     # A producer thread keeps the stream flowing across the restart (its idempotent retries carry the
@@ -547,7 +552,7 @@ def test_broker_restart_mid_stream(kafka_broker: Any, kafka_bootstrap: str, kafk
 
     cfg = make_config(kafka_bootstrap, topic, tmp_path / "ckpt", batch_size=2, checkpoint_every_messages=400,
                       checkpoint_every_seconds=1.0, commit_timeout_ms=2000, predictions_topic=predictions,
-                      max_poll_records=100)
+                      max_poll_records=100, kafka_client=kafka_client)
     with running(cfg) as r:
         producing = threading.Thread(target=keep_producing, daemon=True)
         producing.start()
@@ -577,12 +582,14 @@ def test_broker_restart_mid_stream(kafka_broker: Any, kafka_bootstrap: str, kafk
 
 
 @pytest.mark.kafka
-def test_predictions_of_unlabelled_events(kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path) -> None:
+def test_predictions_of_unlabelled_events(kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path,
+                                          kafka_client: str) -> None:
     topic, predictions = kafka_topic(1), kafka_topic(1)
     values = make_events(2000, seed=14, unlabelled_every=4)
     produce(kafka_bootstrap, topic, values)
     cfg = make_config(kafka_bootstrap, topic, tmp_path / "ckpt", batch_size=4,
-                      predictions_topic=predictions, checkpoint_every_messages=300, max_poll_records=100)
+                      predictions_topic=predictions, checkpoint_every_messages=300, max_poll_records=100,
+                      kafka_client=kafka_client)
     with running(cfg) as r:
         r.wait_consumed(len(values))
         r.stop()
@@ -623,12 +630,14 @@ def offline_predictions(values: list[bytes], batch_size: int) -> dict[int, tuple
 @pytest.mark.kafka
 @pytest.mark.parametrize("batch_size", [1, 4])
 def test_predictions_of_labelled_events(kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path,
+                                        kafka_client: str,
                                         batch_size: int) -> None:
     topic, predictions = kafka_topic(1), kafka_topic(1)
     values = make_events(1003, seed=15, unlabelled_every=5)
     produce(kafka_bootstrap, topic, values)
     cfg = make_config(kafka_bootstrap, topic, tmp_path / "ckpt", batch_size=batch_size,
-                      predictions_topic=predictions, publish_labelled=True, max_poll_records=100)
+                      predictions_topic=predictions, publish_labelled=True, max_poll_records=100,
+                      kafka_client=kafka_client)
     with running(cfg) as r:
         r.wait_consumed(len(values))
         r.stop()
