@@ -149,11 +149,15 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0)
 
 
 def committed(bootstrap: str, group: str) -> dict[TopicPartition, Any]:
+    """The group's committed offsets. confluent-kafka 2.16 commits a metadata string with its C string's
+    NUL (``strlen + 1`` in its conversion to librdkafka's list): one trailing NUL is dropped here."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
-        return admin.list_group_offsets(group)[group]
+        offsets = admin.list_group_offsets(group)[group]
     finally:
         admin.close()
+    return {tp: om._replace(metadata=om.metadata.removesuffix("\x00")) if om.metadata else om
+            for tp, om in offsets.items()}
 
 
 def make_config(bootstrap: str, topic: str, ckpt: Path, **overrides: Any) -> LearnerConfig:
