@@ -10,7 +10,7 @@ Produces ``--events`` (200,000) JSON events with ``--features`` (20) numeric fea
 (a) raw kafka-python: a ``KafkaConsumer`` with the learner's fetch settings polling the topic and
     ``orjson.loads``-ing each value, nothing else;
 (b) raw confluent-kafka: a ``Consumer`` with the learner's librdkafka fetch settings (``consume(N)`` with
-    N = ``max_poll_records``, ``fetch.queue.backoff.ms=0``, ``queued.max.messages.kbytes`` as the learner,
+    N = ``max_poll_records``, ``fetch.queue.backoff.ms`` and ``queued.max.messages.kbytes`` as the learner,
     see :mod:`consumers.confluent`) ``orjson.loads``-ing each value (after its ``error()`` check);
 (c) the learner (``consumers.Learner``: decode, validate, predict, learn, stats, checkpoints every
     ``--checkpoint-every`` events) on kafka-python, and (d) on confluent-kafka, for each ``--batch-sizes``.
@@ -220,7 +220,7 @@ def main() -> int:
             import confluent_kafka
 
             conf = confluent_fetch_conf(base)
-            versions = f"{confluent_kafka.version()[0]} (librdkafka {confluent_kafka.libversion()[0]})"
+            versions = f"{confluent_kafka.__version__} (librdkafka {confluent_kafka.libversion()[0]})"
             print(f"confluent-kafka {versions}; (b) and (d) fetch with consume({base.max_poll_records}) "
                   f"and {conf}")
             raw["confluent"] = lambda: confluent_ceiling(bootstrap, topic, args.events, conf,
