@@ -652,3 +652,83 @@ def test_predictions_of_labelled_events(kafka_bootstrap: str, kafka_topic: Any, 
     assert len(records) == len(got)  # one prediction per event
     assert {o: (g["id"], g["p"], g["n_samples_seen"]) for o, g in got.items()} == expected  # bitwise p
     assert all(("y" in g) == (o % 5 != 4) for o, g in got.items())
+
+
+# --------------------------------------------------------------------------------------------------
+# The client backends (--kafka-client): the same contract without a broker too
+
+
+def test_confluent_settings_are_the_kafka_python_ones_mapped(tmp_path: Path) -> None:
+    from consumers.confluent import consumer_conf, producer_conf
+
+    base = dict(bootstrap_servers="k1:9092,k2:9092", topics=["t"], group_id="g", checkpoint_dir=str(tmp_path),
+                kafka_client="confluent")
+    secure = {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
+              "sasl_plain_username": "u", "sasl_plain_password": "p", "ssl_cafile": "/ca.pem",
+              "ssl_certfile": "/c.pem", "ssl_keyfile": "/k.pem", "ssl_password": "kp",
+              "ssl_check_hostname": True, "client_id": "lr"}
+    cfg = LearnerConfig(**base, client_settings=secure, consumer_settings={"session_timeout_ms": 7000},
+                        producer_settings={"acks": -1, "linger_ms": 5})
+    expected = {"security.protocol": "SASL_SSL", "sasl.mechanisms": "SCRAM-SHA-512", "sasl.username": "u",
+                "sasl.password": "p", "ssl.ca.location": "/ca.pem", "ssl.certificate.location": "/c.pem",
+                "ssl.key.location": "/k.pem", "ssl.key.password": "kp",
+                "ssl.endpoint.identification.algorithm": "https", "client.id": "lr",
+                "bootstrap.servers": "k1:9092,k2:9092"}
+    consumer, producer = consumer_conf(cfg), producer_conf(cfg)
+    assert expected.items() <= consumer.items() and expected.items() <= producer.items()
+    assert consumer["group.id"] == "g" and consumer["session.timeout.ms"] == 7000
+    # checkpoint-then-commit: nothing is committed or stored behind the learner's back
+    assert consumer["enable.auto.commit"] is False and consumer["enable.auto.offset.store"] is False
+    assert producer["acks"] == "all" and producer["linger.ms"] == 5 and "session.timeout.ms" not in producer
+    assert producer["allow.auto.create.topics"] is False
+    no_check = LearnerConfig(**base, client_settings={"security_protocol": "SSL",
+                                                      "ssl_check_hostname": False})
+    assert consumer_conf(no_check)["ssl.endpoint.identification.algorithm"] == "none"
+    # a kafka-python setting without a librdkafka equivalent is refused, naming it and where it was given
+    with pytest.raises(ConfigError, match="^consumer_settings: 'exclude_internal_topics' has no confluent"):
+        LearnerConfig(**base, consumer_settings={"exclude_internal_topics": False})
+    with pytest.raises(ConfigError, match="^kafka_client: must be one of kafka-python, confluent"):
+        LearnerConfig(**{**base, "kafka_client": "librdkafka"})
+
+
+def _free_address() -> str:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_no_broker_same_exit_status_and_message_on_both_backends(tmp_path: Path) -> None:
+    address = _free_address()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    outcomes = {}
+    for client in ("kafka-python", "confluent"):
+        cmd = [sys.executable, "-m", "consumers", "consume", "--metrics-port", "0", "--bootstrap-servers",
+               address, "--topics", "events", "--checkpoint-dir", str(tmp_path / client), "--connect-timeout",
+               "1.5", "--kafka-client", client]
+        t0 = time.monotonic()
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=60)
+        err = proc.stderr.decode()
+        lines = [line for line in err.splitlines() if "cannot reach the Kafka brokers" in line]
+        assert lines, err[-2000:]
+        # the same sentence whatever the client; only the client's own reason in parentheses differs
+        outcomes[client] = (proc.returncode, lines[-1].split(" (")[0], "--connect-timeout" in lines[-1])
+        assert time.monotonic() - t0 < 1.5 + 15
+    assert outcomes["kafka-python"] == outcomes["confluent"]
+    assert outcomes["confluent"][0] == 1 and outcomes["confluent"][2]
+    assert f"at {address} within 1.5 s" in outcomes["confluent"][1]
+
+
+def test_a_stop_request_is_heard_while_connecting(tmp_path: Path, kafka_client: str) -> None:
+    cfg = LearnerConfig(bootstrap_servers=_free_address(), topics=["t"], group_id="g",
+                        checkpoint_dir=str(tmp_path / "c"), connect_timeout=60, kafka_client=kafka_client)
+    learner, stop = Learner(cfg), threading.Event()
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (learner.run(stop_event=stop), done.set()), daemon=True)
+    thread.start()
+    wait_for(lambda: learner.stats.snapshot()["connection_failures"] >= 1, 30, "a failed connection attempt")
+    stop.set()
+    t0 = time.monotonic()
+    assert done.wait(30), "the learner did not stop"
+    assert time.monotonic() - t0 < 3.0, "the stop request waited for the connect timeout"
