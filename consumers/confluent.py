@@ -41,7 +41,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaException, Producer
 from confluent_kafka import KafkaError as CKError
@@ -180,15 +180,25 @@ def check_config(config: Any) -> None:
     producer_conf(config)
 
 
-class Record(NamedTuple):
-    """A consumed message as the loop's outputs see it, whatever the client."""
+class Record:
+    """A consumed message as the loop's outputs and checkpoints see it, whatever the client: ``topic
+    partition offset key value timestamp``, read from the ``confluent_kafka.Message`` when asked (cheap to
+    make: a buffered mini-batch event holds one, and usually only its offset is ever read)."""
 
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp: int
+    __slots__ = ("_m",)
+
+    def __init__(self, message: Any) -> None:
+        self._m = message
+
+    topic = property(lambda self: self._m.topic())
+    partition = property(lambda self: self._m.partition())
+    offset = property(lambda self: self._m.offset())
+    key = property(lambda self: self._m.key())
+    value = property(lambda self: self._m.value())
+    timestamp = property(lambda self: self._m.timestamp()[1])
+
+    def __repr__(self) -> str:
+        return f"Record({self.topic!r}, {self.partition}, {self.offset})"
 
 
 def bounded(fn: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -241,7 +251,8 @@ class ConfluentSource(Source):
         self._down = False  # all brokers down, as librdkafka last said
         self._probed = 0.0
         self._max = config.max_poll_records
-        self._keys: dict[tuple[str, int], TopicPartition] = {}
+        self._keys: dict[Any, TopicPartition] = {}  # partition, or (topic, partition) -> TopicPartition
+        self._one_topic = len(config.topics) == 1
         # The assignment, kept by the rebalance callbacks (librdkafka's assignment() is a round trip to
         # its main thread, ~0.5 ms: too slow for every poll).
         self._assigned: set[TopicPartition] = set()
@@ -377,17 +388,19 @@ class ConfluentSource(Source):
         self._down = False
         out: dict[TopicPartition, tuple[list, list]] = {}
         keys = self._keys
+        one_topic = self._one_topic
         last = None
         run = vals = None
         for m in msgs:
             if m.error() is not None:
                 self._message_error(m)
                 continue
-            key = (m.topic(), m.partition())
+            # one topic (the usual case): the partition tells the run apart, one call less per message
+            key = m.partition() if one_topic else (m.topic(), m.partition())
             if key != last:
                 tp = keys.get(key)
                 if tp is None:
-                    tp = keys[key] = TopicPartition(*key)
+                    tp = keys[key] = TopicPartition(m.topic(), m.partition())
                 pair = out.get(tp)
                 if pair is None:
                     pair = out[tp] = ([], [])
@@ -406,10 +419,8 @@ class ConfluentSource(Source):
         log.warning("consume error on %s [%s]: %s", m.topic(), m.partition(), err.str(),
                     extra={"reason": err.name()})
 
-    @staticmethod
-    def record(m: Any) -> Record:
-        """The neutral record of a consumed message."""
-        return Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1])
+    #: The neutral record of a consumed message.
+    record = Record
 
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
         self.consumer.pause([_ctp(tp) for tp in partitions])
