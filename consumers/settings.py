@@ -567,7 +567,8 @@ def learner_config(values: Mapping[str, Any]) -> LearnerConfig:
         return LearnerConfig(**kwargs)
     except ConfigError as exc:
         name = str(exc).split(":", 1)[0]
-        setting = _BY_NAME.get(name)
+        setting = _BY_NAME.get({"consumer_settings": "consumer_config",
+                                "producer_settings": "producer_config"}.get(name, name))
         if setting is None:
             raise UsageError(str(exc)) from None
         raise UsageError(f"{setting.flag} ({setting.env}): {str(exc).split(':', 1)[1].strip()}") from None
