@@ -51,7 +51,7 @@ from kafka.errors import KafkaError
 
 from consumers.config import ConfigError
 from consumers.outputs import Outputs
-from consumers.source import ConnectTimeout, RebalanceHandler, Source, wait_or_stop
+from consumers.source import RebalanceHandler, Source
 from consumers.state.checkpointing import tp_keys
 
 __all__ = ["ConfluentOutputs", "ConfluentSource", "Record", "bounded", "consumer_conf", "producer_conf"]
@@ -265,48 +265,25 @@ class ConfluentSource(Source):
         conf.update({"group.instance.id": self.instance_id, "error_cb": self._on_error, "logger": log})
         return conf
 
-    def connect(self, handler: RebalanceHandler, should_stop: Callable[[], bool], timeout: float,
-                before: Callable[[], None] = lambda: None) -> bool:
-        """Create the consumer (after ``before()``), check that the brokers answer, and subscribe; retry
-        with backoff for at most ``timeout`` seconds (then :class:`ConnectTimeout`)."""
-        cfg = self.config
-        self.pending.clear()
+    def _open(self, handler: RebalanceHandler, deadline: float) -> Consumer:
+        """One connection attempt: a consumer whose brokers answered a metadata request (librdkafka
+        connects lazily), subscribed (raises ``KafkaError``)."""
         self._handler = handler
-        deadline = time.monotonic() + timeout
-        backoff = 0.5
-        while not should_stop():
-            consumer = None
-            try:
-                before()
-                consumer = Consumer(self.conf())
-                consumer.list_topics(cfg.topics[0], timeout=max(min(1.0, deadline - time.monotonic()), 0.1))
-            except (KafkaException, KafkaError) as exc:
-                if consumer is not None:
-                    consumer.close()
-                with self.stats.lock:
-                    self.stats.connection_failures += 1
-                    self.stats.connected = False
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise ConnectTimeout(
-                        f"cannot reach the Kafka brokers at {cfg.bootstrap_servers} within {timeout:g} s "
-                        f"({exc})") from None
-                log.warning("cannot connect to %s, retrying in %.1fs: %r", cfg.bootstrap_servers, backoff,
-                            exc, extra={"reason": "connect_failed"})
-                wait_or_stop(min(backoff, left), should_stop)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            self.consumer = consumer
-            self._down = False
-            self._assigned = set()
-            consumer.subscribe(cfg.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
-                               on_lost=self._on_lost)
-            with self.stats.lock:
-                self.stats.connected = True
-            log.info("subscribed to %s as group %s (instance %s)", cfg.topics, cfg.group_id,
-                     self.instance_id)
-            return True
-        return False
+        try:
+            consumer = Consumer(self.conf())
+        except KafkaException as exc:  # e.g. an unreadable certificate file: said at the connect timeout
+            raise _neutral(exc) from None
+        try:
+            attempt = max(min(1.0, deadline - time.monotonic()), 0.1)
+            consumer.list_topics(self.config.topics[0], timeout=attempt)
+        except KafkaException as exc:
+            consumer.close()
+            raise _neutral(exc) from None
+        self._down = False
+        self._assigned = set()
+        consumer.subscribe(self.config.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                           on_lost=self._on_lost)
+        return consumer
 
     def _on_error(self, err: CKError) -> None:
         """librdkafka's client-level errors (served inside ``consume()``)."""
@@ -488,23 +465,13 @@ class ConfluentSource(Source):
 
     # ------------------------------------------------------------------ closing
 
-    def close(self, timeout_ms: int, leave: bool) -> None:
-        """Close the consumer (its revoke callback runs in here) within ``timeout_ms``; with ``leave``,
-        remove this static member from the group."""
-        consumer = self.consumer
-        if consumer is None:
-            return
-        self.closing = True
+    @staticmethod
+    def _close_consumer(consumer: Consumer, timeout_ms: int) -> None:
+        """librdkafka's ``close()`` takes no timeout (it waits for the group to be left): bounded here."""
         try:
             bounded(consumer.close, timeout_ms / 1000, "close")
-        except Exception as exc:
+        except KafkaError as exc:
             log.warning("closing the consumer: %r", exc, extra={"reason": "close_timeout"})
-        finally:
-            self.consumer, self.closing = None, False
-        if leave:
-            self._leave_group(timeout_ms)
-        with self.stats.lock:
-            self.stats.connected = False
 
     def unstick(self) -> None:
         """Nothing to work around: the kafka-python race of :meth:`Source.unstick` is not librdkafka's."""
