@@ -196,7 +196,12 @@ class Running:
     def stop(self, timeout: float = 60.0) -> None:
         self.learner.stop()
         self.thread.join(timeout)
-        assert not self.thread.is_alive(), "the learner did not stop"
+        if self.thread.is_alive():  # say where it is stuck
+            import traceback
+
+            frame = sys._current_frames().get(self.thread.ident)
+            where = "".join(traceback.format_stack(frame)) if frame is not None else "?"
+            raise AssertionError(f"the learner did not stop; it is at:\n{where}")
         if self.error is not None:
             raise AssertionError("the learner crashed") from self.error
 
