@@ -257,6 +257,7 @@ class ConfluentSource(Source):
         # its main thread, ~0.5 ms: too slow for every poll).
         self._assigned: set[TopicPartition] = set()
         self._highwaters: dict[TopicPartition, tuple[float, int | None]] = {}
+        self._committing = threading.Event()  # a commit is running (in a bounded() thread)
 
     # ------------------------------------------------------------------ connecting
 
@@ -436,9 +437,19 @@ class ConfluentSource(Source):
         """Commit ``offsets`` synchronously, bounded by ``timeout_ms`` (raises ``KafkaError``)."""
         timeout = (timeout_ms or self.config.commit_timeout_ms) / 1000
         parts = [_ctp(tp, om.offset, om.metadata or "") for tp, om in offsets.items()]
-        consumer = self.consumer
+        consumer, busy = self.consumer, self._committing
+        if busy.is_set():  # one commit at a time: a commit that outlived its bound holds no second thread
+            raise KafkaError("the previous commit has not completed yet (the group coordinator is away?)")
+        busy.set()
+
+        def commit() -> Any:
+            try:
+                return consumer.commit(offsets=parts, asynchronous=False)
+            finally:
+                busy.clear()
+
         try:
-            result = bounded(lambda: consumer.commit(offsets=parts, asynchronous=False), timeout, "commit")
+            result = bounded(commit, timeout, "commit")
         except KafkaError as exc:
             if "FENCED_INSTANCE_ID" in str(exc) or "fenced" in str(exc).lower():
                 self.fenced = True
