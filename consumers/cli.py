@@ -92,7 +92,7 @@ def _open_checkpoint(target: str, checkpoint_dir: str | None) -> tuple[Any, str]
     ))
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_DEL_AND_C1 = re.compile("[\x7f-\x9f]")  # controls JSON may carry raw (it escapes only C0)
 
 
 def _printable(text: str) -> str:
@@ -139,7 +139,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     out = sys.stdout
     if args.json:  # orjson escapes C0 controls; DEL and C1 controls are escaped here (\u009b: valid JSON)
         text = orjson.dumps(info, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode()
-        out.write(_CONTROL.sub(lambda m: f"\\u{ord(m[0]):04x}", text) + "\n")
+        out.write(_DEL_AND_C1.sub(lambda m: f"\\u{ord(m[0]):04x}", text) + "\n")
         return EXIT_OK
 
     def say(line: str) -> None:  # names, metadata and versions come from the checkpoint: never raw

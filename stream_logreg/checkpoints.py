@@ -308,6 +308,8 @@ _BYTES = np.dtype("|u1")
 MAX_MANIFEST_BYTES = 256 << 20
 _MAX_MEMBERS = 64
 _NPY_HEADER_MAX = 4096
+#: Vocabulary keys may be tuples (of tuples ...) at most this deep.
+MAX_KEY_DEPTH = 16
 _NONNEGATIVE = ("G", "n")  # optimizer accumulators (AdaGrad's G, FTRL's n): sums of squares
 
 
@@ -379,6 +381,23 @@ def _npy_header(head: bytes, name: str) -> tuple[np.dtype, tuple, int]:
     return dtype, shape, f.tell()
 
 
+def _member_head(npz_bytes: bytes, info: zipfile.ZipInfo, name: str) -> bytes:
+    """The first bytes of a member (enough for a .npy header), decompressing no more than that."""
+    at = info.header_offset
+    local = npz_bytes[at : at + 30]
+    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+        raise CheckpointCorrupt(f"array {name!r} has no valid local zip header")
+    start = at + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+    data = npz_bytes[start : start + info.compress_size]
+    limit = _NPY_HEADER_MAX + 16
+    if info.compress_type == zipfile.ZIP_STORED:
+        return bytes(data[:limit])
+    try:
+        return zlib.decompressobj(-15).decompress(data, limit)
+    except zlib.error as exc:
+        raise CheckpointCorrupt(f"array {name!r} does not decompress: {exc}") from None
+
+
 def _read_members(npz_bytes: bytes, allowed: Callable[[str], _Member | None]) -> dict[str, np.ndarray]:
     """The arrays of an ``.npz`` whose members ``allowed`` accepts (it returns what each may be).
 
@@ -416,11 +435,7 @@ def _read_members(npz_bytes: bytes, allowed: Callable[[str], _Member | None]) ->
                 raise CheckpointCorrupt(f"member {info.filename!r} uses compression {info.compress_type}")
             if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
                 raise CheckpointCorrupt(f"member {info.filename!r} is stored but its sizes differ")
-            try:
-                with zf.open(info) as f:
-                    head = f.read(min(info.file_size, _NPY_HEADER_MAX + 16))
-            except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error, RuntimeError) as exc:
-                raise CheckpointCorrupt(f"array {name!r} does not read: {exc}") from None
+            head = _member_head(npz_bytes, info, name)
             dtype, shape, header_len = _npy_header(head, name)
             if dtype != spec.dtype:
                 raise CheckpointCorrupt(f"array {name!r} has dtype {dtype}, expected {spec.dtype.name}")
@@ -533,16 +548,37 @@ def _read_arrays_v2(npz_bytes: bytes, meta: dict) -> tuple[dict[str, np.ndarray]
     if vocabulary:
         if "features.keys" not in members:
             raise CheckpointCorrupt("the array file lacks the vocabulary (features.keys)")
+        raw = members["features.keys"].tobytes()
         try:
-            keys = orjson.loads(members["features.keys"].tobytes())
+            keys = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise CheckpointCorrupt(f"the vocabulary is not valid JSON: {exc}") from None
         if not isinstance(keys, list) or len(keys) != expected["w"]:
             raise CheckpointCorrupt(f"the vocabulary does not list {expected['w']} features")
+        if b'"tuple"' in raw:  # only tuple keys nest: look closer
+            _check_key_depth(keys)
     else:
         keys = []
     meta["features"]["keys"] = keys
     return arrays, meta
+
+
+def _check_key_depth(keys: list) -> None:
+    """Refuse a vocabulary key of tuples nested deeper than :data:`MAX_KEY_DEPTH`."""
+    for entry in keys:
+        key = entry.get("k") if isinstance(entry, dict) else None
+        if not isinstance(key, dict):
+            continue
+        level, depth = [key], 0
+        while level:
+            depth += 1
+            if depth > MAX_KEY_DEPTH:
+                raise CheckpointCorrupt(
+                    f"a vocabulary key is nested more than {MAX_KEY_DEPTH} tuples deep (the model state is "
+                    "nested too deeply; stream-logreg writes no such key)"
+                )
+            level = [k for t in level for k in (t.get("tuple") if isinstance(t.get("tuple"), list) else [])
+                     if isinstance(k, dict)]
 
 
 def _check_values(arrays: dict[str, np.ndarray], meta: dict, metadata: dict) -> None:
@@ -601,6 +637,7 @@ def _restore(body: dict, npz_bytes: bytes, expect_config: dict | None) -> Checkp
     meta = body["model"]
     if body["schema_version"] == 1:
         arrays = _read_arrays_v1(npz_bytes, _expected_arrays(meta, 1))
+        _check_key_depth(meta["features"]["keys"])
     else:
         arrays, meta = _read_arrays_v2(npz_bytes, meta)
     _check_values(arrays, meta, body["metadata"])
@@ -697,10 +734,11 @@ def _open_regular(
                 f"the {what} {path.name} is a symbolic link; only regular files are read"
             ) from None
         raise CheckpointCorrupt(f"the {what} {path.name} does not read: {exc.strerror or exc}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise CheckpointCorrupt(f"the {what} {path.name} is {_kind(st.st_mode)}, not a regular file")
     with io.FileIO(fd, "rb", closefd=True) as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CheckpointCorrupt(f"the {what} {path.name} is {_kind(st.st_mode)}, not a regular file")
         if size is not None and st.st_size != size:
             raise CheckpointCorrupt(f"the {what} has {st.st_size} bytes, the manifest says {size}")
         if cap is not None and st.st_size > cap:
