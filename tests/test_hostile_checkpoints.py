@@ -14,10 +14,10 @@ import io
 import json
 import os
 import resource
-import signal
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from consumers import cli
+from consumers.settings import CONSUME_SETTINGS, learner_config, resolve_settings
 from stream_logreg import OnlineLogisticRegression, checkpoints, optim
 from stream_logreg.checkpoints import CheckpointCorrupt, CheckpointError, DirectoryStore
 
@@ -35,7 +37,11 @@ MEMORY_LIMIT = 2 << 30
 
 
 def make_model() -> OnlineLogisticRegression:
-    model = OnlineLogisticRegression(optimizer=optim.FTRL(alpha=0.1, l1=0.01))
+    """A model of the options ``consume`` uses by default (FTRL), trained a little."""
+    args = cli.build_parser().parse_args(["consume", "--topics", "events"])
+    values, _ = resolve_settings(args, CONSUME_SETTINGS, {})
+    model = learner_config(values).make_model()
+    assert isinstance(model.optimizer, optim.FTRL)
     for x, y in ROWS:
         model.learn_one(x, y)
     return model
@@ -300,15 +306,13 @@ def test_inspect_and_score_fall_back_to_the_valid_checkpoint(hostile_dir):
 
 def consume_until_restored(d: Path, timeout: float = 60) -> tuple[str, int | None]:
     """Run ``consume`` against a broker that is not there until it has restored a checkpoint (or exited);
-    then SIGTERM it. Returns (its stderr, its exit status if it exited by itself)."""
+    then kill it. Returns (its stderr, its exit status if it exited by itself)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "consumers.cli", "consume", "--topics", "events", "--bootstrap-servers",
          "127.0.0.1:9", "--checkpoint-dir", str(d), "--metrics-port", "0", "--log-level", "INFO"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env(), preexec_fn=limit_memory,
     )
     os.set_blocking(proc.stderr.fileno(), False)
-    import time
-
     deadline, text, exited = time.monotonic() + timeout, b"", None
     try:
         while time.monotonic() < deadline:
@@ -323,14 +327,10 @@ def consume_until_restored(d: Path, timeout: float = 60) -> tuple[str, int | Non
             time.sleep(0.05)  # polling the child's output, with a deadline
         else:
             raise AssertionError(f"consume neither restored nor exited in {timeout}s: {text.decode()}")
-    finally:
+    finally:  # past the restore, nothing here is under test (stopping is, in test_consumer.py): kill it
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            proc.kill()
+        proc.wait(timeout=30)
         proc.stderr.close()
     return text.decode(errors="replace"), exited
 
