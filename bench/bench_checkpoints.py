@@ -107,7 +107,7 @@ def main() -> None:
             rows[compress] = (npz, save)
             label = name + (" (z)" if compress else "")
             print(
-                f"{label:<20} {n:>10,} {nonzero:>9,} {npz:>8.2f} {manifest:>7.2f} {save:>7.3f} "
+                f"{label:<20} {n:>10,} {nonzero:>9,} {npz:>8.3f} {manifest:>7.3f} {save:>7.3f} "
                 f"{no_fsync:>8.3f} {state:>7.3f} {load:>7.3f}",
                 flush=True,
             )

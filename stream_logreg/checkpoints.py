@@ -11,40 +11,64 @@ The contract
   (``fsync`` of both files and of the directory). A checkpoint is visible to readers only once complete: a
   crash at any point of a save leaves either the previous checkpoints alone, or the new one complete.
 - **Verified.** Loading checks the manifest's own checksum, the schema version, the size and sha256 of the
-  array file, and that the arrays are exactly those the model needs (names, float64, shapes). Anything else
+  array file, and that the arrays are exactly those the model needs (names, dtypes, shapes). Anything else
   raises a :class:`CheckpointError` that says what differs. :meth:`DirectoryStore.latest` skips damaged
   checkpoints (and says why, in ``store.skipped`` and a warning on the ``stream_logreg.checkpoints``
   logger) and returns the newest one that verifies, so a half-written or corrupted checkpoint costs only the
   progress since the previous one.
-- **Never unpickles.** Arrays are read only with ``np.load(..., allow_pickle=False)``, JSON only as JSON. A
+- **Never unpickles.** Arrays are read from their ``.npy`` headers and bytes (never ``pickle``), JSON only
+  as JSON. A
   file holding a pickle (an object array) is refused with :class:`CheckpointCorrupt`, unexecuted.
 - **Same model or an error.** ``expect_config=model.config()`` refuses a checkpoint of other
   hyper-parameters with :class:`CheckpointMismatch`, which lists them. An intact checkpoint of an unknown
   schema version raises :class:`UnsupportedCheckpoint`. Neither is skipped: they mean the program, not the
   checkpoint, changed.
 - **Ids sort by time.** An id is the 20-digit wall-clock time in nanoseconds when the save started, bumped
-  to one more than any id already in the directory, so a later save always has a larger id (across
-  restarts, clock steps back, and several saves within one nanosecond).
+  to one more than any intact checkpoint's id already in the directory, so a later save always has a
+  larger id (across restarts, clock steps back, and several saves within one nanosecond). Names outside
+  the 20-digit format are ignored, and damaged entries with larger ids are stepped over, never extended:
+  ids stay 20 digits, and if an intact checkpoint ``99999999999999999999`` is there, a save fails saying so.
+- **The directory is untrusted.** Only regular files are opened, never through a symbolic link and never
+  blocking (a FIFO or device named like a checkpoint is skipped with a reason); the manifest is at most
+  :data:`MAX_MANIFEST_BYTES`, the array file exactly the size its manifest says, both checked before
+  reading; the zip directory and every ``.npy`` header of the array file are checked against the shapes
+  the manifest implies before anything is allocated or decompressed (no zip bombs, no ``(2**40,)``
+  arrays, no object arrays); then values: non-finite numbers, negative accumulators, vocabulary keys
+  nested deeper than :data:`MAX_KEY_DEPTH`, malformed ``offsets`` in the metadata are refused. A refused
+  checkpoint is skipped by :meth:`DirectoryStore.latest` like a corrupt one. A save never fails because
+  of a stray entry: what retention or leftover cleanup cannot delete (e.g. a directory) is skipped with a
+  warning.
+- **One writer per directory.** A :class:`DirectoryStore` holds an exclusive ``flock`` on
+  ``<directory>/.lock`` for its life (released by :meth:`DirectoryStore.close`, or by the kernel when the
+  process ends or dies); a second writer in another process gets a :class:`CheckpointError` at
+  construction. Readers (``read_only=True``) take no lock.
 
-The on-disk layout (schema version 1)
--------------------------------------
+The on-disk layout (schema version 2; version 1 is still read)
+---------------------------------------------------------------
 One directory holds, per checkpoint ``<id>``:
 
-- ``<id>.npz``: the model's arrays, written by ``np.savez`` (one ``.npy`` member per array: ``w``, ``b``,
-  ``optimizer.<name>`` and ``bias_optimizer.<name>``, all float64);
+- ``<id>.npz``: the model's arrays, written by ``np.savez`` (one ``.npy`` member per array). The arrays
+  are ``w``, ``b``, ``optimizer.<name>`` and ``bias_optimizer.<name>`` (float64); each is stored either
+  dense under its name, or, when that is smaller (a hashed space with few features in use), as
+  ``<name>.idx`` (int64, increasing) and ``<name>.val`` (float64): the indices and values of its entries
+  whose bits are not zero (so ``-0.0`` comes back as ``-0.0``). With a vocabulary, the member
+  ``features.keys`` (uint8) holds the UTF-8 JSON of the vocabulary (``model.state()``'s
+  ``features.keys``, one entry per column). Version 1 had every array dense and no ``features.keys``.
 - ``<id>.json``: the manifest, the commit record, written last. It is one JSON object,
   ``{"manifest_sha256":"<64 hex>","manifest":<body>}``, where the hex is the sha256 of the exact bytes of
   ``<body>`` as they appear in the file (so the check does not depend on how a JSON library formats
   numbers). The body holds ``format`` (``"stream-logreg-checkpoint"``), ``schema_version``,
   ``library_version``, ``id``, ``created_at`` (UTC, ISO-8601), ``model`` (the JSON half of
-  ``model.state()``: hyper-parameters, feature space, counters), ``metadata`` (the caller's dict) and
-  ``npz`` (``{"file", "size", "sha256"}`` of the array file's bytes).
+  ``model.state()``: hyper-parameters, feature space, counters; in version 2 the feature space's ``keys``
+  are replaced by ``n_keys`` and ``keys_bytes``, the length of the vocabulary and of its JSON in the
+  array file), ``metadata`` (the caller's dict) and ``npz`` (``{"file", "size", "sha256"}`` of the array
+  file's bytes).
 
 Each file is written to a hidden temporary ``.<id>.<ext>.<pid>.tmp`` in the same directory, flushed,
 fsynced and renamed into place (``os.replace``), then the directory is fsynced: first the ``.npz``, then
-the manifest. A checkpoint exists when its manifest does. Saves take an exclusive ``flock`` on
-``<directory>/.lock``, so temporary files and manifest-less ``.npz`` files older than a new save are
-leftovers of crashed saves; the save deletes them, and all but the newest ``keep`` complete checkpoints.
+the manifest. A checkpoint exists when its manifest does. As the writer holds the directory's lock,
+temporary files and manifest-less ``.npz`` files older than a new save are leftovers of crashed saves;
+the save deletes them, and all but the newest ``keep`` complete checkpoints.
 
 Other stores (e.g. a compacted Kafka topic) implement :class:`CheckpointStore` with the same format: the
 bytes of the array file and of the manifest, made by :func:`encode_checkpoint` and read back by

@@ -557,3 +557,60 @@ def test_a_different_configuration_is_refused_naming_the_differences(two_checkpo
     # The configuration it was saved with is accepted.
     config = store.latest().model.config()
     assert isinstance(store.latest(expect_config=config), Checkpoint)
+
+
+# Schema version 2: sparse arrays, the vocabulary in the array file; version 1 still loads
+
+
+def test_a_checkpoint_of_schema_version_1_still_loads(tmp_path):
+    model = OnlineLogisticRegression(optimizer=optim.FTRL(l1=0.1))
+    learn(model, "learn_one", 0, 300)
+    arrays, meta = model.state()
+    content = _npz_bytes(tmp_path, **arrays)
+    cid = "01700000000000000000"
+    (tmp_path / f"{cid}.npz").write_bytes(content)
+    body = {
+        "format": "stream-logreg-checkpoint", "schema_version": 1, "library_version": "0.1.0", "id": cid,
+        "created_at": "2026-01-01T00:00:00+00:00", "model": meta, "metadata": {"offsets": {"t:0": 300}},
+        "npz": {"file": f"{cid}.npz", "size": len(content), "sha256": hashlib.sha256(content).hexdigest()},
+    }
+    _write_manifest(tmp_path / f"{cid}.json", body)
+    with DirectoryStore(tmp_path) as store:
+        checkpoint = store.latest(expect_config=model.config())
+        assert checkpoint.id == cid and checkpoint.metadata == {"offsets": {"t:0": 300}}
+        same_model(checkpoint.model, model)
+        newer = store.save(checkpoint.model)  # written as version 2
+        assert _manifest_body(tmp_path / f"{newer}.json")["schema_version"] == checkpoints.SCHEMA_VERSION == 2
+        same_model(store.latest().model, model)
+
+
+def test_a_hashed_model_is_stored_sparsely_and_restored_bitwise(tmp_path):
+    model = OnlineLogisticRegression(optimizer=optim.FTRL(l1=0.1), n_bits=20)
+    learn(model, "learn_one", 0, 300)
+    arrays, meta = model.state()
+    arrays["w"][7] = -0.0  # a signed zero is a bit pattern too: it must come back as it was
+    arrays["optimizer.z"][11] = 5e-324
+    model = OnlineLogisticRegression.from_state(arrays, meta)
+    with DirectoryStore(tmp_path) as store:
+        cid = store.save(model)
+        size = (tmp_path / f"{cid}.npz").stat().st_size
+        dense = 3 * 8 << 20
+        assert size < dense / 1000, size  # 10 non-zero entries, not 2^20 of each array
+        with np.load(tmp_path / f"{cid}.npz", allow_pickle=False) as npz:
+            assert {"w.idx", "w.val", "optimizer.n.idx", "b"} <= set(npz.files) and "w" not in npz.files
+        same_model(store.latest().model, model)
+        assert bits(store.latest().model.state()[0]["w"][7]) == bits(-0.0)
+
+
+def test_a_large_vocabulary_is_in_the_array_file_not_the_manifest(tmp_path):
+    model = OnlineLogisticRegression()
+    model.learn_batch(np.random.default_rng(0).standard_normal((2, 5000)), np.array([0.0, 1.0]))
+    learn(model, "learn_one", 0, 50)  # plus string and indicator keys
+    npz, manifest = checkpoints.encode_checkpoint("00000000000000000001", model)
+    assert len(manifest) < 2000
+    body = checkpoints.decode_manifest(manifest)
+    assert body["model"]["features"]["n_keys"] == model.n_features and "keys" not in body["model"]["features"]
+    same_model(checkpoints.restore(body, npz, expect_config=model.config()).model, model)
+    npz_z, manifest_z = checkpoints.encode_checkpoint("00000000000000000002", model, compress=True)
+    assert len(npz_z) < len(npz)
+    same_model(checkpoints.restore(checkpoints.decode_manifest(manifest_z), npz_z).model, model)
