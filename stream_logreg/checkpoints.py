@@ -17,8 +17,8 @@ The contract
   logger) and returns the newest one that verifies, so a half-written or corrupted checkpoint costs only the
   progress since the previous one.
 - **Never unpickles.** Arrays are read from their ``.npy`` headers and bytes (never ``pickle``), JSON only
-  as JSON. A
-  file holding a pickle (an object array) is refused with :class:`CheckpointCorrupt`, unexecuted.
+  as JSON. A file holding a pickle (an object array) is refused with :class:`CheckpointCorrupt`,
+  unexecuted.
 - **Same model or an error.** ``expect_config=model.config()`` refuses a checkpoint of other
   hyper-parameters with :class:`CheckpointMismatch`, which lists them. An intact checkpoint of an unknown
   schema version raises :class:`UnsupportedCheckpoint`. Neither is skipped: they mean the program, not the
