@@ -445,14 +445,15 @@ def _read_members(npz_bytes: bytes, allowed: Callable[[str], _Member | None]) ->
         infos = zf.infolist()
         if len(infos) > _MAX_MEMBERS:
             raise CheckpointCorrupt(f"the array file has {len(infos)} members, more than any checkpoint")
-        plan = []
+        plan, seen = [], set()
         for info in infos:
             name = info.filename.removesuffix(".npy")
             spec = allowed(name) if info.filename.endswith(".npy") else None
             if spec is None:
                 raise CheckpointCorrupt(f"the array file holds a member {info.filename!r} no model needs")
-            if name in arrays or any(name == p[0] for p in plan):
+            if name in seen:
                 raise CheckpointCorrupt(f"the array file holds member {info.filename!r} twice")
+            seen.add(name)
             if info.flag_bits & 0x1:
                 raise CheckpointCorrupt(f"member {info.filename!r} of the array file is encrypted")
             if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
@@ -611,7 +612,7 @@ def _check_values(arrays: dict[str, np.ndarray], meta: dict, metadata: dict) -> 
     for name, values in arrays.items():
         if not np.isfinite(values).all():
             raise CheckpointCorrupt(f"array {name!r} holds non-finite values (NaN or infinity)")
-        if name.rpartition(".")[2] in _NONNEGATIVE and name != "w" and (values < 0).any():
+        if name.rpartition(".")[2] in _NONNEGATIVE and (values < 0).any():
             raise CheckpointCorrupt(f"array {name!r} (an accumulator of squares) holds negative values")
     for key in ("n_samples_seen", "optimizer_iterations", "bias_optimizer_iterations"):
         value = meta.get(key)
