@@ -790,14 +790,17 @@ class _DirectoryLock:
     """The exclusive ``flock`` of ``directory/.lock`` that a writer holds for its life.
 
     One lock per process and directory: stores of one process share it (counted), another process gets a
-    :class:`CheckpointError`. The kernel releases it when the process dies.
+    :class:`CheckpointError`. The kernel releases it when the process dies. ``saving`` is a thread lock
+    of the directory (shared too) that serialises the saves of one process's stores.
     """
 
-    _held: dict[tuple[int, int], list[int]] = {}  # (st_dev, st_ino) of the lock file -> [fd, users]
+    # (st_dev, st_ino) of the lock file -> [fd, users, the process's save lock of that directory]
+    _held: dict[tuple[int, int], list[Any]] = {}
     _guard = threading.Lock()
 
     def __init__(self, directory: Path) -> None:
         self.key: tuple[int, int] | None = None
+        self.saving = threading.Lock()
         if fcntl is None:  # pragma: no cover - not POSIX
             return
         lock_path = directory / ".lock"
@@ -818,6 +821,7 @@ class _DirectoryLock:
             if key in self._held:
                 os.close(fd)
                 self._held[key][1] += 1
+                self.saving = self._held[key][2]
             else:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -831,7 +835,8 @@ class _DirectoryLock:
                     ) from None
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-                self._held[key] = [fd, 1]
+                self.saving = threading.Lock()
+                self._held[key] = [fd, 1, self.saving]
         self.key = key
 
     def release(self) -> None:
@@ -1001,7 +1006,8 @@ def save_checkpoint(
     path.mkdir(parents=True, exist_ok=True)
     lock = _DirectoryLock(path)
     try:
-        cid, _ = _save_locked(path, model, metadata, fsync, compress)
+        with lock.saving:
+            cid, _ = _save_locked(path, model, metadata, fsync, compress)
     finally:
         lock.release()
     return str(path / f"{cid}.json")
@@ -1093,8 +1099,12 @@ class DirectoryStore:
     def save(self, model: OnlineLogisticRegression, metadata: dict | None = None) -> str:
         """Save a checkpoint durably and return its id; then delete leftovers of crashed saves and all
         but the newest ``keep`` complete checkpoints (what cannot be deleted is skipped, with a warning)."""
-        if self.read_only:
+        if self.read_only or self._lock is None:
             raise CheckpointError(f"the store of {self.path} is read-only (or closed): it cannot save")
+        with self._lock.saving:
+            return self._save(model, metadata)
+
+    def _save(self, model: OnlineLogisticRegression, metadata: dict | None) -> str:
         cid, before = _save_locked(self.path, model, metadata, self.fsync, self.compress)
         complete = [i for i, e in before.items() if e.npz and e.manifest] + [cid]
         doomed = set(complete[: -self.keep] if self.keep is not None else [])

@@ -495,3 +495,21 @@ def test_inspect_escapes_control_characters(tmp_path):
     assert not any(c in proc.stdout.decode() for c in "\x1b\x9b\x7f\x07")
     names = {t["feature"] for t in json.loads(proc.stdout)["top_weights"]}
     assert {"evil\x1b[2J", "c1\x9b31m", "del\x7f"} <= names  # JSON escapes them; its readers get them back
+
+
+def test_stores_of_one_process_share_the_lock_and_take_turns_to_save(tmp_path):
+    import threading
+
+    d = tmp_path / "ckpt"
+    model = make_model()
+    ids: list[str] = []
+    with DirectoryStore(d, keep=None, fsync=False) as a, DirectoryStore(d, keep=None, fsync=False) as b:
+        threads = [threading.Thread(target=lambda s=s: ids.extend(s.save(model) for _ in range(10)))
+                   for s in (a, b, a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        infos = a.list()
+    assert len(set(ids)) == 40 and sorted(ids) == [info.id for info in infos]
+    assert all(info.valid for info in infos)
