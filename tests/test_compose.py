@@ -308,7 +308,7 @@ def test_learner_and_producer_commands_against_the_broker(kafka_bootstrap: str, 
 
             deadline = time.monotonic() + 60
             while learner.poll() is None and time.monotonic() < deadline:
-                latest = DirectoryStore(ckpt).latest()
+                latest = DirectoryStore(ckpt, read_only=True).latest()
                 if sum(latest.metadata["offsets"].values()) == n + 2:
                     break
                 time.sleep(0.1)

@@ -208,7 +208,7 @@ def running(config: LearnerConfig) -> Iterator[Running]:
 
 
 def latest(ckpt: Path) -> Any:
-    return DirectoryStore(ckpt).latest()
+    return DirectoryStore(ckpt, read_only=True).latest()  # a reader: a learner process may own the directory
 
 
 # --------------------------------------------------------------------------------------------------
