@@ -137,7 +137,7 @@ def test_demo_checkpoint_equals_an_offline_model(tmp_path: Path, capsys: pytest.
     for x, y in PHISHING:
         p = model.predict_proba_one(x)[True]
         loss -= math.log(max(p if y else 1.0 - p, 1e-15))
-        hits += (p >= 0.5) == y  # the consumer's definition (consumers.stats.progressive_metrics)
+        hits += (p > 0.5) == y  # the consumer's definition (consumers.stats.progressive_metrics)
         model.learn_one(x, y)
     out = capsys.readouterr().out
     assert f"progressive log loss  {loss / len(PHISHING):.4f}" in out
@@ -253,11 +253,11 @@ def test_demo_curve_csv(demo_dir: Path) -> None:
     for row, (x, y) in zip(rows[:100], PHISHING, strict=False):
         assert float(row["p"]) == model.predict_proba_one(x)[True]
         model.learn_one(x, y)
-    acc = sum((float(r["p"]) >= 0.5) == bool(int(r["y"])) for r in rows) / len(rows)
+    acc = sum((float(r["p"]) > 0.5) == bool(int(r["y"])) for r in rows) / len(rows)
     assert float(rows[-1]["accuracy"]) == pytest.approx(acc)
     window = rows[-100:]
     assert float(rows[-1]["rolling_accuracy"]) == pytest.approx(
-        sum((float(r["p"]) >= 0.5) == bool(int(r["y"])) for r in window) / 100
+        sum((float(r["p"]) > 0.5) == bool(int(r["y"])) for r in window) / 100
     )
 
 
