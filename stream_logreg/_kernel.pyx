@@ -184,6 +184,8 @@ cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_s
             for j in range(n):
                 if c[j] == ci:
                     v[j] += d
+                    if not isfinite(v[j]):  # colliding values whose sum overflows: the slow path says so
+                        return -1
                     break
             else:
                 c[n] = ci
@@ -274,6 +276,31 @@ cdef class JsonDecoder:
         return ev
 
 
+cdef double _dot_wide(double* wp, Py_ssize_t* c, double* v, Py_ssize_t n) noexcept nogil:
+    """Σ_i w[c[i]] · v[i] accumulated in extended precision (x87 long double: products of doubles and
+    their sums cannot overflow there), rounded once to a double: ±inf if the true sum is beyond the
+    double range, never NaN for finite inputs."""
+    cdef long double s = 0.0
+    cdef Py_ssize_t i
+    for i in range(n):
+        s += (<long double> wp[c[i]]) * (<long double> v[i])
+    return <double> s
+
+
+cdef inline double _dot(double* wp, Py_ssize_t* c, double* v, Py_ssize_t n) noexcept nogil:
+    """Σ_i w[c[i]] · v[i] in double, in order; when that is not finite (an overflow, or inf − inf = NaN
+    between two overflowed products) it is computed again by `_dot_wide`. For finite w and v the result
+    is the correctly signed logit, ±inf at worst (σ(±inf) is 1 or 0), and bitwise the plain sum whenever
+    that is finite."""
+    cdef double s = 0.0
+    cdef Py_ssize_t i
+    for i in range(n):
+        s += wp[c[i]] * v[i]
+    if isfinite(s):
+        return s
+    return _dot_wide(wp, c, v, n)
+
+
 def dot_dict(dict x, dict columns, cnp.ndarray w):
     """Σ w[column(k)] · v over the entries `k: v` of row `x`, in the row's order; NaN if an entry needs
     the slow path (an unknown key, a non-finite or non-numeric value): see `encode`."""
@@ -286,6 +313,8 @@ def dot_dict(dict x, dict columns, cnp.ndarray w):
         if not _lookup(columns, key, value, &ci, &d):
             return float("nan")
         s += wp[ci] * d
+    if not isfinite(s):  # an overflow: `dot` on the encoded row sums it safely
+        return float("nan")
     return s
 
 
@@ -308,8 +337,7 @@ cdef inline double _sample_gradient(double* wp, Py_ssize_t* c, double* v, Py_ssi
     cdef double z = 0.0, p, g
     cdef Py_ssize_t i
     cdef bint ok
-    for i in range(n):
-        z += wp[c[i]] * v[i]
+    z = _dot(wp, c, v, n)
     p = _sigmoid(z + b)
     g = (p - y) * sample_weight * class_weight
     ok = isfinite(g)
@@ -511,9 +539,7 @@ def batch_predict_gradient(cnp.ndarray w, cnp.ndarray b, cnp.ndarray cols, cnp.n
     if table == NULL:
         raise MemoryError()
     for i in range(m):
-        z = 0.0
-        for k in range(ip[i], ip[i + 1]):
-            z += wp[c[k]] * v[k]
+        z = _dot(wp, c + ip[i], v + ip[i], ip[i + 1] - ip[i])
         pp[i] = _sigmoid(z + dptr(b)[0])
         r = (pp[i] - yp[i]) * (1.0 if sp == NULL else sp[i]) * (pos_w if yp[i] == 1.0 else neg_w)
         s += r
@@ -541,15 +567,8 @@ def batch_predict_gradient(cnp.ndarray w, cnp.ndarray b, cnp.ndarray cols, cnp.n
 
 
 def dot(cnp.ndarray w, cnp.ndarray cols, cnp.ndarray vals, Py_ssize_t n):
-    """Σ_i w[cols[i]] · vals[i] over the first n entries."""
-    cdef double* wp = dptr(w)
-    cdef Py_ssize_t* c = iptr(cols)
-    cdef double* v = dptr(vals)
-    cdef double s = 0.0
-    cdef Py_ssize_t i
-    for i in range(n):
-        s += wp[c[i]] * v[i]
-    return s
+    """Σ_i w[cols[i]] · vals[i] over the first n entries (overflow-safe: see `_dot`)."""
+    return _dot(dptr(w), iptr(cols), dptr(vals), n)
 
 
 # Dense batches: BLAS dgemv, taken from SciPy's BLAS at import (a runtime dependency already) through the
@@ -600,8 +619,9 @@ cdef int _matvec(cnp.ndarray X, double* x, double* out, bint transpose) except -
 
 def logits(cnp.ndarray X, cnp.ndarray w, double b, cnp.ndarray z, object neg_abs):
     """z ← Xw + b for X (m×n, float64, C- or F-contiguous) and w (n); with `neg_abs` (an m-array),
-    also neg_abs ← −|z| (whose exp the caller takes with numpy's vectorised exp). Returns whether all
-    of z is finite."""
+    also neg_abs ← −|z| (whose exp the caller takes with numpy's vectorised exp). A row whose BLAS sum is
+    not finite is summed again in extended precision (as `_dot`): finite rows give their correctly
+    signed logit, ±inf at worst. Returns False if X holds a non-finite value (then z is not all finite)."""
     cdef Py_ssize_t m = cnp.PyArray_DIM(X, 0), i
     if (cnp.PyArray_DIM(w, 0) != cnp.PyArray_DIM(X, 1) or cnp.PyArray_DIM(z, 0) != m
             or (neg_abs is not None and cnp.PyArray_DIM(<cnp.ndarray> neg_abs, 0) != m)):
@@ -612,9 +632,20 @@ def logits(cnp.ndarray X, cnp.ndarray w, double b, cnp.ndarray z, object neg_abs
     cdef bint ok = True
     if neg_abs is not None:
         ep = dptr(<cnp.ndarray> neg_abs)
+    cdef double* xp = dptr(X)
+    cdef double* wp = dptr(w)
+    cdef Py_ssize_t n = cnp.PyArray_DIM(X, 1), j
+    cdef Py_ssize_t rs = cnp.PyArray_STRIDE(X, 0) // sizeof(double), cs = cnp.PyArray_STRIDE(X, 1) // sizeof(double)
+    cdef long double acc
     for i in range(m):
+        if not isfinite(zp[i]):  # an overflow (or inf − inf) in BLAS, or a non-finite value in row i
+            acc = 0.0
+            for j in range(n):
+                acc += (<long double> xp[i * rs + j * cs]) * (<long double> wp[j])
+            if acc != acc or acc - acc != 0.0:  # NaN or ±inf in extended precision: a non-finite value
+                ok = False
+            zp[i] = <double> acc  # ±inf if beyond the double range: σ is then 1 or 0
         zp[i] = zp[i] + b
-        ok = ok and isfinite(zp[i])
         if ep != NULL:
             ep[i] = -fabs(zp[i])
     return ok
@@ -777,7 +808,7 @@ cdef class SampleStep:
     cdef bint bias_rule
     cdef int rule
     cdef double h0, h1, h2, h3
-    cdef cnp.ndarray w_s0, w_s1, b_s0, b_s1
+    cdef cnp.ndarray w_s0, w_s1, b_s0, b_s1, undo
     cdef object opt, bias_opt
 
     def __init__(self, dict columns not None, bint merge, RowLayout layout, cnp.ndarray cols not None,
@@ -812,6 +843,7 @@ cdef class SampleStep:
         self.b_s0 = b_state[0] if len(b_state) > 0 else None
         self.b_s1 = b_state[1] if len(b_state) > 1 else None
         self.opt, self.bias_opt = opt, bias_opt
+        self.undo = cnp.PyArray_ZEROS(1, [3 * cnp.PyArray_DIM(cols, 0) + 3], cnp.NPY_DOUBLE, 0)
 
     def __call__(self, object x, object y, double sample_weight):
         """Encode row `x` (see `encode`) and learn it with label `y` and weight `sample_weight`.
@@ -831,28 +863,57 @@ cdef class SampleStep:
         return self._learn(n, label, sample_weight)
 
     cdef double _learn(self, Py_ssize_t n, double y, double sample_weight) except? -2.0:
-        """The update on the row in the first n entries of the scratch buffers; returns p, or NaN if refused."""
+        """The update on the row in the first n entries of the scratch buffers; returns p, or NaN if refused.
+
+        The touched coordinates of w and of the state arrays, b and the bias state are saved first; if
+        any of them is not finite after the step, all are put back (bitwise) and the update is refused.
+        """
         cdef double* wp = dptr(self.w)
         cdef double* bp = dptr(self.b)
         cdef Py_ssize_t* c = iptr(self.cols)
         cdef double* o = dptr(self.grads)
+        cdef double* u = dptr(self.undo)
+        cdef double* s0 = NULL if self.w_s0 is None else dptr(self.w_s0)
+        cdef double* s1 = NULL if self.w_s1 is None else dptr(self.w_s1)
+        cdef double* t0 = NULL if self.b_s0 is None else dptr(self.b_s0)
+        cdef double* t1 = NULL if self.b_s1 is None else dptr(self.b_s1)
         cdef double p, g
+        cdef bint ok
         if not 0 <= n <= cnp.PyArray_DIM(self.cols, 0):
             raise ValueError("n is beyond the buffers")
         p = _sample_gradient(wp, c, dptr(self.vals), n, bp[0], y, sample_weight,
                              self.pos_w if y else self.neg_w, self.l2, o, &g)
         if p != p:
             return p
-        self._apply(self.opt, wp, c, o, n, self.w_s0, self.w_s1)
+        _save(u, wp, c, n)
+        _save(u + n, s0, c, n)
+        _save(u + 2 * n, s1, c, n)
+        _save(u + 3 * n, bp, &_ZERO, 1)
+        _save(u + 3 * n + 1, t0, &_ZERO, 1)
+        _save(u + 3 * n + 2, t1, &_ZERO, 1)
+        self._rule(self.opt, wp, c, o, n, s0, s1)
         if self.bias_rule:
-            self._apply(self.bias_opt, bp, &_ZERO, &g, 1, self.b_s0, self.b_s1)
+            self._rule(self.bias_opt, bp, &_ZERO, &g, 1, t0, t1)
         else:
             bp[0] -= self.intercept_lr * g
+        ok = (_finite(wp, c, n) and _finite(s0, c, n) and _finite(s1, c, n) and isfinite(bp[0])
+              and _finite(t0, &_ZERO, 1) and _finite(t1, &_ZERO, 1))
+        if not ok:
+            _restore(u + 3 * n + 2, t1, &_ZERO, 1)
+            _restore(u + 3 * n + 1, t0, &_ZERO, 1)
+            _restore(u + 3 * n, bp, &_ZERO, 1)
+            _restore(u + 2 * n, s1, c, n)
+            _restore(u + n, s0, c, n)
+            _restore(u, wp, c, n)
+            return NAN
+        self.opt.n_iterations += 1  # as Optimizer.step, once the step is accepted
+        if self.bias_rule:
+            self.bias_opt.n_iterations += 1
         return p
 
-    cdef int _apply(self, object opt, double* wp, Py_ssize_t* c, double* g, Py_ssize_t n,
-                    cnp.ndarray s0, cnp.ndarray s1) except -1:
-        """One step of the rule on coordinates c[:n], then opt.n_iterations += 1 (as Optimizer.step)."""
+    cdef int _rule(self, object opt, double* wp, Py_ssize_t* c, double* g, Py_ssize_t n,
+                   double* s0, double* s1) except -1:
+        """One step of the rule on coordinates c[:n] (the caller counts it in opt.n_iterations)."""
         cdef double lr
         if self.rule == RULE_SGD:
             lr = self.h0  # SGD.learning_rate: lr / (t + 1)^power_t, t = the updates already made
@@ -860,11 +921,36 @@ cdef class SampleStep:
                 lr = self.h0 / pow(<double> (opt.n_iterations + 1), self.h1)
             _sgd(wp, c, g, n, lr)
         elif self.rule == RULE_ADAGRAD:
-            _adagrad(wp, dptr(s0), c, g, n, self.h0, self.h1)
+            _adagrad(wp, s0, c, g, n, self.h0, self.h1)
         else:
-            _ftrl(wp, dptr(s0), dptr(s1), c, g, n, self.h0, self.h1, self.h2, self.h3)
-        opt.n_iterations += 1
+            _ftrl(wp, s0, s1, c, g, n, self.h0, self.h1, self.h2, self.h3)
         return 0
+
+
+cdef inline void _save(double* dst, double* src, Py_ssize_t* c, Py_ssize_t n) noexcept nogil:
+    """dst[i] ← src[c[i]] for i < n (nothing if src is NULL)."""
+    cdef Py_ssize_t i
+    if src != NULL:
+        for i in range(n):
+            dst[i] = src[c[i]]
+
+
+cdef inline void _restore(double* saved, double* dst, Py_ssize_t* c, Py_ssize_t n) noexcept nogil:
+    """dst[c[i]] ← saved[i], last entry first, so that a repeated column gets its first saved value."""
+    cdef Py_ssize_t i
+    if dst != NULL:
+        for i in range(n - 1, -1, -1):
+            dst[c[i]] = saved[i]
+
+
+cdef inline bint _finite(double* a, Py_ssize_t* c, Py_ssize_t n) noexcept nogil:
+    """Whether a[c[i]] is finite for every i < n (True if a is NULL)."""
+    cdef Py_ssize_t i
+    cdef bint ok = True
+    if a != NULL:
+        for i in range(n):
+            ok = ok and isfinite(a[c[i]])
+    return ok
 
 
 cdef Py_ssize_t _ZERO = 0

@@ -164,6 +164,12 @@ class FeatureSpace:
             merged: dict[int, float] = {}
             for c, v in zip(cols, vals, strict=True):
                 merged[c] = merged.get(c, 0.0) + v
+                if not math.isfinite(merged[c]):
+                    names = [k for (k, _), col in zip(entries, cols, strict=True) if col == c]
+                    raise ValueError(
+                        f"features {names!r:.200} share hashed column {c} and the sum of their values "
+                        "is too large for a float"
+                    )
             cols, vals = list(merged), list(merged.values())
         return cols, vals
 

@@ -1,4 +1,26 @@
-"""The online logistic-regression classifier: River's interface, the seed's update, compiled inner loops."""
+"""The online logistic-regression classifier: River's interface, the textbook update, compiled inner loops.
+
+Numerics that cannot be poisoned. Every feature value that reaches the model is finite (the feature space
+refuses the others), but finite values up to ±1.7e308 still overflow: w·x, g·x, g² (AdaGrad's G, FTRL's
+n) or w − η·g can leave the double range. Three guards, each on every path (per sample, mini-batch,
+compiled or not):
+
+1. Logits are summed in double, and a sum that is not finite (an overflow, or inf − inf) is summed again
+   in extended precision (``_kernel._dot``): the logit of finite inputs is its correctly signed value,
+   ±inf at worst, and σ(±inf) is 1 or 0. Every probability returned is a finite number in [0, 1].
+2. A gradient that is not finite (g·x + l2·w overflowing) refuses the update before anything is written.
+3. The step itself is checked: the touched coordinates of w and of every optimizer state array, the bias
+   and the bias optimizer's state are saved, the step is applied, and if any of them is not finite they
+   are all put back bitwise and the update is refused (``ValueError``, with nothing learned: the feature
+   space is rolled back and ``n_iterations`` is not counted).
+
+Why a check with rollback rather than clipping: clipping (River's ``clip_gradient``, also available here)
+bounds the loss gradient, not g·x nor g², and any bound small enough to prevent every overflow would change
+ordinary updates, so that the model would no longer be exactly the textbook rule (nor River's). The check
+costs a copy and a comparison per touched coordinate, changes no accepted update, and works for any
+optimizer, including those without a compiled rule. A model restored from a checkpoint is checked too
+(:meth:`OnlineLogisticRegression.from_state` refuses non-finite values and negative accumulators).
+"""
 
 from __future__ import annotations
 
@@ -235,10 +257,15 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         w = np.asarray(arrays["w"], dtype=np.float64)
         if w.shape != (n,):
             raise ValueError(f"weights have shape {w.shape}, the feature space needs ({n},)")
+        b = np.asarray(arrays["b"], dtype=np.float64)
+        if b.shape != (1,):
+            raise ValueError(f"the bias has shape {b.shape}, expected (1,)")
+        if not (np.isfinite(w).all() and np.isfinite(b).all()):
+            raise ValueError("the weights or the bias hold non-finite values")
         model._w = np.zeros(0)
         model._grow(n)
         model._w[:n] = w
-        model._b[:] = np.asarray(arrays["b"], dtype=np.float64)
+        model._b[:] = b
         prefix = "optimizer."
         model.optimizer.load_state(
             {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)},
@@ -297,7 +324,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         return {False: 1.0 - p, True: p}
 
     def predict_one(self, x: dict, **kwargs: Any) -> bool:
-        return self._raw_dot_one(x) > 0.0
+        """Whether p = σ(w·x + b) > 0.5, as a Python bool."""
+        return bool(self._raw_dot_one(x) > 0.0)
 
     def learn_one(self, x: dict, y: Any, w: float = 1.0, **kwargs: Any) -> None:
         """One update with m = 1 on row ``x``, label ``y`` and sample weight ``w``."""
@@ -339,15 +367,11 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             )
             if p != p:
                 raise ValueError(f"the update for {x!r:.200} is not finite; refused")
+            self._update(self._cols, self._grads, n, self._b_grad[0], f"the update for {x!r:.200}")
         except BaseException:
             if mark is not None:
                 self._rollback(mark)
             raise
-        self.optimizer.step(self._w, self._cols, self._grads, n)
-        if self.intercept_lr is None:
-            self._bias_optimizer.step(self._b, self._b_col, self._b_grad, 1)
-        else:
-            self._b[0] -= self.intercept_lr * self._b_grad[0]
         self.n_samples_seen += 1
         return p
 
@@ -374,12 +398,36 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         state["_step"] = None  # bound to this instance's arrays: the copy makes its own
         return state
 
-    def _step_bias(self, g: float) -> None:
-        if self.intercept_lr is None:
-            self._b_grad[0] = g
-            self._bias_optimizer.step(self._b, self._b_col, self._b_grad, 1)
-        else:
-            self._b[0] -= self.intercept_lr * g
+    def _update(self, cols: np.ndarray, grads: np.ndarray, n: int, g_b: float, what: str) -> None:
+        """One optimizer step of the weights ``cols[:n]`` (gradient ``grads[:n]``) and of the bias
+        (gradient ``g_b``), refused with a ``ValueError`` naming ``what`` if it would leave a non-finite
+        value in w, b or an optimizer's state; then everything is put back bitwise (see the module
+        docstring)."""
+        c = cols[:n]
+        opt, bias_opt = self.optimizer, self._bias_optimizer
+        states = [getattr(opt, name) for name in opt._state_names]
+        bias_states = [getattr(bias_opt, name) for name in bias_opt._state_names]
+        saved = [self._w[c], *(a[c] for a in states)]
+        saved_bias = [self._b.copy(), *(a.copy() for a in bias_states)]
+        iterations = opt.n_iterations, bias_opt.n_iterations
+        with np.errstate(all="ignore"):
+            opt.step(self._w, cols, grads, n)
+            if self.intercept_lr is None:
+                self._b_grad[0] = g_b
+                bias_opt.step(self._b, self._b_col, self._b_grad, 1)
+            else:
+                self._b[0] -= self.intercept_lr * g_b
+        arrays = [self._w, *states]
+        if all(np.isfinite(a[c]).all() for a in arrays) and all(
+            np.isfinite(a).all() for a in [self._b, *bias_states]
+        ):
+            return
+        for a, old in zip(arrays, saved, strict=True):
+            a[c] = old  # a repeated column saved the same value each time
+        for a, old in zip([self._b, *bias_states], saved_bias, strict=True):
+            a[:] = old
+        opt.n_iterations, bias_opt.n_iterations = iterations
+        raise ValueError(f"{what} would make the model non-finite (values too large); refused")
 
     # The mini-batch path: numpy arrays (fast) and pandas frames (River's interface)
 
@@ -433,7 +481,13 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             X = X[:, plan.keep]
         if plan.inverse is not None:
             merged = np.zeros((m, len(plan.cols)))
-            np.add.at(merged.T, plan.inverse, X.T)
+            with np.errstate(over="ignore", invalid="ignore"):
+                np.add.at(merged.T, plan.inverse, X.T)
+            if not np.isfinite(merged).all() and np.isfinite(X).all():
+                raise ValueError(
+                    "features that share a hashed column have a sum of values too large for a float; "
+                    "the batch was refused"
+                )
             X = merged
         elif not (X.flags.c_contiguous or X.flags.f_contiguous):
             X = np.ascontiguousarray(X)
@@ -453,8 +507,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         )
         if s != s:
             raise ValueError(_non_finite_message(X0, names))
-        self.optimizer.step(self._w, cols, grad, len(cols))
-        self._step_bias(s / m)
+        self._update(cols, grad, len(cols), s / m, "the batch")
         self.n_samples_seen += m
 
     def learn_rows(self, xs: list[dict], ys: Any, sample_weight: Any = None) -> None:
@@ -510,11 +563,10 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             )
             if n < 0:
                 raise ValueError("the update is not finite (values too large); the batch was refused")
+            self._update(touched, grads, n, float(g_b[0]), "the batch")
         except BaseException:
             self._rollback(mark)  # forget what the earlier rows added
             raise
-        self.optimizer.step(self._w, touched, grads, n)
-        self._step_bias(float(g_b[0]))
         self.n_samples_seen += m
         return p
 

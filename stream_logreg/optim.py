@@ -52,6 +52,7 @@ class Optimizer(base.Base):
     """Base class: an update rule with per-coordinate state arrays named in ``_state_names``."""
 
     _state_names: tuple[str, ...] = ()
+    _nonnegative: tuple[str, ...] = ()  # state arrays that are sums of squares (checked at load)
 
     def __init__(self) -> None:
         self.n_iterations = 0
@@ -95,6 +96,14 @@ class Optimizer(base.Base):
         if int(n_iterations) < 0:
             raise ValueError(f"n_iterations must be >= 0, got {n_iterations!r}")
         self.n_iterations = int(n_iterations)
+        for name in self._state_names:
+            values = np.asarray(arrays[name], dtype=np.float64)
+            if not np.isfinite(values).all():
+                raise ValueError(f"{type(self).__name__} state {name!r} holds non-finite values")
+            if name in self._nonnegative and (values < 0).any():
+                raise ValueError(
+                    f"{type(self).__name__} state {name!r} (a sum of squares) holds negative values"
+                )
         for name in self._state_names:
             values = np.asarray(arrays[name], dtype=np.float64)
             new = np.zeros(max(capacity, len(values)))
@@ -179,6 +188,7 @@ class AdaGrad(Optimizer):
     """
 
     _state_names = ("G",)
+    _nonnegative = ("G",)
 
     def __init__(self, lr: float = 0.15, eps: float = 1e-8) -> None:
         super().__init__()
@@ -239,6 +249,7 @@ class FTRL(Optimizer):
     """
 
     _state_names = ("z", "n")
+    _nonnegative = ("n",)
 
     def __init__(self, alpha: float = 0.17, beta: float = 0.5, l1: float = 0.0, l2: float = 0.0) -> None:
         super().__init__()
