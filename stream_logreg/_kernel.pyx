@@ -21,6 +21,7 @@ from cpython.ref cimport Py_INCREF, Py_XDECREF, Py_XINCREF
 from cpython.tuple cimport PyTuple_SET_ITEM
 from cpython.type cimport PyType_IsSubtype
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
+from libc.float cimport DBL_MAX
 from libc.math cimport NAN, exp, fabs, isfinite, pow, sqrt
 from libc.stdlib cimport calloc, free, realloc
 
@@ -713,31 +714,52 @@ def batch_gradient(cnp.ndarray X, cnp.ndarray z, cnp.ndarray e, cnp.ndarray y, o
 # The optimizers' per-coordinate rules (`stream_logreg.optim`), applied to the coordinates cols[:n] in order:
 # the def wrappers below are what the optimizer classes call, `SampleStep` calls the same functions.
 
-cdef inline void _sgd(double* wp, Py_ssize_t* c, double* g, Py_ssize_t n, double lr) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
-        wp[c[i]] -= lr * g[i]
+# With an undo buffer `u` (3·n doubles, or NULL), each rule saves the old w_j and state values of entry i at
+# u[3i], u[3i + 1], u[3i + 2] as it goes (see `_undo`), and returns whether a new value is not finite
+# (|x| ≤ DBL_MAX is false for ±inf and NaN: a branch-free test folded into the loop).
 
-
-cdef inline void _adagrad(double* wp, double* G, Py_ssize_t* c, double* g, Py_ssize_t n, double lr,
-                          double eps) noexcept nogil:
+cdef inline bint _sgd(double* wp, Py_ssize_t* c, double* g, Py_ssize_t n, double lr, double* u) noexcept nogil:
     cdef Py_ssize_t i, j
+    cdef int bad = 0
     for i in range(n):
+        j = c[i]
+        if u != NULL:
+            u[3 * i] = wp[j]
+        wp[j] -= lr * g[i]
+        bad |= not (fabs(wp[j]) <= DBL_MAX)
+    return bad != 0
+
+
+cdef inline bint _adagrad(double* wp, double* G, Py_ssize_t* c, double* g, Py_ssize_t n, double lr,
+                          double eps, double* u) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef int bad = 0
+    for i in range(n):
+        j = c[i]
+        if u != NULL:
+            u[3 * i] = wp[j]
+            u[3 * i + 1] = G[j]
         if eps == 0.0 and g[i] == 0.0:  # with ε = 0 a zero gradient is skipped (no 0 / 0), as AdaGrad does
             continue
-        j = c[i]
         G[j] += g[i] * g[i]
         wp[j] -= lr * g[i] / (sqrt(G[j]) + eps)
+        bad |= not (fabs(wp[j]) <= DBL_MAX) or not (G[j] <= DBL_MAX)
+    return bad != 0
 
 
-cdef inline void _ftrl(double* wp, double* z, double* na, Py_ssize_t* c, double* g, Py_ssize_t n, double alpha,
-                       double beta, double l1, double l2) noexcept nogil:
+cdef inline bint _ftrl(double* wp, double* z, double* na, Py_ssize_t* c, double* g, Py_ssize_t n, double alpha,
+                       double beta, double l1, double l2, double* u) noexcept nogil:
     cdef Py_ssize_t i, j
     cdef double gi, sigma, n_old, n_new, sqrt_n, zj
+    cdef int bad = 0
     for i in range(n):
         j = c[i]
         gi = g[i]
         n_old = na[j]
+        if u != NULL:
+            u[3 * i] = wp[j]
+            u[3 * i + 1] = z[j]
+            u[3 * i + 2] = n_old
         n_new = n_old + gi * gi
         sqrt_n = sqrt(n_new)
         sigma = (sqrt_n - sqrt(n_old)) / alpha
@@ -750,17 +772,32 @@ cdef inline void _ftrl(double* wp, double* z, double* na, Py_ssize_t* c, double*
             wp[j] = -(zj - l1) / ((beta + sqrt_n) / alpha + l2)
         else:
             wp[j] = -(zj + l1) / ((beta + sqrt_n) / alpha + l2)
+        bad |= not (fabs(wp[j]) <= DBL_MAX) or not (fabs(zj) <= DBL_MAX) or not (n_new <= DBL_MAX)
+    return bad != 0
+
+
+cdef inline void _undo(double* u, double* wp, double* s0, double* s1, Py_ssize_t* c, Py_ssize_t n) noexcept nogil:
+    """Put back what a rule saved in `u` (last entry first, so that a repeated column ends at its value
+    before the step); s0, s1 are the rule's state arrays (or NULL)."""
+    cdef Py_ssize_t i, j
+    for i in range(n - 1, -1, -1):
+        j = c[i]
+        wp[j] = u[3 * i]
+        if s0 != NULL:
+            s0[j] = u[3 * i + 1]
+        if s1 != NULL:
+            s1[j] = u[3 * i + 2]
 
 
 def sgd_step(cnp.ndarray w, cnp.ndarray cols, cnp.ndarray grads, Py_ssize_t n, double lr):
     """w_j ← w_j − η g_j."""
-    _sgd(dptr(w), iptr(cols), dptr(grads), n, lr)
+    _sgd(dptr(w), iptr(cols), dptr(grads), n, lr, NULL)
 
 
 def adagrad_step(cnp.ndarray w, cnp.ndarray acc, cnp.ndarray cols, cnp.ndarray grads, Py_ssize_t n,
                  double lr, double eps):
     """G_j ← G_j + g_j²;  w_j ← w_j − η g_j / (√G_j + ε) (with ε = 0, a coordinate whose g_j is 0 is skipped)."""
-    _adagrad(dptr(w), dptr(acc), iptr(cols), dptr(grads), n, lr, eps)
+    _adagrad(dptr(w), dptr(acc), iptr(cols), dptr(grads), n, lr, eps, NULL)
 
 
 def ftrl_step(cnp.ndarray w, cnp.ndarray z_acc, cnp.ndarray n_acc, cnp.ndarray cols, cnp.ndarray grads,
@@ -770,7 +807,7 @@ def ftrl_step(cnp.ndarray w, cnp.ndarray z_acc, cnp.ndarray n_acc, cnp.ndarray c
     σ_j = (√(n_j + g_j²) − √n_j) / α;  z_j ← z_j + g_j − σ_j w_j;  n_j ← n_j + g_j²;
     w_j = 0 if |z_j| ≤ λ1 else −(z_j − sgn(z_j) λ1) / ((β + √n_j) / α + λ2).
     """
-    _ftrl(dptr(w), dptr(z_acc), dptr(n_acc), iptr(cols), dptr(grads), n, alpha, beta, l1, l2)
+    _ftrl(dptr(w), dptr(z_acc), dptr(n_acc), iptr(cols), dptr(grads), n, alpha, beta, l1, l2, NULL)
 
 
 # The whole per-sample update in one call
@@ -808,7 +845,9 @@ cdef class SampleStep:
     cdef bint bias_rule
     cdef int rule
     cdef double h0, h1, h2, h3
-    cdef cnp.ndarray w_s0, w_s1, b_s0, b_s1, undo
+    cdef cnp.ndarray w_s0, w_s1, b_s0, b_s1
+    cdef double* undo  # 3 doubles per coordinate of a step, and 3 for the bias (see the rules)
+    cdef Py_ssize_t undo_cap
     cdef object opt, bias_opt
 
     def __init__(self, dict columns not None, bint merge, RowLayout layout, cnp.ndarray cols not None,
@@ -843,7 +882,37 @@ cdef class SampleStep:
         self.b_s0 = b_state[0] if len(b_state) > 0 else None
         self.b_s1 = b_state[1] if len(b_state) > 1 else None
         self.opt, self.bias_opt = opt, bias_opt
-        self.undo = cnp.PyArray_ZEROS(1, [3 * cnp.PyArray_DIM(cols, 0) + 3], cnp.NPY_DOUBLE, 0)
+        self._reserve(cnp.PyArray_DIM(cols, 0))
+
+    def __dealloc__(self):
+        free(self.undo)
+
+    cdef double* _reserve(self, Py_ssize_t n) except NULL:
+        """The undo buffer, with room for a step on n coordinates and the bias."""
+        cdef void* mem
+        if self.undo == NULL or self.undo_cap < 3 * n + 3:
+            mem = realloc(self.undo, (3 * n + 3) * sizeof(double))
+            if mem == NULL:
+                raise MemoryError()
+            self.undo = <double*> mem
+            self.undo_cap = 3 * n + 3
+        return self.undo
+
+    def update(self, cnp.ndarray cols, cnp.ndarray grads, Py_ssize_t n, double g_b):
+        """One step of the rule on the weights cols[:n] with gradient grads[:n] and on the bias with
+        gradient g_b (the model's mini-batch step), checked as in `__call__`: returns False, with nothing
+        changed, if it would leave a non-finite value; else True. cols must be within w, intp; grads float64.
+        """
+        if (cnp.PyArray_TYPE(cols) != cnp.NPY_INTP or cnp.PyArray_TYPE(grads) != cnp.NPY_DOUBLE
+                or not cnp.PyArray_IS_C_CONTIGUOUS(cols) or not cnp.PyArray_IS_C_CONTIGUOUS(grads)
+                or not 0 <= n <= min(cnp.PyArray_DIM(cols, 0), cnp.PyArray_DIM(grads, 0))):
+            raise ValueError("update: cols (intp) and grads (float64) must hold n contiguous entries")
+        cdef Py_ssize_t* c = iptr(cols)
+        cdef Py_ssize_t i, size = cnp.PyArray_DIM(self.w, 0)
+        for i in range(n):
+            if not 0 <= c[i] < size:
+                raise ValueError("update: a column is beyond the weights")
+        return self._checked(c, dptr(grads), n, g_b, self._reserve(n))
 
     def __call__(self, object x, object y, double sample_weight):
         """Encode row `x` (see `encode`) and learn it with label `y` and weight `sample_weight`.
@@ -865,66 +934,64 @@ cdef class SampleStep:
     cdef double _learn(self, Py_ssize_t n, double y, double sample_weight) except? -2.0:
         """The update on the row in the first n entries of the scratch buffers; returns p, or NaN if refused.
 
-        The touched coordinates of w and of the state arrays, b and the bias state are saved first; if
-        any of them is not finite after the step, all are put back (bitwise) and the update is refused.
+        The rules save the old values of the coordinates they touch (of w, b and the state arrays) as they
+        go; if any new value is not finite, all are put back (bitwise) and the update is refused.
         """
         cdef double* wp = dptr(self.w)
-        cdef double* bp = dptr(self.b)
         cdef Py_ssize_t* c = iptr(self.cols)
         cdef double* o = dptr(self.grads)
-        cdef double* u = dptr(self.undo)
+        cdef double* u = self.undo
+        cdef double p, g
+        if not 0 <= n <= cnp.PyArray_DIM(self.cols, 0):
+            raise ValueError("n is beyond the buffers")
+        p = _sample_gradient(wp, c, dptr(self.vals), n, dptr(self.b)[0], y, sample_weight,
+                             self.pos_w if y else self.neg_w, self.l2, o, &g)
+        if p != p:
+            return p
+        if not self._checked(c, o, n, g, u):
+            return NAN
+        return p
+
+    cdef bint _checked(self, Py_ssize_t* c, double* o, Py_ssize_t n, double g, double* u) except -1:
+        """The step of the weights c[:n] (gradient o[:n]) and of the bias (gradient g), saving into u
+        (3n + 3 doubles); if a new value is not finite, everything is put back and False returned."""
+        cdef double* wp = dptr(self.w)
+        cdef double* bp = dptr(self.b)
+        cdef double* ub = u + 3 * n
         cdef double* s0 = NULL if self.w_s0 is None else dptr(self.w_s0)
         cdef double* s1 = NULL if self.w_s1 is None else dptr(self.w_s1)
         cdef double* t0 = NULL if self.b_s0 is None else dptr(self.b_s0)
         cdef double* t1 = NULL if self.b_s1 is None else dptr(self.b_s1)
-        cdef double p, g
-        cdef bint ok
-        if not 0 <= n <= cnp.PyArray_DIM(self.cols, 0):
-            raise ValueError("n is beyond the buffers")
-        p = _sample_gradient(wp, c, dptr(self.vals), n, bp[0], y, sample_weight,
-                             self.pos_w if y else self.neg_w, self.l2, o, &g)
-        if p != p:
-            return p
-        _save(u, wp, c, n)
-        _save(u + n, s0, c, n)
-        _save(u + 2 * n, s1, c, n)
-        _save(u + 3 * n, bp, &_ZERO, 1)
-        _save(u + 3 * n + 1, t0, &_ZERO, 1)
-        _save(u + 3 * n + 2, t1, &_ZERO, 1)
-        self._rule(self.opt, wp, c, o, n, s0, s1)
+        cdef bint bad = self._rule(self.opt, wp, c, o, n, s0, s1, u)
         if self.bias_rule:
-            self._rule(self.bias_opt, bp, &_ZERO, &g, 1, t0, t1)
+            bad = self._rule(self.bias_opt, bp, &_ZERO, &g, 1, t0, t1, ub) or bad
         else:
+            t0 = t1 = NULL  # untouched
+            ub[0] = bp[0]
             bp[0] -= self.intercept_lr * g
-        ok = (_finite(wp, c, n) and _finite(s0, c, n) and _finite(s1, c, n) and isfinite(bp[0])
-              and _finite(t0, &_ZERO, 1) and _finite(t1, &_ZERO, 1))
-        if not ok:
-            _restore(u + 3 * n + 2, t1, &_ZERO, 1)
-            _restore(u + 3 * n + 1, t0, &_ZERO, 1)
-            _restore(u + 3 * n, bp, &_ZERO, 1)
-            _restore(u + 2 * n, s1, c, n)
-            _restore(u + n, s0, c, n)
-            _restore(u, wp, c, n)
-            return NAN
+            bad = bad or not isfinite(bp[0])
+        if bad:
+            _undo(ub, bp, t0, t1, &_ZERO, 1)
+            _undo(u, wp, s0, s1, c, n)
+            return False
         self.opt.n_iterations += 1  # as Optimizer.step, once the step is accepted
         if self.bias_rule:
             self.bias_opt.n_iterations += 1
-        return p
+        return True
 
     cdef int _rule(self, object opt, double* wp, Py_ssize_t* c, double* g, Py_ssize_t n,
-                   double* s0, double* s1) except -1:
-        """One step of the rule on coordinates c[:n] (the caller counts it in opt.n_iterations)."""
+                   double* s0, double* s1, double* u) except -1:
+        """One step of the rule on coordinates c[:n], saving into `u` (the caller counts it in
+        opt.n_iterations); returns 1 if a new value is not finite."""
         cdef double lr
         if self.rule == RULE_SGD:
             lr = self.h0  # SGD.learning_rate: lr / (t + 1)^power_t, t = the updates already made
             if self.h1 != 0.0:
                 lr = self.h0 / pow(<double> (opt.n_iterations + 1), self.h1)
-            _sgd(wp, c, g, n, lr)
-        elif self.rule == RULE_ADAGRAD:
-            _adagrad(wp, s0, c, g, n, self.h0, self.h1)
-        else:
-            _ftrl(wp, s0, s1, c, g, n, self.h0, self.h1, self.h2, self.h3)
-        return 0
+            return _sgd(wp, c, g, n, lr, u)
+        if self.rule == RULE_ADAGRAD:
+            return _adagrad(wp, s0, c, g, n, self.h0, self.h1, u)
+        return _ftrl(wp, s0, s1, c, g, n, self.h0, self.h1, self.h2, self.h3, u)
 
 
 cdef inline void _save(double* dst, double* src, Py_ssize_t* c, Py_ssize_t n) noexcept nogil:
@@ -944,13 +1011,54 @@ cdef inline void _restore(double* saved, double* dst, Py_ssize_t* c, Py_ssize_t 
 
 
 cdef inline bint _finite(double* a, Py_ssize_t* c, Py_ssize_t n) noexcept nogil:
-    """Whether a[c[i]] is finite for every i < n (True if a is NULL)."""
+    """Whether a[c[i]] is finite for every i < n (True if a is NULL); branch-free (|x| ≤ DBL_MAX is false
+    for ±inf and NaN)."""
     cdef Py_ssize_t i
-    cdef bint ok = True
+    cdef int bad = 0
     if a != NULL:
         for i in range(n):
-            ok = ok and isfinite(a[c[i]])
-    return ok
+            bad |= not (fabs(a[c[i]]) <= DBL_MAX)
+    return bad == 0
+
+
+def _arrays(tuple arrays, cnp.ndarray cols, Py_ssize_t n):
+    if not 0 <= n <= cnp.PyArray_DIM(cols, 0) or cnp.PyArray_TYPE(cols) != cnp.NPY_INTP:
+        raise ValueError("n is beyond cols, or cols is not intp")
+    for a in arrays:
+        if (not isinstance(a, cnp.ndarray) or cnp.PyArray_TYPE(a) != cnp.NPY_DOUBLE
+                or not cnp.PyArray_IS_C_CONTIGUOUS(a)):
+            raise ValueError("the arrays must be C-contiguous float64")
+
+
+def save_at(tuple arrays, cnp.ndarray cols, Py_ssize_t n, cnp.ndarray saved):
+    """saved[k·n + i] ← arrays[k][cols[i]] for i < n: what `restore_at` puts back. The caller makes sure
+    that every cols[i] is within every array."""
+    _arrays(arrays, cols, n)
+    if cnp.PyArray_DIM(saved, 0) < len(arrays) * n:
+        raise ValueError("save_at: the buffer is too small")
+    cdef Py_ssize_t k
+    for k in range(len(arrays)):
+        _save(dptr(saved) + k * n, dptr(arrays[k]), iptr(cols), n)
+
+
+def restore_at(tuple arrays, cnp.ndarray cols, Py_ssize_t n, cnp.ndarray saved):
+    """arrays[k][cols[i]] ← saved[k·n + i]: undo what happened since `save_at`."""
+    _arrays(arrays, cols, n)
+    if cnp.PyArray_DIM(saved, 0) < len(arrays) * n:
+        raise ValueError("restore_at: the buffer is too small")
+    cdef Py_ssize_t k
+    for k in range(len(arrays)):
+        _restore(dptr(saved) + k * n, dptr(arrays[k]), iptr(cols), n)
+
+
+def finite_at(tuple arrays, cnp.ndarray cols, Py_ssize_t n):
+    """Whether arrays[k][cols[i]] is finite for every array and every i < n."""
+    _arrays(arrays, cols, n)
+    cdef Py_ssize_t k
+    for k in range(len(arrays)):
+        if not _finite(dptr(arrays[k]), iptr(cols), n):
+            return False
+    return True
 
 
 cdef Py_ssize_t _ZERO = 0

@@ -403,29 +403,30 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         (gradient ``g_b``), refused with a ``ValueError`` naming ``what`` if it would leave a non-finite
         value in w, b or an optimizer's state; then everything is put back bitwise (see the module
         docstring)."""
-        c = cols[:n]
-        opt, bias_opt = self.optimizer, self._bias_optimizer
-        states = [getattr(opt, name) for name in opt._state_names]
-        bias_states = [getattr(bias_opt, name) for name in bias_opt._state_names]
-        saved = [self._w[c], *(a[c] for a in states)]
-        saved_bias = [self._b.copy(), *(a.copy() for a in bias_states)]
-        iterations = opt.n_iterations, bias_opt.n_iterations
-        with np.errstate(all="ignore"):
-            opt.step(self._w, cols, grads, n)
-            if self.intercept_lr is None:
-                self._b_grad[0] = g_b
-                bias_opt.step(self._b, self._b_col, self._b_grad, 1)
-            else:
-                self._b[0] -= self.intercept_lr * g_b
-        arrays = [self._w, *states]
-        if all(np.isfinite(a[c]).all() for a in arrays) and all(
-            np.isfinite(a).all() for a in [self._b, *bias_states]
-        ):
+        step = self._step
+        if step is None:
+            step = self._step = self._compile_step()
+        if step:  # the compiled rule, checked as in the per-sample step
+            if not step.update(cols, grads, n, g_b):
+                raise ValueError(f"{what} would make the model non-finite (values too large); refused")
             return
-        for a, old in zip(arrays, saved, strict=True):
-            a[c] = old  # a repeated column saved the same value each time
-        for a, old in zip([self._b, *bias_states], saved_bias, strict=True):
-            a[:] = old
+        opt, bias_opt = self.optimizer, self._bias_optimizer
+        arrays = (self._w, *(getattr(opt, name) for name in opt._state_names))
+        bias = (self._b, *(getattr(bias_opt, name) for name in bias_opt._state_names))
+        saved, saved_bias = np.empty(len(arrays) * n), np.empty(len(bias))
+        _kernel.save_at(arrays, cols, n, saved)
+        _kernel.save_at(bias, self._b_col, 1, saved_bias)
+        iterations = opt.n_iterations, bias_opt.n_iterations
+        opt.step(self._w, cols, grads, n)
+        if self.intercept_lr is None:
+            self._b_grad[0] = g_b
+            bias_opt.step(self._b, self._b_col, self._b_grad, 1)
+        else:
+            self._b[0] -= self.intercept_lr * g_b
+        if _kernel.finite_at(arrays, cols, n) and _kernel.finite_at(bias, self._b_col, 1):
+            return
+        _kernel.restore_at(arrays, cols, n, saved)
+        _kernel.restore_at(bias, self._b_col, 1, saved_bias)
         opt.n_iterations, bias_opt.n_iterations = iterations
         raise ValueError(f"{what} would make the model non-finite (values too large); refused")
 
