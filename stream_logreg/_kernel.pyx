@@ -328,10 +328,19 @@ cdef inline double _sigmoid(double z) noexcept nogil:
     return e / (1.0 + e)
 
 
+cdef inline double _clip(double g, double clip) noexcept nogil:
+    """g clamped to [−clip, clip] (River's clip_gradient; NaN stays NaN)."""
+    if g > clip:
+        return clip
+    if g < -clip:
+        return -clip
+    return g
+
+
 cdef inline double _sample_gradient(double* wp, Py_ssize_t* c, double* v, Py_ssize_t n, double b, double y,
-                                    double sample_weight, double class_weight, double l2, double* o,
-                                    double* g_out) noexcept nogil:
-    """z = Σ_i w[c[i]] · v[i] + b;  p = σ(z);  g = (p − y) · s · c;  o[i] = g · v[i] + l2 · w[c[i]];  *g_out = g.
+                                    double sample_weight, double class_weight, double l2, double clip,
+                                    double* o, double* g_out) noexcept nogil:
+    """z = Σ_i w[c[i]] · v[i] + b;  p = σ(z);  g = clip((p − y) · s · c);  o[i] = g · v[i] + l2 · w[c[i]];  *g_out = g.
 
     Returns p, or NaN if g or any o[i] is not finite.
     """
@@ -340,7 +349,7 @@ cdef inline double _sample_gradient(double* wp, Py_ssize_t* c, double* v, Py_ssi
     cdef bint ok
     z = _dot(wp, c, v, n)
     p = _sigmoid(z + b)
-    g = (p - y) * sample_weight * class_weight
+    g = _clip((p - y) * sample_weight * class_weight, clip)
     ok = isfinite(g)
     if l2 == 0.0:
         for i in range(n):
@@ -355,17 +364,17 @@ cdef inline double _sample_gradient(double* wp, Py_ssize_t* c, double* v, Py_ssi
 
 
 def predict_gradient(cnp.ndarray w, cnp.ndarray cols, cnp.ndarray vals, Py_ssize_t n, cnp.ndarray b,
-                     double y, double sample_weight, double class_weight, double l2, cnp.ndarray out,
-                     cnp.ndarray g_out):
-    """The per-sample step of the seed's formula (m = 1) on the row held in the buffers, and its prediction:
+                     double y, double sample_weight, double class_weight, double l2, double clip,
+                     cnp.ndarray out, cnp.ndarray g_out):
+    """The per-sample step of the textbook formula (m = 1) on the row held in the buffers, and its prediction:
 
-    z = Σ_i w[cols[i]] · vals[i] + b[0];  p = σ(z);  g = (p − y) · s · c;
+    z = Σ_i w[cols[i]] · vals[i] + b[0];  p = σ(z);  g = clip((p − y) · s · c) to [−clip, clip];
     out[i] = g · vals[i] + l2 · w[cols[i]];  g_out[0] = g.  σ as in `stream_logreg.math.sigmoid_scalar`.
     Returns p, the probability before the update (bitwise what `dot` + `sigmoid_scalar` give), or NaN if g
     or any out[i] is not finite (nothing is written to w or b).
     """
     return _sample_gradient(dptr(w), iptr(cols), dptr(vals), n, dptr(b)[0], y, sample_weight, class_weight,
-                            l2, dptr(out), dptr(g_out))
+                            l2, clip, dptr(out), dptr(g_out))
 
 
 # The message codec's hot path (stream_logreg.codec): a parsed JSON document to an Event in one call.
@@ -492,11 +501,12 @@ cpdef object json_event(object doc, str x_field, str y_field, str id_field, Py_s
 
 def batch_predict_gradient(cnp.ndarray w, cnp.ndarray b, cnp.ndarray cols, cnp.ndarray vals,
                            cnp.ndarray indptr, cnp.ndarray y, object sample_weight, double neg_w, double pos_w,
-                           double l2, cnp.ndarray p, cnp.ndarray touched, cnp.ndarray grads, cnp.ndarray g_b):
-    """The seed's batch step on the m = len(y) rows held in CSR buffers (row i: entries
+                           double l2, double clip, cnp.ndarray p, cnp.ndarray touched, cnp.ndarray grads,
+                           cnp.ndarray g_b):
+    """The textbook batch step on the m = len(y) rows held in CSR buffers (row i: entries
     cols/vals[indptr[i]:indptr[i + 1]], as `encode_rows` writes them), and its predictions:
 
-    z_i = Σ w[cols]·vals + b[0];  p_i = σ(z_i);  r_i = (p_i − y_i) · s_i · c_{y_i};
+    z_i = Σ w[cols]·vals + b[0];  p_i = σ(z_i);  r_i = (p_i − y_i) · s_i · c_{y_i} clipped to [−clip, clip];
     touched ← the distinct columns, in order of first appearance;
     grads[k] = (1/m) Σ_i r_i x_{i,touched[k]} + l2 · w[touched[k]]  (each column's terms added in row order);
     g_b[0] = (Σ_i r_i) / m.
@@ -542,7 +552,7 @@ def batch_predict_gradient(cnp.ndarray w, cnp.ndarray b, cnp.ndarray cols, cnp.n
     for i in range(m):
         z = _dot(wp, c + ip[i], v + ip[i], ip[i + 1] - ip[i])
         pp[i] = _sigmoid(z + dptr(b)[0])
-        r = (pp[i] - yp[i]) * (1.0 if sp == NULL else sp[i]) * (pos_w if yp[i] == 1.0 else neg_w)
+        r = _clip((pp[i] - yp[i]) * (1.0 if sp == NULL else sp[i]) * (pos_w if yp[i] == 1.0 else neg_w), clip)
         s += r
         for k in range(ip[i], ip[i + 1]):
             j = c[k]
@@ -653,10 +663,10 @@ def logits(cnp.ndarray X, cnp.ndarray w, double b, cnp.ndarray z, object neg_abs
 
 
 def batch_gradient(cnp.ndarray X, cnp.ndarray z, cnp.ndarray e, cnp.ndarray y, object sample_weight,
-                   double neg_w, double pos_w, double l2, cnp.ndarray w, cnp.ndarray grad):
-    """The seed's batch gradient from the logits z of `logits` and e = exp(−|z|):
+                   double neg_w, double pos_w, double l2, double clip, cnp.ndarray w, cnp.ndarray grad):
+    """The textbook batch gradient from the logits z of `logits` and e = exp(−|z|):
 
-    r_i = s_i · c_{y_i} · (σ(z_i) − y_i), with σ(z) = 1/(1+e) for z ≥ 0 and e/(1+e) otherwise (no overflow);
+    r_i = s_i · c_{y_i} · (σ(z_i) − y_i) clipped to [−clip, clip], with σ(z) = 1/(1+e) for z ≥ 0 and e/(1+e) otherwise (no overflow);
     grad ← (1/m) Xᵀr + l2·w;  returns Σ_i r_i (so ∇b = Σr / m), or NaN if anything is not finite.
 
     `y` holds the labels (a label other than 0 or 1 raises ValueError), `sample_weight` is None or the
@@ -686,6 +696,8 @@ def batch_gradient(cnp.ndarray X, cnp.ndarray z, cnp.ndarray e, cnp.ndarray y, o
         sp = dptr(<cnp.ndarray> sample_weight)
         for i in range(m):
             zp[i] = zp[i] * sp[i]
+    for i in range(m):
+        zp[i] = _clip(zp[i], clip)
     i = 0
     while i + 4 <= m:
         s0 += zp[i]
@@ -823,7 +835,7 @@ _N_HYPER = {"sgd": 2, "adagrad": 2, "ftrl": 4}
 @cython.auto_pickle(False)
 @cython.final
 cdef class SampleStep:
-    """A model's per-sample update (the seed's formula, m = 1), compiled end to end: what
+    """A model's per-sample update (the textbook formula, m = 1), compiled end to end: what
     `OnlineLogisticRegression.predict_learn_one` does with `encode`, `predict_gradient` and its
     optimizers' `step`, in one call and with the same arithmetic in the same order.
 
@@ -841,7 +853,7 @@ cdef class SampleStep:
     cdef bint merge
     cdef RowLayout layout
     cdef cnp.ndarray cols, vals, grads, w, b
-    cdef double neg_w, pos_w, l2, intercept_lr
+    cdef double neg_w, pos_w, l2, intercept_lr, clip
     cdef bint bias_rule
     cdef int rule
     cdef double h0, h1, h2, h3
@@ -850,10 +862,15 @@ cdef class SampleStep:
     cdef Py_ssize_t undo_cap
     cdef object opt, bias_opt
 
+    def __reduce__(self):
+        # Bound to one model's arrays: a copy (River's clone(include_attributes=True) deep-copies each
+        # attribute on its own) is None, and the copied model compiles its own step when it needs one.
+        return type(None), ()
+
     def __init__(self, dict columns not None, bint merge, RowLayout layout, cnp.ndarray cols not None,
                  cnp.ndarray vals not None, cnp.ndarray grads not None, cnp.ndarray w not None,
                  cnp.ndarray b not None, double neg_w, double pos_w, double l2, object intercept_lr, str rule,
-                 tuple hyper, tuple w_state, tuple b_state, object opt, object bias_opt):
+                 tuple hyper, tuple w_state, tuple b_state, object opt, object bias_opt, double clip):
         if rule not in _RULES or len(hyper) != _N_HYPER[rule]:
             raise ValueError(f"unknown rule {rule!r} or wrong hyper-parameters {hyper!r}")
         if len(w_state) != _N_STATE[rule] or len(b_state) != _N_STATE[rule]:
@@ -871,7 +888,7 @@ cdef class SampleStep:
             raise ValueError("inconsistent array lengths")
         self.columns, self.merge, self.layout = columns, merge, layout
         self.cols, self.vals, self.grads, self.w, self.b = cols, vals, grads, w, b
-        self.neg_w, self.pos_w, self.l2 = neg_w, pos_w, l2
+        self.neg_w, self.pos_w, self.l2, self.clip = neg_w, pos_w, l2, clip
         self.bias_rule = intercept_lr is None
         self.intercept_lr = 0.0 if intercept_lr is None else intercept_lr
         self.rule = _RULES[rule]
@@ -945,7 +962,7 @@ cdef class SampleStep:
         if not 0 <= n <= cnp.PyArray_DIM(self.cols, 0):
             raise ValueError("n is beyond the buffers")
         p = _sample_gradient(wp, c, dptr(self.vals), n, dptr(self.b)[0], y, sample_weight,
-                             self.pos_w if y else self.neg_w, self.l2, o, &g)
+                             self.pos_w if y else self.neg_w, self.l2, self.clip, o, &g)
         if p != p:
             return p
         if not self._checked(c, o, n, g, u):

@@ -70,7 +70,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         ∇w = (1/m) Xᵀ(h − y) + l2·w     ∇b = (1/m) 1ᵀ(h − y)
         w ← optimizer(w, ∇w)            b ← b − intercept_lr·∇b   (or optimizer(b, ∇b))
 
-    With ``optimizer=optim.SGD(η)`` that is exactly the seed's rule w ← w − η∇w, b ← b − η∇b. For
+    With ``optimizer=optim.SGD(η)`` that is exactly the textbook rule w ← w − η∇w, b ← b − η∇b. For
     progressive validation, :meth:`predict_learn_one` and :meth:`predict_learn_rows` return the
     prediction of the model before the update and make the update, in one compiled pass. Only the
     coordinates of features present in the batch are updated (a missing feature counts as 0, and so has
@@ -117,29 +117,44 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
 
     def __init__(
         self,
-        optimizer: optim_.Optimizer | None = None,
+        optimizer: Any = None,
         l2: float = 0.0,
-        intercept_lr: float | None = None,
+        intercept_lr: Any = None,
         n_bits: int | None = None,
         max_features: int | None = None,
         class_weight: dict | None = None,
+        clip_gradient: float = 1e12,
+        intercept_init: float = 0.0,
+        initializer: Any = None,
     ) -> None:
         if not l2 >= 0:
             raise ValueError(f"l2 must be >= 0, got {l2!r}")
-        if intercept_lr is not None and not intercept_lr >= 0:
-            raise ValueError(f"intercept_lr must be None or >= 0, got {intercept_lr!r}")
+        if not (isinstance(clip_gradient, numbers.Real) and clip_gradient > 0):
+            raise ValueError(f"clip_gradient must be a number > 0, got {clip_gradient!r}")
+        if not (isinstance(intercept_init, numbers.Real) and math.isfinite(intercept_init)):
+            raise ValueError(f"intercept_init must be a finite number, got {intercept_init!r}")
+        if optimizer is not None and not (isinstance(optimizer, optim_.Optimizer) or optim_.is_river(optimizer)):
+            raise ValueError(
+                f"optimizer must be one of stream_logreg.optim's or river.optim's, got {optimizer!r:.100}"
+            )
         self.optimizer = optim_.FTRL() if optimizer is None else optimizer
         self.l2 = l2
         self.intercept_lr = intercept_lr
+        self._intercept_rate(0)  # checks it
         self.n_bits = n_bits
         self.max_features = max_features
         self.class_weight = class_weight
+        self.clip_gradient = clip_gradient
+        self.intercept_init = intercept_init
+        self.initializer = initializer
+        self._init_value = _initial_weight(initializer)
         self._neg_weight, self._pos_weight = _class_weights(class_weight)
         self.features = FeatureSpace(n_bits=n_bits, max_features=max_features)
         self.n_samples_seen = 0
         self._bias_optimizer = self.optimizer.clone()
-        self._bias_optimizer.resize(1)
-        self._b = np.zeros(1)  # the bias, as an array so that the optimizer can update it in place
+        if isinstance(self._bias_optimizer, optim_.Optimizer):
+            self._bias_optimizer.resize(1)
+        self._b = np.full(1, float(intercept_init))  # the bias, as an array so that it is updated in place
         self._b_col = np.zeros(1, dtype=np.intp)
         self._b_grad = np.zeros(1)
         self._w = np.zeros(0)
@@ -153,6 +168,50 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         self._array_plans: dict[int, _Plan] = {}
         self._frame_plans: dict[tuple, _Plan] = {}
 
+    @property
+    def _mutable_attributes(self) -> set[str]:
+        # As River's LogisticRegression; the compiled step copies them, so it is rebuilt (see mutate).
+        return {"optimizer", "l2", "intercept_lr", "clip_gradient", "initializer"}
+
+    def mutate(self, new_attrs: dict[str, Any]) -> None:
+        """River's ``mutate``: change mutable hyper-parameters in place (checked as in the constructor)."""
+        super().mutate(new_attrs)
+        checked = type(self)(**{**self._get_params(), "n_bits": None, "max_features": None})
+        self._init_value = checked._init_value
+        if "optimizer" in new_attrs:
+            self._bias_optimizer = self.optimizer.clone()
+            if isinstance(self._bias_optimizer, optim_.Optimizer):
+                self._bias_optimizer.resize(1)
+            if isinstance(self.optimizer, optim_.Optimizer):
+                self.optimizer.resize(len(self._w))
+        self._step = None
+
+    def _intercept_rate(self, t: int) -> float | None:
+        """The bias's learning rate at the weights' update t, or None if the bias has its own optimizer."""
+        lr = self.intercept_lr
+        if lr is None:
+            return None
+        if isinstance(lr, numbers.Real) and not isinstance(lr, bool):
+            rate = float(lr)
+        elif callable(getattr(lr, "get", None)):  # a River scheduler
+            rate = float(lr.get(t))
+        else:
+            rate = float("nan")
+        if not (rate >= 0 and math.isfinite(rate)):
+            raise ValueError(f"intercept_lr must be None, a number >= 0 or a River scheduler, got {lr!r}")
+        return rate
+
+    def _constant_intercept_lr(self) -> float | None | bool:
+        """intercept_lr as a constant (None: the bias optimizer), or False if it changes with t."""
+        from river.optim.schedulers import Constant
+
+        lr = self.intercept_lr
+        if lr is None or isinstance(lr, numbers.Real):
+            return self._intercept_rate(0)
+        if type(lr) is Constant:
+            return self._intercept_rate(0)
+        return False
+
     @classmethod
     def _unit_test_params(cls):
         yield {}
@@ -161,7 +220,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
 
     def _unit_test_skips(self):
         # As for River's linear models: learn_many takes one mean-gradient step over the whole batch (the
-        # seed's batch formula), which is deliberately not one step per row as a learn_one loop takes.
+        # textbook batch formula), which is deliberately not one step per row as a learn_one loop takes.
         return {"check_learn_many_matches_learn_one"}
 
     # State
@@ -197,9 +256,12 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             return
         capacity = max(n_columns, 2 * len(self._w), 16)
         w = np.zeros(capacity)
+        if self._init_value:
+            w[len(self._w):] = self._init_value
         w[: len(self._w)] = self._w
         self._w = w
-        self.optimizer.resize(capacity)
+        if isinstance(self.optimizer, optim_.Optimizer):
+            self.optimizer.resize(capacity)
         self._step = None  # bound to the old arrays
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
@@ -209,11 +271,13 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         those of ``model``.
         """
         n = self.n_features
+        self.config()  # raises for what a checkpoint cannot hold
         arrays = {"w": self._w[:n].copy(), "b": self._b.copy()}
-        for name, values in self.optimizer.state_arrays(n).items():
-            arrays[f"optimizer.{name}"] = values
-        for name, values in self._bias_optimizer.state_arrays(1).items():
-            arrays[f"bias_optimizer.{name}"] = values
+        if isinstance(self.optimizer, optim_.Optimizer):
+            for name, values in self.optimizer.state_arrays(n).items():
+                arrays[f"optimizer.{name}"] = values
+            for name, values in self._bias_optimizer.state_arrays(1).items():
+                arrays[f"bias_optimizer.{name}"] = values
         meta = {
             "params": self.config(),
             "features": self.features.to_state(),
@@ -225,10 +289,27 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
 
     def config(self) -> dict:
         """The hyper-parameters as JSON: the optimizer's class and parameters, and the model's own."""
+        opt = self.optimizer
+        if isinstance(opt, optim_.Optimizer):
+            optimizer = {"name": type(opt).__name__, **opt._get_params()}
+        elif (schedule := optim_.river_sgd_schedule(opt)) is not None:  # the same rule as ours
+            optimizer = {"name": "SGD", "lr": schedule[0], "power_t": schedule[1]}
+        else:
+            raise ValueError(
+                f"a checkpoint holds the optimizers of stream_logreg.optim and River's SGD with a Constant or "
+                f"InverseScaling rate; {type(opt).__name__} has no checkpoint format"
+            )
+        intercept_lr = self._constant_intercept_lr()
+        if intercept_lr is False:
+            raise ValueError("a checkpoint holds intercept_lr as None or a number, not a changing schedule")
+        initializer = self._init_value
         return {
-            "optimizer": {"name": type(self.optimizer).__name__, **self.optimizer._get_params()},
+            "optimizer": optimizer,
             "l2": self.l2,
-            "intercept_lr": self.intercept_lr,
+            "intercept_lr": intercept_lr,
+            "clip_gradient": self.clip_gradient,
+            "intercept_init": self.intercept_init,
+            **({"initializer": initializer} if initializer else {}),
             "n_bits": self.n_bits,
             "max_features": self.max_features,
             "class_weight": None
@@ -246,6 +327,10 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         name = opt.pop("name")
         if name not in optim_.__all__ or name == "Optimizer":
             raise ValueError(f"unknown optimizer {name!r}; known: {optim_.__all__[1:]}")
+        if "initializer" in params:
+            from river.optim.initializers import Constant
+
+            params["initializer"] = Constant(params["initializer"])
         return cls(optimizer=getattr(optim_, name)(**opt), **params)
 
     @classmethod
@@ -363,7 +448,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             # z = w·x + b, p = σ(z), g = (p − y)·w·c into _b_grad, grads = g·x + l2·w; NaN if not finite
             p = _kernel.predict_gradient(
                 self._w, self._cols, self._vals, n, self._b, target, w,
-                self._pos_weight if target else self._neg_weight, self.l2, self._grads, self._b_grad,
+                self._pos_weight if target else self._neg_weight, self.l2, float(self.clip_gradient),
+                self._grads, self._b_grad,
             )
             if p != p:
                 raise ValueError(f"the update for {x!r:.200} is not finite; refused")
@@ -383,14 +469,15 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         hyper-parameters, which are immutable (River's convention); :meth:`_grow`, the slow path and
         :meth:`from_state` drop the compiled step whenever they replace an array it is bound to.
         """
-        twins = self.optimizer._compiled_rule(), self._bias_optimizer._compiled_rule()
-        if twins[0] is None or twins[1] is None:
+        twins = optim_.compiled_rule(self.optimizer), optim_.compiled_rule(self._bias_optimizer)
+        intercept_lr = self._constant_intercept_lr()
+        if twins[0] is None or twins[1] is None or intercept_lr is False:
             return False
         (rule, hyper, w_state), (_, _, b_state) = twins
         return _kernel.SampleStep(
             self.features.columns, self.features.n_bits is not None, self._layout, self._cols, self._vals,
-            self._grads, self._w, self._b, self._neg_weight, self._pos_weight, self.l2, self.intercept_lr,
-            rule, hyper, w_state, b_state, self.optimizer, self._bias_optimizer,
+            self._grads, self._w, self._b, self._neg_weight, self._pos_weight, self.l2, intercept_lr,
+            rule, hyper, w_state, b_state, self.optimizer, self._bias_optimizer, float(self.clip_gradient),
         )
 
     def __getstate__(self) -> dict:
@@ -411,23 +498,22 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
                 raise ValueError(f"{what} would make the model non-finite (values too large); refused")
             return
         opt, bias_opt = self.optimizer, self._bias_optimizer
-        arrays = (self._w, *(getattr(opt, name) for name in opt._state_names))
-        bias = (self._b, *(getattr(bias_opt, name) for name in bias_opt._state_names))
-        saved, saved_bias = np.empty(len(arrays) * n), np.empty(len(bias))
-        _kernel.save_at(arrays, cols, n, saved)
-        _kernel.save_at(bias, self._b_col, 1, saved_bias)
-        iterations = opt.n_iterations, bias_opt.n_iterations
-        opt.step(self._w, cols, grads, n)
-        if self.intercept_lr is None:
-            self._b_grad[0] = g_b
-            bias_opt.step(self._b, self._b_col, self._b_grad, 1)
-        else:
-            self._b[0] -= self.intercept_lr * g_b
-        if _kernel.finite_at(arrays, cols, n) and _kernel.finite_at(bias, self._b_col, 1):
-            return
-        _kernel.restore_at(arrays, cols, n, saved)
-        _kernel.restore_at(bias, self._b_col, 1, saved_bias)
-        opt.n_iterations, bias_opt.n_iterations = iterations
+        rate = self._intercept_rate(opt.n_iterations)
+        saved = optim_.save(opt, self._w, cols, n)
+        saved_bias = optim_.save(bias_opt, self._b, self._b_col, 1)
+        try:
+            optim_.step(opt, self._w, cols, grads, n)
+            if rate is None:
+                self._b_grad[0] = g_b
+                optim_.step(bias_opt, self._b, self._b_col, self._b_grad, 1)
+            else:
+                self._b[0] -= rate * g_b
+            if optim_.finite(opt, self._w, cols, n) and optim_.finite(bias_opt, self._b, self._b_col, 1):
+                return
+        except (OverflowError, ZeroDivisionError, FloatingPointError):  # Python floats in River's steps
+            pass
+        optim_.restore(opt, self._w, cols, n, saved)
+        optim_.restore(bias_opt, self._b, self._b_col, 1, saved_bias)
         raise ValueError(f"{what} would make the model non-finite (values too large); refused")
 
     # The mini-batch path: numpy arrays (fast) and pandas frames (River's interface)
@@ -467,7 +553,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         return plan
 
     def _batch_step(self, X: np.ndarray, plan: _Plan, y: np.ndarray, sample_weight: Any, names: Any) -> None:
-        """One update with the seed's batch formula on rows X, laid out by ``plan``; y is contiguous float64.
+        """One update with the textbook batch formula on rows X, laid out by ``plan``; y is contiguous float64.
 
         One BLAS pass over X for z = Xw + b, one for ∇w = (1/m)Xᵀr, and compiled passes over the batch in
         between (r = σ(z) − y); the model is only written once everything is known to be finite.
@@ -504,7 +590,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             )
         grad = np.empty(len(cols))
         s = _kernel.batch_gradient(
-            X, z, e, y, sample_weight, self._neg_weight, self._pos_weight, self.l2, w, grad
+            X, z, e, y, sample_weight, self._neg_weight, self._pos_weight, self.l2, float(self.clip_gradient),
+            w, grad
         )
         if s != s:
             raise ValueError(_non_finite_message(X0, names))
@@ -512,7 +599,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         self.n_samples_seen += m
 
     def learn_rows(self, xs: list[dict], ys: Any, sample_weight: Any = None) -> None:
-        """One mini-batch update (the seed's batch formula, m = len(xs)) on dict rows.
+        """One mini-batch update (the textbook batch formula, m = len(xs)) on dict rows.
 
         The same update as :meth:`learn_many` on the frame of these rows with missing features as 0. A row
         with a bad value raises ``ValueError`` naming the feature, and the model is left as it was.
@@ -560,7 +647,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             p, touched, grads, g_b = np.empty(m), np.empty(size, dtype=np.intp), np.empty(size), np.empty(1)
             n = _kernel.batch_predict_gradient(
                 self._w, self._b, cols, vals, indptr, y, sample_weight, self._neg_weight, self._pos_weight,
-                self.l2, p, touched, grads, g_b,
+                self.l2, float(self.clip_gradient), p, touched, grads, g_b,
             )
             if n < 0:
                 raise ValueError("the update is not finite (values too large); the batch was refused")
@@ -672,6 +759,20 @@ class _Plan(NamedTuple):
     inverse: np.ndarray | None  # merged column of each kept batch column, where columns repeat
     dense: bool  # cols is 0..n-1: the weights are the view w[:n]
     n_ignored: int  # batch columns ignored by a full vocabulary
+
+
+def _initial_weight(initializer: Any) -> float:
+    """The starting weight of a new feature: 0 (``None``, River's ``Zeros``) or River's ``Constant(v)``."""
+    from river.optim import initializers
+
+    if initializer is None or type(initializer) is initializers.Zeros:
+        return 0.0
+    if type(initializer) is initializers.Constant and math.isfinite(float(initializer.value)):
+        return float(initializer.value)
+    raise ValueError(
+        f"initializer must be None, river.optim.initializers.Zeros() or Constant(v) with v finite, got "
+        f"{initializer!r:.100} (a random initializer would make a checkpoint's future updates differ)"
+    )
 
 
 def _class_weights(class_weight: dict | None) -> tuple[float, float]:
