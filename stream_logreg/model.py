@@ -133,7 +133,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             raise ValueError(f"clip_gradient must be a number > 0, got {clip_gradient!r}")
         if not (isinstance(intercept_init, numbers.Real) and math.isfinite(intercept_init)):
             raise ValueError(f"intercept_init must be a finite number, got {intercept_init!r}")
-        if optimizer is not None and not (isinstance(optimizer, optim_.Optimizer) or optim_.is_river(optimizer)):
+        if optimizer is not None and not isinstance(optimizer, optim_.Optimizer) and not optim_.is_river(optimizer):
             raise ValueError(
                 f"optimizer must be one of stream_logreg.optim's or river.optim's, got {optimizer!r:.100}"
             )
@@ -296,7 +296,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             optimizer = {"name": "SGD", "lr": schedule[0], "power_t": schedule[1]}
         else:
             raise ValueError(
-                f"a checkpoint holds the optimizers of stream_logreg.optim and River's SGD with a Constant or "
+                "a checkpoint holds the optimizers of stream_logreg.optim and River's SGD with a Constant or "
                 f"InverseScaling rate; {type(opt).__name__} has no checkpoint format"
             )
         intercept_lr = self._constant_intercept_lr()
@@ -553,7 +553,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         return plan
 
     def _batch_step(self, X: np.ndarray, plan: _Plan, y: np.ndarray, sample_weight: Any, names: Any) -> None:
-        """One update with the textbook batch formula on rows X, laid out by ``plan``; y is contiguous float64.
+        """One update with the batch formula on rows X, laid out by ``plan``; y is contiguous float64.
 
         One BLAS pass over X for z = Xw + b, one for ∇w = (1/m)Xᵀr, and compiled passes over the batch in
         between (r = σ(z) − y); the model is only written once everything is known to be finite.
