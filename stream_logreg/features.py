@@ -152,6 +152,8 @@ class FeatureSpace:
 
         With hashing, colliding features of the row are merged into one entry (their values summed).
         """
+        if not isinstance(x, dict):
+            raise ValueError(f"a row must be a dict of features, got {type(x).__name__} {x!r:.60}")
         entries = [encode_value(k, v) for k, v in x.items()]
         cols: list[int] = []
         vals: list[float] = []

@@ -24,6 +24,7 @@ optimizer, including those without a compiled rule. A model restored from a chec
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from typing import Any, NamedTuple
@@ -127,27 +128,18 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         intercept_init: float = 0.0,
         initializer: Any = None,
     ) -> None:
-        if not l2 >= 0:
-            raise ValueError(f"l2 must be >= 0, got {l2!r}")
-        if not (isinstance(clip_gradient, numbers.Real) and clip_gradient > 0):
-            raise ValueError(f"clip_gradient must be a number > 0, got {clip_gradient!r}")
-        if not (isinstance(intercept_init, numbers.Real) and math.isfinite(intercept_init)):
-            raise ValueError(f"intercept_init must be a finite number, got {intercept_init!r}")
-        if optimizer is not None and not isinstance(optimizer, optim_.Optimizer) and not optim_.is_river(optimizer):
-            raise ValueError(
-                f"optimizer must be one of stream_logreg.optim's or river.optim's, got {optimizer!r:.100}"
-            )
         self.optimizer = optim_.FTRL() if optimizer is None else optimizer
         self.l2 = l2
         self.intercept_lr = intercept_lr
-        self._intercept_rate(0)  # checks it
-        self.n_bits = n_bits
-        self.max_features = max_features
-        self.class_weight = class_weight
         self.clip_gradient = clip_gradient
         self.intercept_init = intercept_init
         self.initializer = initializer
-        self._init_value = _initial_weight(initializer)
+        self._check_params()
+        if not (isinstance(intercept_init, numbers.Real) and math.isfinite(intercept_init)):
+            raise ValueError(f"intercept_init must be a finite number, got {intercept_init!r}")
+        self.n_bits = n_bits
+        self.max_features = max_features
+        self.class_weight = class_weight
         self._neg_weight, self._pos_weight = _class_weights(class_weight)
         self.features = FeatureSpace(n_bits=n_bits, max_features=max_features)
         self.n_samples_seen = 0
@@ -173,11 +165,48 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         # As River's LogisticRegression; the compiled step copies them, so it is rebuilt (see mutate).
         return {"optimizer", "l2", "intercept_lr", "clip_gradient", "initializer"}
 
+    def clone(
+        self, new_params: dict | None = None, include_attributes: bool = False
+    ) -> OnlineLogisticRegression:
+        """River's ``clone``. With ``include_attributes`` and no new parameters it is an exact, independent
+        copy (``copy.deepcopy``: weights, feature space and optimizer state); with new parameters River's
+        rule applies (fresh parameters, learned attributes copied), and the optimizer is sized to the
+        copied weights."""
+        if include_attributes and not new_params:
+            return copy.deepcopy(self)
+        clone = super().clone(new_params, include_attributes)
+        if include_attributes and isinstance(clone.optimizer, optim_.Optimizer):
+            clone.optimizer.resize(len(clone._w))
+        return clone
+
+    def _check_params(self) -> None:
+        """Check the mutable hyper-parameters (a clear ValueError), and derive what they determine."""
+        if not self.l2 >= 0:
+            raise ValueError(f"l2 must be >= 0, got {self.l2!r}")
+        clip = self.clip_gradient
+        if not (isinstance(clip, numbers.Real) and clip > 0):
+            raise ValueError(f"clip_gradient must be a number > 0, got {clip!r}")
+        opt = self.optimizer
+        if not (isinstance(opt, optim_.Optimizer) or optim_.is_river(opt)):
+            raise ValueError(
+                f"optimizer must be one of stream_logreg.optim's or river.optim's, got {opt!r:.100}"
+            )
+        if optim_.is_river(opt) and optim_.looks_ahead(opt):
+            raise ValueError(f"{type(opt).__name__} changes the weights before each prediction (look_ahead), "
+                             "which this model does not support")
+        self._intercept_rate(0)
+        self._init_value = _initial_weight(self.initializer)
+
     def mutate(self, new_attrs: dict[str, Any]) -> None:
         """River's ``mutate``: change mutable hyper-parameters in place (checked as in the constructor)."""
+        old = {name: getattr(self, name) for name in new_attrs if hasattr(self, name)}
         super().mutate(new_attrs)
-        checked = type(self)(**{**self._get_params(), "n_bits": None, "max_features": None})
-        self._init_value = checked._init_value
+        try:
+            self._check_params()
+        except ValueError:
+            for name, value in old.items():
+                setattr(self, name, value)
+            raise
         if "optimizer" in new_attrs:
             self._bias_optimizer = self.optimizer.clone()
             if isinstance(self._bias_optimizer, optim_.Optimizer):
@@ -394,6 +423,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         return n
 
     def _raw_dot_one(self, x: dict) -> float:
+        _check_row(x)
         if self.features.hashing:  # colliding features are merged first, exactly as when learning
             n = self._encode(x, grow=False)
             return _kernel.dot(self._w, self._cols, self._vals, n) + self._b[0]
@@ -437,6 +467,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
                 raise ValueError(f"the update for {x!r:.200} is not finite; refused")
         # The general path: new features or a bad value (the feature space decides, and may grow), a label
         # of another type, or an optimizer without a compiled rule.
+        _check_row(x)
         target = _label(y)
         features = self.features
         n = _kernel.encode(x, features.columns, self._cols, self._vals, features.n_bits is not None)
@@ -629,7 +660,12 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             )
         features = self.features
         merge = features.n_bits is not None
-        size = sum(map(len, xs))  # a row has at most one entry per key
+        try:
+            size = sum(map(len, xs))  # a row has at most one entry per key
+        except TypeError:
+            i = next(i for i, x in enumerate(xs) if not isinstance(x, dict))
+            raise ValueError(f"row {i}: a row must be a dict of features, got {type(xs[i]).__name__}"
+                             ) from None
         cols, vals = np.empty(size, dtype=np.intp), np.empty(size)
         indptr = np.zeros(m + 1, dtype=np.intp)
         mark = features.mark()
@@ -638,7 +674,10 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             layout = self._layout
             while (i := _kernel.encode_rows(xs, i, features.columns, cols, vals, indptr, merge, layout)) < m:
                 # new features or a bad value: the feature space decides (and may grow)
-                row_cols, row_vals = features.encode(xs[i], grow=True)
+                try:
+                    row_cols, row_vals = features.encode(xs[i], grow=True)
+                except ValueError as e:
+                    raise ValueError(f"row {i}: {e}") from None
                 start, end = indptr[i], indptr[i] + len(row_cols)
                 cols[start:end], vals[start:end] = row_cols, row_vals
                 indptr[i + 1] = end
@@ -759,6 +798,12 @@ class _Plan(NamedTuple):
     inverse: np.ndarray | None  # merged column of each kept batch column, where columns repeat
     dense: bool  # cols is 0..n-1: the weights are the view w[:n]
     n_ignored: int  # batch columns ignored by a full vocabulary
+
+
+def _check_row(x: Any) -> None:
+    """A row must be a dict of features (``None``, a list, ... raise: nothing can be learned from them)."""
+    if not isinstance(x, dict):
+        raise ValueError(f"a row must be a dict of features, got {type(x).__name__} {x!r:.60}")
 
 
 def _initial_weight(initializer: Any) -> float:

@@ -276,6 +276,14 @@ def is_river(optimizer: object) -> bool:
     return isinstance(optimizer, RiverOptimizer)
 
 
+def looks_ahead(optimizer: object) -> bool:
+    """Whether River's ``optimizer`` changes the weights before each prediction (``look_ahead``, e.g.
+    ``NesterovMomentum``, ``Averager``): the model does not support those."""
+    from river.optim.base import Optimizer as RiverOptimizer
+
+    return type(optimizer).look_ahead is not RiverOptimizer.look_ahead
+
+
 def river_sgd_schedule(optimizer: object) -> tuple[float, float] | None:
     """(η, power_t) if ``optimizer`` is River's plain SGD with a ``Constant`` or ``InverseScaling`` rate:
     then its step is exactly ours, η_t = η / (t + 1)^power_t, t its ``n_iterations``; else ``None``."""
