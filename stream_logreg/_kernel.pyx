@@ -28,6 +28,24 @@ from libc.stdlib cimport calloc, free, realloc
 cnp.import_array()
 
 
+class _Indicator:
+    """The first element of the column key ``(INDICATOR, k, v)`` of the indicator feature ``k=v`` (see
+    ``stream_logreg.features.IndicatorKey``): no key of a user's row can contain it, so an indicator never
+    shares a column with a feature whose key is a tuple or the string "k=v". A singleton, also through
+    pickle and deepcopy."""
+
+    __slots__ = ()
+
+    def __reduce__(self):
+        return "INDICATOR"
+
+    def __repr__(self):
+        return "INDICATOR"
+
+
+INDICATOR = _Indicator()
+
+
 cdef inline double* dptr(cnp.ndarray a):
     return <double*> cnp.PyArray_DATA(a)
 
@@ -72,7 +90,7 @@ cdef inline bint _lookup(dict columns, PyObject* key, PyObject* value, Py_ssize_
         col = _dict_get(columns, <object> key)
     elif _is_str(value):
         d[0] = 1.0
-        col = _dict_get(columns, (<object> key, <object> value))
+        col = _dict_get(columns, (INDICATOR, <object> key, <object> value))
     else:
         return False
     if col is NULL:  # not there (or an error comparing keys: the slow path raises it again)
@@ -203,7 +221,7 @@ def encode(dict x, dict columns, cnp.ndarray cols, cnp.ndarray vals, bint merge)
     """Write the row `x` as columns and values into the buffers; return how many, or -1.
 
     Handles what needs no decision: keys already in `columns` with a finite float, int or bool value,
-    and strings whose indicator key `(k, v)` is already in `columns`. Anything else (a new key, a
+    and strings whose indicator key `(INDICATOR, k, v)` is already in `columns`. Anything else (a new key, a
     non-finite or non-numeric value, a full buffer) returns -1 and the caller takes the slow path,
     which grows the feature space or raises. With `merge`, repeated columns (hash collisions) are
     summed into one entry.

@@ -42,28 +42,92 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FeatureSpace", "HASH_CACHE_SIZE", "encode_value", "feature_name"]
+from stream_logreg._kernel import INDICATOR
+
+__all__ = ["FeatureSpace", "HASH_CACHE_SIZE", "IndicatorKey", "IndicatorName", "encode_value", "feature_name"]
 
 HASH_CACHE_SIZE = 1 << 16
 
 
 def feature_name(key: Hashable) -> str:
-    """The readable name of a column key: ``k`` for a plain key, ``k=v`` for the indicator ``(k, v)``."""
+    """The readable name of a column key: ``k`` for a plain key, ``k=v`` for the indicator of ``k: v``."""
     if isinstance(key, IndicatorKey):
-        return f"{key[0]}={key[1]}"
+        return f"{key.key}={key.value}"
     return str(key)
 
 
-class IndicatorKey(tuple):
-    """The column key of the indicator feature ``k=v``: a ``(k, v)`` tuple (equal and hashed as one)."""
+class IndicatorName(str):
+    """The name ``k=v`` of the indicator of ``k: v`` as a key of the model's ``weights``: it prints and
+    serializes as that string, but is not equal to a feature literally named ``"k=v"``, so both keep their
+    own entry.
+
+    >>> name = IndicatorName("a", "FR")
+    >>> name, name == "a=FR", name == IndicatorName("a", "FR"), len({name: 1, "a=FR": 2})
+    ('a=FR', False, True, 2)
+
+    """
 
     __slots__ = ()
+
+    def __new__(cls, key: Hashable, value: str) -> IndicatorName:
+        return super().__new__(cls, f"{key}={value}")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is IndicatorName and str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((IndicatorName, str(self)))
+
+    def __repr__(self) -> str:
+        return str.__repr__(self)
+
+    def __reduce__(self) -> tuple:
+        key, _, value = str(self).partition("=")
+        return IndicatorName, (key, value)
+
+
+class IndicatorKey(tuple):
+    """The column key of the indicator feature ``k=v``: the tuple ``(INDICATOR, k, v)``, equal and hashed
+    as that tuple (which the compiled encoder looks up). ``INDICATOR`` is a private marker, so the
+    indicator of ``{"a": "FR"}`` never shares a column with a key ``("a", "FR")`` (River's bigrams) or
+    ``"a=FR"``. ``str()`` gives its name ``k=v``.
+
+    >>> k = IndicatorKey("a", "FR")
+    >>> str(k), k.key, k.value, k == ("a", "FR")
+    ('a=FR', 'a', 'FR', False)
+
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, key: Hashable, value: str) -> IndicatorKey:
+        return super().__new__(cls, (INDICATOR, key, value))
+
+    def __getnewargs__(self) -> tuple:
+        return self[1], self[2]
+
+    @property
+    def key(self) -> Hashable:
+        return self[1]
+
+    @property
+    def value(self) -> str:
+        return self[2]
+
+    def __str__(self) -> str:
+        return feature_name(self)
+
+    def __repr__(self) -> str:
+        return f"IndicatorKey({self[1]!r}, {self[2]!r})"
 
 
 def encode_value(key: Hashable, v: Any) -> tuple[Hashable, float]:
     """The column key and the numeric value of one ``key: v`` entry, or a ``ValueError`` naming it."""
     if isinstance(v, str):
-        return IndicatorKey((key, v)), 1.0
+        return IndicatorKey(key, v), 1.0
     if isinstance(v, (bool, np.bool_)):
         return key, 1.0 if v else 0.0
     if isinstance(v, numbers.Real):
@@ -213,7 +277,7 @@ class FeatureSpace:
         if self.n_bits is None:
             for k in self.keys:
                 if isinstance(k, IndicatorKey):
-                    keys.append({"k": _json_key(k[0]), "v": k[1]})
+                    keys.append({"k": _json_key(k.key), "v": k.value})
                 else:
                     keys.append({"k": _json_key(k)})
         return {
@@ -230,7 +294,7 @@ class FeatureSpace:
         for entry in state["keys"]:
             key = _from_json_key(entry["k"])
             if "v" in entry:
-                key = IndicatorKey((key, entry["v"]))
+                key = IndicatorKey(key, entry["v"])
             space.columns[key] = len(space.keys)
             space.keys.append(key)
         return space

@@ -34,7 +34,7 @@ from river import base
 
 from stream_logreg import _kernel
 from stream_logreg import optim as optim_
-from stream_logreg.features import FeatureSpace, feature_name
+from stream_logreg.features import FeatureSpace, IndicatorKey, IndicatorName
 from stream_logreg.math import sigmoid, sigmoid_scalar
 
 __all__ = ["OnlineLogisticRegression"]
@@ -273,11 +273,17 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
 
     @property
     def weights(self) -> dict:
-        """The weights by feature name (by column index with hashing, where names are not kept)."""
+        """The weights by feature key, as in River: the row's own keys (``1`` and ``"1"``, tuples, ...
+        stay distinct); the indicator of a string value ``k: v`` by its name ``"k=v"`` as an
+        :class:`~stream_logreg.features.IndicatorName` (a string that is not equal to a feature literally
+        named ``"k=v"``). With hashing, where names are not kept, by column index."""
         w = self._w[: self.n_features].tolist()
         if self.features.hashing:
             return {i: wi for i, wi in enumerate(w) if wi != 0.0}
-        return {feature_name(k): wi for k, wi in zip(self.features.keys, w, strict=True)}
+        return {
+            IndicatorName(k.key, k.value) if type(k) is IndicatorKey else k: wi
+            for k, wi in zip(self.features.keys, w, strict=True)
+        }
 
     def _grow(self, n_columns: int) -> None:
         """Make room for ``n_columns`` weights (capacity doubles; new weights are 0)."""

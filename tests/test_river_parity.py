@@ -18,6 +18,7 @@ from river import optim as river_optim
 from river.optim import initializers, schedulers
 
 from stream_logreg import OnlineLogisticRegression, optim
+from stream_logreg.features import IndicatorName
 
 N = 400  # events of Phishing per comparison (enough for every optimizer's state to matter)
 
@@ -192,3 +193,23 @@ def test_unknown_optimizer_is_refused_clearly():
         OnlineLogisticRegression(optimizer="sgd")
     with pytest.raises(ValueError, match="look_ahead"):
         OnlineLogisticRegression(optimizer=river_optim.NesterovMomentum())
+
+
+def test_distinct_keys_stay_distinct():
+    """1 and "1", a tuple key (River's bigrams) and the indicator of {"a": "FR"}, a feature literally named
+    "a=FR": each has its own weight, and ``weights`` keeps River's keys."""
+    model = OnlineLogisticRegression(optimizer=optim.SGD(0.5), intercept_lr=0.0)
+    model.learn_one({1: 1.0}, True)
+    model.learn_one({"1": 1.0}, False)
+    model.learn_one({("a", "FR"): 1.0}, True)
+    model.learn_one({"a": "FR"}, False)
+    model.learn_one({"a=FR": 2.0}, True)
+    w = model.weights
+    assert model.n_features == 5 and len(w) == 5
+    assert w[1] == 0.25 and w["1"] == -0.25 and w[("a", "FR")] == 0.25
+    assert w[IndicatorName("a", "FR")] < 0 < w["a=FR"]
+    assert ("a", "FR") in w and str(next(k for k in w if isinstance(k, IndicatorName))) == "a=FR"
+    restored = OnlineLogisticRegression.from_state(*model.state())
+    assert restored.weights == w
+    assert copy.deepcopy(model).predict_proba_one({"a": "FR"}) == model.predict_proba_one({"a": "FR"})
+    assert model.predict_proba_one({"a": "FR"}) != model.predict_proba_one({("a", "FR"): 1.0})
