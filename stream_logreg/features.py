@@ -4,7 +4,8 @@ Rules, the same for every entry point (dicts, data frames, arrays):
 
 - a numeric value (int, float, numpy number) of key ``k`` is feature ``k`` with that value; it must be finite;
 - a bool is 0 or 1;
-- a string value ``v`` of key ``k`` is the indicator feature ``k=v`` with value 1;
+- a string value ``v`` of key ``k`` is the indicator feature ``k=v`` with value 1; a string that reads as a
+  number ("42", "1e3", "nan") raises a ``ValueError`` instead (an unconverted number, as River refuses it);
 - a key absent from a row counts as 0; an unseen key gets a new column whose weight starts at 0;
 - anything else (None, NaN, ±inf, lists, ...) raises a ``ValueError`` that names the feature, and nothing
   is added to the space.
@@ -124,9 +125,31 @@ class IndicatorKey(tuple):
         return f"IndicatorKey({self[1]!r}, {self[2]!r})"
 
 
+def looks_numeric(v: str) -> bool:
+    """Whether ``float(v)`` would accept the string ``v`` ("42", " -1.5e3 ", "nan", "inf", ...)."""
+    head = v.lstrip()[:1]
+    if not head or not (head in "0123456789+-." or head in "nNiI"):
+        return False
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
+
+
 def encode_value(key: Hashable, v: Any) -> tuple[Hashable, float]:
-    """The column key and the numeric value of one ``key: v`` entry, or a ``ValueError`` naming it."""
+    """The column key and the numeric value of one ``key: v`` entry, or a ``ValueError`` naming it.
+
+    A string that reads as a number ("42", "1.5e3", "nan") is refused rather than taken as a category:
+    it is most often a number that was never converted (a CSV read without converters), and River
+    refuses it too. Convert it, or give a category a value that is not a number (``"zip:75001"``).
+    """
     if isinstance(v, str):
+        if looks_numeric(v):
+            raise ValueError(
+                f"feature {key!r} has the string value {v!r:.40}, which reads as a number: convert it to a "
+                "number, or, if it is a category, give it a value that does not (e.g. 'id:42')"
+            )
         return IndicatorKey(key, v), 1.0
     if isinstance(v, (bool, np.bool_)):
         return key, 1.0 if v else 0.0

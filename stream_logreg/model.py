@@ -34,7 +34,7 @@ from river import base
 
 from stream_logreg import _kernel
 from stream_logreg import optim as optim_
-from stream_logreg.features import FeatureSpace, IndicatorKey, IndicatorName
+from stream_logreg.features import FeatureSpace, IndicatorKey, IndicatorName, encode_value
 from stream_logreg.math import sigmoid, sigmoid_scalar
 
 __all__ = ["OnlineLogisticRegression"]
@@ -754,17 +754,42 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         return sigmoid(self._logits(X, range(X.shape[1]), dense=plan is not None and plan.dense))
 
     def _frame(self, X: Any) -> tuple[np.ndarray, list]:
+        """The values of frame X as a float array, and the feature key of each array column.
+
+        Numeric columns are taken as they are. A column with strings (object, string or category dtype)
+        is read cell by cell as ``learn_one`` reads a row: a string ``v`` is the indicator ``k=v`` (one
+        array column per distinct value), a number stays in column ``k``; anything else raises, naming
+        the feature.
+        """
         names = list(X.columns)
         try:
-            values = X.to_numpy(dtype=np.float64)
+            return X.to_numpy(dtype=np.float64), names
         except (TypeError, ValueError):
-            for name in names:
-                try:
-                    X[name].to_numpy(dtype=np.float64)
-                except (TypeError, ValueError):
-                    raise ValueError(f"feature {name!r} has non-numeric values") from None
-            raise
-        return values, names
+            pass
+        m = len(X)
+        blocks, keys = [], []
+        for name in names:
+            try:
+                blocks.append(X[name].to_numpy(dtype=np.float64))
+                keys.append(name)
+                continue
+            except (TypeError, ValueError):
+                pass
+            numeric, indicators = None, {}
+            for i, v in enumerate(X[name].to_numpy(dtype=object)):
+                key, value = encode_value(name, v)  # raises for None, a number-like string, ...
+                if key is name:
+                    if numeric is None:
+                        numeric = np.zeros(m)
+                    numeric[i] = value
+                else:
+                    indicators.setdefault(key, np.zeros(m))[i] = 1.0
+            if numeric is not None:
+                blocks.append(numeric)
+                keys.append(name)
+            blocks.extend(indicators.values())
+            keys.extend(indicators)
+        return (np.column_stack(blocks) if blocks else np.zeros((m, 0))), keys
 
     def learn_many(self, X: Any, y: Any, w: Any = 1.0, **kwargs: Any) -> None:
         """One mini-batch update on a data frame X (one column per feature) and series y."""

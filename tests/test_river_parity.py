@@ -213,3 +213,48 @@ def test_distinct_keys_stay_distinct():
     assert restored.weights == w
     assert copy.deepcopy(model).predict_proba_one({"a": "FR"}) == model.predict_proba_one({"a": "FR"})
     assert model.predict_proba_one({"a": "FR"}) != model.predict_proba_one({("a", "FR"): 1.0})
+
+
+def _mixed_rows(n=60):
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(n):
+        x = {"n": float(rng.normal()), "city": ["Paris", "Rome", "Oslo"][i % 3]}
+        x["mixed"] = [1.5, "a", -2.0][i % 3]  # one column with numbers and strings
+        rows.append(x)
+    return rows, [bool(i % 2) for i in range(n)]
+
+
+@pytest.mark.parametrize("n_bits", [None, 6])
+def test_string_and_category_columns_in_frames(n_bits):
+    """learn_many / predict_proba_many read string and category columns as learn_one reads them: the same
+    model as learn_rows on the dict rows (the same batch formula), and the same probabilities as
+    predict_proba_one."""
+    rows, ys = _mixed_rows()
+    frame = pd.DataFrame(rows)
+    frame["city"] = frame["city"].astype("category")
+    by_frame = OnlineLogisticRegression(optimizer=optim.SGD(0.5), n_bits=n_bits)
+    by_rows = OnlineLogisticRegression(optimizer=optim.SGD(0.5), n_bits=n_bits)
+    for start in range(0, len(rows), 10):
+        X, y = frame.iloc[start:start + 10], pd.Series(ys[start:start + 10])
+        expected = [by_rows.predict_proba_one(x)[True] for x in rows[start:start + 10]]
+        np.testing.assert_allclose(by_frame.predict_proba_many(X)[True], expected, rtol=1e-12)
+        by_frame.learn_many(X, y)
+        by_rows.learn_rows(rows[start:start + 10], ys[start:start + 10])
+    expected = by_rows.weights  # the columns may come in another order: compare feature by feature
+    assert by_frame.weights.keys() == expected.keys()
+    for k, v in by_frame.weights.items():
+        assert v == pytest.approx(expected[k], rel=1e-12, abs=1e-15), k
+
+
+@pytest.mark.parametrize("value", ["42", " -1.5e3 ", "nan", "inf"])
+def test_numeric_looking_strings_raise(value):
+    """A string that reads as a number is refused (as River refuses it), never silently a category."""
+    model = OnlineLogisticRegression()
+    with pytest.raises(ValueError, match="reads as a number"):
+        model.learn_one({"age": value}, True)
+    with pytest.raises(ValueError, match="reads as a number"):
+        model.learn_many(pd.DataFrame({"age": [value, "x"]}), pd.Series([True, False]))
+    assert model.n_features == 0 and model.n_samples_seen == 0
+    model.learn_one({"age": "forty-two", "code": "id:42"}, True)  # categories that do not read as numbers
+    assert model.n_features == 2
