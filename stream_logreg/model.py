@@ -444,6 +444,43 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         p = sigmoid_scalar(self._raw_dot_one(x))
         return {False: 1.0 - p, True: p}
 
+    def debug_one(self, x: dict, decimals: int = 5) -> str:
+        """A table that explains p = σ(w·x + b) for row ``x``, as River's ``LinearRegression.debug_one``:
+        each feature's value, weight and contribution (value × weight), largest first, then the bias.
+        Features the model has not seen count as 0 and are not listed.
+
+        >>> model = OnlineLogisticRegression(optimizer=optim_.SGD(0.5))
+        >>> model.learn_one({"age": 2.0, "city": "Paris"}, True)
+        >>> print(model.debug_one({"age": 2.0, "city": "Paris", "new": 1.0}, decimals=2))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        Name         Value   Weight   Contribution
+               age    2.00     0.50           1.00
+        city=Paris    1.00     0.25           0.25
+         Intercept    1.00     0.25           0.25
+
+        """
+        from river import utils
+
+        _check_row(x)
+        cols, vals = self.features.encode(x, grow=False)  # the row as learned: indicators, merged columns
+        if self.features.hashing:
+            names = [str(c) for c in cols]
+        else:
+            names = [str(self.features.keys[c]) for c in cols]
+        weights = [float(self._w[c]) for c in cols]
+        contributions = [v * w for v, w in zip(vals, weights, strict=True)] + [self.intercept]
+
+        def fmt(value: float) -> str:
+            return f"{value: ,.{decimals}f}"
+
+        order = list(reversed(np.argsort(contributions[:-1], kind="stable"))) + [len(cols)]
+        return utils.pretty.print_table(
+            headers=["Name", "Value", "Weight", "Contribution"],
+            columns=[names + ["Intercept"], [fmt(v) for v in [*vals, 1.0]],
+                     [fmt(w) for w in [*weights, self.intercept]], [fmt(c) for c in contributions]],
+            order=order,
+        )
+
     def predict_one(self, x: dict, **kwargs: Any) -> bool:
         """Whether p = σ(w·x + b) > 0.5, as a Python bool."""
         return bool(self._raw_dot_one(x) > 0.0)
