@@ -86,11 +86,28 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         The update rule of the weights (``optim.SGD``, ``optim.AdaGrad``, ``optim.FTRL``). Defaults to
         ``optim.FTRL()`` (α = 0.17, β = 0.5), chosen by ``bench/bench_accuracy.py``: never worse than
         River's default LogisticRegression on the six benchmark streams, 0.81× its log loss on Phishing.
+        River's optimizers (``river.optim.SGD``, ``Adam``, ``AdaGrad``, ``FTRLProximal``, ...) are
+        accepted as they are and give River's results: River's SGD with a ``Constant`` or
+        ``InverseScaling`` rate is our compiled SGD rule (and checkpoints as ``optim.SGD``); the others
+        step through their own dict API (slower; no checkpoint format). Optimizers that change the weights
+        before each prediction (``look_ahead``: ``NesterovMomentum``, ``Averager``) are refused.
     l2
         L2 penalty added to the weights' gradient (not the bias's).
+    l1
+        L1 penalty, River's cumulative penalty (Tsuruoka et al. 2009) applied after each step; needs an
+        optimizer with a learning rate (FTRL has its own ``l1``).
     intercept_lr
-        Constant learning rate of the bias, as in River. ``None`` gives the bias its own copy of the
-        weights' optimizer (so the same step as the weights); ``0`` freezes it.
+        Learning rate of the bias, as in River: a number or a River scheduler (evaluated at the weights'
+        optimizer's ``n_iterations``). ``None`` gives the bias its own copy of the weights' optimizer (so
+        the same step as the weights); ``0`` freezes it.
+    clip_gradient
+        Clips the loss gradient g = (p − y)·weight of each sample to [−clip_gradient, clip_gradient], as
+        River does. It does not bound g·x; what keeps the model finite is described in the module docstring.
+    intercept_init
+        The bias before any update.
+    initializer
+        Starting weight of a new feature: ``None`` or River's ``initializers.Zeros()`` (0), or
+        ``initializers.Constant(v)``.
     n_bits
         Hash features into 2^n_bits columns instead of keeping a vocabulary (bounded memory).
     max_features
@@ -127,9 +144,11 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         clip_gradient: float = 1e12,
         intercept_init: float = 0.0,
         initializer: Any = None,
+        l1: float = 0.0,
     ) -> None:
         self.optimizer = optim_.FTRL() if optimizer is None else optimizer
         self.l2 = l2
+        self.l1 = l1
         self.intercept_lr = intercept_lr
         self.clip_gradient = clip_gradient
         self.intercept_init = intercept_init
@@ -150,6 +169,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         self._b_col = np.zeros(1, dtype=np.intp)
         self._b_grad = np.zeros(1)
         self._w = np.zeros(0)
+        self._cum_l1 = np.zeros(0)  # the L1 penalty each weight has received (see _l1_penalty)
+        self._max_cum_l1 = 0.0
         self._grow(self.features.n_columns)
         self._cols = np.zeros(64, dtype=np.intp)  # scratch buffers of the per-sample path
         self._vals = np.zeros(64)
@@ -163,7 +184,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
     @property
     def _mutable_attributes(self) -> set[str]:
         # As River's LogisticRegression; the compiled step copies them, so it is rebuilt (see mutate).
-        return {"optimizer", "l2", "intercept_lr", "clip_gradient", "initializer"}
+        return {"optimizer", "l2", "l1", "intercept_lr", "clip_gradient", "initializer"}
 
     def clone(
         self, new_params: dict | None = None, include_attributes: bool = False
@@ -183,6 +204,13 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         """Check the mutable hyper-parameters (a clear ValueError), and derive what they determine."""
         if not self.l2 >= 0:
             raise ValueError(f"l2 must be >= 0, got {self.l2!r}")
+        if not (isinstance(self.l1, numbers.Real) and 0 <= self.l1 < math.inf):
+            raise ValueError(f"l1 must be a finite number >= 0, got {self.l1!r}")
+        if self.l1 and not hasattr(type(self.optimizer), "learning_rate"):
+            raise ValueError(
+                f"l1 needs an optimizer with a learning rate; {type(self.optimizer).__name__} has none "
+                "(FTRL has its own l1: FTRL(l1=...))"
+            )
         clip = self.clip_gradient
         if not (isinstance(clip, numbers.Real) and clip > 0):
             raise ValueError(f"clip_gradient must be a number > 0, got {clip!r}")
@@ -297,6 +325,9 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         self._w = w
         if isinstance(self.optimizer, optim_.Optimizer):
             self.optimizer.resize(capacity)
+        cum = np.zeros(capacity)
+        cum[: len(self._cum_l1)] = self._cum_l1
+        self._cum_l1 = cum
         self._step = None  # bound to the old arrays
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
@@ -308,6 +339,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         n = self.n_features
         self.config()  # raises for what a checkpoint cannot hold
         arrays = {"w": self._w[:n].copy(), "b": self._b.copy()}
+        if self.l1:
+            arrays["l1.received"] = self._cum_l1[:n].copy()
         if isinstance(self.optimizer, optim_.Optimizer):
             for name, values in self.optimizer.state_arrays(n).items():
                 arrays[f"optimizer.{name}"] = values
@@ -319,6 +352,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             "n_samples_seen": self.n_samples_seen,
             "optimizer_iterations": self.optimizer.n_iterations,
             "bias_optimizer_iterations": self._bias_optimizer.n_iterations,
+            **({"l1_total": self._max_cum_l1} if self.l1 else {}),
         }
         return arrays, meta
 
@@ -341,6 +375,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         return {
             "optimizer": optimizer,
             "l2": self.l2,
+            **({"l1": self.l1} if self.l1 else {}),
             "intercept_lr": intercept_lr,
             "clip_gradient": self.clip_gradient,
             "intercept_init": self.intercept_init,
@@ -399,6 +434,13 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             1,
         )
         model.n_samples_seen = int(meta["n_samples_seen"])
+        if model.l1:
+            received = np.asarray(arrays.get("l1.received", np.zeros(n)), dtype=np.float64)
+            total = float(meta.get("l1_total", 0.0))
+            if received.shape != (n,) or not (np.isfinite(received).all() and math.isfinite(total)):
+                raise ValueError("the L1 penalty state is missing, of the wrong shape or not finite")
+            model._cum_l1[:n] = received
+            model._max_cum_l1 = total
         model._step = None  # the feature space and the optimizers' arrays were replaced
         model._layout.clear()
         return model
@@ -545,7 +587,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         """
         twins = optim_.compiled_rule(self.optimizer), optim_.compiled_rule(self._bias_optimizer)
         intercept_lr = self._constant_intercept_lr()
-        if twins[0] is None or twins[1] is None or intercept_lr is False:
+        if twins[0] is None or twins[1] is None or intercept_lr is False or self.l1:
             return False
         (rule, hyper, w_state), (_, _, b_state) = twins
         return _kernel.SampleStep(
@@ -558,6 +600,21 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         state = self.__dict__.copy()
         state["_step"] = None  # bound to this instance's arrays: the copy makes its own
         return state
+
+    def _l1_penalty(self, cols: np.ndarray) -> None:
+        """River's cumulative L1 penalty (Tsuruoka et al. 2009), after the optimizer's step: the total
+        penalty u ← u + λ1·η (η the optimizer's learning rate), then each touched weight is moved towards 0
+        by what it has not yet received (u − q_j for w_j > 0, u + q_j for w_j < 0), never past it, and q_j
+        records what it received. Applied in the order of ``cols``, as River iterates over the row."""
+        self._max_cum_l1 += self.l1 * self.optimizer.learning_rate
+        u, w, q = self._max_cum_l1, self._w, self._cum_l1
+        for j in cols.tolist():
+            wj = w[j]
+            if wj > 0:
+                w[j] = max(0.0, wj - (u + q[j]))
+            elif wj < 0:
+                w[j] = min(0.0, wj + (u - q[j]))
+            q[j] += w[j] - wj
 
     def _update(self, cols: np.ndarray, grads: np.ndarray, n: int, g_b: float, what: str) -> None:
         """One optimizer step of the weights ``cols[:n]`` (gradient ``grads[:n]``) and of the bias
@@ -583,6 +640,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             else:
                 self._b[0] -= rate * g_b
             if optim_.finite(opt, self._w, cols, n) and optim_.finite(bias_opt, self._b, self._b_col, 1):
+                if self.l1:
+                    self._l1_penalty(cols[:n])
                 return
         except (OverflowError, ZeroDivisionError, FloatingPointError):  # Python floats in River's steps
             pass

@@ -195,6 +195,11 @@ class AdaGrad(Optimizer):
         self.lr = _check("AdaGrad", "lr", lr, positive=True)
         self.eps = _check("AdaGrad", "eps", eps, positive=False)
 
+    @property
+    def learning_rate(self) -> float:
+        """η (the base rate; each coordinate's step is η / (√G_j + ε))."""
+        return self.lr
+
     def _step(self, w: np.ndarray, cols: np.ndarray, grads: np.ndarray, n: int) -> None:
         _kernel.adagrad_step(w, self.G, cols, grads, n, self.lr, self.eps)
 

@@ -258,3 +258,25 @@ def test_numeric_looking_strings_raise(value):
     assert model.n_features == 0 and model.n_samples_seen == 0
     model.learn_one({"age": "forty-two", "code": "id:42"}, True)  # categories that do not read as numbers
     assert model.n_features == 2
+
+
+@pytest.mark.parametrize("opt", ["ours", "river", "river-InverseScaling"])
+def test_l1_vs_river(opt):
+    """River's cumulative L1 penalty: the same weights (many exactly 0) and probabilities."""
+    make = {"ours": lambda: optim.SGD(0.1), "river": lambda: river_optim.SGD(0.1),
+            "river-InverseScaling": lambda: river_optim.SGD(schedulers.InverseScaling(0.5))}[opt]
+    ours = OnlineLogisticRegression(optimizer=make(), l1=0.05, intercept_lr=0.01)
+    river_opt = river_optim.SGD(0.1) if opt != "river-InverseScaling" else make()
+    river_model = linear_model.LogisticRegression(optimizer=river_opt, l1=0.05)
+    compare(ours, river_model)
+    assert any(v == 0.0 for v in ours.weights.values())
+    restored = OnlineLogisticRegression.from_state(*ours.state())
+    for x, y in itertools.islice(datasets.Phishing(), N, N + 50):
+        restored.learn_one(x, y)
+        ours.learn_one(x, y)
+    assert restored.state()[0]["w"].tobytes() == ours.state()[0]["w"].tobytes()
+
+
+def test_l1_needs_a_learning_rate():
+    with pytest.raises(ValueError, match="FTRL has its own l1"):
+        OnlineLogisticRegression(optimizer=optim.FTRL(), l1=0.1)
