@@ -206,7 +206,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             raise ValueError(f"l2 must be >= 0, got {self.l2!r}")
         if not (isinstance(self.l1, numbers.Real) and 0 <= self.l1 < math.inf):
             raise ValueError(f"l1 must be a finite number >= 0, got {self.l1!r}")
-        if self.l1 and not hasattr(type(self.optimizer), "learning_rate"):
+        if self.l1 and not _has_learning_rate(self.optimizer):
             raise ValueError(
                 f"l1 needs an optimizer with a learning rate; {type(self.optimizer).__name__} has none "
                 "(FTRL has its own l1: FTRL(l1=...))"
@@ -925,6 +925,14 @@ class _Plan(NamedTuple):
     inverse: np.ndarray | None  # merged column of each kept batch column, where columns repeat
     dense: bool  # cols is 0..n-1: the weights are the view w[:n]
     n_ignored: int  # batch columns ignored by a full vocabulary
+
+
+def _has_learning_rate(optimizer: Any) -> bool:
+    """Whether ``optimizer.learning_rate`` is a number (River's FTRLProximal declares it but has none)."""
+    try:
+        return isinstance(optimizer.learning_rate, numbers.Real)
+    except AttributeError:
+        return False
 
 
 def _check_row(x: Any) -> None:

@@ -280,3 +280,5 @@ def test_l1_vs_river(opt):
 def test_l1_needs_a_learning_rate():
     with pytest.raises(ValueError, match="FTRL has its own l1"):
         OnlineLogisticRegression(optimizer=optim.FTRL(), l1=0.1)
+    with pytest.raises(ValueError, match="FTRLProximal has none"):
+        OnlineLogisticRegression(optimizer=river_optim.FTRLProximal(), l1=0.1)
