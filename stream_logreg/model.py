@@ -274,6 +274,9 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         yield {}
         yield {"optimizer": optim_.SGD(0.1), "intercept_lr": 0.1}
         yield {"optimizer": optim_.AdaGrad(), "n_bits": 10}
+        from river import optim as river_optim
+
+        yield {"optimizer": river_optim.Adam(), "l1": 0.001, "intercept_lr": 0.01}
 
     def _unit_test_skips(self):
         # As for River's linear models: learn_many takes one mean-gradient step over the whole batch (the
