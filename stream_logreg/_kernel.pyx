@@ -217,7 +217,7 @@ cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_s
     return n
 
 
-def encode(dict x, dict columns, cnp.ndarray cols, cnp.ndarray vals, bint merge):
+def encode(dict x not None, dict columns, cnp.ndarray cols, cnp.ndarray vals, bint merge):
     """Write the row `x` as columns and values into the buffers; return how many, or -1.
 
     Handles what needs no decision: keys already in `columns` with a finite float, int or bool value,
@@ -320,7 +320,7 @@ cdef inline double _dot(double* wp, Py_ssize_t* c, double* v, Py_ssize_t n) noex
     return _dot_wide(wp, c, v, n)
 
 
-def dot_dict(dict x, dict columns, cnp.ndarray w):
+def dot_dict(dict x not None, dict columns, cnp.ndarray w):
     """Σ w[column(k)] · v over the entries `k: v` of row `x`, in the row's order; NaN if an entry needs
     the slow path (an unknown key, a non-finite or non-numeric value): see `encode`."""
     cdef Py_ssize_t pos = 0, ci = 0
@@ -987,7 +987,7 @@ cdef class SampleStep:
             return NAN
         return p
 
-    cdef bint _checked(self, Py_ssize_t* c, double* o, Py_ssize_t n, double g, double* u) except -1:
+    cdef inline bint _checked(self, Py_ssize_t* c, double* o, Py_ssize_t n, double g, double* u) except -1:
         """The step of the weights c[:n] (gradient o[:n]) and of the bias (gradient g), saving into u
         (3n + 3 doubles); if a new value is not finite, everything is put back and False returned."""
         cdef double* wp = dptr(self.w)
@@ -1014,7 +1014,7 @@ cdef class SampleStep:
             self.bias_opt.n_iterations += 1
         return True
 
-    cdef int _rule(self, object opt, double* wp, Py_ssize_t* c, double* g, Py_ssize_t n,
+    cdef inline int _rule(self, object opt, double* wp, Py_ssize_t* c, double* g, Py_ssize_t n,
                    double* s0, double* s1, double* u) except -1:
         """One step of the rule on coordinates c[:n], saving into `u` (the caller counts it in
         opt.n_iterations); returns 1 if a new value is not finite."""

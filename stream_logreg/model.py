@@ -452,7 +452,11 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
 
     def _encode(self, x: dict, grow: bool) -> int:
         """Write row ``x`` into the scratch buffers; return how many entries (compiled fast path first)."""
-        n = _kernel.encode(x, self.features.columns, self._cols, self._vals, self.features.hashing)
+        try:
+            n = _kernel.encode(x, self.features.columns, self._cols, self._vals, self.features.hashing)
+        except TypeError:  # x is not a dict
+            _check_row(x)
+            raise
         if n >= 0:
             return n
         return self._encode_slow(x, grow)
@@ -474,11 +478,14 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         return n
 
     def _raw_dot_one(self, x: dict) -> float:
-        _check_row(x)
         if self.features.hashing:  # colliding features are merged first, exactly as when learning
             n = self._encode(x, grow=False)
             return _kernel.dot(self._w, self._cols, self._vals, n) + self._b[0]
-        z = _kernel.dot_dict(x, self.features.columns, self._w)
+        try:
+            z = _kernel.dot_dict(x, self.features.columns, self._w)
+        except TypeError:  # x is not a dict (the compiled functions take dicts only)
+            _check_row(x)
+            raise
         if z != z:  # NaN: an unknown feature or a value the feature space must judge
             n = self._encode_slow(x, grow=False)
             z = _kernel.dot(self._w, self._cols, self._vals, n)
