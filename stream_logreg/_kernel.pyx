@@ -1056,21 +1056,28 @@ cdef inline bint _finite(double* a, Py_ssize_t* c, Py_ssize_t n) noexcept nogil:
     return bad == 0
 
 
-def _arrays(tuple arrays, cnp.ndarray cols, Py_ssize_t n):
+def _arrays(tuple arrays, cnp.ndarray cols, Py_ssize_t n, object saved):
+    """Check the arguments of `save_at`, `restore_at`, `finite_at`: contiguous float64 arrays, intp
+    columns within all of them, and room for len(arrays)·n values in `saved` (unless None)."""
     if not 0 <= n <= cnp.PyArray_DIM(cols, 0) or cnp.PyArray_TYPE(cols) != cnp.NPY_INTP:
         raise ValueError("n is beyond cols, or cols is not intp")
+    cdef Py_ssize_t i, size = -1
     for a in arrays:
         if (not isinstance(a, cnp.ndarray) or cnp.PyArray_TYPE(a) != cnp.NPY_DOUBLE
                 or not cnp.PyArray_IS_C_CONTIGUOUS(a)):
             raise ValueError("the arrays must be C-contiguous float64")
+        size = cnp.PyArray_DIM(a, 0) if size < 0 else min(size, cnp.PyArray_DIM(a, 0))
+    for i in range(n):
+        if not 0 <= iptr(cols)[i] < size:
+            raise ValueError("a column is beyond an array")
+    if saved is not None and (cnp.PyArray_TYPE(<cnp.ndarray> saved) != cnp.NPY_DOUBLE
+                              or cnp.PyArray_DIM(<cnp.ndarray> saved, 0) < len(arrays) * n):
+        raise ValueError("the buffer of saved values is too small")
 
 
 def save_at(tuple arrays, cnp.ndarray cols, Py_ssize_t n, cnp.ndarray saved):
-    """saved[k·n + i] ← arrays[k][cols[i]] for i < n: what `restore_at` puts back. The caller makes sure
-    that every cols[i] is within every array."""
-    _arrays(arrays, cols, n)
-    if cnp.PyArray_DIM(saved, 0) < len(arrays) * n:
-        raise ValueError("save_at: the buffer is too small")
+    """saved[k·n + i] ← arrays[k][cols[i]] for i < n: what `restore_at` puts back."""
+    _arrays(arrays, cols, n, saved)
     cdef Py_ssize_t k
     for k in range(len(arrays)):
         _save(dptr(saved) + k * n, dptr(arrays[k]), iptr(cols), n)
@@ -1078,9 +1085,7 @@ def save_at(tuple arrays, cnp.ndarray cols, Py_ssize_t n, cnp.ndarray saved):
 
 def restore_at(tuple arrays, cnp.ndarray cols, Py_ssize_t n, cnp.ndarray saved):
     """arrays[k][cols[i]] ← saved[k·n + i]: undo what happened since `save_at`."""
-    _arrays(arrays, cols, n)
-    if cnp.PyArray_DIM(saved, 0) < len(arrays) * n:
-        raise ValueError("restore_at: the buffer is too small")
+    _arrays(arrays, cols, n, saved)
     cdef Py_ssize_t k
     for k in range(len(arrays)):
         _restore(dptr(saved) + k * n, dptr(arrays[k]), iptr(cols), n)
@@ -1088,7 +1093,7 @@ def restore_at(tuple arrays, cnp.ndarray cols, Py_ssize_t n, cnp.ndarray saved):
 
 def finite_at(tuple arrays, cnp.ndarray cols, Py_ssize_t n):
     """Whether arrays[k][cols[i]] is finite for every array and every i < n."""
-    _arrays(arrays, cols, n)
+    _arrays(arrays, cols, n, None)
     cdef Py_ssize_t k
     for k in range(len(arrays)):
         if not _finite(dptr(arrays[k]), iptr(cols), n):
