@@ -153,7 +153,7 @@ def test_model_with_ftrl_matches_logistic_ftrl(model_l2):
         grads[bias] = r
         paper.update(grads)
         model.learn_one(x, y)
-    weights = model.weights
+    weights = {str(k): wk for k, wk in model.weights.items()}  # indicators by their name "k=v"
     assert set(weights) == {k for k in paper.z if k is not bias}
     for k, wk in weights.items():
         assert wk == pytest.approx(paper.weight(k), rel=1e-11, abs=1e-15)
