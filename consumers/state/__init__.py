@@ -1,0 +1,1 @@
+"""State: checkpoint stores and the offsets they cover."""
