@@ -41,10 +41,11 @@ Rules
   ``x`` is rebuilt when the entry joins). It depends on the content only, so a store rebuilt from its state
   has exactly the same estimate and evicts exactly the same entries. ``ENTRY_BYTES`` is calibrated with
   tracemalloc in ``bench/bench_join_store.py`` (the estimate is above the measured memory).
-- **Features** are dicts of ``str``/``int`` keys and ``float``/``int``/``bool``/``str`` values (what the codec
-  produces): they round-trip exactly, key and value types included (``1`` and ``"1"`` stay distinct).
-  Anything else (NaN, ``None``, nested values, other key types, ints beyond 64 bits) is refused with a
-  ``ValueError`` when the event is stored, never later when it is checkpointed.
+- **Features** are dicts whose keys and values are ``str``, ``int`` (64 bits), finite ``float`` or ``bool``
+  (the codec produces ``str``/``int`` keys): they round-trip exactly, key and value types included (``1``,
+  ``1.0`` and ``"1"`` stay distinct). Anything else (NaN, ``None``, nested values, ints beyond 64 bits,
+  unencodable strings) is refused with a ``ValueError`` when the event is stored, never later when it is
+  checkpointed.
 
 Exactly once
 ------------
@@ -184,27 +185,30 @@ def _check_int(value: Any, what: str, low: int, high: int = _MAX_TS) -> int:
     return value
 
 
+def _check_scalar(v: Any, what: str) -> None:
+    tv = type(v)
+    if tv is float:
+        if not math.isfinite(v):
+            raise ValueError(f"{what} is not finite: {v!r}")
+    elif tv is int:
+        if not -(2**63) <= v < 2**64:
+            raise ValueError(f"{what} is an integer beyond 64 bits")
+    elif tv is not str and tv is not bool:
+        raise ValueError(f"{what} is a {tv.__name__}; expected a float, int, bool or str")
+
+
 def _check_pairs(pairs: Any) -> None:
-    """The exact rule for stored features (the slow path: a JSON check that could not prove it)."""
+    """The exact rule for stored features, keys and values alike: a ``float`` (finite), ``int`` (64 bits),
+    ``bool`` or ``str`` -- the scalars that JSON round-trips with their type. (The slow path, taken when the
+    JSON check of :func:`_proven` could not prove it.)"""
     if type(pairs) is not list:
         raise ValueError("features must be a dict")
     for pair in pairs:
         if type(pair) not in (list, tuple) or len(pair) != 2:
             raise ValueError("features must be a dict")
         k, v = pair
-        if type(k) is not str and type(k) is not int:
-            raise ValueError(f"feature key {k!r:.60} is a {type(k).__name__}; keys must be str or int")
-        tv = type(v)
-        if tv is float:
-            if not math.isfinite(v):
-                raise ValueError(f"feature {k!r:.60} has a non-finite value {v!r}")
-        elif tv is int:
-            if not -(2**63) <= v < 2**64:
-                raise ValueError(f"feature {k!r:.60} has an integer value beyond 64 bits")
-        elif tv is not str and tv is not bool:
-            raise ValueError(
-                f"feature {k!r:.60} has a value of type {tv.__name__}; expected a float, int, bool or str"
-            )
+        _check_scalar(k, f"feature key {k!r:.60}")
+        _check_scalar(v, f"the value of feature {k!r:.60}")
 
 
 def _proven(blob: bytes, n: int) -> bool:
@@ -224,7 +228,7 @@ def _encode_features(x: Mapping) -> bytes:
         raise ValueError(f"features cannot be stored: {exc}") from None
     if not _proven(blob, len(pairs)):
         _check_pairs(pairs)
-    return blob
+    return bytes(memoryview(blob))  # a compact copy: orjson's own buffer keeps 4 KiB allocated
 
 
 def _pack(chunks: list[bytes]) -> tuple[np.ndarray, int]:
