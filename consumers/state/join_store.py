@@ -132,6 +132,9 @@ _DUMPS_OPTIONS = (
     orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATACLASS
 )
 _EVENT, _LABEL = 0, 1
+_OBJECT = ord("{")
+_NEVER = _MAX_TS  # beyond any stream time
+_new = tuple.__new__  # builds a named tuple without its Python-level __new__
 
 
 class Joined(NamedTuple):
@@ -185,6 +188,13 @@ def _check_int(value: Any, what: str, low: int, high: int = _MAX_TS) -> int:
     return value
 
 
+def _check_origin(topic: Any, partition: Any, offset: Any) -> None:
+    if type(topic) is not str:
+        raise ValueError(f"topic must be a string, got {topic!r:.60}")
+    _check_int(partition, "partition", -1)
+    _check_int(offset, "offset", -1)
+
+
 def _check_scalar(v: Any, what: str) -> None:
     tv = type(v)
     if tv is float:
@@ -212,23 +222,36 @@ def _check_pairs(pairs: Any) -> None:
 
 
 def _proven(blob: bytes, n: int) -> bool:
-    """True when ``blob`` (the JSON of ``n`` pairs) holds only flat scalars, none null: one ``[`` per pair
-    plus the outer one, no ``{``, no ``null``. A string containing those only sends it to the slow check."""
-    return b"null" not in blob and b"{" not in blob and blob.count(b"[") == n + 1
+    """True when ``blob``, the JSON of ``n`` features, holds flat scalars only, none null: an object with no
+    other ``{`` and no ``[``, or an array of ``n`` pairs with no ``{``. A string that contains those
+    characters only sends the features to the slow check."""
+    if b"null" in blob:
+        return False
+    if blob[0] == _OBJECT:
+        return b"[" not in blob and blob.count(b"{") == 1
+    return b"{" not in blob and blob.count(b"[") == n + 1
 
 
-def _encode_features(x: Mapping) -> bytes:
-    if not isinstance(x, dict):
+def _encode_features(x: dict) -> bytes:
+    """The features as compact JSON bytes: an object when every key is a ``str`` (orjson refuses other keys
+    without an option), else an array of ``[key, value]`` pairs, which keeps the keys' types."""
+    if type(x) is not dict:
         raise ValueError(f"features must be a dict, got {type(x).__name__}")
-    pairs = list(x.items())
     try:
-        blob = orjson.dumps(pairs, option=_DUMPS_OPTIONS)
-    except TypeError as exc:  # orjson.JSONEncodeError: ints beyond 64 bits, surrogates, other types
-        _check_pairs(pairs)
-        raise ValueError(f"features cannot be stored: {exc}") from None
-    if not _proven(blob, len(pairs)):
-        _check_pairs(pairs)
+        blob = orjson.dumps(x, option=_DUMPS_OPTIONS)
+    except TypeError:
+        try:
+            blob = orjson.dumps(list(x.items()), option=_DUMPS_OPTIONS)
+        except TypeError as exc:  # orjson.JSONEncodeError: ints beyond 64 bits, surrogates, other types
+            _check_pairs(list(x.items()))
+            raise ValueError(f"features cannot be stored: {exc}") from None
+    if not _proven(blob, len(x)):
+        _check_pairs(list(x.items()))
     return bytes(memoryview(blob))  # a compact copy: orjson's own buffer keeps 4 KiB allocated
+
+
+def _decode_features(blob: bytes) -> dict:
+    return orjson.loads(blob) if blob[0] == _OBJECT else dict(orjson.loads(blob))
 
 
 def _pack(chunks: list[bytes]) -> tuple[np.ndarray, int]:
@@ -317,6 +340,7 @@ class JoinStore:
         self._joined: OrderedDict[str, int] = OrderedDict()  # id -> stream time of the join
         self._negative = expired_policy == "negative"
         self._counts = dict.fromkeys(COUNTERS, 0)
+        self._next_expiry = _NEVER
 
     # Counters
 
@@ -353,13 +377,20 @@ class JoinStore:
         if not isinstance(p, float) or not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be a probability (a float in [0, 1]), got {p!r:.60}")
         p = float(p)
-        _check_int(version, "version", 0)
-        _check_int(ts, "the record timestamp", -1)
-        out = self.advance(ts) if ts > self.stream_time else []
-        entry = self._entries.get(id)
+        if type(version) is not int or not 0 <= version < _MAX_TS:
+            _check_int(version, "version", 0)
+        if type(ts) is not int or not -1 <= ts < _MAX_TS:
+            _check_int(ts, "the record timestamp", -1)
+        if ts > self.stream_time:
+            self.stream_time = ts
+            out = self._expire(ts) if ts > self._next_expiry else []
+        else:
+            out = []
+        entries = self._entries
+        entry = entries.get(id)
         if entry is not None:
             if type(entry) is _Label:
-                del self._entries[id]
+                del entries[id]
                 self.n_bytes -= entry.nbytes
                 out.append(self._join(id, x, entry.y, p, version, ts, entry.ts, topic, partition, offset))
             else:
@@ -367,12 +398,19 @@ class JoinStore:
         elif id in self._joined:
             self._counts["duplicate_events"] += 1
         else:
-            _check_int(partition, "partition", -1)
-            _check_int(offset, "offset", -1)
+            if type(topic) is not str or type(partition) is not int or type(offset) is not int:
+                _check_origin(topic, partition, offset)
+            elif not (-1 <= partition < _MAX_TS and -1 <= offset < _MAX_TS):
+                _check_origin(topic, partition, offset)
             blob = _encode_features(x)
             nbytes = ENTRY_BYTES + len(id) + len(blob)
-            event = _Event(blob, p, version, ts, self.stream_time, topic, partition, offset, nbytes)
-            self._store(id, event, out)
+            event = _new(_Event, (blob, p, version, ts, self.stream_time, topic, partition, offset, nbytes))
+            if len(entries) < self.max_pending and self.n_bytes + nbytes <= self.max_bytes and entries:
+                entries[id] = event
+                self.n_bytes += nbytes
+                self.pending_events += 1
+            else:
+                self._store(id, event, out)
         return out
 
     def add_label(
@@ -385,62 +423,69 @@ class JoinStore:
         if y is not True and y is not False and (type(y) is not int or y not in (0, 1)):
             raise ValueError(f"a label must be 0 or 1, got {y!r:.60}")
         y = int(y)
-        _check_int(ts, "the record timestamp", -1)
-        out = self.advance(ts) if ts > self.stream_time else []
-        entry = self._entries.get(id)
+        if type(ts) is not int or not -1 <= ts < _MAX_TS:
+            _check_int(ts, "the record timestamp", -1)
+        if ts > self.stream_time:
+            self.stream_time = ts
+            out = self._expire(ts) if ts > self._next_expiry else []
+        else:
+            out = []
+        entries = self._entries
+        entry = entries.get(id)
         if entry is not None:
             if type(entry) is _Event:
-                del self._entries[id]
+                del entries[id]
                 self.n_bytes -= entry.nbytes
                 self.pending_events -= 1
-                x = dict(orjson.loads(entry.blob))
-                out.append(
-                    self._join(
-                        id,
-                        x,
-                        y,
-                        entry.p,
-                        entry.version,
-                        entry.ts,
-                        ts,
-                        entry.topic,
-                        entry.partition,
-                        entry.offset,
-                    )
-                )
+                e = entry
+                x = _decode_features(e.blob)
+                out.append(self._join(id, x, y, e.p, e.version, e.ts, ts, e.topic, e.partition, e.offset))
             else:
                 self._counts["duplicate_labels"] += 1
         elif id in self._joined:
             self._counts["duplicate_labels"] += 1
         else:
-            _check_int(partition, "partition", -1)
-            _check_int(offset, "offset", -1)
-            self._store(
-                id, _Label(y, ts, self.stream_time, topic, partition, offset, ENTRY_BYTES + len(id)), out
-            )
+            _check_origin(topic, partition, offset)
+            label = _new(_Label, (y, ts, self.stream_time, topic, partition, offset, ENTRY_BYTES + len(id)))
+            self._store(id, label, out)
         return out
 
     def advance(self, ts: int) -> list[Joined]:
         """Move the stream time to ``ts`` if it is later, and expire what waited longer than the TTL: returns
         the expired events to learn as negatives (``expired_policy="negative"``), else ``[]``."""
         _check_int(ts, "the stream time", -1)
-        out: list[Joined] = []
         if ts <= self.stream_time:
-            return out
+            return []
         self.stream_time = ts
+        return self._expire(ts) if ts > self._next_expiry else []
+
+    # Internals
+    #
+    # _next_expiry is at most the stream time after which the oldest entry or the oldest remembered join
+    # expires (stored_at + ttl; they are the first of their ordered dicts): _expire runs only when the stream
+    # time passes it. Removing an entry by a join may leave it too early, which only costs a call.
+
+    def _expire(self, ts: int) -> list[Joined]:
+        out: list[Joined] = []
         horizon = ts - self.label_ttl_ms  # entries stored before it have expired
         entries = self._entries
         while entries:
-            id, entry = next(iter(entries.items()))
+            entry = entries[next(iter(entries))]
             if entry.stored_at >= horizon:
                 break
             self._drop_oldest(out, "expired_events", "orphan_labels", "expired")
         joined = self._joined
-        while joined and next(iter(joined.values())) < horizon:
+        while joined and joined[next(iter(joined))] < horizon:
             joined.popitem(last=False)
+        self._update_next_expiry()
         return out
 
-    # Internals
+    def _update_next_expiry(self) -> None:
+        entries, joined = self._entries, self._joined
+        first = entries[next(iter(entries))].stored_at if entries else _NEVER
+        if joined:
+            first = min(first, joined[next(iter(joined))])
+        self._next_expiry = first + self.label_ttl_ms
 
     def _join(
         self,
@@ -466,8 +511,10 @@ class JoinStore:
             if len(joined) >= self.max_joined:
                 joined.popitem(last=False)
                 counts["forgotten_joins"] += 1
+            elif not joined:
+                self._next_expiry = min(self._next_expiry, self.stream_time + self.label_ttl_ms)
             joined[id] = self.stream_time
-        return Joined(id, x, y, p, version, latency, "label", topic, partition, offset)
+        return _new(Joined, (id, x, y, p, version, latency, "label", topic, partition, offset))
 
     def _drop_oldest(self, out: list[Joined], event_counter: str, label_counter: str, cause: str) -> None:
         id, entry = self._entries.popitem(last=False)
@@ -490,7 +537,7 @@ class JoinStore:
             return
         self._counts[event_counter] += 1
         if self._negative:
-            x = dict(orjson.loads(entry.blob))
+            x = _decode_features(entry.blob)
             out.append(
                 Joined(
                     id, x, 0, entry.p, entry.version, None, cause, entry.topic, entry.partition, entry.offset
@@ -498,6 +545,7 @@ class JoinStore:
             )
 
     def _store(self, id: str, entry: _Event | _Label, out: list[Joined]) -> None:
+        """Store an entry, evicting the oldest while it does not fit (the slow path of a store)."""
         if entry.nbytes > self.max_bytes:  # can never fit: dropped as if evicted at once
             self._discard(id, entry, out, "dropped_full_events", "dropped_full_labels", "evicted")
             return
@@ -507,6 +555,7 @@ class JoinStore:
         entries[id] = entry
         self.n_bytes += entry.nbytes
         self.pending_events += type(entry) is _Event
+        self._update_next_expiry()
 
     # State
 
@@ -694,11 +743,12 @@ class JoinStore:
         for id, blob, k, yi, v, t, s, tc, part, off, pi in rows:
             if k == _EVENT:
                 try:
-                    pairs = orjson.loads(blob)
+                    x = orjson.loads(blob)
                 except orjson.JSONDecodeError:
                     raise ValueError(
                         f"join store state: the features of event {id!r:.60} are not JSON"
                     ) from None
+                pairs = list(x.items()) if type(x) is dict else x
                 if type(pairs) is not list or not _proven(blob, len(pairs)):
                     try:
                         _check_pairs(pairs)
@@ -718,6 +768,7 @@ class JoinStore:
         store._joined = OrderedDict(zip(joined_ids, cols["joined.at"].tolist(), strict=True))
         store.stream_time = stream_time
         store._counts = {k: counters[k] for k in COUNTERS}
+        store._update_next_expiry()
         return store
 
 
