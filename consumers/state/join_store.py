@@ -463,7 +463,8 @@ class JoinStore:
     #
     # _next_expiry is at most the stream time after which the oldest entry or the oldest remembered join
     # expires (stored_at + ttl; they are the first of their ordered dicts): _expire runs only when the stream
-    # time passes it. Removing an entry by a join may leave it too early, which only costs a call.
+    # time passes it. Removing an entry by a join may leave it too early, which only costs a call. A join needs
+    # a pending entry, stored at or before the join's stream time, so _next_expiry also covers the join's id.
 
     def _expire(self, ts: int) -> list[Joined]:
         out: list[Joined] = []
@@ -511,8 +512,6 @@ class JoinStore:
             if len(joined) >= self.max_joined:
                 joined.popitem(last=False)
                 counts["forgotten_joins"] += 1
-            elif not joined:
-                self._next_expiry = min(self._next_expiry, self.stream_time + self.label_ttl_ms)
             joined[id] = self.stream_time
         return _new(Joined, (id, x, y, p, version, latency, "label", topic, partition, offset))
 
