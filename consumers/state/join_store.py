@@ -463,8 +463,8 @@ class JoinStore:
     #
     # _next_expiry is at most the stream time after which the oldest entry or the oldest remembered join
     # expires (stored_at + ttl; they are the first of their ordered dicts): _expire runs only when the stream
-    # time passes it. Removing an entry by a join may leave it too early, which only costs a call. A join needs
-    # a pending entry, stored at or before the join's stream time, so _next_expiry also covers the join's id.
+    # time passes it. Removing an entry by a join may leave it too early, which only costs a call. A join
+    # needs a pending entry, stored at or before the join's stream time: _next_expiry covers the join's id.
 
     def _expire(self, ts: int) -> list[Joined]:
         out: list[Joined] = []
