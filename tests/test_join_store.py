@@ -526,6 +526,7 @@ def test_features_forged_in_the_state_are_checked():
     store.add_event("a", {"f": 1.0}, 0.5, version=0, ts=0)
     arrays, meta = store.to_state()
     forged = (b'[["f",null]]', b'[["f",[1]]]', b"not json!", b'{"f": null}', b'{"f": {"g": 1}}', b"[1, 2]")
+    forged += (b'[["a",1,2]]', b'{"a":1},{"b":2}')
     for blob in forged:
         words = np.frombuffer(blob + b"\0" * (-len(blob) % 8), dtype="<i8").astype(np.int64)
         a = {**arrays, "x": words, "x_len": np.array([len(blob)], dtype=np.int64)}

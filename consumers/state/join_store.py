@@ -266,7 +266,7 @@ def _unpack(words: np.ndarray, n: int, lengths: np.ndarray, what: str) -> list[b
         raise ValueError(f"join store state: {what} holds {len(words)} words for {n!r} bytes")
     if int(lengths.sum()) != n:
         raise ValueError(f"join store state: {what} lengths add up to {int(lengths.sum())}, not {n}")
-    blob = words.astype("<i8").tobytes()
+    blob = np.ascontiguousarray(words, dtype="<i8").tobytes()
     if any(blob[n:]):
         raise ValueError(f"join store state: {what} has non-zero padding")
     ends = np.cumsum(lengths).tolist()
@@ -579,18 +579,21 @@ class JoinStore:
         topics = list(dict.fromkeys(e.topic for _, e in entries))
         code = {t: i for i, t in enumerate(topics)}
         n = len(entries)
-        ints = np.zeros((8, n), dtype=np.int64)
-        p = np.zeros(n, dtype=np.float64)
-        ids = [id.encode("utf-8", "surrogatepass") for id, _ in entries]
+        rows = []
+        ps = []
         blobs = []
-        for i, (_, e) in enumerate(entries):
+        for _, e in entries:
             if type(e) is _Event:
-                ints[:, i] = (_EVENT, 0, e.version, e.ts, e.stored_at, code[e.topic], e.partition, e.offset)
-                p[i] = e.p
+                rows.append((_EVENT, 0, e.version, e.ts, e.stored_at, code[e.topic], e.partition, e.offset))
+                ps.append(e.p)
                 blobs.append(e.blob)
             else:
-                ints[:, i] = (_LABEL, e.y, 0, e.ts, e.stored_at, code[e.topic], e.partition, e.offset)
+                rows.append((_LABEL, e.y, 0, e.ts, e.stored_at, code[e.topic], e.partition, e.offset))
+                ps.append(0.0)
                 blobs.append(b"")
+        ints = np.array(rows, dtype=np.int64).reshape(n, 8).T.copy()
+        p = np.array(ps, dtype=np.float64)
+        ids = [id.encode("utf-8", "surrogatepass") for id, _ in entries]
         id_words, id_bytes = _pack(ids)
         x_words, x_bytes = _pack(blobs)
         joined_ids = [id.encode("utf-8", "surrogatepass") for id in self._joined]
@@ -724,6 +727,7 @@ class JoinStore:
             or not set(ids).isdisjoint(joined_ids)
         ):
             raise ValueError("join store state: repeated ids")
+        _check_stored_features(ids, blobs, kind.tolist())
         rows = zip(
             ids,
             blobs,
@@ -732,34 +736,24 @@ class JoinStore:
             version.tolist(),
             ts.tolist(),
             stored_at.tolist(),
-            topic.tolist(),
+            [topics[c] for c in topic.tolist()],
             partition.tolist(),
             offset.tolist(),
             p.tolist(),
             strict=True,
         )
         entries = store._entries
-        for id, blob, k, yi, v, t, s, tc, part, off, pi in rows:
+        n_bytes = n_events = 0
+        for id, blob, k, yi, v, t, s, tp, part, off, pi in rows:
             if k == _EVENT:
-                try:
-                    x = orjson.loads(blob)
-                except orjson.JSONDecodeError:
-                    raise ValueError(
-                        f"join store state: the features of event {id!r:.60} are not JSON"
-                    ) from None
-                pairs = list(x.items()) if type(x) is dict else x
-                if type(pairs) is not list or not _proven(blob, len(pairs)):
-                    try:
-                        _check_pairs(pairs)
-                    except ValueError as exc:
-                        raise ValueError(f"join store state: event {id!r:.60}: {exc}") from None
-                entries[id] = _Event(
-                    blob, pi, v, t, s, topics[tc], part, off, ENTRY_BYTES + len(id) + len(blob)
-                )
-                store.pending_events += 1
+                nbytes = ENTRY_BYTES + len(id) + len(blob)
+                entries[id] = _new(_Event, (blob, pi, v, t, s, tp, part, off, nbytes))
+                n_events += 1
             else:
-                entries[id] = _Label(yi, t, s, topics[tc], part, off, ENTRY_BYTES + len(id))
-            store.n_bytes += entries[id].nbytes
+                nbytes = ENTRY_BYTES + len(id)
+                entries[id] = _new(_Label, (yi, t, s, tp, part, off, nbytes))
+            n_bytes += nbytes
+        store.n_bytes, store.pending_events = n_bytes, n_events
         if store.n_bytes > store.max_bytes:
             raise ValueError(
                 f"join store state: {store.n_bytes} bytes, more than max_bytes={store.max_bytes}"
@@ -772,6 +766,41 @@ class JoinStore:
 
 
 _INT_COLUMNS = ("kind", "y", "version", "ts", "stored_at", "topic", "partition", "offset")
+
+
+def _check_stored_features(ids: list[str], blobs: list[bytes], kinds: list[int]) -> None:
+    """Refuse state features that :func:`_encode_features` could not have written. One parse of all of them
+    as one JSON array: as no blob is empty, each must hold exactly one value for the count to match; then
+    the checks of :func:`_proven` over the whole, and a blob at a time only if those fail."""
+    events = [i for i, k in enumerate(kinds) if k == _EVENT]
+    whole = b"[" + b",".join([blobs[i] for i in events]) + b"]"
+    try:
+        xs = orjson.loads(whole)
+    except orjson.JSONDecodeError:
+        xs = None
+    if xs is None or len(xs) != len(events):
+        for i in events:  # find the culprit
+            try:
+                orjson.loads(blobs[i])
+            except orjson.JSONDecodeError:
+                raise ValueError(f"join store state: the features of {ids[i]!r:.60} are not JSON") from None
+        raise ValueError("join store state: the features do not hold one value per event")
+    n_objects = n_brackets = 0
+    for x in xs:
+        if type(x) is dict:
+            n_objects += 1
+        elif type(x) is list and all(type(pair) is list and len(pair) == 2 for pair in x):
+            n_brackets += len(x) + 1
+        else:
+            n_objects = -1  # not features: the slow check names the event
+            break
+    if b"null" not in whole and whole.count(b"{") == n_objects and whole.count(b"[") == n_brackets + 1:
+        return
+    for i, x in zip(events, xs, strict=True):
+        try:
+            _check_pairs(list(x.items()) if type(x) is dict else x)
+        except ValueError as exc:
+            raise ValueError(f"join store state: event {ids[i]!r:.60}: {exc}") from None
 
 
 def _decode_id(b: bytes) -> str:
