@@ -111,7 +111,7 @@ import time
 import weakref
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol, runtime_checkable
@@ -142,6 +142,7 @@ __all__ = [
     "encode_checkpoint",
     "encode_manifest",
     "load_checkpoint",
+    "new_checkpoint_id",
     "restore",
     "save_checkpoint",
 ]
@@ -923,6 +924,17 @@ def _new_id(directory: Path, entries: dict[str, _Entry]) -> str:
             f"no checkpoint id is left in {directory}: checkpoint {_MAX_ID} is the largest id there can be; "
             "move it (and the checkpoints of its time) out of the directory"
         )
+    _last_ns = ns
+    return f"{ns:020d}"
+
+
+def new_checkpoint_id(existing: Iterable[str] = ()) -> str:
+    """A new 20-digit checkpoint id for stores that keep bytes (not files): now in ns, but larger than every
+    id in ``existing`` and every id this process made."""
+    global _last_ns
+    ns = max([_now_ns(), _last_ns + 1, *(int(cid) + 1 for cid in existing)])
+    if ns > _MAX_ID:
+        raise CheckpointError(f"no checkpoint id is left: {_MAX_ID} is the largest id there can be")
     _last_ns = ns
     return f"{ns:020d}"
 

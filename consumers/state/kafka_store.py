@@ -131,9 +131,9 @@ from stream_logreg.checkpoints import (
     CheckpointError,
     CheckpointInfo,
     UnsupportedCheckpoint,
-    _new_id,
     decode_manifest,
     encode_checkpoint,
+    new_checkpoint_id,
     restore,
 )
 from stream_logreg.model import OnlineLogisticRegression
@@ -696,7 +696,7 @@ class KafkaStore:
         if self._pending is not None:
             raise CheckpointError("this transaction already holds a checkpoint")
         index = self._index if self._index is not None else self._scan()
-        cid = _new_id([index.newest] if index.newest else [])
+        cid = new_checkpoint_id([index.newest] if index.newest else [])
         npz, manifest = encode_checkpoint(cid, model, metadata)
         data = manifest + npz
         step = self.chunk_bytes
