@@ -794,7 +794,8 @@ def test_replay_csv_creates_the_topic(kafka_bootstrap: str, tmp_path: Path, caps
         captured = capsys.readouterr()
         assert f"replayed 3 events to topic {topic} (6 input lines skipped)" in captured.out
         assert f"created topic {topic} (2 partitions)" in captured.err and "--skip-bad-lines" in captured.err
-        for lineno, what in ((5, "maybe"), (6, "'42'"), (7, "'abc'"), (8, "'yes'"), (9, "1e999"), (10, "'nan'")):
+        bad_lines = ((5, "maybe"), (6, "'42'"), (7, "'abc'"), (8, "'yes'"), (9, "1e999"), (10, "'nan'"))
+        for lineno, what in bad_lines:
             assert f"line {lineno}: " in captured.err and what in captured.err
         (described,) = admin.describe_topics([topic])
         assert len(described["partitions"]) == 2
