@@ -65,6 +65,7 @@ fallback checkpoint is older than the group's offset: the events in between are 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -74,14 +75,16 @@ from operator import itemgetter
 from typing import Any
 
 from kafka import TopicPartition
+from kafka import errors as kafka_errors
 from kafka.errors import KafkaError
 
 from consumers.config import LearnerConfig
 from consumers.outputs import Outputs, check_topics
-from consumers.source import Source, wait_or_stop
-from consumers.state.checkpointing import Checkpointing, tp_key, tp_keys
+from consumers.source import Source, default_instance_id, wait_or_stop
+from consumers.state.checkpointing import Checkpointing, hold_directory, parse_ref, tp_key, tp_keys
+from consumers.state.kafka_store import StateFenced
 from consumers.stats import LearnerStats, progressive_metrics
-from stream_logreg.checkpoints import DirectoryStore
+from stream_logreg.checkpoints import CheckpointError, DirectoryStore
 from stream_logreg.codec import Event, Reason
 
 __all__ = ["Fenced", "Learner"]
@@ -139,12 +142,18 @@ class Learner:
         self.stats = LearnerStats(window=config.metrics_window)
         self._codec = config.make_codec()
         self._decode = self._codec.decoder()  # compiled: what self._codec.decode gives
-        if store is None:
-            store = DirectoryStore(config.checkpoint_dir, keep=config.keep_checkpoints)
-        self._lock = threading.RLock()  # the model and the offset bookkeeping
+        self._instance_id = config.group_instance_id or default_instance_id(config.checkpoint_dir)
+        self._exactly_once = config.processing_guarantee == "exactly-once"
         self._stopping = threading.Event()
+        if store is None:
+            if config.state_store == "kafka":
+                store = self._open_store(self._instance_id)
+            else:
+                store = DirectoryStore(config.checkpoint_dir, keep=config.keep_checkpoints)
+        self._lock = threading.RLock()  # the model and the offset bookkeeping
         self._ratelog = _RateLimitedLog()
-        self._state = Checkpointing(store, config, self.stats)
+        self._state = Checkpointing(store, config, self.stats, member=self._instance_id,
+                                    group_metadata=self._group_metadata if self._exactly_once else None)
         self._source = Source(config, self.stats)
         self._outputs = Outputs(config, self.stats)
         self._topics_checked = False
@@ -161,6 +170,57 @@ class Learner:
     @property
     def checkpoint_id(self) -> str | None:
         return self._state.checkpoint_id
+
+    def _open_store(self, key: str) -> Any:
+        """The Kafka store of state key ``key`` (opening it fences every older writer of the key)."""
+        from consumers.state.kafka_store import KafkaStore, own_settings
+
+        cfg = self.config
+        settings = {k: v for k, v in cfg.client_settings.items() if k not in own_settings}
+        producer = self._transactional_producer(key) if self._exactly_once else None
+        try:
+            return KafkaStore(
+                cfg.bootstrap_servers, key=key, group_id=cfg.group_id, keep=cfg.keep_checkpoints,
+                timeout=cfg.connect_timeout, partitions=1, client_settings=settings, producer=producer,
+            )
+        except BaseException:
+            if producer is not None:
+                producer.close(timeout=0)
+            raise
+
+    def _transactional_producer(self, key: str) -> Any:
+        """Exactly-once: the one producer of this member's outputs and state, its transactional id that of
+        the state key (``stream-logreg-state.<state topic>.<key>``, as the store's own), so that opening it
+        fences every older writer of the key: outputs, state and offsets of a zombie are never visible.
+
+        Its transaction timeout outlasts a checkpoint interval (``2 × checkpoint_every_seconds``, at least
+        60 s, at most 15 min: the brokers' default ``transaction.max.timeout.ms``).
+        """
+        from kafka import KafkaProducer
+
+        cfg = self.config
+        kwargs = cfg.producer_kwargs()
+        kwargs.update(
+            transactional_id=f"stream-logreg-state.{cfg.group_id}-state.{key}",
+            transaction_timeout_ms=int(min(900_000, max(60_000, 2000 * cfg.checkpoint_every_seconds))),
+        )
+        producer = KafkaProducer(**kwargs)
+        deadline = time.monotonic() + cfg.connect_timeout
+        while True:  # bounded by max_block_ms per try (1 s), so a stop request is heard between tries
+            try:
+                producer.init_transactions()
+                return producer
+            except KafkaError as exc:
+                if time.monotonic() >= deadline or self._stopping.is_set() or not isinstance(
+                    exc, kafka_errors.KafkaTimeoutError
+                ):
+                    producer.close(timeout=0)
+                    raise CheckpointError(
+                        f"could not open the state of key {key!r} for writing: {exc}"
+                    ) from exc
+
+    def _group_metadata(self) -> Any:
+        return self._source.consumer.group_metadata()
 
     # ------------------------------------------------------------------ public API
 
@@ -183,15 +243,21 @@ class Learner:
         cfg = self.config
         should_stop = self._stop_check(stop_event)
         source, state, outputs = self._source, self._state, self._outputs
+        path = getattr(state.store, "path", None)
+        held = hold_directory(path) if isinstance(state.store, DirectoryStore) else None
         try:
             connected = source.connect(self, should_stop, cfg.connect_timeout, before=self._prepare_outputs)
         except BaseException:
             outputs.close(0)
             self._stopping.clear()
+            if held is not None:
+                held.close()
             raise
         if not connected:
             outputs.close(0)
             self._stopping.clear()
+            if held is not None:
+                held.close()
             return self.stats
         with self.stats.lock:
             self.stats.running = True
@@ -221,6 +287,8 @@ class Learner:
                     if state.needs_reload or source.pending:
                         self._init_partitions()
                     pending = source.pending
+                    if self._exactly_once and batch:
+                        self._begin()
                     for tp, records in batch.items():
                         if tp in pending or not records:
                             continue  # not sought yet: these will be fetched again after the seek
@@ -228,6 +296,9 @@ class Learner:
                         n += len(records)
                     self._publish_stats()
                     state.tick(source.assignment(), source.pending, flush, source.commit)
+                if state.fenced is not None:  # another member took this state over: learning on would
+                    fenced = Fenced(f"{state.fenced}")  # learn its events a second time
+                    break
                 if source.fenced:  # learning on would learn the other member's events a second time
                     fenced = Fenced(f"another learner joined group {cfg.group_id} with this learner's "
                                     f"--group-instance-id {source.instance_id}: give each its own "
@@ -247,6 +318,8 @@ class Learner:
         finally:
             self._shutdown()
             self._stopping.clear()  # a later run() starts afresh
+            if held is not None:
+                held.close()
         if fenced is not None:
             raise fenced
         return self.stats
@@ -298,7 +371,35 @@ class Learner:
         if topics and not self._topics_checked:
             check_topics(cfg.admin_kwargs(1000), topics, cfg.topics[0], cfg.create_topics)
             self._topics_checked = True
+        if self._exactly_once:  # the outputs go into the state's transactions
+            self._outputs.producer = self._state.store.producer
         self._outputs.connect()
+
+    def _begin(self) -> None:
+        """Exactly-once: open the interval's transaction before anything of it is sent."""
+        state = self._state
+        if state.fenced is None and not state.store.in_transaction:
+            try:
+                state.store.begin()
+            except StateFenced as exc:
+                state.fenced = exc
+
+    def _abort(self, why: str) -> None:
+        """Exactly-once: abort the open transaction (outputs, state, offsets) and roll the model back to the
+        last checkpoint; its events are read, learned and published again."""
+        state = self._state
+        if not state.store.in_transaction:
+            return
+        log.warning("aborting the open transaction (%s): rolling back to checkpoint %s", why,
+                    state.checkpoint_id, extra={"checkpoint_id": state.checkpoint_id, "reason": "aborted"})
+        try:
+            state.store.abort()
+        except StateFenced as exc:
+            state.fenced = exc
+        except CheckpointError:
+            log.exception("aborting the transaction failed")
+        state.needs_reload = True
+        self._outputs.reset()
 
     def _flush(self, timeout: float) -> bool:
         return self._outputs.flush(timeout, self._stopping.is_set)
@@ -320,9 +421,14 @@ class Learner:
         try:
             with self._lock:
                 flush = lambda t: self._outputs.flush(timeout)  # noqa: E731  (not interrupted: bounded)
-                if state.since_checkpoint and not state.checkpoint("stop", flush):
+                owned = source.assignment() - source.pending if source.consumer is not None else set()
+                if state.fenced is None and state.since_checkpoint and not state.checkpoint(
+                    "stop", flush, commit_to=owned
+                ):
                     log.error("no final checkpoint: a restart resumes from checkpoint %s",
                               state.checkpoint_id, extra={"checkpoint_id": state.checkpoint_id})
+                if self._exactly_once and state.fenced is None:
+                    self._abort("stopping")
                 if state.commit_pending:
                     state.commit(source.assignment(), source.pending,
                                  lambda offsets: source.commit(offsets, timeout_ms))
@@ -330,6 +436,12 @@ class Learner:
             # unlocked: runs the revoke callback; a fenced member must not remove the one that fenced it
             source.close(timeout_ms, leave=connected and not source.fenced)
             self._outputs.close(timeout)
+            close_store = getattr(state.store, "close", None)
+            if close_store is not None:
+                try:
+                    close_store()
+                except Exception:
+                    log.exception("closing the state store failed")
             with self.stats.lock:
                 self.stats.running = False
                 self.stats.assigned = []
@@ -445,7 +557,10 @@ class Learner:
             pending -= partitions
             # Bounded: this runs on the IO thread, where a long flush would delay heartbeats.
             flush_timeout = min(self.config.commit_timeout_ms / 1000, 2.0)
-            ok = state.checkpoint("revoke", self._flush, flush_timeout) if state.since_checkpoint else True
+            ok = (state.checkpoint("revoke", self._flush, flush_timeout, commit_to=owned)
+                  if state.since_checkpoint else True)
+            if self._exactly_once:  # what the transaction did not commit may not outlive the partitions
+                self._abort("revoked")
             # Nothing to commit when the checkpoint failed (its offsets are not durable), or when the last
             # checkpoint's offsets are committed already.
             offsets = state.commit_offsets(owned, set()) if ok and state.commit_pending else {}
@@ -488,7 +603,10 @@ class Learner:
         """Seek newly assigned partitions to max(checkpoint offset, committed offset), then resume them."""
         state, source = self._state, self._source
         if state.needs_reload:
-            log.warning("the model is ahead of its last checkpoint after a failed revoke: reloading it")
+            log.warning("the model is ahead of its last checkpoint (a failed checkpoint): reloading it")
+            if self._exactly_once:
+                self._abort("rolling back")
+                self._outputs.reset()  # also after a failed commit, whose transaction is gone already
             state.restore()
             source.pending |= set(source.assignment())
             if source.pending:
@@ -499,9 +617,12 @@ class Learner:
             return
         tps = sorted(source.pending)
         try:
-            committed = source.committed(tps)
+            found = source.committed_metadata(tps)
+            if state.fresh and hasattr(state.store, "key"):
+                self._take_over(found)
+            committed = {tp: (None if m is None else m.offset) for tp, m in found.items()}
             ends = source.end_offsets(tps)
-        except (KafkaError, OSError) as exc:
+        except (KafkaError, OSError, CheckpointError) as exc:
             self._ratelog(
                 "committed", logging.WARNING, "fetching committed offsets failed, retrying: %r", exc
             )
@@ -509,6 +630,39 @@ class Learner:
         source.seek_and_resume(state.start_offsets(committed, ends))
         with self.stats.lock:
             self.stats.assigned = [tp_key(tp) for tp in sorted(assigned)]
+
+    def _take_over(self, committed: dict[TopicPartition, Any]) -> None:
+        """On an assignment to a fresh member (nothing learned, no state of its own) with the Kafka store:
+        continue the state of a lost member whose partitions it was given.
+
+        The committed offsets' metadata (``<state key>/<checkpoint>@<member>``) names the state that holds
+        the events before them and the member that wrote it. The state keys named by members no longer in
+        the group are candidates, the one covering most of the new partitions first; opening its store
+        fences the lost member (a zombie's next transaction fails) and its newest checkpoint becomes this
+        member's model, under that key from now on. A state whose writer is still in the group is never
+        taken: that member goes on learning into it.
+        """
+        state, source = self._state, self._source
+        refs = [r for m in committed.values() if m is not None and (r := parse_ref(m.metadata)) is not None]
+        mine = state.store.key
+        if not any(r.key != mine and r.member != self._instance_id for r in refs):
+            return
+        live = source.live_members()
+        taken = {r.key for r in refs if r.member in live or r.member == self._instance_id} | {mine}
+        candidates = Counter(r.key for r in refs if r.key not in taken)
+        for key, _ in candidates.most_common(1):
+            store = self._open_store(key)
+            previous = state.store
+            with contextlib.suppress(CheckpointError):
+                previous.abort()
+            state.adopt(store)
+            previous.close()
+            if self._exactly_once:  # the outputs go into the transactions of the state taken over
+                self._outputs.producer = store.producer
+                previous.producer.close(timeout=1)
+            log.info("took over the state %r of a lost member (checkpoint %s, n_samples_seen=%d)", key,
+                     state.checkpoint_id, state.model.n_samples_seen,
+                     extra={"checkpoint_id": state.checkpoint_id, "reason": "took_over"})
 
     # ------------------------------------------------------------------ stats
 
