@@ -92,6 +92,9 @@ __all__ = ["Fenced", "Learner"]
 log = logging.getLogger(__name__)
 
 _LOG_EVERY_SECONDS = 10.0
+#: Partitions of a state topic the learner creates: keys apart, so that a member killed mid-transaction
+#: holds up the readers of few other keys (until the next owner of its key fences it, or Kafka aborts it).
+STATE_PARTITIONS = 16
 #: Seconds each step of the shutdown may take after a stop request (flush, commit, closing each client).
 STOP_BUDGET = 1.0
 
@@ -181,7 +184,8 @@ class Learner:
         try:
             return KafkaStore(
                 cfg.bootstrap_servers, key=key, group_id=cfg.group_id, keep=cfg.keep_checkpoints,
-                timeout=cfg.connect_timeout, partitions=1, client_settings=settings, producer=producer,
+                timeout=cfg.connect_timeout, partitions=STATE_PARTITIONS, client_settings=settings,
+                producer=producer,
             )
         except BaseException:
             if producer is not None:

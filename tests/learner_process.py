@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processing-guarantee", default="at-least-once",
                    choices=("at-least-once", "exactly-once"))
     p.add_argument("--max-idle-seconds", type=float, help="stop after this long without a message")
+    p.add_argument("--kill-after-writes", type=int,
+                   help="SIGKILL this process right after its N-th state write, before its transaction "
+                        "commits (the window between writing state and committing offsets)")
     p.add_argument("--status-file", help="keep the learner's stats here as JSON (rewritten atomically)")
     p.add_argument("--status-every", type=float, default=1.0, help="seconds between status-file writes")
     p.add_argument("--log-level", default="INFO")
@@ -131,6 +134,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     from consumers.learner import Learner
+
+    if args.kill_after_writes:
+        from consumers.state.kafka_store import KafkaStore
+
+        write, writes = KafkaStore.write, []
+
+        def write_then_die(self: Any, *a: Any, **k: Any) -> str:
+            cid = write(self, *a, **k)
+            writes.append(cid)
+            if len(writes) >= args.kill_after_writes:
+                self.producer.flush(timeout=10)  # the state records are in the log, uncommitted
+                os.kill(os.getpid(), signal.SIGKILL)
+            return cid
+
+        KafkaStore.write = write_then_die
 
     learner = Learner(config)  # with the Kafka store: restores (or takes over) the state now
 

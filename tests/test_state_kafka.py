@@ -33,9 +33,10 @@ from stream_logreg.checkpoints import CheckpointError
 KAFKA = ("--state-store", "kafka")
 
 
-def state(bootstrap: str, group: str, key: str) -> Any:
-    """The newest checkpoint of state key ``key`` in ``<group>-state`` (read-only: fences nobody)."""
-    with KafkaStore(bootstrap, key=key, group_id=group, read_only=True, timeout=30) as store:
+def state(bootstrap: str, group: str, key: str, fence: bool = False) -> Any:
+    """The newest checkpoint of state key ``key`` in ``<group>-state``: read-only (fences nobody), or with
+    ``fence`` as the key's next owner would (which aborts a killed writer's open transaction at once)."""
+    with KafkaStore(bootstrap, key=key, group_id=group, read_only=not fence, timeout=30) as store:
         return store.latest()
 
 
