@@ -52,12 +52,72 @@ whoever owns the partitions now. The flush before the revoke checkpoint is bound
 up the IO loop; if it fails, nothing is committed and the model falls back to its last checkpoint as for a
 loss.
 
+State in Kafka (``state_store="kafka"``)
+----------------------------------------
+The checkpoints live in the compacted topic ``<group id>-state`` (:class:`~consumers.state.kafka_store.
+KafkaStore`, created with 16 partitions if absent); the learner creates, reads and writes nothing on the local
+disk. One model per member, so the state is keyed by **member**: the state key is the member's
+``group_instance_id`` (``--group-instance-id``; by default the host name and a hash of ``--checkpoint-dir``),
+and each checkpoint records the offsets of every partition it has read. Every offset the member commits
+carries the metadata ``<state key>/<checkpoint id>@<member>``: which state holds the events before it, and who
+wrote it. So the state moves with the partitions:
+
+- a member restarted with the same instance id (a StatefulSet pod, ``--group-instance-id``), on any host,
+  opens its key and resumes exactly where its last checkpoint was;
+- a member with another identity and nothing learned yet (a replacement on a new host: a fresh member) reads,
+  on its first assignment, the metadata of its partitions' committed offsets. A state key named there whose
+  writer is no longer in the group (a lost member: ``describe_groups``) is taken over, the one covering most
+  of the new partitions first: opening its store fences the lost member (a zombie's next transaction fails),
+  its newest checkpoint becomes this member's model and the member goes on under that key. A state whose
+  writer is still in the group is never taken (the survivor that got a lost member's partitions keeps its
+  own model and starts them at the committed offsets: the lost member's events stay counted in its state);
+- two live writers of one key cannot both write: the newer fences the older, which stops (:class:`Fenced`,
+  exit 1). Two live learners on one ``--checkpoint-dir`` are refused too (a lock held while running).
+
+Two fresh members given a lost member's partitions at the same moment both try to take its state: the later
+one fences the earlier, which exits 1 and, restarted, starts fresh. With ``at-least-once`` the window between
+a checkpoint and its commit stays: a member killed inside it leaves the newer state under its key and older
+offsets in the group; whoever takes the key resumes from the state (no event learned twice), but a survivor
+given those partitions starts at the committed offsets and learns the events in between a second time.
+Exactly-once closes it.
+
+Exactly-once (``processing_guarantee="exactly-once"``, needs the Kafka store)
+-----------------------------------------------------------------------------
+One transactional producer per state key (transactional id ``stream-logreg-state.<state topic>.<key>``, the
+store's own) sends the predictions, the dead letters and the state records; the consumer offsets of the
+interval are added with ``send_offsets_to_transaction`` and the consumer's ``group_metadata()`` (KIP-447:
+a member of an older generation is refused). A transaction opens before the first record of an interval and
+commits at the checkpoint: outputs, state and offsets are visible together (to ``read_committed``
+readers) or not at all, so an event's outputs are published exactly once whatever crashes and rebalances
+happen. The transaction timeout is ``2 × checkpoint_every_seconds`` (60 s to 15 min). What happens to the
+open transaction:
+
+- on revoke: checkpoint and commit before the partitions go (bounded: 2 s for the flush); what could not be
+  committed is aborted and the model rolled back to the last checkpoint, so nothing of the revoked
+  partitions outlives them here;
+- on SIGTERM: the final checkpoint commits it (or it is aborted);
+- on a fencing (another process opened the key): Kafka has aborted it, nothing of the zombie is visible;
+  the member stops (:class:`Fenced`, exit 1) without committing anything;
+- on a failure (a send or the commit refused, the transaction timed out): it is aborted, the model rolled
+  back to the last checkpoint and its partitions sought to their offsets: the events are read, learned and
+  published again in a new transaction. A commit whose outcome is unknown (the cluster did not answer within
+  ``connect_timeout``) leaves the store unusable: the member stops with an error and its restart (which
+  opens the key again) resolves it;
+- on SIGKILL: the next owner of the key aborts it when it opens the key (or Kafka after the timeout).
+  Until then it holds back ``read_committed`` readers of the partitions it wrote to.
+
+kafka-python 3.0.12 quirks handled here: ``commit_transaction``, ``abort_transaction`` and
+``send_offsets_to_transaction`` wait without a timeout (the store runs them in a helper thread it stops
+waiting for); ``init_transactions`` is bounded by ``max_block_ms`` (1 s) and retried until
+``connect_timeout``.
+
 Guarantees
 ----------
 Learning is exactly once per consumer group as long as checkpoints stay readable: every event of a partition
 is in exactly one member's model, whatever crashes (SIGKILL included), restarts, rebalances and broker outages
-happen. The outputs (predictions, dead letters) are at least once while their topics take records: events
-re-read after a crash or a fall-back are predicted and published again. Two exceptions lose the exactly-once
+happen (with the Kafka store and at-least-once, see the window above). The outputs (predictions, dead
+letters) are at least once while their topics take records: events re-read after a crash or a fall-back are
+predicted and published again; exactly once with ``exactly-once``. Two exceptions lose the exactly-once
 property, both logged: an eviction (``lost``) after a checkpoint whose commit had failed (the new owner starts
 at the older committed offset), and a newest checkpoint that is corrupt while its offsets were committed (the
 fallback checkpoint is older than the group's offset: the events in between are skipped by this model).
@@ -324,6 +384,8 @@ class Learner:
             self._stopping.clear()  # a later run() starts afresh
             if held is not None:
                 held.close()
+        if fenced is None and state.fenced is not None:  # found out by the final checkpoint
+            fenced = Fenced(str(state.fenced))
         if fenced is not None:
             raise fenced
         return self.stats

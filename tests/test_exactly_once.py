@@ -205,3 +205,40 @@ def test_killed_between_writing_state_and_committing_offsets_learns_nothing_twic
         if found is not None:
             learned.update(found.metadata["learned"])
     assert dict(learned) == {f"{topic}:{p}": 1000 for p in range(4)}  # exactly once, across the group
+
+
+@pytest.mark.kafka
+def test_a_fenced_member_stops_and_nothing_of_its_transaction_is_visible(
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+) -> None:
+    from test_consumer import Running
+
+    from consumers.learner import Fenced, Learner
+    from consumers.state.kafka_store import KafkaStore
+
+    topic, predictions = kafka_topic(1), kafka_topic(1)
+    values = make_events(600, seed=71, unlabelled_every=2)
+    cfg = make_config(kafka_bootstrap, topic, tmp_path / "none", state_store="kafka",
+                      processing_guarantee="exactly-once", predictions_topic=predictions,
+                      checkpoint_every_messages=1_000_000, checkpoint_every_seconds=300.0,
+                      group_instance_id="zombie")
+    r = Running(Learner(cfg))
+    try:
+        wait_for(lambda: r.stats()["running"], 60, "the learner running")
+        produce(kafka_bootstrap, topic, values)
+        wait_for(lambda: r.stats()["positions"].get(f"{topic}:0") == len(values), 60, "all read")
+        # a newer owner of the state key (as a replacement taking it over): Kafka aborts the open
+        # transaction of the older one, whose next commit fails
+        with KafkaStore(kafka_bootstrap, key="zombie", group_id=cfg.group_id, timeout=30) as newer:
+            assert newer.latest() is None
+            r.learner.stop()
+            r.thread.join(60)
+            assert not r.thread.is_alive()
+            assert isinstance(r.error, Fenced), r.error
+            assert "took over" in str(r.error)
+            assert newer.latest() is None  # its state of the interval never became visible
+    finally:
+        if r.thread.is_alive():
+            r.learner.stop()
+            r.thread.join(60)
+    assert read_committed(kafka_bootstrap, predictions, 1, timeout=3) == []  # nor its 300 predictions
