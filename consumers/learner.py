@@ -348,9 +348,14 @@ class Learner:
                 source.unstick()
                 n = 0
                 with self._lock:
-                    if state.needs_reload or source.pending:
+                    pending = set(source.pending)
+                    if state.needs_reload or pending:
+                        if state.needs_reload:  # every partition is sought back to the checkpoint
+                            pending |= source.assignment()
                         self._init_partitions()
-                    pending = source.pending
+                    # Records of a partition sought in this step were fetched from before the seek: skip
+                    # them (they are fetched again from where it was sought), as those still waiting.
+                    pending |= source.pending
                     if self._exactly_once and batch:
                         self._begin()
                     for tp, records in batch.items():

@@ -242,3 +242,39 @@ def test_a_fenced_member_stops_and_nothing_of_its_transaction_is_visible(
             r.learner.stop()
             r.thread.join(60)
     assert read_committed(kafka_bootstrap, predictions, 1, timeout=3) == []  # nor its 300 predictions
+
+
+@pytest.mark.kafka
+def test_a_failed_transaction_is_aborted_and_its_interval_learned_and_published_again(
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kafka.errors import KafkaError
+    from test_consumer import same_model
+
+    from consumers.state.kafka_store import KafkaStore
+
+    topic, predictions = kafka_topic(1), kafka_topic(1)
+    values = make_events(1200, seed=81, unlabelled_every=3)
+    produce(kafka_bootstrap, topic, values)
+    send_offsets, failures = KafkaStore.send_offsets, []
+
+    def fail_the_second(self: KafkaStore, offsets: dict, group_metadata: Any) -> None:
+        if len(failures) < 1 and self.key == "eos-fail" and self._index is not None and self._index.commits:
+            failures.append(offsets)  # after the outputs and the state were sent in this transaction
+            self.abort()
+            raise KafkaError("injected: the offsets could not be added to the transaction")
+        send_offsets(self, offsets, group_metadata)
+
+    monkeypatch.setattr(KafkaStore, "send_offsets", fail_the_second)
+    cfg = make_config(kafka_bootstrap, topic, tmp_path / "none", state_store="kafka",
+                      processing_guarantee="exactly-once", predictions_topic=predictions,
+                      checkpoint_every_messages=300, max_poll_records=50, group_instance_id="eos-fail")
+    with running(cfg) as r:
+        wait_for(lambda: r.stats()["positions"].get(f"{topic}:0") == len(values), 60, "all read")
+    assert failures, "the failure was never injected"
+    assert r.learner.stats.snapshot()["checkpoint_failures"] >= 1
+    expected, scored = offline(values, 1)
+    got = [orjson.loads(rec.value) for rec in read_committed(kafka_bootstrap, predictions, len(scored))]
+    assert [(g["id"], g["p"], g["n_samples_seen"]) for g in got] == scored  # each once, as never failed
+    final = state(kafka_bootstrap, f"g-{topic}", "eos-fail")
+    assert same_model(final.model, expected)  # rolled back and learned again: nothing twice
