@@ -74,7 +74,10 @@ wrote it. So the state moves with the partitions:
 - two live writers of one key cannot both write: the newer fences the older, which stops (:class:`Fenced`,
   exit 1). Two live learners on one ``--checkpoint-dir`` are refused too (a lock held while running).
 
-Two fresh members given a lost member's partitions at the same moment both try to take its state: the later
+A replacement continues a lost member's state only if it joins before the group expires the lost member
+(its ``session_timeout_ms``): later, the survivors have been given its partitions and go on with them in their
+own models (the lost state stays under its key: its events counted once, not continued). Two fresh members
+given a lost member's partitions at the same moment both try to take its state: the later
 one fences the earlier, which exits 1 and, restarted, starts fresh. With ``at-least-once`` the window between
 a checkpoint and its commit stays: a member killed inside it leaves the newer state under its key and older
 offsets in the group; whoever takes the key resumes from the state (no event learned twice), but a survivor

@@ -278,3 +278,53 @@ def test_a_failed_transaction_is_aborted_and_its_interval_learned_and_published_
     assert [(g["id"], g["p"], g["n_samples_seen"]) for g in got] == scored  # each once, as never failed
     final = state(kafka_bootstrap, f"g-{topic}", "eos-fail")
     assert same_model(final.model, expected)  # rolled back and learned again: nothing twice
+
+
+@pytest.mark.kafka
+def test_a_broker_restart_mid_stream_publishes_each_prediction_exactly_once(
+    kafka_broker: Any, kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+) -> None:
+    import threading
+
+    from kafka import KafkaProducer
+    from test_consumer import same_model
+
+    topic, predictions = kafka_topic(1), kafka_topic(1)
+    values = make_events(3000, seed=91, unlabelled_every=5)
+    sent = threading.Event()
+    errors: list[BaseException] = []
+
+    def keep_producing() -> None:  # the stream flows across the restart (idempotent retries)
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5, delivery_timeout_ms=120_000,
+                                 enable_idempotence=True)
+        try:
+            for i in range(0, len(values), 100):
+                for v in values[i : i + 100]:
+                    producer.send(topic, v)
+                producer.flush(timeout=120)
+            sent.set()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            producer.close()
+
+    cfg = make_config(kafka_bootstrap, topic, tmp_path / "none", state_store="kafka",
+                      processing_guarantee="exactly-once", predictions_topic=predictions,
+                      checkpoint_every_messages=300, checkpoint_every_seconds=1.0, commit_timeout_ms=2000,
+                      max_poll_records=100, group_instance_id="eos-restart")
+    with running(cfg) as r:
+        producing = threading.Thread(target=keep_producing, daemon=True)
+        producing.start()
+        r.wait_consumed(600)
+        kafka_broker.restart()
+        producing.join(180)
+        assert sent.is_set() and not errors, errors
+        wait_for(lambda: r.stats()["positions"].get(f"{topic}:0") == len(values), 120, "all read",
+                 every=0.2)
+        r.stop()
+    expected, scored = offline(values, 1)
+    got = [orjson.loads(rec.value) for rec in read_committed(kafka_bootstrap, predictions, len(scored))]
+    assert [(g["id"], g["p"], g["n_samples_seen"]) for g in got] == scored  # each once, in order
+    final = state(kafka_bootstrap, cfg.group_id, "eos-restart")
+    assert final.metadata["offsets"] == {f"{topic}:0": len(values)}
+    assert same_model(final.model, expected)
