@@ -6,7 +6,8 @@
 #       -v stream-logreg-checkpoints:/var/lib/stream-logreg -p 9108:9108 stream-logreg
 #
 # Settings of `consume` come from STREAM_LOGREG_* environment variables (`stream-logreg consume --help`).
-# Checkpoints (model + offsets) are written to /var/lib/stream-logreg: mount a volume there.
+# Checkpoints (model + offsets) are written to /var/lib/stream-logreg: mount a volume there; or keep them in
+# Kafka with STREAM_LOGREG_STATE_STORE=kafka (no volume; see docker-compose.yml).
 
 # ---- build: compile the Cython extension into a wheel (and collect the dependencies' wheels)
 FROM python:3.11-slim AS build
@@ -49,6 +50,11 @@ USER stream-logreg:stream-logreg
 # the container (outside a container the default is 127.0.0.1).
 ENV STREAM_LOGREG_METRICS_HOST=0.0.0.0
 EXPOSE 9108
+
+# Healthy while the service is alive (/live: the loop polls); no curl in a slim image. The port is the
+# metrics port (STREAM_LOGREG_METRICS_PORT); other commands (demo, replay) serve none.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=6 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/live' % os.environ.get('STREAM_LOGREG_METRICS_PORT', '9108'), timeout=3)"]
 
 # SIGTERM (docker stop) makes `consume` checkpoint, commit its offsets and leave the group; allow it
 # time (`docker stop -t`, compose `stop_grace_period`).

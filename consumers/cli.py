@@ -62,33 +62,45 @@ log = logging.getLogger("consumers.cli")  # also when run as `python -m consumer
 
 def _open_checkpoint(target: str, checkpoint_dir: str | None) -> tuple[Any, str]:
     """The checkpoint that ``target`` names (a store directory: its latest; a checkpoint file or
-    ``<dir>/<id>``; a bare id in ``checkpoint_dir``) and where it was found."""
+    ``<dir>/<id>``; a bare id in ``checkpoint_dir``) and where it was found. Read only: no lock is taken
+    and nothing is written, so a running learner may own the directory."""
     from stream_logreg.checkpoints import CheckpointError, DirectoryStore, load_checkpoint
 
     path = Path(target)
     try:
         if path.is_dir():
-            store = DirectoryStore(path)
+            store = DirectoryStore(path, read_only=True)
             checkpoint = store.latest()
             for cid, reason in store.skipped:
-                print(f"skipped damaged checkpoint {cid}: {reason}", file=sys.stderr)
+                print(_printable(f"skipped damaged checkpoint {cid}: {reason}"), file=sys.stderr)
             if checkpoint is None:
-                raise CommandError(f"no valid checkpoint in {path}")
+                raise CommandError(f"no valid checkpoint in {_printable(str(path))}")
             return checkpoint, str(path)
         if re.fullmatch(r"\d{20}", target) and not path.exists():
             directory = Path(checkpoint_dir or "checkpoints")
             if not directory.is_dir():
-                raise CommandError(f"{target} looks like a checkpoint id, but --checkpoint-dir {directory} "
-                                   "is not a directory")
-            return DirectoryStore(directory).load(target), str(directory)
+                raise CommandError(f"{target} looks like a checkpoint id, but --checkpoint-dir "
+                                   f"{_printable(str(directory))} is not a directory")
+            return DirectoryStore(directory, read_only=True).load(target), str(directory)
         stem = path.with_suffix("") if path.suffix in (".json", ".npz") else path
-        if stem.with_name(stem.name + ".json").is_file():
+        if stem.with_name(stem.name + ".json").exists():
             return load_checkpoint(stem), str(stem.parent)
     except CheckpointError as exc:
-        raise CommandError(f"cannot read checkpoint {target}: {exc}") from None
-    raise CommandError(
+        raise CommandError(_printable(f"cannot read checkpoint {target}: {exc}")) from None
+    raise CommandError(_printable(
         f"{target}: not a checkpoint directory, a checkpoint file (<id>.json / <id>.npz) or a checkpoint id"
-    )
+    ))
+
+
+_DEL_AND_C1 = re.compile("[\x7f-\x9f]")  # controls JSON may carry raw (it escapes only C0)
+
+
+def _printable(text: str) -> str:
+    """``text`` safe for a terminal: C0 and C1 control characters and DEL (escape sequences), and other
+    unprintable characters (e.g. bidirectional overrides), escaped as ``repr`` does (``\\x1b``)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _describe_checkpoint(checkpoint: Any, where: str, top: int) -> dict[str, Any]:
@@ -125,33 +137,39 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     checkpoint, where = _open_checkpoint(args.checkpoint, args.checkpoint_dir)
     info = _describe_checkpoint(checkpoint, where, args.top)
     out = sys.stdout
-    if args.json:
-        out.write(orjson.dumps(info, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
+    if args.json:  # orjson escapes C0 controls; DEL and C1 controls are escaped here (\u009b: valid JSON)
+        text = orjson.dumps(info, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode()
+        out.write(_DEL_AND_C1.sub(lambda m: f"\\u{ord(m[0]):04x}", text) + "\n")
         return EXIT_OK
+
+    def say(line: str) -> None:  # names, metadata and versions come from the checkpoint: never raw
+        print(_printable(line), file=out)
+
     opt = dict(info["optimizer"])
     opt_text = f"{opt.pop('name')}(" + ", ".join(f"{k}={v}" for k, v in opt.items()) + ")"
     rest = {k: v for k, v in info["config"].items() if k != "optimizer"}
     features = (f"{info['n_features']:,} columns (hashing, 2^{rest['n_bits']})" if info["hashing"]
                 else f"{info['n_features']:,} (vocabulary)")
-    print(f"checkpoint     {info['id']}", file=out)
-    print(f"written        {info['created_at']} (stream-logreg {info['library_version']})", file=out)
-    print(f"directory      {where}", file=out)
-    print(f"samples seen   {info['n_samples_seen']:,}", file=out)
-    print(f"features       {features}, {info['n_nonzero_weights']:,} non-zero weights", file=out)
-    print(f"optimizer      {opt_text}", file=out)
-    print("model          " + ", ".join(f"{k}={v}" for k, v in rest.items()), file=out)
-    print(f"bias           {info['bias']:+.6g}", file=out)
+    say(f"checkpoint     {info['id']}")
+    say(f"written        {info['created_at']} (stream-logreg {info['library_version']})")
+    say(f"directory      {where}")
+    say(f"samples seen   {info['n_samples_seen']:,}")
+    say(f"features       {features}, {info['n_nonzero_weights']:,} non-zero weights")
+    say(f"optimizer      {opt_text}")
+    say("model          " + ", ".join(f"{k}={v}" for k, v in rest.items()))
+    say(f"bias           {info['bias']:+.6g}")
     offsets = info["offsets"]
     if offsets:
-        print("offsets        " + ", ".join(f"{tp}={off}" for tp, off in offsets.items()), file=out)
+        say("offsets        " + ", ".join(f"{tp}={off}" for tp, off in offsets.items()))
     others = {k: v for k, v in info["metadata"].items() if k != "offsets"}
     if others:
-        print("metadata       " + ", ".join(f"{k}={v}" for k, v in others.items()), file=out)
+        say("metadata       " + ", ".join(f"{k}={v}" for k, v in others.items()))
     if info["top_weights"]:
-        print(f"top {len(info['top_weights'])} weights by |w|:", file=out)
-        width = max(len(str(t["feature"])) for t in info["top_weights"])
-        for rank, t in enumerate(info["top_weights"], 1):
-            print(f"  {rank:>3}  {str(t['feature']):<{width}}  {t['weight']:+.6g}", file=out)
+        say(f"top {len(info['top_weights'])} weights by |w|:")
+        names = [_printable(str(t["feature"])) for t in info["top_weights"]]
+        width = max(map(len, names))
+        for rank, (name, t) in enumerate(zip(names, info["top_weights"], strict=True), 1):
+            say(f"  {rank:>3}  {name:<{width}}  {t['weight']:+.6g}")
     return EXIT_OK
 
 

@@ -58,6 +58,10 @@ class LearnerConfig:
     Checkpoints
         Every ``checkpoint_every_messages`` consumed messages or ``checkpoint_every_seconds`` seconds
         (whichever comes first) into ``checkpoint_dir``, keeping the newest ``keep_checkpoints``.
+        ``state_store``: ``"directory"`` (``checkpoint_dir``, one host) or ``"kafka"`` (a compacted topic
+        ``<group_id>-state``, no local disk; see :mod:`consumers.learner`). ``processing_guarantee``:
+        ``"at-least-once"`` outputs, or ``"exactly-once"`` (outputs, state and offsets of one checkpoint
+        interval in one Kafka transaction; needs ``state_store="kafka"``).
     Outputs
         ``predictions_topic`` receives one JSON prediction per unlabelled event (and per labelled one if
         ``publish_labelled``); ``dead_letter_topic`` receives every rejected message. Both optional; they
@@ -98,6 +102,8 @@ class LearnerConfig:
     group_instance_id: str | None = None
     create_topics: bool = False
     progress_every_seconds: float = 30.0
+    state_store: str = "directory"
+    processing_guarantee: str = "at-least-once"
     kafka_client: str = "kafka-python"
 
     def __post_init__(self) -> None:
@@ -169,6 +175,14 @@ class LearnerConfig:
             _fail("group_instance_id", "must be letters, digits, '.', '_' or '-' (at most 249)", gid)
         if not isinstance(self.create_topics, bool):
             _fail("create_topics", "must be true or false", self.create_topics)
+        if self.state_store not in ("directory", "kafka"):
+            _fail("state_store", "must be 'directory' or 'kafka'", self.state_store)
+        if self.processing_guarantee not in ("at-least-once", "exactly-once"):
+            _fail("processing_guarantee", "must be 'at-least-once' or 'exactly-once'",
+                  self.processing_guarantee)
+        if self.processing_guarantee == "exactly-once" and self.state_store != "kafka":
+            _fail("processing_guarantee", "exactly-once needs the state in Kafka (state_store 'kafka'), "
+                  "not in a local directory", self.processing_guarantee)
         self._validate_client_settings()
         self._validate_kafka_client()
         if not isinstance(self.model, dict):

@@ -48,6 +48,7 @@ from confluent_kafka import KafkaError as CKError
 from confluent_kafka import TopicPartition as CTopicPartition
 from kafka import TopicPartition
 from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
 
 from consumers.config import ConfigError
 from consumers.outputs import Outputs
@@ -420,18 +421,27 @@ class ConfluentSource(Source):
 
     # ------------------------------------------------------------------ offsets
 
-    def committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+    def committed_metadata(self, tps: list[TopicPartition]) -> dict[TopicPartition, Any]:
+        """The group's committed ``OffsetAndMetadata`` (or None) of ``tps`` (blocking, bounded; raises
+        ``KafkaError``). confluent-kafka 2.16 commits a metadata string with its C string's NUL
+        (``strlen + 1``): one trailing NUL is dropped, so the metadata reads as it was written."""
         timeout = self.config.commit_timeout_ms / 1000
         try:
             got = self.consumer.committed([_ctp(tp) for tp in tps], timeout=timeout)
         except KafkaException as exc:
             raise _neutral(exc) from None
-        out: dict[TopicPartition, int | None] = {}
+        out: dict[TopicPartition, Any] = {}
         for p in got:
             if p.error is not None:
                 raise KafkaError(f"committed offset of {p.topic}:{p.partition}: {p.error}")
-            out[TopicPartition(p.topic, p.partition)] = p.offset if p.offset >= 0 else None
+            meta = (p.metadata or "").removesuffix("\x00")
+            out[TopicPartition(p.topic, p.partition)] = (
+                OffsetAndMetadata(p.offset, meta, -1) if p.offset >= 0 else None)
         return out
+
+    def committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """The group's committed offsets of ``tps`` (None: none)."""
+        return {tp: None if om is None else om.offset for tp, om in self.committed_metadata(tps).items()}
 
     def commit(self, offsets: dict, timeout_ms: int | None = None) -> None:
         """Commit ``offsets`` synchronously, bounded by ``timeout_ms`` (raises ``KafkaError``)."""

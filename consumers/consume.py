@@ -58,20 +58,25 @@ def run_learner(config: LearnerConfig, values: Mapping[str, Any]) -> int:
     This is the one place where the service is assembled: the learner, its signal handlers and the
     metrics/health HTTP server on ``--metrics-port`` (:mod:`consumers.metrics`; 0: none).
     """
+    from kafka.errors import KafkaError
+
     from consumers.learner import Fenced, Learner
     from consumers.outputs import MissingTopics
     from consumers.source import ConnectTimeout
     from stream_logreg.checkpoints import CheckpointError, CheckpointMismatch
 
+    where = (f"--checkpoint-dir {config.checkpoint_dir}" if config.state_store == "directory"
+             else f"the state topic {config.group_id}-state")
     try:
         learner = Learner(config)
     except CheckpointMismatch as exc:
+        other = "--checkpoint-dir" if config.state_store == "directory" else "--group-id"
         raise UsageError(
-            f"the latest checkpoint in --checkpoint-dir {config.checkpoint_dir} has other model options "
-            f"({mismatch_text(exc)}): use the same options, or another --checkpoint-dir"
+            f"the latest checkpoint in {where} has other model options "
+            f"({mismatch_text(exc)}): use the same options, or another {other}"
         ) from None
-    except (CheckpointError, OSError) as exc:
-        raise CommandError(f"cannot restore from --checkpoint-dir {config.checkpoint_dir}: {exc}") from None
+    except (CheckpointError, OSError, KafkaError) as exc:
+        raise CommandError(f"cannot restore from {where}: {exc}") from None
 
     received: list[int] = []
 
@@ -103,12 +108,12 @@ def run_learner(config: LearnerConfig, values: Mapping[str, Any]) -> int:
                                    f"{exc.strerror or exc}") from None
             log.info("metrics on http://%s:%d/metrics, health on /ready and /live", host, server.port)
         log.info("learning from %s at %s as group %s; checkpoints in %s", ",".join(config.topics),
-                 config.bootstrap_servers, config.group_id, config.checkpoint_dir)
+                 config.bootstrap_servers, config.group_id, where)
         try:
             stats = learner.run(max_idle_seconds=values["max_idle_seconds"])
         except ConnectTimeout as exc:
             raise CommandError(f"{exc}: check --bootstrap-servers, or raise --connect-timeout") from None
-        except Fenced as exc:
+        except (Fenced, CheckpointError) as exc:  # another member took over, or shares the directory
             raise CommandError(str(exc)) from None
         except MissingTopics as exc:
             names = ", ".join(exc.topics)

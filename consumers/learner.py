@@ -52,12 +52,75 @@ whoever owns the partitions now. The flush before the revoke checkpoint is bound
 up the IO loop; if it fails, nothing is committed and the model falls back to its last checkpoint as for a
 loss.
 
+State in Kafka (``state_store="kafka"``)
+----------------------------------------
+The checkpoints live in the compacted topic ``<group id>-state`` (:class:`~consumers.state.kafka_store.
+KafkaStore`, created with 16 partitions if absent); the learner creates, reads and writes nothing on the local
+disk. One model per member, so the state is keyed by **member**: the state key is the member's
+``group_instance_id`` (``--group-instance-id``; by default the host name and a hash of ``--checkpoint-dir``),
+and each checkpoint records the offsets of every partition it has read. Every offset the member commits
+carries the metadata ``<state key>/<checkpoint id>@<member>``: which state holds the events before it, and who
+wrote it. So the state moves with the partitions:
+
+- a member restarted with the same instance id (a StatefulSet pod, ``--group-instance-id``), on any host,
+  opens its key and resumes exactly where its last checkpoint was;
+- a member with another identity and nothing learned yet (a replacement on a new host: a fresh member) reads,
+  on its first assignment, the metadata of its partitions' committed offsets. A state key named there whose
+  writer is no longer in the group (a lost member: ``describe_groups``) is taken over, the one covering most
+  of the new partitions first: opening its store fences the lost member (a zombie's next transaction fails),
+  its newest checkpoint becomes this member's model and the member goes on under that key. A state whose
+  writer is still in the group is never taken (the survivor that got a lost member's partitions keeps its
+  own model and starts them at the committed offsets: the lost member's events stay counted in its state);
+- two live writers of one key cannot both write: the newer fences the older, which stops (:class:`Fenced`,
+  exit 1). Two live learners on one ``--checkpoint-dir`` are refused too (a lock held while running).
+
+A replacement continues a lost member's state only if it joins before the group expires the lost member
+(its ``session_timeout_ms``): later, the survivors have been given its partitions and go on with them in their
+own models (the lost state stays under its key: its events counted once, not continued). Two fresh members
+given a lost member's partitions at the same moment both try to take its state: the later
+one fences the earlier, which exits 1 and, restarted, starts fresh. With ``at-least-once`` the window between
+a checkpoint and its commit stays: a member killed inside it leaves the newer state under its key and older
+offsets in the group; whoever takes the key resumes from the state (no event learned twice), but a survivor
+given those partitions starts at the committed offsets and learns the events in between a second time.
+Exactly-once closes it.
+
+Exactly-once (``processing_guarantee="exactly-once"``, needs the Kafka store)
+-----------------------------------------------------------------------------
+One transactional producer per state key (transactional id ``stream-logreg-state.<state topic>.<key>``, the
+store's own) sends the predictions, the dead letters and the state records; the consumer offsets of the
+interval are added with ``send_offsets_to_transaction`` and the consumer's ``group_metadata()`` (KIP-447:
+a member of an older generation is refused). A transaction opens before the first record of an interval and
+commits at the checkpoint: outputs, state and offsets are visible together (to ``read_committed``
+readers) or not at all, so an event's outputs are published exactly once whatever crashes and rebalances
+happen. The transaction timeout is ``2 × checkpoint_every_seconds`` (60 s to 15 min). What happens to the
+open transaction:
+
+- on revoke: checkpoint and commit before the partitions go (bounded: 2 s for the flush); what could not be
+  committed is aborted and the model rolled back to the last checkpoint, so nothing of the revoked
+  partitions outlives them here;
+- on SIGTERM: the final checkpoint commits it (or it is aborted);
+- on a fencing (another process opened the key): Kafka has aborted it, nothing of the zombie is visible;
+  the member stops (:class:`Fenced`, exit 1) without committing anything;
+- on a failure (a send or the commit refused, the transaction timed out): it is aborted, the model rolled
+  back to the last checkpoint and its partitions sought to their offsets: the events are read, learned and
+  published again in a new transaction. A commit whose outcome is unknown (the cluster did not answer within
+  ``connect_timeout``) leaves the store unusable: the member stops with an error and its restart (which
+  opens the key again) resolves it;
+- on SIGKILL: the next owner of the key aborts it when it opens the key (or Kafka after the timeout).
+  Until then it holds back ``read_committed`` readers of the partitions it wrote to.
+
+kafka-python 3.0.12 quirks handled here: ``commit_transaction``, ``abort_transaction`` and
+``send_offsets_to_transaction`` wait without a timeout (the store runs them in a helper thread it stops
+waiting for); ``init_transactions`` is bounded by ``max_block_ms`` (1 s) and retried until
+``connect_timeout``.
+
 Guarantees
 ----------
 Learning is exactly once per consumer group as long as checkpoints stay readable: every event of a partition
 is in exactly one member's model, whatever crashes (SIGKILL included), restarts, rebalances and broker outages
-happen. The outputs (predictions, dead letters) are at least once while their topics take records: events
-re-read after a crash or a fall-back are predicted and published again. Two exceptions lose the exactly-once
+happen (with the Kafka store and at-least-once, see the window above). The outputs (predictions, dead
+letters) are at least once while their topics take records: events re-read after a crash or a fall-back are
+predicted and published again; exactly once with ``exactly-once``. Two exceptions lose the exactly-once
 property, both logged: an eviction (``lost``) after a checkpoint whose commit had failed (the new owner starts
 at the older committed offset), and a newest checkpoint that is corrupt while its offsets were committed (the
 fallback checkpoint is older than the group's offset: the events in between are skipped by this model).
@@ -65,6 +128,7 @@ fallback checkpoint is older than the group's offset: the events in between are 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -74,14 +138,16 @@ from operator import itemgetter
 from typing import Any
 
 from kafka import TopicPartition
+from kafka import errors as kafka_errors
 from kafka.errors import KafkaError
 
 from consumers.config import LearnerConfig
 from consumers.outputs import Outputs, check_topics
-from consumers.source import Source, wait_or_stop
-from consumers.state.checkpointing import Checkpointing, tp_key, tp_keys
+from consumers.source import Source, default_instance_id, wait_or_stop
+from consumers.state.checkpointing import Checkpointing, hold_directory, parse_ref, tp_key, tp_keys
+from consumers.state.kafka_store import StateFenced
 from consumers.stats import LearnerStats, progressive_metrics
-from stream_logreg.checkpoints import DirectoryStore
+from stream_logreg.checkpoints import CheckpointError, DirectoryStore
 from stream_logreg.codec import Event, Reason
 
 __all__ = ["Fenced", "Learner"]
@@ -89,6 +155,9 @@ __all__ = ["Fenced", "Learner"]
 log = logging.getLogger(__name__)
 
 _LOG_EVERY_SECONDS = 10.0
+#: Partitions of a state topic the learner creates: keys apart, so that a member killed mid-transaction
+#: holds up the readers of few other keys (until the next owner of its key fences it, or Kafka aborts it).
+STATE_PARTITIONS = 16
 #: Seconds each step of the shutdown may take after a stop request (flush, commit, closing each client).
 STOP_BUDGET = 1.0
 
@@ -148,12 +217,18 @@ class Learner:
         self.stats = LearnerStats(window=config.metrics_window)
         self._codec = config.make_codec()
         self._decode = self._codec.decoder()  # compiled: what self._codec.decode gives
-        if store is None:
-            store = DirectoryStore(config.checkpoint_dir, keep=config.keep_checkpoints)
-        self._lock = threading.RLock()  # the model and the offset bookkeeping
+        self._instance_id = config.group_instance_id or default_instance_id(config.checkpoint_dir)
+        self._exactly_once = config.processing_guarantee == "exactly-once"
         self._stopping = threading.Event()
+        if store is None:
+            if config.state_store == "kafka":
+                store = self._open_store(self._instance_id)
+            else:
+                store = DirectoryStore(config.checkpoint_dir, keep=config.keep_checkpoints)
+        self._lock = threading.RLock()  # the model and the offset bookkeeping
         self._ratelog = _RateLimitedLog()
-        self._state = Checkpointing(store, config, self.stats)
+        self._state = Checkpointing(store, config, self.stats, member=self._instance_id,
+                                    group_metadata=self._group_metadata if self._exactly_once else None)
         self._source, self._outputs = _clients(config, self.stats)
         self._topics_checked = False
 
@@ -169,6 +244,58 @@ class Learner:
     @property
     def checkpoint_id(self) -> str | None:
         return self._state.checkpoint_id
+
+    def _open_store(self, key: str) -> Any:
+        """The Kafka store of state key ``key`` (opening it fences every older writer of the key)."""
+        from consumers.state.kafka_store import KafkaStore, own_settings
+
+        cfg = self.config
+        settings = {k: v for k, v in cfg.client_settings.items() if k not in own_settings}
+        producer = self._transactional_producer(key) if self._exactly_once else None
+        try:
+            return KafkaStore(
+                cfg.bootstrap_servers, key=key, group_id=cfg.group_id, keep=cfg.keep_checkpoints,
+                timeout=cfg.connect_timeout, partitions=STATE_PARTITIONS, client_settings=settings,
+                producer=producer,
+            )
+        except BaseException:
+            if producer is not None:
+                producer.close(timeout=0)
+            raise
+
+    def _transactional_producer(self, key: str) -> Any:
+        """Exactly-once: the one producer of this member's outputs and state, its transactional id that of
+        the state key (``stream-logreg-state.<state topic>.<key>``, as the store's own), so that opening it
+        fences every older writer of the key: outputs, state and offsets of a zombie are never visible.
+
+        Its transaction timeout outlasts a checkpoint interval (``2 × checkpoint_every_seconds``, at least
+        60 s, at most 15 min: the brokers' default ``transaction.max.timeout.ms``).
+        """
+        from kafka import KafkaProducer
+
+        cfg = self.config
+        kwargs = cfg.producer_kwargs()
+        kwargs.update(
+            transactional_id=f"stream-logreg-state.{cfg.group_id}-state.{key}",
+            transaction_timeout_ms=int(min(900_000, max(60_000, 2000 * cfg.checkpoint_every_seconds))),
+        )
+        producer = KafkaProducer(**kwargs)
+        deadline = time.monotonic() + cfg.connect_timeout
+        while True:  # bounded by max_block_ms per try (1 s), so a stop request is heard between tries
+            try:
+                producer.init_transactions()
+                return producer
+            except KafkaError as exc:
+                if time.monotonic() >= deadline or self._stopping.is_set() or not isinstance(
+                    exc, kafka_errors.KafkaTimeoutError
+                ):
+                    producer.close(timeout=0)
+                    raise CheckpointError(
+                        f"could not open the state of key {key!r} for writing: {exc}"
+                    ) from exc
+
+    def _group_metadata(self) -> Any:
+        return self._source.consumer.group_metadata()
 
     # ------------------------------------------------------------------ public API
 
@@ -191,15 +318,21 @@ class Learner:
         cfg = self.config
         should_stop = self._stop_check(stop_event)
         source, state, outputs = self._source, self._state, self._outputs
+        path = getattr(state.store, "path", None)
+        held = hold_directory(path) if isinstance(state.store, DirectoryStore) else None
         try:
             connected = source.connect(self, should_stop, cfg.connect_timeout, before=self._prepare_outputs)
         except BaseException:
             outputs.close(0)
             self._stopping.clear()
+            if held is not None:
+                held.close()
             raise
         if not connected:
             outputs.close(0)
             self._stopping.clear()
+            if held is not None:
+                held.close()
             return self.stats
         with self.stats.lock:
             self.stats.running = True
@@ -226,9 +359,16 @@ class Learner:
                 source.unstick()
                 n = 0
                 with self._lock:
-                    if state.needs_reload or source.pending:
+                    pending = set(source.pending)
+                    if state.needs_reload or pending:
+                        if state.needs_reload:  # every partition is sought back to the checkpoint
+                            pending |= source.assignment()
                         self._init_partitions()
-                    pending = source.pending
+                    # Records of a partition sought in this step were fetched from before the seek: skip
+                    # them (they are fetched again from where it was sought), as those still waiting.
+                    pending |= source.pending
+                    if self._exactly_once and batch:
+                        self._begin()
                     for tp, (records, values) in batch.items():
                         if tp in pending or not records:
                             continue  # not sought yet: these will be fetched again after the seek
@@ -236,6 +376,9 @@ class Learner:
                         n += len(records)
                     self._publish_stats()
                     state.tick(source.assignment(), source.pending, flush, source.commit)
+                if state.fenced is not None:  # another member took this state over: learning on would
+                    fenced = Fenced(f"{state.fenced}")  # learn its events a second time
+                    break
                 if source.fenced:  # learning on would learn the other member's events a second time
                     fenced = Fenced(f"another learner joined group {cfg.group_id} with this learner's "
                                     f"--group-instance-id {source.instance_id}: give each its own "
@@ -255,6 +398,10 @@ class Learner:
         finally:
             self._shutdown()
             self._stopping.clear()  # a later run() starts afresh
+            if held is not None:
+                held.close()
+        if fenced is None and state.fenced is not None:  # found out by the final checkpoint
+            fenced = Fenced(str(state.fenced))
         if fenced is not None:
             raise fenced
         return self.stats
@@ -306,7 +453,35 @@ class Learner:
         if topics and not self._topics_checked:
             check_topics(cfg.admin_kwargs(1000), topics, cfg.topics[0], cfg.create_topics)
             self._topics_checked = True
+        if self._exactly_once:  # the outputs go into the state's transactions
+            self._outputs.producer = self._state.store.producer
         self._outputs.connect()
+
+    def _begin(self) -> None:
+        """Exactly-once: open the interval's transaction before anything of it is sent."""
+        state = self._state
+        if state.fenced is None and not state.store.in_transaction:
+            try:
+                state.store.begin()
+            except StateFenced as exc:
+                state.fenced = exc
+
+    def _abort(self, why: str) -> None:
+        """Exactly-once: abort the open transaction (outputs, state, offsets) and roll the model back to the
+        last checkpoint; its events are read, learned and published again."""
+        state = self._state
+        if not state.store.in_transaction:
+            return
+        log.warning("aborting the open transaction (%s): rolling back to checkpoint %s", why,
+                    state.checkpoint_id, extra={"checkpoint_id": state.checkpoint_id, "reason": "aborted"})
+        try:
+            state.store.abort()
+        except StateFenced as exc:
+            state.fenced = exc
+        except CheckpointError:
+            log.exception("aborting the transaction failed")
+        state.needs_reload = True
+        self._outputs.reset()
 
     def _flush(self, timeout: float) -> bool:
         return self._outputs.flush(timeout, self._stopping.is_set)
@@ -328,9 +503,14 @@ class Learner:
         try:
             with self._lock:
                 flush = lambda t: self._outputs.flush(timeout)  # noqa: E731  (not interrupted: bounded)
-                if state.since_checkpoint and not state.checkpoint("stop", flush):
+                owned = source.assignment() - source.pending if source.consumer is not None else set()
+                if state.fenced is None and state.since_checkpoint and not state.checkpoint(
+                    "stop", flush, commit_to=owned
+                ):
                     log.error("no final checkpoint: a restart resumes from checkpoint %s",
                               state.checkpoint_id, extra={"checkpoint_id": state.checkpoint_id})
+                if self._exactly_once and state.fenced is None:
+                    self._abort("stopping")
                 if state.commit_pending:
                     state.commit(source.assignment(), source.pending,
                                  lambda offsets: source.commit(offsets, timeout_ms))
@@ -338,6 +518,12 @@ class Learner:
             # unlocked: runs the revoke callback; a fenced member must not remove the one that fenced it
             source.close(timeout_ms, leave=connected and not source.fenced)
             self._outputs.close(timeout)
+            close_store = getattr(state.store, "close", None)
+            if close_store is not None:
+                try:
+                    close_store()
+                except Exception:
+                    log.exception("closing the state store failed")
             with self.stats.lock:
                 self.stats.running = False
                 self.stats.assigned = []
@@ -456,7 +642,10 @@ class Learner:
             pending -= partitions
             # Bounded: this runs on the IO thread, where a long flush would delay heartbeats.
             flush_timeout = min(self.config.commit_timeout_ms / 1000, 2.0)
-            ok = state.checkpoint("revoke", self._flush, flush_timeout) if state.since_checkpoint else True
+            ok = (state.checkpoint("revoke", self._flush, flush_timeout, commit_to=owned)
+                  if state.since_checkpoint else True)
+            if self._exactly_once:  # what the transaction did not commit may not outlive the partitions
+                self._abort("revoked")
             # Nothing to commit when the checkpoint failed (its offsets are not durable), or when the last
             # checkpoint's offsets are committed already.
             offsets = state.commit_offsets(owned, set()) if ok and state.commit_pending else {}
@@ -499,7 +688,10 @@ class Learner:
         """Seek newly assigned partitions to max(checkpoint offset, committed offset), then resume them."""
         state, source = self._state, self._source
         if state.needs_reload:
-            log.warning("the model is ahead of its last checkpoint after a failed revoke: reloading it")
+            log.warning("the model is ahead of its last checkpoint (a failed checkpoint): reloading it")
+            if self._exactly_once:
+                self._abort("rolling back")
+                self._outputs.reset()  # also after a failed commit, whose transaction is gone already
             state.restore()
             source.pending |= set(source.assignment())
             if source.pending:
@@ -510,9 +702,12 @@ class Learner:
             return
         tps = sorted(source.pending)
         try:
-            committed = source.committed(tps)
+            found = source.committed_metadata(tps)
+            if state.fresh and hasattr(state.store, "key"):
+                self._take_over(found)
+            committed = {tp: (None if m is None else m.offset) for tp, m in found.items()}
             ends = source.end_offsets(tps)
-        except (KafkaError, OSError) as exc:
+        except (KafkaError, OSError, CheckpointError) as exc:
             self._ratelog(
                 "committed", logging.WARNING, "fetching committed offsets failed, retrying: %r", exc
             )
@@ -520,6 +715,39 @@ class Learner:
         source.seek_and_resume(state.start_offsets(committed, ends))
         with self.stats.lock:
             self.stats.assigned = [tp_key(tp) for tp in sorted(assigned)]
+
+    def _take_over(self, committed: dict[TopicPartition, Any]) -> None:
+        """On an assignment to a fresh member (nothing learned, no state of its own) with the Kafka store:
+        continue the state of a lost member whose partitions it was given.
+
+        The committed offsets' metadata (``<state key>/<checkpoint>@<member>``) names the state that holds
+        the events before them and the member that wrote it. The state keys named by members no longer in
+        the group are candidates, the one covering most of the new partitions first; opening its store
+        fences the lost member (a zombie's next transaction fails) and its newest checkpoint becomes this
+        member's model, under that key from now on. A state whose writer is still in the group is never
+        taken: that member goes on learning into it.
+        """
+        state, source = self._state, self._source
+        refs = [r for m in committed.values() if m is not None and (r := parse_ref(m.metadata)) is not None]
+        mine = state.store.key
+        if not any(r.key != mine and r.member != self._instance_id for r in refs):
+            return
+        live = source.live_members()
+        taken = {r.key for r in refs if r.member in live or r.member == self._instance_id} | {mine}
+        candidates = Counter(r.key for r in refs if r.key not in taken)
+        for key, _ in candidates.most_common(1):
+            store = self._open_store(key)
+            previous = state.store
+            with contextlib.suppress(CheckpointError):
+                previous.abort()
+            state.adopt(store)
+            previous.close()
+            if self._exactly_once:  # the outputs go into the transactions of the state taken over
+                self._outputs.producer = store.producer
+                previous.producer.close(timeout=1)
+            log.info("took over the state %r of a lost member (checkpoint %s, n_samples_seen=%d)", key,
+                     state.checkpoint_id, state.model.n_samples_seen,
+                     extra={"checkpoint_id": state.checkpoint_id, "reason": "took_over"})
 
     # ------------------------------------------------------------------ stats
 

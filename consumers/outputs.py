@@ -197,6 +197,13 @@ class Outputs:
         self._outbox = kept
         return not kept
 
+    def reset(self) -> None:
+        """Forget the outbox and the unhealthy topics: the transaction they were sent in was aborted (its
+        records are never visible), and the events they came from are read and published again."""
+        self._outbox, self._down, self._probed = [], {}, {}
+        with self.stats.lock:
+            self.stats.output_healthy = True
+
     def drop_pending(self) -> int:
         """Give up on every unacknowledged output (counted as dropped); returns how many."""
         for o in self._outbox:

@@ -10,7 +10,9 @@ CSV cells (stripped; an empty cell is a missing feature): the first non-empty ce
 kind — ``true``/``false`` (any case) a boolean column, a decimal number (``3``, ``-2.5``, ``1e-3``; no
 ``nan``, ``inf`` or ``1_000``) a numeric one, anything else a text column (a string value: the indicator
 feature ``column=value``). Then every cell must be of its column's kind: ``abc`` in a numeric column or
-``yes`` in a boolean one skips the line with a reason; in a text column any cell is text (``"3"`` too).
+``yes`` in a boolean one skips the line with a reason; in a text column a cell that reads as a number
+(``"3"``) skips its line too, since the model refuses numbers written as text (it cannot tell a category
+from an unconverted number).
 Integers stay integers; a number that overflows a double skips its line. The label column takes ``0``,
 ``1``, ``true``, ``false`` (and ``1.0``/``0.0``); empty: the event is unlabelled.
 """

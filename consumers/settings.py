@@ -327,6 +327,15 @@ CONSUME_SETTINGS: tuple[Setting, ...] = (
     Setting("create_topics", "bool", False,
             "Create missing output topics (with the input topic's partition count) instead of exiting with "
             "status 2.", _OUTPUTS),
+    Setting("state_store", "choice", "directory",
+            "Where checkpoints live: 'directory' (--checkpoint-dir, one host) or 'kafka' (the compacted "
+            "topic <group-id>-state; no local disk, a member on any host resumes the state of the "
+            "partitions it takes over).", _CHECKPOINTS, choices=("directory", "kafka")),
+    Setting("processing_guarantee", "choice", "at-least-once",
+            "'exactly-once': the predictions, dead letters, state and offsets of one checkpoint interval are "
+            "one Kafka transaction (read them with isolation.level=read_committed; needs --state-store "
+            "kafka). 'at-least-once': outputs may repeat after a crash.", _OUTPUTS,
+            choices=("at-least-once", "exactly-once")),
     Setting("progress_every_seconds", "float", 30.0,
             "Seconds between progress log lines (events/s, lag, last checkpoint).", _OPERATIONS,
             minimum=0, exclusive_minimum=True),
@@ -555,7 +564,8 @@ def learner_config(values: Mapping[str, Any]) -> LearnerConfig:
         "checkpoint_every_messages", "checkpoint_every_seconds", "keep_checkpoints", "predictions_topic",
         "publish_labelled", "dead_letter_topic", "x_field", "y_field", "id_field", "max_features",
         "max_message_bytes", "max_poll_records", "poll_timeout_ms", "metrics_window", "commit_timeout_ms",
-        "connect_timeout", "group_instance_id", "create_topics", "progress_every_seconds", "kafka_client",
+        "connect_timeout", "group_instance_id", "create_topics", "progress_every_seconds",
+        "state_store", "processing_guarantee", "kafka_client",
     }
     kwargs = {name: values[name] for name in own}
     kwargs["bootstrap_servers"] = ",".join(bootstrap_servers(values))

@@ -213,6 +213,24 @@ class Source:
         timeout = self.config.commit_timeout_ms
         return {tp: self.consumer.committed(tp, timeout_ms=timeout) for tp in tps}
 
+    def committed_metadata(self, tps: list[TopicPartition]) -> dict[TopicPartition, Any]:
+        """The group's committed ``OffsetAndMetadata`` (or None) of ``tps`` (blocking, bounded; raises
+        ``KafkaError``/``OSError``)."""
+        timeout = self.config.commit_timeout_ms
+        return {tp: self.consumer.committed(tp, metadata=True, timeout_ms=timeout) for tp in tps}
+
+    def live_members(self) -> set[str]:
+        """The ``group_instance_id`` of every member of the group now (an admin request, bounded)."""
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(**self.config.admin_kwargs(self.config.commit_timeout_ms))
+        try:
+            described = admin.describe_groups([self.config.group_id])[self.config.group_id]
+        finally:
+            admin.close()
+        members = described.get("members") or []
+        return {m["group_instance_id"] for m in members if m.get("group_instance_id")}
+
     def commit(self, offsets: dict, timeout_ms: int | None = None) -> None:
         """Commit ``offsets`` (raises ``KafkaError``). A member fenced by another one with the same
         instance id is flagged (:attr:`fenced`): kafka-python only stops its heartbeats."""

@@ -23,12 +23,13 @@ _EPS = 1e-15
 
 def progressive_metrics(ps: list[float], ys: list[int]) -> tuple[float, int]:
     """Progressive validation of the predictions ``ps`` of labels ``ys``: (Σ log loss, with the probability
-    of the true class clipped to >= ε; how many are right, p ≥ 0.5 meaning 1). Vectorised: the loop only
+    of the true class clipped to >= ε; how many are right, p > 0.5 meaning 1 — the
+    model's own ``predict_one`` and River's ``metrics.Accuracy``). Vectorised: the loop only
     collects."""
     p = np.array(ps, dtype=np.float64)
     y = np.array(ys, dtype=bool)
     loss = -np.log(np.maximum(np.where(y, p, 1.0 - p), _EPS)).sum()
-    hits = np.count_nonzero(np.where(y, p >= 0.5, p < 0.5))
+    hits = np.count_nonzero(np.where(y, p > 0.5, p <= 0.5))
     return float(loss), int(hits)
 
 

@@ -1,6 +1,6 @@
 """stream-logreg: online logistic regression from an event stream.
 
-The seed's update (``stream_logreg.math``), a River classifier (:class:`OnlineLogisticRegression`),
+The textbook update (``stream_logreg.math``), a River classifier (:class:`OnlineLogisticRegression`),
 its optimizers (``stream_logreg.optim``) and feature space (``stream_logreg.features``).
 """
 

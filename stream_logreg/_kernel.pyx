@@ -21,10 +21,29 @@ from cpython.ref cimport Py_INCREF, Py_XDECREF, Py_XINCREF
 from cpython.tuple cimport PyTuple_SET_ITEM
 from cpython.type cimport PyType_IsSubtype
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
+from libc.float cimport DBL_MAX
 from libc.math cimport NAN, exp, fabs, isfinite, pow, sqrt
 from libc.stdlib cimport calloc, free, realloc
 
 cnp.import_array()
+
+
+class _Indicator:
+    """The first element of the column key ``(INDICATOR, k, v)`` of the indicator feature ``k=v`` (see
+    ``stream_logreg.features.IndicatorKey``): no key of a user's row can contain it, so an indicator never
+    shares a column with a feature whose key is a tuple or the string "k=v". A singleton, also through
+    pickle and deepcopy."""
+
+    __slots__ = ()
+
+    def __reduce__(self):
+        return "INDICATOR"
+
+    def __repr__(self):
+        return "INDICATOR"
+
+
+INDICATOR = _Indicator()
 
 
 cdef inline double* dptr(cnp.ndarray a):
@@ -71,7 +90,7 @@ cdef inline bint _lookup(dict columns, PyObject* key, PyObject* value, Py_ssize_
         col = _dict_get(columns, <object> key)
     elif _is_str(value):
         d[0] = 1.0
-        col = _dict_get(columns, (<object> key, <object> value))
+        col = _dict_get(columns, (INDICATOR, <object> key, <object> value))
     else:
         return False
     if col is NULL:  # not there (or an error comparing keys: the slow path raises it again)
@@ -184,6 +203,8 @@ cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_s
             for j in range(n):
                 if c[j] == ci:
                     v[j] += d
+                    if not isfinite(v[j]):  # colliding values whose sum overflows: the slow path says so
+                        return -1
                     break
             else:
                 c[n] = ci
@@ -196,11 +217,11 @@ cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_s
     return n
 
 
-def encode(dict x, dict columns, cnp.ndarray cols, cnp.ndarray vals, bint merge):
+def encode(dict x not None, dict columns, cnp.ndarray cols, cnp.ndarray vals, bint merge):
     """Write the row `x` as columns and values into the buffers; return how many, or -1.
 
     Handles what needs no decision: keys already in `columns` with a finite float, int or bool value,
-    and strings whose indicator key `(k, v)` is already in `columns`. Anything else (a new key, a
+    and strings whose indicator key `(INDICATOR, k, v)` is already in `columns`. Anything else (a new key, a
     non-finite or non-numeric value, a full buffer) returns -1 and the caller takes the slow path,
     which grows the feature space or raises. With `merge`, repeated columns (hash collisions) are
     summed into one entry.
@@ -274,7 +295,32 @@ cdef class JsonDecoder:
         return ev
 
 
-def dot_dict(dict x, dict columns, cnp.ndarray w):
+cdef double _dot_wide(double* wp, Py_ssize_t* c, double* v, Py_ssize_t n) noexcept nogil:
+    """Σ_i w[c[i]] · v[i] accumulated in extended precision (x87 long double: products of doubles and
+    their sums cannot overflow there), rounded once to a double: ±inf if the true sum is beyond the
+    double range, never NaN for finite inputs."""
+    cdef long double s = 0.0
+    cdef Py_ssize_t i
+    for i in range(n):
+        s += (<long double> wp[c[i]]) * (<long double> v[i])
+    return <double> s
+
+
+cdef inline double _dot(double* wp, Py_ssize_t* c, double* v, Py_ssize_t n) noexcept nogil:
+    """Σ_i w[c[i]] · v[i] in double, in order; when that is not finite (an overflow, or inf − inf = NaN
+    between two overflowed products) it is computed again by `_dot_wide`. For finite w and v the result
+    is the correctly signed logit, ±inf at worst (σ(±inf) is 1 or 0), and bitwise the plain sum whenever
+    that is finite."""
+    cdef double s = 0.0
+    cdef Py_ssize_t i
+    for i in range(n):
+        s += wp[c[i]] * v[i]
+    if isfinite(s):
+        return s
+    return _dot_wide(wp, c, v, n)
+
+
+def dot_dict(dict x not None, dict columns, cnp.ndarray w):
     """Σ w[column(k)] · v over the entries `k: v` of row `x`, in the row's order; NaN if an entry needs
     the slow path (an unknown key, a non-finite or non-numeric value): see `encode`."""
     cdef Py_ssize_t pos = 0, ci = 0
@@ -286,6 +332,8 @@ def dot_dict(dict x, dict columns, cnp.ndarray w):
         if not _lookup(columns, key, value, &ci, &d):
             return float("nan")
         s += wp[ci] * d
+    if not isfinite(s):  # an overflow: `dot` on the encoded row sums it safely
+        return float("nan")
     return s
 
 
@@ -298,20 +346,28 @@ cdef inline double _sigmoid(double z) noexcept nogil:
     return e / (1.0 + e)
 
 
+cdef inline double _clip(double g, double clip) noexcept nogil:
+    """g clamped to [−clip, clip] (River's clip_gradient; NaN stays NaN)."""
+    if g > clip:
+        return clip
+    if g < -clip:
+        return -clip
+    return g
+
+
 cdef inline double _sample_gradient(double* wp, Py_ssize_t* c, double* v, Py_ssize_t n, double b, double y,
-                                    double sample_weight, double class_weight, double l2, double* o,
-                                    double* g_out) noexcept nogil:
-    """z = Σ_i w[c[i]] · v[i] + b;  p = σ(z);  g = (p − y) · s · c;  o[i] = g · v[i] + l2 · w[c[i]];  *g_out = g.
+                                    double sample_weight, double class_weight, double l2, double clip,
+                                    double* o, double* g_out) noexcept nogil:
+    """z = Σ_i w[c[i]] · v[i] + b;  p = σ(z);  g = clip((p − y) · s · c);  o[i] = g · v[i] + l2 · w[c[i]];  *g_out = g.
 
     Returns p, or NaN if g or any o[i] is not finite.
     """
     cdef double z = 0.0, p, g
     cdef Py_ssize_t i
     cdef bint ok
-    for i in range(n):
-        z += wp[c[i]] * v[i]
+    z = _dot(wp, c, v, n)
     p = _sigmoid(z + b)
-    g = (p - y) * sample_weight * class_weight
+    g = _clip((p - y) * sample_weight * class_weight, clip)
     ok = isfinite(g)
     if l2 == 0.0:
         for i in range(n):
@@ -326,17 +382,17 @@ cdef inline double _sample_gradient(double* wp, Py_ssize_t* c, double* v, Py_ssi
 
 
 def predict_gradient(cnp.ndarray w, cnp.ndarray cols, cnp.ndarray vals, Py_ssize_t n, cnp.ndarray b,
-                     double y, double sample_weight, double class_weight, double l2, cnp.ndarray out,
-                     cnp.ndarray g_out):
-    """The per-sample step of the seed's formula (m = 1) on the row held in the buffers, and its prediction:
+                     double y, double sample_weight, double class_weight, double l2, double clip,
+                     cnp.ndarray out, cnp.ndarray g_out):
+    """The per-sample step of the textbook formula (m = 1) on the row held in the buffers, and its prediction:
 
-    z = Σ_i w[cols[i]] · vals[i] + b[0];  p = σ(z);  g = (p − y) · s · c;
+    z = Σ_i w[cols[i]] · vals[i] + b[0];  p = σ(z);  g = clip((p − y) · s · c) to [−clip, clip];
     out[i] = g · vals[i] + l2 · w[cols[i]];  g_out[0] = g.  σ as in `stream_logreg.math.sigmoid_scalar`.
     Returns p, the probability before the update (bitwise what `dot` + `sigmoid_scalar` give), or NaN if g
     or any out[i] is not finite (nothing is written to w or b).
     """
     return _sample_gradient(dptr(w), iptr(cols), dptr(vals), n, dptr(b)[0], y, sample_weight, class_weight,
-                            l2, dptr(out), dptr(g_out))
+                            l2, clip, dptr(out), dptr(g_out))
 
 
 # The message codec's hot path (stream_logreg.codec): a parsed JSON document to an Event in one call.
@@ -463,11 +519,12 @@ cpdef object json_event(object doc, str x_field, str y_field, str id_field, Py_s
 
 def batch_predict_gradient(cnp.ndarray w, cnp.ndarray b, cnp.ndarray cols, cnp.ndarray vals,
                            cnp.ndarray indptr, cnp.ndarray y, object sample_weight, double neg_w, double pos_w,
-                           double l2, cnp.ndarray p, cnp.ndarray touched, cnp.ndarray grads, cnp.ndarray g_b):
-    """The seed's batch step on the m = len(y) rows held in CSR buffers (row i: entries
+                           double l2, double clip, cnp.ndarray p, cnp.ndarray touched, cnp.ndarray grads,
+                           cnp.ndarray g_b):
+    """The textbook batch step on the m = len(y) rows held in CSR buffers (row i: entries
     cols/vals[indptr[i]:indptr[i + 1]], as `encode_rows` writes them), and its predictions:
 
-    z_i = Σ w[cols]·vals + b[0];  p_i = σ(z_i);  r_i = (p_i − y_i) · s_i · c_{y_i};
+    z_i = Σ w[cols]·vals + b[0];  p_i = σ(z_i);  r_i = (p_i − y_i) · s_i · c_{y_i} clipped to [−clip, clip];
     touched ← the distinct columns, in order of first appearance;
     grads[k] = (1/m) Σ_i r_i x_{i,touched[k]} + l2 · w[touched[k]]  (each column's terms added in row order);
     g_b[0] = (Σ_i r_i) / m.
@@ -511,11 +568,9 @@ def batch_predict_gradient(cnp.ndarray w, cnp.ndarray b, cnp.ndarray cols, cnp.n
     if table == NULL:
         raise MemoryError()
     for i in range(m):
-        z = 0.0
-        for k in range(ip[i], ip[i + 1]):
-            z += wp[c[k]] * v[k]
+        z = _dot(wp, c + ip[i], v + ip[i], ip[i + 1] - ip[i])
         pp[i] = _sigmoid(z + dptr(b)[0])
-        r = (pp[i] - yp[i]) * (1.0 if sp == NULL else sp[i]) * (pos_w if yp[i] == 1.0 else neg_w)
+        r = _clip((pp[i] - yp[i]) * (1.0 if sp == NULL else sp[i]) * (pos_w if yp[i] == 1.0 else neg_w), clip)
         s += r
         for k in range(ip[i], ip[i + 1]):
             j = c[k]
@@ -541,15 +596,8 @@ def batch_predict_gradient(cnp.ndarray w, cnp.ndarray b, cnp.ndarray cols, cnp.n
 
 
 def dot(cnp.ndarray w, cnp.ndarray cols, cnp.ndarray vals, Py_ssize_t n):
-    """Σ_i w[cols[i]] · vals[i] over the first n entries."""
-    cdef double* wp = dptr(w)
-    cdef Py_ssize_t* c = iptr(cols)
-    cdef double* v = dptr(vals)
-    cdef double s = 0.0
-    cdef Py_ssize_t i
-    for i in range(n):
-        s += wp[c[i]] * v[i]
-    return s
+    """Σ_i w[cols[i]] · vals[i] over the first n entries (overflow-safe: see `_dot`)."""
+    return _dot(dptr(w), iptr(cols), dptr(vals), n)
 
 
 # Dense batches: BLAS dgemv, taken from SciPy's BLAS at import (a runtime dependency already) through the
@@ -600,8 +648,9 @@ cdef int _matvec(cnp.ndarray X, double* x, double* out, bint transpose) except -
 
 def logits(cnp.ndarray X, cnp.ndarray w, double b, cnp.ndarray z, object neg_abs):
     """z ← Xw + b for X (m×n, float64, C- or F-contiguous) and w (n); with `neg_abs` (an m-array),
-    also neg_abs ← −|z| (whose exp the caller takes with numpy's vectorised exp). Returns whether all
-    of z is finite."""
+    also neg_abs ← −|z| (whose exp the caller takes with numpy's vectorised exp). A row whose BLAS sum is
+    not finite is summed again in extended precision (as `_dot`): finite rows give their correctly
+    signed logit, ±inf at worst. Returns False if X holds a non-finite value (then z is not all finite)."""
     cdef Py_ssize_t m = cnp.PyArray_DIM(X, 0), i
     if (cnp.PyArray_DIM(w, 0) != cnp.PyArray_DIM(X, 1) or cnp.PyArray_DIM(z, 0) != m
             or (neg_abs is not None and cnp.PyArray_DIM(<cnp.ndarray> neg_abs, 0) != m)):
@@ -612,19 +661,30 @@ def logits(cnp.ndarray X, cnp.ndarray w, double b, cnp.ndarray z, object neg_abs
     cdef bint ok = True
     if neg_abs is not None:
         ep = dptr(<cnp.ndarray> neg_abs)
+    cdef double* xp = dptr(X)
+    cdef double* wp = dptr(w)
+    cdef Py_ssize_t n = cnp.PyArray_DIM(X, 1), j
+    cdef Py_ssize_t rs = cnp.PyArray_STRIDE(X, 0) // sizeof(double), cs = cnp.PyArray_STRIDE(X, 1) // sizeof(double)
+    cdef long double acc
     for i in range(m):
+        if not isfinite(zp[i]):  # an overflow (or inf − inf) in BLAS, or a non-finite value in row i
+            acc = 0.0
+            for j in range(n):
+                acc += (<long double> xp[i * rs + j * cs]) * (<long double> wp[j])
+            if acc != acc or acc - acc != 0.0:  # NaN or ±inf in extended precision: a non-finite value
+                ok = False
+            zp[i] = <double> acc  # ±inf if beyond the double range: σ is then 1 or 0
         zp[i] = zp[i] + b
-        ok = ok and isfinite(zp[i])
         if ep != NULL:
             ep[i] = -fabs(zp[i])
     return ok
 
 
 def batch_gradient(cnp.ndarray X, cnp.ndarray z, cnp.ndarray e, cnp.ndarray y, object sample_weight,
-                   double neg_w, double pos_w, double l2, cnp.ndarray w, cnp.ndarray grad):
-    """The seed's batch gradient from the logits z of `logits` and e = exp(−|z|):
+                   double neg_w, double pos_w, double l2, double clip, cnp.ndarray w, cnp.ndarray grad):
+    """The textbook batch gradient from the logits z of `logits` and e = exp(−|z|):
 
-    r_i = s_i · c_{y_i} · (σ(z_i) − y_i), with σ(z) = 1/(1+e) for z ≥ 0 and e/(1+e) otherwise (no overflow);
+    r_i = s_i · c_{y_i} · (σ(z_i) − y_i) clipped to [−clip, clip], with σ(z) = 1/(1+e) for z ≥ 0 and e/(1+e) otherwise (no overflow);
     grad ← (1/m) Xᵀr + l2·w;  returns Σ_i r_i (so ∇b = Σr / m), or NaN if anything is not finite.
 
     `y` holds the labels (a label other than 0 or 1 raises ValueError), `sample_weight` is None or the
@@ -654,6 +714,8 @@ def batch_gradient(cnp.ndarray X, cnp.ndarray z, cnp.ndarray e, cnp.ndarray y, o
         sp = dptr(<cnp.ndarray> sample_weight)
         for i in range(m):
             zp[i] = zp[i] * sp[i]
+    for i in range(m):
+        zp[i] = _clip(zp[i], clip)
     i = 0
     while i + 4 <= m:
         s0 += zp[i]
@@ -682,31 +744,52 @@ def batch_gradient(cnp.ndarray X, cnp.ndarray z, cnp.ndarray e, cnp.ndarray y, o
 # The optimizers' per-coordinate rules (`stream_logreg.optim`), applied to the coordinates cols[:n] in order:
 # the def wrappers below are what the optimizer classes call, `SampleStep` calls the same functions.
 
-cdef inline void _sgd(double* wp, Py_ssize_t* c, double* g, Py_ssize_t n, double lr) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
-        wp[c[i]] -= lr * g[i]
+# With an undo buffer `u` (3·n doubles, or NULL), each rule saves the old w_j and state values of entry i at
+# u[3i], u[3i + 1], u[3i + 2] as it goes (see `_undo`), and returns whether a new value is not finite
+# (|x| ≤ DBL_MAX is false for ±inf and NaN: a branch-free test folded into the loop).
 
-
-cdef inline void _adagrad(double* wp, double* G, Py_ssize_t* c, double* g, Py_ssize_t n, double lr,
-                          double eps) noexcept nogil:
+cdef inline bint _sgd(double* wp, Py_ssize_t* c, double* g, Py_ssize_t n, double lr, double* u) noexcept nogil:
     cdef Py_ssize_t i, j
+    cdef int bad = 0
     for i in range(n):
+        j = c[i]
+        if u != NULL:
+            u[3 * i] = wp[j]
+        wp[j] -= lr * g[i]
+        bad |= not (fabs(wp[j]) <= DBL_MAX)
+    return bad != 0
+
+
+cdef inline bint _adagrad(double* wp, double* G, Py_ssize_t* c, double* g, Py_ssize_t n, double lr,
+                          double eps, double* u) noexcept nogil:
+    cdef Py_ssize_t i, j
+    cdef int bad = 0
+    for i in range(n):
+        j = c[i]
+        if u != NULL:
+            u[3 * i] = wp[j]
+            u[3 * i + 1] = G[j]
         if eps == 0.0 and g[i] == 0.0:  # with ε = 0 a zero gradient is skipped (no 0 / 0), as AdaGrad does
             continue
-        j = c[i]
         G[j] += g[i] * g[i]
         wp[j] -= lr * g[i] / (sqrt(G[j]) + eps)
+        bad |= not (fabs(wp[j]) <= DBL_MAX) or not (G[j] <= DBL_MAX)
+    return bad != 0
 
 
-cdef inline void _ftrl(double* wp, double* z, double* na, Py_ssize_t* c, double* g, Py_ssize_t n, double alpha,
-                       double beta, double l1, double l2) noexcept nogil:
+cdef inline bint _ftrl(double* wp, double* z, double* na, Py_ssize_t* c, double* g, Py_ssize_t n, double alpha,
+                       double beta, double l1, double l2, double* u) noexcept nogil:
     cdef Py_ssize_t i, j
     cdef double gi, sigma, n_old, n_new, sqrt_n, zj
+    cdef int bad = 0
     for i in range(n):
         j = c[i]
         gi = g[i]
         n_old = na[j]
+        if u != NULL:
+            u[3 * i] = wp[j]
+            u[3 * i + 1] = z[j]
+            u[3 * i + 2] = n_old
         n_new = n_old + gi * gi
         sqrt_n = sqrt(n_new)
         sigma = (sqrt_n - sqrt(n_old)) / alpha
@@ -719,17 +802,32 @@ cdef inline void _ftrl(double* wp, double* z, double* na, Py_ssize_t* c, double*
             wp[j] = -(zj - l1) / ((beta + sqrt_n) / alpha + l2)
         else:
             wp[j] = -(zj + l1) / ((beta + sqrt_n) / alpha + l2)
+        bad |= not (fabs(wp[j]) <= DBL_MAX) or not (fabs(zj) <= DBL_MAX) or not (n_new <= DBL_MAX)
+    return bad != 0
+
+
+cdef inline void _undo(double* u, double* wp, double* s0, double* s1, Py_ssize_t* c, Py_ssize_t n) noexcept nogil:
+    """Put back what a rule saved in `u` (last entry first, so that a repeated column ends at its value
+    before the step); s0, s1 are the rule's state arrays (or NULL)."""
+    cdef Py_ssize_t i, j
+    for i in range(n - 1, -1, -1):
+        j = c[i]
+        wp[j] = u[3 * i]
+        if s0 != NULL:
+            s0[j] = u[3 * i + 1]
+        if s1 != NULL:
+            s1[j] = u[3 * i + 2]
 
 
 def sgd_step(cnp.ndarray w, cnp.ndarray cols, cnp.ndarray grads, Py_ssize_t n, double lr):
     """w_j ← w_j − η g_j."""
-    _sgd(dptr(w), iptr(cols), dptr(grads), n, lr)
+    _sgd(dptr(w), iptr(cols), dptr(grads), n, lr, NULL)
 
 
 def adagrad_step(cnp.ndarray w, cnp.ndarray acc, cnp.ndarray cols, cnp.ndarray grads, Py_ssize_t n,
                  double lr, double eps):
     """G_j ← G_j + g_j²;  w_j ← w_j − η g_j / (√G_j + ε) (with ε = 0, a coordinate whose g_j is 0 is skipped)."""
-    _adagrad(dptr(w), dptr(acc), iptr(cols), dptr(grads), n, lr, eps)
+    _adagrad(dptr(w), dptr(acc), iptr(cols), dptr(grads), n, lr, eps, NULL)
 
 
 def ftrl_step(cnp.ndarray w, cnp.ndarray z_acc, cnp.ndarray n_acc, cnp.ndarray cols, cnp.ndarray grads,
@@ -739,7 +837,7 @@ def ftrl_step(cnp.ndarray w, cnp.ndarray z_acc, cnp.ndarray n_acc, cnp.ndarray c
     σ_j = (√(n_j + g_j²) − √n_j) / α;  z_j ← z_j + g_j − σ_j w_j;  n_j ← n_j + g_j²;
     w_j = 0 if |z_j| ≤ λ1 else −(z_j − sgn(z_j) λ1) / ((β + √n_j) / α + λ2).
     """
-    _ftrl(dptr(w), dptr(z_acc), dptr(n_acc), iptr(cols), dptr(grads), n, alpha, beta, l1, l2)
+    _ftrl(dptr(w), dptr(z_acc), dptr(n_acc), iptr(cols), dptr(grads), n, alpha, beta, l1, l2, NULL)
 
 
 # The whole per-sample update in one call
@@ -755,7 +853,7 @@ _N_HYPER = {"sgd": 2, "adagrad": 2, "ftrl": 4}
 @cython.auto_pickle(False)
 @cython.final
 cdef class SampleStep:
-    """A model's per-sample update (the seed's formula, m = 1), compiled end to end: what
+    """A model's per-sample update (the textbook formula, m = 1), compiled end to end: what
     `OnlineLogisticRegression.predict_learn_one` does with `encode`, `predict_gradient` and its
     optimizers' `step`, in one call and with the same arithmetic in the same order.
 
@@ -773,17 +871,24 @@ cdef class SampleStep:
     cdef bint merge
     cdef RowLayout layout
     cdef cnp.ndarray cols, vals, grads, w, b
-    cdef double neg_w, pos_w, l2, intercept_lr
+    cdef double neg_w, pos_w, l2, intercept_lr, clip
     cdef bint bias_rule
     cdef int rule
     cdef double h0, h1, h2, h3
     cdef cnp.ndarray w_s0, w_s1, b_s0, b_s1
+    cdef double* undo  # 3 doubles per coordinate of a step, and 3 for the bias (see the rules)
+    cdef Py_ssize_t undo_cap
     cdef object opt, bias_opt
+
+    def __reduce__(self):
+        # Bound to one model's arrays: a copy (River's clone(include_attributes=True) deep-copies each
+        # attribute on its own) is None, and the copied model compiles its own step when it needs one.
+        return type(None), ()
 
     def __init__(self, dict columns not None, bint merge, RowLayout layout, cnp.ndarray cols not None,
                  cnp.ndarray vals not None, cnp.ndarray grads not None, cnp.ndarray w not None,
                  cnp.ndarray b not None, double neg_w, double pos_w, double l2, object intercept_lr, str rule,
-                 tuple hyper, tuple w_state, tuple b_state, object opt, object bias_opt):
+                 tuple hyper, tuple w_state, tuple b_state, object opt, object bias_opt, double clip):
         if rule not in _RULES or len(hyper) != _N_HYPER[rule]:
             raise ValueError(f"unknown rule {rule!r} or wrong hyper-parameters {hyper!r}")
         if len(w_state) != _N_STATE[rule] or len(b_state) != _N_STATE[rule]:
@@ -801,7 +906,7 @@ cdef class SampleStep:
             raise ValueError("inconsistent array lengths")
         self.columns, self.merge, self.layout = columns, merge, layout
         self.cols, self.vals, self.grads, self.w, self.b = cols, vals, grads, w, b
-        self.neg_w, self.pos_w, self.l2 = neg_w, pos_w, l2
+        self.neg_w, self.pos_w, self.l2, self.clip = neg_w, pos_w, l2, clip
         self.bias_rule = intercept_lr is None
         self.intercept_lr = 0.0 if intercept_lr is None else intercept_lr
         self.rule = _RULES[rule]
@@ -812,6 +917,37 @@ cdef class SampleStep:
         self.b_s0 = b_state[0] if len(b_state) > 0 else None
         self.b_s1 = b_state[1] if len(b_state) > 1 else None
         self.opt, self.bias_opt = opt, bias_opt
+        self._reserve(cnp.PyArray_DIM(cols, 0))
+
+    def __dealloc__(self):
+        free(self.undo)
+
+    cdef double* _reserve(self, Py_ssize_t n) except NULL:
+        """The undo buffer, with room for a step on n coordinates and the bias."""
+        cdef void* mem
+        if self.undo == NULL or self.undo_cap < 3 * n + 3:
+            mem = realloc(self.undo, (3 * n + 3) * sizeof(double))
+            if mem == NULL:
+                raise MemoryError()
+            self.undo = <double*> mem
+            self.undo_cap = 3 * n + 3
+        return self.undo
+
+    def update(self, cnp.ndarray cols, cnp.ndarray grads, Py_ssize_t n, double g_b):
+        """One step of the rule on the weights cols[:n] with gradient grads[:n] and on the bias with
+        gradient g_b (the model's mini-batch step), checked as in `__call__`: returns False, with nothing
+        changed, if it would leave a non-finite value; else True. cols must be within w, intp; grads float64.
+        """
+        if (cnp.PyArray_TYPE(cols) != cnp.NPY_INTP or cnp.PyArray_TYPE(grads) != cnp.NPY_DOUBLE
+                or not cnp.PyArray_IS_C_CONTIGUOUS(cols) or not cnp.PyArray_IS_C_CONTIGUOUS(grads)
+                or not 0 <= n <= min(cnp.PyArray_DIM(cols, 0), cnp.PyArray_DIM(grads, 0))):
+            raise ValueError("update: cols (intp) and grads (float64) must hold n contiguous entries")
+        cdef Py_ssize_t* c = iptr(cols)
+        cdef Py_ssize_t i, size = cnp.PyArray_DIM(self.w, 0)
+        for i in range(n):
+            if not 0 <= c[i] < size:
+                raise ValueError("update: a column is beyond the weights")
+        return self._checked(c, dptr(grads), n, g_b, self._reserve(n))
 
     def __call__(self, object x, object y, double sample_weight):
         """Encode row `x` (see `encode`) and learn it with label `y` and weight `sample_weight`.
@@ -831,40 +967,138 @@ cdef class SampleStep:
         return self._learn(n, label, sample_weight)
 
     cdef double _learn(self, Py_ssize_t n, double y, double sample_weight) except? -2.0:
-        """The update on the row in the first n entries of the scratch buffers; returns p, or NaN if refused."""
+        """The update on the row in the first n entries of the scratch buffers; returns p, or NaN if refused.
+
+        The rules save the old values of the coordinates they touch (of w, b and the state arrays) as they
+        go; if any new value is not finite, all are put back (bitwise) and the update is refused.
+        """
         cdef double* wp = dptr(self.w)
-        cdef double* bp = dptr(self.b)
         cdef Py_ssize_t* c = iptr(self.cols)
         cdef double* o = dptr(self.grads)
+        cdef double* u = self.undo
         cdef double p, g
         if not 0 <= n <= cnp.PyArray_DIM(self.cols, 0):
             raise ValueError("n is beyond the buffers")
-        p = _sample_gradient(wp, c, dptr(self.vals), n, bp[0], y, sample_weight,
-                             self.pos_w if y else self.neg_w, self.l2, o, &g)
+        p = _sample_gradient(wp, c, dptr(self.vals), n, dptr(self.b)[0], y, sample_weight,
+                             self.pos_w if y else self.neg_w, self.l2, self.clip, o, &g)
         if p != p:
             return p
-        self._apply(self.opt, wp, c, o, n, self.w_s0, self.w_s1)
-        if self.bias_rule:
-            self._apply(self.bias_opt, bp, &_ZERO, &g, 1, self.b_s0, self.b_s1)
-        else:
-            bp[0] -= self.intercept_lr * g
+        if not self._checked(c, o, n, g, u):
+            return NAN
         return p
 
-    cdef int _apply(self, object opt, double* wp, Py_ssize_t* c, double* g, Py_ssize_t n,
-                    cnp.ndarray s0, cnp.ndarray s1) except -1:
-        """One step of the rule on coordinates c[:n], then opt.n_iterations += 1 (as Optimizer.step)."""
+    cdef inline bint _checked(self, Py_ssize_t* c, double* o, Py_ssize_t n, double g, double* u) except -1:
+        """The step of the weights c[:n] (gradient o[:n]) and of the bias (gradient g), saving into u
+        (3n + 3 doubles); if a new value is not finite, everything is put back and False returned."""
+        cdef double* wp = dptr(self.w)
+        cdef double* bp = dptr(self.b)
+        cdef double* ub = u + 3 * n
+        cdef double* s0 = NULL if self.w_s0 is None else dptr(self.w_s0)
+        cdef double* s1 = NULL if self.w_s1 is None else dptr(self.w_s1)
+        cdef double* t0 = NULL if self.b_s0 is None else dptr(self.b_s0)
+        cdef double* t1 = NULL if self.b_s1 is None else dptr(self.b_s1)
+        cdef bint bad = self._rule(self.opt, wp, c, o, n, s0, s1, u)
+        if self.bias_rule:
+            bad = self._rule(self.bias_opt, bp, &_ZERO, &g, 1, t0, t1, ub) or bad
+        else:
+            t0 = t1 = NULL  # untouched
+            ub[0] = bp[0]
+            bp[0] -= self.intercept_lr * g
+            bad = bad or not isfinite(bp[0])
+        if bad:
+            _undo(ub, bp, t0, t1, &_ZERO, 1)
+            _undo(u, wp, s0, s1, c, n)
+            return False
+        self.opt.n_iterations += 1  # as Optimizer.step, once the step is accepted
+        if self.bias_rule:
+            self.bias_opt.n_iterations += 1
+        return True
+
+    cdef inline int _rule(self, object opt, double* wp, Py_ssize_t* c, double* g, Py_ssize_t n,
+                   double* s0, double* s1, double* u) except -1:
+        """One step of the rule on coordinates c[:n], saving into `u` (the caller counts it in
+        opt.n_iterations); returns 1 if a new value is not finite."""
         cdef double lr
         if self.rule == RULE_SGD:
             lr = self.h0  # SGD.learning_rate: lr / (t + 1)^power_t, t = the updates already made
             if self.h1 != 0.0:
                 lr = self.h0 / pow(<double> (opt.n_iterations + 1), self.h1)
-            _sgd(wp, c, g, n, lr)
-        elif self.rule == RULE_ADAGRAD:
-            _adagrad(wp, dptr(s0), c, g, n, self.h0, self.h1)
-        else:
-            _ftrl(wp, dptr(s0), dptr(s1), c, g, n, self.h0, self.h1, self.h2, self.h3)
-        opt.n_iterations += 1
-        return 0
+            return _sgd(wp, c, g, n, lr, u)
+        if self.rule == RULE_ADAGRAD:
+            return _adagrad(wp, s0, c, g, n, self.h0, self.h1, u)
+        return _ftrl(wp, s0, s1, c, g, n, self.h0, self.h1, self.h2, self.h3, u)
+
+
+cdef inline void _save(double* dst, double* src, Py_ssize_t* c, Py_ssize_t n) noexcept nogil:
+    """dst[i] ← src[c[i]] for i < n (nothing if src is NULL)."""
+    cdef Py_ssize_t i
+    if src != NULL:
+        for i in range(n):
+            dst[i] = src[c[i]]
+
+
+cdef inline void _restore(double* saved, double* dst, Py_ssize_t* c, Py_ssize_t n) noexcept nogil:
+    """dst[c[i]] ← saved[i], last entry first, so that a repeated column gets its first saved value."""
+    cdef Py_ssize_t i
+    if dst != NULL:
+        for i in range(n - 1, -1, -1):
+            dst[c[i]] = saved[i]
+
+
+cdef inline bint _finite(double* a, Py_ssize_t* c, Py_ssize_t n) noexcept nogil:
+    """Whether a[c[i]] is finite for every i < n (True if a is NULL); branch-free (|x| ≤ DBL_MAX is false
+    for ±inf and NaN)."""
+    cdef Py_ssize_t i
+    cdef int bad = 0
+    if a != NULL:
+        for i in range(n):
+            bad |= not (fabs(a[c[i]]) <= DBL_MAX)
+    return bad == 0
+
+
+def _arrays(tuple arrays, cnp.ndarray cols, Py_ssize_t n, object saved):
+    """Check the arguments of `save_at`, `restore_at`, `finite_at`: contiguous float64 arrays, intp
+    columns within all of them, and room for len(arrays)·n values in `saved` (unless None)."""
+    if not 0 <= n <= cnp.PyArray_DIM(cols, 0) or cnp.PyArray_TYPE(cols) != cnp.NPY_INTP:
+        raise ValueError("n is beyond cols, or cols is not intp")
+    cdef Py_ssize_t i, size = -1
+    for a in arrays:
+        if (not isinstance(a, cnp.ndarray) or cnp.PyArray_TYPE(a) != cnp.NPY_DOUBLE
+                or not cnp.PyArray_IS_C_CONTIGUOUS(a)):
+            raise ValueError("the arrays must be C-contiguous float64")
+        size = cnp.PyArray_DIM(a, 0) if size < 0 else min(size, cnp.PyArray_DIM(a, 0))
+    for i in range(n):
+        if not 0 <= iptr(cols)[i] < size:
+            raise ValueError("a column is beyond an array")
+    if saved is not None and (cnp.PyArray_TYPE(<cnp.ndarray> saved) != cnp.NPY_DOUBLE
+                              or cnp.PyArray_DIM(<cnp.ndarray> saved, 0) < len(arrays) * n):
+        raise ValueError("the buffer of saved values is too small")
+
+
+def save_at(tuple arrays, cnp.ndarray cols, Py_ssize_t n, cnp.ndarray saved):
+    """saved[k·n + i] ← arrays[k][cols[i]] for i < n: what `restore_at` puts back."""
+    _arrays(arrays, cols, n, saved)
+    cdef Py_ssize_t k
+    for k in range(len(arrays)):
+        _save(dptr(saved) + k * n, dptr(arrays[k]), iptr(cols), n)
+
+
+def restore_at(tuple arrays, cnp.ndarray cols, Py_ssize_t n, cnp.ndarray saved):
+    """arrays[k][cols[i]] ← saved[k·n + i]: undo what happened since `save_at`."""
+    _arrays(arrays, cols, n, saved)
+    cdef Py_ssize_t k
+    for k in range(len(arrays)):
+        _restore(dptr(saved) + k * n, dptr(arrays[k]), iptr(cols), n)
+
+
+def finite_at(tuple arrays, cnp.ndarray cols, Py_ssize_t n):
+    """Whether arrays[k][cols[i]] is finite for every array and every i < n."""
+    _arrays(arrays, cols, n, None)
+    cdef Py_ssize_t k
+    for k in range(len(arrays)):
+        if not _finite(dptr(arrays[k]), iptr(cols), n):
+            return False
+    return True
 
 
 cdef Py_ssize_t _ZERO = 0

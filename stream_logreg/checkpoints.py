@@ -11,40 +11,64 @@ The contract
   (``fsync`` of both files and of the directory). A checkpoint is visible to readers only once complete: a
   crash at any point of a save leaves either the previous checkpoints alone, or the new one complete.
 - **Verified.** Loading checks the manifest's own checksum, the schema version, the size and sha256 of the
-  array file, and that the arrays are exactly those the model needs (names, float64, shapes). Anything else
+  array file, and that the arrays are exactly those the model needs (names, dtypes, shapes). Anything else
   raises a :class:`CheckpointError` that says what differs. :meth:`DirectoryStore.latest` skips damaged
   checkpoints (and says why, in ``store.skipped`` and a warning on the ``stream_logreg.checkpoints``
   logger) and returns the newest one that verifies, so a half-written or corrupted checkpoint costs only the
   progress since the previous one.
-- **Never unpickles.** Arrays are read only with ``np.load(..., allow_pickle=False)``, JSON only as JSON. A
-  file holding a pickle (an object array) is refused with :class:`CheckpointCorrupt`, unexecuted.
+- **Never unpickles.** Arrays are read from their ``.npy`` headers and bytes (never ``pickle``), JSON only
+  as JSON. A file holding a pickle (an object array) is refused with :class:`CheckpointCorrupt`,
+  unexecuted.
 - **Same model or an error.** ``expect_config=model.config()`` refuses a checkpoint of other
   hyper-parameters with :class:`CheckpointMismatch`, which lists them. An intact checkpoint of an unknown
   schema version raises :class:`UnsupportedCheckpoint`. Neither is skipped: they mean the program, not the
   checkpoint, changed.
 - **Ids sort by time.** An id is the 20-digit wall-clock time in nanoseconds when the save started, bumped
-  to one more than any id already in the directory, so a later save always has a larger id (across
-  restarts, clock steps back, and several saves within one nanosecond).
+  to one more than any intact checkpoint's id already in the directory, so a later save always has a
+  larger id (across restarts, clock steps back, and several saves within one nanosecond). Names outside
+  the 20-digit format are ignored, and damaged entries with larger ids are stepped over, never extended:
+  ids stay 20 digits, and if an intact checkpoint ``99999999999999999999`` is there, a save fails saying so.
+- **The directory is untrusted.** Only regular files are opened, never through a symbolic link and never
+  blocking (a FIFO or device named like a checkpoint is skipped with a reason); the manifest is at most
+  :data:`MAX_MANIFEST_BYTES`, the array file exactly the size its manifest says, both checked before
+  reading; the zip directory and every ``.npy`` header of the array file are checked against the shapes
+  the manifest implies before anything is allocated or decompressed (no zip bombs, no ``(2**40,)``
+  arrays, no object arrays); then values: non-finite numbers, negative accumulators, vocabulary keys
+  nested deeper than :data:`MAX_KEY_DEPTH`, malformed ``offsets`` in the metadata are refused. A refused
+  checkpoint is skipped by :meth:`DirectoryStore.latest` like a corrupt one. A save never fails because
+  of a stray entry: what retention or leftover cleanup cannot delete (e.g. a directory) is skipped with a
+  warning.
+- **One writer per directory.** A :class:`DirectoryStore` holds an exclusive ``flock`` on
+  ``<directory>/.lock`` for its life (released by :meth:`DirectoryStore.close`, or by the kernel when the
+  process ends or dies); a second writer in another process gets a :class:`CheckpointError` at
+  construction. Readers (``read_only=True``) take no lock.
 
-The on-disk layout (schema version 1)
--------------------------------------
+The on-disk layout (schema version 2; version 1 is still read)
+---------------------------------------------------------------
 One directory holds, per checkpoint ``<id>``:
 
-- ``<id>.npz``: the model's arrays, written by ``np.savez`` (one ``.npy`` member per array: ``w``, ``b``,
-  ``optimizer.<name>`` and ``bias_optimizer.<name>``, all float64);
+- ``<id>.npz``: the model's arrays, written by ``np.savez`` (one ``.npy`` member per array). The arrays
+  are ``w``, ``b``, ``optimizer.<name>`` and ``bias_optimizer.<name>`` (float64); each is stored either
+  dense under its name, or, when that is smaller (a hashed space with few features in use), as
+  ``<name>.idx`` (int64, increasing) and ``<name>.val`` (float64): the indices and values of its entries
+  whose bits are not zero (so ``-0.0`` comes back as ``-0.0``). With a vocabulary, the member
+  ``features.keys`` (uint8) holds the UTF-8 JSON of the vocabulary (``model.state()``'s
+  ``features.keys``, one entry per column). Version 1 had every array dense and no ``features.keys``.
 - ``<id>.json``: the manifest, the commit record, written last. It is one JSON object,
   ``{"manifest_sha256":"<64 hex>","manifest":<body>}``, where the hex is the sha256 of the exact bytes of
   ``<body>`` as they appear in the file (so the check does not depend on how a JSON library formats
   numbers). The body holds ``format`` (``"stream-logreg-checkpoint"``), ``schema_version``,
   ``library_version``, ``id``, ``created_at`` (UTC, ISO-8601), ``model`` (the JSON half of
-  ``model.state()``: hyper-parameters, feature space, counters), ``metadata`` (the caller's dict) and
-  ``npz`` (``{"file", "size", "sha256"}`` of the array file's bytes).
+  ``model.state()``: hyper-parameters, feature space, counters; in version 2 the feature space's ``keys``
+  are replaced by ``n_keys`` and ``keys_bytes``, the length of the vocabulary and of its JSON in the
+  array file), ``metadata`` (the caller's dict) and ``npz`` (``{"file", "size", "sha256"}`` of the array
+  file's bytes).
 
 Each file is written to a hidden temporary ``.<id>.<ext>.<pid>.tmp`` in the same directory, flushed,
 fsynced and renamed into place (``os.replace``), then the directory is fsynced: first the ``.npz``, then
-the manifest. A checkpoint exists when its manifest does. Saves take an exclusive ``flock`` on
-``<directory>/.lock``, so temporary files and manifest-less ``.npz`` files older than a new save are
-leftovers of crashed saves; the save deletes them, and all but the newest ``keep`` complete checkpoints.
+the manifest. A checkpoint exists when its manifest does. As the writer holds the directory's lock,
+temporary files and manifest-less ``.npz`` files older than a new save are leftovers of crashed saves;
+the save deletes them, and all but the newest ``keep`` complete checkpoints.
 
 Other stores (e.g. a compacted Kafka topic) implement :class:`CheckpointStore` with the same format: the
 bytes of the array file and of the manifest, made by :func:`encode_checkpoint` and read back by
@@ -75,14 +99,19 @@ from __future__ import annotations
 import builtins
 import contextlib
 import datetime as dt
+import errno
 import hashlib
 import io
 import logging
 import os
 import re
+import stat
+import threading
 import time
+import weakref
 import zipfile
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol, runtime_checkable
@@ -113,6 +142,7 @@ __all__ = [
     "encode_checkpoint",
     "encode_manifest",
     "load_checkpoint",
+    "new_checkpoint_id",
     "restore",
     "save_checkpoint",
 ]
@@ -120,7 +150,8 @@ __all__ = [
 logger = logging.getLogger("stream_logreg.checkpoints")
 
 #: The version of the layout written by this library; loading refuses any other.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 FORMAT = "stream-logreg-checkpoint"
 
 _MANIFEST_HEAD = b'{"manifest_sha256":"'
@@ -242,20 +273,6 @@ def _to_json(value: Any, what: str) -> bytes:
     return data
 
 
-def _check_model_meta(meta: dict) -> None:
-    """Refuse a model state that would not read back from JSON unchanged.
-
-    The vocabulary (``features.keys``, one entry per column, possibly millions) is checked cheaply: its
-    keys are JSON scalars or tagged tuples, which read back unchanged except a non-finite float, written
-    ``null``; only if ``null`` appears in its JSON at all is it compared in full.
-    """
-    features = dict(meta["features"])
-    keys = features.pop("keys")
-    _to_json({**meta, "features": features}, "the model's state")
-    if b"null" in orjson.dumps(keys):
-        _to_json(keys, "the model's vocabulary")
-
-
 def encode_manifest(body: dict) -> bytes:
     """The manifest file's bytes: ``{"manifest_sha256":"<hex>","manifest":<body>}``, hex = sha256(body)."""
     data = orjson.dumps(body)
@@ -289,10 +306,11 @@ def decode_manifest(raw: bytes) -> dict:
     if not isinstance(body, dict) or body.get("format") != FORMAT:
         raise CheckpointCorrupt(f"the manifest's format is not {FORMAT!r}")
     version = body.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version not in READABLE_VERSIONS:
         raise UnsupportedCheckpoint(
-            f"checkpoint {body.get('id')} has schema version {version!r}, written by stream-logreg "
-            f"{body.get('library_version')!r}; this library ({__version__}) reads version {SCHEMA_VERSION}"
+            f"checkpoint {body.get('id')!r:.40} has schema version {version!r:.20}, written by stream-logreg "
+            f"{body.get('library_version')!r:.40}; this library ({__version__}) reads versions "
+            f"{READABLE_VERSIONS[0]} to {READABLE_VERSIONS[-1]}"
         )
     for path, kind in (
         ("id", str), ("created_at", str), ("library_version", str), ("model", dict), ("metadata", dict),
@@ -307,82 +325,334 @@ def decode_manifest(raw: bytes) -> dict:
     return body
 
 
+_FLOAT = np.dtype("<f8")
+_INDEX = np.dtype("<i8")
+_BYTES = np.dtype("|u1")
+#: At most this many bytes of manifest are read (a manifest of schema version 2 is a few KB; one of version 1
+#: lists the vocabulary: ~40 bytes a name).
+MAX_MANIFEST_BYTES = 256 << 20
+_MAX_MEMBERS = 64
+_NPY_HEADER_MAX = 4096
+#: Vocabulary keys may be tuples (of tuples ...) at most this deep.
+MAX_KEY_DEPTH = 16
+_NONNEGATIVE = ("G", "n")  # optimizer accumulators (AdaGrad's G, FTRL's n): sums of squares
+
+
+def _pack(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The ``.npz`` members of ``arrays``: each dense, or as ``name.idx`` + ``name.val`` (the indices and
+    values of its non-zero entries, bitwise: ``-0.0`` is kept) when that is smaller."""
+    members = {}
+    for name, values in arrays.items():
+        values = np.ascontiguousarray(values, dtype=np.float64)
+        idx = np.flatnonzero(values.view(np.int64))
+        if 16 * len(idx) + 256 < 8 * len(values):
+            members[f"{name}.idx"] = idx.astype(np.int64, copy=False)
+            members[f"{name}.val"] = values[idx]
+        else:
+            members[name] = values
+    return members
+
+
 def _write_npz(file: IO[bytes], arrays: dict[str, np.ndarray], compress: bool) -> None:
     """The arrays as an ``.npz`` (``np.savez``, refusing object arrays: ``allow_pickle=False``)."""
     (np.savez_compressed if compress else np.savez)(file, allow_pickle=False, **arrays)
 
 
-def _expected_arrays(meta: dict) -> dict[str, tuple[int, ...]]:
-    """The arrays (name → shape) that the model described by ``meta`` needs."""
-    params, features = meta["params"], meta["features"]
+def _encode_state(arrays: dict[str, np.ndarray], meta: dict) -> tuple[dict[str, np.ndarray], dict]:
+    """(``.npz`` members, manifest's ``model``) of a model state in schema version 2: arrays sparse when
+    smaller, the vocabulary as one JSON member ``features.keys`` (UTF-8 bytes) instead of in the manifest."""
+    features = dict(meta["features"])
+    keys = features.pop("keys")
+    _to_json({**meta, "features": features}, "the model's state")
+    members = _pack(arrays)
+    if features["n_bits"] is None:
+        data = orjson.dumps(keys)
+        if b"null" in data:  # a non-finite float reads back as null: compare in full (rare)
+            _to_json(keys, "the model's vocabulary")
+        members["features.keys"] = np.frombuffer(data, dtype=np.uint8)
+        features.update(n_keys=len(keys), keys_bytes=len(data))
+    elif keys:
+        raise CheckpointError("a hashed feature space has no vocabulary to save")
+    return members, {**meta, "features": features}
+
+
+# Reading an .npz without trusting it: the zip directory and each .npy header are checked before anything
+# is allocated or decompressed.
+
+
+@dataclass(frozen=True)
+class _Member:
+    """What an array of the ``.npz`` may be: its dtype, its length (``exact``) or at most ``at_most``."""
+
+    dtype: np.dtype
+    exact: int | None = None
+    at_most: int | None = None
+    shape_2d: bool = False
+
+
+def _npy_header(head: bytes, name: str) -> tuple[np.dtype, tuple, int]:
+    """(dtype, shape, header length) of a ``.npy`` file from its first bytes (no pickles, C order)."""
+    f = io.BytesIO(head)
+    try:
+        major, _ = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f, max_header_size=_NPY_HEADER_MAX)
+    except (ValueError, SyntaxError, EOFError, TypeError) as exc:
+        raise CheckpointCorrupt(f"array {name!r} has no valid .npy header: {exc}") from None
+    if dtype.hasobject:
+        raise CheckpointCorrupt(f"array {name!r} holds pickled (object) data; refused without unpickling it")
+    if fortran:
+        raise CheckpointCorrupt(f"array {name!r} is in Fortran order, not written by stream-logreg")
+    return dtype, shape, f.tell()
+
+
+def _member_head(npz_bytes: bytes, info: zipfile.ZipInfo, name: str) -> bytes:
+    """The first bytes of a member (enough for a .npy header), decompressing no more than that."""
+    at = info.header_offset
+    local = npz_bytes[at : at + 30]
+    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+        raise CheckpointCorrupt(f"array {name!r} has no valid local zip header")
+    start = at + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+    data = npz_bytes[start : start + info.compress_size]
+    limit = _NPY_HEADER_MAX + 16
+    if info.compress_type == zipfile.ZIP_STORED:
+        return bytes(data[:limit])
+    try:
+        return zlib.decompressobj(-15).decompress(data, limit)
+    except zlib.error as exc:
+        raise CheckpointCorrupt(f"array {name!r} does not decompress: {exc}") from None
+
+
+def _read_members(npz_bytes: bytes, allowed: Callable[[str], _Member | None]) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` whose members ``allowed`` accepts (it returns what each may be).
+
+    Refused before any allocation or decompression: an unknown or duplicated member, a compression other
+    than none/deflate, an encrypted member, a dtype or shape other than allowed, a declared uncompressed
+    size that disagrees with the .npy header (a zip bomb cannot expand past the declared size: zipfile stops
+    there and checks the CRC).
+    """
+    if npz_bytes[:2] != b"PK":
+        if npz_bytes[:1] == b"\x80" or npz_bytes[:2] in (b"(d", b"(l", b"}q", b"]q"):
+            raise CheckpointCorrupt("the array file is a pickle, not an .npz; refused without unpickling it")
+        if npz_bytes[:6] == b"\x93NUMPY":
+            raise CheckpointCorrupt("the array file is a single .npy array, not an .npz")
+        raise CheckpointCorrupt(f"the array file is not an .npz (starts {npz_bytes[:8]!r})")
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(npz_bytes))
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:
+        raise CheckpointCorrupt(f"the array file does not read as an .npz: {exc}") from None
+    arrays: dict[str, np.ndarray] = {}
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > _MAX_MEMBERS:
+            raise CheckpointCorrupt(f"the array file has {len(infos)} members, more than any checkpoint")
+        plan, seen = [], set()
+        for info in infos:
+            name = info.filename.removesuffix(".npy")
+            spec = allowed(name) if info.filename.endswith(".npy") else None
+            if spec is None:
+                raise CheckpointCorrupt(f"the array file holds a member {info.filename!r} no model needs")
+            if name in seen:
+                raise CheckpointCorrupt(f"the array file holds member {info.filename!r} twice")
+            seen.add(name)
+            if info.flag_bits & 0x1:
+                raise CheckpointCorrupt(f"member {info.filename!r} of the array file is encrypted")
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise CheckpointCorrupt(f"member {info.filename!r} uses compression {info.compress_type}")
+            if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+                raise CheckpointCorrupt(f"member {info.filename!r} is stored but its sizes differ")
+            head = _member_head(npz_bytes, info, name)
+            dtype, shape, header_len = _npy_header(head, name)
+            if dtype != spec.dtype:
+                raise CheckpointCorrupt(f"array {name!r} has dtype {dtype}, expected {spec.dtype.name}")
+            ok_rank = len(shape) == (2 if spec.shape_2d else 1)
+            length = shape[0] if ok_rank else -1
+            if spec.exact is not None and (not ok_rank or length != spec.exact):
+                raise CheckpointCorrupt(f"array {name!r} has shape {shape}, expected ({spec.exact},)")
+            if spec.at_most is not None and (not ok_rank or not 0 <= length <= spec.at_most):
+                raise CheckpointCorrupt(
+                    f"array {name!r} has shape {shape}, expected at most ({spec.at_most},)"
+                )
+            nbytes = length * dtype.itemsize
+            if header_len + nbytes != info.file_size:
+                raise CheckpointCorrupt(
+                    f"array {name!r} declares {info.file_size} bytes uncompressed, its header "
+                    f"{header_len + nbytes}"
+                )
+            plan.append((name, info, dtype, length, header_len))
+        for name, info, dtype, length, header_len in plan:
+            try:
+                with zf.open(info) as f:
+                    raw = f.read(info.file_size)
+                    if len(raw) != info.file_size or f.read(1):
+                        raise CheckpointCorrupt(f"array {name!r} is truncated")
+            except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error, RuntimeError) as exc:
+                raise CheckpointCorrupt(f"array {name!r} does not read: {exc}") from None
+            arrays[name] = np.frombuffer(raw, dtype=dtype, count=length, offset=header_len)
+    return arrays
+
+
+def _optimizer_states(params: dict) -> tuple[str, ...]:
     name = params.get("optimizer", {}).get("name") if isinstance(params.get("optimizer"), dict) else None
     cls = getattr(optim_, name, None) if isinstance(name, str) and name in optim_.__all__ else None
     if not (isinstance(cls, type) and issubclass(cls, optim_.Optimizer) and cls is not optim_.Optimizer):
         raise CheckpointCorrupt(f"the manifest names an unknown optimizer {name!r}")
-    n_bits, keys = features.get("n_bits"), features.get("keys")
-    if isinstance(n_bits, int) and 1 <= n_bits <= 30:
+    return cls._state_names
+
+
+def _expected_arrays(meta: dict, version: int = 1) -> dict[str, int]:
+    """The arrays (name → length) that the model described by ``meta`` needs."""
+    params, features = meta["params"], meta["features"]
+    states = _optimizer_states(params)
+    n_bits = features.get("n_bits")
+    count = features.get("keys") if version == 1 else features.get("n_keys")
+    if version == 1 and isinstance(count, list):
+        count = len(count)
+    if isinstance(n_bits, int) and not isinstance(n_bits, bool) and 1 <= n_bits <= 30:
         n = 1 << n_bits
-    elif n_bits is None and isinstance(keys, list):
-        n = len(keys)
+    elif n_bits is None and isinstance(count, int) and not isinstance(count, bool) and 0 <= count < 1 << 40:
+        n = count
     else:
         raise CheckpointCorrupt(f"the manifest's feature space is malformed (n_bits={n_bits!r})")
-    shapes = {"w": (n,), "b": (1,)}
-    for state in cls._state_names:
-        shapes[f"optimizer.{state}"] = (n,)
-        shapes[f"bias_optimizer.{state}"] = (1,)
-    return shapes
+    lengths = {"w": n, "b": 1}
+    for state in states:
+        lengths[f"optimizer.{state}"] = n
+        lengths[f"bias_optimizer.{state}"] = 1
+    return lengths
 
 
-def _read_arrays(npz_bytes: bytes, expected: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-    """The arrays of an ``.npz``, read with ``allow_pickle=False`` and checked against ``expected``."""
-    try:
-        npz = np.load(io.BytesIO(npz_bytes), allow_pickle=False)
-    except ValueError as exc:  # e.g. a bare pickle: numpy refuses it without unpickling
-        if "pickle" in str(exc):
-            raise CheckpointCorrupt(
-                "the array file is a pickle, not an .npz; refused without unpickling it"
-            ) from None
-        raise CheckpointCorrupt(f"the array file does not read as an .npz: {exc}") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise CheckpointCorrupt(f"the array file does not read as an .npz: {exc}") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise CheckpointCorrupt("the array file is a single .npy array, not an .npz")
-    with npz:
-        names = set(npz.files)
-        missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
-        if missing or extra:
-            raise CheckpointCorrupt(
-                f"the array file's arrays differ from what the model needs: missing {missing}, extra {extra}"
-            )
-        arrays = {}
-        for name, shape in expected.items():
-            try:
-                values = npz[name]
-            except ValueError as exc:
-                if "pickle" in str(exc):
-                    raise CheckpointCorrupt(
-                        f"array {name!r} holds pickled (object) data; refused without unpickling it"
-                    ) from None
-                raise CheckpointCorrupt(f"array {name!r} does not read: {exc}") from None
-            except (OSError, zipfile.BadZipFile, EOFError) as exc:
-                raise CheckpointCorrupt(f"array {name!r} does not read: {exc}") from None
-            if not isinstance(values, np.ndarray):
-                raise CheckpointCorrupt(f"member {name!r} of the array file is not a .npy array")
-            if values.dtype != np.float64:
-                raise CheckpointCorrupt(f"array {name!r} has dtype {values.dtype}, expected float64")
-            if values.shape != shape:
-                raise CheckpointCorrupt(f"array {name!r} has shape {values.shape}, expected {shape}")
-            arrays[name] = values
+def _read_arrays_v1(npz_bytes: bytes, expected: dict[str, int]) -> dict[str, np.ndarray]:
+    """Schema version 1: every array dense, exactly the names the model needs."""
+    arrays = _read_members(npz_bytes, lambda name: _Member(_FLOAT, exact=expected[name])
+                           if name in expected else None)
+    missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
+    if missing or extra:
+        raise CheckpointCorrupt(
+            f"the array file's arrays differ from what the model needs: missing {missing}, extra {extra}"
+        )
     return arrays
+
+
+def _read_arrays_v2(npz_bytes: bytes, meta: dict) -> tuple[dict[str, np.ndarray], dict]:
+    """Schema version 2: (the dense arrays, the model meta with its vocabulary back in place)."""
+    expected = _expected_arrays(meta, 2)
+    features = meta["features"]
+    vocabulary = features.get("n_bits") is None
+    keys_bytes = features.get("keys_bytes")
+    if vocabulary and not (isinstance(keys_bytes, int) and 0 <= keys_bytes <= len(npz_bytes) * 1100 + 64):
+        raise CheckpointCorrupt(f"the manifest's vocabulary size {keys_bytes!r} is malformed")
+
+    def allowed(name: str) -> _Member | None:
+        base, _, part = name.rpartition(".")
+        if name in expected:
+            return _Member(_FLOAT, exact=expected[name])
+        if base in expected and part in ("idx", "val"):
+            return _Member(_INDEX if part == "idx" else _FLOAT, at_most=expected[base])
+        if vocabulary and name == "features.keys":
+            return _Member(_BYTES, exact=keys_bytes)
+        return None
+
+    members = _read_members(npz_bytes, allowed)
+    arrays = {}
+    for name, n in expected.items():
+        if name in members:
+            if f"{name}.idx" in members or f"{name}.val" in members:
+                raise CheckpointCorrupt(f"array {name!r} is stored both dense and sparse")
+            arrays[name] = members[name]
+            continue
+        idx, val = members.get(f"{name}.idx"), members.get(f"{name}.val")
+        if idx is None or val is None:
+            raise CheckpointCorrupt(f"the array file lacks array {name!r} (dense, or .idx and .val)")
+        if len(idx) != len(val):
+            raise CheckpointCorrupt(f"array {name!r} has {len(idx)} indices but {len(val)} values")
+        if len(idx) and (idx[0] < 0 or idx[-1] >= n or (len(idx) > 1 and not (np.diff(idx) > 0).all())):
+            raise CheckpointCorrupt(f"the indices of array {name!r} are not increasing within [0, {n})")
+        dense = np.zeros(n)
+        dense[idx] = val
+        arrays[name] = dense
+    meta = {**meta, "features": {k: v for k, v in features.items() if k not in ("n_keys", "keys_bytes")}}
+    if vocabulary:
+        if "features.keys" not in members:
+            raise CheckpointCorrupt("the array file lacks the vocabulary (features.keys)")
+        raw = members["features.keys"].tobytes()
+        try:
+            keys = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise CheckpointCorrupt(f"the vocabulary is not valid JSON: {exc}") from None
+        if not isinstance(keys, list) or len(keys) != expected["w"]:
+            raise CheckpointCorrupt(f"the vocabulary does not list {expected['w']} features")
+        if b'"tuple"' in raw:  # only tuple keys nest: look closer
+            _check_key_depth(keys)
+    else:
+        keys = []
+    meta["features"]["keys"] = keys
+    return arrays, meta
+
+
+def _check_key_depth(keys: list) -> None:
+    """Refuse a vocabulary key of tuples nested deeper than :data:`MAX_KEY_DEPTH`."""
+    for entry in keys:
+        key = entry.get("k") if isinstance(entry, dict) else None
+        if not isinstance(key, dict):
+            continue
+        level, depth = [key], 0
+        while level:
+            depth += 1
+            if depth > MAX_KEY_DEPTH:
+                raise CheckpointCorrupt(
+                    f"a vocabulary key is nested more than {MAX_KEY_DEPTH} tuples deep (the model state is "
+                    "nested too deeply; stream-logreg writes no such key)"
+                )
+            level = [k for t in level for k in (t.get("tuple") if isinstance(t.get("tuple"), list) else [])
+                     if isinstance(k, dict)]
+
+
+def _check_values(arrays: dict[str, np.ndarray], meta: dict, metadata: dict) -> None:
+    """Refuse what no model this library saves can hold: non-finite or negative-accumulator arrays,
+    negative or non-integer counters, malformed offsets."""
+    for name, values in arrays.items():
+        if not np.isfinite(values).all():
+            raise CheckpointCorrupt(f"array {name!r} holds non-finite values (NaN or infinity)")
+        if name.rpartition(".")[2] in _NONNEGATIVE and (values < 0).any():
+            raise CheckpointCorrupt(f"array {name!r} (an accumulator of squares) holds negative values")
+    for key in ("n_samples_seen", "optimizer_iterations", "bias_optimizer_iterations"):
+        value = meta.get(key)
+        if not (type(value) is int and 0 <= value < 1 << 63):
+            raise CheckpointCorrupt(f"the manifest's {key} {value!r} is not a count")
+    offsets = metadata.get("offsets")
+    if offsets is not None:
+        if not isinstance(offsets, dict):
+            raise CheckpointCorrupt(f"the metadata's offsets are not a mapping: {offsets!r:.80}")
+        for tp, offset in offsets.items():
+            topic, _, partition = tp.rpartition(":")
+            if not (topic and partition.isdigit() and partition.isascii() and type(offset) is int
+                    and 0 <= offset < 1 << 63):
+                raise CheckpointCorrupt(
+                    f"the metadata's offset {tp!r:.80}: {offset!r:.40} is not topic:partition = offset >= 0"
+                )
 
 
 def restore(body: dict, npz_bytes: bytes, expect_config: dict | None = None) -> Checkpoint:
     """The checkpoint that a manifest body (from :func:`decode_manifest`) and its array file describe.
 
     Checks the array file's size and sha256 against the manifest, reads it without pickles, checks its
-    arrays, then (with ``expect_config``) the hyper-parameters, and rebuilds the model with
+    arrays (declared shapes first; then finite values, non-negative accumulators) and the offsets in the
+    metadata, then (with ``expect_config``) the hyper-parameters, and rebuilds the model with
     ``OnlineLogisticRegression.from_state``.
     """
+    try:
+        return _restore(body, npz_bytes, expect_config)
+    except RecursionError:
+        raise CheckpointCorrupt(
+            "the model state is nested too deeply (not written by stream-logreg)"
+        ) from None
+    except MemoryError:
+        raise CheckpointCorrupt(
+            "the checkpoint does not fit in memory (its declared sizes are too large)"
+        ) from None
+
+
+def _restore(body: dict, npz_bytes: bytes, expect_config: dict | None) -> Checkpoint:
     cid = body["id"]
     size, digest = body["npz"]["size"], body["npz"]["sha256"]
     if len(npz_bytes) != size:
@@ -391,7 +661,12 @@ def restore(body: dict, npz_bytes: bytes, expect_config: dict | None = None) -> 
     if actual != digest:
         raise CheckpointCorrupt(f"the array file's sha256 is {actual}, the manifest says {digest}")
     meta = body["model"]
-    arrays = _read_arrays(npz_bytes, _expected_arrays(meta))
+    if body["schema_version"] == 1:
+        arrays = _read_arrays_v1(npz_bytes, _expected_arrays(meta, 1))
+        _check_key_depth(meta["features"]["keys"])
+    else:
+        arrays, meta = _read_arrays_v2(npz_bytes, meta)
+    _check_values(arrays, meta, body["metadata"])
     if expect_config is not None:
         expected = orjson.loads(_to_json(expect_config, "expect_config"))
         differences = _differences(meta["params"], expected)
@@ -399,12 +674,14 @@ def restore(body: dict, npz_bytes: bytes, expect_config: dict | None = None) -> 
             raise CheckpointMismatch(cid, differences)
     try:
         model = OnlineLogisticRegression.from_state(arrays, meta)
-    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError, OverflowError) as exc:
         raise CheckpointCorrupt(f"the model state does not load: {type(exc).__name__}: {exc}") from None
     try:
         created_at = dt.datetime.fromisoformat(body["created_at"])
     except ValueError:
-        raise CheckpointCorrupt(f"the manifest's created_at {body['created_at']!r} is not ISO-8601") from None
+        raise CheckpointCorrupt(
+            f"the manifest's created_at {body['created_at']!r:.60} is not ISO-8601"
+        ) from None
     return Checkpoint(cid, created_at, model, body["metadata"], body["library_version"])
 
 
@@ -454,67 +731,222 @@ def _hash_file(f: IO[bytes]) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
+def _kind(mode: int) -> str:
+    """What a file that is not a regular file is, for messages."""
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
 @contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``directory/.lock`` (released by the kernel if the process dies)."""
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
-    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+def _open_regular(
+    path: Path, what: str, size: int | None = None, cap: int | None = None
+) -> Iterator[io.FileIO]:
+    """``path`` opened for reading if it is a regular file (never through a symbolic link, never blocking
+    on a FIFO or device) of ``size`` bytes (if given) and at most ``cap`` bytes; else CheckpointCorrupt."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise CheckpointCorrupt(f"the {what} {path.name} is missing") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CheckpointCorrupt(
+                f"the {what} {path.name} is a symbolic link; only regular files are read"
+            ) from None
+        raise CheckpointCorrupt(f"the {what} {path.name} does not read: {exc.strerror or exc}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
+        raise CheckpointCorrupt(f"the {what} {path.name} is {_kind(st.st_mode)}, not a regular file")
+    with io.FileIO(fd, "rb", closefd=True) as f:
+        if size is not None and st.st_size != size:
+            raise CheckpointCorrupt(f"the {what} has {st.st_size} bytes, the manifest says {size}")
+        if cap is not None and st.st_size > cap:
+            raise CheckpointCorrupt(
+                f"the {what} {path.name} has {st.st_size:,} bytes, more than a {what} may have ({cap:,})"
+            )
+        yield f
+
+
+def _read(path: Path, what: str, size: int | None = None, cap: int | None = None) -> bytes:
+    """The bytes of a regular file (see :func:`_open_regular`), its size checked before reading."""
+    with _open_regular(path, what, size, cap) as f:
+        buffer = bytearray(os.fstat(f.fileno()).st_size)
+        view, got = memoryview(buffer), 0
+        while got < len(buffer):
+            n = f.readinto(view[got:])
+            if not n:
+                raise CheckpointCorrupt(f"the {what} {path.name} shrank while it was read")
+            got += n
+        return buffer  # type: ignore[return-value]  # a bytearray: bytes-like, not copied
+
+
+class _DirectoryLock:
+    """The exclusive ``flock`` of ``directory/.lock`` that a writer holds for its life.
+
+    One lock per process and directory: stores of one process share it (counted), another process gets a
+    :class:`CheckpointError`. The kernel releases it when the process dies. ``saving`` is a thread lock
+    of the directory (shared too) that serialises the saves of one process's stores.
+    """
+
+    # (st_dev, st_ino) of the lock file -> [fd, users, the process's save lock of that directory]
+    _held: dict[tuple[int, int], list[Any]] = {}
+    _guard = threading.Lock()
+
+    def __init__(self, directory: Path) -> None:
+        self.key: tuple[int, int] | None = None
+        self.saving = threading.Lock()
+        if fcntl is None:  # pragma: no cover - not POSIX
+            return
+        lock_path = directory / ".lock"
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | (_OPEN_FLAGS & ~os.O_RDONLY), 0o644)
+        except OSError as exc:
+            why = "is a symbolic link" if exc.errno == errno.ELOOP else f"cannot be opened: {exc.strerror}"
+            raise CheckpointError(
+                f"the lock file {lock_path} {why}; remove it or use another directory"
+            ) from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise CheckpointError(f"the lock file {lock_path} is {_kind(st.st_mode)}, not a regular file; "
+                                  "remove it or use another directory")
+        key = (st.st_dev, st.st_ino)
+        with self._guard:
+            if key in self._held:
+                os.close(fd)
+                self._held[key][1] += 1
+                self.saving = self._held[key][2]
+            else:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                    os.close(fd)
+                    who = f"process {holder}" if holder.isdigit() else "another process"
+                    raise CheckpointError(
+                        f"the checkpoint directory {directory} is in use: {who} writes checkpoints there "
+                        f"(it holds {lock_path}); stop it, or use another directory"
+                    ) from None
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                self.saving = threading.Lock()
+                self._held[key] = [fd, 1, self.saving]
+        self.key = key
+
+    def release(self) -> None:
+        """Give the lock up (once; the last user of the process closes the file, which unlocks it)."""
+        with self._guard:
+            key, self.key = self.key, None
+            if key is None:
+                return
+            held = self._held[key]
+            held[1] -= 1
+            if held[1] == 0:
+                del self._held[key]
+                os.close(held[0])
 
 
 @dataclass
 class _Entry:
-    """The files of one id in a directory."""
+    """The files of one id in a directory; ``odd``: entries named like its files that are not regular
+    files (``(path, what it is)``), never opened, deleted like leftovers where possible."""
 
     npz: Path | None = None
     manifest: Path | None = None
     temps: tuple[Path, ...] = ()
+    odd: tuple[tuple[Path, str], ...] = ()
 
 
 def _scan(directory: Path) -> dict[str, _Entry]:
-    """The files of each id in ``directory`` (ids sorted, oldest first); other files are ignored."""
+    """The files of each id in ``directory`` (ids sorted, oldest first); other names are ignored."""
     entries: dict[str, _Entry] = {}
     with os.scandir(directory) as it:
         for item in it:
-            if m := _ID.match(item.name):
-                entry = entries.setdefault(m[1], _Entry())
-                if m[2] == "npz":
-                    entry.npz = Path(item.path)
-                else:
-                    entry.manifest = Path(item.path)
-            elif m := _TEMP.match(item.name):
-                entry = entries.setdefault(m[1], _Entry())
+            m = _ID.match(item.name) or _TEMP.match(item.name)
+            if m is None:
+                continue
+            entry = entries.setdefault(m[1], _Entry())
+            try:
+                mode = item.stat(follow_symlinks=False).st_mode
+            except OSError:  # gone since the listing
+                continue
+            if not stat.S_ISREG(mode):
+                entry.odd += ((Path(item.path), _kind(mode)),)
+            elif item.name.startswith("."):
                 entry.temps += (Path(item.path),)
+            elif m[2] == "npz":
+                entry.npz = Path(item.path)
+            else:
+                entry.manifest = Path(item.path)
     return dict(sorted(entries.items()))
 
 
 _now_ns = time.time_ns  # the clock of ids (a module attribute so that tests can stop it)
 _last_ns = 0  # the largest id this process has handed out, as an int
+_MAX_ID = 10**20 - 1
 
 
-def _new_id(existing: Iterator[str] | list[str]) -> str:
-    """A new id: now in ns, but larger than every id in ``existing`` and every id this process made."""
+def _intact(cid: str, entry: _Entry) -> bool:
+    """Whether ``entry`` holds a manifest of checkpoint ``cid`` that verifies (of any schema version)."""
+    if entry.manifest is None:
+        return False
+    try:
+        body = decode_manifest(_read(entry.manifest, "manifest", cap=MAX_MANIFEST_BYTES))
+    except UnsupportedCheckpoint:
+        return True
+    except CheckpointCorrupt:
+        return False
+    return body["id"] == cid
+
+
+def _new_id(directory: Path, entries: dict[str, _Entry]) -> str:
+    """A new id: now in ns, but larger than every intact checkpoint's id in ``entries`` and every id this
+    process made, and no name in the directory. Damaged or planted entries with larger ids are ignored."""
     global _last_ns
-    ns = max(_now_ns(), _last_ns + 1, *(int(i) + 1 for i in existing))
+    ns = max(_now_ns(), _last_ns + 1)
+    for cid in sorted(entries, reverse=True):
+        if int(cid) < ns:
+            break
+        if _intact(cid, entries[cid]):
+            ns = int(cid) + 1
+            break
+    while f"{ns:020d}" in entries:
+        ns += 1
+    if ns > _MAX_ID:
+        raise CheckpointError(
+            f"no checkpoint id is left in {directory}: checkpoint {_MAX_ID} is the largest id there can be; "
+            "move it (and the checkpoints of its time) out of the directory"
+        )
+    _last_ns = ns
+    return f"{ns:020d}"
+
+
+def new_checkpoint_id(existing: Iterable[str] = ()) -> str:
+    """A new 20-digit checkpoint id for stores that keep bytes (not files): now in ns, but larger than every
+    id in ``existing`` and every id this process made."""
+    global _last_ns
+    ns = max([_now_ns(), _last_ns + 1, *(int(cid) + 1 for cid in existing)])
+    if ns > _MAX_ID:
+        raise CheckpointError(f"no checkpoint id is left: {_MAX_ID} is the largest id there can be")
     _last_ns = ns
     return f"{ns:020d}"
 
 
 def _model_state(model: OnlineLogisticRegression, metadata: dict | None) -> tuple[dict, dict, dict]:
-    """(arrays, model meta, metadata) of a checkpoint, refusing what JSON would not read back unchanged."""
+    """(npz members, model meta, metadata) of a checkpoint, refusing what would not read back unchanged."""
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict):
         raise CheckpointError(f"metadata must be a dict, got {type(metadata).__name__}")
     metadata_json = orjson.loads(_to_json(metadata, "metadata"))
-    arrays, meta = model.state()
-    _check_model_meta(meta)
-    return arrays, meta, metadata_json
+    members, meta = _encode_state(*model.state())
+    return members, meta, metadata_json
 
 
 def _body(cid: str, created_at: str, meta: dict, metadata: dict, size: int, digest: str) -> dict:
@@ -537,10 +969,10 @@ def encode_checkpoint(
 
     ``decode_manifest`` and ``restore`` read them back. The ids of a store must sort by time.
     """
-    arrays, meta, metadata_json = _model_state(model, metadata)
+    members, meta, metadata_json = _model_state(model, metadata)
     created_at = _utc_now()
     buffer = io.BytesIO()
-    _write_npz(buffer, arrays, compress)
+    _write_npz(buffer, members, compress)
     npz = buffer.getvalue()
     body = _body(checkpoint_id, created_at, meta, metadata_json, len(npz), hashlib.sha256(npz).hexdigest())
     return npz, encode_manifest(body)
@@ -550,13 +982,13 @@ def _save_locked(
     directory: Path, model: OnlineLogisticRegression, metadata: dict | None, fsync: bool, compress: bool
 ) -> tuple[str, dict[str, _Entry]]:
     """Write one checkpoint (the caller holds the lock); returns its id and the scan made before it."""
-    arrays, meta, metadata_json = _model_state(model, metadata)
+    members, meta, metadata_json = _model_state(model, metadata)
     entries = _scan(directory)
-    cid = _new_id(list(entries))
+    cid = _new_id(directory, entries)
     created_at = _utc_now()
 
     def write_npz(f: IO[bytes]) -> tuple[int, str]:
-        _write_npz(f, arrays, compress)
+        _write_npz(f, members, compress)
         f.flush()
         return _hash_file(f)
 
@@ -579,31 +1011,27 @@ def save_checkpoint(
     Durable and atomic (see the module's docstring); deletes nothing (:class:`DirectoryStore` does the
     retention). ``metadata`` must be a dict that reads back from JSON unchanged (str keys; finite floats;
     lists, not tuples). ``fsync=False`` skips the fsyncs: only for tests and benchmarks, a power loss may
-    then lose or tear the checkpoint. ``compress=True`` deflates the arrays (smaller, much slower).
+    then lose or tear the checkpoint. ``compress=True`` deflates the arrays (smaller, slower). Raises
+    :class:`CheckpointError` if another process writes checkpoints in ``directory``.
     """
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    with _locked(path):
-        cid, _ = _save_locked(path, model, metadata, fsync, compress)
+    lock = _DirectoryLock(path)
+    try:
+        with lock.saving:
+            cid, _ = _save_locked(path, model, metadata, fsync, compress)
+    finally:
+        lock.release()
     return str(path / f"{cid}.json")
 
 
-def _read(path: Path, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise CheckpointCorrupt(f"the {what} {path.name} is missing") from None
-    except OSError as exc:
-        raise CheckpointCorrupt(f"the {what} {path.name} does not read: {exc}") from None
-
-
 def _load(manifest_path: Path, expect_config: dict | None) -> Checkpoint:
-    body = decode_manifest(_read(manifest_path, "manifest"))
+    body = decode_manifest(_read(manifest_path, "manifest", cap=MAX_MANIFEST_BYTES))
     stem = manifest_path.name.removesuffix(".json")
     if body["id"] != stem:
-        raise CheckpointCorrupt(f"the manifest {manifest_path.name} is of checkpoint {body['id']}")
-    return restore(body, _read(manifest_path.with_name(f"{stem}.npz"), "array file"), expect_config)
+        raise CheckpointCorrupt(f"the manifest {manifest_path.name} is of checkpoint {body['id']!r:.40}")
+    npz = _read(manifest_path.with_name(f"{stem}.npz"), "array file", size=body["npz"]["size"])
+    return restore(body, npz, expect_config)
 
 
 def load_checkpoint(path: str | os.PathLike, expect_config: dict | None = None) -> Checkpoint:
@@ -619,18 +1047,33 @@ def load_checkpoint(path: str | os.PathLike, expect_config: dict | None = None) 
     return _load(p.with_name(f"{p.name}.json"), expect_config)
 
 
+def _odd_reason(entry: _Entry) -> str | None:
+    if entry.odd:
+        return "; ".join(f"{path.name} is {what}, not a regular file" for path, what in entry.odd)
+    return None
+
+
 class DirectoryStore:
     """Checkpoints in a local directory (created if needed), the newest ``keep`` of them kept.
 
-    See the module's docstring for the contract and the layout. One process saves at a time (saves lock
-    the directory); any number may read. ``keep=None`` keeps every checkpoint. ``fsync`` and ``compress``
-    are those of :func:`save_checkpoint`.
+    See the module's docstring for the contract and the layout. A store is its directory's one writer: it
+    holds an exclusive lock on ``<directory>/.lock`` from construction to :meth:`close` (or the end of the
+    process), and a second writer in another process gets a :class:`CheckpointError` at construction.
+    ``read_only=True`` takes no lock, creates nothing and cannot save: for readers (``inspect``,
+    ``score``, monitoring), any number of them. ``keep=None`` keeps every checkpoint. ``fsync`` and
+    ``compress`` are those of :func:`save_checkpoint`.
 
     After each :meth:`latest`, ``skipped`` lists ``(id, reason)`` of the newer checkpoints it passed over.
     """
 
     def __init__(
-        self, path: str | os.PathLike, keep: int | None = 5, *, fsync: bool = True, compress: bool = False
+        self,
+        path: str | os.PathLike,
+        keep: int | None = 5,
+        *,
+        fsync: bool = True,
+        compress: bool = False,
+        read_only: bool = False,
     ) -> None:
         if keep is not None and keep < 1:
             raise ValueError(f"keep must be None or >= 1, got {keep!r}")
@@ -638,30 +1081,60 @@ class DirectoryStore:
         self.keep = keep
         self.fsync = fsync
         self.compress = compress
+        self.read_only = read_only
         self.skipped: builtins.list[tuple[str, str]] = []
+        self._lock: _DirectoryLock | None = None
+        if read_only:
+            if not self.path.is_dir():
+                raise CheckpointError(f"{self.path} is not a directory")
+            return
         self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = _DirectoryLock(self.path)
+        weakref.finalize(self, self._lock.release)
 
     def __repr__(self) -> str:
-        return f"DirectoryStore({str(self.path)!r}, keep={self.keep})"
+        mode = ", read_only=True" if self.read_only else ""
+        return f"DirectoryStore({str(self.path)!r}, keep={self.keep}{mode})"
+
+    def close(self) -> None:
+        """Release the directory's lock (another process may then write there); saving is then refused."""
+        if self._lock is not None:
+            self._lock.release()
+        self.read_only = True
+
+    def __enter__(self) -> DirectoryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def save(self, model: OnlineLogisticRegression, metadata: dict | None = None) -> str:
         """Save a checkpoint durably and return its id; then delete leftovers of crashed saves and all
-        but the newest ``keep`` complete checkpoints."""
-        with _locked(self.path):
-            cid, before = _save_locked(self.path, model, metadata, self.fsync, self.compress)
-            complete = [i for i, e in before.items() if e.npz and e.manifest] + [cid]
-            doomed = complete[: -self.keep] if self.keep is not None else []
-            for i, entry in before.items():
-                if i in doomed:
-                    files = [entry.manifest, entry.npz, *entry.temps]  # manifest first: uncommit, then delete
-                elif not (entry.npz and entry.manifest):
-                    files = [entry.manifest, entry.npz, *entry.temps]  # older than cid: a crashed save
-                else:
-                    files = list(entry.temps)
-                for file in files:
-                    if file is not None:
-                        with contextlib.suppress(FileNotFoundError):
-                            file.unlink()
+        but the newest ``keep`` complete checkpoints (what cannot be deleted is skipped, with a warning)."""
+        if self.read_only or self._lock is None:
+            raise CheckpointError(f"the store of {self.path} is read-only (or closed): it cannot save")
+        with self._lock.saving:
+            return self._save(model, metadata)
+
+    def _save(self, model: OnlineLogisticRegression, metadata: dict | None) -> str:
+        cid, before = _save_locked(self.path, model, metadata, self.fsync, self.compress)
+        complete = [i for i, e in before.items() if e.npz and e.manifest] + [cid]
+        doomed = set(complete[: -self.keep] if self.keep is not None else [])
+        for i, entry in before.items():
+            if i in doomed or not (entry.npz and entry.manifest):  # retention, or a crashed save (older)
+                files = [entry.manifest, entry.npz, *entry.temps, *(p for p, _ in entry.odd)]
+            else:
+                files = [*entry.temps, *(p for p, _ in entry.odd)]
+            for file in files:  # the manifest first: uncommit, then delete
+                if file is None:
+                    continue
+                try:
+                    file.unlink()
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    logger.warning("cannot delete %s in %s (skipped): %s", file.name, self.path,
+                                   exc.strerror or exc)
         return cid
 
     def load(self, checkpoint_id: str, expect_config: dict | None = None) -> Checkpoint:
@@ -680,9 +1153,8 @@ class DirectoryStore:
         for cid, entry in reversed(_scan(self.path).items()):
             try:
                 if entry.manifest is None:
-                    raise CheckpointCorrupt(
-                        "incomplete: no manifest (a save that did not commit: crashed, or still running)"
-                    )
+                    raise CheckpointCorrupt(_odd_reason(entry) or (
+                        "incomplete: no manifest (a save that did not commit: crashed, or still running)"))
                 return _load(entry.manifest, expect_config)
             except CheckpointCorrupt as exc:
                 self.skipped.append((cid, str(exc)))
@@ -697,16 +1169,16 @@ class DirectoryStore:
             size = 0
             for file in (entry.npz, entry.manifest):
                 with contextlib.suppress(OSError):
-                    size += file.stat().st_size if file is not None else 0
+                    size += file.lstat().st_size if file is not None else 0
             created_at, reason = None, None
             try:
                 if entry.manifest is None:
-                    raise CheckpointCorrupt("incomplete: no manifest")
-                body = decode_manifest(_read(entry.manifest, "manifest"))
+                    raise CheckpointCorrupt(_odd_reason(entry) or "incomplete: no manifest")
+                body = decode_manifest(_read(entry.manifest, "manifest", cap=MAX_MANIFEST_BYTES))
                 with contextlib.suppress(ValueError):
                     created_at = dt.datetime.fromisoformat(body["created_at"])
                 if body["id"] != cid:
-                    raise CheckpointCorrupt(f"the manifest is of checkpoint {body['id']}")
+                    raise CheckpointCorrupt(f"the manifest is of checkpoint {body['id']!r:.40}")
                 _verify_file(self.path / f"{cid}.npz", body["npz"]["size"], body["npz"]["sha256"])
             except CheckpointError as exc:
                 reason = str(exc)
@@ -715,12 +1187,7 @@ class DirectoryStore:
 
 
 def _verify_file(path: Path, size: int, digest: str) -> None:
-    try:
-        with open(path, "rb") as f:
-            actual_size, actual = _hash_file(f)
-    except FileNotFoundError:
-        raise CheckpointCorrupt(f"the array file {path.name} is missing") from None
-    if actual_size != size:
-        raise CheckpointCorrupt(f"the array file has {actual_size} bytes, the manifest says {size}")
+    with _open_regular(path, "array file", size=size) as f:
+        _, actual = _hash_file(f)
     if actual != digest:
         raise CheckpointCorrupt(f"the array file's sha256 is {actual}, the manifest says {digest}")

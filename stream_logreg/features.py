@@ -4,7 +4,8 @@ Rules, the same for every entry point (dicts, data frames, arrays):
 
 - a numeric value (int, float, numpy number) of key ``k`` is feature ``k`` with that value; it must be finite;
 - a bool is 0 or 1;
-- a string value ``v`` of key ``k`` is the indicator feature ``k=v`` with value 1;
+- a string value ``v`` of key ``k`` is the indicator feature ``k=v`` with value 1; a string that reads as a
+  number ("42", "1e3", "nan") raises a ``ValueError`` instead (an unconverted number, as River refuses it);
 - a key absent from a row counts as 0; an unseen key gets a new column whose weight starts at 0;
 - anything else (None, NaN, ±inf, lists, ...) raises a ``ValueError`` that names the feature, and nothing
   is added to the space.
@@ -42,28 +43,114 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FeatureSpace", "HASH_CACHE_SIZE", "encode_value", "feature_name"]
+from stream_logreg._kernel import INDICATOR
+
+__all__ = ["FeatureSpace", "HASH_CACHE_SIZE", "IndicatorKey", "IndicatorName", "encode_value", "feature_name"]
 
 HASH_CACHE_SIZE = 1 << 16
 
 
 def feature_name(key: Hashable) -> str:
-    """The readable name of a column key: ``k`` for a plain key, ``k=v`` for the indicator ``(k, v)``."""
+    """The readable name of a column key: ``k`` for a plain key, ``k=v`` for the indicator of ``k: v``."""
     if isinstance(key, IndicatorKey):
-        return f"{key[0]}={key[1]}"
+        return f"{key.key}={key.value}"
     return str(key)
 
 
-class IndicatorKey(tuple):
-    """The column key of the indicator feature ``k=v``: a ``(k, v)`` tuple (equal and hashed as one)."""
+class IndicatorName(str):
+    """The name ``k=v`` of the indicator of ``k: v`` as a key of the model's ``weights``: it prints and
+    serializes as that string, but is not equal to a feature literally named ``"k=v"``, so both keep their
+    own entry.
+
+    >>> name = IndicatorName("a", "FR")
+    >>> name, name == "a=FR", name == IndicatorName("a", "FR"), len({name: 1, "a=FR": 2})
+    ('a=FR', False, True, 2)
+
+    """
 
     __slots__ = ()
 
+    def __new__(cls, key: Hashable, value: str) -> IndicatorName:
+        return super().__new__(cls, f"{key}={value}")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is IndicatorName and str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((IndicatorName, str(self)))
+
+    def __repr__(self) -> str:
+        return str.__repr__(self)
+
+    def __reduce__(self) -> tuple:
+        key, _, value = str(self).partition("=")
+        return IndicatorName, (key, value)
+
+
+class IndicatorKey(tuple):
+    """The column key of the indicator feature ``k=v``: the tuple ``(INDICATOR, k, v)``, equal and hashed
+    as that tuple (which the compiled encoder looks up). ``INDICATOR`` is a private marker, so the
+    indicator of ``{"a": "FR"}`` never shares a column with a key ``("a", "FR")`` (River's bigrams) or
+    ``"a=FR"``. ``str()`` gives its name ``k=v``.
+
+    >>> k = IndicatorKey("a", "FR")
+    >>> str(k), k.key, k.value, k == ("a", "FR")
+    ('a=FR', 'a', 'FR', False)
+
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, key: Hashable, value: str) -> IndicatorKey:
+        return super().__new__(cls, (INDICATOR, key, value))
+
+    def __getnewargs__(self) -> tuple:
+        return self[1], self[2]
+
+    @property
+    def key(self) -> Hashable:
+        return self[1]
+
+    @property
+    def value(self) -> str:
+        return self[2]
+
+    def __str__(self) -> str:
+        return feature_name(self)
+
+    def __repr__(self) -> str:
+        return f"IndicatorKey({self[1]!r}, {self[2]!r})"
+
+
+def looks_numeric(v: str) -> bool:
+    """Whether ``float(v)`` would accept the string ``v`` ("42", " -1.5e3 ", "nan", "inf", ...)."""
+    head = v.lstrip()[:1]
+    if not head or not (head in "0123456789+-." or head in "nNiI"):
+        return False
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
+
 
 def encode_value(key: Hashable, v: Any) -> tuple[Hashable, float]:
-    """The column key and the numeric value of one ``key: v`` entry, or a ``ValueError`` naming it."""
+    """The column key and the numeric value of one ``key: v`` entry, or a ``ValueError`` naming it.
+
+    A string that reads as a number ("42", "1.5e3", "nan") is refused rather than taken as a category:
+    it is most often a number that was never converted (a CSV read without converters), and River
+    refuses it too. Convert it, or give a category a value that is not a number (``"zip:75001"``).
+    """
     if isinstance(v, str):
-        return IndicatorKey((key, v)), 1.0
+        if looks_numeric(v):
+            raise ValueError(
+                f"feature {key!r} has the string value {v!r:.40}, which reads as a number: convert it to a "
+                "number, or, if it is a category, give it a value that does not (e.g. 'id:42')"
+            )
+        return IndicatorKey(key, v), 1.0
     if isinstance(v, (bool, np.bool_)):
         return key, 1.0 if v else 0.0
     if isinstance(v, numbers.Real):
@@ -152,6 +239,8 @@ class FeatureSpace:
 
         With hashing, colliding features of the row are merged into one entry (their values summed).
         """
+        if not isinstance(x, dict):
+            raise ValueError(f"a row must be a dict of features, got {type(x).__name__} {x!r:.60}")
         entries = [encode_value(k, v) for k, v in x.items()]
         cols: list[int] = []
         vals: list[float] = []
@@ -164,6 +253,12 @@ class FeatureSpace:
             merged: dict[int, float] = {}
             for c, v in zip(cols, vals, strict=True):
                 merged[c] = merged.get(c, 0.0) + v
+                if not math.isfinite(merged[c]):
+                    names = [k for (k, _), col in zip(entries, cols, strict=True) if col == c]
+                    raise ValueError(
+                        f"features {names!r:.200} share hashed column {c} and the sum of their values "
+                        "is too large for a float"
+                    )
             cols, vals = list(merged), list(merged.values())
         return cols, vals
 
@@ -205,7 +300,7 @@ class FeatureSpace:
         if self.n_bits is None:
             for k in self.keys:
                 if isinstance(k, IndicatorKey):
-                    keys.append({"k": _json_key(k[0]), "v": k[1]})
+                    keys.append({"k": _json_key(k.key), "v": k.value})
                 else:
                     keys.append({"k": _json_key(k)})
         return {
@@ -222,7 +317,7 @@ class FeatureSpace:
         for entry in state["keys"]:
             key = _from_json_key(entry["k"])
             if "v" in entry:
-                key = IndicatorKey((key, entry["v"]))
+                key = IndicatorKey(key, entry["v"])
             space.columns[key] = len(space.keys)
             space.keys.append(key)
         return space

@@ -1,4 +1,4 @@
-"""The seed's mathematics as small pure functions over numpy arrays.
+"""The mathematics of logistic regression as small pure functions over numpy arrays.
 
 For a mini-batch ``X`` (m×n), labels ``y`` in {0, 1}^m, weights ``w`` and bias ``b``::
 
@@ -119,7 +119,7 @@ def gradients(
 def sgd_update(
     w: np.ndarray, b: float, grad_w: np.ndarray, grad_b: float, lr: float
 ) -> tuple[np.ndarray, float]:
-    """The seed's step: w ← w − η∇w, b ← b − η∇b. Returns new arrays; the inputs are not modified.
+    """The gradient step: w ← w − η∇w, b ← b − η∇b. Returns new arrays; the inputs are not modified.
 
     An update that would make w or b non-finite is refused with a ``FloatingPointError``.
 

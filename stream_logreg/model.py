@@ -1,7 +1,30 @@
-"""The online logistic-regression classifier: River's interface, the seed's update, compiled inner loops."""
+"""The online logistic-regression classifier: River's interface, the textbook update, compiled inner loops.
+
+Numerics that cannot be poisoned. Every feature value that reaches the model is finite (the feature space
+refuses the others), but finite values up to ±1.7e308 still overflow: w·x, g·x, g² (AdaGrad's G, FTRL's
+n) or w − η·g can leave the double range. Three guards, each on every path (per sample, mini-batch,
+compiled or not):
+
+1. Logits are summed in double, and a sum that is not finite (an overflow, or inf − inf) is summed again
+   in extended precision (``_kernel._dot``): the logit of finite inputs is its correctly signed value,
+   ±inf at worst, and σ(±inf) is 1 or 0. Every probability returned is a finite number in [0, 1].
+2. A gradient that is not finite (g·x + l2·w overflowing) refuses the update before anything is written.
+3. The step itself is checked: the touched coordinates of w and of every optimizer state array, the bias
+   and the bias optimizer's state are saved, the step is applied, and if any of them is not finite they
+   are all put back bitwise and the update is refused (``ValueError``, with nothing learned: the feature
+   space is rolled back and ``n_iterations`` is not counted).
+
+Why a check with rollback rather than clipping: clipping (River's ``clip_gradient``, also available here)
+bounds the loss gradient, not g·x nor g², and any bound small enough to prevent every overflow would change
+ordinary updates, so that the model would no longer be exactly the textbook rule (nor River's). The check
+costs a copy and a comparison per touched coordinate, changes no accepted update, and works for any
+optimizer, including those without a compiled rule. A model restored from a checkpoint is checked too
+(:meth:`OnlineLogisticRegression.from_state` refuses non-finite values and negative accumulators).
+"""
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from typing import Any, NamedTuple
@@ -11,7 +34,7 @@ from river import base
 
 from stream_logreg import _kernel
 from stream_logreg import optim as optim_
-from stream_logreg.features import FeatureSpace, feature_name
+from stream_logreg.features import FeatureSpace, IndicatorKey, IndicatorName, encode_value
 from stream_logreg.math import sigmoid, sigmoid_scalar
 
 __all__ = ["OnlineLogisticRegression"]
@@ -48,7 +71,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         ∇w = (1/m) Xᵀ(h − y) + l2·w     ∇b = (1/m) 1ᵀ(h − y)
         w ← optimizer(w, ∇w)            b ← b − intercept_lr·∇b   (or optimizer(b, ∇b))
 
-    With ``optimizer=optim.SGD(η)`` that is exactly the seed's rule w ← w − η∇w, b ← b − η∇b. For
+    With ``optimizer=optim.SGD(η)`` that is exactly the textbook rule w ← w − η∇w, b ← b − η∇b. For
     progressive validation, :meth:`predict_learn_one` and :meth:`predict_learn_rows` return the
     prediction of the model before the update and make the update, in one compiled pass. Only the
     coordinates of features present in the batch are updated (a missing feature counts as 0, and so has
@@ -63,11 +86,28 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         The update rule of the weights (``optim.SGD``, ``optim.AdaGrad``, ``optim.FTRL``). Defaults to
         ``optim.FTRL()`` (α = 0.17, β = 0.5), chosen by ``bench/bench_accuracy.py``: never worse than
         River's default LogisticRegression on the six benchmark streams, 0.81× its log loss on Phishing.
+        River's optimizers (``river.optim.SGD``, ``Adam``, ``AdaGrad``, ``FTRLProximal``, ...) are
+        accepted as they are and give River's results: River's SGD with a ``Constant`` or
+        ``InverseScaling`` rate is our compiled SGD rule (and checkpoints as ``optim.SGD``); the others
+        step through their own dict API (slower; no checkpoint format). Optimizers that change the weights
+        before each prediction (``look_ahead``: ``NesterovMomentum``, ``Averager``) are refused.
     l2
         L2 penalty added to the weights' gradient (not the bias's).
+    l1
+        L1 penalty, River's cumulative penalty (Tsuruoka et al. 2009) applied after each step; needs an
+        optimizer with a learning rate (FTRL has its own ``l1``).
     intercept_lr
-        Constant learning rate of the bias, as in River. ``None`` gives the bias its own copy of the
-        weights' optimizer (so the same step as the weights); ``0`` freezes it.
+        Learning rate of the bias, as in River: a number or a River scheduler (evaluated at the weights'
+        optimizer's ``n_iterations``). ``None`` gives the bias its own copy of the weights' optimizer (so
+        the same step as the weights); ``0`` freezes it.
+    clip_gradient
+        Clips the loss gradient g = (p − y)·weight of each sample to [−clip_gradient, clip_gradient], as
+        River does. It does not bound g·x; what keeps the model finite is described in the module docstring.
+    intercept_init
+        The bias before any update.
+    initializer
+        Starting weight of a new feature: ``None`` or River's ``initializers.Zeros()`` (0), or
+        ``initializers.Constant(v)``.
     n_bits
         Hash features into 2^n_bits columns instead of keeping a vocabulary (bounded memory).
     max_features
@@ -95,20 +135,27 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
 
     def __init__(
         self,
-        optimizer: optim_.Optimizer | None = None,
+        optimizer: Any = None,
         l2: float = 0.0,
-        intercept_lr: float | None = None,
+        intercept_lr: Any = None,
         n_bits: int | None = None,
         max_features: int | None = None,
         class_weight: dict | None = None,
+        clip_gradient: float = 1e12,
+        intercept_init: float = 0.0,
+        initializer: Any = None,
+        l1: float = 0.0,
     ) -> None:
-        if not l2 >= 0:
-            raise ValueError(f"l2 must be >= 0, got {l2!r}")
-        if intercept_lr is not None and not intercept_lr >= 0:
-            raise ValueError(f"intercept_lr must be None or >= 0, got {intercept_lr!r}")
         self.optimizer = optim_.FTRL() if optimizer is None else optimizer
         self.l2 = l2
+        self.l1 = l1
         self.intercept_lr = intercept_lr
+        self.clip_gradient = clip_gradient
+        self.intercept_init = intercept_init
+        self.initializer = initializer
+        self._check_params()
+        if not (isinstance(intercept_init, numbers.Real) and math.isfinite(intercept_init)):
+            raise ValueError(f"intercept_init must be a finite number, got {intercept_init!r}")
         self.n_bits = n_bits
         self.max_features = max_features
         self.class_weight = class_weight
@@ -116,11 +163,14 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         self.features = FeatureSpace(n_bits=n_bits, max_features=max_features)
         self.n_samples_seen = 0
         self._bias_optimizer = self.optimizer.clone()
-        self._bias_optimizer.resize(1)
-        self._b = np.zeros(1)  # the bias, as an array so that the optimizer can update it in place
+        if isinstance(self._bias_optimizer, optim_.Optimizer):
+            self._bias_optimizer.resize(1)
+        self._b = np.full(1, float(intercept_init))  # the bias, as an array so that it is updated in place
         self._b_col = np.zeros(1, dtype=np.intp)
         self._b_grad = np.zeros(1)
         self._w = np.zeros(0)
+        self._cum_l1 = np.zeros(0)  # the L1 penalty each weight has received (see _l1_penalty)
+        self._max_cum_l1 = 0.0
         self._grow(self.features.n_columns)
         self._cols = np.zeros(64, dtype=np.intp)  # scratch buffers of the per-sample path
         self._vals = np.zeros(64)
@@ -131,15 +181,106 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         self._array_plans: dict[int, _Plan] = {}
         self._frame_plans: dict[tuple, _Plan] = {}
 
+    @property
+    def _mutable_attributes(self) -> set[str]:
+        # As River's LogisticRegression; the compiled step copies them, so it is rebuilt (see mutate).
+        return {"optimizer", "l2", "l1", "intercept_lr", "clip_gradient", "initializer"}
+
+    def clone(
+        self, new_params: dict | None = None, include_attributes: bool = False
+    ) -> OnlineLogisticRegression:
+        """River's ``clone``. With ``include_attributes`` and no new parameters it is an exact, independent
+        copy (``copy.deepcopy``: weights, feature space and optimizer state); with new parameters River's
+        rule applies (fresh parameters, learned attributes copied), and the optimizer is sized to the
+        copied weights."""
+        if include_attributes and not new_params:
+            return copy.deepcopy(self)
+        clone = super().clone(new_params, include_attributes)
+        if include_attributes and isinstance(clone.optimizer, optim_.Optimizer):
+            clone.optimizer.resize(len(clone._w))
+        return clone
+
+    def _check_params(self) -> None:
+        """Check the mutable hyper-parameters (a clear ValueError), and derive what they determine."""
+        if not self.l2 >= 0:
+            raise ValueError(f"l2 must be >= 0, got {self.l2!r}")
+        if not (isinstance(self.l1, numbers.Real) and 0 <= self.l1 < math.inf):
+            raise ValueError(f"l1 must be a finite number >= 0, got {self.l1!r}")
+        if self.l1 and not _has_learning_rate(self.optimizer):
+            raise ValueError(
+                f"l1 needs an optimizer with a learning rate; {type(self.optimizer).__name__} has none "
+                "(FTRL has its own l1: FTRL(l1=...))"
+            )
+        clip = self.clip_gradient
+        if not (isinstance(clip, numbers.Real) and clip > 0):
+            raise ValueError(f"clip_gradient must be a number > 0, got {clip!r}")
+        opt = self.optimizer
+        if not (isinstance(opt, optim_.Optimizer) or optim_.is_river(opt)):
+            raise ValueError(
+                f"optimizer must be one of stream_logreg.optim's or river.optim's, got {opt!r:.100}"
+            )
+        if optim_.is_river(opt) and optim_.looks_ahead(opt):
+            raise ValueError(f"{type(opt).__name__} changes the weights before each prediction (look_ahead), "
+                             "which this model does not support")
+        self._intercept_rate(0)
+        self._init_value = _initial_weight(self.initializer)
+
+    def mutate(self, new_attrs: dict[str, Any]) -> None:
+        """River's ``mutate``: change mutable hyper-parameters in place (checked as in the constructor)."""
+        old = {name: getattr(self, name) for name in new_attrs if hasattr(self, name)}
+        super().mutate(new_attrs)
+        try:
+            self._check_params()
+        except ValueError:
+            for name, value in old.items():
+                setattr(self, name, value)
+            raise
+        if "optimizer" in new_attrs:
+            self._bias_optimizer = self.optimizer.clone()
+            if isinstance(self._bias_optimizer, optim_.Optimizer):
+                self._bias_optimizer.resize(1)
+            if isinstance(self.optimizer, optim_.Optimizer):
+                self.optimizer.resize(len(self._w))
+        self._step = None
+
+    def _intercept_rate(self, t: int) -> float | None:
+        """The bias's learning rate at the weights' update t, or None if the bias has its own optimizer."""
+        lr = self.intercept_lr
+        if lr is None:
+            return None
+        if isinstance(lr, numbers.Real) and not isinstance(lr, bool):
+            rate = float(lr)
+        elif callable(getattr(lr, "get", None)):  # a River scheduler
+            rate = float(lr.get(t))
+        else:
+            rate = float("nan")
+        if not (rate >= 0 and math.isfinite(rate)):
+            raise ValueError(f"intercept_lr must be None, a number >= 0 or a River scheduler, got {lr!r}")
+        return rate
+
+    def _constant_intercept_lr(self) -> float | None | bool:
+        """intercept_lr as a constant (None: the bias optimizer), or False if it changes with t."""
+        from river.optim.schedulers import Constant
+
+        lr = self.intercept_lr
+        if lr is None or isinstance(lr, numbers.Real):
+            return self._intercept_rate(0)
+        if type(lr) is Constant:
+            return self._intercept_rate(0)
+        return False
+
     @classmethod
     def _unit_test_params(cls):
         yield {}
         yield {"optimizer": optim_.SGD(0.1), "intercept_lr": 0.1}
         yield {"optimizer": optim_.AdaGrad(), "n_bits": 10}
+        from river import optim as river_optim
+
+        yield {"optimizer": river_optim.Adam(), "l1": 0.001, "intercept_lr": 0.01}
 
     def _unit_test_skips(self):
         # As for River's linear models: learn_many takes one mean-gradient step over the whole batch (the
-        # seed's batch formula), which is deliberately not one step per row as a learn_one loop takes.
+        # textbook batch formula), which is deliberately not one step per row as a learn_one loop takes.
         return {"check_learn_many_matches_learn_one"}
 
     # State
@@ -163,11 +304,17 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
 
     @property
     def weights(self) -> dict:
-        """The weights by feature name (by column index with hashing, where names are not kept)."""
+        """The weights by feature key, as in River: the row's own keys (``1`` and ``"1"``, tuples, ...
+        stay distinct); the indicator of a string value ``k: v`` by its name ``"k=v"`` as an
+        :class:`~stream_logreg.features.IndicatorName` (a string that is not equal to a feature literally
+        named ``"k=v"``). With hashing, where names are not kept, by column index."""
         w = self._w[: self.n_features].tolist()
         if self.features.hashing:
             return {i: wi for i, wi in enumerate(w) if wi != 0.0}
-        return {feature_name(k): wi for k, wi in zip(self.features.keys, w, strict=True)}
+        return {
+            IndicatorName(k.key, k.value) if type(k) is IndicatorKey else k: wi
+            for k, wi in zip(self.features.keys, w, strict=True)
+        }
 
     def _grow(self, n_columns: int) -> None:
         """Make room for ``n_columns`` weights (capacity doubles; new weights are 0)."""
@@ -175,9 +322,15 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             return
         capacity = max(n_columns, 2 * len(self._w), 16)
         w = np.zeros(capacity)
+        if self._init_value:
+            w[len(self._w):] = self._init_value
         w[: len(self._w)] = self._w
         self._w = w
-        self.optimizer.resize(capacity)
+        if isinstance(self.optimizer, optim_.Optimizer):
+            self.optimizer.resize(capacity)
+        cum = np.zeros(capacity)
+        cum[: len(self._cum_l1)] = self._cum_l1
+        self._cum_l1 = cum
         self._step = None  # bound to the old arrays
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
@@ -187,26 +340,49 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         those of ``model``.
         """
         n = self.n_features
+        self.config()  # raises for what a checkpoint cannot hold
         arrays = {"w": self._w[:n].copy(), "b": self._b.copy()}
-        for name, values in self.optimizer.state_arrays(n).items():
-            arrays[f"optimizer.{name}"] = values
-        for name, values in self._bias_optimizer.state_arrays(1).items():
-            arrays[f"bias_optimizer.{name}"] = values
+        if self.l1:
+            arrays["l1.received"] = self._cum_l1[:n].copy()
+        if isinstance(self.optimizer, optim_.Optimizer):
+            for name, values in self.optimizer.state_arrays(n).items():
+                arrays[f"optimizer.{name}"] = values
+            for name, values in self._bias_optimizer.state_arrays(1).items():
+                arrays[f"bias_optimizer.{name}"] = values
         meta = {
             "params": self.config(),
             "features": self.features.to_state(),
             "n_samples_seen": self.n_samples_seen,
             "optimizer_iterations": self.optimizer.n_iterations,
             "bias_optimizer_iterations": self._bias_optimizer.n_iterations,
+            **({"l1_total": self._max_cum_l1} if self.l1 else {}),
         }
         return arrays, meta
 
     def config(self) -> dict:
         """The hyper-parameters as JSON: the optimizer's class and parameters, and the model's own."""
+        opt = self.optimizer
+        if isinstance(opt, optim_.Optimizer):
+            optimizer = {"name": type(opt).__name__, **opt._get_params()}
+        elif (schedule := optim_.river_sgd_schedule(opt)) is not None:  # the same rule as ours
+            optimizer = {"name": "SGD", "lr": schedule[0], "power_t": schedule[1]}
+        else:
+            raise ValueError(
+                "a checkpoint holds the optimizers of stream_logreg.optim and River's SGD with a Constant or "
+                f"InverseScaling rate; {type(opt).__name__} has no checkpoint format"
+            )
+        intercept_lr = self._constant_intercept_lr()
+        if intercept_lr is False:
+            raise ValueError("a checkpoint holds intercept_lr as None or a number, not a changing schedule")
+        initializer = self._init_value
         return {
-            "optimizer": {"name": type(self.optimizer).__name__, **self.optimizer._get_params()},
+            "optimizer": optimizer,
             "l2": self.l2,
-            "intercept_lr": self.intercept_lr,
+            **({"l1": self.l1} if self.l1 else {}),
+            "intercept_lr": intercept_lr,
+            "clip_gradient": self.clip_gradient,
+            "intercept_init": self.intercept_init,
+            **({"initializer": initializer} if initializer else {}),
             "n_bits": self.n_bits,
             "max_features": self.max_features,
             "class_weight": None
@@ -224,6 +400,10 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         name = opt.pop("name")
         if name not in optim_.__all__ or name == "Optimizer":
             raise ValueError(f"unknown optimizer {name!r}; known: {optim_.__all__[1:]}")
+        if "initializer" in params:
+            from river.optim.initializers import Constant
+
+            params["initializer"] = Constant(params["initializer"])
         return cls(optimizer=getattr(optim_, name)(**opt), **params)
 
     @classmethod
@@ -235,10 +415,15 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         w = np.asarray(arrays["w"], dtype=np.float64)
         if w.shape != (n,):
             raise ValueError(f"weights have shape {w.shape}, the feature space needs ({n},)")
+        b = np.asarray(arrays["b"], dtype=np.float64)
+        if b.shape != (1,):
+            raise ValueError(f"the bias has shape {b.shape}, expected (1,)")
+        if not (np.isfinite(w).all() and np.isfinite(b).all()):
+            raise ValueError("the weights or the bias hold non-finite values")
         model._w = np.zeros(0)
         model._grow(n)
         model._w[:n] = w
-        model._b[:] = np.asarray(arrays["b"], dtype=np.float64)
+        model._b[:] = b
         prefix = "optimizer."
         model.optimizer.load_state(
             {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)},
@@ -252,6 +437,13 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             1,
         )
         model.n_samples_seen = int(meta["n_samples_seen"])
+        if model.l1:
+            received = np.asarray(arrays.get("l1.received", np.zeros(n)), dtype=np.float64)
+            total = float(meta.get("l1_total", 0.0))
+            if received.shape != (n,) or not (np.isfinite(received).all() and math.isfinite(total)):
+                raise ValueError("the L1 penalty state is missing, of the wrong shape or not finite")
+            model._cum_l1[:n] = received
+            model._max_cum_l1 = total
         model._step = None  # the feature space and the optimizers' arrays were replaced
         model._layout.clear()
         return model
@@ -260,7 +452,11 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
 
     def _encode(self, x: dict, grow: bool) -> int:
         """Write row ``x`` into the scratch buffers; return how many entries (compiled fast path first)."""
-        n = _kernel.encode(x, self.features.columns, self._cols, self._vals, self.features.hashing)
+        try:
+            n = _kernel.encode(x, self.features.columns, self._cols, self._vals, self.features.hashing)
+        except TypeError:  # x is not a dict
+            _check_row(x)
+            raise
         if n >= 0:
             return n
         return self._encode_slow(x, grow)
@@ -285,7 +481,11 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         if self.features.hashing:  # colliding features are merged first, exactly as when learning
             n = self._encode(x, grow=False)
             return _kernel.dot(self._w, self._cols, self._vals, n) + self._b[0]
-        z = _kernel.dot_dict(x, self.features.columns, self._w)
+        try:
+            z = _kernel.dot_dict(x, self.features.columns, self._w)
+        except TypeError:  # x is not a dict (the compiled functions take dicts only)
+            _check_row(x)
+            raise
         if z != z:  # NaN: an unknown feature or a value the feature space must judge
             n = self._encode_slow(x, grow=False)
             z = _kernel.dot(self._w, self._cols, self._vals, n)
@@ -296,8 +496,46 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         p = sigmoid_scalar(self._raw_dot_one(x))
         return {False: 1.0 - p, True: p}
 
+    def debug_one(self, x: dict, decimals: int = 5) -> str:
+        """A table that explains p = σ(w·x + b) for row ``x``, as River's ``LinearRegression.debug_one``:
+        each feature's value, weight and contribution (value × weight), largest first, then the bias.
+        Features the model has not seen count as 0 and are not listed.
+
+        >>> model = OnlineLogisticRegression(optimizer=optim_.SGD(0.5))
+        >>> model.learn_one({"age": 2.0, "city": "Paris"}, True)
+        >>> print(model.debug_one({"age": 2.0, "city": "Paris", "new": 1.0}, decimals=2))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        Name         Value   Weight   Contribution
+               age    2.00     0.50           1.00
+        city=Paris    1.00     0.25           0.25
+         Intercept    1.00     0.25           0.25
+
+        """
+        from river import utils
+
+        _check_row(x)
+        cols, vals = self.features.encode(x, grow=False)  # the row as learned: indicators, merged columns
+        if self.features.hashing:
+            names = [str(c) for c in cols]
+        else:
+            names = [str(self.features.keys[c]) for c in cols]
+        weights = [float(self._w[c]) for c in cols]
+        contributions = [v * w for v, w in zip(vals, weights, strict=True)] + [self.intercept]
+
+        def fmt(value: float) -> str:
+            return f"{value: ,.{decimals}f}"
+
+        order = list(reversed(np.argsort(contributions[:-1], kind="stable"))) + [len(cols)]
+        return utils.pretty.print_table(
+            headers=["Name", "Value", "Weight", "Contribution"],
+            columns=[names + ["Intercept"], [fmt(v) for v in [*vals, 1.0]],
+                     [fmt(w) for w in [*weights, self.intercept]], [fmt(c) for c in contributions]],
+            order=order,
+        )
+
     def predict_one(self, x: dict, **kwargs: Any) -> bool:
-        return self._raw_dot_one(x) > 0.0
+        """Whether p = σ(w·x + b) > 0.5, as a Python bool."""
+        return bool(self._raw_dot_one(x) > 0.0)
 
     def learn_one(self, x: dict, y: Any, w: float = 1.0, **kwargs: Any) -> None:
         """One update with m = 1 on row ``x``, label ``y`` and sample weight ``w``."""
@@ -324,6 +562,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
                 raise ValueError(f"the update for {x!r:.200} is not finite; refused")
         # The general path: new features or a bad value (the feature space decides, and may grow), a label
         # of another type, or an optimizer without a compiled rule.
+        _check_row(x)
         target = _label(y)
         features = self.features
         n = _kernel.encode(x, features.columns, self._cols, self._vals, features.n_bits is not None)
@@ -335,19 +574,16 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             # z = w·x + b, p = σ(z), g = (p − y)·w·c into _b_grad, grads = g·x + l2·w; NaN if not finite
             p = _kernel.predict_gradient(
                 self._w, self._cols, self._vals, n, self._b, target, w,
-                self._pos_weight if target else self._neg_weight, self.l2, self._grads, self._b_grad,
+                self._pos_weight if target else self._neg_weight, self.l2, float(self.clip_gradient),
+                self._grads, self._b_grad,
             )
             if p != p:
                 raise ValueError(f"the update for {x!r:.200} is not finite; refused")
+            self._update(self._cols, self._grads, n, self._b_grad[0], f"the update for {x!r:.200}")
         except BaseException:
             if mark is not None:
                 self._rollback(mark)
             raise
-        self.optimizer.step(self._w, self._cols, self._grads, n)
-        if self.intercept_lr is None:
-            self._bias_optimizer.step(self._b, self._b_col, self._b_grad, 1)
-        else:
-            self._b[0] -= self.intercept_lr * self._b_grad[0]
         self.n_samples_seen += 1
         return p
 
@@ -359,14 +595,15 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         hyper-parameters, which are immutable (River's convention); :meth:`_grow`, the slow path and
         :meth:`from_state` drop the compiled step whenever they replace an array it is bound to.
         """
-        twins = self.optimizer._compiled_rule(), self._bias_optimizer._compiled_rule()
-        if twins[0] is None or twins[1] is None:
+        twins = optim_.compiled_rule(self.optimizer), optim_.compiled_rule(self._bias_optimizer)
+        intercept_lr = self._constant_intercept_lr()
+        if twins[0] is None or twins[1] is None or intercept_lr is False or self.l1:
             return False
         (rule, hyper, w_state), (_, _, b_state) = twins
         return _kernel.SampleStep(
             self.features.columns, self.features.n_bits is not None, self._layout, self._cols, self._vals,
-            self._grads, self._w, self._b, self._neg_weight, self._pos_weight, self.l2, self.intercept_lr,
-            rule, hyper, w_state, b_state, self.optimizer, self._bias_optimizer,
+            self._grads, self._w, self._b, self._neg_weight, self._pos_weight, self.l2, intercept_lr,
+            rule, hyper, w_state, b_state, self.optimizer, self._bias_optimizer, float(self.clip_gradient),
         )
 
     def __getstate__(self) -> dict:
@@ -374,12 +611,53 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         state["_step"] = None  # bound to this instance's arrays: the copy makes its own
         return state
 
-    def _step_bias(self, g: float) -> None:
-        if self.intercept_lr is None:
-            self._b_grad[0] = g
-            self._bias_optimizer.step(self._b, self._b_col, self._b_grad, 1)
-        else:
-            self._b[0] -= self.intercept_lr * g
+    def _l1_penalty(self, cols: np.ndarray) -> None:
+        """River's cumulative L1 penalty (Tsuruoka et al. 2009), after the optimizer's step: the total
+        penalty u ← u + λ1·η (η the optimizer's learning rate), then each touched weight is moved towards 0
+        by what it has not yet received (u − q_j for w_j > 0, u + q_j for w_j < 0), never past it, and q_j
+        records what it received. Applied in the order of ``cols``, as River iterates over the row."""
+        self._max_cum_l1 += self.l1 * self.optimizer.learning_rate
+        u, w, q = self._max_cum_l1, self._w, self._cum_l1
+        for j in cols.tolist():
+            wj = w[j]
+            if wj > 0:
+                w[j] = max(0.0, wj - (u + q[j]))
+            elif wj < 0:
+                w[j] = min(0.0, wj + (u - q[j]))
+            q[j] += w[j] - wj
+
+    def _update(self, cols: np.ndarray, grads: np.ndarray, n: int, g_b: float, what: str) -> None:
+        """One optimizer step of the weights ``cols[:n]`` (gradient ``grads[:n]``) and of the bias
+        (gradient ``g_b``), refused with a ``ValueError`` naming ``what`` if it would leave a non-finite
+        value in w, b or an optimizer's state; then everything is put back bitwise (see the module
+        docstring)."""
+        step = self._step
+        if step is None:
+            step = self._step = self._compile_step()
+        if step:  # the compiled rule, checked as in the per-sample step
+            if not step.update(cols, grads, n, g_b):
+                raise ValueError(f"{what} would make the model non-finite (values too large); refused")
+            return
+        opt, bias_opt = self.optimizer, self._bias_optimizer
+        rate = self._intercept_rate(opt.n_iterations)
+        saved = optim_.save(opt, self._w, cols, n)
+        saved_bias = optim_.save(bias_opt, self._b, self._b_col, 1)
+        try:
+            optim_.step(opt, self._w, cols, grads, n)
+            if rate is None:
+                self._b_grad[0] = g_b
+                optim_.step(bias_opt, self._b, self._b_col, self._b_grad, 1)
+            else:
+                self._b[0] -= rate * g_b
+            if optim_.finite(opt, self._w, cols, n) and optim_.finite(bias_opt, self._b, self._b_col, 1):
+                if self.l1:
+                    self._l1_penalty(cols[:n])
+                return
+        except (OverflowError, ZeroDivisionError, FloatingPointError):  # Python floats in River's steps
+            pass
+        optim_.restore(opt, self._w, cols, n, saved)
+        optim_.restore(bias_opt, self._b, self._b_col, 1, saved_bias)
+        raise ValueError(f"{what} would make the model non-finite (values too large); refused")
 
     # The mini-batch path: numpy arrays (fast) and pandas frames (River's interface)
 
@@ -418,7 +696,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         return plan
 
     def _batch_step(self, X: np.ndarray, plan: _Plan, y: np.ndarray, sample_weight: Any, names: Any) -> None:
-        """One update with the seed's batch formula on rows X, laid out by ``plan``; y is contiguous float64.
+        """One update with the batch formula on rows X, laid out by ``plan``; y is contiguous float64.
 
         One BLAS pass over X for z = Xw + b, one for ∇w = (1/m)Xᵀr, and compiled passes over the batch in
         between (r = σ(z) − y); the model is only written once everything is known to be finite.
@@ -433,7 +711,13 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             X = X[:, plan.keep]
         if plan.inverse is not None:
             merged = np.zeros((m, len(plan.cols)))
-            np.add.at(merged.T, plan.inverse, X.T)
+            with np.errstate(over="ignore", invalid="ignore"):
+                np.add.at(merged.T, plan.inverse, X.T)
+            if not np.isfinite(merged).all() and np.isfinite(X).all():
+                raise ValueError(
+                    "features that share a hashed column have a sum of values too large for a float; "
+                    "the batch was refused"
+                )
             X = merged
         elif not (X.flags.c_contiguous or X.flags.f_contiguous):
             X = np.ascontiguousarray(X)
@@ -449,16 +733,16 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             )
         grad = np.empty(len(cols))
         s = _kernel.batch_gradient(
-            X, z, e, y, sample_weight, self._neg_weight, self._pos_weight, self.l2, w, grad
+            X, z, e, y, sample_weight, self._neg_weight, self._pos_weight, self.l2, float(self.clip_gradient),
+            w, grad
         )
         if s != s:
             raise ValueError(_non_finite_message(X0, names))
-        self.optimizer.step(self._w, cols, grad, len(cols))
-        self._step_bias(s / m)
+        self._update(cols, grad, len(cols), s / m, "the batch")
         self.n_samples_seen += m
 
     def learn_rows(self, xs: list[dict], ys: Any, sample_weight: Any = None) -> None:
-        """One mini-batch update (the seed's batch formula, m = len(xs)) on dict rows.
+        """One mini-batch update (the textbook batch formula, m = len(xs)) on dict rows.
 
         The same update as :meth:`learn_many` on the frame of these rows with missing features as 0. A row
         with a bad value raises ``ValueError`` naming the feature, and the model is left as it was.
@@ -488,7 +772,12 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             )
         features = self.features
         merge = features.n_bits is not None
-        size = sum(map(len, xs))  # a row has at most one entry per key
+        try:
+            size = sum(map(len, xs))  # a row has at most one entry per key
+        except TypeError:
+            i = next(i for i, x in enumerate(xs) if not isinstance(x, dict))
+            raise ValueError(f"row {i}: a row must be a dict of features, got {type(xs[i]).__name__}"
+                             ) from None
         cols, vals = np.empty(size, dtype=np.intp), np.empty(size)
         indptr = np.zeros(m + 1, dtype=np.intp)
         mark = features.mark()
@@ -497,7 +786,10 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             layout = self._layout
             while (i := _kernel.encode_rows(xs, i, features.columns, cols, vals, indptr, merge, layout)) < m:
                 # new features or a bad value: the feature space decides (and may grow)
-                row_cols, row_vals = features.encode(xs[i], grow=True)
+                try:
+                    row_cols, row_vals = features.encode(xs[i], grow=True)
+                except ValueError as e:
+                    raise ValueError(f"row {i}: {e}") from None
                 start, end = indptr[i], indptr[i] + len(row_cols)
                 cols[start:end], vals[start:end] = row_cols, row_vals
                 indptr[i + 1] = end
@@ -506,15 +798,14 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             p, touched, grads, g_b = np.empty(m), np.empty(size, dtype=np.intp), np.empty(size), np.empty(1)
             n = _kernel.batch_predict_gradient(
                 self._w, self._b, cols, vals, indptr, y, sample_weight, self._neg_weight, self._pos_weight,
-                self.l2, p, touched, grads, g_b,
+                self.l2, float(self.clip_gradient), p, touched, grads, g_b,
             )
             if n < 0:
                 raise ValueError("the update is not finite (values too large); the batch was refused")
+            self._update(touched, grads, n, float(g_b[0]), "the batch")
         except BaseException:
             self._rollback(mark)  # forget what the earlier rows added
             raise
-        self.optimizer.step(self._w, touched, grads, n)
-        self._step_bias(float(g_b[0]))
         self.n_samples_seen += m
         return p
 
@@ -569,17 +860,42 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         return sigmoid(self._logits(X, range(X.shape[1]), dense=plan is not None and plan.dense))
 
     def _frame(self, X: Any) -> tuple[np.ndarray, list]:
+        """The values of frame X as a float array, and the feature key of each array column.
+
+        Numeric columns are taken as they are. A column with strings (object, string or category dtype)
+        is read cell by cell as ``learn_one`` reads a row: a string ``v`` is the indicator ``k=v`` (one
+        array column per distinct value), a number stays in column ``k``; anything else raises, naming
+        the feature.
+        """
         names = list(X.columns)
         try:
-            values = X.to_numpy(dtype=np.float64)
+            return X.to_numpy(dtype=np.float64), names
         except (TypeError, ValueError):
-            for name in names:
-                try:
-                    X[name].to_numpy(dtype=np.float64)
-                except (TypeError, ValueError):
-                    raise ValueError(f"feature {name!r} has non-numeric values") from None
-            raise
-        return values, names
+            pass
+        m = len(X)
+        blocks, keys = [], []
+        for name in names:
+            try:
+                blocks.append(X[name].to_numpy(dtype=np.float64))
+                keys.append(name)
+                continue
+            except (TypeError, ValueError):
+                pass
+            numeric, indicators = None, {}
+            for i, v in enumerate(X[name].to_numpy(dtype=object)):
+                key, value = encode_value(name, v)  # raises for None, a number-like string, ...
+                if key is name:
+                    if numeric is None:
+                        numeric = np.zeros(m)
+                    numeric[i] = value
+                else:
+                    indicators.setdefault(key, np.zeros(m))[i] = 1.0
+            if numeric is not None:
+                blocks.append(numeric)
+                keys.append(name)
+            blocks.extend(indicators.values())
+            keys.extend(indicators)
+        return (np.column_stack(blocks) if blocks else np.zeros((m, 0))), keys
 
     def learn_many(self, X: Any, y: Any, w: Any = 1.0, **kwargs: Any) -> None:
         """One mini-batch update on a data frame X (one column per feature) and series y."""
@@ -619,6 +935,34 @@ class _Plan(NamedTuple):
     inverse: np.ndarray | None  # merged column of each kept batch column, where columns repeat
     dense: bool  # cols is 0..n-1: the weights are the view w[:n]
     n_ignored: int  # batch columns ignored by a full vocabulary
+
+
+def _has_learning_rate(optimizer: Any) -> bool:
+    """Whether ``optimizer.learning_rate`` is a number (River's FTRLProximal declares it but has none)."""
+    try:
+        return isinstance(optimizer.learning_rate, numbers.Real)
+    except AttributeError:
+        return False
+
+
+def _check_row(x: Any) -> None:
+    """A row must be a dict of features (``None``, a list, ... raise: nothing can be learned from them)."""
+    if not isinstance(x, dict):
+        raise ValueError(f"a row must be a dict of features, got {type(x).__name__} {x!r:.60}")
+
+
+def _initial_weight(initializer: Any) -> float:
+    """The starting weight of a new feature: 0 (``None``, River's ``Zeros``) or River's ``Constant(v)``."""
+    from river.optim import initializers
+
+    if initializer is None or type(initializer) is initializers.Zeros:
+        return 0.0
+    if type(initializer) is initializers.Constant and math.isfinite(float(initializer.value)):
+        return float(initializer.value)
+    raise ValueError(
+        f"initializer must be None, river.optim.initializers.Zeros() or Constant(v) with v finite, got "
+        f"{initializer!r:.100} (a random initializer would make a checkpoint's future updates differ)"
+    )
 
 
 def _class_weights(class_weight: dict | None) -> tuple[float, float]:

@@ -52,6 +52,7 @@ class Optimizer(base.Base):
     """Base class: an update rule with per-coordinate state arrays named in ``_state_names``."""
 
     _state_names: tuple[str, ...] = ()
+    _nonnegative: tuple[str, ...] = ()  # state arrays that are sums of squares (checked at load)
 
     def __init__(self) -> None:
         self.n_iterations = 0
@@ -97,13 +98,21 @@ class Optimizer(base.Base):
         self.n_iterations = int(n_iterations)
         for name in self._state_names:
             values = np.asarray(arrays[name], dtype=np.float64)
+            if not np.isfinite(values).all():
+                raise ValueError(f"{type(self).__name__} state {name!r} holds non-finite values")
+            if name in self._nonnegative and (values < 0).any():
+                raise ValueError(
+                    f"{type(self).__name__} state {name!r} (a sum of squares) holds negative values"
+                )
+        for name in self._state_names:
+            values = np.asarray(arrays[name], dtype=np.float64)
             new = np.zeros(max(capacity, len(values)))
             new[: len(values)] = values
             setattr(self, name, new)
 
 
 class SGD(Optimizer):
-    """The seed's plain gradient descent: w_j ← w_j − η_t g_j, with η_t = lr / (t + 1)^power_t.
+    """Plain gradient descent: w_j ← w_j − η_t g_j, with η_t = lr / (t + 1)^power_t.
 
     ``power_t = 0`` (the default) is the constant rate η; ``power_t > 0`` is inverse scaling, t being the
     number of updates already made.
@@ -179,11 +188,17 @@ class AdaGrad(Optimizer):
     """
 
     _state_names = ("G",)
+    _nonnegative = ("G",)
 
     def __init__(self, lr: float = 0.15, eps: float = 1e-8) -> None:
         super().__init__()
         self.lr = _check("AdaGrad", "lr", lr, positive=True)
         self.eps = _check("AdaGrad", "eps", eps, positive=False)
+
+    @property
+    def learning_rate(self) -> float:
+        """η (the base rate; each coordinate's step is η / (√G_j + ε))."""
+        return self.lr
 
     def _step(self, w: np.ndarray, cols: np.ndarray, grads: np.ndarray, n: int) -> None:
         _kernel.adagrad_step(w, self.G, cols, grads, n, self.lr, self.eps)
@@ -209,9 +224,9 @@ class FTRL(Optimizer):
     Parameters
     ----------
     alpha
-        α, the scale of the per-coordinate learning rate.
+        α, the scale of the per-coordinate learning rate (default 0.17).
     beta
-        β, smooths the rate of coordinates with few updates.
+        β, smooths the rate of coordinates with few updates (default 0.5).
     l1
         λ1, L1 regularization strength.
     l2
@@ -223,8 +238,7 @@ class FTRL(Optimizer):
     ``LogisticRegression`` on any benchmark stream, over the canonical seeds and three reseeded runs. The
     window is narrow and set by two streams pulling opposite ways: the noiseless, separable SEA stream
     wants larger steps (α ≤ 0.15 loses to River there), Bananas, which has no linear signal, wants
-    smaller ones (α ≥ 0.19 loses there by a few 1e-4). ``FTRL()`` itself keeps α = 0.1, β = 1.0 (code
-    and tests that construct it rely on them); the model names its default's parameters explicitly.
+    smaller ones (α ≥ 0.19 loses there by a few 1e-4). These are also ``FTRL()``'s own defaults.
 
     Examples
     --------
@@ -239,6 +253,7 @@ class FTRL(Optimizer):
     """
 
     _state_names = ("z", "n")
+    _nonnegative = ("n",)
 
     def __init__(self, alpha: float = 0.17, beta: float = 0.5, l1: float = 0.0, l2: float = 0.0) -> None:
         super().__init__()
@@ -254,3 +269,117 @@ class FTRL(Optimizer):
         if type(self) is not FTRL:
             return None
         return "ftrl", (self.alpha, self.beta, self.l1, self.l2), (self.z, self.n)
+
+
+# River's optimizers (``river.optim``), accepted by the model as they are.
+
+
+def is_river(optimizer: object) -> bool:
+    """Whether ``optimizer`` is one of River's (``river.optim.base.Optimizer``) rather than one of ours."""
+    from river.optim.base import Optimizer as RiverOptimizer
+
+    return isinstance(optimizer, RiverOptimizer)
+
+
+def looks_ahead(optimizer: object) -> bool:
+    """Whether River's ``optimizer`` changes the weights before each prediction (``look_ahead``, e.g.
+    ``NesterovMomentum``, ``Averager``): the model does not support those."""
+    from river.optim.base import Optimizer as RiverOptimizer
+
+    return type(optimizer).look_ahead is not RiverOptimizer.look_ahead
+
+
+def river_sgd_schedule(optimizer: object) -> tuple[float, float] | None:
+    """(η, power_t) if ``optimizer`` is River's plain SGD with a ``Constant`` or ``InverseScaling`` rate:
+    then its step is exactly ours, η_t = η / (t + 1)^power_t, t its ``n_iterations``; else ``None``."""
+    from river import optim as river_optim
+
+    if type(optimizer) is not river_optim.SGD:
+        return None
+    lr = optimizer.lr
+    if type(lr) is river_optim.schedulers.Constant:
+        return float(lr.learning_rate), 0.0
+    if type(lr) is river_optim.schedulers.InverseScaling:
+        return float(lr.learning_rate), float(lr.power)
+    return None
+
+
+def compiled_rule(optimizer: object) -> tuple[str, tuple, tuple] | None:
+    """The kernel rule with which the model's compiled step applies ``optimizer``'s update exactly (see
+    :meth:`Optimizer._compiled_rule`), for ours and for River's SGD of :func:`river_sgd_schedule`."""
+    if isinstance(optimizer, Optimizer):
+        return optimizer._compiled_rule()
+    schedule = river_sgd_schedule(optimizer)
+    return None if schedule is None else ("sgd", schedule, ())
+
+
+def step(optimizer: object, w: np.ndarray, cols: np.ndarray, grads: np.ndarray, n: int) -> None:
+    """One update of ``w[cols[:n]]`` with gradient ``grads[:n]``: ours directly, River's through its dict
+    API (``optimizer.step(w=dict, g=dict)``, keyed by column) on the touched coordinates."""
+    if isinstance(optimizer, Optimizer):
+        optimizer.step(w, cols, grads, n)
+        return
+    c = cols[:n].tolist()
+    weights = dict(zip(c, w[cols[:n]].tolist(), strict=True))
+    optimizer.step(w=weights, g=dict(zip(c, grads[:n].tolist(), strict=True)))
+    w[cols[:n]] = [weights[j] for j in c]
+
+
+def _river_state(optimizer: object) -> list[tuple[str, object]]:
+    return [(k, v) for k, v in vars(optimizer).items() if k != "lr"]
+
+
+def save(optimizer: object, w: np.ndarray, cols: np.ndarray, n: int) -> object:
+    """What :func:`restore` needs to put ``w[cols[:n]]`` and ``optimizer``'s state back as they are now.
+
+    Ours: the touched coordinates of ``w`` and of each state array, and ``n_iterations``. River's: its
+    attributes, and for each dict attribute (its per-coordinate state) the touched entries."""
+    c = cols[:n]
+    if isinstance(optimizer, Optimizer):
+        arrays = (w, *(getattr(optimizer, name) for name in optimizer._state_names))
+        saved = np.empty(len(arrays) * n)
+        _kernel.save_at(arrays, cols, n, saved)
+        return optimizer.n_iterations, arrays, saved
+    keys = c.tolist()
+    state = []
+    for name, value in _river_state(optimizer):
+        if isinstance(value, dict):
+            state.append((name, value, {k: value[k] for k in keys if k in value}))
+        else:
+            state.append((name, value, None))
+    return w[c].copy(), state
+
+
+def restore(optimizer: object, w: np.ndarray, cols: np.ndarray, n: int, saved: object) -> None:
+    """Put back what :func:`save` saved."""
+    if isinstance(optimizer, Optimizer):
+        optimizer.n_iterations, arrays, values = saved
+        _kernel.restore_at(arrays, cols, n, values)
+        return
+    old_w, state = saved
+    w[cols[:n]] = old_w
+    for name, value, entries in state:
+        if entries is None:
+            setattr(optimizer, name, value)
+        else:
+            for k in cols[:n].tolist():
+                if k in entries:
+                    value[k] = entries[k]
+                else:
+                    value.pop(k, None)
+
+
+def finite(optimizer: object, w: np.ndarray, cols: np.ndarray, n: int) -> bool:
+    """Whether ``w[cols[:n]]`` and ``optimizer``'s state of those coordinates are all finite."""
+    if isinstance(optimizer, Optimizer):
+        arrays = (w, *(getattr(optimizer, name) for name in optimizer._state_names))
+        return _kernel.finite_at(arrays, cols, n)
+    if not np.isfinite(w[cols[:n]]).all():
+        return False
+    for _, value in _river_state(optimizer):
+        if isinstance(value, dict):
+            for k in cols[:n].tolist():
+                v = value.get(k, 0.0)
+                if isinstance(v, numbers.Real) and not math.isfinite(v):
+                    return False
+    return True

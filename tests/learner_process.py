@@ -86,8 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--producer-setting", action="append", type=_key_value, default=[], metavar="KEY=VALUE")
     p.add_argument("--group-instance-id", help="static group membership id (default: derived, see Source)")
     p.add_argument("--connect-timeout", type=float, default=60.0)
+    p.add_argument("--state-store", default="directory", choices=("directory", "kafka"))
+    p.add_argument("--processing-guarantee", default="at-least-once",
+                   choices=("at-least-once", "exactly-once"))
     p.add_argument("--kafka-client", default="kafka-python", choices=("kafka-python", "confluent"))
     p.add_argument("--max-idle-seconds", type=float, help="stop after this long without a message")
+    p.add_argument("--kill-after-writes", type=int,
+                   help="SIGKILL this process right after its N-th state write, before its transaction "
+                        "commits (the window between writing state and committing offsets)")
     p.add_argument("--status-file", help="keep the learner's stats here as JSON (rewritten atomically)")
     p.add_argument("--status-every", type=float, default=1.0, help="seconds between status-file writes")
     p.add_argument("--log-level", default="INFO")
@@ -121,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             producer_settings=dict(args.producer_setting),
             group_instance_id=args.group_instance_id,
             connect_timeout=args.connect_timeout,
+            state_store=args.state_store,
+            processing_guarantee=args.processing_guarantee,
             kafka_client=args.kafka_client,
         )
     except ConfigError as exc:
@@ -129,7 +137,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from consumers.learner import Learner
 
-    learner = Learner(config)
+    if args.kill_after_writes:
+        from consumers.state.kafka_store import KafkaStore
+
+        write, writes = KafkaStore.write, []
+
+        def write_then_die(self: Any, *a: Any, **k: Any) -> str:
+            cid = write(self, *a, **k)
+            writes.append(cid)
+            if len(writes) >= args.kill_after_writes:
+                self.producer.flush(timeout=10)  # the state records are in the log, uncommitted
+                os.kill(os.getpid(), signal.SIGKILL)
+            return cid
+
+        KafkaStore.write = write_then_die
+
+    learner = Learner(config)  # with the Kafka store: restores (or takes over) the state now
 
     def on_signal(signum: int, frame: Any) -> None:
         logging.getLogger("consumers").info("%s: stopping", signal.Signals(signum).name)
@@ -146,7 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         writer.start()
     try:
-        stats = learner.run(max_idle_seconds=args.max_idle_seconds)
+        try:
+            stats = learner.run(max_idle_seconds=args.max_idle_seconds)
+        except Exception as exc:  # e.g. Fenced: exit 1 with the reason, as `stream-logreg consume` does
+            print(f"learner_process.py: error: {exc}", file=sys.stderr)
+            return 1
     finally:
         done.set()
         if writer is not None:

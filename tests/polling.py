@@ -30,7 +30,7 @@ def wait_for_checkpoint(
     seen = None
     while time.monotonic() < deadline and alive():
         if directory.is_dir():
-            checkpoint = DirectoryStore(directory).latest()
+            checkpoint = DirectoryStore(directory, read_only=True).latest()
             seen = None if checkpoint is None else checkpoint.model.n_samples_seen
             if seen == n_samples:
                 return checkpoint

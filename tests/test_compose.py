@@ -17,15 +17,15 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 import yaml
-from polling import wait_for_checkpoint
 
 from consumers import cli, settings
-from stream_logreg.checkpoints import DirectoryStore
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -144,14 +144,18 @@ def test_learner_service() -> None:
     values, sources = settings.resolve_settings(args, settings.CONSUME_SETTINGS, env)
     assert all(sources[s.name] == "env" for s in settings.CONSUME_SETTINGS if s.env in env)
     config = settings.learner_config(values)
-    # Checkpoints go to a named volume, the image's checkpoint directory.
-    targets = volume_targets("learner")
-    assert config.checkpoint_dir in targets
-    assert targets[config.checkpoint_dir] in COMPOSE["volumes"]
-    assert f"STREAM_LOGREG_CHECKPOINT_DIR={config.checkpoint_dir}" in DOCKERFILE.replace(" ", "")
-    # Metrics: published, and the healthcheck asks the readiness endpoint on that port.
+    # `docker compose up --scale learner=N`: the state is in Kafka, no shared volume, no instance id or
+    # host port that two replicas would share.
+    assert config.state_store == "kafka"
+    assert not volume_targets("learner")
+    assert "STREAM_LOGREG_GROUP_INSTANCE_ID" not in env and "container_name" not in learner
+    # The image's own default (docker run, one host) is the checkpoint directory, on its volume.
+    assert "STREAM_LOGREG_CHECKPOINT_DIR=/var/lib/stream-logreg" in DOCKERFILE.replace(" ", "")
+    # Metrics: published on a range of host ports (one per replica), and the healthcheck asks the
+    # readiness endpoint on that port.
     port = str(values["metrics_port"])
-    assert any(p.split(":")[-1] == port for p in learner["ports"])
+    ranges = [p.rsplit(":", 1) for p in learner["ports"]]
+    assert any(target == port and "-" in host for host, target in ranges)
     test = " ".join(learner["healthcheck"]["test"])
     assert f":{port}/ready" in test
     assert "stop_grace_period" in learner  # SIGTERM: final checkpoint and commit
@@ -175,6 +179,22 @@ def test_named_volumes_are_declared() -> None:
         for source in volume_targets(name).values():
             if not source.startswith((".", "/")):
                 assert source in COMPOSE["volumes"], (name, source)
+
+
+def test_dockerignore_keeps_the_build_context_small() -> None:
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {".git", ".venv", "build", "checkpoints", "**/__pycache__"} <= ignored
+    # nothing the build copies is ignored
+    assert not ignored & {"stream_logreg", "consumers", "pyproject.toml", "setup.py", "README.md"}
+
+
+def test_dockerfile_healthcheck_is_a_stdlib_probe_of_the_metrics_port() -> None:
+    (check,) = [rest for kw, rest in dockerfile_instructions() if kw == "HEALTHCHECK"]
+    probe = orjson.loads(check[check.index("CMD") + 3:].strip())
+    assert probe[:2] == ["python", "-c"]
+    assert "urllib.request" in probe[2] and "/live" in probe[2] and "STREAM_LOGREG_METRICS_PORT" in probe[2]
+    compile(probe[2], "healthcheck", "exec")  # valid Python
 
 
 def test_dockerfile() -> None:
@@ -237,6 +257,28 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0)
         consumer.close()
 
 
+def state_of(bootstrap: str, group: str, ckpt: Path) -> Any:
+    """The newest checkpoint of the learner's state in Kafka (its key: its default instance id)."""
+    from consumers.source import default_instance_id
+    from consumers.state.kafka_store import KafkaStore
+
+    key = default_instance_id(ckpt)
+    with KafkaStore(bootstrap, key=key, group_id=group, read_only=True, timeout=30) as store:
+        return store.latest()
+
+
+def wait_for_state(bootstrap: str, group: str, ckpt: Path, condition: Callable[[Any], bool],
+                   alive: Callable[[], bool], timeout: float = 90.0) -> Any:
+    deadline = time.monotonic() + timeout
+    found = None
+    while time.monotonic() < deadline and alive():
+        found = state_of(bootstrap, group, ckpt)
+        if found is not None and condition(found):
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"the learner's state never got there (last: {found and found.metadata})")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -270,6 +312,7 @@ def test_learner_and_producer_commands_against_the_broker(kafka_bootstrap: str, 
     )
     for key in ("STREAM_LOGREG_TOPICS", "STREAM_LOGREG_PREDICTIONS_TOPIC", "STREAM_LOGREG_DEAD_LETTER_TOPIC"):
         learner_env[key] = ",".join(rename[t] for t in learner_env[key].split(","))
+    group = learner_env["STREAM_LOGREG_GROUP_ID"]
     events, predictions, dead_letters = (learner_env[k] for k in (
         "STREAM_LOGREG_TOPICS", "STREAM_LOGREG_PREDICTIONS_TOPIC", "STREAM_LOGREG_DEAD_LETTER_TOPIC"))
 
@@ -289,7 +332,8 @@ def test_learner_and_producer_commands_against_the_broker(kafka_bootstrap: str, 
             assert produced.returncode == 0, produced.stderr.decode()
             assert f"replayed {n} events to topic {events}" in produced.stdout.decode()
 
-            checkpoint = wait_for_checkpoint(ckpt, n, alive=lambda: learner.poll() is None)
+            checkpoint = wait_for_state(kafka_bootstrap, group, ckpt, lambda c: c.model.n_samples_seen == n,
+                                        alive=lambda: learner.poll() is None)
             assert sum(checkpoint.metadata["offsets"].values()) == n
 
             # A message that cannot be decoded goes to the dead-letter topic; an unlabelled event is scored
@@ -306,12 +350,9 @@ def test_learner_and_producer_commands_against_the_broker(kafka_bootstrap: str, 
             doc = orjson.loads(prediction.value)
             assert doc["id"] == "to-score" and 0.0 < doc["p"] < 1.0
 
-            deadline = time.monotonic() + 60
-            while learner.poll() is None and time.monotonic() < deadline:
-                latest = DirectoryStore(ckpt).latest()
-                if sum(latest.metadata["offsets"].values()) == n + 2:
-                    break
-                time.sleep(0.1)
+            wait_for_state(kafka_bootstrap, group, ckpt,
+                           lambda c: sum(c.metadata["offsets"].values()) == n + 2,
+                           alive=lambda: learner.poll() is None)
             learner.send_signal(signal.SIGTERM)  # docker stop
             rc = learner.wait(timeout=60)
         finally:
@@ -322,7 +363,8 @@ def test_learner_and_producer_commands_against_the_broker(kafka_bootstrap: str, 
             admin.close()
     log_text = log_path.read_text()
     assert rc == 0, log_text
-    latest = DirectoryStore(ckpt).latest()
+    latest = state_of(kafka_bootstrap, group, ckpt)
+    assert not ckpt.exists()  # the state is in Kafka only
     assert latest.model.n_samples_seen == n  # the junk and the unlabelled event are not learned
     assert sum(latest.metadata["offsets"].values()) == n + 2
     # STREAM_LOGREG_LOG_FORMAT=json: every line the service logged is a JSON object.

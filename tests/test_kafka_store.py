@@ -122,8 +122,17 @@ def test_round_trip_bitwise_with_metadata(stores, state_topic) -> None:
     assert checkpoint.model.predict_proba_one(x) == model.predict_proba_one(x)
 
 
+def densified(model: OnlineLogisticRegression, seed: int = 0) -> OnlineLogisticRegression:
+    """``model`` with every array entry non-zero (checkpoints store sparse arrays sparsely)."""
+    rng = np.random.default_rng(seed)
+    arrays, meta = model.state()
+    dense = {k: rng.uniform(0.1, 1.0, v.shape) if k.endswith(".n") else rng.normal(size=v.shape)
+             for k, v in arrays.items()}
+    return OnlineLogisticRegression.from_state(dense, meta)
+
+
 def test_million_hashed_weights_with_ftrl_state_round_trip(stores, kafka_topic, kafka_bootstrap) -> None:
-    model = trained(200, n_bits=20)
+    model = densified(trained(200, n_bits=20))
     assert model.coef.size >= 10**6
     topic = kafka_topic(config={"cleanup.policy": "compact"})  # the broker's default message limit
     cid = stores(topic).save(model, {"offsets": {"t:0": 200}})
@@ -143,11 +152,12 @@ TORN_WRITER = textwrap.dedent(
     from stream_logreg import OnlineLogisticRegression, optim
 
     bootstrap, topic = sys.argv[1:3]
-    store = KafkaStore(bootstrap, "member-1", topic=topic)
+    store = KafkaStore(bootstrap, "member-1", topic=topic, chunk_bytes=4096)
     model = OnlineLogisticRegression(optimizer=optim.FTRL(), n_bits=18)
     model.learn_one({"a": 1.0}, True)
     print("saved", store.save(model, {"n": 1}), flush=True)
-    model.learn_one({"b": 1.0}, False)
+    # Checkpoints are sparse: enough features in use for many chunks.
+    model.learn_one({f"f{i}": 1.0 for i in range(2000)}, False)
     send, sent = store._send, []
 
     def send_then_hang(name, value):  # the SIGKILL lands after a few chunks are on the broker

@@ -16,6 +16,7 @@ from river import datasets, linear_model, preprocessing
 from river import optim as river_optim
 
 from stream_logreg import OnlineLogisticRegression, optim
+from stream_logreg.features import IndicatorName
 
 NAMES = [f"x{j}" for j in range(8)]
 
@@ -271,13 +272,13 @@ def test_inspectable_state():
     assert model.weights == {} and model.intercept == 0.0 and model.n_samples_seen == 0
     model.learn_one({"age": 2.0, "city": "Paris", "vip": True}, True)
     # one step from zero: h = 0.5, so w = −η(h − y)x = 0.25·x and b = 0.25
-    assert model.weights == {"age": 0.5, "city=Paris": 0.25, "vip": 0.25}
+    assert model.weights == {"age": 0.5, IndicatorName("city", "Paris"): 0.25, "vip": 0.25}
     assert model.intercept == 0.25 and model.n_samples_seen == 1
     model.learn_many(pd.DataFrame({"age": [1.0, 2.0, 3.0]}), pd.Series([False, True, False]))
     assert model.n_samples_seen == 4
     model.learn_batch(np.zeros((5, 2)), np.zeros(5))
     assert model.n_samples_seen == 9
-    assert list(model.weights) == ["age", "city=Paris", "vip", "0", "1"]
+    assert list(model.weights) == ["age", IndicatorName("city", "Paris"), "vip", 0, 1]  # the keys as given
     assert model.coef.tolist() == list(model.weights.values())
     with pytest.raises(ValueError):
         model.coef[0] = 1.0  # a read-only view

@@ -153,7 +153,7 @@ def test_model_with_ftrl_matches_logistic_ftrl(model_l2):
         grads[bias] = r
         paper.update(grads)
         model.learn_one(x, y)
-    weights = model.weights
+    weights = {str(k): wk for k, wk in model.weights.items()}  # indicators by their name "k=v"
     assert set(weights) == {k for k in paper.z if k is not bias}
     for k, wk in weights.items():
         assert wk == pytest.approx(paper.weight(k), rel=1e-11, abs=1e-15)
@@ -389,7 +389,7 @@ def test_state_round_trip_is_bitwise(optimizer, settings):
         (lambda: optim.FTRL(l2=float("inf")), "FTRL: l2 must be >= 0 and finite"),
         (lambda: optim.FTRL(l1=None), "FTRL: l1 must be >= 0 and finite, got None"),
         (lambda: OnlineLogisticRegression(l2=-1.0), "l2 must be >= 0"),
-        (lambda: OnlineLogisticRegression(intercept_lr=-0.1), "intercept_lr must be None or >= 0"),
+        (lambda: OnlineLogisticRegression(intercept_lr=-0.1), "intercept_lr must be None, a number >= 0"),
         (lambda: OnlineLogisticRegression(class_weight={2: 1.0}), "class_weight keys must be 0/1"),
         (lambda: OnlineLogisticRegression(class_weight={1: -2.0}), "class weights must be finite and >= 0"),
     ],

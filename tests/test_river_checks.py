@@ -16,8 +16,8 @@ from river import checks, preprocessing
 from stream_logreg import OnlineLogisticRegression
 
 SKIP_REASON = (
-    "declared in _unit_test_skips(): learn_many takes one mean-gradient step per batch (the seed's batch "
-    "formula), as River's own linear models do, so it cannot match a learn_one loop"
+    "declared in _unit_test_skips(): learn_many takes one mean-gradient step per batch (the textbook "
+    "batch formula), as River's own linear models do, so it cannot match a learn_one loop"
 )
 
 

@@ -11,21 +11,29 @@ the next checkpoint (or the next time tick).
 :class:`Checkpointing` works over any ``CheckpointStore`` (``save(model, metadata) -> id``,
 ``latest(expect_config=...)``): a local directory or a Kafka topic. It knows nothing about Kafka clients: the
 learner passes it the callables that flush the outputs and commit offsets.
+
+Commit metadata: with a directory store, the checkpoint id; with a store that has a state ``key`` (the Kafka
+store), ``<key>/<checkpoint id>@<member>``: which state holds the events before the committed offset, and
+which group member (``group_instance_id``) wrote it. A member with an empty disk reads it on assignment to
+find the state of a lost member (:func:`parse_ref`, see :mod:`consumers.learner`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from kafka import TopicPartition
 from kafka.structs import OffsetAndMetadata
 
+from consumers.state.kafka_store import StateFenced
 from consumers.stats import LearnerStats
 
-__all__ = ["Checkpointing", "parse_tp_key", "tp_key", "tp_keys"]
+__all__ = ["Checkpointing", "StateRef", "hold_directory", "parse_ref", "parse_tp_key", "tp_key", "tp_keys"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,52 @@ def parse_tp_key(key: str) -> TopicPartition:
     return TopicPartition(topic, int(partition))
 
 
+_REF = re.compile(r"([A-Za-z0-9._:,=+-]{1,200})/(\d{20})@([A-Za-z0-9._-]{1,249})")
+
+
+def hold_directory(path: Any) -> Any:
+    """Take the learner's lock on checkpoint directory ``path`` for as long as the returned file stays open
+    (released by the kernel if the process dies): a second live learner on the directory gets a clear
+    :class:`~stream_logreg.checkpoints.CheckpointError` instead of restoring the other one's checkpoints."""
+    import fcntl
+    import os
+
+    from stream_logreg.checkpoints import CheckpointError
+
+    os.makedirs(path, exist_ok=True)
+    handle = open(os.path.join(path, ".learner.lock"), "a+b")  # noqa: SIM115  (held open on purpose)
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise CheckpointError(
+            f"another learner is running on the checkpoint directory {os.fspath(path)!r}: give each learner "
+            "its own --checkpoint-dir, or use --state-store kafka"
+        ) from None
+    return handle
+
+
+@dataclass(frozen=True)
+class StateRef:
+    """What a committed offset's metadata says: the state key, the checkpoint and the member that wrote it."""
+
+    key: str
+    checkpoint_id: str
+    member: str
+
+
+def parse_ref(metadata: str | None) -> StateRef | None:
+    """The :class:`StateRef` of a committed offset's metadata, or None (a directory store's, or foreign).
+
+    >>> parse_ref("lr-1/00000000000000000042@host-1")
+    StateRef(key='lr-1', checkpoint_id='00000000000000000042', member='host-1')
+    >>> parse_ref("00000000000000000042") is None
+    True
+    """
+    m = _REF.fullmatch(metadata or "")
+    return StateRef(*m.groups()) if m else None
+
+
 class Checkpointing:
     """The model, the offsets it covers, and its durable checkpoints.
 
@@ -58,8 +112,12 @@ class Checkpointing:
     True
     """
 
-    def __init__(self, store: Any, config: Any, stats: LearnerStats) -> None:
+    def __init__(self, store: Any, config: Any, stats: LearnerStats, member: str | None = None,
+                 group_metadata: Callable[[], Any] | None = None) -> None:
         self.store = store
+        # exactly-once: the consumer's group metadata, for the offsets committed in the state's transaction
+        self.group_metadata = group_metadata
+        self.member = member  # this member's group_instance_id, named in the commit metadata
         self.config = config
         self.stats = stats
         self.model_config = config.model_config()
@@ -76,6 +134,7 @@ class Checkpointing:
         self.last_checkpoint_at = time.monotonic()
         self.commit_pending = False
         self.needs_reload = False  # the model is ahead of its offsets (a failed revoke checkpoint)
+        self.fenced: Exception | None = None  # another writer took this state key over: stop
         self.restore()
 
     # ------------------------------------------------------------------ restore
@@ -88,7 +147,7 @@ class Checkpointing:
             self.model = self.config.make_model()
             self.checkpoint_id = None
             self.positions, self.ckpt_offsets, self.learned = {}, {}, {}
-            log.info("no checkpoint in %s: starting a fresh model", self.config.checkpoint_dir)
+            log.info("no checkpoint in %r: starting a fresh model", self.store)
         else:
             self.model = ckpt.model
             self.checkpoint_id = ckpt.id
@@ -108,6 +167,24 @@ class Checkpointing:
             self.stats.n_features = self.model.n_features
             self.stats.buffered = 0
 
+    @property
+    def fresh(self) -> bool:
+        """Nothing learned and no checkpoint: this member may take over a lost member's state."""
+        learned = any(self.learned.values())
+        return self.checkpoint_id is None and self.model.n_samples_seen == 0 and not learned
+
+    def adopt(self, store: Any) -> None:
+        """Continue the state of ``store`` (another state key): its newest checkpoint becomes ours."""
+        self.store = store
+        self.restore()
+
+    def ref(self, cid: str | None) -> str:
+        """The commit metadata of checkpoint ``cid`` (see the module docstring)."""
+        key = getattr(self.store, "key", None)
+        if key is None or cid is None or self.member is None:
+            return cid or ""
+        return f"{key}/{cid}@{self.member}"
+
     # ------------------------------------------------------------------ checkpoints
 
     def due(self) -> bool:
@@ -126,10 +203,16 @@ class Checkpointing:
                 offsets[tp] = r.offset
         return offsets
 
-    def checkpoint(self, reason: str, flush: Callable[[float], bool], flush_timeout: float | None = None
-                   ) -> bool:
+    def checkpoint(self, reason: str, flush: Callable[[float], bool], flush_timeout: float | None = None,
+                   commit_to: Iterable[TopicPartition] = ()) -> bool:
         """Flush the outputs (``flush(timeout)``), then write a durable checkpoint of the model and its
-        offsets. The caller holds the learner's lock."""
+        offsets. The caller holds the learner's lock.
+
+        Exactly-once (``group_metadata`` given): the checkpoint, the offsets of the partitions
+        ``commit_to`` and the outputs sent since the last checkpoint are one transaction of the store. If it
+        fails it is aborted, and the model is to be rolled back to the last checkpoint
+        (:attr:`needs_reload`): its events are read, learned and published again.
+        """
         t0 = time.monotonic()
         if self.needs_reload:  # the model is ahead of its offsets: the last checkpoint stays the truth
             return False
@@ -154,18 +237,24 @@ class Checkpointing:
             "reason": reason,
         }
         try:
-            cid = self.store.save(self.model, metadata)
+            cid = self._save(metadata, offsets, commit_to)
+        except StateFenced as exc:
+            self.fenced = exc
+            log.error("%s", exc, extra={"reason": "state_fenced"})
+            return False
         except Exception:
             with self.stats.lock:
                 self.stats.checkpoint_failures += 1
             self.last_checkpoint_at = t0
-            log.exception("writing a checkpoint to %s failed", self.config.checkpoint_dir,
+            if self.group_metadata is not None:  # the interval's transaction was aborted: start it over
+                self.needs_reload = True
+            log.exception("writing a checkpoint to %r failed", self.store,
                           extra={"reason": reason})
             return False
         self.checkpoint_id = cid
         self.ckpt_offsets = offsets
         self.since_checkpoint = 0
-        self.commit_pending = True
+        self.commit_pending = self.group_metadata is None  # exactly-once: committed with the state
         now = time.monotonic()
         self.last_checkpoint_at = now
         with self.stats.lock:
@@ -177,14 +266,34 @@ class Checkpointing:
                   extra={"checkpoint_id": cid, "reason": reason})
         return True
 
+    def _save(self, metadata: dict, offsets: dict[TopicPartition, int], commit_to: Iterable[TopicPartition]
+              ) -> str:
+        """Write the checkpoint (exactly-once: with the offsets, in the interval's transaction)."""
+        store = self.store
+        if self.group_metadata is None:
+            return store.save(self.model, metadata)
+        if not store.in_transaction:
+            store.begin()
+        try:
+            cid = store.write(self.model, metadata)
+            commits = self.commit_offsets(commit_to, set(), offsets, cid)
+            if commits:
+                store.send_offsets(commits, self.group_metadata())
+        except BaseException:
+            store.abort()
+            raise
+        store.commit()
+        return cid
+
     # ------------------------------------------------------------------ commits
 
-    def commit_offsets(self, partitions: Iterable[TopicPartition], pending: set[TopicPartition]
+    def commit_offsets(self, partitions: Iterable[TopicPartition], pending: set[TopicPartition],
+                       offsets: dict[TopicPartition, int] | None = None, cid: str | None = None
                        ) -> dict[TopicPartition, OffsetAndMetadata]:
         """The last durable checkpoint's offsets of ``partitions`` (those it knows, not ``pending`` a seek),
-        with its id, never below the floor."""
-        meta = self.checkpoint_id or ""
-        ckpt = self.ckpt_offsets
+        with its id, never below the floor (or those of checkpoint ``cid`` with ``offsets``)."""
+        meta = self.ref(self.checkpoint_id if cid is None else cid)
+        ckpt = self.ckpt_offsets if offsets is None else offsets
         return {
             tp: OffsetAndMetadata(ckpt[tp], meta, -1)
             for tp in partitions
@@ -219,7 +328,8 @@ class Checkpointing:
         if not self.due():
             return
         if self.since_checkpoint:
-            if self.checkpoint("periodic", flush):
+            done = self.checkpoint("periodic", flush, commit_to=set(partitions) - pending)
+            if done and self.commit_pending:
                 self.commit(partitions, pending, commit)
         elif self.commit_pending:
             self.last_checkpoint_at = time.monotonic()

@@ -131,14 +131,17 @@ from stream_logreg.checkpoints import (
     CheckpointError,
     CheckpointInfo,
     UnsupportedCheckpoint,
-    _new_id,
     decode_manifest,
     encode_checkpoint,
+    new_checkpoint_id,
     restore,
 )
 from stream_logreg.model import OnlineLogisticRegression
 
-__all__ = ["CHUNK_BYTES", "KafkaStore", "StateFenced", "StateTopicError", "state_partition", "topic_configs"]
+__all__ = [
+    "CHUNK_BYTES", "KafkaStore", "StateFenced", "StateTopicError", "own_settings", "state_partition",
+    "topic_configs",
+]
 
 logger = logging.getLogger("consumers.state.kafka_store")
 
@@ -157,6 +160,8 @@ _OWN_SETTINGS = frozenset({
     "isolation_level", "max_partition_fetch_bytes", "fetch_max_bytes", "request_timeout_ms",
     "bootstrap_timeout_ms",
 })
+#: The kafka-python settings the store sets itself (refused in ``client_settings``).
+own_settings = _OWN_SETTINGS
 _FENCED = (
     kafka_errors.ProducerFencedError,
     kafka_errors.InvalidProducerEpochError,
@@ -310,6 +315,8 @@ class KafkaStore:
         The partitions of a topic this store creates.
     client_settings
         Settings passed to each kafka-python client that accepts them (e.g. ``security_protocol``).
+    read_only
+        Only read (``latest``, ``list``): no producer, so opening it fences no writer of the key.
 
     After each :meth:`latest`, ``skipped`` lists ``(id, reason)`` of the newer checkpoints it passed over.
     """
@@ -327,6 +334,7 @@ class KafkaStore:
         producer: KafkaProducer | None = None,
         partitions: int = 1,
         client_settings: dict[str, Any] | None = None,
+        read_only: bool = False,
     ) -> None:
         if not isinstance(key, str) or not _STATE_KEY.fullmatch(key):
             raise ValueError(
@@ -373,7 +381,10 @@ class KafkaStore:
         self._probe: KafkaConsumer | None = None
         self._own_producer = producer is None
         self._partition = TopicPartition(topic, state_partition(key, self._ensure_topic()))
-        if producer is None:
+        if read_only:  # no producer: no fencing, no writes
+            self.transactional_id = None
+            self._unusable = CheckpointError(f"this store of state key {key!r} was opened read-only")
+        elif producer is None:
             self.transactional_id = f"stream-logreg-state.{topic}.{key}"
             producer = KafkaProducer(
                 bootstrap_servers=bootstrap_servers,
@@ -617,9 +628,27 @@ class KafkaStore:
         """A Kafka transaction on ``producer``: committed when the block ends, aborted on an exception.
 
         Inside it, :meth:`write` adds a checkpoint; the caller may send its own records on the producer
-        and ``send_offsets_to_transaction``. Raises :class:`StateFenced` if a newer writer of the key
-        took over (the transaction is then aborted by Kafka).
+        and :meth:`send_offsets`. Raises :class:`StateFenced` if a newer writer of the key took over (the
+        transaction is then aborted by Kafka). :meth:`begin`, :meth:`commit` and :meth:`abort` are the
+        same steps for a transaction that spans a loop (the service's checkpoint interval).
         """
+        self.begin()
+        try:
+            yield self.producer
+        except BaseException as exc:
+            err = self._aborted(exc)
+            if err is exc:
+                raise
+            raise err from exc
+        self.commit()
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction of this store is open."""
+        return self._in_transaction
+
+    def begin(self) -> None:
+        """Open a transaction (a local step: nothing is sent until the first record)."""
         self._check_usable()
         if self._in_transaction:
             raise CheckpointError("a transaction of this store is already open")
@@ -630,29 +659,67 @@ class KafkaStore:
                 f"could not begin a state transaction: {exc}"
             ) from exc
         self._in_transaction = True
+
+    def send_offsets(self, offsets: dict, group_metadata: Any) -> None:
+        """``send_offsets_to_transaction(offsets, group_metadata)`` on the open transaction, waiting at
+        most ``timeout`` seconds (kafka-python waits without a timeout). On failure the transaction is
+        aborted and :class:`StateFenced` or ``CheckpointError`` raised."""
+        if not self._in_transaction:
+            raise CheckpointError("KafkaStore.send_offsets needs an open transaction")
         try:
-            yield self.producer
+            self._end(lambda: self.producer.send_offsets_to_transaction(offsets, group_metadata), "offsets")
+        except BaseException as exc:
+            err = self._aborted(exc)
+            if err is exc:
+                raise
+            raise err from exc
+
+    def commit(self) -> None:
+        """Flush and commit the open transaction; on failure it is aborted and :class:`StateFenced` or
+        ``CheckpointError`` raised."""
+        if not self._in_transaction:
+            raise CheckpointError("KafkaStore.commit needs an open transaction")
+        try:
             self.producer.flush(timeout=self.timeout)
             self._end(self.producer.commit_transaction, "commit")
         except BaseException as exc:
-            if _is_fenced(exc):
-                raise self._fence(exc) from exc
+            err = self._aborted(exc)
+            if err is exc:
+                raise
+            raise err from exc
+        if self._pending is not None:
+            self._index = self._pending
+        self._pending = None
+        self._in_transaction = False
+
+    def abort(self) -> None:
+        """Abort the open transaction, if any: nothing of it becomes visible. Raises :class:`StateFenced`
+        if a newer writer took over (Kafka aborted it then), ``CheckpointError`` if the abort failed."""
+        if self._in_transaction:
+            err = self._aborted(None)
+            if err is not None:
+                raise err
+
+    def _aborted(self, exc: BaseException | None) -> BaseException | None:
+        """Abort the open transaction after ``exc``; return what to raise (``exc`` itself when it is no
+        Kafka error, so that e.g. a KeyboardInterrupt goes on)."""
+        try:
+            if exc is not None and _is_fenced(exc):
+                return self._fence(exc)
             if self._unusable is None:
                 try:
                     self._end(self.producer.abort_transaction, "abort")
                 except Exception as abort_exc:
                     if _is_fenced(abort_exc):
-                        raise self._fence(abort_exc) from exc
+                        return self._fence(abort_exc)
                     self._unusable = CheckpointError(
                         f"the state transaction could not be aborted ({abort_exc}); this store can no longer "
                         "write: open a new one (it resolves the transaction)"
                     )
+                    return self._unusable
             if isinstance(exc, kafka_errors.KafkaError):
-                raise CheckpointError(f"the state transaction failed and was aborted: {exc}") from exc
-            raise
-        else:
-            if self._pending is not None:
-                self._index = self._pending
+                return CheckpointError(f"the state transaction failed and was aborted: {exc}")
+            return exc
         finally:
             self._pending = None
             self._in_transaction = False
@@ -696,7 +763,7 @@ class KafkaStore:
         if self._pending is not None:
             raise CheckpointError("this transaction already holds a checkpoint")
         index = self._index if self._index is not None else self._scan()
-        cid = _new_id([index.newest] if index.newest else [])
+        cid = new_checkpoint_id([index.newest] if index.newest else [])
         npz, manifest = encode_checkpoint(cid, model, metadata)
         data = manifest + npz
         step = self.chunk_bytes
@@ -745,7 +812,7 @@ class KafkaStore:
             if consumer is not None:
                 consumer.close()
         self._consumer = self._probe = None
-        if self._own_producer:
+        if self._own_producer and self.producer is not None:
             self.producer.close(timeout=self.timeout)
 
     def __enter__(self) -> KafkaStore:

@@ -1,0 +1,165 @@
+"""What the delayed-label join store costs: per call, per pending event in memory, per checkpoint.
+
+In one process, on typical events (20 float features, a string id), best of R rounds (the machine is shared):
+
+1. ``add_event`` (stored) and ``add_label`` (joins it) in ns per call, beside a plain ``dict`` insert + pop of
+   the same rows (the least a join can cost);
+2. per event, from message bytes: today's labelled path (decode, ``predict_learn_one``) vs the joined path
+   (decode, ``predict_proba_one``, ``add_event``; decode the label, ``add_label``, ``learn_one``), as a ratio;
+3. bytes per pending event: memory held by the store (tracemalloc) vs the store's own estimate;
+4. ``to_state`` / ``from_state`` time (and state size) for 10^4 and 10^5 pending events.
+
+    PYTHONPATH=. python bench/bench_join_store.py [--n 50000] [--rounds 3] [--features 20]
+        [--state 10000,100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+import tracemalloc
+
+import orjson
+
+from consumers.state.join_store import JoinStore
+from stream_logreg import OnlineLogisticRegression
+from stream_logreg.codec import JsonCodec, encode_event
+
+
+def typical_rows(n: int, n_features: int, seed: int = 0) -> tuple[list[str], list[dict]]:
+    rng = random.Random(seed)
+    names = [f"feature_{i:02d}" for i in range(n_features)]  # shared key objects, as the codec's orjson gives
+    return [f"evt-{i:09d}" for i in range(n)], [{k: rng.gauss(0.0, 1.0) for k in names} for _ in range(n)]
+
+
+def time_store(ids: list[str], rows: list[dict]) -> tuple[float, float]:
+    """ns per add_event (stored) and per add_label (joined)."""
+    n = len(ids)
+    store = JoinStore(max_pending=n, max_bytes=2**40, label_ttl_ms=10**12)
+    add_event, add_label = store.add_event, store.add_label
+    t0 = time.perf_counter_ns()
+    for i in range(n):
+        add_event(ids[i], rows[i], 0.5, version=i, ts=i, topic="events", partition=0, offset=i)
+    t1 = time.perf_counter_ns()
+    for i in range(n):
+        add_label(ids[i], 1, ts=n + i, topic="labels", partition=0, offset=i)
+    t2 = time.perf_counter_ns()
+    assert store.counters["joined"] == n
+    return (t1 - t0) / n, (t2 - t1) / n
+
+
+def time_dict(ids: list[str], rows: list[dict]) -> tuple[float, float]:
+    """ns per insert and per pop of a plain dict (the floor of a join)."""
+    n, d = len(ids), {}
+    t0 = time.perf_counter_ns()
+    for i in range(n):
+        d[ids[i]] = (rows[i], 0.5, i, i)
+    t1 = time.perf_counter_ns()
+    for i in range(n):
+        d.pop(ids[i])
+    t2 = time.perf_counter_ns()
+    return (t1 - t0) / n, (t2 - t1) / n
+
+
+def time_paths(ids: list[str], rows: list[dict]) -> tuple[float, float]:
+    """µs per event of the labelled path and of the joined path, from message bytes, each on a fresh model.
+
+    Labelled: decode ``{"x", "y", "id"}``, ``predict_learn_one``. Joined: decode ``{"x", "id"}``, predict, add
+    the event; later decode the label ``{"id", "y"}`` (``orjson.loads``: the labels codec is not written yet),
+    add it, learn the join. No Kafka I/O in either: the store's share of the work, not the service's rate.
+    """
+    n, ys = len(ids), [i % 2 for i in range(len(ids))]
+    codec = JsonCodec()
+    labelled_msgs = [encode_event(rows[i], y=ys[i], id=ids[i]) for i in range(n)]
+    event_msgs = [encode_event(rows[i], id=ids[i]) for i in range(n)]
+    label_msgs = [orjson.dumps({"id": ids[i], "y": ys[i]}) for i in range(n)]
+
+    model = OnlineLogisticRegression()
+    model.learn_one(rows[0], 1)  # both models know the features: scoring unseen ones takes a slow path
+    decode = codec.decode
+    t0 = time.perf_counter()
+    for i in range(n):
+        e = decode(labelled_msgs[i])
+        model.predict_learn_one(e.x, e.y)
+    labelled = (time.perf_counter() - t0) / n * 1e6
+
+    model = OnlineLogisticRegression()
+    model.learn_one(rows[0], 1)
+    store = JoinStore(max_pending=n, max_bytes=2**40, label_ttl_ms=10**12)
+    half = n // 2  # events then labels, half of them pending at a time
+    t0 = time.perf_counter()
+    for i in range(n + half):
+        if i < n:
+            e = decode(event_msgs[i])
+            p = model.predict_proba_one(e.x)[True]
+            store.add_event(e.id, e.x, p, version=model.n_samples_seen, ts=i, topic="e", offset=i)
+        j = i - half
+        if j >= 0:
+            label = orjson.loads(label_msgs[j])
+            for joined in store.add_label(label["id"], label["y"], ts=i, topic="l", offset=j):
+                model.learn_one(joined.x, joined.y)
+    joined_path = (time.perf_counter() - t0) / n * 1e6
+    assert store.counters["joined"] == n
+    return labelled, joined_path
+
+
+def memory(ids: list[str], rows: list[dict]) -> tuple[float, float]:
+    """Bytes per pending event: held (tracemalloc) and estimated by the store."""
+    store = JoinStore(max_pending=len(ids), max_bytes=2**40)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(len(ids)):
+        store.add_event(ids[i], rows[i], 0.5, version=i, ts=i, topic="events", partition=0, offset=i)
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return held / len(ids), store.n_bytes / len(ids)
+
+
+def time_state(n: int, n_features: int, rounds: int) -> tuple[float, float, int]:
+    """Seconds for to_state and from_state of a store of n pending events, and the state's bytes."""
+    ids, rows = typical_rows(n, n_features, seed=n)
+    store = JoinStore(max_pending=n, max_bytes=2**40)
+    for i in range(n):
+        store.add_event(ids[i], rows[i], 0.5, version=i, ts=i, topic="events", partition=0, offset=i)
+    save = load = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        arrays, meta = store.to_state()
+        t1 = time.perf_counter()
+        JoinStore.from_state(arrays, meta)
+        t2 = time.perf_counter()
+        save, load = min(save, t1 - t0), min(load, t2 - t1)
+    return save, load, sum(a.nbytes for a in arrays.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=50_000, help="events per round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (the best one counts)")
+    parser.add_argument("--features", type=int, default=20, help="float features per event")
+    parser.add_argument("--state", default="10000,100000", help="pending events for to_state/from_state")
+    args = parser.parse_args()
+
+    ids, rows = typical_rows(args.n, args.features)
+    best = {"store": [float("inf")] * 2, "dict": [float("inf")] * 2, "paths": [float("inf")] * 2}
+    for _ in range(args.rounds):  # interleaved, so drifts in machine load hit all contenders alike
+        for name, fn in (("store", time_store), ("dict", time_dict), ("paths", time_paths)):
+            best[name] = [min(a, b) for a, b in zip(best[name], fn(ids, rows), strict=True)]
+    (ev, lab), (ins, pop), (labelled, joined) = best["store"], best["dict"], best["paths"]
+    print(f"{args.n} events of {args.features} float features, best of {args.rounds} rounds")
+    print(f"  add_event (stored)      {ev:8.0f} ns   plain dict insert {ins:6.0f} ns  ({ev / ins:4.1f}x)")
+    print(f"  add_label (joined)      {lab:8.0f} ns   plain dict pop    {pop:6.0f} ns  ({lab / pop:4.1f}x)")
+    print(f"  labelled path (decode, predict_learn_one)           {labelled:6.2f} µs/event")
+    print(f"  joined path (2 decodes, predict, 2 adds, learn)     {joined:6.2f} µs/event  "
+          f"= {labelled / joined:.2f}x the labelled path's throughput")  # fmt: skip
+    held, estimate = memory(ids[:20_000], rows[:20_000])
+    print(f"  memory per pending event: {held:.0f} bytes held (tracemalloc), {estimate:.0f} estimated")
+    for n in (int(s) for s in args.state.split(",")):
+        save, load, size = time_state(n, args.features, args.rounds)
+        print(f"  {n:>7} pending: to_state {save * 1e3:7.1f} ms, from_state {load * 1e3:7.1f} ms, "
+              f"state {size / 2**20:6.1f} MiB")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,812 @@
+"""The delayed-label join store: events scored now, learned when their label arrives (issue 13).
+
+An unlabelled event is scored at once; its features ``x``, the probability ``p`` predicted then and the model
+version that made it are kept here under the event's id until its label arrives on the labels topic. A label
+may also come first: it is kept until its event arrives. Either way the pair comes back once, as a
+:class:`Joined`, for the caller to learn (``model.learn_one(j.x, j.y)``) and to judge ``j.p``, the prediction
+made at scoring time (the delayed progressive log loss and accuracy). The wiring in the loop is three calls::
+
+    for j in store.add_event(event.id, event.x, p, version=model.n_samples_seen, ts=record.timestamp, ...):
+        learn(j)                        # an event whose label was already here (or expired negatives)
+    for j in store.add_label(label.id, label.y, ts=record.timestamp, ...):
+        learn(j)
+    arrays, meta = store.to_state()     # saved in the same checkpoint as the model and both topics' offsets
+
+Rules
+-----
+- **Time is the stream time**: the largest Kafka record timestamp fed so far (events and labels alike), as in
+  Kafka Streams; never the wall clock, so that a replay after a crash expires exactly what the first run
+  expired. ``add_event``/``add_label`` advance it with their record's timestamp, :meth:`advance` advances it
+  alone (e.g. on an idle poll, with the latest timestamp seen). Timestamps ``-1`` (none) do not move it.
+- **An entry is stored at** the stream time after its record was fed (``stored_at``) and **expires** once the
+  stream time exceeds ``stored_at + label_ttl_ms``. ``stored_at`` never decreases in arrival order, so the
+  oldest entry is always the next to expire. An expired event is counted (``expired_events``) and, with
+  ``expired_policy="negative"``, returned as a :class:`Joined` with ``y=0`` and ``cause="expired"`` (an
+  explicit choice, e.g. for clicks: no click within the TTL is a negative); with ``"drop"`` it is forgotten.
+  An expired label had no event: an orphan (``orphan_labels``).
+- **Labels come once, or more**: the first label of an id wins; every later one is counted in
+  ``duplicate_labels`` and learns nothing. To recognise a duplicate that arrives after its join, the ids of
+  recent joins are remembered for ``label_ttl_ms`` of stream time, at most ``max_joined`` of them (the oldest
+  forgotten first, counted in ``forgotten_joins``). A duplicate that arrives after its id was forgotten is
+  indistinguishable from a label that came before its event: it is stored, and expires as an orphan (it is
+  learned again only if an event with the same id arrives again within the TTL). An event whose id is pending
+  or was recently joined is a duplicate event (``duplicate_events``): the first one is kept.
+- **Bounded**: at most ``max_pending`` entries (events + labels) and ``max_bytes`` of estimated memory. When a
+  new entry does not fit, the oldest entries are evicted first and counted in ``dropped_full_events`` /
+  ``dropped_full_labels``. An evicted event follows the expired policy (``"negative"``: returned with ``y=0``
+  and ``cause="evicted"``), so the policy decides the fate of every event that never got its label. An entry
+  larger than ``max_bytes`` on its own is dropped at once the same way.
+- **The memory estimate** of an entry is ``ENTRY_BYTES`` + the UTF-8-length of its id + the length of its
+  features serialized as JSON (which is how they are held: compact bytes, ~650 bytes for 20 float features
+  where the dict holds ~1100; ``x`` is rebuilt when the entry joins). It depends on the content only, so a
+  store rebuilt from its state has exactly the same estimate and evicts exactly the same entries.
+  ``ENTRY_BYTES`` is calibrated with tracemalloc in ``bench/bench_join_store.py`` (the estimate is above the
+  measured memory: 1067 vs 936 bytes per event of 20 float features).
+- **Features** are dicts whose keys and values are ``str``, ``int`` (64 bits), finite ``float`` or ``bool``
+  (the codec produces ``str``/``int`` keys): they round-trip exactly, key and value types included (``1``,
+  ``1.0`` and ``"1"`` stay distinct). Anything else (NaN, ``None``, nested values, ints beyond 64 bits,
+  unencodable strings) is refused with a ``ValueError`` when the event is stored, never later when it is
+  checkpointed.
+
+Exactly once
+------------
+The store is part of the model's state: ``to_state()`` is saved in the same checkpoint as the model and the
+next offsets of BOTH topics (events and labels), and the offsets are committed only after it (design.md).
+After a crash, the model, the store and both positions are restored together and every record after them is
+fed again. The store's effect of a record depends only on the store's state and the record (stream time is
+part of the state; no wall clock, no randomness; ``to_state`` is bitwise deterministic), so:
+
+- every event is learned at most once: a join removes the event and its label from the store in the same
+  step in which the model learns it, and both are in the next checkpoint together, or neither is;
+- every event whose label arrives within the TTL and that is not evicted is learned exactly once, whatever
+  the order in which the two topics' records are fed (a label before its event waits for it, an event waits
+  for its label);
+- which records are fed is deterministic per topic-partition (offset order), but the interleaving of the two
+  topics is not: a poll after a restart may return them in other batches. Interleaving changes the stream
+  time at which each record is seen, hence which joins fall inside the TTL and what a full store evicts. The
+  loop must therefore feed the records of each partition in offset order; the guarantee is then: with TTL
+  and bounds never reached, the same set of joins as any other run, and, fed in the same interleaving (e.g.
+  one partition per topic, replayed in the order recorded), the same joins in the same order, bit for bit.
+
+>>> store = JoinStore(max_pending=1000, label_ttl_ms=60_000)
+>>> store.add_event("a1", {"age": 42, "city": "Paris"}, 0.8, version=10, ts=1_000)
+[]
+>>> [j] = store.add_label("a1", 1, ts=4_000)
+>>> j.x, j.y, j.p, j.version, j.latency_ms, j.cause
+({'age': 42, 'city': 'Paris'}, 1, 0.8, 10, 3000, 'label')
+>>> store.add_label("a1", 1, ts=5_000)          # a duplicate: learned once
+[]
+>>> store.counters["joined"], store.counters["duplicate_labels"]
+(1, 1)
+>>> store.add_label("b2", 0, ts=6_000)          # a label before its event
+[]
+>>> store.add_event("b2", {"age": 7}, 0.3, version=11, ts=5_500)[0].y
+0
+>>> restored = JoinStore.from_state(*store.to_state())
+>>> restored.counters == store.counters
+True
+
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+import orjson
+
+__all__ = ["DEFAULT_LATENCY_BUCKETS_MS", "ENTRY_BYTES", "Joined", "JoinStore"]
+
+FORMAT = 1
+# Measured in bench/bench_join_store.py: per pending event, what the entry costs beyond its id and its
+# features' JSON bytes (the entry tuple, the bytes object's header, the ordered dict's slot and link, p).
+ENTRY_BYTES = 400
+DEFAULT_LATENCY_BUCKETS_MS = (
+    0,
+    10,
+    100,
+    1_000,
+    10_000,
+    60_000,
+    600_000,
+    3_600_000,
+    86_400_000,
+    7 * 86_400_000,
+)
+POLICIES = ("drop", "negative")
+COUNTERS = (
+    "joined",
+    "duplicate_labels",
+    "duplicate_events",
+    "orphan_labels",
+    "expired_events",
+    "dropped_full_events",
+    "dropped_full_labels",
+    "forgotten_joins",
+)
+_MAX_TS = 2**63
+_DUMPS_OPTIONS = (
+    orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+_EVENT, _LABEL = 0, 1
+_OBJECT = ord("{")
+_NEVER = _MAX_TS  # beyond any stream time
+_new = tuple.__new__  # builds a named tuple without its Python-level __new__
+
+
+class Joined(NamedTuple):
+    """What the caller must learn now: ``x`` with label ``y``, exactly once.
+
+    ``p`` is the probability predicted when the event was scored, by the model at ``version`` (its
+    ``n_samples_seen``): judge it against ``y`` for the delayed metrics. ``cause`` is ``"label"`` (the
+    label arrived), ``"expired"`` or ``"evicted"`` (no label; learned as ``y=0`` under
+    ``expired_policy="negative"``). ``latency_ms`` is the label's record timestamp minus the event's
+    (``None`` without a label or a timestamp; negative if the label's timestamp is earlier).
+    ``topic``/``partition``/``offset`` locate the event's record.
+    """
+
+    id: str
+    x: dict
+    y: int
+    p: float
+    version: int
+    latency_ms: int | None
+    cause: str
+    topic: str
+    partition: int
+    offset: int
+
+
+class _Event(NamedTuple):
+    blob: bytes  # the features as JSON pairs [[key, value], ...]
+    p: float
+    version: int
+    ts: int
+    stored_at: int
+    topic: str
+    partition: int
+    offset: int
+    nbytes: int
+
+
+class _Label(NamedTuple):
+    y: int
+    ts: int
+    stored_at: int
+    topic: str
+    partition: int
+    offset: int
+    nbytes: int
+
+
+def _check_int(value: Any, what: str, low: int, high: int = _MAX_TS) -> int:
+    if type(value) is not int or not low <= value < high:
+        raise ValueError(f"{what} must be an integer in [{low}, {high}), got {value!r:.60}")
+    return value
+
+
+def _check_origin(topic: Any, partition: Any, offset: Any) -> None:
+    if type(topic) is not str:
+        raise ValueError(f"topic must be a string, got {topic!r:.60}")
+    _check_int(partition, "partition", -1)
+    _check_int(offset, "offset", -1)
+
+
+def _check_scalar(v: Any, what: str) -> None:
+    tv = type(v)
+    if tv is float:
+        if not math.isfinite(v):
+            raise ValueError(f"{what} is not finite: {v!r}")
+    elif tv is int:
+        if not -(2**63) <= v < 2**64:
+            raise ValueError(f"{what} is an integer beyond 64 bits")
+    elif tv is not str and tv is not bool:
+        raise ValueError(f"{what} is a {tv.__name__}; expected a float, int, bool or str")
+
+
+def _check_pairs(pairs: Any) -> None:
+    """The exact rule for stored features, keys and values alike: a ``float`` (finite), ``int`` (64 bits),
+    ``bool`` or ``str`` -- the scalars that JSON round-trips with their type. (The slow path, taken when the
+    JSON check of :func:`_proven` could not prove it.)"""
+    if type(pairs) is not list:
+        raise ValueError("features must be a dict")
+    for pair in pairs:
+        if type(pair) not in (list, tuple) or len(pair) != 2:
+            raise ValueError("features must be a dict")
+        k, v = pair
+        _check_scalar(k, f"feature key {k!r:.60}")
+        _check_scalar(v, f"the value of feature {k!r:.60}")
+
+
+def _proven(blob: bytes, n: int) -> bool:
+    """True when ``blob``, the JSON of ``n`` features, holds flat scalars only, none null: an object with no
+    other ``{`` and no ``[``, or an array of ``n`` pairs with no ``{``. A string that contains those
+    characters only sends the features to the slow check."""
+    if b"null" in blob:
+        return False
+    if blob[0] == _OBJECT:
+        return b"[" not in blob and blob.count(b"{") == 1
+    return b"{" not in blob and blob.count(b"[") == n + 1
+
+
+def _encode_features(x: dict) -> bytes:
+    """The features as compact JSON bytes: an object when every key is a ``str`` (orjson refuses other keys
+    without an option), else an array of ``[key, value]`` pairs, which keeps the keys' types."""
+    if type(x) is not dict:
+        raise ValueError(f"features must be a dict, got {type(x).__name__}")
+    try:
+        blob = orjson.dumps(x, option=_DUMPS_OPTIONS)
+    except TypeError:
+        try:
+            blob = orjson.dumps(list(x.items()), option=_DUMPS_OPTIONS)
+        except TypeError as exc:  # orjson.JSONEncodeError: ints beyond 64 bits, surrogates, other types
+            _check_pairs(list(x.items()))
+            raise ValueError(f"features cannot be stored: {exc}") from None
+    if not _proven(blob, len(x)):
+        _check_pairs(list(x.items()))
+    return bytes(memoryview(blob))  # a compact copy: orjson's own buffer keeps 4 KiB allocated
+
+
+def _decode_features(blob: bytes) -> dict:
+    return orjson.loads(blob) if blob[0] == _OBJECT else dict(orjson.loads(blob))
+
+
+def _pack(chunks: list[bytes]) -> tuple[np.ndarray, int]:
+    """Bytes as an int64 array (little-endian, zero-padded to 8 bytes) and the true byte length."""
+    blob = b"".join(chunks)
+    n = len(blob)
+    return np.frombuffer(blob + b"\0" * (-n % 8), dtype="<i8").astype(np.int64), n
+
+
+def _unpack(words: np.ndarray, n: int, lengths: np.ndarray, what: str) -> list[bytes]:
+    if not isinstance(n, int) or n < 0 or len(words) != -(-n // 8):
+        raise ValueError(f"join store state: {what} holds {len(words)} words for {n!r} bytes")
+    if int(lengths.sum()) != n:
+        raise ValueError(f"join store state: {what} lengths add up to {int(lengths.sum())}, not {n}")
+    blob = np.ascontiguousarray(words, dtype="<i8").tobytes()
+    if any(blob[n:]):
+        raise ValueError(f"join store state: {what} has non-zero padding")
+    ends = np.cumsum(lengths).tolist()
+    starts = [0, *ends][:-1]
+    return [blob[s:e] for s, e in zip(starts, ends, strict=True)]
+
+
+class JoinStore:
+    """Scored events waiting for their labels, and labels waiting for their events, keyed by id.
+
+    Parameters
+    ----------
+    max_pending
+        The most entries held (pending events + pending labels); the oldest are evicted first.
+    max_bytes
+        The most estimated memory held by the entries (see the module docstring); the oldest are evicted
+        first.
+    label_ttl_ms
+        How long, in stream time, an entry waits for its other half before it expires.
+    expired_policy
+        ``"drop"``: an event without a label is forgotten. ``"negative"``: it is returned to be learned as
+        ``y=0`` (when it expires or is evicted).
+    max_joined
+        How many ids of recent joins are remembered to recognise late duplicate labels (default
+        ``max_pending``).
+    latency_buckets_ms
+        Upper bounds of the join-latency histogram (increasing); :attr:`latency_counts` has one more count,
+        for latencies above the last bound.
+
+    Examples
+    --------
+    >>> store = JoinStore(max_pending=2, label_ttl_ms=100, expired_policy="negative")
+    >>> store.add_event("e1", {"f": 1.0}, 0.6, version=0, ts=0)
+    []
+    >>> [j] = store.advance(101)                 # no label within 100 ms of stream time
+    >>> j.id, j.y, j.cause
+    ('e1', 0, 'expired')
+    >>> store.add_label("nobody", 1, ts=150)
+    []
+    >>> store.advance(300), store.counters["orphan_labels"]
+    ([], 1)
+    """
+
+    def __init__(
+        self,
+        max_pending: int = 100_000,
+        max_bytes: int = 256 * 2**20,
+        label_ttl_ms: int = 3_600_000,
+        expired_policy: str = "drop",
+        max_joined: int | None = None,
+        latency_buckets_ms: tuple[int, ...] = DEFAULT_LATENCY_BUCKETS_MS,
+    ) -> None:
+        self.max_pending = _check_int(max_pending, "max_pending", 1)
+        self.max_bytes = _check_int(max_bytes, "max_bytes", 1)
+        self.label_ttl_ms = _check_int(label_ttl_ms, "label_ttl_ms", 0)
+        if expired_policy not in POLICIES:
+            raise ValueError(f"expired_policy must be one of {POLICIES}, got {expired_policy!r}")
+        self.expired_policy = expired_policy
+        self.max_joined = max_pending if max_joined is None else _check_int(max_joined, "max_joined", 0)
+        buckets = tuple(latency_buckets_ms)
+        for b in buckets:
+            _check_int(b, "a latency bucket", -_MAX_TS)
+        if not buckets or any(a >= b for a, b in zip(buckets, buckets[1:], strict=False)):
+            raise ValueError(f"latency_buckets_ms must be increasing and not empty, got {buckets!r}")
+        self.latency_buckets_ms = buckets
+        self.latency_counts = [0] * (len(buckets) + 1)
+        self.stream_time = -1
+        self.n_bytes = 0
+        self.pending_events = 0
+        self._entries: OrderedDict[str, _Event | _Label] = OrderedDict()
+        self._joined: OrderedDict[str, int] = OrderedDict()  # id -> stream time of the join
+        self._negative = expired_policy == "negative"
+        self._counts = dict.fromkeys(COUNTERS, 0)
+        self._next_expiry = _NEVER
+
+    # Counters
+
+    @property
+    def pending_labels(self) -> int:
+        return len(self._entries) - self.pending_events
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Every count, for metrics: pending events and labels, and the totals since the store began."""
+        return {"pending_events": self.pending_events, "pending_labels": self.pending_labels, **self._counts}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # Feeding
+
+    def add_event(
+        self,
+        id: str,
+        x: dict,
+        p: float,
+        *,
+        version: int,
+        ts: int,
+        topic: str = "",
+        partition: int = 0,
+        offset: int = -1,
+    ) -> list[Joined]:
+        """Feed a scored, unlabelled event: what to learn now (its join if its label was waiting, and any
+        entries that expired or were evicted as negatives), else ``[]`` (the event is stored)."""
+        if type(id) is not str:
+            raise ValueError(f"an event needs a string id to be joined, got {id!r:.60}")
+        if not isinstance(p, float) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be a probability (a float in [0, 1]), got {p!r:.60}")
+        p = float(p)
+        if type(version) is not int or not 0 <= version < _MAX_TS:
+            _check_int(version, "version", 0)
+        out = self._tick(ts)
+        entries = self._entries
+        entry = entries.get(id)
+        if entry is not None:
+            if type(entry) is _Label:
+                del entries[id]
+                self.n_bytes -= entry.nbytes
+                out.append(self._join(id, x, entry.y, p, version, ts, entry.ts, topic, partition, offset))
+            else:
+                self._counts["duplicate_events"] += 1
+        elif id in self._joined:
+            self._counts["duplicate_events"] += 1
+        else:
+            if type(topic) is not str or type(partition) is not int or type(offset) is not int:
+                _check_origin(topic, partition, offset)
+            elif not (-1 <= partition < _MAX_TS and -1 <= offset < _MAX_TS):
+                _check_origin(topic, partition, offset)
+            blob = _encode_features(x)
+            nbytes = ENTRY_BYTES + len(id) + len(blob)
+            event = _new(_Event, (blob, p, version, ts, self.stream_time, topic, partition, offset, nbytes))
+            if len(entries) < self.max_pending and self.n_bytes + nbytes <= self.max_bytes and entries:
+                entries[id] = event
+                self.n_bytes += nbytes
+                self.pending_events += 1
+            else:
+                self._store(id, event, out)
+        return out
+
+    def add_label(
+        self, id: str, y: int, *, ts: int, topic: str = "", partition: int = 0, offset: int = -1
+    ) -> list[Joined]:
+        """Feed a label: what to learn now (its event's join if the event was waiting, and any entries that
+        expired or were evicted as negatives), else ``[]`` (stored, or a duplicate)."""
+        if type(id) is not str:
+            raise ValueError(f"a label needs a string id, got {id!r:.60}")
+        if y is not True and y is not False and (type(y) is not int or y not in (0, 1)):
+            raise ValueError(f"a label must be 0 or 1, got {y!r:.60}")
+        y = int(y)
+        out = self._tick(ts)
+        entries = self._entries
+        entry = entries.get(id)
+        if entry is not None:
+            if type(entry) is _Event:
+                del entries[id]
+                self.n_bytes -= entry.nbytes
+                self.pending_events -= 1
+                e = entry
+                x = _decode_features(e.blob)
+                out.append(self._join(id, x, y, e.p, e.version, e.ts, ts, e.topic, e.partition, e.offset))
+            else:
+                self._counts["duplicate_labels"] += 1
+        elif id in self._joined:
+            self._counts["duplicate_labels"] += 1
+        else:
+            _check_origin(topic, partition, offset)
+            label = _new(_Label, (y, ts, self.stream_time, topic, partition, offset, ENTRY_BYTES + len(id)))
+            self._store(id, label, out)
+        return out
+
+    def advance(self, ts: int) -> list[Joined]:
+        """Move the stream time to ``ts`` if it is later, and expire what waited longer than the TTL: returns
+        the expired events to learn as negatives (``expired_policy="negative"``), else ``[]``."""
+        return self._tick(ts)
+
+    # Internals
+    #
+    # _next_expiry is at most the stream time after which the oldest entry or the oldest remembered join
+    # expires (stored_at + ttl; they are the first of their ordered dicts): _expire runs only when the stream
+    # time passes it. Removing an entry by a join may leave it too early, which only costs a call. A join
+    # needs a pending entry, stored at or before the join's stream time: _next_expiry covers the join's id.
+
+    def _tick(self, ts: int) -> list[Joined]:
+        """Check a record's timestamp, move the stream time to it if later, expire what is due."""
+        if type(ts) is not int or not -1 <= ts < _MAX_TS:
+            _check_int(ts, "the record timestamp", -1)
+        if ts <= self.stream_time:
+            return []
+        self.stream_time = ts
+        return self._expire(ts) if ts > self._next_expiry else []
+
+    def _expire(self, ts: int) -> list[Joined]:
+        out: list[Joined] = []
+        horizon = ts - self.label_ttl_ms  # entries stored before it have expired
+        entries = self._entries
+        while entries:
+            entry = entries[next(iter(entries))]
+            if entry.stored_at >= horizon:
+                break
+            self._drop_oldest(out, "expired_events", "orphan_labels", "expired")
+        joined = self._joined
+        while joined and joined[next(iter(joined))] < horizon:
+            joined.popitem(last=False)
+        self._update_next_expiry()
+        return out
+
+    def _update_next_expiry(self) -> None:
+        entries, joined = self._entries, self._joined
+        first = entries[next(iter(entries))].stored_at if entries else _NEVER
+        if joined:
+            first = min(first, joined[next(iter(joined))])
+        self._next_expiry = first + self.label_ttl_ms
+
+    def _join(
+        self,
+        id: str,
+        x: dict,
+        y: int,
+        p: float,
+        version: int,
+        event_ts: int,
+        label_ts: int,
+        topic: str,
+        partition: int,
+        offset: int,
+    ) -> Joined:
+        counts = self._counts
+        counts["joined"] += 1
+        latency = None
+        if event_ts >= 0 and label_ts >= 0:
+            latency = label_ts - event_ts
+            self.latency_counts[bisect.bisect_left(self.latency_buckets_ms, latency)] += 1
+        joined = self._joined
+        if self.max_joined:
+            if len(joined) >= self.max_joined:
+                joined.popitem(last=False)
+                counts["forgotten_joins"] += 1
+            joined[id] = self.stream_time
+        return _new(Joined, (id, x, y, p, version, latency, "label", topic, partition, offset))
+
+    def _drop_oldest(self, out: list[Joined], event_counter: str, label_counter: str, cause: str) -> None:
+        id, entry = self._entries.popitem(last=False)
+        self.n_bytes -= entry.nbytes
+        self.pending_events -= type(entry) is _Event
+        self._discard(id, entry, out, event_counter, label_counter, cause)
+
+    def _discard(
+        self,
+        id: str,
+        entry: _Event | _Label,
+        out: list[Joined],
+        event_counter: str,
+        label_counter: str,
+        cause: str,
+    ) -> None:
+        """Count an entry that leaves without its other half; an event becomes a negative by that policy."""
+        if type(entry) is _Label:
+            self._counts[label_counter] += 1
+            return
+        self._counts[event_counter] += 1
+        if self._negative:
+            x = _decode_features(entry.blob)
+            out.append(
+                Joined(
+                    id, x, 0, entry.p, entry.version, None, cause, entry.topic, entry.partition, entry.offset
+                )
+            )
+
+    def _store(self, id: str, entry: _Event | _Label, out: list[Joined]) -> None:
+        """Store an entry, evicting the oldest while it does not fit (the slow path of a store)."""
+        if entry.nbytes > self.max_bytes:  # can never fit: dropped as if evicted at once
+            self._discard(id, entry, out, "dropped_full_events", "dropped_full_labels", "evicted")
+            return
+        entries = self._entries
+        while entries and (len(entries) >= self.max_pending or self.n_bytes + entry.nbytes > self.max_bytes):
+            self._drop_oldest(out, "dropped_full_events", "dropped_full_labels", "evicted")
+        entries[id] = entry
+        self.n_bytes += entry.nbytes
+        self.pending_events += type(entry) is _Event
+        self._update_next_expiry()
+
+    # State
+
+    def params(self) -> dict:
+        """The settings, as JSON."""
+        return {
+            "max_pending": self.max_pending,
+            "max_bytes": self.max_bytes,
+            "label_ttl_ms": self.label_ttl_ms,
+            "expired_policy": self.expired_policy,
+            "max_joined": self.max_joined,
+            "latency_buckets_ms": list(self.latency_buckets_ms),
+        }
+
+    def to_state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """Everything the store holds, as int64/float64 arrays and a JSON-able dict (no pickle).
+
+        Bitwise deterministic: the same operations give the same arrays and the same dict.
+        ``JoinStore.from_state(*store.to_state())`` behaves exactly as ``store`` from then on.
+        """
+        entries = list(self._entries.items())
+        topics = list(dict.fromkeys(e.topic for _, e in entries))
+        code = {t: i for i, t in enumerate(topics)}
+        n = len(entries)
+        rows = []
+        ps = []
+        blobs = []
+        for _, e in entries:
+            if type(e) is _Event:
+                rows.append((_EVENT, 0, e.version, e.ts, e.stored_at, code[e.topic], e.partition, e.offset))
+                ps.append(e.p)
+                blobs.append(e.blob)
+            else:
+                rows.append((_LABEL, e.y, 0, e.ts, e.stored_at, code[e.topic], e.partition, e.offset))
+                ps.append(0.0)
+                blobs.append(b"")
+        ints = np.array(rows, dtype=np.int64).reshape(n, 8).T.copy()
+        p = np.array(ps, dtype=np.float64)
+        ids = [id.encode("utf-8", "surrogatepass") for id, _ in entries]
+        id_words, id_bytes = _pack(ids)
+        x_words, x_bytes = _pack(blobs)
+        joined_ids = [id.encode("utf-8", "surrogatepass") for id in self._joined]
+        joined_words, joined_bytes = _pack(joined_ids)
+        arrays = {name: ints[i] for i, name in enumerate(_INT_COLUMNS)}
+        arrays.update(
+            {
+                "p": p,
+                "id_len": np.array([len(b) for b in ids], dtype=np.int64),
+                "ids": id_words,
+                "x_len": np.array([len(b) for b in blobs], dtype=np.int64),
+                "x": x_words,
+                "joined.at": np.array(list(self._joined.values()), dtype=np.int64),
+                "joined.id_len": np.array([len(b) for b in joined_ids], dtype=np.int64),
+                "joined.ids": joined_words,
+            }
+        )
+        meta = {
+            "format": FORMAT,
+            "params": self.params(),
+            "stream_time": self.stream_time,
+            "counters": dict(self._counts),
+            "latency_counts": list(self.latency_counts),
+            "topics": topics,
+            "id_bytes": id_bytes,
+            "x_bytes": x_bytes,
+            "joined_id_bytes": joined_bytes,
+        }
+        return arrays, meta
+
+    @classmethod
+    def from_state(cls, arrays: Mapping[str, np.ndarray], meta: Mapping) -> JoinStore:
+        """The store that :meth:`to_state` described; a ``ValueError`` naming the fault for any state it could
+        not have written (missing or extra arrays, wrong dtypes or lengths, non-finite or out-of-range values,
+        bounds exceeded, malformed features)."""
+        if not isinstance(meta, Mapping) or meta.get("format") != FORMAT:
+            raise ValueError(
+                f"join store state: unknown format {getattr(meta, 'get', dict().get)('format')!r}"
+            )
+        expected = {
+            *_INT_COLUMNS,
+            "p",
+            "id_len",
+            "ids",
+            "x_len",
+            "x",
+            "joined.at",
+            "joined.id_len",
+            "joined.ids",
+        }
+        if set(arrays) != expected:
+            raise ValueError(f"join store state: arrays {sorted(arrays)}, expected {sorted(expected)}")
+        cols = {}
+        for name in expected:
+            a = np.asarray(arrays[name])
+            want = np.float64 if name == "p" else np.int64
+            if a.dtype != want or a.ndim != 1:
+                raise ValueError(
+                    f"join store state: array {name!r} is {a.dtype} {a.shape}, expected 1-D {want.__name__}"
+                )
+            cols[name] = a
+        params = meta.get("params")
+        if not isinstance(params, Mapping):
+            raise ValueError("join store state: no params")
+        store = cls(**{**params, "latency_buckets_ms": tuple(params.get("latency_buckets_ms", ()))})
+        n = len(cols["kind"])
+        for name in (*_INT_COLUMNS, "p", "id_len", "x_len"):
+            if len(cols[name]) != n:
+                raise ValueError(f"join store state: array {name!r} has {len(cols[name])} entries, not {n}")
+        if n > store.max_pending:
+            raise ValueError(f"join store state: {n} entries, more than max_pending={store.max_pending}")
+        if len(cols["joined.at"]) != len(cols["joined.id_len"]) or len(cols["joined.at"]) > store.max_joined:
+            raise ValueError("join store state: the joined ids do not match their times or exceed max_joined")
+        for name in ("id_len", "x_len", "joined.id_len"):
+            if (cols[name] < 0).any():
+                raise ValueError(f"join store state: array {name!r} has negative lengths")
+        stream_time = meta.get("stream_time")
+        try:
+            _check_int(stream_time, "stream_time", -1)
+            store.latency_counts = _counts_list(meta.get("latency_counts"), len(store.latency_counts))
+            counters = meta.get("counters")
+            if not isinstance(counters, Mapping) or set(counters) != set(COUNTERS):
+                raise ValueError(f"counters must be exactly {COUNTERS}")
+            for k in COUNTERS:
+                _check_int(counters[k], f"counter {k}", 0)
+        except ValueError as exc:
+            raise ValueError(f"join store state: {exc}") from None
+        topics = meta.get("topics")
+        if not isinstance(topics, list) or not all(type(t) is str for t in topics):
+            raise ValueError("join store state: topics must be a list of strings")
+        kind, y, version, ts, stored_at, topic, partition, offset = (cols[c] for c in _INT_COLUMNS)
+        p = cols["p"]
+        events = kind == _EVENT
+        checks = (
+            ("kind", ((kind == _EVENT) | (kind == _LABEL)).all()),
+            ("y", ((y == 0) | ((y == 1) & ~events)).all()),
+            ("version", (version >= 0).all() and (version[~events] == 0).all()),
+            ("ts", (ts >= -1).all()),
+            (
+                "stored_at",
+                (stored_at >= -1).all()
+                and (stored_at <= stream_time).all()
+                and (np.diff(stored_at) >= 0).all(),
+            ),
+            ("topic", ((topic >= 0) & (topic < len(topics))).all()),
+            ("partition", (partition >= -1).all()),
+            ("offset", (offset >= -1).all()),
+            ("p", np.isfinite(p).all() and ((p >= 0.0) & (p <= 1.0)).all() and (p[~events] == 0.0).all()),
+            ("x_len", (cols["x_len"][events] >= 2).all() and (cols["x_len"][~events] == 0).all()),
+            (
+                "joined.at",
+                (cols["joined.at"] >= -1).all()
+                and (cols["joined.at"] <= stream_time).all()
+                and (np.diff(cols["joined.at"]) >= 0).all(),
+            ),
+        )
+        for name, ok in checks:
+            if not ok:
+                raise ValueError(f"join store state: array {name!r} holds values a store cannot have")
+        ids = [_decode_id(b) for b in _unpack(cols["ids"], meta.get("id_bytes"), cols["id_len"], "ids")]
+        blobs = _unpack(cols["x"], meta.get("x_bytes"), cols["x_len"], "features")
+        joined_ids = [
+            _decode_id(b)
+            for b in _unpack(
+                cols["joined.ids"], meta.get("joined_id_bytes"), cols["joined.id_len"], "joined ids"
+            )
+        ]
+        if (
+            len(set(ids)) != n
+            or len(set(joined_ids)) != len(joined_ids)
+            or not set(ids).isdisjoint(joined_ids)
+        ):
+            raise ValueError("join store state: repeated ids")
+        _check_stored_features(ids, blobs, kind.tolist())
+        rows = zip(
+            ids,
+            blobs,
+            kind.tolist(),
+            y.tolist(),
+            version.tolist(),
+            ts.tolist(),
+            stored_at.tolist(),
+            [topics[c] for c in topic.tolist()],
+            partition.tolist(),
+            offset.tolist(),
+            p.tolist(),
+            strict=True,
+        )
+        entries = store._entries
+        n_bytes = n_events = 0
+        for id, blob, k, yi, v, t, s, tp, part, off, pi in rows:
+            if k == _EVENT:
+                nbytes = ENTRY_BYTES + len(id) + len(blob)
+                entries[id] = _new(_Event, (blob, pi, v, t, s, tp, part, off, nbytes))
+                n_events += 1
+            else:
+                nbytes = ENTRY_BYTES + len(id)
+                entries[id] = _new(_Label, (yi, t, s, tp, part, off, nbytes))
+            n_bytes += nbytes
+        store.n_bytes, store.pending_events = n_bytes, n_events
+        if store.n_bytes > store.max_bytes:
+            raise ValueError(
+                f"join store state: {store.n_bytes} bytes, more than max_bytes={store.max_bytes}"
+            )
+        store._joined = OrderedDict(zip(joined_ids, cols["joined.at"].tolist(), strict=True))
+        store.stream_time = stream_time
+        store._counts = {k: counters[k] for k in COUNTERS}
+        store._update_next_expiry()
+        return store
+
+
+_INT_COLUMNS = ("kind", "y", "version", "ts", "stored_at", "topic", "partition", "offset")
+
+
+def _check_stored_features(ids: list[str], blobs: list[bytes], kinds: list[int]) -> None:
+    """Refuse state features that :func:`_encode_features` could not have written. One parse of all of them
+    as one JSON array: as no blob is empty, each must hold exactly one value for the count to match; then
+    the checks of :func:`_proven` over the whole, and a blob at a time only if those fail."""
+    events = [i for i, k in enumerate(kinds) if k == _EVENT]
+    whole = b"[" + b",".join([blobs[i] for i in events]) + b"]"
+    try:
+        xs = orjson.loads(whole)
+    except orjson.JSONDecodeError:
+        xs = None
+    if xs is None or len(xs) != len(events):
+        for i in events:  # find the culprit
+            try:
+                orjson.loads(blobs[i])
+            except orjson.JSONDecodeError:
+                raise ValueError(f"join store state: the features of {ids[i]!r:.60} are not JSON") from None
+        raise ValueError("join store state: the features do not hold one value per event")
+    n_objects = n_brackets = 0
+    for x in xs:
+        if type(x) is dict:
+            n_objects += 1
+        elif type(x) is list and all(type(pair) is list and len(pair) == 2 for pair in x):
+            n_brackets += len(x) + 1
+        else:
+            n_objects = -1  # not features: the slow check names the event
+            break
+    if b"null" not in whole and whole.count(b"{") == n_objects and whole.count(b"[") == n_brackets + 1:
+        return
+    for i, x in zip(events, xs, strict=True):
+        try:
+            _check_pairs(list(x.items()) if type(x) is dict else x)
+        except ValueError as exc:
+            raise ValueError(f"join store state: event {ids[i]!r:.60}: {exc}") from None
+
+
+def _decode_id(b: bytes) -> str:
+    try:
+        return b.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        raise ValueError("join store state: an id is not UTF-8") from None
+
+
+def _counts_list(value: Any, n: int) -> list[int]:
+    if not isinstance(value, list) or len(value) != n:
+        raise ValueError(f"latency_counts must be a list of {n} counts")
+    for c in value:
+        _check_int(c, "a latency count", 0)
+    return list(value)

@@ -1,0 +1,330 @@
+"""``--processing-guarantee exactly-once`` against a real broker.
+
+The predictions, dead letters, state records and consumer offsets of one checkpoint interval are one Kafka
+transaction. Oracles: a downstream ``read_committed`` consumer must see each unlabelled event's prediction
+and each bad message's dead letter exactly once (by id, and by source offset) whatever SIGKILLs and
+rebalances happen; the states in the topic must have learned every event exactly once (per-partition
+counts); in-process, the published predictions must be those of an offline replay.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from kafka import KafkaConsumer
+from polling import wait_for
+from test_consumer import make_config, make_events, offline, produce, read_status, running, start_service
+from test_state_kafka import state, stop
+
+from consumers import ConfigError
+from stream_logreg.codec import Event, JsonCodec
+
+EOS = ("--state-store", "kafka", "--processing-guarantee", "exactly-once")
+
+
+def read_committed(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list[Any]:
+    """Every committed record of ``topic`` once ``expected`` have arrived (then a short poll for extras)."""
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                             enable_auto_commit=False, isolation_level="read_committed",
+                             fetch_max_wait_ms=100)
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(records) < expected and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+        for batch in consumer.poll(timeout_ms=500).values():
+            records.extend(batch)
+    finally:
+        consumer.close()
+    return records
+
+
+def with_poison(values: list[bytes], every: int, seed: int) -> tuple[list[bytes], int]:
+    """``values`` with a bad message after every ``every``-th one; (stream, number of bad messages)."""
+    rng = random.Random(seed)
+    out, bad = [], 0
+    for i, v in enumerate(values):
+        out.append(v)
+        if i % every == every - 1:
+            out.append(rng.choice([b"not json", b'{"x": {"a": "NaN"}, "y": 2}', b'{"y": 1}']))
+            bad += 1
+    return out, bad
+
+
+def test_exactly_once_needs_the_kafka_store(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="processing_guarantee: exactly-once needs the state in Kafka"):
+        make_config("127.0.0.1:9", "t", tmp_path, processing_guarantee="exactly-once")
+
+
+@pytest.mark.kafka
+def test_outputs_are_those_of_an_offline_replay_and_visible_once_committed(
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+) -> None:
+    topic, predictions, dlq = kafka_topic(1), kafka_topic(1), kafka_topic(1)
+    values, bad = with_poison(make_events(1500, seed=41, unlabelled_every=3), every=50, seed=41)
+    produce(kafka_bootstrap, topic, values)
+    cfg = make_config(kafka_bootstrap, topic, tmp_path / "none", state_store="kafka",
+                      processing_guarantee="exactly-once", predictions_topic=predictions,
+                      dead_letter_topic=dlq, checkpoint_every_messages=300, max_poll_records=100,
+                      group_instance_id="eos-1")
+    with running(cfg) as r:
+        wait_for(lambda: r.stats()["positions"].get(f"{topic}:0") == len(values), 60, "all read")
+    _, scored = offline(values, 1)
+    got = [orjson.loads(rec.value) for rec in read_committed(kafka_bootstrap, predictions, len(scored))]
+    assert [(g["id"], g["p"], g["n_samples_seen"]) for g in got] == scored
+    dead = read_committed(kafka_bootstrap, dlq, bad)
+    assert len(dead) == bad
+    final = state(kafka_bootstrap, f"g-{topic}", "eos-1")
+    assert final.metadata["offsets"] == {f"{topic}:0": len(values)}
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.kafka
+def test_sigkills_mid_transaction_and_a_rebalance_publish_each_output_exactly_once(
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+) -> None:
+    topic, predictions, dlq = kafka_topic(2), kafka_topic(2), kafka_topic(2)
+    group = f"g-{topic}"
+    phases = [with_poison(make_events(1500, seed=s, unlabelled_every=4), every=40, seed=s) for s in (51, 52)]
+    values = [v for p, _ in phases for v in p]
+    bad = sum(b for _, b in phases)
+    events = [e for e in map(JsonCodec().decode, values) if isinstance(e, Event)]
+    unlabelled = {e.id for e in events if e.y is None}
+    extra = (*EOS, "--predictions-topic", predictions, "--dead-letter-topic", dlq,
+             "--checkpoint-every-messages", "150", "--max-poll-records", "20", "--status-every", "0.05")
+    runs = 0
+
+    def member(name: str) -> tuple[Any, Path]:
+        nonlocal runs
+        runs += 1
+        status = tmp_path / f"{name}-{runs}.json"
+        proc = start_service(kafka_bootstrap, topic, group, tmp_path / f"{name}-{runs}" / "ckpt", *extra,
+                             "--group-instance-id", name, "--status-file", str(status))
+        return proc, status
+
+    def consumed(status: Path) -> int:
+        return read_status(status).get("consumed") or 0
+
+    procs = []
+    try:
+        produce(kafka_bootstrap, topic, phases[0][0], partitions=2)
+        a, a_status = member("m-a")
+        procs.append(a)
+        wait_for(lambda: consumed(a_status) >= 500 or a.poll() is not None, 60, "A consuming")
+        a.send_signal(signal.SIGKILL)  # mid-interval: its transaction holds ~0-150 events' outputs
+        a.wait(30)
+        a, a_status = member("m-a")  # the same member on a new empty disk: aborts the zombie's transaction
+        procs.append(a)
+        b, b_status = member("m-b")  # and a rebalance
+        procs.append(b)
+        wait_for(lambda: all(len(read_status(s).get("assigned") or []) == 1 for s in (a_status, b_status)),
+                 60, "A and B sharing the partitions")
+        produce(kafka_bootstrap, topic, phases[1][0], partitions=2)
+        wait_for(lambda: consumed(b_status) >= 300 or b.poll() is not None, 60, "B consuming")
+        b.send_signal(signal.SIGKILL)
+        b.wait(30)
+        b, b_status = member("m-b")
+        procs.append(b)
+
+        def done() -> bool:
+            assert a.poll() is None and b.poll() is None
+            positions = {**read_status(a_status).get("positions", {}),
+                         **read_status(b_status).get("positions", {})}
+            return len(positions) == 2 and sum(positions.values()) == len(values)
+
+        wait_for(done, 90, "A and B at the end of both partitions")
+        stop(a)
+        stop(b)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    got = Counter(orjson.loads(r.value)["id"]
+                  for r in read_committed(kafka_bootstrap, predictions, len(unlabelled)))
+    assert set(got) == unlabelled
+    assert max(got.values()) == 1, [k for k, n in got.items() if n > 1][:5]
+    dead = Counter((dict(r.headers)["source_partition"], dict(r.headers)["source_offset"])
+                   for r in read_committed(kafka_bootstrap, dlq, bad))
+    assert sum(dead.values()) == bad and max(dead.values()) == 1
+    learned = Counter()
+    for key in ("m-a", "m-b"):
+        learned.update(state(kafka_bootstrap, group, key).metadata["learned"])
+    assert sum(learned.values()) == len(values) - bad - len(unlabelled)
+
+
+@pytest.mark.kafka
+def test_killed_between_writing_state_and_committing_offsets_learns_nothing_twice(
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+) -> None:
+    """The window of issue 11: with local state, a member killed after its checkpoint and before its commit
+    had the events learned again by whoever took its partitions. Here both are one transaction."""
+    topic = kafka_topic(4)
+    group = f"g-{topic}"
+    values = make_events(4000, seed=61)
+    chunks = [values[i : i + 1000] for i in range(0, 4000, 1000)]
+    produce(kafka_bootstrap, topic, chunks[0], partitions=4)
+    extra = (*EOS, "--checkpoint-every-messages", "100", "--max-poll-records", "10", "--status-every", "0.05")
+    b_status = tmp_path / "b.json"
+    b = start_service(kafka_bootstrap, topic, group, tmp_path / "b" / "ckpt", *extra,
+                      "--group-instance-id", "m-b", "--status-file", str(b_status))
+    procs = [b]
+    try:
+        wait_for(lambda: len(read_status(b_status).get("assigned") or []) == 4, 60, "B alone")
+        for i in range(2):
+            a_status = tmp_path / f"a-{i}.json"
+            a = start_service(kafka_bootstrap, topic, group, tmp_path / f"a-{i}" / "ckpt", *extra,
+                              "--group-instance-id", "m-a", "--status-file", str(a_status),
+                              "--kill-after-writes", "3")
+            procs.append(a)
+            wait_for(lambda s=a_status, a=a: len(read_status(s).get("assigned") or []) == 2 or a.poll(), 60,
+                     "A taking half the partitions")
+            produce(kafka_bootstrap, topic, chunks[i + 1], partitions=4)
+            assert a.wait(90) == -signal.SIGKILL  # killed itself between writing state and committing
+            # B takes A's partitions over once A's session expires
+            wait_for(lambda: len(read_status(b_status).get("assigned") or []) == 4 and b.poll() is None,
+                     60, "B owning every partition again")
+        produce(kafka_bootstrap, topic, chunks[3], partitions=4)
+        wait_for(lambda: sum(read_status(b_status).get("positions", {}).values()) == len(values)
+                 or b.poll() is not None, 90, "B at the end")
+        stop(b)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    learned = Counter()
+    for key in ("m-a", "m-b"):
+        found = state(kafka_bootstrap, group, key, fence=True)  # A's last transaction: still open
+        if found is not None:
+            learned.update(found.metadata["learned"])
+    assert dict(learned) == {f"{topic}:{p}": 1000 for p in range(4)}  # exactly once, across the group
+
+
+@pytest.mark.kafka
+def test_a_fenced_member_stops_and_nothing_of_its_transaction_is_visible(
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+) -> None:
+    from test_consumer import Running
+
+    from consumers.learner import Fenced, Learner
+    from consumers.state.kafka_store import KafkaStore
+
+    topic, predictions = kafka_topic(1), kafka_topic(1)
+    values = make_events(600, seed=71, unlabelled_every=2)
+    cfg = make_config(kafka_bootstrap, topic, tmp_path / "none", state_store="kafka",
+                      processing_guarantee="exactly-once", predictions_topic=predictions,
+                      checkpoint_every_messages=1_000_000, checkpoint_every_seconds=300.0,
+                      group_instance_id="zombie")
+    r = Running(Learner(cfg))
+    try:
+        wait_for(lambda: r.stats()["running"], 60, "the learner running")
+        produce(kafka_bootstrap, topic, values)
+        wait_for(lambda: r.stats()["positions"].get(f"{topic}:0") == len(values), 60, "all read")
+        # a newer owner of the state key (as a replacement taking it over): Kafka aborts the open
+        # transaction of the older one, whose next commit fails
+        with KafkaStore(kafka_bootstrap, key="zombie", group_id=cfg.group_id, timeout=30) as newer:
+            assert newer.latest() is None
+            r.learner.stop()
+            r.thread.join(60)
+            assert not r.thread.is_alive()
+            assert isinstance(r.error, Fenced), r.error
+            assert "took over" in str(r.error)
+            assert newer.latest() is None  # its state of the interval never became visible
+    finally:
+        if r.thread.is_alive():
+            r.learner.stop()
+            r.thread.join(60)
+    assert read_committed(kafka_bootstrap, predictions, 1, timeout=3) == []  # nor its 300 predictions
+
+
+@pytest.mark.kafka
+def test_a_failed_transaction_is_aborted_and_its_interval_learned_and_published_again(
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kafka.errors import KafkaError
+    from test_consumer import same_model
+
+    from consumers.state.kafka_store import KafkaStore
+
+    topic, predictions = kafka_topic(1), kafka_topic(1)
+    values = make_events(1200, seed=81, unlabelled_every=3)
+    produce(kafka_bootstrap, topic, values)
+    send_offsets, failures = KafkaStore.send_offsets, []
+
+    def fail_the_second(self: KafkaStore, offsets: dict, group_metadata: Any) -> None:
+        if len(failures) < 1 and self.key == "eos-fail" and self._index is not None and self._index.commits:
+            failures.append(offsets)  # after the outputs and the state were sent in this transaction
+            self.abort()
+            raise KafkaError("injected: the offsets could not be added to the transaction")
+        send_offsets(self, offsets, group_metadata)
+
+    monkeypatch.setattr(KafkaStore, "send_offsets", fail_the_second)
+    cfg = make_config(kafka_bootstrap, topic, tmp_path / "none", state_store="kafka",
+                      processing_guarantee="exactly-once", predictions_topic=predictions,
+                      checkpoint_every_messages=300, max_poll_records=50, group_instance_id="eos-fail")
+    with running(cfg) as r:
+        wait_for(lambda: r.stats()["positions"].get(f"{topic}:0") == len(values), 60, "all read")
+    assert failures, "the failure was never injected"
+    assert r.learner.stats.snapshot()["checkpoint_failures"] >= 1
+    expected, scored = offline(values, 1)
+    got = [orjson.loads(rec.value) for rec in read_committed(kafka_bootstrap, predictions, len(scored))]
+    assert [(g["id"], g["p"], g["n_samples_seen"]) for g in got] == scored  # each once, as never failed
+    final = state(kafka_bootstrap, f"g-{topic}", "eos-fail")
+    assert same_model(final.model, expected)  # rolled back and learned again: nothing twice
+
+
+@pytest.mark.kafka
+def test_a_broker_restart_mid_stream_publishes_each_prediction_exactly_once(
+    kafka_broker: Any, kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+) -> None:
+    import threading
+
+    from kafka import KafkaProducer
+    from test_consumer import same_model
+
+    topic, predictions = kafka_topic(1), kafka_topic(1)
+    values = make_events(3000, seed=91, unlabelled_every=5)
+    sent = threading.Event()
+    errors: list[BaseException] = []
+
+    def keep_producing() -> None:  # the stream flows across the restart (idempotent retries)
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5, delivery_timeout_ms=120_000,
+                                 enable_idempotence=True)
+        try:
+            for i in range(0, len(values), 100):
+                for v in values[i : i + 100]:
+                    producer.send(topic, v)
+                producer.flush(timeout=120)
+            sent.set()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            producer.close()
+
+    cfg = make_config(kafka_bootstrap, topic, tmp_path / "none", state_store="kafka",
+                      processing_guarantee="exactly-once", predictions_topic=predictions,
+                      checkpoint_every_messages=300, checkpoint_every_seconds=1.0, commit_timeout_ms=2000,
+                      max_poll_records=100, group_instance_id="eos-restart")
+    with running(cfg) as r:
+        producing = threading.Thread(target=keep_producing, daemon=True)
+        producing.start()
+        r.wait_consumed(600)
+        kafka_broker.restart()
+        producing.join(180)
+        assert sent.is_set() and not errors, errors
+        wait_for(lambda: r.stats()["positions"].get(f"{topic}:0") == len(values), 120, "all read",
+                 every=0.2)
+        r.stop()
+    expected, scored = offline(values, 1)
+    got = [orjson.loads(rec.value) for rec in read_committed(kafka_bootstrap, predictions, len(scored))]
+    assert [(g["id"], g["p"], g["n_samples_seen"]) for g in got] == scored  # each once, in order
+    final = state(kafka_bootstrap, cfg.group_id, "eos-restart")
+    assert final.metadata["offsets"] == {f"{topic}:0": len(values)}
+    assert same_model(final.model, expected)

@@ -1,0 +1,534 @@
+"""The delayed-label join store (consumers/state/join_store.py) against an independent plain-dict oracle.
+
+The oracle below is written from the rules in the module docstring, not from the store's code: it scans every
+pending entry for expiry (the store only looks at the oldest), keeps lists of tuples, and remembers joins in a
+plain dict. Scenarios are random interleavings of events and labels with random delays, duplicates, orphans
+and out-of-order timestamps (hypothesis).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tracemalloc
+from collections import Counter
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from consumers.state.join_store import COUNTERS, ENTRY_BYTES, JoinStore
+
+# An oracle, written independently
+
+
+class Oracle:
+    """The join rules in their plainest form: stream time = max timestamp; stored at the stream time after
+    the record; expired when stream time - stored_at > ttl; oldest evicted first; first label wins."""
+
+    def __init__(self, ttl: int, max_pending: int, policy: str) -> None:
+        self.ttl, self.max_pending, self.policy = ttl, max_pending, policy
+        self.now = -1
+        self.pending: dict[str, tuple] = {}  # id -> ("event", p, ts, at) | ("label", y, ts, at)
+        self.recent: dict[str, int] = {}
+        self.out: list[tuple] = []
+        self.counts: Counter = Counter()
+
+    def _clock(self, ts: int) -> None:
+        if ts <= self.now:
+            return
+        self.now = ts
+        for id in [i for i, e in self.pending.items() if self.now - e[3] > self.ttl]:
+            self._lost(id, self.pending.pop(id), "expired")
+        for id in [i for i, at in self.recent.items() if self.now - at > self.ttl]:
+            del self.recent[id]
+
+    def _lost(self, id: str, e: tuple, cause: str) -> None:
+        if e[0] == "label":
+            self.counts["orphan_labels" if cause == "expired" else "dropped_full_labels"] += 1
+            return
+        self.counts["expired_events" if cause == "expired" else "dropped_full_events"] += 1
+        if self.policy == "negative":
+            self.out.append((id, 0, e[1], None, cause))
+
+    def _keep(self, id: str, e: tuple) -> None:
+        while len(self.pending) >= self.max_pending:
+            first = next(iter(self.pending))
+            self._lost(first, self.pending.pop(first), "evicted")
+        self.pending[id] = e
+
+    def _joined(self, id: str, y: int, p: float, event_ts: int, label_ts: int) -> None:
+        self.counts["joined"] += 1
+        self.recent[id] = self.now
+        self.out.append((id, y, p, label_ts - event_ts, "label"))
+
+    def event(self, id: str, p: float, ts: int) -> None:
+        self._clock(ts)
+        e = self.pending.get(id)
+        if e is not None and e[0] == "label":
+            del self.pending[id]
+            self._joined(id, e[1], p, ts, e[2])
+        elif e is not None or id in self.recent:
+            self.counts["duplicate_events"] += 1
+        else:
+            self._keep(id, ("event", p, ts, self.now))
+
+    def label(self, id: str, y: int, ts: int) -> None:
+        self._clock(ts)
+        e = self.pending.get(id)
+        if e is not None and e[0] == "event":
+            del self.pending[id]
+            self._joined(id, y, e[1], e[2], ts)
+        elif e is not None or id in self.recent:
+            self.counts["duplicate_labels"] += 1
+        else:
+            self._keep(id, ("label", y, ts, self.now))
+
+
+# Scenarios
+
+
+@st.composite
+def scenarios(draw, max_events: int = 25) -> list[tuple]:
+    """Records ("event", id, x, p, ts) and ("label", id, y, ts) in a random interleaving: labels 0-3 times per
+    event, delayed, sometimes before the event; some labels for ids that never come; some repeated events."""
+    n = draw(st.integers(0, max_events))
+    records: list[tuple[int, int, tuple]] = []  # (arrival key, tie-break, record)
+    for i in range(n):
+        id = f"e{draw(st.integers(0, n + 2))}"  # ids may repeat: duplicate events
+        ts = draw(st.integers(0, 1_000))
+        x = {"f": float(i), 1: i % 3, "1": f"s{i}", "b": i % 2 == 0}
+        p = draw(st.floats(0.0, 1.0))
+        records.append((ts + draw(st.integers(-50, 50)), len(records), ("event", id, x, p, ts)))
+        for _ in range(draw(st.integers(0, 3))):
+            delay = draw(st.integers(-100, 400))
+            y = draw(st.integers(0, 1))
+            lts = max(0, ts + delay)
+            records.append((lts + draw(st.integers(-50, 50)), len(records), ("label", id, y, lts)))
+    for j in range(draw(st.integers(0, 3))):
+        lts = draw(st.integers(0, 1_200))
+        records.append((lts, len(records), ("label", f"orphan{j}", 1, lts)))
+    records.sort()
+    return [r for _, _, r in records]
+
+
+def feed(store: JoinStore, record: tuple) -> list:
+    if record[0] == "event":
+        _, id, x, p, ts = record
+        return store.add_event(id, x, p, version=7, ts=ts, topic="events", partition=0, offset=ts)
+    _, id, y, ts = record
+    return store.add_label(id, y, ts=ts, topic="labels", offset=ts)
+
+
+def feed_oracle(oracle: Oracle, record: tuple) -> None:
+    if record[0] == "event":
+        oracle.event(record[1], record[3], record[4])
+    else:
+        oracle.label(record[1], record[2], record[3])
+
+
+def run(store: JoinStore, records: list[tuple]) -> list:
+    return [j for r in records for j in feed(store, r)]
+
+
+def first_x(records: list[tuple]) -> dict:
+    xs: dict = {}
+    for r in records:
+        if r[0] == "event":
+            xs.setdefault(r[1], []).append(r[2])
+    return xs
+
+
+# The oracle agrees
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    scenarios(),
+    st.integers(0, 500),
+    st.integers(1, 12),
+    st.sampled_from(["drop", "negative"]),
+)
+def test_store_agrees_with_the_oracle(records, ttl, max_pending, policy):
+    store = JoinStore(max_pending=max_pending, label_ttl_ms=ttl, expired_policy=policy, max_joined=10**6)
+    oracle = Oracle(ttl, max_pending, policy)
+    out = []
+    for r in records:
+        out += feed(store, r)
+        feed_oracle(oracle, r)
+        assert len(store) <= max_pending
+        assert store.counters["pending_events"] + store.counters["pending_labels"] == len(oracle.pending)
+    out += store.advance(10**6)
+    oracle._clock(10**6)
+    assert [(j.id, j.y, j.p, j.latency_ms, j.cause) for j in out] == oracle.out
+    counters = store.counters
+    assert {k: counters[k] for k in COUNTERS} == {k: oracle.counts[k] for k in COUNTERS}
+    xs = first_x(records)
+    for j in out:
+        assert j.x in xs[j.id]  # the features of that id, types of keys and values included
+        assert j.version == 7 and j.topic == "events"
+
+
+@settings(max_examples=100, deadline=None)
+@given(scenarios(), st.sampled_from(["drop", "negative"]))
+def test_every_labelled_event_is_joined_exactly_once_within_the_ttl(records, policy):
+    # TTL and bounds never reached: whatever the interleaving, each id with an event and a label joins once.
+    store = JoinStore(max_pending=10**6, label_ttl_ms=10**9, expired_policy=policy)
+    out = run(store, records)
+    event_ids = {r[1] for r in records if r[0] == "event"}
+    label_ids = [r[1] for r in records if r[0] == "label"]
+    assert sorted(j.id for j in out) == sorted(event_ids & set(label_ids))
+    c = store.counters
+    assert c["joined"] == len(event_ids & set(label_ids))
+    n_events = sum(r[0] == "event" for r in records)
+    assert c["duplicate_events"] == n_events - len(event_ids)
+    assert c["duplicate_labels"] == len(label_ids) - len(set(label_ids))
+    assert c["pending_events"] == len(event_ids - set(label_ids))
+    assert c["pending_labels"] == len(set(label_ids) - event_ids)
+    out = store.advance(2 * 10**9)
+    assert c["pending_events"] == (c := store.counters)["expired_events"]
+    assert c["orphan_labels"] == len(set(label_ids) - event_ids)
+    assert len(out) == (c["expired_events"] if policy == "negative" else 0)
+    assert all(j.y == 0 and j.cause == "expired" and j.latency_ms is None for j in out)
+    assert len(store) == 0 and store.n_bytes == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(scenarios(), st.integers(0, 500), st.integers(1, 12), st.sampled_from(["drop", "negative"]), st.data())
+def test_checkpoint_and_restore_mid_stream_gives_the_joins_of_an_uninterrupted_run(
+    records, ttl, max_pending, policy, data
+):
+    def make() -> JoinStore:
+        return JoinStore(max_pending=max_pending, label_ttl_ms=ttl, expired_policy=policy, max_joined=5)
+
+    whole = make()
+    expected = run(whole, records) + whole.advance(10**6)
+    cut = data.draw(st.integers(0, len(records)))
+    first = make()
+    out = run(first, records[:cut])
+    arrays, meta = first.to_state()
+    meta = json.loads(json.dumps(meta))  # JSON-able
+    arrays = {k: np.frombuffer(v.tobytes(), dtype=v.dtype) for k, v in arrays.items()}  # bytes only
+    second = JoinStore.from_state(arrays, meta)
+    assert second.counters == first.counters and second.n_bytes == first.n_bytes
+    out += run(second, records[cut:]) + second.advance(10**6)
+    assert out == expected
+    assert_same_state(second.to_state(), whole.to_state())
+
+
+def assert_same_state(a: tuple, b: tuple) -> None:
+    (arrays_a, meta_a), (arrays_b, meta_b) = a, b
+    assert json.dumps(meta_a) == json.dumps(meta_b)
+    assert sorted(arrays_a) == sorted(arrays_b)
+    for k in arrays_a:
+        assert arrays_a[k].dtype == arrays_b[k].dtype and arrays_a[k].tobytes() == arrays_b[k].tobytes(), k
+
+
+@settings(max_examples=50, deadline=None)
+@given(scenarios())
+def test_state_is_bitwise_deterministic(records):
+    a, b = JoinStore(max_pending=8, label_ttl_ms=300), JoinStore(max_pending=8, label_ttl_ms=300)
+    run(a, records)
+    run(b, records)
+    assert_same_state(a.to_state(), b.to_state())
+    for arr in a.to_state()[0].values():
+        assert arr.dtype in (np.int64, np.float64)
+
+
+# Features round-trip exactly
+
+scalars = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(-(2**63), 2**64 - 1),
+    st.booleans(),
+    st.text(max_size=8),
+)
+keys = st.one_of(st.text(max_size=6), st.integers(-(2**63), 2**63 - 1))
+features = st.dictionaries(keys, scalars, max_size=8)
+
+
+def typed(x: dict) -> list:
+    return [(type(k), k, type(v), v if not isinstance(v, float) else v.hex()) for k, v in x.items()]
+
+
+@settings(max_examples=200, deadline=None)
+@given(features, st.sampled_from(["before", "after", "restored"]))
+def test_features_come_back_exactly_with_their_types(x, when):
+    store = JoinStore()
+    if when == "before":
+        store.add_label("k", 1, ts=0)
+        [j] = store.add_event("k", x, 0.5, version=0, ts=0)
+    else:
+        store.add_event("k", x, 0.5, version=0, ts=0)
+        if when == "restored":
+            store = JoinStore.from_state(*store.to_state())
+        [j] = store.add_label("k", 1, ts=0)
+    assert typed(j.x) == typed(x)
+
+
+def test_int_and_str_keys_stay_distinct_and_awkward_strings_survive():
+    x = {1: 1.0, "1": 2.0, 1.5: -0.0, "null": "null", "[": "{[", "b": True, "big": 2**64 - 1}
+    x["é"] = "\U0001f600"
+    store = JoinStore()
+    store.add_event("id-é", x, 0.25, version=3, ts=5)
+    restored = JoinStore.from_state(*store.to_state())
+    [j] = restored.add_label("id-é", 0, ts=6)
+    assert typed(j.x) == typed(x) and j.p == 0.25 and j.version == 3 and j.latency_ms == 1
+
+
+@pytest.mark.parametrize(
+    "x",
+    [
+        {"a": math.nan},
+        {"a": math.inf},
+        {"a": None},
+        {"a": [1.0]},
+        {"a": {"b": 1}},
+        {"a": 2**64},
+        {"a": "\ud800"},
+        {None: 1.0},
+        {("a", "b"): 1.0},
+        {"a": np.float32(1.0)},
+    ],
+)
+def test_features_that_cannot_round_trip_are_refused_when_stored(x):
+    store = JoinStore()
+    with pytest.raises(ValueError):
+        store.add_event("k", x, 0.5, version=0, ts=0)
+    assert len(store) == 0 and store.n_bytes == 0 and store.counters["pending_events"] == 0
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: s.add_event(None, {}, 0.5, version=0, ts=0),
+        lambda s: s.add_event("k", {}, math.nan, version=0, ts=0),
+        lambda s: s.add_event("k", {}, 1.5, version=0, ts=0),
+        lambda s: s.add_event("k", {}, 0.5, version=-1, ts=0),
+        lambda s: s.add_event("k", {}, 0.5, version=0, ts=-2),
+        lambda s: s.add_event("k", {}, 0.5, version=0, ts=2**63),
+        lambda s: s.add_event("k", {}, 0.5, version=0, ts=1.5),
+        lambda s: s.add_label("k", 2, ts=0),
+        lambda s: s.add_label("k", 0.5, ts=0),
+        lambda s: s.add_label(7, 1, ts=0),
+        lambda s: s.advance(None),
+    ],
+)
+def test_bad_arguments_are_refused(call):
+    store = JoinStore()
+    with pytest.raises(ValueError):
+        call(store)
+    assert store.stream_time == -1 and len(store) == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_pending": 0},
+        {"max_bytes": 0},
+        {"label_ttl_ms": -1},
+        {"expired_policy": "positive"},
+        {"max_joined": -1},
+        {"latency_buckets_ms": (10, 10)},
+        {"latency_buckets_ms": ()},
+    ],
+)
+def test_bad_settings_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        JoinStore(**kwargs)
+
+
+# TTL, duplicates, bounds
+
+
+@pytest.mark.parametrize("policy", ["drop", "negative"])
+def test_ttl_expiry_follows_the_policy(policy):
+    store = JoinStore(label_ttl_ms=100, expired_policy=policy)
+    store.add_event("a", {"f": 1.0}, 0.9, version=1, ts=1_000)
+    store.add_label("early", 1, ts=1_050)
+    assert store.advance(1_100) == []  # exactly the TTL: still waiting
+    out = store.advance(1_101)
+    assert [(j.id, j.y, j.cause) for j in out] == ([("a", 0, "expired")] if policy == "negative" else [])
+    c = store.counters
+    assert (c["expired_events"], c["orphan_labels"], c["pending_labels"]) == (1, 0, 1)
+    assert store.add_label("a", 1, ts=1_102) == []  # too late: stored as a label waiting for an event
+    store.advance(1_151)
+    assert store.counters["orphan_labels"] == 1
+    assert store.advance(1_000) == [] and store.stream_time == 1_151  # time never goes back
+
+
+def test_old_timestamps_do_not_move_stream_time_and_are_stored_at_the_current_one():
+    store = JoinStore(label_ttl_ms=100)
+    store.add_event("new", {}, 0.5, version=0, ts=1_000)
+    store.add_event("old", {}, 0.5, version=0, ts=-1)  # no timestamp: stored at stream time 1000
+    store.advance(1_100)
+    [j] = store.add_label("old", 1, ts=1_100)
+    assert j.latency_ms is None and store.latency_counts == [0] * len(store.latency_counts)
+    store.advance(1_101)
+    assert store.counters["expired_events"] == 1  # "new"
+
+
+def test_duplicate_labels_are_recognised_after_the_join_until_forgotten():
+    store = JoinStore(max_pending=10, label_ttl_ms=1_000, max_joined=2)
+    for i in range(3):
+        store.add_event(f"e{i}", {"i": i}, 0.5, version=0, ts=i)
+        assert len(store.add_label(f"e{i}", 1, ts=i)) == 1
+    assert store.counters["forgotten_joins"] == 1  # e0 forgotten: only 2 remembered
+    assert store.add_label("e2", 0, ts=3) == [] and store.counters["duplicate_labels"] == 1
+    assert store.add_label("e0", 0, ts=3) == []  # forgotten: looks like a label before its event
+    assert store.counters["pending_labels"] == 1
+    store.advance(10_000)
+    assert store.counters["orphan_labels"] == 1 and store.counters["duplicate_labels"] == 1
+    store.add_label("e1", 1, ts=10_001)  # the join memory also lasts the TTL only
+    assert store.counters["pending_labels"] == 1
+
+
+@pytest.mark.parametrize("policy", ["drop", "negative"])
+def test_a_full_store_evicts_the_oldest_and_counts_them_by_kind(policy):
+    store = JoinStore(max_pending=3, label_ttl_ms=10**6, expired_policy=policy)
+    store.add_label("l1", 1, ts=0)
+    store.add_event("e1", {"f": 1.0}, 0.1, version=0, ts=1)
+    store.add_label("l2", 0, ts=2)
+    out = store.add_event("e2", {"f": 2.0}, 0.2, version=0, ts=3)  # evicts l1
+    assert out == [] and store.counters["dropped_full_labels"] == 1
+    out = store.add_event("e3", {"f": 3.0}, 0.3, version=0, ts=4)  # evicts e1
+    assert [(j.id, j.y, j.p, j.cause, j.x) for j in out] == (
+        [("e1", 0, 0.1, "evicted", {"f": 1.0})] if policy == "negative" else []
+    )
+    c = store.counters
+    assert (c["dropped_full_events"], c["pending_events"], c["pending_labels"], len(store)) == (1, 2, 1, 3)
+    assert store.add_event("l1", {}, 0.5, version=0, ts=5) == []  # l1's label was evicted: nothing to join
+
+
+def test_the_byte_bound_is_respected_and_an_entry_too_large_is_dropped():
+    x = {f"feature_{i:02d}": float(i) for i in range(20)}
+    alone = JoinStore()
+    alone.add_event("e00000", x, 0.5, version=0, ts=0)
+    one = alone.n_bytes  # the estimate of one entry
+    store = JoinStore(max_bytes=5 * one + 10, expired_policy="negative")
+    for i in range(12):
+        store.add_event(f"e{i:05d}", x, 0.5, version=0, ts=i)
+        assert store.n_bytes <= store.max_bytes
+    assert len(store) == 5 and store.counters["dropped_full_events"] == 7
+    big = {f"k{i}": "v" * 100 for i in range(200)}
+    [j] = store.add_event("big", big, 0.5, version=0, ts=20)
+    assert j.cause == "evicted" and j.x == big and len(store) == 5
+    assert store.counters["dropped_full_events"] == 8
+
+
+def test_the_byte_estimate_is_above_the_memory_really_held():
+    n, names = 2_000, [f"feature_{i:02d}" for i in range(20)]
+    rows = [{k: float(i * 20 + j) + 0.5 for j, k in enumerate(names)} for i in range(n)]
+    ids = [f"evt-{i:09d}" for i in range(n)]
+    store = JoinStore(max_pending=n)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(n):
+        store.add_event(ids[i], rows[i], 0.5, version=i, ts=i, topic="events", partition=0, offset=i + 10**6)
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert len(store) == n
+    assert held <= store.n_bytes, (held / n, store.n_bytes / n)
+    assert store.n_bytes <= 2 * held  # and not absurdly above
+    assert ENTRY_BYTES > 0
+
+
+def test_latency_histogram_counts_each_join_in_its_bucket():
+    store = JoinStore(label_ttl_ms=10**9, latency_buckets_ms=(0, 10, 100))
+    for i, delay in enumerate([-5, 0, 10, 11, 100, 5_000]):
+        store.add_event(f"e{i}", {}, 0.5, version=0, ts=10_000)
+        [j] = store.add_label(f"e{i}", 1, ts=10_000 + delay)
+        assert j.latency_ms == delay
+    assert store.latency_counts == [2, 1, 2, 1]
+    assert JoinStore.from_state(*store.to_state()).latency_counts == [2, 1, 2, 1]
+
+
+# Malformed state is refused
+
+
+def good_state() -> tuple[dict, dict]:
+    store = JoinStore(max_pending=10, label_ttl_ms=1_000)
+    store.add_event("a", {"f": 1.0, 2: "x"}, 0.5, version=1, ts=10)
+    store.add_label("b", 1, ts=20)
+    store.add_event("c", {"g": True}, 0.25, version=2, ts=30)
+    store.add_event("d", {}, 0.75, version=2, ts=31)
+    store.add_label("d", 0, ts=40)
+    return store.to_state()
+
+
+def corrupt(arrays: dict, meta: dict, name: str, fn) -> tuple[dict, dict]:
+    arrays = {k: v.copy() for k, v in arrays.items()}
+    meta = json.loads(json.dumps(meta))
+    if name == "meta":
+        fn(meta)
+    else:
+        arrays[name] = fn(arrays[name])
+    return arrays, meta
+
+
+def _set(a, i, v):
+    a[i] = v
+    return a
+
+
+@pytest.mark.parametrize(
+    "name, fn",
+    [
+        ("p", lambda a: _set(a, 0, np.nan)),
+        ("p", lambda a: _set(a, 0, 1.5)),
+        ("p", lambda a: a.astype(np.float32)),
+        ("kind", lambda a: _set(a, 0, 2)),
+        ("kind", lambda a: a[:-1]),
+        ("y", lambda a: _set(a, 1, 2)),
+        ("ts", lambda a: _set(a, 0, -5)),
+        ("stored_at", lambda a: _set(a, 0, 10**6)),
+        ("stored_at", lambda a: a[::-1].copy()),
+        ("topic", lambda a: _set(a, 0, 9)),
+        ("offset", lambda a: _set(a, 0, -3)),
+        ("id_len", lambda a: _set(a, 0, -1)),
+        ("ids", lambda a: _set(a, 0, int.from_bytes(b"aac", "little"))),  # "a" twice
+        ("ids", lambda a: _set(a, 0, int.from_bytes(b"\xff\xfe\xfd", "little"))),  # not UTF-8
+        ("x_len", lambda a: _set(a, 0, a[0] + 1)),
+        ("x", lambda a: a[:-1]),
+        ("x", lambda a: np.full_like(a, 0x4141414141414141)),
+        ("ids", lambda a: np.zeros_like(a)),
+        ("joined.at", lambda a: a[:0]),
+        ("meta", lambda m: m.update(format=2)),
+        ("meta", lambda m: m.update(stream_time=-7)),
+        ("meta", lambda m: m["counters"].update(joined=-1)),
+        ("meta", lambda m: m["counters"].pop("joined")),
+        ("meta", lambda m: m.update(latency_counts=[0])),
+        ("meta", lambda m: m.update(x_bytes=m["x_bytes"] + 1)),
+        ("meta", lambda m: m["params"].update(max_pending=1)),
+        ("meta", lambda m: m["params"].update(max_bytes=100)),
+        ("meta", lambda m: m["params"].update(label_ttl_ms=-1)),
+        ("meta", lambda m: m.update(topics=[1])),
+    ],
+)
+def test_malformed_state_is_refused_with_a_clear_error(name, fn):
+    arrays, meta = good_state()
+    JoinStore.from_state(arrays, meta)  # the good one loads
+    with pytest.raises(ValueError, match="join store|must|max_|expired"):
+        JoinStore.from_state(*corrupt(arrays, meta, name, fn))
+
+
+def test_state_with_a_missing_or_extra_array_is_refused():
+    arrays, meta = good_state()
+    with pytest.raises(ValueError, match="arrays"):
+        JoinStore.from_state({k: v for k, v in arrays.items() if k != "p"}, meta)
+    with pytest.raises(ValueError, match="arrays"):
+        JoinStore.from_state({**arrays, "extra": np.zeros(1)}, meta)
+
+
+def test_features_forged_in_the_state_are_checked():
+    store = JoinStore()
+    store.add_event("a", {"f": 1.0}, 0.5, version=0, ts=0)
+    arrays, meta = store.to_state()
+    forged = (b'[["f",null]]', b'[["f",[1]]]', b"not json!", b'{"f": null}', b'{"f": {"g": 1}}', b"[1, 2]")
+    forged += (b'[["a",1,2]]', b'{"a":1},{"b":2}')
+    for blob in forged:
+        words = np.frombuffer(blob + b"\0" * (-len(blob) % 8), dtype="<i8").astype(np.int64)
+        a = {**arrays, "x": words, "x_len": np.array([len(blob)], dtype=np.int64)}
+        with pytest.raises(ValueError, match="join store state"):
+            JoinStore.from_state(a, {**meta, "x_bytes": len(blob)})

@@ -1,0 +1,194 @@
+"""``--state-store kafka`` against a real broker: no local disk, and the state follows the partitions.
+
+Every member here runs on a checkpoint directory that does not exist (and must still not exist at the end):
+its state lives in the compacted topic ``<group>-state`` only. Oracles: an offline replay of the same events
+(bitwise), and per-partition counts of what the states in the topic have learned (every event exactly once).
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from polling import wait_for
+from test_consumer import (
+    make_config,
+    make_events,
+    offline,
+    produce,
+    read_status,
+    same_model,
+    start_service,
+)
+
+from consumers import Learner
+from consumers.state.kafka_store import KafkaStore
+from stream_logreg.checkpoints import CheckpointError
+
+KAFKA = ("--state-store", "kafka")
+
+
+def state(bootstrap: str, group: str, key: str, fence: bool = False) -> Any:
+    """The newest checkpoint of state key ``key`` in ``<group>-state``: read-only (fences nobody), or with
+    ``fence`` as the key's next owner would (which aborts a killed writer's open transaction at once)."""
+    with KafkaStore(bootstrap, key=key, group_id=group, read_only=not fence, timeout=30) as store:
+        return store.latest()
+
+
+def stop(proc: Any, sig: int = signal.SIGTERM) -> None:
+    proc.send_signal(sig)
+    code = proc.wait(60)
+    if sig == signal.SIGTERM:
+        assert code == 0, proc.stderr.read().decode()[-3000:]
+
+
+@pytest.mark.kafka
+def test_sigkill_and_restart_on_an_empty_disk_each_time_is_bitwise_an_uninterrupted_run(
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+) -> None:
+    topic = kafka_topic(1)
+    batch_size, n = 5, 6002  # 6000 learned, 2 left buffered
+    values = make_events(n, seed=21)
+    produce(kafka_bootstrap, topic, values)
+    group = f"g-{topic}"
+    extra = (*KAFKA, "--batch-size", str(batch_size), "--checkpoint-every-messages", "250",
+             "--max-poll-records", "50", "--group-instance-id", "crash-test")
+    rng = random.Random(11)
+    kill_points = sorted(rng.sample(range(300, 5700), 4))
+    disks = []
+    for i, point in enumerate(kill_points):
+        disk, status = tmp_path / f"disk-{i}" / "ckpt", tmp_path / f"status-{i}.json"
+        disks.append(disk)
+        proc = start_service(kafka_bootstrap, topic, group, disk, *extra, "--status-file", str(status),
+                             "--status-every", "0.05")
+        try:
+            wait_for(lambda p=point, s=status, proc=proc: (read_status(s).get("n_samples_seen") or 0) >= p
+                     or proc.poll() is not None, 90, f"past {point} samples")
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+    at_kill = state(kafka_bootstrap, group, "crash-test").model.n_samples_seen
+    assert at_kill < 6000, "the last kill came too late to interrupt anything"
+    status = tmp_path / "status.json"
+    disk = tmp_path / "disk-last" / "ckpt"
+    disks.append(disk)
+    proc = start_service(kafka_bootstrap, topic, group, disk, *extra, "--status-file", str(status),
+                         "--status-every", "0.05")
+    try:
+        wait_for(lambda: read_status(status).get("positions", {}).get(f"{topic}:0") == n
+                 or proc.poll() is not None, 90, "all events read")
+        stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    final = state(kafka_bootstrap, group, "crash-test")
+    expected, _ = offline(values, batch_size)
+    assert final.model.n_samples_seen == 6000
+    assert final.metadata["learned"] == {f"{topic}:0": 6000}
+    assert final.metadata["offsets"] == {f"{topic}:0": 6000}
+    assert same_model(final.model, expected)
+    assert not any(d.exists() for d in disks), "the Kafka store must not touch the local disk"
+
+
+@pytest.mark.kafka
+def test_a_replacement_on_an_empty_disk_resumes_the_lost_members_state(
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+) -> None:
+    topic = kafka_topic(4)
+    group = f"g-{topic}"
+    phases = [make_events(2000, seed=s) for s in (31, 32)]
+    total = sum(map(len, phases))
+    # The lost member's session is long enough that its replacement joins before the group expires it, even
+    # on a busy machine (else the survivor takes every partition first, and the lost state stays under its
+    # key, counted but not continued); the replacement's instance id sorts where the lost one's did, so the
+    # assignor gives it the lost member's partitions.
+    extra = (*KAFKA, "--checkpoint-every-messages", "100", "--max-poll-records", "20",
+             "--status-every", "0.05")
+
+    def member(name: str) -> tuple[Any, Path]:
+        status = tmp_path / f"{name}.json"
+        session = "20000" if name == "m-a" else "6000"
+        proc = start_service(kafka_bootstrap, topic, group, tmp_path / name / "ckpt", *extra,
+                             "--group-instance-id", name, "--status-file", str(status),
+                             "--consumer-setting", f"session_timeout_ms={session}")
+        return proc, status
+
+    produce(kafka_bootstrap, topic, phases[0], partitions=4)
+    a, a_status = member("m-a")
+    b, b_status = member("m-b")
+    procs = [a, b]
+    try:
+        def sharing() -> bool:
+            assert a.poll() is None and b.poll() is None
+            return all(len(read_status(s).get("assigned") or []) == 2 for s in (a_status, b_status))
+
+        wait_for(sharing, 90, "A and B sharing the partitions")
+        wait_for(lambda: (read_status(a_status).get("checkpoints_written") or 0) >= 3, 60,
+                 "A checkpointing")
+        lost_partitions = sorted(read_status(a_status)["assigned"])
+        a.send_signal(signal.SIGKILL)
+        a.wait(30)
+        c, c_status = member("m-0")
+        procs.append(c)
+        lost = state(kafka_bootstrap, group, "m-a")
+        assert lost is not None and 0 < lost.model.n_samples_seen
+        produce(kafka_bootstrap, topic, phases[1], partitions=4)
+
+        def done() -> bool:
+            assert b.poll() is None and c.poll() is None, (b.poll(), c.poll())
+            positions = {**read_status(b_status).get("positions", {}),
+                         **read_status(c_status).get("positions", {})}
+            return sum(positions.values()) == total and len(positions) == 4
+
+        wait_for(done, 150, "B and C at the end of every partition")
+        assert sorted(read_status(c_status)["assigned"]) == lost_partitions
+        stop(c)
+        stop(b)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    ends = {f"{topic}:{p}": total // 4 for p in range(4)}
+    states = {key: state(kafka_bootstrap, group, key) for key in ("m-a", "m-b", "m-0")}
+    assert states["m-0"] is None, "the replacement went on under the lost member's state key"
+    learned = Counter()
+    for key in ("m-a", "m-b"):
+        learned.update(states[key].metadata["learned"])
+    assert dict(learned) == ends  # per partition, across the group: every event learned exactly once
+    resumed = states["m-a"]
+    # the replacement continued the lost member's model: its history starts with the lost member's samples
+    assert resumed.model.n_samples_seen == sum(resumed.metadata["learned"].values())
+    assert resumed.model.n_samples_seen > lost.model.n_samples_seen
+    resumed_learned = {k: v for k, v in resumed.metadata["learned"].items() if v}
+    assert resumed_learned == {k: ends[k] for k in lost_partitions}
+    assert not any((tmp_path / name).exists() for name in ("m-a", "m-b", "m-0"))
+
+
+@pytest.mark.kafka
+def test_two_live_learners_on_one_checkpoint_directory_are_refused(
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+) -> None:
+    topic = kafka_topic(1)
+    first = Learner(make_config(kafka_bootstrap, topic, tmp_path / "ckpt", group_instance_id="one"))
+    second = Learner(make_config(kafka_bootstrap, topic, tmp_path / "ckpt", group_instance_id="two"))
+
+    stop_first = threading.Event()
+    thread = threading.Thread(target=first.run, kwargs={"stop_event": stop_first}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: first.stats.snapshot()["running"], 60, "the first learner running")
+        with pytest.raises(CheckpointError, match="another learner is running on the checkpoint directory"):
+            second.run()
+    finally:
+        stop_first.set()
+        thread.join(60)
+    assert not thread.is_alive()
+    second_stop = threading.Event()
+    second_stop.set()
+    second.run(stop_event=second_stop)  # once the first has stopped, the directory is free
