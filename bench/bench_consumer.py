@@ -1,21 +1,24 @@
 #!/usr/bin/env python3
-"""Throughput of the Kafka learner against its ceiling (kafka-python polling + orjson decoding).
+"""Throughput of the Kafka learner on both client backends against the raw clients (the ceilings).
 
     python bench/bench_consumer.py                 # starts a broker (scripts/kafka_broker.py) unless
     KAFKA_BOOTSTRAP_SERVERS=host:port python bench/bench_consumer.py     # ... one is given
 
 Produces ``--events`` (200,000) JSON events with ``--features`` (20) numeric features to a fresh
-1-partition topic, then measures on the same topic:
+1-partition topic, then measures on the same topic, in one process:
 
-(a) the ceiling: a ``KafkaConsumer`` with the learner's fetch settings polling the topic and
+(a) raw kafka-python: a ``KafkaConsumer`` with the learner's fetch settings polling the topic and
     ``orjson.loads``-ing each value, nothing else;
-(b) the learner (``consumers.Learner``: decode, validate, predict, learn, stats, checkpoints every
-    ``--checkpoint-every`` events) for each ``--batch-sizes``.
+(b) raw confluent-kafka: a ``Consumer`` with the learner's librdkafka fetch settings (``consume(N)`` with
+    N = ``max_poll_records``, ``fetch.queue.backoff.ms`` and ``queued.max.messages.kbytes`` as the learner,
+    see :mod:`consumers.confluent`) ``orjson.loads``-ing each value (after its ``error()`` check);
+(c) the learner (``consumers.Learner``: decode, validate, predict, learn, stats, checkpoints every
+    ``--checkpoint-every`` events) on kafka-python, and (d) on confluent-kafka, for each ``--batch-sizes``.
 
 Rates are counted from the end of the first processed batch to the last message (group join and
 connection set-up are not the loop's cost). The machine may be shared, so ``--rounds`` (3) rounds each
-measure (a) and then every (b) back to back; each round's (b)/(a) is printed, then the medians. Checkpoints
-are real (fsync'd) and in a temporary directory.
+measure (a), (b), then every (c) and (d) back to back; the ratios (c)/(a), (d)/(b) and (d)/(c) are taken
+within each round, and their medians printed. Checkpoints are real (fsync'd) and in a temporary directory.
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ def fetch_settings(config: LearnerConfig) -> dict:
 
 
 def ceiling(bootstrap: str, topic: str, n: int, settings: dict) -> float:
-    """Events/s of kafka-python polling and orjson-decoding the topic, nothing else."""
+    """(a) Events/s of kafka-python polling and orjson-decoding the topic, nothing else."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
@@ -111,26 +114,58 @@ def ceiling(bootstrap: str, topic: str, n: int, settings: dict) -> float:
     return (seen - c0) / elapsed
 
 
+def confluent_fetch_conf(config: LearnerConfig) -> dict:
+    """The learner's librdkafka properties that matter for fetching (so that (b) and (d) fetch alike)."""
+    from consumers.confluent import consumer_conf
+
+    keep = ("fetch.queue.backoff.ms", "queued.max.messages.kbytes", "fetch.max.bytes",
+            "max.partition.fetch.bytes", "fetch.min.bytes", "fetch.wait.max.ms", "check.crcs")
+    return {k: v for k, v in consumer_conf(config).items() if k in keep}
+
+
+def confluent_ceiling(bootstrap: str, topic: str, n: int, conf: dict, batch: int) -> float:
+    """(b) Events/s of confluent-kafka ``consume(batch)`` and orjson-decoding the topic, nothing else."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"raw-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False, **conf})
+    consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    loads = orjson.loads
+    seen, t0, c0 = 0, None, 0
+    while seen < n:
+        msgs = consumer.consume(batch, 1.0)
+        for m in msgs:
+            if m.error() is None:
+                loads(m.value())
+        seen += len(msgs)
+        if t0 is None and msgs:
+            t0, c0 = time.perf_counter(), seen
+    elapsed = time.perf_counter() - t0
+    consumer.close()
+    return (seen - c0) / elapsed
+
+
 def learner_rate(bootstrap: str, topic: str, n: int, batch_size: int, checkpoint_every: int,
-                 overrides: dict) -> tuple[float, dict]:
+                 overrides: dict, client: str, profile: str | None = None) -> tuple[float, dict]:
     """Events/s of the learner (predict + learn + checkpoints) over the topic, and its final stats.
 
-    Timed as the ceiling is: from the end of the first processed batch (its events not counted) to the
+    Timed as the ceilings are: from the end of the first processed batch (its events not counted) to the
     end of the one that reaches ``n`` events, stamped by the loop itself (no watcher thread taking the GIL).
+    With ``profile``, the run is profiled (cProfile) into that file.
     """
     with tempfile.TemporaryDirectory() as tmp:
         config = LearnerConfig(
             bootstrap_servers=bootstrap, topics=[topic], group_id=f"bench-{uuid.uuid4().hex[:8]}",
             checkpoint_dir=tmp, batch_size=batch_size, checkpoint_every_messages=checkpoint_every,
-            checkpoint_every_seconds=3600, **overrides,
+            checkpoint_every_seconds=3600, kafka_client=client, **overrides,
         )
         learner = Learner(config)
         stats = learner.stats
         marks: list[tuple[float, int]] = []
         process = learner._process
 
-        def timed_process(tp, records) -> None:  # the learner's own per-batch step, then a timestamp
-            process(tp, records)
+        def timed_process(tp, records, values) -> None:  # the learner's own per-batch step, then a stamp
+            process(tp, records, values)
             consumed = stats.consumed
             if not marks or consumed >= n:
                 marks.append((time.perf_counter(), consumed))
@@ -138,7 +173,12 @@ def learner_rate(bootstrap: str, topic: str, n: int, batch_size: int, checkpoint
                 learner.stop()
 
         learner._process = timed_process
-        learner.run()
+        if profile:
+            import cProfile
+
+            cProfile.runctx("learner.run()", globals(), {"learner": learner}, profile)
+        else:
+            learner.run()
         (t0, c0), (t1, c1) = marks[0], marks[-1]
         return (c1 - c0) / (t1 - t0), stats.snapshot()
 
@@ -151,10 +191,14 @@ def main() -> int:
     ap.add_argument("--checkpoint-every", type=int, default=10_000)
     ap.add_argument("--max-poll-records", type=int, default=None, help="override the learner's default")
     ap.add_argument("--rounds", type=int, default=3,
-                    help="rounds of (a) then (b) for each batch size; the medians are shown")
+                    help="rounds of (a), (b), then (c) and (d) for each batch size; the medians are shown")
+    ap.add_argument("--clients", default="kafka-python,confluent", help="the backends to measure")
+    ap.add_argument("--profile", metavar="PREFIX",
+                    help="profile one learner run per backend (batch size 1) into PREFIX-<client>.prof")
     args = ap.parse_args()
     overrides = {} if args.max_poll_records is None else {"max_poll_records": args.max_poll_records}
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    clients = [c for c in args.clients.split(",") if c]
 
     broker = None
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
@@ -165,38 +209,71 @@ def main() -> int:
         topic = f"bench-consumer-{uuid.uuid4().hex[:8]}"
         seconds = produce(bootstrap, topic, args.events, args.features)
         print(f"produced {args.events:,} events ({args.features} features) in {seconds:.1f}s to {topic}")
-        print(f"kafka-python {kafka_version}, CRC-32C: {crc_impl()}")
-        settings = fetch_settings(LearnerConfig(bootstrap_servers=bootstrap, topics=[topic], group_id="x",
-                                                checkpoint_dir=tempfile.gettempdir(), **overrides))
-        print(f"fetch settings of both (a) and (b): {settings}")
-        # The machine may be shared: each round measures (a) and then (b) back to back, and the ratio is
-        # taken within the round.
-        ceilings: list[float] = []
-        rates: dict[int, list[float]] = {b: [] for b in batch_sizes}
-        ratios: dict[int, list[float]] = {b: [] for b in batch_sizes}
-        snaps: dict[int, dict] = {}
+        base = LearnerConfig(bootstrap_servers=bootstrap, topics=[topic], group_id="x",
+                             checkpoint_dir=tempfile.gettempdir(), **overrides)
+        raw = {"kafka-python": None, "confluent": None}
+        if "kafka-python" in clients:
+            settings = fetch_settings(base)
+            print(f"kafka-python {kafka_version}, CRC-32C: {crc_impl()}; (a) and (c) fetch with {settings}")
+            raw["kafka-python"] = lambda: ceiling(bootstrap, topic, args.events, settings)
+        if "confluent" in clients:
+            import confluent_kafka
+
+            conf = confluent_fetch_conf(base)
+            versions = f"{confluent_kafka.__version__} (librdkafka {confluent_kafka.libversion()[0]})"
+            print(f"confluent-kafka {versions}; (b) and (d) fetch with consume({base.max_poll_records}) "
+                  f"and {conf}")
+            raw["confluent"] = lambda: confluent_ceiling(bootstrap, topic, args.events, conf,
+                                                         base.max_poll_records)
+        if args.profile:
+            for client in clients:
+                path = f"{args.profile}-{client}.prof"
+                learner_rate(bootstrap, topic, args.events, 1, args.checkpoint_every, overrides, client, path)
+                print(f"profiled the learner on {client} into {path}")
+        label = {"kafka-python": ("(a)", "(c)"), "confluent": ("(b)", "(d)")}
+        ceilings: dict[str, list[float]] = {c: [] for c in clients}
+        rates = {(c, b): [] for c in clients for b in batch_sizes}
+        ratios = {(c, b): [] for c in clients for b in batch_sizes}
+        across = {b: [] for b in batch_sizes}
+        snaps: dict = {}
         for i in range(args.rounds):
-            ceilings.append(ceiling(bootstrap, topic, args.events, settings))
-            line = f"round {i + 1}: (a) {ceilings[-1]:9,.0f}"
+            line = f"round {i + 1}:"
+            order = clients if i % 2 == 0 else clients[::-1]  # alternate which backend goes first
+            for client in order:
+                ceilings[client].append(raw[client]())
+                line += f" {label[client][0]} {ceilings[client][-1]:9,.0f}"
             for batch_size in batch_sizes:
-                rate, snap = learner_rate(bootstrap, topic, args.events, batch_size, args.checkpoint_every,
-                                          overrides)
-                rates[batch_size].append(rate)
-                snaps[batch_size] = snap
-                ratios[batch_size].append(rate / ceilings[-1])
-                line += f"   (b) batch_size={batch_size}: {rate:9,.0f} ({rate / ceilings[-1]:.2f})"
+                for client in order:
+                    rate, snap = learner_rate(bootstrap, topic, args.events, batch_size,
+                                              args.checkpoint_every, overrides, client)
+                    rates[client, batch_size].append(rate)
+                    snaps[client, batch_size] = snap
+                    ratios[client, batch_size].append(rate / ceilings[client][-1])
+                    line += (f"  {label[client][1]} b={batch_size}: {rate:9,.0f} "
+                             f"({rate / ceilings[client][-1]:.2f})")
+                if len(clients) == 2:
+                    across[batch_size].append(rates["confluent", batch_size][-1]
+                                              / rates["kafka-python", batch_size][-1])
             print(line, flush=True)
-        print(f"(a) ceiling, poll + orjson.loads:     median {statistics.median(ceilings):10,.0f} events/s")
+        names = {"kafka-python": "kafka-python poll + orjson.loads", "confluent": "confluent consume + loads"}
+        for client in clients:
+            print(f"{label[client][0]} raw {names[client]:<36s} median "
+                  f"{statistics.median(ceilings[client]):10,.0f} events/s")
         for batch_size in batch_sizes:
-            snap = snaps[batch_size]
-            rate, ratio = statistics.median(rates[batch_size]), statistics.median(ratios[batch_size])
-            print(
-                f"(b) learner, batch_size={batch_size:<3d}          median {rate:10,.0f} events/s   "
-                f"(b)/(a) = {ratio:.2f} (median of the rounds' ratios)   "
-                f"checkpoints={snap['checkpoints_written']} "
-                f"(last {1000 * (snap['last_checkpoint_duration'] or 0):.1f} ms)  "
-                f"n_samples_seen={snap['n_samples_seen']:,}  rolling log loss={snap['rolling_log_loss']:.4f}"
-            )
+            for client in clients:
+                snap = snaps[client, batch_size]
+                rate = statistics.median(rates[client, batch_size])
+                ratio = statistics.median(ratios[client, batch_size])
+                a, c = label[client]
+                print(
+                    f"{c} learner on {client:<12s} batch_size={batch_size:<3d} median {rate:10,.0f} events/s "
+                    f"{c}/{a} = {ratio:.2f}   checkpoints={snap['checkpoints_written']} "
+                    f"(last {1000 * (snap['last_checkpoint_duration'] or 0):.1f} ms)  "
+                    f"n_samples_seen={snap['n_samples_seen']:,}  log loss={snap['rolling_log_loss']:.4f}"
+                )
+            if across[batch_size]:
+                print(f"    batch_size={batch_size}: (d)/(c) confluent learner / kafka-python learner = "
+                      f"{statistics.median(across[batch_size]):.2f} (median of the rounds' ratios)")
     finally:
         if broker is not None:
             broker.stop()

@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "LearnerConfig"]
+__all__ = ["KAFKA_CLIENTS", "ConfigError", "LearnerConfig"]
+
+#: The client backends (``LearnerConfig.kafka_client``).
+KAFKA_CLIENTS = ("kafka-python", "confluent")
 
 class ConfigError(ValueError):
     """A setting is missing or invalid; the message starts with the setting's name."""
@@ -45,7 +48,9 @@ class LearnerConfig:
         ``auto_offset_reset`` applies to partitions that neither a checkpoint nor the group has seen.
         ``group_instance_id``: static group membership (None: the host name and a hash of
         ``checkpoint_dir``, see :func:`consumers.source.default_instance_id`). ``connect_timeout``: seconds
-        to reach the brokers at start.
+        to reach the brokers at start. ``kafka_client``: ``"kafka-python"`` (the default) or
+        ``"confluent"`` (confluent-kafka, the ``confluent`` extra; the same kafka-python setting names,
+        mapped, see :mod:`consumers.confluent`).
     Learning
         ``batch_size`` 1 learns each labelled event on its own (``learn_one``); k > 1 learns one mini-batch
         of k consecutive labelled events (``learn_rows``). ``model`` is the model's hyper-parameters in the
@@ -99,6 +104,7 @@ class LearnerConfig:
     progress_every_seconds: float = 30.0
     state_store: str = "directory"
     processing_guarantee: str = "at-least-once"
+    kafka_client: str = "kafka-python"
 
     def __post_init__(self) -> None:
         if isinstance(self.topics, str):
@@ -178,6 +184,7 @@ class LearnerConfig:
             _fail("processing_guarantee", "exactly-once needs the state in Kafka (state_store 'kafka'), "
                   "not in a local directory", self.processing_guarantee)
         self._validate_client_settings()
+        self._validate_kafka_client()
         if not isinstance(self.model, dict):
             _fail("model", "must be a dict like OnlineLogisticRegression.config()", self.model)
         try:
@@ -201,6 +208,20 @@ class LearnerConfig:
                 check_client_settings(settings, client)
             except ClientConfigError as exc:
                 raise ConfigError(f"{name}: {exc}") from None
+
+    def _validate_kafka_client(self) -> None:
+        if self.kafka_client not in KAFKA_CLIENTS:
+            _fail("kafka_client", "must be one of " + ", ".join(KAFKA_CLIENTS), self.kafka_client)
+        if self.kafka_client == "confluent":
+            try:
+                from consumers.confluent import check_config
+            except ImportError as exc:
+                raise ConfigError(f"kafka_client: 'confluent' needs confluent-kafka (pip install "
+                                  f"'stream-logreg[confluent]'): {exc}") from None
+            check_config(self)
+            if getattr(self, "processing_guarantee", None) == "exactly-once":  # not on this backend yet
+                _fail("kafka_client", "'confluent' does not do exactly-once processing (transactions) yet: "
+                      "use kafka-python for --processing-guarantee exactly-once", self.kafka_client)
 
     # -- derived objects
 

@@ -162,6 +162,15 @@ STATE_PARTITIONS = 16
 STOP_BUDGET = 1.0
 
 
+def _clients(config: LearnerConfig, stats: LearnerStats) -> tuple[Any, Any]:
+    """The source and the outputs on the client backend of ``config.kafka_client``."""
+    if config.kafka_client == "confluent":
+        from consumers.confluent import ConfluentOutputs, ConfluentSource
+
+        return ConfluentSource(config, stats), ConfluentOutputs(config, stats)
+    return Source(config, stats), Outputs(config, stats)
+
+
 class Fenced(Exception):
     """Another member joined the group with this learner's ``group_instance_id``."""
 
@@ -220,8 +229,7 @@ class Learner:
         self._ratelog = _RateLimitedLog()
         self._state = Checkpointing(store, config, self.stats, member=self._instance_id,
                                     group_metadata=self._group_metadata if self._exactly_once else None)
-        self._source = Source(config, self.stats)
-        self._outputs = Outputs(config, self.stats)
+        self._source, self._outputs = _clients(config, self.stats)
         self._topics_checked = False
 
     @property
@@ -337,7 +345,7 @@ class Learner:
         try:
             while not should_stop():
                 try:
-                    batch = source.consumer.poll(timeout_ms=cfg.poll_timeout_ms)
+                    batch = source.poll(cfg.poll_timeout_ms)
                     self.stats.last_poll_time = time.time()
                 except KafkaError as exc:
                     with self.stats.lock:
@@ -361,10 +369,10 @@ class Learner:
                     pending |= source.pending
                     if self._exactly_once and batch:
                         self._begin()
-                    for tp, records in batch.items():
+                    for tp, (records, values) in batch.items():
                         if tp in pending or not records:
                             continue  # not sought yet: these will be fetched again after the seek
-                        self._process(tp, records)
+                        self._process(tp, records, values)
                         n += len(records)
                     self._publish_stats()
                     state.tick(source.assignment(), source.pending, flush, source.commit)
@@ -522,9 +530,12 @@ class Learner:
 
     # ------------------------------------------------------------------ the hot loop
 
-    def _process(self, tp: TopicPartition, records: list) -> None:
-        """Decode, predict, learn or score, publish; ``records`` are consecutive messages of ``tp``."""
+    def _process(self, tp: TopicPartition, records: list, values: list) -> None:
+        """Decode, predict, learn or score, publish; ``records`` are consecutive messages of ``tp`` (as the
+        client gives them) and ``values`` their values. The hot path reads only the values: the records
+        are made neutral (``source.record``) only for an output or a buffered event."""
         cfg = self.config
+        view = self._source.record
         state = self._state
         decode = self._decode
         model = state.model
@@ -540,36 +551,36 @@ class Learner:
         ys: list[int] = []
         ps_append, ys_append = ps.append, ys.append
         scored = 0
-        for r in records:
-            ev = decode(r.value)
+        for r, value in zip(records, values, strict=True):
+            ev = decode(value)
             if ev.__class__ is not Event:
-                self._reject(r, ev.reason, ev.detail)
+                self._reject(view(r), ev.reason, ev.detail)
                 continue
             x, y, _ = ev
             if y is None:  # score only
                 try:
                     p = predict(x)[True]
                 except ValueError as exc:  # the codec should have caught it; never let it reach the model
-                    self._reject(r, Reason.BAD_VALUE, str(exc))
+                    self._reject(view(r), Reason.BAD_VALUE, str(exc))
                     continue
                 scored += 1
                 if publish is not None:
-                    publish(r, ev, p, model.n_samples_seen, cid)
+                    publish(view(r), ev, p, model.n_samples_seen, cid)
             elif batch_size == 1:
                 try:
                     p = predict_learn_one(x, y)  # progressive validation: p is from before the update
                 except ValueError as exc:  # a bad value or a non-finite update: refused, the model unchanged
-                    self._reject(r, Reason.BAD_VALUE, f"the model refused the update: {exc}")
+                    self._reject(view(r), Reason.BAD_VALUE, f"the model refused the update: {exc}")
                     continue
                 ps_append(p)
                 ys_append(y)
                 if publish_labelled:  # p is the prediction of the model before this sample
-                    publish(r, ev, p, model.n_samples_seen - 1, cid)
+                    publish(view(r), ev, p, model.n_samples_seen - 1, cid)
             else:
-                buffer.append((ev, r, tp))
+                buffer.append((ev, view(r), tp))
                 if len(buffer) >= batch_size:
                     self._learn_buffer(ps, ys)
-        state.positions[tp] = records[-1].offset + 1
+        state.positions[tp] = view(records[-1]).offset + 1
         state.since_checkpoint += len(records)
         learned = len(ps)
         if batch_size == 1 and learned:
@@ -684,7 +695,7 @@ class Learner:
             state.restore()
             source.pending |= set(source.assignment())
             if source.pending:
-                source.consumer.pause(*source.pending)
+                source.pause(source.pending)
         assigned = source.assignment()
         source.pending &= assigned
         if not source.pending:
@@ -742,13 +753,13 @@ class Learner:
 
     def _publish_stats(self) -> None:
         """Fold the model's size and every owned partition's position and highwater (lag) into the stats."""
-        st, state, consumer = self.stats, self._state, self._source.consumer
+        st, state, source = self.stats, self._state, self._source
         positions, highwaters = {}, {}
-        for tp in consumer.assignment():  # local look-ups, no request
+        for tp in source.assignment():  # local look-ups, no request
             key = tp_key(tp)
             if tp in state.positions:
                 positions[key] = state.positions[tp]
-            hw = consumer.highwater(tp)
+            hw = source.highwater(tp)
             if hw is not None:
                 highwaters[key] = hw
         with st.lock:

@@ -267,6 +267,9 @@ _OPERATIONS = "Operations"
 #: Everything ``consume`` reads: flag ``--x-y`` or environment variable ``STREAM_LOGREG_X_Y``.
 CONSUME_SETTINGS: tuple[Setting, ...] = (
     CONNECTION_SETTINGS[0],
+    Setting("kafka_client", "choice", "kafka-python",
+            "Kafka client library: kafka-python, or confluent (librdkafka: faster; needs the confluent "
+            "extra, pip install 'stream-logreg[confluent]').", _KAFKA, choices=("kafka-python", "confluent")),
     Setting("topics", "topics", None, "Topics to learn from (comma-separated).", _KAFKA, required=True,
             metavar="TOPIC[,...]"),
     Setting("group_id", "str", "stream-logreg", "Consumer group of the learners.", _KAFKA),
@@ -562,7 +565,7 @@ def learner_config(values: Mapping[str, Any]) -> LearnerConfig:
         "publish_labelled", "dead_letter_topic", "x_field", "y_field", "id_field", "max_features",
         "max_message_bytes", "max_poll_records", "poll_timeout_ms", "metrics_window", "commit_timeout_ms",
         "connect_timeout", "group_instance_id", "create_topics", "progress_every_seconds",
-        "state_store", "processing_guarantee",
+        "state_store", "processing_guarantee", "kafka_client",
     }
     kwargs = {name: values[name] for name in own}
     kwargs["bootstrap_servers"] = ",".join(bootstrap_servers(values))
@@ -574,7 +577,8 @@ def learner_config(values: Mapping[str, Any]) -> LearnerConfig:
         return LearnerConfig(**kwargs)
     except ConfigError as exc:
         name = str(exc).split(":", 1)[0]
-        setting = _BY_NAME.get(name)
+        setting = _BY_NAME.get({"consumer_settings": "consumer_config",
+                                "producer_settings": "producer_config"}.get(name, name))
         if setting is None:
             raise UsageError(str(exc)) from None
         raise UsageError(f"{setting.flag} ({setting.env}): {str(exc).split(':', 1)[1].strip()}") from None

@@ -163,7 +163,7 @@ class Source:
         while not should_stop():
             try:
                 before()
-                consumer = KafkaConsumer(**self.kwargs())
+                self.consumer = self._open(handler, deadline)
             except KafkaError as exc:
                 with self.stats.lock:
                     self.stats.connection_failures += 1
@@ -178,21 +178,25 @@ class Source:
                 wait_or_stop(min(backoff, left), should_stop)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            self.consumer = consumer
-            consumer.subscribe(cfg.topics, listener=_Listener(self, handler))
-            # Know the topics' partitions before the first JoinGroup: if this member leads the group and
-            # assigns without them, the follow-up rebalance may hit the stuck join of unstick().
-            for topic in cfg.topics:
-                try:
-                    consumer.partitions_for_topic(topic)
-                except KafkaError as exc:
-                    log.warning("no metadata for topic %s yet: %r", topic, exc, extra={"topic": topic})
             with self.stats.lock:
                 self.stats.connected = True
             log.info("subscribed to %s as group %s (instance %s)", cfg.topics, cfg.group_id,
                      self.instance_id)
             return True
         return False
+
+    def _open(self, handler: RebalanceHandler, deadline: float) -> KafkaConsumer:
+        """One connection attempt: the subscribed consumer (raises ``KafkaError``)."""
+        consumer = KafkaConsumer(**self.kwargs())
+        consumer.subscribe(self.config.topics, listener=_Listener(self, handler))
+        # Know the topics' partitions before the first JoinGroup: if this member leads the group and
+        # assigns without them, the follow-up rebalance may hit the stuck join of unstick().
+        for topic in self.config.topics:
+            try:
+                consumer.partitions_for_topic(topic)
+            except KafkaError as exc:
+                log.warning("no metadata for topic %s yet: %r", topic, exc, extra={"topic": topic})
+        return consumer
 
     def connected(self) -> bool:
         """Whether the group coordinator is known (a local look-up; True on a kafka-python without it)."""
@@ -263,6 +267,26 @@ class Source:
     def assignment(self) -> set[TopicPartition]:
         return self.consumer.assignment()
 
+    # ------------------------------------------------------------------ polling (what the loop sees)
+
+    def poll(self, timeout_ms: int) -> dict[TopicPartition, tuple[list, list]]:
+        """``{partition: (records, values)}``: the polled records of each partition, in offset order, and
+        their values (what the hot loop reads, alike for every client)."""
+        return {tp: (rs, [r.value for r in rs])
+                for tp, rs in self.consumer.poll(timeout_ms=timeout_ms).items()}
+
+    @staticmethod
+    def record(r: Any) -> Any:
+        """The record with ``topic partition offset key value timestamp`` (kafka-python's own)."""
+        return r
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        self.consumer.pause(*partitions)
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        """The partition's end offset as last fetched (a local look-up)."""
+        return self.consumer.highwater(tp)
+
     # ------------------------------------------------------------------ closing
 
     def close(self, timeout_ms: int, leave: bool) -> None:
@@ -273,7 +297,7 @@ class Source:
             return
         self.closing = True
         try:
-            consumer.close(timeout_ms=timeout_ms)
+            self._close_consumer(consumer, timeout_ms)
         except Exception:
             log.exception("closing the consumer failed")
         finally:
@@ -282,6 +306,10 @@ class Source:
             self._leave_group(timeout_ms)
         with self.stats.lock:
             self.stats.connected = False
+
+    @staticmethod
+    def _close_consumer(consumer: KafkaConsumer, timeout_ms: int) -> None:
+        consumer.close(timeout_ms=timeout_ms)
 
     def _leave_group(self, timeout_ms: int) -> None:
         from kafka import KafkaAdminClient

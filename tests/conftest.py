@@ -179,3 +179,17 @@ def kafka_topic(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Iterato
             pass
         finally:
             admin.close()
+
+
+@pytest.fixture(params=["kafka-python", "confluent"])
+def kafka_client(request: pytest.FixtureRequest) -> str:
+    """The learner's client backend (``LearnerConfig.kafka_client``): a test taking this fixture runs on
+    both. Without confluent-kafka the confluent run is skipped (a failure under ``CI=true``)."""
+    if request.param == "confluent":
+        try:
+            import confluent_kafka  # noqa: F401
+        except ImportError:
+            if _in_ci():
+                pytest.fail("confluent-kafka is not installed (CI=true): pip install -e '.[dev]'")
+            pytest.skip("confluent-kafka is not installed: pip install 'stream-logreg[confluent]'")
+    return request.param

@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-store", default="directory", choices=("directory", "kafka"))
     p.add_argument("--processing-guarantee", default="at-least-once",
                    choices=("at-least-once", "exactly-once"))
+    p.add_argument("--kafka-client", default="kafka-python", choices=("kafka-python", "confluent"))
     p.add_argument("--max-idle-seconds", type=float, help="stop after this long without a message")
     p.add_argument("--kill-after-writes", type=int,
                    help="SIGKILL this process right after its N-th state write, before its transaction "
@@ -128,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             connect_timeout=args.connect_timeout,
             state_store=args.state_store,
             processing_guarantee=args.processing_guarantee,
+            kafka_client=args.kafka_client,
         )
     except ConfigError as exc:
         print(f"learner_process.py: error: {exc}", file=sys.stderr)

@@ -149,11 +149,15 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0)
 
 
 def committed(bootstrap: str, group: str) -> dict[TopicPartition, Any]:
+    """The group's committed offsets. confluent-kafka 2.16 commits a metadata string with its C string's
+    NUL (``strlen + 1`` in its conversion to librdkafka's list): one trailing NUL is dropped here."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
-        return admin.list_group_offsets(group)[group]
+        offsets = admin.list_group_offsets(group)[group]
     finally:
         admin.close()
+    return {tp: om._replace(metadata=om.metadata.removesuffix("\x00")) if om.metadata else om
+            for tp, om in offsets.items()}
 
 
 def make_config(bootstrap: str, topic: str, ckpt: Path, **overrides: Any) -> LearnerConfig:
@@ -192,7 +196,12 @@ class Running:
     def stop(self, timeout: float = 60.0) -> None:
         self.learner.stop()
         self.thread.join(timeout)
-        assert not self.thread.is_alive(), "the learner did not stop"
+        if self.thread.is_alive():  # say where it is stuck
+            import traceback
+
+            frame = sys._current_frames().get(self.thread.ident)
+            where = "".join(traceback.format_stack(frame)) if frame is not None else "?"
+            raise AssertionError(f"the learner did not stop; it is at:\n{where}")
         if self.error is not None:
             raise AssertionError("the learner crashed") from self.error
 
@@ -245,11 +254,13 @@ def test_config_errors_name_the_setting(tmp_path: Path) -> None:
 @pytest.mark.kafka
 @pytest.mark.parametrize("batch_size", [1, 8])
 def test_learn_through_equals_offline(kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path,
+                                      kafka_client: str,
                                       batch_size: int) -> None:
     topic = kafka_topic(1)
     values = make_events(3003, seed=1)  # 3003 = 375 * 8 + 3: three events stay buffered with batch_size 8
     produce(kafka_bootstrap, topic, values)
-    cfg = make_config(kafka_bootstrap, topic, tmp_path / "ckpt", batch_size=batch_size, max_poll_records=300)
+    cfg = make_config(kafka_bootstrap, topic, tmp_path / "ckpt", batch_size=batch_size,
+                      max_poll_records=300, kafka_client=kafka_client)
     with running(cfg) as r:
         r.wait_consumed(len(values))
         r.stop()
@@ -323,7 +334,7 @@ def checkpointed(ckpt: Path) -> int:
 
 @pytest.mark.kafka
 def test_sigkill_and_restart_learns_every_event_exactly_once(
-    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str
 ) -> None:
     topic = kafka_topic(1)
     batch_size, n = 5, 6002  # 6000 learned, 2 left buffered
@@ -338,7 +349,7 @@ def test_sigkill_and_restart_learns_every_event_exactly_once(
     kill_points = sorted(rng.sample(range(300, 5700), 4))
     at_kill: list[int] = []
     for point in kill_points:
-        proc = start_service(kafka_bootstrap, topic, group, ckpt, *extra)
+        proc = start_service(kafka_bootstrap, topic, group, ckpt, "--kafka-client", kafka_client, *extra)
         try:
             wait_for(lambda p=point, proc=proc: checkpointed(ckpt) >= p or proc.poll() is not None, 90,
                      f"a checkpoint past {point}")
@@ -349,7 +360,8 @@ def test_sigkill_and_restart_learns_every_event_exactly_once(
         at_kill.append(checkpointed(ckpt))
     assert min(at_kill) < 6000, f"every kill came too late to interrupt anything: {at_kill}"
     status = tmp_path / "status.json"
-    proc = start_service(kafka_bootstrap, topic, group, ckpt, *extra, "--status-file", str(status),
+    proc = start_service(kafka_bootstrap, topic, group, ckpt, "--kafka-client", kafka_client, *extra,
+                         "--status-file", str(status),
                          "--status-every", "0.05")
     try:  # until it has read everything (then SIGTERM: its handler is installed by then)
         wait_for(lambda: read_status(status).get("positions", {}).get(f"{topic}:0") == n
@@ -370,7 +382,7 @@ def test_sigkill_and_restart_learns_every_event_exactly_once(
 
 @pytest.mark.kafka
 def test_sigterm_checkpoints_commits_and_restart_learns_nothing_twice(
-    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str
 ) -> None:
     topic = kafka_topic(1)
     batch_size = 3
@@ -378,7 +390,8 @@ def test_sigterm_checkpoints_commits_and_restart_learns_nothing_twice(
     produce(kafka_bootstrap, topic, first)
     ckpt, group, status = tmp_path / "ckpt", f"g-{topic}", tmp_path / "status.json"
     # No periodic checkpoint: the only one is the one SIGTERM writes.
-    proc = start_service(kafka_bootstrap, topic, group, ckpt, "--batch-size", str(batch_size),
+    proc = start_service(kafka_bootstrap, topic, group, ckpt, "--kafka-client", kafka_client,
+                         "--batch-size", str(batch_size),
                          "--checkpoint-every-messages", "1000000", "--checkpoint-every-seconds", "3600",
                          "--status-file", str(status), "--status-every", "0.05")
     try:
@@ -398,7 +411,8 @@ def test_sigterm_checkpoints_commits_and_restart_learns_nothing_twice(
     assert (offset.offset, offset.metadata) == (1998, stopped.id)
 
     produce(kafka_bootstrap, topic, second)
-    cfg = make_config(kafka_bootstrap, topic, ckpt, group_id=group, batch_size=batch_size)
+    cfg = make_config(kafka_bootstrap, topic, ckpt, group_id=group, batch_size=batch_size,
+                      kafka_client=kafka_client)
     with running(cfg) as r:
         r.wait_consumed(1002)  # the 2 buffered events are read again, then the 1000 new ones
         r.stop()
@@ -431,7 +445,7 @@ def poison_messages() -> dict[Reason, list[bytes | None]]:
 
 @pytest.mark.kafka
 def test_poison_messages_go_to_the_dead_letter_topic_and_never_reach_the_model(
-    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str
 ) -> None:
     topic, dlq = kafka_topic(1), kafka_topic(1)
     poison = poison_messages()
@@ -446,7 +460,7 @@ def test_poison_messages_go_to_the_dead_letter_topic_and_never_reach_the_model(
     keys = [f"k{i}".encode() for i in range(len(stream))]
     produce(kafka_bootstrap, topic, values, keys=keys)
     cfg = make_config(kafka_bootstrap, topic, tmp_path / "ckpt", batch_size=4, dead_letter_topic=dlq,
-                      max_features=8, max_message_bytes=4000)
+                      max_features=8, max_message_bytes=4000, kafka_client=kafka_client)
     with running(cfg) as r:
         r.wait_consumed(len(values))
         dead = read_topic(kafka_bootstrap, dlq, len(bad))
@@ -480,16 +494,16 @@ def test_poison_messages_go_to_the_dead_letter_topic_and_never_reach_the_model(
 
 @pytest.mark.kafka
 def test_two_members_and_a_graceful_leave_learn_every_event_once(
-    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str
 ) -> None:
     topic = kafka_topic(4)
     group = f"g-{topic}"
     phases = [make_events(1200, seed=s) for s in (7, 8, 9, 10)]
     total = sum(len(p) for p in phases)
     cfg_a = make_config(kafka_bootstrap, topic, tmp_path / "a", group_id=group, max_poll_records=100,
-                        checkpoint_every_messages=200)
+                        checkpoint_every_messages=200, kafka_client=kafka_client)
     cfg_b = make_config(kafka_bootstrap, topic, tmp_path / "b", group_id=group, max_poll_records=100,
-                        checkpoint_every_messages=200)
+                        checkpoint_every_messages=200, kafka_client=kafka_client)
     with running(cfg_a) as a:
         produce(kafka_bootstrap, topic, phases[0], partitions=4)
         a.wait_consumed(600)  # A alone, mid-stream
@@ -524,7 +538,7 @@ def test_two_members_and_a_graceful_leave_learn_every_event_once(
 
 @pytest.mark.kafka
 def test_broker_restart_mid_stream(kafka_broker: Any, kafka_bootstrap: str, kafka_topic: Any,
-                                   tmp_path: Path) -> None:
+                                   tmp_path: Path, kafka_client: str) -> None:
     topic, predictions = kafka_topic(1), kafka_topic(1)
     values = make_events(4000, seed=12, unlabelled_every=10)
     # A producer thread keeps the stream flowing across the restart (its idempotent retries carry the
@@ -547,7 +561,7 @@ def test_broker_restart_mid_stream(kafka_broker: Any, kafka_bootstrap: str, kafk
 
     cfg = make_config(kafka_bootstrap, topic, tmp_path / "ckpt", batch_size=2, checkpoint_every_messages=400,
                       checkpoint_every_seconds=1.0, commit_timeout_ms=2000, predictions_topic=predictions,
-                      max_poll_records=100)
+                      max_poll_records=100, kafka_client=kafka_client)
     with running(cfg) as r:
         producing = threading.Thread(target=keep_producing, daemon=True)
         producing.start()
@@ -577,12 +591,14 @@ def test_broker_restart_mid_stream(kafka_broker: Any, kafka_bootstrap: str, kafk
 
 
 @pytest.mark.kafka
-def test_predictions_of_unlabelled_events(kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path) -> None:
+def test_predictions_of_unlabelled_events(kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path,
+                                          kafka_client: str) -> None:
     topic, predictions = kafka_topic(1), kafka_topic(1)
     values = make_events(2000, seed=14, unlabelled_every=4)
     produce(kafka_bootstrap, topic, values)
     cfg = make_config(kafka_bootstrap, topic, tmp_path / "ckpt", batch_size=4,
-                      predictions_topic=predictions, checkpoint_every_messages=300, max_poll_records=100)
+                      predictions_topic=predictions, checkpoint_every_messages=300, max_poll_records=100,
+                      kafka_client=kafka_client)
     with running(cfg) as r:
         r.wait_consumed(len(values))
         r.stop()
@@ -623,12 +639,14 @@ def offline_predictions(values: list[bytes], batch_size: int) -> dict[int, tuple
 @pytest.mark.kafka
 @pytest.mark.parametrize("batch_size", [1, 4])
 def test_predictions_of_labelled_events(kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path,
+                                        kafka_client: str,
                                         batch_size: int) -> None:
     topic, predictions = kafka_topic(1), kafka_topic(1)
     values = make_events(1003, seed=15, unlabelled_every=5)
     produce(kafka_bootstrap, topic, values)
     cfg = make_config(kafka_bootstrap, topic, tmp_path / "ckpt", batch_size=batch_size,
-                      predictions_topic=predictions, publish_labelled=True, max_poll_records=100)
+                      predictions_topic=predictions, publish_labelled=True, max_poll_records=100,
+                      kafka_client=kafka_client)
     with running(cfg) as r:
         r.wait_consumed(len(values))
         r.stop()
@@ -639,3 +657,91 @@ def test_predictions_of_labelled_events(kafka_bootstrap: str, kafka_topic: Any, 
     assert len(records) == len(got)  # one prediction per event
     assert {o: (g["id"], g["p"], g["n_samples_seen"]) for o, g in got.items()} == expected  # bitwise p
     assert all(("y" in g) == (o % 5 != 4) for o, g in got.items())
+
+
+# --------------------------------------------------------------------------------------------------
+# The client backends (--kafka-client): the same contract without a broker too
+
+
+def test_confluent_settings_are_the_kafka_python_ones_mapped(tmp_path: Path) -> None:
+    from consumers.confluent import consumer_conf, producer_conf
+
+    base = dict(bootstrap_servers="k1:9092,k2:9092", topics=["t"], group_id="g", checkpoint_dir=str(tmp_path),
+                kafka_client="confluent")
+    secure = {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
+              "sasl_plain_username": "u", "sasl_plain_password": "p", "ssl_cafile": "/ca.pem",
+              "ssl_certfile": "/c.pem", "ssl_keyfile": "/k.pem", "ssl_password": "kp",
+              "ssl_check_hostname": True, "client_id": "lr"}
+    cfg = LearnerConfig(**base, client_settings=secure, consumer_settings={"session_timeout_ms": 7000},
+                        producer_settings={"acks": -1, "linger_ms": 5})
+    expected = {"security.protocol": "SASL_SSL", "sasl.mechanisms": "SCRAM-SHA-512", "sasl.username": "u",
+                "sasl.password": "p", "ssl.ca.location": "/ca.pem", "ssl.certificate.location": "/c.pem",
+                "ssl.key.location": "/k.pem", "ssl.key.password": "kp",
+                "ssl.endpoint.identification.algorithm": "https", "client.id": "lr",
+                "bootstrap.servers": "k1:9092,k2:9092"}
+    consumer, producer = consumer_conf(cfg), producer_conf(cfg)
+    assert expected.items() <= consumer.items() and expected.items() <= producer.items()
+    assert consumer["group.id"] == "g" and consumer["session.timeout.ms"] == 7000
+    # checkpoint-then-commit: nothing is committed or stored behind the learner's back
+    assert consumer["enable.auto.commit"] is False and consumer["enable.auto.offset.store"] is False
+    assert producer["acks"] == "all" and producer["linger.ms"] == 5 and "session.timeout.ms" not in producer
+    assert producer["allow.auto.create.topics"] is False
+    no_check = LearnerConfig(**base, client_settings={"security_protocol": "SSL",
+                                                      "ssl_check_hostname": False})
+    assert consumer_conf(no_check)["ssl.endpoint.identification.algorithm"] == "none"
+    # a kafka-python setting without a librdkafka equivalent is refused, naming it and where it was given
+    with pytest.raises(ConfigError, match="^consumer_settings: 'exclude_internal_topics' has no confluent"):
+        LearnerConfig(**base, consumer_settings={"exclude_internal_topics": False})
+    with pytest.raises(ConfigError, match="^kafka_client: must be one of kafka-python, confluent"):
+        LearnerConfig(**{**base, "kafka_client": "librdkafka"})
+
+
+def _free_address() -> str:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_no_broker_same_exit_status_and_message_on_both_backends(tmp_path: Path) -> None:
+    address = _free_address()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    outcomes = {}
+    for client in ("kafka-python", "confluent"):
+        cmd = [sys.executable, "-m", "consumers", "consume", "--metrics-port", "0", "--bootstrap-servers",
+               address, "--topics", "events", "--checkpoint-dir", str(tmp_path / client), "--connect-timeout",
+               "1.5", "--kafka-client", client]
+        t0 = time.monotonic()
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, timeout=60)
+        err = proc.stderr.decode()
+        lines = [line for line in err.splitlines() if "cannot reach the Kafka brokers" in line]
+        assert lines, err[-2000:]
+        # the same sentence whatever the client; only the client's own reason in parentheses differs
+        outcomes[client] = (proc.returncode, lines[-1].split(" (")[0], "--connect-timeout" in lines[-1])
+        assert time.monotonic() - t0 < 1.5 + 15
+    assert outcomes["kafka-python"] == outcomes["confluent"]
+    assert outcomes["confluent"][0] == 1 and outcomes["confluent"][2]
+    assert f"at {address} within 1.5 s" in outcomes["confluent"][1]
+
+
+def test_a_stop_request_is_heard_while_connecting(tmp_path: Path, kafka_client: str) -> None:
+    cfg = LearnerConfig(bootstrap_servers=_free_address(), topics=["t"], group_id="g",
+                        checkpoint_dir=str(tmp_path / "c"), connect_timeout=60, kafka_client=kafka_client)
+    learner, stop = Learner(cfg), threading.Event()
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (learner.run(stop_event=stop), done.set()), daemon=True)
+    thread.start()
+    wait_for(lambda: learner.stats.snapshot()["connection_failures"] >= 1, 30, "a failed connection attempt")
+    stop.set()
+    t0 = time.monotonic()
+    assert done.wait(30), "the learner did not stop"
+    assert time.monotonic() - t0 < 3.0, "the stop request waited for the connect timeout"
+
+
+def test_exactly_once_is_refused_on_confluent_until_it_is_built(tmp_path: Path) -> None:
+    base = dict(bootstrap_servers="k:9092", topics=["t"], group_id="g", checkpoint_dir=str(tmp_path),
+                state_store="kafka", processing_guarantee="exactly-once")
+    assert LearnerConfig(**base).kafka_client == "kafka-python"
+    with pytest.raises(ConfigError, match="^kafka_client: 'confluent' does not do exactly-once processing"):
+        LearnerConfig(**base, kafka_client="confluent")
