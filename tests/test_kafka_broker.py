@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 pytestmark = pytest.mark.kafka
@@ -66,6 +66,27 @@ def _consume(
     return records
 
 
+def _read_all(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list[ConsumerRecord]:
+    """Every record of ``topic`` from the start, without a consumer group (assigned partitions: no group
+    join, so nothing here depends on the coordinator's rebalance), until ``expected`` arrived."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=100)
+    records: list[ConsumerRecord] = []
+    try:
+        deadline = time.monotonic() + timeout
+        partitions = None
+        while not partitions and time.monotonic() < deadline:
+            partitions = consumer.partitions_for_topic(topic)
+        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions or ())])
+        while len(records) < expected and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+        for batch in consumer.poll(timeout_ms=500).values():
+            records.extend(batch)
+    finally:
+        consumer.close()
+    return records
+
+
 def _by_position(records: list[ConsumerRecord]) -> dict[tuple[int, int], tuple[bytes, bytes]]:
     return {(r.partition, r.offset): (r.key, r.value) for r in records}
 
@@ -110,5 +131,5 @@ def test_restart_keeps_messages_and_committed_offsets(
     resumed = _consume(kafka_bootstrap, topic, group, expected=50)
     assert _by_position(resumed) == after, "the group should resume exactly after its committed offsets"
 
-    everything = _consume(kafka_bootstrap, topic, f"fresh-{uuid.uuid4().hex[:8]}", expected=100)
+    everything = _read_all(kafka_bootstrap, topic, expected=100)
     assert _by_position(everything) == before | after
