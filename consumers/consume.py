@@ -58,6 +58,7 @@ def run_learner(config: LearnerConfig, values: Mapping[str, Any]) -> int:
     This is the one place where the service is assembled: the learner, its signal handlers and the
     metrics/health HTTP server on ``--metrics-port`` (:mod:`consumers.metrics`; 0: none).
     """
+    from consumers.labels import NotCoPartitioned
     from consumers.learner import Fenced, Learner
     from consumers.outputs import MissingTopics
     from consumers.source import ConnectTimeout
@@ -110,6 +111,8 @@ def run_learner(config: LearnerConfig, values: Mapping[str, Any]) -> int:
             raise CommandError(f"{exc}: check --bootstrap-servers, or raise --connect-timeout") from None
         except Fenced as exc:
             raise CommandError(str(exc)) from None
+        except NotCoPartitioned as exc:
+            raise UsageError(f"--labels-topic {config.labels_topic}: {exc}") from None
         except MissingTopics as exc:
             names = ", ".join(exc.topics)
             raise UsageError(f"output topic(s) missing in the cluster: {names}; create them, or pass "

@@ -77,6 +77,7 @@ from kafka import TopicPartition
 from kafka.errors import KafkaError
 
 from consumers.config import LearnerConfig
+from consumers.labels import Labels, check_co_partitioned
 from consumers.outputs import Outputs, check_topics
 from consumers.source import Source, wait_or_stop
 from consumers.state.checkpointing import Checkpointing, tp_key, tp_keys
@@ -144,7 +145,9 @@ class Learner:
         self._lock = threading.RLock()  # the model and the offset bookkeeping
         self._stopping = threading.Event()
         self._ratelog = _RateLimitedLog()
-        self._state = Checkpointing(store, config, self.stats)
+        # Delayed labels (--labels-topic): the join store, saved and restored with the model.
+        self._labels = Labels(config, self.stats) if config.labels_topic else None
+        self._state = Checkpointing(store, config, self.stats, extra_state=self._labels)
         self._source = Source(config, self.stats)
         self._outputs = Outputs(config, self.stats)
         self._topics_checked = False
@@ -295,8 +298,11 @@ class Learner:
         """Create the producer, and check (or create) the output topics once (``MissingTopics``)."""
         cfg = self.config
         topics = [t for t in (cfg.predictions_topic, cfg.dead_letter_topic) if t]
-        if topics and not self._topics_checked:
-            check_topics(cfg.admin_kwargs(1000), topics, cfg.topics[0], cfg.create_topics)
+        if (topics or cfg.labels_topic) and not self._topics_checked:
+            if topics:
+                check_topics(cfg.admin_kwargs(1000), topics, cfg.topics[0], cfg.create_topics)
+            if cfg.labels_topic:  # NotCoPartitioned: refuse to start
+                check_co_partitioned(cfg.admin_kwargs(1000), cfg.topics, cfg.labels_topic)
             self._topics_checked = True
         self._outputs.connect()
 
@@ -340,6 +346,10 @@ class Learner:
         """Decode, predict, learn or score, publish; ``records`` are consecutive messages of ``tp``."""
         cfg = self.config
         state = self._state
+        labels = self._labels
+        if labels is not None and tp.topic == labels.topic:
+            self._process_labels(tp, records)
+            return
         decode = self._decode
         model = state.model
         predict = model.predict_proba_one
@@ -369,6 +379,10 @@ class Learner:
                 scored += 1
                 if publish is not None:
                     publish(r, ev, p, model.n_samples_seen, cid)
+                if labels is not None and ev.id is not None:  # kept until its label comes
+                    joined = labels.event(r, ev.id, x, p, model.n_samples_seen)
+                    if joined:
+                        self._learn_joined([(r, j) for j in joined])
             elif batch_size == 1:
                 try:
                     p = predict_learn_one(x, y)  # progressive validation: p is from before the update
@@ -395,6 +409,23 @@ class Learner:
             st.learned += learned
             st.scored += scored
             st._add_chunk(learned, loss, hits)
+
+    def _process_labels(self, tp: TopicPartition, records: list) -> None:
+        """Records of the labels topic: feed the join store, learn what it joins."""
+        self._learn_joined(self._labels.records(records, self._reject))
+        state = self._state
+        state.positions[tp] = records[-1].offset + 1
+        state.since_checkpoint += len(records)
+        with self.stats.lock:
+            self.stats.consumed += len(records)
+
+    def _learn_joined(self, joined: list) -> None:
+        """Learn joined events once each (delayed metrics in the stats), counted under their event's
+        partition."""
+        counts = self._state.learned
+        for j in self._labels.learn(self._state.model, joined, self._reject):
+            tp = TopicPartition(j.topic, j.partition)
+            counts[tp] = counts.get(tp, 0) + 1
 
     def _learn_buffer(self, ps: list[float], ys: list[int]) -> None:
         """Predict and learn the buffered mini-batch, adding the predictions and labels of its events to
@@ -528,4 +559,6 @@ class Learner:
             st.n_samples_seen = state.model.n_samples_seen
             st.n_features = state.model.n_features
             st.buffered = len(state.buffer)
+        if self._labels is not None:
+            self._labels.publish()
 

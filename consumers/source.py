@@ -179,17 +179,17 @@ class Source:
                 backoff = min(backoff * 2, 5.0)
                 continue
             self.consumer = consumer
-            consumer.subscribe(cfg.topics, listener=_Listener(self, handler))
+            consumer.subscribe(cfg.input_topics, listener=_Listener(self, handler))
             # Know the topics' partitions before the first JoinGroup: if this member leads the group and
             # assigns without them, the follow-up rebalance may hit the stuck join of unstick().
-            for topic in cfg.topics:
+            for topic in cfg.input_topics:
                 try:
                     consumer.partitions_for_topic(topic)
                 except KafkaError as exc:
                     log.warning("no metadata for topic %s yet: %r", topic, exc, extra={"topic": topic})
             with self.stats.lock:
                 self.stats.connected = True
-            log.info("subscribed to %s as group %s (instance %s)", cfg.topics, cfg.group_id,
+            log.info("subscribed to %s as group %s (instance %s)", cfg.input_topics, cfg.group_id,
                      self.instance_id)
             return True
         return False

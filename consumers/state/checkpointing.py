@@ -24,6 +24,7 @@ from kafka import TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from consumers.stats import LearnerStats
+from stream_logreg.checkpoints import CheckpointError
 
 __all__ = ["Checkpointing", "parse_tp_key", "tp_key", "tp_keys"]
 
@@ -58,8 +59,11 @@ class Checkpointing:
     True
     """
 
-    def __init__(self, store: Any, config: Any, stats: LearnerStats) -> None:
+    def __init__(self, store: Any, config: Any, stats: LearnerStats, extra_state: Any = None) -> None:
         self.store = store
+        # Delayed labels: state saved in each checkpoint beside the model (extras()) and restored with it
+        # (restore(extras)); consumers.labels.Labels.
+        self.extra_state = extra_state
         self.config = config
         self.stats = stats
         self.model_config = config.model_config()
@@ -100,6 +104,12 @@ class Checkpointing:
                 "restored checkpoint %s (n_samples_seen=%d)", ckpt.id, self.model.n_samples_seen,
                 extra={"checkpoint_id": ckpt.id, "offsets": ckpt.metadata.get("offsets")},
             )
+        if self.extra_state is not None:
+            try:
+                self.extra_state.restore(None if ckpt is None else ckpt.extras)
+            except ValueError as exc:
+                raise CheckpointError(f"checkpoint {self.checkpoint_id}: its delayed-label state does not "
+                                      f"load: {exc}") from None
         self.needs_reload = False
         self.since_checkpoint = 0
         with self.stats.lock:
@@ -154,7 +164,8 @@ class Checkpointing:
             "reason": reason,
         }
         try:
-            cid = self.store.save(self.model, metadata)
+            extras = {} if self.extra_state is None else {"extras": self.extra_state.extras()}
+            cid = self.store.save(self.model, metadata, **extras)
         except Exception:
             with self.stats.lock:
                 self.stats.checkpoint_failures += 1
