@@ -432,3 +432,35 @@ def test_sigkills_while_labels_arrive_learn_each_join_once_in_label_order(
             assert isinstance(ev_, Event)
             model.learn_one(ev_.x, y)
     assert same_model(final.model, model)
+
+
+def test_the_join_metrics_are_exposed() -> None:
+    from types import SimpleNamespace
+
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from consumers.metrics import make_registry
+
+    cfg = make_config("k:9092", "ev", "/tmp/c", labels_topic="lb", max_pending=2)
+    stats = LearnerStats()
+    labels = Labels(cfg, stats)
+    model = fresh_model()
+    labels.store.add_event("a", {"f": 1.0}, 0.7, version=0, ts=1_000)
+    labels.learn(model, [(None, j) for j in labels.store.add_label("a", 1, ts=3_500)], None)
+    labels.store.add_label("a", 1, ts=3_600)
+    for i in range(3):
+        labels.store.add_event(f"b{i}", {"f": 2.0}, 0.4, version=1, ts=4_000)
+    labels.publish()
+    text = generate_latest(make_registry(SimpleNamespace(stats=stats, model=model), process_metrics=False))
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text.decode()) for s in f.samples}
+    assert samples[("stream_logreg_joined_total", ())] == 1
+    assert samples[("stream_logreg_duplicate_labels_total", ())] == 1
+    assert samples[("stream_logreg_pending_events", ())] == 2
+    assert samples[("stream_logreg_join_store_full_total", (("kind", "event"),))] == 1
+    assert samples[("stream_logreg_join_latency_seconds_bucket", (("le", "1.0"),))] == 0
+    assert samples[("stream_logreg_join_latency_seconds_bucket", (("le", "10.0"),))] == 1
+    assert samples[("stream_logreg_delayed_log_loss_total", ())] == pytest.approx(-math.log(0.7))
+    assert samples[("stream_logreg_delayed_accuracy", ())] == 1
+    assert model.n_samples_seen == 1
