@@ -464,3 +464,15 @@ def test_the_join_metrics_are_exposed() -> None:
     assert samples[("stream_logreg_delayed_log_loss_total", ())] == pytest.approx(-math.log(0.7))
     assert samples[("stream_logreg_delayed_accuracy", ())] == 1
     assert model.n_samples_seen == 1
+
+
+def test_the_delayed_demo_accounts_for_every_event() -> None:
+    proc = subprocess.run([sys.executable, "-m", "consumers", "demo", "--delayed-labels", "--n", "400",
+                           "--label-delay", "30", "--label-ttl", "60"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    lines = {line[:22].strip(): line[22:] for line in proc.stdout.splitlines()}
+    joined = int(lines["joined"].split()[0].replace(",", ""))
+    expired = int(lines["expired"].split()[0].replace(",", ""))
+    assert joined + expired == 400 and expired > 0
+    assert f"({joined:,} judged)" in lines["delayed log loss"] and "(400 judged)" in lines["immediate log loss"]
