@@ -475,4 +475,5 @@ def test_the_delayed_demo_accounts_for_every_event() -> None:
     joined = int(lines["joined"].split()[0].replace(",", ""))
     expired = int(lines["expired"].split()[0].replace(",", ""))
     assert joined + expired == 400 and expired > 0
-    assert f"({joined:,} judged)" in lines["delayed log loss"] and "(400 judged)" in lines["immediate log loss"]
+    assert f"({joined:,} judged)" in lines["delayed log loss"]
+    assert "(400 judged)" in lines["immediate log loss"]
