@@ -9,8 +9,9 @@ Measures, in the same process, on ``--events`` events with ``--features`` numeri
 (a) today's labelled path: one topic of labelled events, each predicted and learned on arrival
     (``consumers.Learner``, batch size 1);
 (b) the joined path: a topic of the same events unlabelled (with ids) and a co-partitioned labels topic
-    with their labels, produced after them; each event is scored and kept, then learned when its label is
-    read (``--labels-topic``). It reads twice as many messages for the same events learned.
+    with their labels, each label produced ``--lag`` events after its event; each event is scored and
+    kept, then learned when its label is read (``--labels-topic``). It reads twice as many messages for
+    the same events learned.
 
 Rates are events learned per second, from the end of the first processed batch to the batch that learns
 the last event (group join and connection set-up excluded), checkpoints real (fsync'd). ``--rounds``
@@ -61,18 +62,18 @@ def make_events(n: int, n_features: int, seed: int = 0) -> list[tuple[str, dict,
     return out
 
 
-def produce(bootstrap: str, records: dict[str, list[tuple[bytes, bytes]]]) -> None:
-    """Create each topic (1 partition) and send its (key, value) records, topics in the order given."""
+def produce(bootstrap: str, records: list[tuple[str, bytes, bytes]]) -> None:
+    """Create the topics (1 partition each) and send the (topic, key, value) records in order."""
     from kafka import KafkaAdminClient, KafkaProducer
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics({t: {"num_partitions": 1, "replication_factor": 1} for t in records})
+    topics = dict.fromkeys(t for t, _, _ in records)
+    admin.create_topics({t: {"num_partitions": 1, "replication_factor": 1} for t in topics})
     admin.close()
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
-    for topic, items in records.items():
-        for key, value in items:
-            producer.send(topic, key=key, value=value)
-        producer.flush(timeout=120)
+    for topic, key, value in records:
+        producer.send(topic, key=key, value=value)
+    producer.flush(timeout=120)
     producer.close()
 
 
@@ -124,6 +125,7 @@ def main() -> int:
     ap.add_argument("--features", type=int, default=20)
     ap.add_argument("--checkpoint-every", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--lag", type=int, default=100, help="events between an event and its label")
     args = ap.parse_args()
     events = make_events(args.events, args.features)
     broker = None
@@ -134,11 +136,14 @@ def main() -> int:
     try:
         stem = f"bench-labels-{uuid.uuid4().hex[:8]}"
         labelled, unlabelled, labels = f"{stem}-labelled", f"{stem}-events", f"{stem}-labels"
-        produce(bootstrap, {
-            labelled: [(id_.encode(), encode_event(x, y, id_)) for id_, x, y in events],
-            unlabelled: [(id_.encode(), encode_event(x, None, id_)) for id_, x, _ in events],
-            labels: [(id_.encode(), orjson.dumps({"id": id_, "y": y})) for id_, _, y in events],
-        })
+        records = [(labelled, id_.encode(), encode_event(x, y, id_)) for id_, x, y in events]
+        for i, (id_, x, _) in enumerate(events):
+            records.append((unlabelled, id_.encode(), encode_event(x, None, id_)))
+            if i >= args.lag:
+                lid, _, ly = events[i - args.lag]
+                records.append((labels, lid.encode(), orjson.dumps({"id": lid, "y": ly})))
+        records += [(labels, i.encode(), orjson.dumps({"id": i, "y": y})) for i, _, y in events[-args.lag:]]
+        produce(bootstrap, records)
         print(f"produced {args.events:,} events ({args.features} features): labelled; unlabelled + labels")
         rates: dict[str, list[float]] = {"a": [], "b": []}
         ratios = []
