@@ -365,11 +365,19 @@ def test_labels_not_co_partitioned_exit_2(kafka_bootstrap: str, kafka_topic: Any
 def _start(kafka_bootstrap: str, ev: str, lb: str, ckpt: Path, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "consumers", "consume", "--bootstrap-servers", kafka_bootstrap, "--topics",
            ev, "--labels-topic", lb, "--group-id", f"g-{ev}", "--checkpoint-dir", str(ckpt),
-           "--checkpoint-every-messages", "15", "--metrics-port", "0", "--session-timeout-ms", "6000",
+           "--checkpoint-every-messages", "15",
+           "--checkpoint-every-seconds", "1", "--metrics-port", "0", "--session-timeout-ms", "6000",
            "--consumer-config", "heartbeat_interval_ms=500", "--consumer-config", "fetch_max_wait_ms=100",
            "--max-poll-records", "7", "--optimizer", "sgd", "--lr", "0.05"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("ab"))
+
+
+def _sigterm(proc: subprocess.Popen, log: Path, starts: int) -> None:
+    """Stop the service gracefully once it runs (its ``starts``-th assignment is in the log): exit 0."""
+    wait_for(lambda: log.read_text().count("consumers.learner: assigned") >= starts, 60, "the service runs")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, log.read_text()[-3000:]
 
 
 def _latest(ckpt: Path) -> Any:
@@ -412,8 +420,7 @@ def test_sigkills_while_labels_arrive_learn_each_join_once_in_label_order(
             proc.wait(30)
             proc = _start(kafka_bootstrap, ev, lb, ckpt, log)
         wait_for(lambda: _offset(ckpt, lb) == len(labels), 120, "every label checkpointed")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0, log.read_text()[-3000:]
+        _sigterm(proc, log, len(chunks) + 1)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -477,3 +484,45 @@ def test_the_delayed_demo_accounts_for_every_event() -> None:
     assert joined + expired == 400 and expired > 0
     assert f"({joined:,} judged)" in lines["delayed log loss"]
     assert "(400 judged)" in lines["immediate log loss"]
+
+
+def test_sigkills_with_events_and_labels_in_random_order_learn_each_labelled_event_once(
+        kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path) -> None:
+    ev, lb = kafka_topic(), kafka_topic()
+    ckpt, log = tmp_path / "ckpt", tmp_path / "learner.log"
+    rng = random.Random(4)
+    data = events(80, seed=4)
+    labelled = rng.sample(data, 70)
+    # each label lands anywhere: before or after its event; plus duplicates and labels of unknown ids
+    records = [(ev, encode_event(x, None, id_), id_) for id_, x, _ in data]
+    for id_, _, y in labelled + rng.sample(labelled, 5) + [(f"ghost-{i}", None, 1) for i in range(5)]:
+        records.insert(rng.randrange(len(records) + 1), (lb, label(id_, y), id_))
+    n_labels = sum(t == lb for t, _, _ in records)
+    proc = _start(kafka_bootstrap, ev, lb, ckpt, log)
+    try:
+        sent = {ev: 0, lb: 0}
+        for start in range(0, len(records), 30):
+            chunk = records[start : start + 30]
+            send(kafka_bootstrap, [(t, v, k, None) for t, v, k in chunk])
+            for t, _, _ in chunk:
+                sent[t] += 1
+            want = {t: n - rng.randrange(0, 8) for t, n in sent.items()}
+            alive = proc
+            wait_for(lambda w=want, p=alive: p.poll() is None
+                     and all(_offset(ckpt, t) >= n for t, n in w.items()), 120, f"offsets {want}")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+            proc = _start(kafka_bootstrap, ev, lb, ckpt, log)
+        wait_for(lambda: _offset(ckpt, ev) == len(data) and _offset(ckpt, lb) == n_labels, 120,
+                 "every record checkpointed")
+        _sigterm(proc, log, -(-len(records) // 30) + 1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    final = _latest(ckpt)
+    c = JoinStore.from_state(*final.extras[EXTRA_NAME]).counters
+    assert final.model.n_samples_seen == 70 and c["joined"] == 70
+    assert c["duplicate_labels"] == 5 and c["duplicate_events"] == 0
+    assert c["pending_events"] == 10 and c["pending_labels"] == 5
+    assert sum(final.metadata["learned"].values()) == 70
