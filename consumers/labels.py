@@ -43,7 +43,7 @@ import orjson
 
 from consumers.state.join_store import Joined, JoinStore
 from consumers.stats import progressive_metrics
-from stream_logreg.codec import Reason, Rejection
+from stream_logreg.codec import Reason, Rejection, encode_event
 
 __all__ = ["Labels", "NotCoPartitioned", "check_co_partitioned", "decode_label"]
 
@@ -135,6 +135,62 @@ class Labels:
         self.stats = stats
         self.topic: str = config.labels_topic
         self.store = self._new_store()
+        self.producer: Any = None  # for hand_off, made by connect()
+        self.handed_off = 0  # entries handed to the next owner of their partition, by this process
+
+    def connect(self) -> None:
+        """Make the producer of :meth:`hand_off` (at start, with the learner's producer settings)."""
+        if self.producer is None:
+            from kafka import KafkaProducer
+
+            self.producer = KafkaProducer(**self.config.producer_kwargs())
+
+    def close(self, timeout: float) -> None:
+        if self.producer is not None:
+            self.producer.close(timeout=timeout)
+            self.producer = None
+
+    def hand_off(self, partitions: set, timeout: float) -> int:
+        """Give the entries waiting for revoked ``partitions`` to their next owner: each is appended again
+        to the end of its own partition (same key, value rebuilt from what is kept, original timestamp),
+        and, once every one is acknowledged within ``timeout`` seconds, removed from the store. The caller
+        then checkpoints (the store without them) and commits. Returns how many were handed off; on a
+        failed send, none are removed (they stay here and expire, counted) and 0 is returned."""
+        keys = {(tp.topic, tp.partition) for tp in partitions}
+        if not keys or self.producer is None:
+            return 0
+        before = self.store.to_state()
+        taken = self.store.take(keys)
+        if not taken:
+            return 0
+        cfg = self.config
+        fields = (cfg.x_field, cfg.y_field, cfg.id_field)
+        futures = []
+        try:
+            for (id_, x, y, ts), (topic, partition) in zip(taken, self._origins(before, keys), strict=True):
+                value = (encode_event(x, None, id_, fields) if x is not None
+                         else orjson.dumps({cfg.label_id_field: id_, cfg.label_y_field: y}))
+                futures.append(self.producer.send(topic, value=value, key=id_.encode("utf-8", "replace"),
+                                                  partition=partition, timestamp_ms=ts if ts >= 0 else None))
+            self.producer.flush(timeout=timeout)
+            for f in futures:
+                f.get(timeout=0)
+        except Exception as exc:  # keep them: a duplicate at the next owner is counted, a loss is not
+            self.store = JoinStore.from_state(*before)
+            log.warning("could not hand %d waiting events and labels to the next owner of %s: %r", len(taken),
+                        sorted(keys), exc, extra={"reason": "hand_off_failed"})
+            return 0
+        self.handed_off += len(taken)
+        log.info("handed %d waiting events and labels to the next owner of %s", len(taken), sorted(keys))
+        return len(taken)
+
+    @staticmethod
+    def _origins(state: tuple, keys: set) -> list[tuple[str, int]]:
+        """(topic, partition) of the entries of ``state`` in ``keys``, in store order (as take() returns)."""
+        arrays, meta = state
+        topics = meta["topics"]
+        pairs = zip(arrays["topic"].tolist(), arrays["partition"].tolist(), strict=True)
+        return [o for o in ((topics[t], p) for t, p in pairs) if o in keys]
 
     def _new_store(self) -> JoinStore:
         cfg = self.config
@@ -222,7 +278,7 @@ class Labels:
         """Fold the store's gauges and counters into the stats (once per polled batch)."""
         store, st = self.store, self.stats
         with st.lock:
-            st.join = store.counters
+            st.join = {**store.counters, "handed_off": self.handed_off}
             st.join_bytes = store.n_bytes
             st.join_latency_buckets_ms = list(store.latency_buckets_ms)
             st.join_latency_counts = list(store.latency_counts)

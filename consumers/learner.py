@@ -304,6 +304,8 @@ class Learner:
             if cfg.labels_topic:  # NotCoPartitioned: refuse to start
                 check_co_partitioned(cfg.admin_kwargs(1000), cfg.topics, cfg.labels_topic)
             self._topics_checked = True
+        if self._labels is not None:
+            self._labels.connect()
         self._outputs.connect()
 
     def _flush(self, timeout: float) -> bool:
@@ -336,6 +338,8 @@ class Learner:
             # unlocked: runs the revoke callback; a fenced member must not remove the one that fenced it
             source.close(timeout_ms, leave=connected and not source.fenced)
             self._outputs.close(timeout)
+            if self._labels is not None:
+                self._labels.close(timeout)
             with self.stats.lock:
                 self.stats.running = False
                 self.stats.assigned = []
@@ -476,6 +480,10 @@ class Learner:
             pending -= partitions
             # Bounded: this runs on the IO thread, where a long flush would delay heartbeats.
             flush_timeout = min(self.config.commit_timeout_ms / 1000, 2.0)
+            if self._labels is not None and not self._source.closing and not state.needs_reload:
+                # pending joins follow their partitions (on a stop they stay: a restart gets them back)
+                if self._labels.hand_off(owned, flush_timeout):
+                    state.since_checkpoint = max(state.since_checkpoint, 1)
             ok = state.checkpoint("revoke", self._flush, flush_timeout) if state.since_checkpoint else True
             # Nothing to commit when the checkpoint failed (its offsets are not durable), or when the last
             # checkpoint's offsets are committed already.

@@ -526,3 +526,45 @@ def test_sigkills_with_events_and_labels_in_random_order_learn_each_labelled_eve
     assert c["duplicate_labels"] == 5 and c["duplicate_events"] == 0
     assert c["pending_events"] == 10 and c["pending_labels"] == 5
     assert sum(final.metadata["learned"].values()) == 70
+
+
+def test_a_rebalance_hands_pending_joins_to_the_new_owner(kafka_bootstrap: str, kafka_topic: Any,
+                                                          tmp_path: Path) -> None:
+    ev, lb = kafka_topic(2), kafka_topic(2)
+    data = events(60, seed=5)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
+
+    def put(topic: str, items: list[tuple[int, bytes, str]]) -> None:
+        for partition, value, key in items:
+            producer.send(topic, value=value, key=key.encode(), partition=partition)
+        producer.flush(timeout=60)
+
+    try:
+        put(ev, [(i % 2, encode_event(x, None, id_), id_) for i, (id_, x, _) in enumerate(data)])
+        put(lb, [(i % 2, label(id_, y), id_) for i, (id_, _, y) in enumerate(data[:10])])  # some labels now
+        group = {"group_id": f"g-{ev}"}
+        a = Running(Learner(make_config(kafka_bootstrap, ev, tmp_path / "a", labels_topic=lb, **group)))
+        b = None
+        try:
+            wait_for(lambda: a.stats()["consumed"] >= 70, 60, "member a read everything")
+            assert a.stats()["join"]["pending_events"] == 50
+            b = Running(Learner(make_config(kafka_bootstrap, ev, tmp_path / "b", labels_topic=lb, **group)))
+            wait_for(lambda: len(a.stats()["assigned"]) == 2 and len(b.stats()["assigned"]) == 2, 60,
+                     "each member owns one partition of each topic")
+            assert {k.rsplit(":", 1)[1] for k in a.stats()["assigned"]} == {"0"} or {
+                k.rsplit(":", 1)[1] for k in a.stats()["assigned"]} == {"1"}  # partition i of both
+            put(lb, [(i % 2, label(id_, y), id_) for i, (id_, _, y) in enumerate(data)][10:])
+            wait_for(lambda: a.stats()["join"]["joined"] + b.stats()["join"]["joined"] == 60, 60,
+                     "every event joined")
+            sa, sb = a.stats(), b.stats()
+            # kafka-python revokes every partition at a rebalance (eager): a hands off all it waits for,
+            # then reads back those of the partition it keeps
+            assert sa["join"]["handed_off"] >= 25 and sa["n_samples_seen"] + sb["n_samples_seen"] == 60
+            assert sa["join"]["pending_events"] == sb["join"]["pending_events"] == 0
+            assert sa["join"]["duplicate_labels"] == sb["join"]["duplicate_labels"] == 0
+        finally:
+            a.stop()
+            if b is not None:
+                b.stop()
+    finally:
+        producer.close()
