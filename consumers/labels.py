@@ -16,7 +16,9 @@ The store is part of the model's state: :meth:`Labels.extras` goes into every ch
 and the offsets of both topics (one consumer reads both, so the one contract of
 :mod:`consumers.state.checkpointing` covers them), and :meth:`Labels.restore` brings it back with the model.
 A crash therefore neither loses a pending event nor learns one twice: the model, the store and both topics'
-positions move together.
+positions move together. On a revoke while running, :meth:`Labels.hand_off` appends what waits for the revoked
+partitions again to the end of those partitions, for their next owner, before the revoke checkpoint; on a
+stop nothing is handed off (the restarted learner gets its store back with its partitions).
 
 A label message is a JSON object ``{"id": "..." | 123, "y": 0 | 1 | true | false}`` (field names
 ``label_id_field`` / ``label_y_field``); an integer id is its decimal string, as for events.
