@@ -138,6 +138,9 @@ class Labels:
         self.topic: str = config.labels_topic
         self.store = self._new_store()
         self.producer: Any = None  # for hand_off, made by connect()
+        self._ps: list[float] = []  # the delayed metrics since the last publish(): predictions, labels
+        self._ys: list[int] = []
+        self._learned = 0
         self.handed_off = 0  # entries handed to the next owner of their partition, by this process
 
     def connect(self) -> None:
@@ -251,11 +254,11 @@ class Labels:
         return out
 
     def learn(self, model: Any, joined: list[tuple[Any, Joined]], reject: Any) -> list[Joined]:
-        """Learn each joined event once (``model.learn_one``) and record the delayed metrics of those that
-        came with their label; returns those learned. An update the model refuses is ``reject``-ed with
-        the record that completed the join."""
-        ps: list[float] = []
-        ys: list[int] = []
+        """Learn each joined event once (``model.learn_one``) and keep, for the delayed metrics, the
+        prediction and label of those that came with their label (folded into the stats by
+        :meth:`publish`); returns those learned. An update the model refuses is ``reject``-ed with the
+        record that completed the join."""
+        ps, ys = self._ps, self._ys
         learned = []
         for r, j in joined:
             try:
@@ -267,20 +270,25 @@ class Labels:
             if j.cause == "label":
                 ps.append(j.p)
                 ys.append(j.y)
-        loss, hits = progressive_metrics(ps, ys) if ps else (0.0, 0)
-        st = self.stats
-        with st.lock:
-            st.learned += len(learned)
-            st.delayed_predicted += len(ps)
-            st.delayed_log_loss_total += loss
-            st.delayed_correct_total += hits
+        self._learned += len(learned)
         return learned
 
     def publish(self) -> None:
-        """Fold the store's gauges and counters into the stats (once per polled batch)."""
+        """Fold what was learned since the last call (the delayed metrics: one vectorised
+        :func:`~consumers.stats.progressive_metrics`) and the store's gauges and counters into the stats
+        (once per polled batch)."""
         store, st = self.store, self.stats
+        ps, ys = self._ps, self._ys
+        loss, hits = progressive_metrics(ps, ys) if ps else (0.0, 0)
         with st.lock:
+            st.learned += self._learned
+            st.delayed_predicted += len(ps)
+            st.delayed_log_loss_total += loss
+            st.delayed_correct_total += hits
             st.join = {**store.counters, "handed_off": self.handed_off}
             st.join_bytes = store.n_bytes
             st.join_latency_buckets_ms = list(store.latency_buckets_ms)
             st.join_latency_counts = list(store.latency_counts)
+        ps.clear()
+        ys.clear()
+        self._learned = 0
