@@ -24,7 +24,6 @@ the store's own estimate (what ``--max-pending-bytes`` bounds).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import random
 import statistics
@@ -40,17 +39,11 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_consumer import _broker_module  # noqa: E402
+
 from consumers import Learner, LearnerConfig  # noqa: E402
 from consumers.state.join_store import JoinStore  # noqa: E402
 from stream_logreg.codec import JsonCodec, encode_event  # noqa: E402
-
-
-def _broker_module():
-    spec = importlib.util.spec_from_file_location("bench_kafka_broker", ROOT / "scripts" / "kafka_broker.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def make_events(n: int, n_features: int, seed: int = 0) -> list[tuple[str, dict, int]]:

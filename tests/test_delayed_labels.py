@@ -14,7 +14,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,8 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 from polling import wait_for
+from test_consumer import MODEL, Running, read_topic, same_model
+from test_consumer import make_config as consumer_config
 
 from consumers import ConfigError, Learner, LearnerConfig
 from consumers.labels import EXTRA_NAME, Labels, decode_label
@@ -41,26 +42,8 @@ from stream_logreg.checkpoints import (
 from stream_logreg.codec import Event, JsonCodec, Reason, encode_event
 
 ROOT = Path(__file__).resolve().parents[1]
-CONSUMER_SETTINGS: dict[str, Any] = {
-    "session_timeout_ms": 6000,
-    "heartbeat_interval_ms": 500,
-    "max_poll_interval_ms": 30_000,
-    "fetch_max_wait_ms": 100,
-}
-MODEL = {"optimizer": {"name": "SGD", "lr": 0.05}, "intercept_lr": None}
-
-
 def fresh_model() -> OnlineLogisticRegression:
     return OnlineLogisticRegression.from_config({**OnlineLogisticRegression().config(), **MODEL})
-
-
-def same_model(a: OnlineLogisticRegression, b: OnlineLogisticRegression) -> bool:
-    return (
-        a.n_samples_seen == b.n_samples_seen
-        and a.features.keys == b.features.keys
-        and a.coef.tobytes() == b.coef.tobytes()
-        and a.intercept == b.intercept
-    )
 
 
 def events(n: int, seed: int) -> list[tuple[str, dict, int]]:
@@ -204,13 +187,7 @@ def test_a_restored_store_takes_the_new_bounds() -> None:
 
 
 def make_config(bootstrap: str, topic: str, ckpt: Any, **overrides: Any) -> LearnerConfig:
-    settings: dict[str, Any] = dict(
-        bootstrap_servers=bootstrap, topics=[topic], group_id=f"g-{topic}", checkpoint_dir=str(ckpt),
-        consumer_settings=dict(CONSUMER_SETTINGS), model=MODEL, checkpoint_every_messages=50,
-        checkpoint_every_seconds=30.0, poll_timeout_ms=100,
-    )
-    settings.update(overrides)
-    return LearnerConfig(**settings)
+    return consumer_config(bootstrap, topic, ckpt, **{"checkpoint_every_messages": 50, **overrides})
 
 
 @pytest.mark.parametrize(("overrides", "name"), [
@@ -235,50 +212,6 @@ def test_the_range_assignor_is_pinned_with_a_labels_topic() -> None:
 
 # --------------------------------------------------------------------------------------------------
 # Against the broker, in process
-
-
-class Running:
-    def __init__(self, learner: Learner) -> None:
-        import threading
-
-        self.learner = learner
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.learner.run()
-        except BaseException as exc:
-            self.error = exc
-
-    def stats(self) -> dict[str, Any]:
-        if self.error is not None:
-            raise AssertionError("the learner crashed") from self.error
-        return self.learner.stats.snapshot()
-
-    def stop(self) -> None:
-        self.learner.stop()
-        self.thread.join(60)
-        assert not self.thread.is_alive()
-        if self.error is not None:
-            raise AssertionError("the learner crashed") from self.error
-
-
-def read_all(bootstrap: str, topic: str, expected: int) -> list[Any]:
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                             enable_auto_commit=False, fetch_max_wait_ms=100)
-    out: list[Any] = []
-    try:
-        deadline = time.monotonic() + 60
-        while len(out) < expected and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=200).values():
-                out.extend(batch)
-    finally:
-        consumer.close()
-    return out
 
 
 def test_early_duplicate_orphan_and_expired_labels_are_counted(kafka_bootstrap: str, kafka_topic: Any,
@@ -313,14 +246,14 @@ def test_early_duplicate_orphan_and_expired_labels_are_counted(kafka_bootstrap: 
         run.stop()
     # the delayed metrics judge the predictions published at scoring time
     ys = {id_: y for id_, _, y in data[:5]} | {"early": 1}
-    published = {orjson.loads(r.value)["id"]: orjson.loads(r.value)["p"] for r in read_all(kafka_bootstrap,
+    published = {orjson.loads(r.value)["id"]: orjson.loads(r.value)["p"] for r in read_topic(kafka_bootstrap,
                                                                                            preds, 12)}
     loss = sum(-math.log(max(published[i] if y else 1 - published[i], 1e-15)) for i, y in ys.items())
     hits = sum((published[i] > 0.5) == bool(y) for i, y in ys.items())
     snap = run.stats()
     assert snap["delayed_predicted"] == 6 and snap["delayed_correct_total"] == hits
     assert math.isclose(snap["delayed_log_loss_total"], loss, rel_tol=1e-12)
-    dead = read_all(kafka_bootstrap, dlq, 1)
+    dead = read_topic(kafka_bootstrap, dlq, 1)
     assert [dict(d.headers)["reason"] for d in dead] == [b"bad_label"]
 
 
