@@ -501,3 +501,19 @@ def test_a_rebalance_hands_pending_joins_to_the_new_owner(kafka_bootstrap: str, 
                 b.stop()
     finally:
         producer.close()
+
+
+def test_the_kafka_state_store_carries_the_join_store(kafka_bootstrap: str, kafka_topic: Any) -> None:
+    from consumers.state.kafka_store import KafkaStore
+
+    topic = kafka_topic(config={"cleanup.policy": "compact"})
+    model = fresh_model()
+    model.learn_one({"f": 1.0}, 1)
+    store = _store_with_entries()
+    with KafkaStore(kafka_bootstrap, "member-1", topic=topic, timeout=60.0) as ks:
+        ks.save(model, {"offsets": {"ev:0": 3, "lb:0": 2}}, extras={EXTRA_NAME: store.to_state()})
+    with KafkaStore(kafka_bootstrap, "member-1", topic=topic, timeout=60.0) as ks:
+        ckpt = ks.latest(expect_config=model.config())
+    back = JoinStore.from_state(*ckpt.extras[EXTRA_NAME])
+    assert back.counters == store.counters and back.to_state()[1] == store.to_state()[1]
+    assert same_model(ckpt.model, model)
