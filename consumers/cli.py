@@ -333,6 +333,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=100, metavar="N",
                    help="events in the rolling log loss and accuracy of --curve (default: 100)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line on stderr")
+    p.add_argument("--delayed-labels", action="store_true",
+                   help="labels arrive after a random (seeded) delay: each event is scored at once, kept "
+                        "and learned when its label comes (the join of `consume --labels-topic`); prints the "
+                        "delayed metrics. No checkpoints, no --curve")
+    p.add_argument("--label-delay", type=float, default=60.0, metavar="SECONDS",
+                   help="with --delayed-labels: mean delay of a label (exponential; one event a second; "
+                        "default: 60)")
+    p.add_argument("--label-ttl", type=float, default=300.0, metavar="SECONDS",
+                   help="with --delayed-labels: how long an event waits for its label (default: 300)")
+    p.add_argument("--expired-policy", choices=("drop", "negative"), default="drop",
+                   help="with --delayed-labels: what becomes of an event whose label came too late")
     add_settings(p, MODEL_SETTINGS, env=False)
     add_settings(p, COMMON_SETTINGS, env=True)
     p.set_defaults(validate=validate_demo)

@@ -71,6 +71,13 @@ class LearnerConfig:
         and flushes.
     Codec
         ``x_field``, ``y_field``, ``id_field``, ``max_features``, ``max_message_bytes``.
+    Delayed labels (:mod:`consumers.labels`)
+        ``labels_topic``: labels ``{label_id_field: ..., label_y_field: 0|1}`` joined by id with the
+        unlabelled events (None: off). It must have the events topics' partition count and be keyed by id
+        like them (checked at start). Events wait ``label_ttl`` seconds of stream time (record timestamps),
+        then follow ``expired_policy`` (``drop``, or ``negative``: learned as y=0); at most ``max_pending``
+        events and labels and ``max_pending_bytes`` of memory wait (the oldest go first, counted).
+        Requires ``batch_size`` 1.
     """
 
     bootstrap_servers: str | list[str]
@@ -105,6 +112,13 @@ class LearnerConfig:
     state_store: str = "directory"
     processing_guarantee: str = "at-least-once"
     kafka_client: str = "kafka-python"
+    labels_topic: str | None = None
+    label_id_field: str = "id"
+    label_y_field: str = "y"
+    label_ttl: float = 86_400.0
+    expired_policy: str = "drop"
+    max_pending: int = 1_000_000
+    max_pending_bytes: int = 1 << 30
 
     def __post_init__(self) -> None:
         if isinstance(self.topics, str):
@@ -183,6 +197,7 @@ class LearnerConfig:
         if self.processing_guarantee == "exactly-once" and self.state_store != "kafka":
             _fail("processing_guarantee", "exactly-once needs the state in Kafka (state_store 'kafka'), "
                   "not in a local directory", self.processing_guarantee)
+        self._validate_labels()
         self._validate_client_settings()
         self._validate_kafka_client()
         if not isinstance(self.model, dict):
@@ -191,6 +206,39 @@ class LearnerConfig:
             self.make_model()
         except (TypeError, ValueError, KeyError) as exc:
             raise ConfigError(f"model: invalid hyper-parameters {self.model!r}: {exc}") from None
+
+    def _validate_labels(self) -> None:
+        if self.labels_topic is None:
+            return
+        _check_topic("labels_topic", self.labels_topic)
+        if self.labels_topic in (*self.topics, self.predictions_topic, self.dead_letter_topic):
+            _fail("labels_topic", "must differ from the input, predictions and dead-letter topics",
+                  self.labels_topic)
+        for name in ("label_id_field", "label_y_field"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                _fail(name, "must be a non-empty string", value)
+        if self.label_id_field == self.label_y_field:
+            _fail("label_y_field", "must differ from label_id_field", self.label_y_field)
+        t = self.label_ttl
+        if isinstance(t, bool) or not isinstance(t, int | float) or not (t > 0 and math.isfinite(t)) or (
+                t * 1000 >= 2**62):
+            _fail("label_ttl", "must be a finite number of seconds > 0", t)
+        if self.expired_policy not in ("drop", "negative"):
+            _fail("expired_policy", "must be 'drop' or 'negative'", self.expired_policy)
+        _positive_int("max_pending", self.max_pending)
+        _positive_int("max_pending_bytes", self.max_pending_bytes)
+        if self.processing_guarantee == "exactly-once":  # the hand-off on revoke is not transactional yet
+            _fail("labels_topic", "delayed labels run with at-least-once processing only (for now)",
+                  self.labels_topic)
+        if self.batch_size != 1:
+            _fail("batch_size", "must be 1 with a labels topic (joined events are learned one at a time)",
+                  self.batch_size)
+
+    @property
+    def input_topics(self) -> list[str]:
+        """The topics the consumer subscribes to: ``topics``, and the labels topic if any."""
+        return [*self.topics, self.labels_topic] if self.labels_topic else list(self.topics)
 
     def _validate_client_settings(self) -> None:
         from consumers.client_config import ClientConfigError, check_bootstrap, check_client_settings
@@ -259,6 +307,11 @@ class LearnerConfig:
             auto_offset_reset=self.auto_offset_reset,
             max_poll_records=self.max_poll_records,
         )
+        if self.labels_topic:
+            # Partition i of the events and of the labels topic to the same member (equal partition counts).
+            from kafka.coordinator.assignors.range import RangePartitionAssignor
+
+            kwargs["partition_assignment_strategy"] = (RangePartitionAssignor,)
         return kwargs
 
     def producer_kwargs(self) -> dict[str, Any]:

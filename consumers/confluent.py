@@ -253,7 +253,7 @@ class ConfluentSource(Source):
         self._probed = 0.0
         self._max = config.max_poll_records
         self._keys: dict[Any, TopicPartition] = {}  # partition, or (topic, partition) -> TopicPartition
-        self._one_topic = len(config.topics) == 1
+        self._one_topic = len(config.input_topics) == 1
         # The assignment, kept by the rebalance callbacks (librdkafka's assignment() is a round trip to
         # its main thread, ~0.5 ms: too slow for every poll).
         self._assigned: set[TopicPartition] = set()
@@ -283,7 +283,7 @@ class ConfluentSource(Source):
             raise _neutral(exc) from None
         self._down = False
         self._assigned = set()
-        consumer.subscribe(self.config.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+        consumer.subscribe(self.config.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
         return consumer
 

@@ -60,6 +60,7 @@ def run_learner(config: LearnerConfig, values: Mapping[str, Any]) -> int:
     """
     from kafka.errors import KafkaError
 
+    from consumers.labels import NotCoPartitioned
     from consumers.learner import Fenced, Learner
     from consumers.outputs import MissingTopics
     from consumers.source import ConnectTimeout
@@ -115,6 +116,8 @@ def run_learner(config: LearnerConfig, values: Mapping[str, Any]) -> int:
             raise CommandError(f"{exc}: check --bootstrap-servers, or raise --connect-timeout") from None
         except (Fenced, CheckpointError) as exc:  # another member took over, or shares the directory
             raise CommandError(str(exc)) from None
+        except NotCoPartitioned as exc:
+            raise UsageError(f"--labels-topic {config.labels_topic}: {exc}") from None
         except MissingTopics as exc:
             names = ", ".join(exc.topics)
             raise UsageError(f"output topic(s) missing in the cluster: {names}; create them, or pass "

@@ -194,6 +194,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     model = build_model(model_values)
     batch_size = model_values["batch_size"]
     stream, n = dataset_stream(args.dataset, args.n, args.seed)
+    if getattr(args, "delayed_labels", False):
+        return delayed_demo(model, stream, n, args)
     synthetic = DATASETS[args.dataset].size is None
     identity = {"dataset": args.dataset, "seed": args.seed if synthetic else None, "batch_size": batch_size}
 
@@ -330,6 +332,82 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"learning curve        {args.curve} (draw it: {PROG} report {args.curve} -o curve.png)",
               file=out)
     return EXIT_INTERRUPTED if interrupted else EXIT_OK
+
+
+def delayed_demo(model: Any, stream: Iterable[tuple[dict, Any]], n: int, args: argparse.Namespace) -> int:
+    """``demo --delayed-labels``: the join of ``consume --labels-topic`` on a built-in stream.
+
+    Event ``i`` arrives at second ``i`` and is scored at once; its label arrives an exponential, seeded delay
+    (mean ``--label-delay`` seconds) later. Both feed a :class:`~consumers.state.join_store.JoinStore` in
+    time order, as the learner feeds it records; a joined event is learned then, and its prediction made
+    at scoring time is judged (the delayed progressive metrics). For comparison, the same model learning
+    each label at once (the immediate progressive metrics) runs beside it.
+    """
+    import heapq
+    import random
+
+    from consumers.state.join_store import JoinStore
+
+    for flag, value in (("--label-delay", args.label_delay), ("--label-ttl", args.label_ttl)):
+        if not (value > 0 and value < 1e12):
+            raise UsageError(f"{flag} must be a number of seconds > 0, got {value!r}")
+    rng = random.Random(args.seed)
+    store = JoinStore(max_pending=1_000_000, label_ttl_ms=int(args.label_ttl * 1000),
+                      expired_policy=args.expired_policy)
+    immediate = model.clone()
+    labels: list[tuple[int, int, str, int]] = []  # (arrival ms, event number, id, y): a heap
+    delayed = ([], [])
+    now_ps, now_ys = [], []
+    learned = 0
+
+    def feed_labels(until: int) -> None:
+        nonlocal learned
+        while labels and labels[0][0] <= until:
+            ts, _, id_, y = heapq.heappop(labels)
+            for j in store.add_label(id_, y, ts=ts):
+                learn(j)
+
+    def learn(j: Any) -> None:
+        nonlocal learned
+        model.learn_one(j.x, j.y)
+        learned += 1
+        if j.cause == "label":
+            delayed[0].append(j.p)
+            delayed[1].append(j.y)
+
+    start = time.monotonic()
+    for i, (x, y) in enumerate(itertools.islice(stream, n)):
+        ts = i * 1000
+        feed_labels(ts)
+        y = int(bool(y))
+        now_ps.append(immediate.predict_proba_one(x)[True])
+        now_ys.append(y)
+        immediate.learn_one(x, y)
+        p = model.predict_proba_one(x)[True]
+        for j in store.add_event(f"e{i}", dict(x), p, version=model.n_samples_seen, ts=ts):
+            learn(j)
+        delay = int(rng.expovariate(1.0 / args.label_delay) * 1000)
+        heapq.heappush(labels, (ts + delay, i, f"e{i}", y))
+    feed_labels(2**62)
+    elapsed = time.monotonic() - start
+    c = store.counters
+    out = sys.stdout
+    print(f"dataset               {args.dataset} ({DATASETS[args.dataset].description})", file=out)
+    print(f"events                {n:,}, one a second; labels after {args.label_delay:g} s on average "
+          f"(exponential, seed {args.seed}), waiting at most {args.label_ttl:g} s", file=out)
+    print(f"joined                {c['joined']:,} learned when their label came ({learned:,} learned in all, "
+          f"{elapsed:.1f} s)", file=out)
+    print(f"expired               {c['expired_events']:,} events without a label in time "
+          f"({args.expired_policy}), {c['orphan_labels']:,} labels too late", file=out)
+    print(f"still waiting         {c['pending_events']:,} events, {c['pending_labels']:,} labels", file=out)
+    for name, (ps, ys) in (("delayed", delayed), ("immediate", (now_ps, now_ys))):
+        k = max(len(ps), 1)
+        loss, hits = progressive_metrics(ps, ys) if ps else (0.0, 0)
+        print(f"{name + ' log loss':<22}{loss / k:.4f}  accuracy {hits / k:.2%} ({len(ps):,} judged)",
+              file=out)
+    print("(delayed: each prediction made when its event arrived, judged when its label came; immediate: "
+          "the same model learning each label at once)", file=out)
+    return EXIT_OK
 
 
 def validate_demo(args: argparse.Namespace) -> None:

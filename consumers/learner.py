@@ -142,6 +142,7 @@ from kafka import errors as kafka_errors
 from kafka.errors import KafkaError
 
 from consumers.config import LearnerConfig
+from consumers.labels import Labels, check_co_partitioned
 from consumers.outputs import Outputs, check_topics
 from consumers.source import Source, default_instance_id, wait_or_stop
 from consumers.state.checkpointing import Checkpointing, hold_directory, parse_ref, tp_key, tp_keys
@@ -227,8 +228,11 @@ class Learner:
                 store = DirectoryStore(config.checkpoint_dir, keep=config.keep_checkpoints)
         self._lock = threading.RLock()  # the model and the offset bookkeeping
         self._ratelog = _RateLimitedLog()
+        # Delayed labels (--labels-topic): the join store, saved and restored with the model.
+        self._labels = Labels(config, self.stats) if config.labels_topic else None
         self._state = Checkpointing(store, config, self.stats, member=self._instance_id,
-                                    group_metadata=self._group_metadata if self._exactly_once else None)
+                                    group_metadata=self._group_metadata if self._exactly_once else None,
+                                    extra_state=self._labels)
         self._source, self._outputs = _clients(config, self.stats)
         self._topics_checked = False
 
@@ -450,11 +454,16 @@ class Learner:
         """Create the producer, and check (or create) the output topics once (``MissingTopics``)."""
         cfg = self.config
         topics = [t for t in (cfg.predictions_topic, cfg.dead_letter_topic) if t]
-        if topics and not self._topics_checked:
-            check_topics(cfg.admin_kwargs(1000), topics, cfg.topics[0], cfg.create_topics)
+        if (topics or cfg.labels_topic) and not self._topics_checked:
+            if topics:
+                check_topics(cfg.admin_kwargs(1000), topics, cfg.topics[0], cfg.create_topics)
+            if cfg.labels_topic:  # NotCoPartitioned: refuse to start
+                check_co_partitioned(cfg.admin_kwargs(1000), cfg.topics, cfg.labels_topic)
             self._topics_checked = True
         if self._exactly_once:  # the outputs go into the state's transactions
             self._outputs.producer = self._state.store.producer
+        if self._labels is not None:
+            self._labels.connect()
         self._outputs.connect()
 
     def _begin(self) -> None:
@@ -524,6 +533,8 @@ class Learner:
                     close_store()
                 except Exception:
                     log.exception("closing the state store failed")
+            if self._labels is not None:
+                self._labels.close(timeout)
             with self.stats.lock:
                 self.stats.running = False
                 self.stats.assigned = []
@@ -537,6 +548,10 @@ class Learner:
         cfg = self.config
         view = self._source.record
         state = self._state
+        labels = self._labels
+        if labels is not None and tp.topic == labels.topic:
+            self._process_labels(tp, [self._source.record(r) for r in records])
+            return
         decode = self._decode
         model = state.model
         predict = model.predict_proba_one
@@ -566,6 +581,10 @@ class Learner:
                 scored += 1
                 if publish is not None:
                     publish(view(r), ev, p, model.n_samples_seen, cid)
+                if labels is not None and ev.id is not None:  # kept until its label comes
+                    joined = labels.event(view(r), ev.id, x, p, model.n_samples_seen)
+                    if joined:
+                        self._learn_joined([(view(r), j) for j in joined])
             elif batch_size == 1:
                 try:
                     p = predict_learn_one(x, y)  # progressive validation: p is from before the update
@@ -592,6 +611,23 @@ class Learner:
             st.learned += learned
             st.scored += scored
             st._add_chunk(learned, loss, hits)
+
+    def _process_labels(self, tp: TopicPartition, records: list) -> None:
+        """Records of the labels topic: feed the join store, learn what it joins."""
+        self._learn_joined(self._labels.records(records, self._reject))
+        state = self._state
+        state.positions[tp] = records[-1].offset + 1
+        state.since_checkpoint += len(records)
+        with self.stats.lock:
+            self.stats.consumed += len(records)
+
+    def _learn_joined(self, joined: list) -> None:
+        """Learn joined events once each (delayed metrics in the stats), counted under their event's
+        partition."""
+        counts = self._state.learned
+        for j in self._labels.learn(self._state.model, joined, self._reject):
+            tp = TopicPartition(j.topic, j.partition)
+            counts[tp] = counts.get(tp, 0) + 1
 
     def _learn_buffer(self, ps: list[float], ys: list[int]) -> None:
         """Predict and learn the buffered mini-batch, adding the predictions and labels of its events to
@@ -642,6 +678,10 @@ class Learner:
             pending -= partitions
             # Bounded: this runs on the IO thread, where a long flush would delay heartbeats.
             flush_timeout = min(self.config.commit_timeout_ms / 1000, 2.0)
+            if self._labels is not None and not self._source.closing and not state.needs_reload:
+                # pending joins follow their partitions (on a stop they stay: a restart gets them back)
+                if self._labels.hand_off(owned, flush_timeout):
+                    state.since_checkpoint = max(state.since_checkpoint, 1)
             ok = (state.checkpoint("revoke", self._flush, flush_timeout, commit_to=owned)
                   if state.since_checkpoint else True)
             if self._exactly_once:  # what the transaction did not commit may not outlive the partitions
@@ -767,4 +807,6 @@ class Learner:
             st.n_samples_seen = state.model.n_samples_seen
             st.n_features = state.model.n_features
             st.buffered = len(state.buffer)
+        if self._labels is not None:
+            self._labels.publish()
 

@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
@@ -76,7 +76,7 @@ class MetricSpec:
     """One metric family: ``name`` without the prefix (and without ``_total`` for counters)."""
 
     name: str
-    kind: str  # "counter" or "gauge"
+    kind: str  # "counter", "gauge" or "histogram"
     help: str
     labels: tuple[str, ...] = ()
     key: str | None = None  # the LearnerStats snapshot key it reads directly, if any
@@ -97,6 +97,10 @@ def _c(name: str, key: str | None, help: str, labels: tuple[str, ...] = ()) -> M
 
 def _g(name: str, key: str | None, help: str, labels: tuple[str, ...] = ()) -> MetricSpec:
     return MetricSpec(name, "gauge", help, labels, key)
+
+
+def _m(name: str, kind: str, help: str) -> MetricSpec:
+    return MetricSpec(name, kind, help)
 
 
 #: Every metric of :class:`LearnerCollector`. Counters count since this process started.
@@ -163,6 +167,35 @@ METRICS: tuple[MetricSpec, ...] = (
     _c("offset_resets", "offset_resets",
        "Partitions whose checkpointed offset was beyond the end of the log (topic re-created): read from "
        "the reset position instead."),
+    # Delayed labels (--labels-topic; consumers.labels). The join counters are the join store's, kept in the
+    # checkpoints: over the model's whole history.
+    _g("pending_events", None, "Scored events waiting for their label in the join store."),
+    _g("pending_labels", None, "Labels waiting for their event in the join store."),
+    _g("pending_bytes", "join_bytes",
+       "Estimated memory of the join store's entries, in bytes (bounded by --max-pending-bytes)."),
+    _c("joined", None, "Events joined with their label and learned, over the model's whole history."),
+    _c("duplicate_labels", None, "Labels of an id already joined or waiting (learned once, counted here)."),
+    _c("duplicate_events", None, "Events whose id was already waiting or joined (the first one is kept)."),
+    _c("orphan_labels", None, "Labels whose event never came within --label-ttl (or was never sent)."),
+    _c("expired_events", None,
+       "Events whose label never came within --label-ttl (dropped, or learned as negatives by "
+       "--expired-policy)."),
+    _c("join_store_full", None,
+       "Entries dropped, oldest first, because the join store was full (--max-pending, "
+       "--max-pending-bytes), by kind (event or label).", ("kind",)),
+    _m("join_latency_seconds", "histogram",
+       "Label record timestamp minus event record timestamp of the joined events, in seconds."),
+    _c("delayed_predicted", "delayed_predicted",
+       "Events joined with their label whose prediction made at scoring time was judged."),
+    _c("delayed_log_loss", "delayed_log_loss_total",
+       "Sum of the log loss of the predictions made at scoring time of the joined events; over "
+       "delayed_predicted_total, the delayed progressive log loss."),
+    _c("delayed_correct", "delayed_correct_total",
+       "Joined events whose prediction made at scoring time was right (p > 0.5 for label 1)."),
+    _g("delayed_log_loss_mean", "delayed_log_loss",
+       "Delayed progressive log loss since start (absent before the first join)."),
+    _g("delayed_accuracy", "delayed_accuracy",
+       "Delayed progressive accuracy since start (absent before the first join)."),
 )
 
 _SPECS = {m.name: m for m in METRICS}
@@ -175,6 +208,19 @@ def metrics_table_markdown() -> str:
         labels = ", ".join(f"`{label}`" for label in m.labels) or "—"
         rows.append(f"| `{m.exposed_name}` | {m.kind} | {labels} | {m.help.replace('|', '/')} |")
     return "\n".join(rows) + "\n"
+
+
+def _latency_buckets(snap: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """The join latency histogram's cumulative buckets (``le`` in seconds, ``+Inf`` last); [] without a
+    labels topic. The join store counts latency ``l`` in the first bucket whose edge is >= ``l``."""
+    edges, counts = snap.get("join_latency_buckets_ms") or [], snap.get("join_latency_counts") or []
+    if not edges or len(counts) != len(edges) + 1:
+        return []
+    total, out = 0, []
+    for edge, n in zip([*(e / 1000 for e in edges), math.inf], counts, strict=True):
+        total += n
+        out.append(("+Inf" if edge == math.inf else repr(float(edge)), float(total)))
+    return out
 
 
 def _split_tp(key: str) -> tuple[str, str]:
@@ -277,11 +323,16 @@ class LearnerCollector(Collector):
             family = self._family(m)
             for labels, value in values.get(m.name, ()):
                 family.add_metric(labels, value)
+            if m.kind == "histogram":
+                buckets = _latency_buckets(snap)
+                if buckets:
+                    family.add_metric([], buckets, None)
             yield family
 
     @staticmethod
     def _family(m: MetricSpec) -> Metric:
-        cls = CounterMetricFamily if m.kind == "counter" else GaugeMetricFamily
+        cls = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily,
+               "histogram": HistogramMetricFamily}[m.kind]
         return cls(m.full_name, m.help, labels=list(m.labels))
 
     def _values(self, snap: Mapping[str, Any]) -> dict[str, list[tuple[list[str], float]]]:
@@ -316,6 +367,12 @@ class LearnerCollector(Collector):
         put("features_dropped", self._features_dropped())
         for topic, n in sorted((snap.get("output_failures") or {}).items()):
             put("output_failures", n, [str(topic)])
+        join = snap.get("join") or {}
+        for name in ("pending_events", "pending_labels", "joined", "duplicate_labels", "duplicate_events",
+                     "orphan_labels", "expired_events"):
+            put(name, join.get(name))
+        put("join_store_full", join.get("dropped_full_events"), ["event"])
+        put("join_store_full", join.get("dropped_full_labels"), ["label"])
         return values
 
     def _features_dropped(self) -> int | None:

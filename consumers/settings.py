@@ -301,6 +301,23 @@ CONSUME_SETTINGS: tuple[Setting, ...] = (
     Setting("x_field", "str", "x", "Name of the features field of a message.", _MESSAGES),
     Setting("y_field", "str", "y", "Name of the label field of a message.", _MESSAGES),
     Setting("id_field", "str", "id", "Name of the id field of a message.", _MESSAGES),
+    Setting("labels_topic", "topic", None,
+            "Topic of delayed labels ({\"id\": ..., \"y\": 0|1}): an unlabelled event waits for its label "
+            "and is learned when it arrives. Same partition count as the events topic, keyed by id.",
+            _MESSAGES),
+    Setting("label_id_field", "str", "id", "Name of the id field of a label message.", _MESSAGES),
+    Setting("label_y_field", "str", "y", "Name of the label field of a label message.", _MESSAGES),
+    Setting("label_ttl", "float", 86_400.0,
+            "Seconds (of record timestamps) an event waits for its label, and a label for its event.",
+            _MESSAGES, minimum=0, exclusive_minimum=True),
+    Setting("expired_policy", "choice", "drop",
+            "What becomes of an event whose label never came (expired, or dropped from a full store): "
+            "drop it, or learn it as a negative (y=0).", _MESSAGES, choices=("drop", "negative")),
+    Setting("max_pending", "int", 1_000_000, "Most events and labels waiting to be joined.", _MESSAGES,
+            minimum=1),
+    Setting("max_pending_bytes", "int", 1 << 30,
+            "Most memory (estimated, bytes) of the events and labels waiting to be joined.", _MESSAGES,
+            minimum=1),
     Setting("max_features", "int", 10_000,
             "Most features one message may have (per message; more: the message is rejected). The model's "
             "total is --max-vocabulary.", _MESSAGES,
@@ -566,6 +583,8 @@ def learner_config(values: Mapping[str, Any]) -> LearnerConfig:
         "max_message_bytes", "max_poll_records", "poll_timeout_ms", "metrics_window", "commit_timeout_ms",
         "connect_timeout", "group_instance_id", "create_topics", "progress_every_seconds",
         "state_store", "processing_guarantee", "kafka_client",
+        "labels_topic", "label_id_field", "label_y_field", "label_ttl", "expired_policy", "max_pending",
+        "max_pending_bytes",
     }
     kwargs = {name: values[name] for name in own}
     kwargs["bootstrap_servers"] = ",".join(bootstrap_servers(values))

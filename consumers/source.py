@@ -180,7 +180,7 @@ class Source:
                 continue
             with self.stats.lock:
                 self.stats.connected = True
-            log.info("subscribed to %s as group %s (instance %s)", cfg.topics, cfg.group_id,
+            log.info("subscribed to %s as group %s (instance %s)", cfg.input_topics, cfg.group_id,
                      self.instance_id)
             return True
         return False
@@ -188,10 +188,10 @@ class Source:
     def _open(self, handler: RebalanceHandler, deadline: float) -> KafkaConsumer:
         """One connection attempt: the subscribed consumer (raises ``KafkaError``)."""
         consumer = KafkaConsumer(**self.kwargs())
-        consumer.subscribe(self.config.topics, listener=_Listener(self, handler))
+        consumer.subscribe(self.config.input_topics, listener=_Listener(self, handler))
         # Know the topics' partitions before the first JoinGroup: if this member leads the group and
         # assigns without them, the follow-up rebalance may hit the stuck join of unstick().
-        for topic in self.config.topics:
+        for topic in self.config.input_topics:
             try:
                 consumer.partitions_for_topic(topic)
             except KafkaError as exc:

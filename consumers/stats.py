@@ -76,6 +76,15 @@ class LearnerStats:
         self.buffered = 0  # labelled events waiting for a full mini-batch
         self.log_loss_total = 0.0  # progressive validation, since start
         self.correct_total = 0
+        # Delayed labels (consumers.labels): the predictions made at scoring time of the events joined with
+        # their label, judged when it came; the join store's counters and gauges (JoinStore.counters).
+        self.delayed_predicted = 0
+        self.delayed_log_loss_total = 0.0
+        self.delayed_correct_total = 0
+        self.join: dict[str, int] = {}
+        self.join_bytes = 0
+        self.join_latency_buckets_ms: list[int] = []
+        self.join_latency_counts: list[int] = []
         # Rolling window over the last ~``window`` labelled events, kept per processed chunk (a polled
         # batch of one partition) as (events, log loss sum, correct) so the hot loop only sums.
         self._window = window
@@ -128,5 +137,8 @@ class LearnerStats:
         n = snap["predicted_labelled"]
         snap["log_loss"] = snap["log_loss_total"] / n if n else None
         snap["accuracy"] = snap["correct_total"] / n if n else None
+        n = snap["delayed_predicted"]
+        snap["delayed_log_loss"] = snap["delayed_log_loss_total"] / n if n else None
+        snap["delayed_accuracy"] = snap["delayed_correct_total"] / n if n else None
         snap["uptime_seconds"] = time.time() - snap["started_at"]
         return snap

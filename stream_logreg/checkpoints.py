@@ -64,6 +64,13 @@ One directory holds, per checkpoint ``<id>``:
   array file), ``metadata`` (the caller's dict) and ``npz`` (``{"file", "size", "sha256"}`` of the array
   file's bytes).
 
+A checkpoint may also carry the caller's **extra parts** (``extras={name: (arrays, meta)}`` of
+:meth:`DirectoryStore.save` and :func:`encode_checkpoint`; e.g. the Kafka learner's delayed-label join store):
+each array 1-D int64 or float64 (finite), stored as the member ``extras.<name>.<array>``; the manifest's
+``extras`` lists per part its JSON ``meta`` and each array's dtype and length, and reading refuses any member
+it does not list, any dtype or length other than listed, and non-finite floats. They come back, verified by
+the same checksums, as :attr:`Checkpoint.extras`; a checkpoint without them has ``extras == {}``.
+
 Each file is written to a hidden temporary ``.<id>.<ext>.<pid>.tmp`` in the same directory, flushed,
 fsynced and renamed into place (``os.replace``), then the directory is fsynced: first the ``.npz``, then
 the manifest. A checkpoint exists when its manifest does. As the writer holds the directory's lock,
@@ -112,7 +119,7 @@ import weakref
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol, runtime_checkable
 
@@ -207,6 +214,7 @@ class Checkpoint:
     model: OnlineLogisticRegression
     metadata: dict
     library_version: str
+    extras: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -228,7 +236,9 @@ class CheckpointStore(Protocol):
     :class:`UnsupportedCheckpoint` for intact ones it must not use; ``list`` describes them all, oldest
     first."""
 
-    def save(self, model: OnlineLogisticRegression, metadata: dict | None = None) -> str: ...
+    def save(
+        self, model: OnlineLogisticRegression, metadata: dict | None = None, extras: dict | None = None
+    ) -> str: ...
 
     def latest(self, expect_config: dict | None = None) -> Checkpoint | None: ...
 
@@ -331,7 +341,11 @@ _BYTES = np.dtype("|u1")
 #: At most this many bytes of manifest are read (a manifest of schema version 2 is a few KB; one of version 1
 #: lists the vocabulary: ~40 bytes a name).
 MAX_MANIFEST_BYTES = 256 << 20
-_MAX_MEMBERS = 64
+_MAX_MEMBERS = 128
+#: The name of an extra part, and of each of its arrays.
+_EXTRA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_EXTRA_ARRAY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_EXTRA_DTYPES = {"<i8": np.dtype("<i8"), "<f8": np.dtype("<f8")}
 _NPY_HEADER_MAX = 4096
 #: Vocabulary keys may be tuples (of tuples ...) at most this deep.
 MAX_KEY_DEPTH = 16
@@ -374,6 +388,85 @@ def _encode_state(arrays: dict[str, np.ndarray], meta: dict) -> tuple[dict[str, 
     elif keys:
         raise CheckpointError("a hashed feature space has no vocabulary to save")
     return members, {**meta, "features": features}
+
+
+def _encode_extras(extras: dict | None) -> tuple[dict[str, np.ndarray], dict]:
+    """(``.npz`` members, manifest's ``extras``) of the caller's extra parts: ``{name: (arrays, meta)}``,
+    each array 1-D int64 or float64 (finite), each meta JSON. A member is ``extras.<name>.<array>``; the
+    manifest lists, per part, its meta and each array's dtype and length, which reading then requires."""
+    members: dict[str, np.ndarray] = {}
+    described: dict[str, dict] = {}
+    if not extras:
+        return members, described
+    if not isinstance(extras, dict):
+        raise CheckpointError(f"extras must be a dict of name -> (arrays, meta), got {type(extras).__name__}")
+    for name, part in extras.items():
+        if not (isinstance(name, str) and _EXTRA_NAME.fullmatch(name)):
+            raise CheckpointError(f"extra part name {name!r:.60} must be letters, digits, '_' or '-'")
+        if not (isinstance(part, tuple | list) and len(part) == 2 and isinstance(part[0], dict)):
+            raise CheckpointError(f"extra part {name!r} must be a pair (arrays, meta)")
+        arrays, meta = part
+        listed = {}
+        for array_name, values in arrays.items():
+            if not (isinstance(array_name, str) and _EXTRA_ARRAY.fullmatch(array_name)):
+                raise CheckpointError(f"extra part {name!r}: array name {array_name!r:.60} is not allowed")
+            a = np.asarray(values)
+            if a.ndim != 1 or a.dtype not in (np.int64, np.float64):
+                raise CheckpointError(
+                    f"extra part {name!r}: array {array_name!r} must be 1-D int64 or float64, got {a.dtype} "
+                    f"{a.shape}"
+                )
+            if a.dtype == np.float64 and not np.isfinite(a).all():
+                raise CheckpointError(f"extra part {name!r}: array {array_name!r} holds non-finite values")
+            a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+            members[f"extras.{name}.{array_name}"] = a
+            listed[array_name] = [a.dtype.str, len(a)]
+        meta_json = orjson.loads(_to_json(meta, f"the meta of extra part {name!r}"))
+        described[name] = {"meta": meta_json, "arrays": listed}
+    return members, described
+
+
+def _extra_members(body: dict, npz_size: int) -> dict[str, _Member]:
+    """What each ``extras.*`` member of the array file must be, from the manifest (refusing a malformed
+    description: unknown dtypes, lengths that no array file of this size holds)."""
+    extras = body.get("extras", {})
+    if not isinstance(extras, dict):
+        raise CheckpointCorrupt("the manifest's 'extras' is not a mapping")
+    members = {}
+    for name, part in extras.items():
+        if not (_EXTRA_NAME.fullmatch(name) and isinstance(part, dict) and set(part) == {"meta", "arrays"}
+                and isinstance(part["arrays"], dict)):
+            raise CheckpointCorrupt(f"the manifest's extra part {name!r:.60} is malformed")
+        for array_name, spec in part["arrays"].items():
+            ok = (
+                _EXTRA_ARRAY.fullmatch(array_name)
+                and isinstance(spec, list)
+                and len(spec) == 2
+                and spec[0] in _EXTRA_DTYPES
+                and type(spec[1]) is int
+                and 0 <= spec[1] <= npz_size // 8
+            )
+            if not ok:
+                raise CheckpointCorrupt(f"the manifest's extra array {name}.{array_name!r:.60} is malformed")
+            members[f"extras.{name}.{array_name}"] = _Member(_EXTRA_DTYPES[spec[0]], exact=spec[1])
+    return members
+
+
+def _split_extras(members: dict[str, np.ndarray], body: dict) -> dict[str, tuple[dict, dict]]:
+    """The extra parts ``{name: (arrays, meta)}`` of the array file's members, every listed array present
+    and every float finite."""
+    out = {}
+    for name, part in body.get("extras", {}).items():
+        arrays = {}
+        for array_name in part["arrays"]:
+            member = members.pop(f"extras.{name}.{array_name}", None)
+            if member is None:
+                raise CheckpointCorrupt(f"the array file lacks extra array {name}.{array_name}")
+            if member.dtype == _FLOAT and not np.isfinite(member).all():
+                raise CheckpointCorrupt(f"extra array {name}.{array_name} holds non-finite values")
+            arrays[array_name] = member
+        out[name] = (arrays, part["meta"])
+    return out
 
 
 # Reading an .npz without trusting it: the zip directory and each .npy header are checked before anything
@@ -533,8 +626,12 @@ def _read_arrays_v1(npz_bytes: bytes, expected: dict[str, int]) -> dict[str, np.
     return arrays
 
 
-def _read_arrays_v2(npz_bytes: bytes, meta: dict) -> tuple[dict[str, np.ndarray], dict]:
-    """Schema version 2: (the dense arrays, the model meta with its vocabulary back in place)."""
+def _read_arrays_v2(
+    npz_bytes: bytes, meta: dict, extra: dict[str, _Member] | None = None
+) -> tuple[dict[str, np.ndarray], dict, dict[str, np.ndarray]]:
+    """Schema version 2: (the dense arrays, the model meta with its vocabulary back in place, the members
+    of the extra parts that ``extra`` describes)."""
+    extra = extra or {}
     expected = _expected_arrays(meta, 2)
     features = meta["features"]
     vocabulary = features.get("n_bits") is None
@@ -550,7 +647,7 @@ def _read_arrays_v2(npz_bytes: bytes, meta: dict) -> tuple[dict[str, np.ndarray]
             return _Member(_INDEX if part == "idx" else _FLOAT, at_most=expected[base])
         if vocabulary and name == "features.keys":
             return _Member(_BYTES, exact=keys_bytes)
-        return None
+        return extra.get(name)
 
     members = _read_members(npz_bytes, allowed)
     arrays = {}
@@ -586,7 +683,7 @@ def _read_arrays_v2(npz_bytes: bytes, meta: dict) -> tuple[dict[str, np.ndarray]
     else:
         keys = []
     meta["features"]["keys"] = keys
-    return arrays, meta
+    return arrays, meta, {name: a for name, a in members.items() if name in extra}
 
 
 def _check_key_depth(keys: list) -> None:
@@ -661,11 +758,13 @@ def _restore(body: dict, npz_bytes: bytes, expect_config: dict | None) -> Checkp
     if actual != digest:
         raise CheckpointCorrupt(f"the array file's sha256 is {actual}, the manifest says {digest}")
     meta = body["model"]
+    extras: dict = {}
     if body["schema_version"] == 1:
         arrays = _read_arrays_v1(npz_bytes, _expected_arrays(meta, 1))
         _check_key_depth(meta["features"]["keys"])
     else:
-        arrays, meta = _read_arrays_v2(npz_bytes, meta)
+        arrays, meta, extra_members = _read_arrays_v2(npz_bytes, meta, _extra_members(body, len(npz_bytes)))
+        extras = _split_extras(extra_members, body)
     _check_values(arrays, meta, body["metadata"])
     if expect_config is not None:
         expected = orjson.loads(_to_json(expect_config, "expect_config"))
@@ -682,7 +781,7 @@ def _restore(body: dict, npz_bytes: bytes, expect_config: dict | None) -> Checkp
         raise CheckpointCorrupt(
             f"the manifest's created_at {body['created_at']!r:.60} is not ISO-8601"
         ) from None
-    return Checkpoint(cid, created_at, model, body["metadata"], body["library_version"])
+    return Checkpoint(cid, created_at, model, body["metadata"], body["library_version"], extras)
 
 
 # Files
@@ -939,18 +1038,24 @@ def new_checkpoint_id(existing: Iterable[str] = ()) -> str:
     return f"{ns:020d}"
 
 
-def _model_state(model: OnlineLogisticRegression, metadata: dict | None) -> tuple[dict, dict, dict]:
-    """(npz members, model meta, metadata) of a checkpoint, refusing what would not read back unchanged."""
+def _model_state(
+    model: OnlineLogisticRegression, metadata: dict | None, extras: dict | None = None
+) -> tuple[dict, dict, dict, dict]:
+    """(npz members, model meta, metadata, extras' description) of a checkpoint, refusing what would not
+    read back unchanged."""
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict):
         raise CheckpointError(f"metadata must be a dict, got {type(metadata).__name__}")
     metadata_json = orjson.loads(_to_json(metadata, "metadata"))
     members, meta = _encode_state(*model.state())
-    return members, meta, metadata_json
+    extra_members, described = _encode_extras(extras)
+    return {**members, **extra_members}, meta, metadata_json, described
 
 
-def _body(cid: str, created_at: str, meta: dict, metadata: dict, size: int, digest: str) -> dict:
-    return {
+def _body(
+    cid: str, created_at: str, meta: dict, metadata: dict, size: int, digest: str, extras: dict | None = None
+) -> dict:
+    body = {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
         "library_version": __version__,
@@ -960,29 +1065,43 @@ def _body(cid: str, created_at: str, meta: dict, metadata: dict, size: int, dige
         "metadata": metadata,
         "npz": {"file": f"{cid}.npz", "size": size, "sha256": digest},
     }
+    if extras:
+        body["extras"] = extras
+    return body
 
 
 def encode_checkpoint(
-    checkpoint_id: str, model: OnlineLogisticRegression, metadata: dict | None = None, compress: bool = False
+    checkpoint_id: str,
+    model: OnlineLogisticRegression,
+    metadata: dict | None = None,
+    compress: bool = False,
+    extras: dict | None = None,
 ) -> tuple[bytes, bytes]:
     """The bytes of a checkpoint's array file and manifest, for stores that keep bytes (not files).
 
-    ``decode_manifest`` and ``restore`` read them back. The ids of a store must sort by time.
+    ``decode_manifest`` and ``restore`` read them back (``extras`` as :attr:`Checkpoint.extras`). The ids
+    of a store must sort by time.
     """
-    members, meta, metadata_json = _model_state(model, metadata)
+    members, meta, metadata_json, described = _model_state(model, metadata, extras)
     created_at = _utc_now()
     buffer = io.BytesIO()
     _write_npz(buffer, members, compress)
     npz = buffer.getvalue()
-    body = _body(checkpoint_id, created_at, meta, metadata_json, len(npz), hashlib.sha256(npz).hexdigest())
+    body = _body(checkpoint_id, created_at, meta, metadata_json, len(npz), hashlib.sha256(npz).hexdigest(),
+                 described)
     return npz, encode_manifest(body)
 
 
 def _save_locked(
-    directory: Path, model: OnlineLogisticRegression, metadata: dict | None, fsync: bool, compress: bool
+    directory: Path,
+    model: OnlineLogisticRegression,
+    metadata: dict | None,
+    fsync: bool,
+    compress: bool,
+    extras: dict | None = None,
 ) -> tuple[str, dict[str, _Entry]]:
     """Write one checkpoint (the caller holds the lock); returns its id and the scan made before it."""
-    members, meta, metadata_json = _model_state(model, metadata)
+    members, meta, metadata_json, described = _model_state(model, metadata, extras)
     entries = _scan(directory)
     cid = _new_id(directory, entries)
     created_at = _utc_now()
@@ -993,7 +1112,7 @@ def _save_locked(
         return _hash_file(f)
 
     size, digest = _write_atomically(directory / f"{cid}.npz", write_npz, fsync)
-    manifest = encode_manifest(_body(cid, created_at, meta, metadata_json, size, digest))
+    manifest = encode_manifest(_body(cid, created_at, meta, metadata_json, size, digest, described))
     _write_atomically(directory / f"{cid}.json", lambda f: f.write(manifest), fsync)
     return cid, entries
 
@@ -1005,8 +1124,10 @@ def save_checkpoint(
     *,
     fsync: bool = True,
     compress: bool = False,
+    extras: dict | None = None,
 ) -> str:
-    """Save ``model`` and ``metadata`` as a new checkpoint in ``directory``; return its manifest's path.
+    """Save ``model`` and ``metadata`` (and ``extras``) as a new checkpoint in ``directory``; return its
+    manifest's path.
 
     Durable and atomic (see the module's docstring); deletes nothing (:class:`DirectoryStore` does the
     retention). ``metadata`` must be a dict that reads back from JSON unchanged (str keys; finite floats;
@@ -1019,7 +1140,7 @@ def save_checkpoint(
     lock = _DirectoryLock(path)
     try:
         with lock.saving:
-            cid, _ = _save_locked(path, model, metadata, fsync, compress)
+            cid, _ = _save_locked(path, model, metadata, fsync, compress, extras)
     finally:
         lock.release()
     return str(path / f"{cid}.json")
@@ -1108,16 +1229,19 @@ class DirectoryStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def save(self, model: OnlineLogisticRegression, metadata: dict | None = None) -> str:
+    def save(
+        self, model: OnlineLogisticRegression, metadata: dict | None = None, extras: dict | None = None
+    ) -> str:
         """Save a checkpoint durably and return its id; then delete leftovers of crashed saves and all
-        but the newest ``keep`` complete checkpoints (what cannot be deleted is skipped, with a warning)."""
+        but the newest ``keep`` complete checkpoints (what cannot be deleted is skipped, with a warning).
+        ``extras`` (``{name: (arrays, meta)}``) comes back as :attr:`Checkpoint.extras`."""
         if self.read_only or self._lock is None:
             raise CheckpointError(f"the store of {self.path} is read-only (or closed): it cannot save")
         with self._lock.saving:
-            return self._save(model, metadata)
+            return self._save(model, metadata, extras)
 
-    def _save(self, model: OnlineLogisticRegression, metadata: dict | None) -> str:
-        cid, before = _save_locked(self.path, model, metadata, self.fsync, self.compress)
+    def _save(self, model: OnlineLogisticRegression, metadata: dict | None, extras: dict | None) -> str:
+        cid, before = _save_locked(self.path, model, metadata, self.fsync, self.compress, extras)
         complete = [i for i, e in before.items() if e.npz and e.manifest] + [cid]
         doomed = set(complete[: -self.keep] if self.keep is not None else [])
         for i, entry in before.items():

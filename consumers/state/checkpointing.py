@@ -32,6 +32,7 @@ from kafka.structs import OffsetAndMetadata
 
 from consumers.state.kafka_store import StateFenced
 from consumers.stats import LearnerStats
+from stream_logreg.checkpoints import CheckpointError
 
 __all__ = ["Checkpointing", "StateRef", "hold_directory", "parse_ref", "parse_tp_key", "tp_key", "tp_keys"]
 
@@ -113,11 +114,14 @@ class Checkpointing:
     """
 
     def __init__(self, store: Any, config: Any, stats: LearnerStats, member: str | None = None,
-                 group_metadata: Callable[[], Any] | None = None) -> None:
+                 group_metadata: Callable[[], Any] | None = None, extra_state: Any = None) -> None:
         self.store = store
         # exactly-once: the consumer's group metadata, for the offsets committed in the state's transaction
         self.group_metadata = group_metadata
         self.member = member  # this member's group_instance_id, named in the commit metadata
+        # Delayed labels: state saved in each checkpoint beside the model (extras()) and restored with it
+        # (restore(extras)); consumers.labels.Labels.
+        self.extra_state = extra_state
         self.config = config
         self.stats = stats
         self.model_config = config.model_config()
@@ -159,6 +163,12 @@ class Checkpointing:
                 "restored checkpoint %s (n_samples_seen=%d)", ckpt.id, self.model.n_samples_seen,
                 extra={"checkpoint_id": ckpt.id, "offsets": ckpt.metadata.get("offsets")},
             )
+        if self.extra_state is not None:
+            try:
+                self.extra_state.restore(None if ckpt is None else ckpt.extras)
+            except ValueError as exc:
+                raise CheckpointError(f"checkpoint {self.checkpoint_id}: its delayed-label state does not "
+                                      f"load: {exc}") from None
         self.needs_reload = False
         self.since_checkpoint = 0
         with self.stats.lock:
@@ -270,12 +280,13 @@ class Checkpointing:
               ) -> str:
         """Write the checkpoint (exactly-once: with the offsets, in the interval's transaction)."""
         store = self.store
+        extras = {} if self.extra_state is None else {"extras": self.extra_state.extras()}
         if self.group_metadata is None:
-            return store.save(self.model, metadata)
+            return store.save(self.model, metadata, **extras)
         if not store.in_transaction:
             store.begin()
         try:
-            cid = store.write(self.model, metadata)
+            cid = store.write(self.model, metadata, **extras)
             commits = self.commit_offsets(commit_to, set(), offsets, cid)
             if commits:
                 store.send_offsets(commits, self.group_metadata())

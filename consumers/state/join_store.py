@@ -444,6 +444,25 @@ class JoinStore:
         the expired events to learn as negatives (``expired_policy="negative"``), else ``[]``."""
         return self._tick(ts)
 
+    def take(self, partitions: set[tuple[str, int]]) -> list[tuple[str, dict | None, int | None, int]]:
+        """Remove the entries whose record came from one of ``partitions`` (``(topic, partition)``) and
+        return them, oldest first, as ``(id, x, None, ts)`` for an event and ``(id, None, y, ts)`` for a
+        label (e.g. to hand them to the partitions' next owner). Nothing is counted: they did not leave by
+        a join, an expiry or an eviction."""
+        entries = self._entries
+        taken = [(id, e) for id, e in entries.items() if (e.topic, e.partition) in partitions]
+        out = []
+        for id, e in taken:
+            del entries[id]
+            self.n_bytes -= e.nbytes
+            if type(e) is _Event:
+                self.pending_events -= 1
+                out.append((id, _decode_features(e.blob), None, e.ts))
+            else:
+                out.append((id, None, e.y, e.ts))
+        self._update_next_expiry()
+        return out
+
     # Internals
     #
     # _next_expiry is at most the stream time after which the oldest entry or the oldest remembered join

@@ -750,7 +750,9 @@ class KafkaStore:
         if failure:
             raise failure[0]
 
-    def write(self, model: OnlineLogisticRegression, metadata: dict | None = None) -> str:
+    def write(
+        self, model: OnlineLogisticRegression, metadata: dict | None = None, extras: dict | None = None
+    ) -> str:
         """Add a checkpoint of ``model`` and ``metadata`` to the open :meth:`transaction`; return its id.
 
         It becomes visible (and older ones beyond ``keep`` are deleted) when the transaction commits.
@@ -764,7 +766,7 @@ class KafkaStore:
             raise CheckpointError("this transaction already holds a checkpoint")
         index = self._index if self._index is not None else self._scan()
         cid = new_checkpoint_id([index.newest] if index.newest else [])
-        npz, manifest = encode_checkpoint(cid, model, metadata)
+        npz, manifest = encode_checkpoint(cid, model, metadata, extras=extras)
         data = manifest + npz
         step = self.chunk_bytes
         chunks = []
@@ -801,10 +803,12 @@ class KafkaStore:
     def _send(self, name: str, value: bytes | None) -> None:
         self.producer.send(self.topic, key=name.encode(), value=value, partition=self._partition.partition)
 
-    def save(self, model: OnlineLogisticRegression, metadata: dict | None = None) -> str:
+    def save(
+        self, model: OnlineLogisticRegression, metadata: dict | None = None, extras: dict | None = None
+    ) -> str:
         """Write a checkpoint in a transaction of its own; return its id once it is committed."""
         with self.transaction():
-            return self.write(model, metadata)
+            return self.write(model, metadata, extras)
 
     def close(self) -> None:
         """Close the clients this store made (a producer it was given stays open)."""
