@@ -1562,3 +1562,75 @@ cdef class MixtureStep:
             R[MIX_N] += gk * gk
             if R[MIX_N] > 0.0:
                 R[MIX_FTRL] -= self.alpha / (self.beta + sqrt(R[MIX_N])) * gk
+
+
+# Built-in standardization (the model's ``scale=True``): River's StandardScaler, per column.
+
+def scale_row(cnp.ndarray cols, cnp.ndarray vals, Py_ssize_t n, cnp.ndarray stats, cnp.ndarray numeric,
+              bint learn, object saved):
+    """Standardize the row in cols/vals[:n] in place, as River's ``StandardScaler`` (learn, then
+    transform): for each entry whose column j has numeric[j] != 0, with stats[j] = (count, mean, var),
+
+        learn:      count ← count + 1;  m0 = mean;  mean ← mean + (x − m0)/count;
+                    var ← var + ((x − m0)(x − mean) − var)/count
+        transform:  x ← (x − mean)/√var if var else 0
+
+    Indicator columns (numeric[j] == 0) are left as they are. With `learn`, the old stats of entry i go
+    to saved[3i:3i + 3] first (see `unscale_row`). Returns False if a new statistic or value is not finite
+    (the caller puts the stats back)."""
+    if (cnp.PyArray_NDIM(stats) != 2 or cnp.PyArray_DIM(stats, 1) != 3 or not cnp.PyArray_IS_C_CONTIGUOUS(stats)
+            or cnp.PyArray_TYPE(stats) != cnp.NPY_DOUBLE or cnp.PyArray_TYPE(numeric) != cnp.NPY_DOUBLE
+            or cnp.PyArray_TYPE(cols) != cnp.NPY_INTP or cnp.PyArray_TYPE(vals) != cnp.NPY_DOUBLE
+            or not 0 <= n <= min(cnp.PyArray_DIM(cols, 0), cnp.PyArray_DIM(vals, 0))):
+        raise ValueError("scale_row: inconsistent arrays")
+    cdef Py_ssize_t i, j, size = min(cnp.PyArray_DIM(stats, 0), cnp.PyArray_DIM(numeric, 0))
+    cdef Py_ssize_t* c = iptr(cols)
+    cdef double* v = dptr(vals)
+    cdef double* s = dptr(stats)
+    cdef double* f = dptr(numeric)
+    cdef double* u = NULL
+    cdef double m0
+    cdef int bad = 0
+    for i in range(n):
+        if not 0 <= c[i] < size:
+            raise ValueError("scale_row: a column is beyond the statistics")
+    if learn:
+        if saved is None or cnp.PyArray_DIM(<cnp.ndarray> saved, 0) < 3 * n:
+            raise ValueError("scale_row: room for 3n saved statistics is needed")
+        u = dptr(<cnp.ndarray> saved)
+    for i in range(n):
+        j = c[i]
+        if f[j] == 0.0:
+            continue
+        if learn:
+            u[3 * i], u[3 * i + 1], u[3 * i + 2] = s[3 * j], s[3 * j + 1], s[3 * j + 2]
+            s[3 * j] += 1.0
+            m0 = s[3 * j + 1]
+            s[3 * j + 1] = m0 + (v[i] - m0) / s[3 * j]
+            s[3 * j + 2] = s[3 * j + 2] + ((v[i] - m0) * (v[i] - s[3 * j + 1]) - s[3 * j + 2]) / s[3 * j]
+            bad |= not (fabs(s[3 * j + 1]) <= DBL_MAX) or not (fabs(s[3 * j + 2]) <= DBL_MAX)
+        if s[3 * j + 2] != 0.0:
+            v[i] = (v[i] - s[3 * j + 1]) / sqrt(s[3 * j + 2])
+        else:
+            v[i] = 0.0
+        if not (fabs(v[i]) <= DBL_MAX):  # beyond the double range: the largest finite value of its sign
+            bad = 1
+            v[i] = DBL_MAX if v[i] > 0 else -DBL_MAX
+    return bad == 0
+
+
+def unscale_row(cnp.ndarray cols, Py_ssize_t n, cnp.ndarray stats, cnp.ndarray numeric, cnp.ndarray saved):
+    """Put back the statistics that `scale_row(..., learn=True, saved)` changed (last entry first)."""
+    cdef Py_ssize_t i, j
+    cdef Py_ssize_t* c = iptr(cols)
+    cdef double* s = dptr(stats)
+    cdef double* f = dptr(numeric)
+    cdef double* u = dptr(saved)
+    if cnp.PyArray_DIM(saved, 0) < 3 * n or not 0 <= n <= cnp.PyArray_DIM(cols, 0):
+        raise ValueError("unscale_row: inconsistent arrays")
+    for i in range(n - 1, -1, -1):
+        j = c[i]
+        if not 0 <= j < min(cnp.PyArray_DIM(stats, 0), cnp.PyArray_DIM(numeric, 0)):
+            raise ValueError("unscale_row: a column is beyond the statistics")
+        if f[j] != 0.0:
+            s[3 * j], s[3 * j + 1], s[3 * j + 2] = u[3 * i], u[3 * i + 1], u[3 * i + 2]

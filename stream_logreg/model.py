@@ -150,6 +150,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         intercept_init: float = 0.0,
         initializer: Any = None,
         l1: float = 0.0,
+        scale: bool = False,
     ) -> None:
         self.optimizer = optim_.Mixture() if optimizer is None else optimizer
         self.l2 = l2
@@ -163,6 +164,15 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             raise ValueError(f"intercept_init must be a finite number, got {intercept_init!r}")
         self.n_bits = n_bits
         self.max_features = max_features
+        if scale not in (False, True):
+            raise ValueError(f"scale must be True or False, got {scale!r}")
+        if scale and n_bits is not None:
+            raise ValueError("scale=True needs a vocabulary (n_bits=None): hashed columns mix numbers and "
+                             "indicators")
+        self.scale = bool(scale)
+        self._scale_stats = np.zeros((0, 3))  # per column: count, mean, var (River's StandardScaler)
+        self._numeric = np.zeros(0)  # per column: 1.0 if standardized (a number), 0.0 (an indicator)
+        self._n_flagged = 0  # columns whose _numeric flag is set
         self.class_weight = class_weight
         self._neg_weight, self._pos_weight = _class_weights(class_weight)
         self.features = FeatureSpace(n_bits=n_bits, max_features=max_features)
@@ -363,6 +373,13 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         cum = np.zeros(capacity)
         cum[: len(self._cum_l1)] = self._cum_l1
         self._cum_l1 = cum
+        if self.scale:
+            stats = np.zeros((capacity, 3))
+            stats[: len(self._scale_stats)] = self._scale_stats
+            self._scale_stats = stats
+            numeric = np.zeros(capacity)
+            numeric[: len(self._numeric)] = self._numeric
+            self._numeric = numeric
         self._step = None  # bound to the old arrays
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
@@ -376,6 +393,9 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         arrays = {"w": self._weight_vector().copy(), "b": np.array([self.intercept])}
         if self.l1:
             arrays["l1.received"] = self._cum_l1[:n].copy()
+        if self.scale:
+            for k, name in enumerate(("count", "mean", "var")):
+                arrays[f"scale.{name}"] = self._scale_stats[:n, k].copy()
         if isinstance(self.optimizer, optim_.Optimizer):
             for name, values in self.optimizer.state_arrays(n).items():
                 arrays[f"optimizer.{name}"] = values
@@ -417,6 +437,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             "clip_gradient": self.clip_gradient,
             "intercept_init": self.intercept_init,
             **({"initializer": initializer} if initializer else {}),
+            **({"scale": True} if self.scale else {}),
             "n_bits": self.n_bits,
             "max_features": self.max_features,
             "class_weight": None
@@ -471,6 +492,14 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             1,
         )
         model.n_samples_seen = int(meta["n_samples_seen"])
+        if model.scale:
+            stats = [np.asarray(arrays.get(f"scale.{k}", np.zeros(0)), dtype=np.float64)
+                     for k in ("count", "mean", "var")]
+            if any(a.shape != (n,) for a in stats) or not all(np.isfinite(a).all() for a in stats):
+                raise ValueError("the standardization statistics are missing, misshapen or not finite")
+            if (stats[0] < 0).any() or (stats[2] < 0).any():
+                raise ValueError("the standardization statistics hold negative counts or variances")
+            model._scale_stats[:n] = np.stack(stats, axis=1)
         if model._mixture:
             if not isinstance(meta.get("mixture"), dict):
                 raise ValueError("the checkpoint lacks the mixture's state (log weights, NAG's t and N)")
@@ -532,8 +561,15 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
     def predict_proba_one(self, x: dict, **kwargs: Any) -> dict[bool, float]:
         """{False: 1 − p, True: p} with p = σ(w·x + b) (the mixture: Σ_k π_k σ(w_k·x + b_k)); unseen
         features count as 0."""
-        p = self._mixture_proba_one(x) if self._mixture else sigmoid_scalar(self._raw_dot_one(x))
+        p = self._mixture_proba_one(x) if self._mixture else sigmoid_scalar(self._raw_dot(x))
         return {False: 1.0 - p, True: p}
+
+    def _raw_dot(self, x: dict) -> float:
+        """w·x + b, of the standardized row with ``scale``."""
+        if self.scale:
+            n = self._scaled_encode(x)
+            return _kernel.dot(self._w, self._cols, self._vals, n) + self._b[0]
+        return self._raw_dot_one(x)
 
     def debug_one(self, x: dict, decimals: int = 5) -> str:
         """A table that explains p = σ(w·x + b) for row ``x``, as River's ``LinearRegression.debug_one``:
@@ -577,7 +613,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         """Whether p = σ(w·x + b) > 0.5, as a Python bool."""
         if self._mixture:
             return bool(self._mixture_proba_one(x) > 0.5)
-        return bool(self._raw_dot_one(x) > 0.0)
+        return bool(self._raw_dot(x) > 0.0)
 
     def learn_one(self, x: dict, y: Any, w: float = 1.0, **kwargs: Any) -> None:
         """One update with m = 1 on row ``x``, label ``y`` and sample weight ``w``."""
@@ -595,7 +631,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         step = self._step
         if step is None:
             step = self._step = self._compile_step()
-        if step:
+        if step and not self.scale:
             p = step(x, y, w)
             if p >= 0.0:
                 self.n_samples_seen += 1
@@ -612,14 +648,28 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         if n < 0:
             mark = features.mark()
             n = self._encode_slow(x, grow=True)
+        saved = None
+        p_before = None
         try:
+            if self.scale:  # learn the statistics, then standardize the row with them (River's order)
+                self._flags()
+                before = self._vals[:n].copy()  # the prediction: standardized with the statistics so far
+                _kernel.scale_row(self._cols, before, n, self._scale_stats, self._numeric, False, None)
+                if self._mixture:
+                    p_before = self._mixture_step().predict_encoded(self._cols, before, n)
+                else:
+                    p_before = sigmoid_scalar(_kernel.dot(self._w, self._cols, before, n) + self._b[0])
+                saved = np.empty(3 * n)
+                stats, numeric = self._scale_stats, self._numeric
+                if not _kernel.scale_row(self._cols, self._vals, n, stats, numeric, True, saved):
+                    raise ValueError(f"the values of {x!r:.200} are too large to standardize; refused")
             if self._mixture:
                 p = self._mixture_step().learn_encoded(n, target, w)
                 if p != p:
                     raise ValueError(f"the update for {x!r:.200} would make the model non-finite (values too "
                                      "large); refused")
                 self.n_samples_seen += 1
-                return p
+                return p if p_before is None else p_before
             # z = w·x + b, p = σ(z), g = (p − y)·w·c into _b_grad, grads = g·x + l2·w; NaN if not finite
             p = _kernel.predict_gradient(
                 self._w, self._cols, self._vals, n, self._b, target, w,
@@ -630,11 +680,13 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
                 raise ValueError(f"the update for {x!r:.200} is not finite; refused")
             self._update(self._cols, self._grads, n, self._b_grad[0], f"the update for {x!r:.200}")
         except BaseException:
+            if saved is not None:
+                _kernel.unscale_row(self._cols, n, self._scale_stats, self._numeric, saved)
             if mark is not None:
                 self._rollback(mark)
             raise
         self.n_samples_seen += 1
-        return p
+        return p if p_before is None else p_before
 
     def _compile_step(self) -> _kernel.SampleStep | bool:
         """The compiled per-sample update bound to the current arrays, or False if the optimizer has no
@@ -663,6 +715,33 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             rule, hyper, w_state, b_state, self.optimizer, self._bias_optimizer, float(self.clip_gradient),
         )
 
+    def _flags(self) -> None:
+        """Mark the new columns for standardization: numbers (and bools) yes, indicators of strings no."""
+        n = self.features.n_columns
+        if self._n_flagged < n:
+            keys = self.features.keys
+            for c in range(self._n_flagged, n):
+                self._numeric[c] = 0.0 if type(keys[c]) is IndicatorKey else 1.0
+            self._n_flagged = n
+
+    def _standardized(self, X: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Dense rows X (columns ``cols``) as ``scale_row`` transforms them, without learning."""
+        self._flags()
+        stats, numeric = self._scale_stats[cols], self._numeric[cols] != 0.0
+        mean, var = stats[:, 1], stats[:, 2]
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            Z = (X - mean) / np.sqrt(np.where(var != 0.0, var, 1.0))
+        Z = np.where(var != 0.0, Z, 0.0)
+        Z = np.where(numeric, Z, X)
+        return np.ascontiguousarray(np.clip(Z, -np.finfo(np.float64).max, np.finfo(np.float64).max))
+
+    def _scaled_encode(self, x: dict) -> int:
+        """Row ``x`` encoded into the scratch buffers and standardized with the statistics so far."""
+        n = self._encode(x, grow=False)
+        self._flags()
+        _kernel.scale_row(self._cols, self._vals, n, self._scale_stats, self._numeric, False, None)
+        return n
+
     def _mixture_step(self) -> _kernel.MixtureStep:
         """The compiled mixture bound to the current arrays (made again after any of them changed)."""
         step = self._step
@@ -671,6 +750,9 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         return step
 
     def _mixture_proba_one(self, x: dict) -> float:
+        if self.scale:
+            n = self._scaled_encode(x)
+            return self._mixture_step().predict_encoded(self._cols, self._vals, n)
         p = self._mixture_step().predict(x)
         if p >= 0.0:
             return p
@@ -736,6 +818,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
     def _rollback(self, mark: tuple[int, int]) -> None:
         """Undo the feature-space growth since ``mark`` (a refused row or batch leaves no trace)."""
         self.features.rollback(mark)
+        self._n_flagged = min(self._n_flagged, self.features.n_columns)  # those columns may be other keys'
         self._layout.clear()  # it may hold keys that are gone, whose columns will be other keys'
         self._array_plans.clear()
         self._frame_plans.clear()
@@ -776,6 +859,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         m = X.shape[0]
         if m == 0:
             return
+        if self.scale:
+            raise ValueError(_NO_SCALED_BATCHES)
         X0 = X
         if plan.keep is not None:
             if not np.isfinite(X[:, ~plan.keep]).all():  # ignored, but still checked
@@ -847,6 +932,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         m = len(xs)
         if m == 0:
             return np.empty(0)
+        if self.scale:
+            raise ValueError(_NO_SCALED_BATCHES)
         y = _labels(ys)
         if y.shape != (m,):
             raise ValueError("expected one label in {0, 1, False, True} per row")
@@ -951,7 +1038,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
 
     def _probas(self, X: np.ndarray, names: Any, dense: bool = False) -> np.ndarray:
         """P(y = 1) for rows X whose columns are the features ``names`` (see :meth:`_logits`)."""
-        if not self._mixture:
+        if not (self._mixture or self.scale):
             return sigmoid(self._logits(X, names, dense))
         if not np.isfinite(X).all():
             raise ValueError(_non_finite_message(X, names))
@@ -965,6 +1052,12 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             with np.errstate(over="ignore", invalid="ignore"):
                 np.add.at(merged.T, inverse, X.T)
             X = merged
+        if self.scale:
+            X = self._standardized(X, cols)
+        if not self._mixture:
+            z = np.empty(X.shape[0])
+            _kernel.logits(np.ascontiguousarray(X), np.ascontiguousarray(self._w[cols]), self._b[0], z, None)
+            return sigmoid(z)
         out = np.empty(X.shape[0])
         self._mixture_step().predict_rows(*_dense_csr(X, cols), out)
         return out
@@ -1045,6 +1138,12 @@ class _Plan(NamedTuple):
     inverse: np.ndarray | None  # merged column of each kept batch column, where columns repeat
     dense: bool  # cols is 0..n-1: the weights are the view w[:n]
     n_ignored: int  # batch columns ignored by a full vocabulary
+
+
+_NO_SCALED_BATCHES = (
+    "scale=True learns one event at a time (learn_one, predict_learn_one); for mini-batches put "
+    "river.preprocessing.StandardScaler() in front instead"
+)
 
 
 def _dense_csr(X: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

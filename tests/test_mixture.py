@@ -263,3 +263,81 @@ def test_equals_the_prototype_on_any_small_stream(rows):
         q = oracle.predict_proba(x)
         assert abs(model.predict_learn_one(x, y) - q) <= 1e-9
         oracle.learn(x, y)
+
+
+# Built-in standardization (scale=True): River's StandardScaler, learn then transform, inside the model.
+
+
+def scaled_stream(n: int, seed: int) -> list[tuple[dict, bool]]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        x = {"a": rng.gauss(5, 3), "b": rng.gauss(-1e3, 1e2), "c": float(rng.randrange(3))}
+        if i % 7:  # features that come and go
+            x["d"] = rng.uniform(0, 1e4)
+        rows.append((x, rng.random() < 1 / (1 + math.exp(-(x["a"] - 5) / 3))))
+    return rows
+
+
+@pytest.mark.parametrize("lr", [0.01, 0.1])
+def test_scale_equals_river_standard_scaler_pipeline(lr):
+    from river import linear_model, preprocessing
+    from river import optim as river_optim
+
+    ours = OnlineLogisticRegression(optimizer=optim.SGD(lr), scale=True)
+    river = preprocessing.StandardScaler() | linear_model.LogisticRegression(
+        optimizer=river_optim.SGD(lr), intercept_lr=lr)
+    worst = 0.0
+    for x, y in scaled_stream(1500, 9):
+        p, q = ours.predict_proba_one(x)[True], river.predict_proba_one(x)[True]
+        worst = max(worst, abs(p - q))
+        assert ours.predict_learn_one(x, y) == p
+        river.learn_one(x, y)
+    assert worst <= 1e-9, worst
+    frame = pd.DataFrame([x for x, _ in scaled_stream(20, 10)]).fillna(0.0)
+    assert np.allclose(ours.predict_proba_many(frame)[True], river.predict_proba_many(frame)[True], atol=1e-9)
+
+
+def test_scaled_mixture_equals_the_prototype_behind_river_scaler():
+    from river import preprocessing
+
+    model, oracle, scaler = OnlineLogisticRegression(scale=True), prototype(), preprocessing.StandardScaler()
+    for x, y in scaled_stream(800, 11):
+        q = oracle.predict_proba(scaler.transform_one(x))  # the prediction: the statistics so far
+        oracle._predicted = None  # the mixture is charged with the members' p on the row it learns
+        assert abs(model.predict_learn_one(x, y) - q) <= 1e-9
+        scaler.learn_one(x)
+        oracle.learn(scaler.transform_one(x), y)
+
+
+def test_scale_leaves_indicators_alone_and_checkpoints(tmp_path):
+    from stream_logreg.checkpoints import DirectoryStore
+
+    rows = [({"a": float(i), "city": "c" + str(i % 3)}, i % 2 == 0) for i in range(60)]
+    model = OnlineLogisticRegression(optimizer=optim.SGD(0.1), scale=True)
+    for x, y in rows[:30]:
+        model.learn_one(x, y)
+    arrays, _ = model.state()
+    assert arrays["scale.count"].tolist() == [30.0, 0.0, 0.0, 0.0]  # only "a"; the indicators are not scaled
+    with DirectoryStore(tmp_path) as store:
+        store.save(model, {})
+        resumed = store.latest().model
+    for x, y in rows[30:]:
+        assert resumed.predict_learn_one(x, y) == model.predict_learn_one(x, y)
+    assert_same_state(model, resumed)
+    with pytest.raises(ValueError, match="one event at a time"):
+        model.learn_rows([rows[0][0]], [True])
+
+
+def test_scale_refuses_what_it_cannot_standardize_and_leaves_no_trace():
+    model = OnlineLogisticRegression(scale=True)
+    model.learn_one({"a": 1.0}, True)
+    before = model.state()
+    with pytest.raises(ValueError):
+        model.learn_one({"a": 1.7e308, "b": -1.7e308}, True)
+    after = model.state()
+    assert {k: v.tobytes() for k, v in before[0].items()} == {k: v.tobytes() for k, v in after[0].items()}
+    assert before[1] == after[1]
+    assert 0.0 <= model.predict_proba_one({"a": 1.7e308})[True] <= 1.0
+    with pytest.raises(ValueError, match="vocabulary"):
+        OnlineLogisticRegression(scale=True, n_bits=10)
