@@ -678,7 +678,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             )
             if p != p:
                 raise ValueError(f"the update for {x!r:.200} is not finite; refused")
-            self._update(self._cols, self._grads, n, self._b_grad[0], f"the update for {x!r:.200}")
+            self._update(self._cols, self._grads, n, self._b_grad[0], x)
         except BaseException:
             if saved is not None:
                 _kernel.unscale_row(self._cols, n, self._scale_stats, self._numeric, saved)
@@ -780,17 +780,19 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
                 w[j] = min(0.0, wj + (u - q[j]))
             q[j] += w[j] - wj
 
-    def _update(self, cols: np.ndarray, grads: np.ndarray, n: int, g_b: float, what: str) -> None:
+    def _update(self, cols: np.ndarray, grads: np.ndarray, n: int, g_b: float, what: str | dict) -> None:
         """One optimizer step of the weights ``cols[:n]`` (gradient ``grads[:n]``) and of the bias
-        (gradient ``g_b``), refused with a ``ValueError`` naming ``what`` if it would leave a non-finite
-        value in w, b or an optimizer's state; then everything is put back bitwise (see the module
-        docstring)."""
+        (gradient ``g_b``), refused with a ``ValueError`` naming ``what`` (a description, or the row) if it
+        would leave a non-finite value in w, b or an optimizer's state; then everything is put back
+        bitwise (see the module docstring)."""
         step = self._step
         if step is None:
             step = self._step = self._compile_step()
         if step:  # the compiled rule, checked as in the per-sample step
             if not step.update(cols, grads, n, g_b):
-                raise ValueError(f"{what} would make the model non-finite (values too large); refused")
+                raise ValueError(
+                    f"{_described(what)} would make the model non-finite (values too large); refused"
+                )
             return
         opt, bias_opt = self.optimizer, self._bias_optimizer
         rate = self._intercept_rate(opt.n_iterations)
@@ -811,7 +813,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             pass
         optim_.restore(opt, self._w, cols, n, saved)
         optim_.restore(bias_opt, self._b, self._b_col, 1, saved_bias)
-        raise ValueError(f"{what} would make the model non-finite (values too large); refused")
+        raise ValueError(f"{_described(what)} would make the model non-finite (values too large); refused")
 
     # The mini-batch path: numpy arrays (fast) and pandas frames (River's interface)
 
@@ -1138,6 +1140,12 @@ class _Plan(NamedTuple):
     inverse: np.ndarray | None  # merged column of each kept batch column, where columns repeat
     dense: bool  # cols is 0..n-1: the weights are the view w[:n]
     n_ignored: int  # batch columns ignored by a full vocabulary
+
+
+def _described(what: str | dict) -> str:
+    """What a refused update was: a description as it is, a row as "the update for <row>" (its repr
+    costs microseconds, so it is only made when an update is refused)."""
+    return what if isinstance(what, str) else f"the update for {what!r:.200}"
 
 
 _NO_SCALED_BATCHES = (
