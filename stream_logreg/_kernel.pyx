@@ -1267,15 +1267,6 @@ cdef class MixtureStep:
         self._probas(iptr(cols), dptr(vals), n, p)
         return self._mix(p)
 
-    def member_probas(self, cnp.ndarray cols, cnp.ndarray vals, Py_ssize_t n):
-        """The eight members' P(y = 1) for the row in cols/vals[:n], as a list."""
-        if not 0 <= n <= min(cnp.PyArray_DIM(cols, 0), cnp.PyArray_DIM(vals, 0)):
-            raise ValueError("n is beyond the buffers")
-        self._check_cols(iptr(cols), n)
-        cdef double p[8]
-        self._probas(iptr(cols), dptr(vals), n, p)
-        return [p[k] for k in range(MIX_K)]
-
     def predict(self, object x):
         """The mixture's P(y = 1) for dict row `x` if `encode` takes it as it is, else -1.0."""
         if type(x) is not dict:
