@@ -1053,6 +1053,9 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             merged = np.zeros((X.shape[0], len(cols)))
             with np.errstate(over="ignore", invalid="ignore"):
                 np.add.at(merged.T, inverse, X.T)
+            if not np.isfinite(merged).all():
+                raise ValueError("features that share a hashed column have a sum of values too large for a "
+                                 "float; the rows were refused")
             X = merged
         if self.scale:
             X = self._standardized(X, cols)
