@@ -210,9 +210,10 @@ COMMON_SETTINGS: tuple[Setting, ...] = (
 
 #: The model's hyper-parameters and the mini-batch size (``demo`` and ``consume``).
 MODEL_SETTINGS: tuple[Setting, ...] = (
-    Setting("optimizer", "choice", "ftrl",
-            "Update rule of the weights: plain SGD (the seed's rule), AdaGrad, or FTRL-Proximal (the model's "
-            "default, FTRL alpha=0.17 beta=0.5).", "Model", choices=("sgd", "adagrad", "ftrl")),
+    Setting("optimizer", "choice", "mixture",
+            "Update rule of the weights: a Bayes mixture of SGD at six rates, NAG and FTRL that needs no "
+            "tuning (the default), plain SGD (the textbook rule), AdaGrad, or FTRL-Proximal (alpha=0.17 "
+            "beta=0.5).", "Model", choices=("mixture", "sgd", "adagrad", "ftrl")),
     Setting("lr", "float", None,
             "Learning rate: SGD's and AdaGrad's rate, FTRL's alpha. Unset: the optimizer's default "
             "(sgd 0.01, adagrad 0.15, ftrl 0.17).", "Model", minimum=0, exclusive_minimum=True),
@@ -506,9 +507,13 @@ def build_model(values: Mapping[str, Any]) -> Any:
     if name != "ftrl" and l1:
         raise UsageError(f"--l1 applies only to --optimizer ftrl (got --optimizer {name}); "
                          "L1 needs FTRL's proximal step to give exact zeros")
+    if name == "mixture" and lr is not None:
+        raise UsageError("--lr does not apply to --optimizer mixture (its members have their own rates)")
     rate = {} if lr is None else {"alpha" if name == "ftrl" else "lr": lr}
-    if name == "sgd":
-        opt: Any = optim.SGD(**rate)
+    if name == "mixture":
+        opt: Any = optim.Mixture()
+    elif name == "sgd":
+        opt = optim.SGD(**rate)
     elif name == "adagrad":
         opt = optim.AdaGrad(**rate)
     else:

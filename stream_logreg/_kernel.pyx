@@ -13,6 +13,7 @@ through raw pointers, which costs far less per call than typed memoryviews.
 
 cimport cython
 cimport numpy as cnp
+import numpy as np
 from cpython.dict cimport PyDict_GetItemWithError, PyDict_Next, PyDict_SetItem
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLong
@@ -22,7 +23,7 @@ from cpython.tuple cimport PyTuple_SET_ITEM
 from cpython.type cimport PyType_IsSubtype
 from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
 from libc.float cimport DBL_MAX
-from libc.math cimport NAN, exp, fabs, isfinite, pow, sqrt
+from libc.math cimport NAN, exp, fabs, isfinite, log, pow, sqrt
 from libc.stdlib cimport calloc, free, realloc
 
 cnp.import_array()
@@ -1120,3 +1121,507 @@ cdef inline double _binary_label(PyObject* y):
         if d == 0.0 or d == 1.0:
             return 1.0 if d == 1.0 else 0.0
     return -1.0
+
+
+# The Bayes mixture (`stream_logreg.optim.Mixture`): eight members per coordinate, one feature lookup.
+
+cdef enum:
+    MIX_K = 8        # members: SGD at six rates, NAG, FTRL
+    MIX_S = 11       # doubles per coordinate: the 8 members' weights, NAG's s and G, FTRL's n
+    MIX_NAG = 6
+    MIX_FTRL = 7
+    MIX_SCALE = 8
+    MIX_G = 9
+    MIX_N = 10
+
+cdef double MIX_Z_MAX = 35.0       # a member's logit is clipped to ±35 (p within 6.3e-16 of 0 or 1)
+cdef double MIX_A_MIN = -1e4       # the log-weights' floor (exp(-1e4) is 0 in double)
+cdef double MIX_A_BOUND = 1e300    # a batch's log likelihood is clamped to ±1e300 before normalising
+
+
+cdef inline bint _row_finite(double* r, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef int bad = 0
+    for i in range(n):
+        bad |= not (fabs(r[i]) <= DBL_MAX)
+    return bad == 0
+
+
+@cython.auto_pickle(False)
+@cython.final
+cdef class MixtureStep:
+    """The Bayes mixture's prediction and update (see `stream_logreg.optim.Mixture` for the formulas),
+    compiled end to end and bound to a model's arrays: `coef` (capacity × 11, C-contiguous: per column
+    the eight members' weights w_0..w_7, NAG's s and G, FTRL's n), `bias` (the same 11 numbers for the
+    bias), `log_weights` (the eight a_k, max 0) and `nag` ([t, N]), and to the model's scratch buffers
+    and feature dict (as `SampleStep`). Every update is checked: the touched rows, the bias row,
+    `log_weights` and `nag` are saved first, and put back bitwise if any new value is not finite.
+    """
+
+    cdef dict columns
+    cdef bint merge
+    cdef RowLayout layout
+    cdef cnp.ndarray cols, vals, coef, bias, logw, nag
+    cdef double* Mp
+    cdef double* Bp
+    cdef double* ap
+    cdef double* scp
+    cdef double rates[6]
+    cdef double nag_lr, alpha, beta, neg_w, pos_w, l2, clip
+    cdef object opt, bias_opt
+    cdef double* buf   # scratch: member probabilities, gradients, undo
+    cdef Py_ssize_t buf_cap
+    cdef Py_ssize_t* ibuf  # scratch: touched columns and the slot of each entry
+    cdef Py_ssize_t ibuf_cap
+
+    def __reduce__(self):
+        return type(None), ()
+
+    def __init__(self, dict columns not None, bint merge, RowLayout layout, cnp.ndarray cols not None,
+                 cnp.ndarray vals not None, cnp.ndarray coef not None, cnp.ndarray bias not None,
+                 cnp.ndarray log_weights not None, cnp.ndarray nag not None, tuple rates, double nag_lr,
+                 double alpha, double beta, double neg_w, double pos_w, double l2, double clip,
+                 object opt, object bias_opt):
+        arrays = [cols, vals, coef, bias, log_weights, nag]
+        if not all(cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_ISWRITEABLE(a) for a in arrays):
+            raise ValueError("the arrays must be C-contiguous and writeable")
+        if (cnp.PyArray_TYPE(cols) != cnp.NPY_INTP
+                or not all(cnp.PyArray_TYPE(a) == cnp.NPY_DOUBLE for a in arrays[1:])):
+            raise ValueError("cols must be intp, the other arrays float64")
+        if (cnp.PyArray_NDIM(coef) != 2 or cnp.PyArray_DIM(coef, 1) != MIX_S
+                or cnp.PyArray_SIZE(bias) < MIX_S or cnp.PyArray_DIM(log_weights, 0) != MIX_K
+                or cnp.PyArray_DIM(nag, 0) != 2 or cnp.PyArray_DIM(vals, 0) < cnp.PyArray_DIM(cols, 0)
+                or len(rates) != 6):
+            raise ValueError("inconsistent array shapes")
+        self.columns, self.merge, self.layout = columns, merge, layout
+        self.cols, self.vals, self.coef, self.bias, self.logw, self.nag = cols, vals, coef, bias, log_weights, nag
+        self.Mp, self.Bp, self.ap, self.scp = dptr(coef), dptr(bias), dptr(log_weights), dptr(nag)
+        for k in range(6):
+            self.rates[k] = rates[k]
+        self.nag_lr, self.alpha, self.beta = nag_lr, alpha, beta
+        self.neg_w, self.pos_w, self.l2, self.clip = neg_w, pos_w, l2, clip
+        self.opt, self.bias_opt = opt, bias_opt
+
+    def __dealloc__(self):
+        free(self.buf)
+        free(self.ibuf)
+
+    cdef int _reserve(self, Py_ssize_t nd, Py_ssize_t ni) except -1:
+        cdef void* mem
+        if nd > self.buf_cap:
+            mem = realloc(self.buf, nd * sizeof(double))
+            if mem == NULL:
+                raise MemoryError()
+            self.buf, self.buf_cap = <double*> mem, nd
+        if ni > self.ibuf_cap:
+            mem = realloc(self.ibuf, ni * sizeof(Py_ssize_t))
+            if mem == NULL:
+                raise MemoryError()
+            self.ibuf, self.ibuf_cap = <Py_ssize_t*> mem, ni
+        return 0
+
+    cdef inline void _probas(self, Py_ssize_t* c, double* v, Py_ssize_t n, double* p) noexcept nogil:
+        """p[k] = σ(clip(b_k + Σ_i w_k[c[i]] v[i], ±35)) for the eight members."""
+        cdef double* M = self.Mp
+        cdef double* B = self.Bp
+        cdef double z[8]
+        cdef long double wide
+        cdef double* r
+        cdef Py_ssize_t i, k
+        for k in range(MIX_K):
+            z[k] = 0.0
+        for i in range(n):
+            r = M + c[i] * MIX_S
+            for k in range(MIX_K):
+                z[k] += r[k] * v[i]
+        for k in range(MIX_K):
+            if not isfinite(z[k]):  # an overflow or inf − inf: the correctly signed sum, ±inf at worst
+                wide = 0.0
+                for i in range(n):
+                    wide += (<long double> M[c[i] * MIX_S + k]) * (<long double> v[i])
+                z[k] = <double> wide
+            z[k] = z[k] + B[k]
+            if z[k] > MIX_Z_MAX:
+                z[k] = MIX_Z_MAX
+            elif z[k] < -MIX_Z_MAX:
+                z[k] = -MIX_Z_MAX
+            p[k] = _sigmoid(z[k])
+
+    cdef inline double _mix(self, double* p) noexcept nogil:
+        """Σ_k π_k p_k with π_k = exp(a_k) / Σ_j exp(a_j)."""
+        cdef double* a = self.ap
+        cdef double e, s = 0.0, t = 0.0
+        cdef Py_ssize_t k
+        for k in range(MIX_K):
+            e = exp(a[k])
+            s += e
+            t += e * p[k]
+        return t / s
+
+    def predict_encoded(self, cnp.ndarray cols, cnp.ndarray vals, Py_ssize_t n):
+        """The mixture's P(y = 1) for the row in cols/vals[:n] (intp, float64)."""
+        if not 0 <= n <= min(cnp.PyArray_DIM(cols, 0), cnp.PyArray_DIM(vals, 0)):
+            raise ValueError("n is beyond the buffers")
+        self._check_cols(iptr(cols), n)
+        cdef double p[8]
+        self._probas(iptr(cols), dptr(vals), n, p)
+        return self._mix(p)
+
+    def predict(self, object x):
+        """The mixture's P(y = 1) for dict row `x` if `encode` takes it as it is, else -1.0."""
+        if type(x) is not dict:
+            return -1.0
+        cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout)
+        if n < 0:
+            return -1.0
+        cdef double p[8]
+        self._probas(iptr(self.cols), dptr(self.vals), n, p)
+        return self._mix(p)
+
+    def predict_rows(self, cnp.ndarray cols, cnp.ndarray vals, cnp.ndarray indptr, cnp.ndarray out):
+        """out[i] = the mixture's P(y = 1) for CSR row i (as `encode_rows` writes them)."""
+        cdef Py_ssize_t m = cnp.PyArray_DIM(indptr, 0) - 1, i
+        cdef Py_ssize_t* ip = iptr(indptr)
+        cdef double p[8]
+        if m < 0 or cnp.PyArray_DIM(out, 0) < m:
+            raise ValueError("predict_rows: inconsistent array lengths")
+        self._check_csr(cols, vals, indptr, m)
+        for i in range(m):
+            self._probas(iptr(cols) + ip[i], dptr(vals) + ip[i], ip[i + 1] - ip[i], p)
+            dptr(out)[i] = self._mix(p)
+
+    cdef int _check_cols(self, Py_ssize_t* c, Py_ssize_t n) except -1:
+        cdef Py_ssize_t i, size = cnp.PyArray_DIM(self.coef, 0)
+        for i in range(n):
+            if not 0 <= c[i] < size:
+                raise ValueError("a column is beyond the weights")
+        return 0
+
+    cdef int _check_csr(self, cnp.ndarray cols, cnp.ndarray vals, cnp.ndarray indptr, Py_ssize_t m) except -1:
+        cdef Py_ssize_t* ip = iptr(indptr)
+        cdef Py_ssize_t i
+        if (cnp.PyArray_TYPE(cols) != cnp.NPY_INTP or cnp.PyArray_TYPE(indptr) != cnp.NPY_INTP
+                or cnp.PyArray_TYPE(vals) != cnp.NPY_DOUBLE or not cnp.PyArray_IS_C_CONTIGUOUS(cols)
+                or not cnp.PyArray_IS_C_CONTIGUOUS(vals) or not cnp.PyArray_IS_C_CONTIGUOUS(indptr)):
+            raise ValueError("cols and indptr must be contiguous intp, vals contiguous float64")
+        if ip[0] != 0 or ip[m] > cnp.PyArray_DIM(cols, 0) or ip[m] > cnp.PyArray_DIM(vals, 0):
+            raise ValueError("inconsistent CSR lengths")
+        for i in range(m):
+            if ip[i + 1] < ip[i]:
+                raise ValueError("indptr must not decrease")
+        self._check_cols(iptr(cols), ip[m])
+        return 0
+
+    def __call__(self, object x, object y, double sample_weight):
+        """Encode row `x` (see `encode`) and learn it: returns the mixture's P(y = 1) before the update;
+        -1.0 if `x` or `y` needs the model's general path (nothing done); NaN if the update is refused
+        (nothing written)."""
+        cdef double label = _binary_label(<PyObject*> y)
+        if label < 0.0 or type(x) is not dict:
+            return -1.0
+        cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout)
+        if n < 0:
+            return -1.0
+        cdef Py_ssize_t ip[2]
+        cdef double p
+        ip[0], ip[1] = 0, n
+        if self._learn(iptr(self.cols), dptr(self.vals), ip, 1, &label, &sample_weight, &p):
+            return NAN
+        return p
+
+    def learn_encoded(self, Py_ssize_t n, double y, double sample_weight):
+        """`__call__` on the row already in the bound scratch buffers (first n entries)."""
+        if not 0 <= n <= cnp.PyArray_DIM(self.cols, 0) or (y != 0.0 and y != 1.0):
+            raise ValueError("n is beyond the buffers, or y is not 0 or 1")
+        self._check_cols(iptr(self.cols), n)
+        cdef Py_ssize_t ip[2]
+        cdef double p
+        ip[0], ip[1] = 0, n
+        if self._learn(iptr(self.cols), dptr(self.vals), ip, 1, &y, &sample_weight, &p):
+            return NAN
+        return p
+
+    def learn_rows(self, cnp.ndarray cols, cnp.ndarray vals, cnp.ndarray indptr, cnp.ndarray y,
+                   object sample_weight, cnp.ndarray out):
+        """One mini-batch update on the m CSR rows (m = len(y)); out[i] ← the mixture's P(y = 1) for row i
+        before the update. Returns False (nothing written but `out`) if the update is refused."""
+        cdef Py_ssize_t m = cnp.PyArray_DIM(y, 0), i
+        cdef double* yp = dptr(y)
+        cdef cnp.ndarray sw
+        if m == 0:
+            return True
+        if (cnp.PyArray_DIM(indptr, 0) < m + 1 or cnp.PyArray_DIM(out, 0) < m
+                or cnp.PyArray_TYPE(y) != cnp.NPY_DOUBLE or not cnp.PyArray_IS_C_CONTIGUOUS(y)):
+            raise ValueError("learn_rows: inconsistent array lengths")
+        self._check_csr(cols, vals, indptr, m)
+        for i in range(m):
+            if yp[i] != 0.0 and yp[i] != 1.0:
+                raise ValueError(f"labels must be 0, 1, False or True, got {yp[i]!r} (row {i})")
+        if sample_weight is None:
+            sw = np.ones(m)
+        else:
+            sw = np.ascontiguousarray(sample_weight, dtype=np.float64)
+            if cnp.PyArray_DIM(sw, 0) != m:
+                raise ValueError("learn_rows: one sample weight per row")
+        return not self._learn(iptr(cols), dptr(vals), iptr(indptr), m, yp, dptr(sw), dptr(out))
+
+    cdef int _learn(self, Py_ssize_t* c, double* v, Py_ssize_t* ip, Py_ssize_t m, double* y, double* sw,
+                    double* out) except -1:
+        """The mixture's mini-batch update (m = 1: the per-sample rule); returns 1 if refused."""
+        cdef Py_ssize_t nnz = ip[m] - ip[0], i, e, k, j, nt = 0, size = 16, slot, tix
+        cdef int bits = 4
+        cdef double* M = dptr(self.coef)
+        cdef double* B = dptr(self.bias)
+        cdef double* a = dptr(self.logw)
+        cdef double* sc = dptr(self.nag)
+        cdef double* P
+        cdef double* G
+        cdef double* gb
+        cdef double* U
+        cdef double* R
+        cdef Py_ssize_t* T
+        cdef Py_ssize_t* slots
+        cdef Py_ssize_t* table = NULL
+        cdef double delta[8]
+        cdef double wt, r, rk, av, acc, mx, step, gk, zn, fm = <double> m
+        cdef long double wide
+        cdef int bad = 0
+        # scratch: P (m·K), G (nnz·K), gb (K), U (nnz·S + S + K + 2); ints: T (nnz), slots (nnz)
+        self._reserve(m * MIX_K + nnz * MIX_K + MIX_K + nnz * MIX_S + MIX_S + MIX_K + 2, 2 * nnz + 1)
+        P = self.buf
+        G = P + m * MIX_K
+        gb = G + nnz * MIX_K
+        U = gb + MIX_K
+        T = self.ibuf
+        slots = T + nnz
+        # 1. Predictions before the batch, the mixture's prediction, the log likelihoods.
+        for k in range(MIX_K):
+            delta[k] = 0.0
+        for i in range(m):
+            self._probas(c + ip[i], v + ip[i], ip[i + 1] - ip[i], P + i * MIX_K)
+            out[i] = self._mix(P + i * MIX_K)
+            wt = sw[i] * (self.pos_w if y[i] == 1.0 else self.neg_w)
+            for k in range(MIX_K):
+                r = P[i * MIX_K + k]
+                delta[k] += wt * log(r if y[i] == 1.0 else 1.0 - r)
+        # 2. The distinct columns (in order of first appearance) and each entry's slot among them.
+        if m == 1:
+            for e in range(nnz):
+                T[e] = c[e]
+                slots[e] = e
+            nt = nnz
+        else:
+            while size < 2 * nnz:
+                size <<= 1
+                bits += 1
+            table = <Py_ssize_t*> calloc(size, sizeof(Py_ssize_t))
+            if table == NULL:
+                raise MemoryError()
+            for e in range(nnz):
+                j = c[e]
+                slot = <Py_ssize_t> ((<unsigned long long> j * 11400714819323198485ULL) >> (64 - bits))
+                while table[slot] != 0 and T[table[slot] - 1] != j:
+                    slot = (slot + 1) & (size - 1)
+                if table[slot] == 0:
+                    table[slot] = nt + 1
+                    T[nt] = j
+                    nt += 1
+                slots[e] = table[slot] - 1
+            free(table)
+        # 3. Save what the update may change.
+        for tix in range(nt):
+            R = M + T[tix] * MIX_S
+            for k in range(MIX_S):
+                U[tix * MIX_S + k] = R[k]
+        for k in range(MIX_S):
+            U[nt * MIX_S + k] = B[k]
+        for k in range(MIX_K):
+            U[nt * MIX_S + MIX_S + k] = a[k]
+        U[nt * MIX_S + MIX_S + MIX_K] = sc[0]
+        U[nt * MIX_S + MIX_S + MIX_K + 1] = sc[1]
+        # 4. The mixture: a_k ← a_k + Σ_i s_i c_i ln p_ik(y_i), then normalised to max 0, floored at −1e4.
+        mx = -DBL_MAX
+        for k in range(MIX_K):
+            acc = a[k] + delta[k]
+            if acc != acc:
+                bad = 1
+            elif acc > MIX_A_BOUND:
+                acc = MIX_A_BOUND
+            elif acc < -MIX_A_BOUND:
+                acc = -MIX_A_BOUND
+            delta[k] = acc
+            if acc > mx:
+                mx = acc
+        for k in range(MIX_K):
+            acc = delta[k] - mx
+            a[k] = acc if acc > MIX_A_MIN else MIX_A_MIN
+        # 5. NAG: rescale the weights of coordinates whose |x| exceeds their scale, then predict again.
+        for e in range(nnz):
+            av = fabs(v[e])
+            R = M + c[e] * MIX_S
+            if av > R[MIX_SCALE]:
+                if R[MIX_SCALE] > 0.0:
+                    R[MIX_NAG] *= (R[MIX_SCALE] / av) * (R[MIX_SCALE] / av)
+                else:
+                    R[MIX_NAG] = 0.0
+                R[MIX_SCALE] = av
+        if 1.0 > B[MIX_SCALE]:
+            if B[MIX_SCALE] > 0.0:
+                B[MIX_NAG] *= B[MIX_SCALE] * B[MIX_SCALE]
+            else:
+                B[MIX_NAG] = 0.0
+            B[MIX_SCALE] = 1.0
+        acc = 0.0
+        for i in range(m):
+            zn = 0.0
+            for e in range(ip[i], ip[i + 1]):
+                R = M + c[e] * MIX_S
+                zn += R[MIX_NAG] * v[e]
+                if v[e] != 0.0:
+                    acc += (v[e] / R[MIX_SCALE]) * (v[e] / R[MIX_SCALE])
+            if not isfinite(zn):
+                wide = 0.0
+                for e in range(ip[i], ip[i + 1]):
+                    wide += (<long double> M[c[e] * MIX_S + MIX_NAG]) * (<long double> v[e])
+                zn = <double> wide
+            zn = zn + B[MIX_NAG]
+            zn = MIX_Z_MAX if zn > MIX_Z_MAX else (-MIX_Z_MAX if zn < -MIX_Z_MAX else zn)
+            P[i * MIX_K + MIX_NAG] = _sigmoid(zn)
+            acc += 1.0  # the bias: x = 1, s = 1
+        sc[0] += 1.0
+        sc[1] += acc / fm
+        # 6. Each member's mean gradient over the batch: g_kj = (1/m) Σ_i clip((p_ik − y_i) s_i c_i) x_ij.
+        for e in range(nt * MIX_K):
+            G[e] = 0.0
+        for k in range(MIX_K):
+            gb[k] = 0.0
+        for i in range(m):
+            wt = sw[i] * (self.pos_w if y[i] == 1.0 else self.neg_w)
+            for k in range(MIX_K):
+                rk = _clip((P[i * MIX_K + k] - y[i]) * wt, self.clip)
+                gb[k] += rk
+                for e in range(ip[i], ip[i + 1]):
+                    G[slots[e] * MIX_K + k] += rk * v[e]
+        step = self.nag_lr * sqrt(sc[0] / sc[1])
+        # 7. The members' steps, on the touched columns and on the bias.
+        for tix in range(nt + 1):
+            if tix < nt:
+                R = M + T[tix] * MIX_S
+                for k in range(MIX_K):
+                    G[tix * MIX_K + k] = G[tix * MIX_K + k] / fm + self.l2 * R[k]
+                self._member_steps(R, G + tix * MIX_K, step)
+                bad |= not _row_finite(R, MIX_S)
+            else:
+                for k in range(MIX_K):
+                    gb[k] = gb[k] / fm
+                self._member_steps(B, gb, step)
+                bad |= not _row_finite(B, MIX_S)
+        bad |= not _row_finite(a, MIX_K) or not _row_finite(sc, 2)
+        if bad:
+            for tix in range(nt - 1, -1, -1):
+                R = M + T[tix] * MIX_S
+                for k in range(MIX_S):
+                    R[k] = U[tix * MIX_S + k]
+            for k in range(MIX_S):
+                B[k] = U[nt * MIX_S + k]
+            for k in range(MIX_K):
+                a[k] = U[nt * MIX_S + MIX_S + k]
+            sc[0] = U[nt * MIX_S + MIX_S + MIX_K]
+            sc[1] = U[nt * MIX_S + MIX_S + MIX_K + 1]
+            return 1
+        self.opt.n_iterations += 1
+        self.bias_opt.n_iterations += 1
+        return 0
+
+    cdef inline void _member_steps(self, double* R, double* g, double step) noexcept nogil:
+        """The eight members' updates of one coordinate's row R, with gradients g[0..7]."""
+        cdef Py_ssize_t k
+        cdef double gk
+        for k in range(6):
+            R[k] -= self.rates[k] * g[k]
+        # NAG and FTRL skip a zero gradient, and one whose square underflows to a zero accumulator (a
+        # value below ~1e-154: 0/0 otherwise).
+        gk = g[MIX_NAG]
+        if gk != 0.0:
+            R[MIX_G] += gk * gk
+            if R[MIX_G] > 0.0:
+                R[MIX_NAG] -= step * (gk / sqrt(R[MIX_G])) / R[MIX_SCALE]
+        gk = g[MIX_FTRL]
+        if gk != 0.0:
+            R[MIX_N] += gk * gk
+            if R[MIX_N] > 0.0:
+                R[MIX_FTRL] -= self.alpha / (self.beta + sqrt(R[MIX_N])) * gk
+
+
+# Built-in standardization (the model's ``scale=True``): River's StandardScaler, per column.
+
+def scale_row(cnp.ndarray cols, cnp.ndarray vals, Py_ssize_t n, cnp.ndarray stats, cnp.ndarray numeric,
+              bint learn, object saved):
+    """Standardize the row in cols/vals[:n] in place, as River's ``StandardScaler`` (learn, then
+    transform): for each entry whose column j has numeric[j] != 0, with stats[j] = (count, mean, var),
+
+        learn:      count ← count + 1;  m0 = mean;  mean ← mean + (x − m0)/count;
+                    var ← var + ((x − m0)(x − mean) − var)/count
+        transform:  x ← (x − mean)/√var if var else 0
+
+    Indicator columns (numeric[j] == 0) are left as they are. With `learn`, the old stats of entry i go
+    to saved[3i:3i + 3] first (see `unscale_row`). Returns False if a new statistic or value is not finite
+    (the caller puts the stats back)."""
+    if (cnp.PyArray_NDIM(stats) != 2 or cnp.PyArray_DIM(stats, 1) != 3 or not cnp.PyArray_IS_C_CONTIGUOUS(stats)
+            or cnp.PyArray_TYPE(stats) != cnp.NPY_DOUBLE or cnp.PyArray_TYPE(numeric) != cnp.NPY_DOUBLE
+            or cnp.PyArray_TYPE(cols) != cnp.NPY_INTP or cnp.PyArray_TYPE(vals) != cnp.NPY_DOUBLE
+            or not 0 <= n <= min(cnp.PyArray_DIM(cols, 0), cnp.PyArray_DIM(vals, 0))):
+        raise ValueError("scale_row: inconsistent arrays")
+    cdef Py_ssize_t i, j, size = min(cnp.PyArray_DIM(stats, 0), cnp.PyArray_DIM(numeric, 0))
+    cdef Py_ssize_t* c = iptr(cols)
+    cdef double* v = dptr(vals)
+    cdef double* s = dptr(stats)
+    cdef double* f = dptr(numeric)
+    cdef double* u = NULL
+    cdef double m0
+    cdef int bad = 0
+    for i in range(n):
+        if not 0 <= c[i] < size:
+            raise ValueError("scale_row: a column is beyond the statistics")
+    if learn:
+        if saved is None or cnp.PyArray_DIM(<cnp.ndarray> saved, 0) < 3 * n:
+            raise ValueError("scale_row: room for 3n saved statistics is needed")
+        u = dptr(<cnp.ndarray> saved)
+    for i in range(n):
+        j = c[i]
+        if f[j] == 0.0:
+            continue
+        if learn:
+            u[3 * i], u[3 * i + 1], u[3 * i + 2] = s[3 * j], s[3 * j + 1], s[3 * j + 2]
+            s[3 * j] += 1.0
+            m0 = s[3 * j + 1]
+            s[3 * j + 1] = m0 + (v[i] - m0) / s[3 * j]
+            s[3 * j + 2] = s[3 * j + 2] + ((v[i] - m0) * (v[i] - s[3 * j + 1]) - s[3 * j + 2]) / s[3 * j]
+            bad |= not (fabs(s[3 * j + 1]) <= DBL_MAX) or not (fabs(s[3 * j + 2]) <= DBL_MAX)
+        if s[3 * j + 2] != 0.0:
+            v[i] = (v[i] - s[3 * j + 1]) / sqrt(s[3 * j + 2])
+        else:
+            v[i] = 0.0
+        if not (fabs(v[i]) <= DBL_MAX):  # beyond the double range: the largest finite value of its sign
+            bad = 1
+            v[i] = DBL_MAX if v[i] > 0 else -DBL_MAX
+    return bad == 0
+
+
+def unscale_row(cnp.ndarray cols, Py_ssize_t n, cnp.ndarray stats, cnp.ndarray numeric, cnp.ndarray saved):
+    """Put back the statistics that `scale_row(..., learn=True, saved)` changed (last entry first)."""
+    cdef Py_ssize_t i, j
+    cdef Py_ssize_t* c = iptr(cols)
+    cdef double* s = dptr(stats)
+    cdef double* f = dptr(numeric)
+    cdef double* u = dptr(saved)
+    if cnp.PyArray_DIM(saved, 0) < 3 * n or not 0 <= n <= cnp.PyArray_DIM(cols, 0):
+        raise ValueError("unscale_row: inconsistent arrays")
+    for i in range(n - 1, -1, -1):
+        j = c[i]
+        if not 0 <= j < min(cnp.PyArray_DIM(stats, 0), cnp.PyArray_DIM(numeric, 0)):
+            raise ValueError("unscale_row: a column is beyond the statistics")
+        if f[j] != 0.0:
+            s[3 * j], s[3 * j + 1], s[3 * j + 2] = u[3 * i], u[3 * i + 1], u[3 * i + 2]

@@ -611,6 +611,8 @@ def _expected_arrays(meta: dict, version: int = 1) -> dict[str, int]:
     for state in states:
         lengths[f"optimizer.{state}"] = n
         lengths[f"bias_optimizer.{state}"] = 1
+    if params.get("scale") is True:  # the model's built-in standardization (per column)
+        lengths.update({"scale.count": n, "scale.mean": n, "scale.var": n})
     return lengths
 
 

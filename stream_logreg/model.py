@@ -83,9 +83,14 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
     Parameters
     ----------
     optimizer
-        The update rule of the weights (``optim.SGD``, ``optim.AdaGrad``, ``optim.FTRL``). Defaults to
-        ``optim.FTRL()`` (α = 0.17, β = 0.5), chosen by ``bench/bench_accuracy.py``: never worse than
-        River's default LogisticRegression on the six benchmark streams, 0.81× its log loss on Phishing.
+        The update rule of the weights (``optim.SGD``, ``optim.AdaGrad``, ``optim.FTRL``, ``optim.Mixture``).
+        Defaults to ``optim.Mixture()``: a Bayes mixture of SGD at six rates, NAG and FTRL, which needs no
+        tuning and tracks drift (0.75× the log loss of River's default LogisticRegression over the 19
+        streams of ``bench/ACCURACY.md``; never worse than its best member by more than ln 8 nats). With
+        it, ``coef`` / ``weights`` / ``intercept`` are the posterior-weighted means of the members'
+        weights (a summary: the prediction is the mixture of the members' probabilities), and
+        ``intercept_lr``, ``l1`` and ``initializer`` do not apply. Any explicit optimizer is the textbook
+        rule above, exactly.
         River's optimizers (``river.optim.SGD``, ``Adam``, ``AdaGrad``, ``FTRLProximal``, ...) are
         accepted as they are and give River's results: River's SGD with a ``Constant`` or
         ``InverseScaling`` rate is our compiled SGD rule (and checkpoints as ``optim.SGD``); the others
@@ -145,8 +150,9 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         intercept_init: float = 0.0,
         initializer: Any = None,
         l1: float = 0.0,
+        scale: bool = False,
     ) -> None:
-        self.optimizer = optim_.FTRL() if optimizer is None else optimizer
+        self.optimizer = optim_.Mixture() if optimizer is None else optimizer
         self.l2 = l2
         self.l1 = l1
         self.intercept_lr = intercept_lr
@@ -158,6 +164,15 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             raise ValueError(f"intercept_init must be a finite number, got {intercept_init!r}")
         self.n_bits = n_bits
         self.max_features = max_features
+        if scale not in (False, True):
+            raise ValueError(f"scale must be True or False, got {scale!r}")
+        if scale and n_bits is not None:
+            raise ValueError("scale=True needs a vocabulary (n_bits=None): hashed columns mix numbers and "
+                             "indicators")
+        self.scale = bool(scale)
+        self._scale_stats = np.zeros((0, 3))  # per column: count, mean, var (River's StandardScaler)
+        self._numeric = np.zeros(0)  # per column: 1.0 if standardized (a number), 0.0 (an indicator)
+        self._n_flagged = 0  # columns whose _numeric flag is set
         self.class_weight = class_weight
         self._neg_weight, self._pos_weight = _class_weights(class_weight)
         self.features = FeatureSpace(n_bits=n_bits, max_features=max_features)
@@ -166,6 +181,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         if isinstance(self._bias_optimizer, optim_.Optimizer):
             self._bias_optimizer.resize(1)
         self._b = np.full(1, float(intercept_init))  # the bias, as an array so that it is updated in place
+        self._start_mixture_bias()
         self._b_col = np.zeros(1, dtype=np.intp)
         self._b_grad = np.zeros(1)
         self._w = np.zeros(0)
@@ -224,6 +240,21 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
                              "which this model does not support")
         self._intercept_rate(0)
         self._init_value = _initial_weight(self.initializer)
+        if isinstance(opt, optim_.Mixture) and (self.intercept_lr is not None or self.l1 or self._init_value):
+            raise ValueError(
+                "the mixture (optim.Mixture, the default optimizer) learns its bias with each member's own "
+                "rule and starts its weights at 0: intercept_lr, l1 and initializer do not apply to it"
+            )
+
+    @property
+    def _mixture(self) -> bool:
+        return isinstance(self.optimizer, optim_.Mixture)
+
+    def _start_mixture_bias(self) -> None:
+        """A fresh mixture's bias row: every member's bias at the current b, NAG's scale of it 1 (x = 1)."""
+        if self._mixture:
+            self._bias_optimizer.coef[0, : optim_.Mixture.N_MEMBERS] = self._b[0]
+            self._bias_optimizer.coef[0, 8] = 1.0
 
     def mutate(self, new_attrs: dict[str, Any]) -> None:
         """River's ``mutate``: change mutable hyper-parameters in place (checked as in the constructor)."""
@@ -241,6 +272,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
                 self._bias_optimizer.resize(1)
             if isinstance(self.optimizer, optim_.Optimizer):
                 self.optimizer.resize(len(self._w))
+            self._start_mixture_bias()
         self._step = None
 
     def _intercept_rate(self, t: int) -> float | None:
@@ -287,8 +319,17 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
 
     @property
     def intercept(self) -> float:
-        """The bias b."""
+        """The bias b (with the mixture: the posterior-weighted mean Σ_k π_k b_k of the members' biases)."""
+        if self._mixture:
+            return float(self._bias_optimizer.coef[0, : optim_.Mixture.N_MEMBERS] @ self.optimizer.posterior)
         return float(self._b[0])
+
+    def _weight_vector(self) -> np.ndarray:
+        """w, or with the mixture the posterior-weighted mean Σ_k π_k w_k of the members' weights (a
+        summary: the mixture predicts Σ_k π_k σ(w_k·x + b_k), which is not σ of the mean)."""
+        if self._mixture:
+            return self.optimizer.mean(self.n_features)
+        return self._w[: self.n_features]
 
     @property
     def n_features(self) -> int:
@@ -297,8 +338,9 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
 
     @property
     def coef(self) -> np.ndarray:
-        """The weight vector w, one entry per column of the feature space (a read-only view)."""
-        view = self._w[: self.n_features]
+        """The weight vector w, one entry per column of the feature space (a read-only view). With the
+        mixture, the posterior-weighted mean of its members' weights (see :meth:`_weight_vector`)."""
+        view = self._weight_vector()
         view.flags.writeable = False
         return view
 
@@ -308,7 +350,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         stay distinct); the indicator of a string value ``k: v`` by its name ``"k=v"`` as an
         :class:`~stream_logreg.features.IndicatorName` (a string that is not equal to a feature literally
         named ``"k=v"``). With hashing, where names are not kept, by column index."""
-        w = self._w[: self.n_features].tolist()
+        w = self._weight_vector().tolist()
         if self.features.hashing:
             return {i: wi for i, wi in enumerate(w) if wi != 0.0}
         return {
@@ -331,6 +373,13 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         cum = np.zeros(capacity)
         cum[: len(self._cum_l1)] = self._cum_l1
         self._cum_l1 = cum
+        if self.scale:
+            stats = np.zeros((capacity, 3))
+            stats[: len(self._scale_stats)] = self._scale_stats
+            self._scale_stats = stats
+            numeric = np.zeros(capacity)
+            numeric[: len(self._numeric)] = self._numeric
+            self._numeric = numeric
         self._step = None  # bound to the old arrays
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
@@ -341,9 +390,12 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         """
         n = self.n_features
         self.config()  # raises for what a checkpoint cannot hold
-        arrays = {"w": self._w[:n].copy(), "b": self._b.copy()}
+        arrays = {"w": self._weight_vector().copy(), "b": np.array([self.intercept])}
         if self.l1:
             arrays["l1.received"] = self._cum_l1[:n].copy()
+        if self.scale:
+            for k, name in enumerate(("count", "mean", "var")):
+                arrays[f"scale.{name}"] = self._scale_stats[:n, k].copy()
         if isinstance(self.optimizer, optim_.Optimizer):
             for name, values in self.optimizer.state_arrays(n).items():
                 arrays[f"optimizer.{name}"] = values
@@ -356,6 +408,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             "optimizer_iterations": self.optimizer.n_iterations,
             "bias_optimizer_iterations": self._bias_optimizer.n_iterations,
             **({"l1_total": self._max_cum_l1} if self.l1 else {}),
+            **({"mixture": self.optimizer.scalars()} if self._mixture else {}),
         }
         return arrays, meta
 
@@ -363,7 +416,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         """The hyper-parameters as JSON: the optimizer's class and parameters, and the model's own."""
         opt = self.optimizer
         if isinstance(opt, optim_.Optimizer):
-            optimizer = {"name": type(opt).__name__, **opt._get_params()}
+            optimizer = {"name": type(opt).__name__,
+                         **{k: list(v) if isinstance(v, tuple) else v for k, v in opt._get_params().items()}}
         elif (schedule := optim_.river_sgd_schedule(opt)) is not None:  # the same rule as ours
             optimizer = {"name": "SGD", "lr": schedule[0], "power_t": schedule[1]}
         else:
@@ -383,6 +437,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             "clip_gradient": self.clip_gradient,
             "intercept_init": self.intercept_init,
             **({"initializer": initializer} if initializer else {}),
+            **({"scale": True} if self.scale else {}),
             "n_bits": self.n_bits,
             "max_features": self.max_features,
             "class_weight": None
@@ -437,6 +492,18 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             1,
         )
         model.n_samples_seen = int(meta["n_samples_seen"])
+        if model.scale:
+            stats = [np.asarray(arrays.get(f"scale.{k}", np.zeros(0)), dtype=np.float64)
+                     for k in ("count", "mean", "var")]
+            if any(a.shape != (n,) for a in stats) or not all(np.isfinite(a).all() for a in stats):
+                raise ValueError("the standardization statistics are missing, misshapen or not finite")
+            if (stats[0] < 0).any() or (stats[2] < 0).any():
+                raise ValueError("the standardization statistics hold negative counts or variances")
+            model._scale_stats[:n] = np.stack(stats, axis=1)
+        if model._mixture:
+            if not isinstance(meta.get("mixture"), dict):
+                raise ValueError("the checkpoint lacks the mixture's state (log weights, NAG's t and N)")
+            model.optimizer.load_scalars(meta["mixture"])
         if model.l1:
             received = np.asarray(arrays.get("l1.received", np.zeros(n)), dtype=np.float64)
             total = float(meta.get("l1_total", 0.0))
@@ -492,9 +559,17 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         return z + self._b[0]
 
     def predict_proba_one(self, x: dict, **kwargs: Any) -> dict[bool, float]:
-        """{False: 1 − p, True: p} with p = σ(w·x + b); unseen features count as 0."""
-        p = sigmoid_scalar(self._raw_dot_one(x))
+        """{False: 1 − p, True: p} with p = σ(w·x + b) (the mixture: Σ_k π_k σ(w_k·x + b_k)); unseen
+        features count as 0."""
+        p = self._mixture_proba_one(x) if self._mixture else sigmoid_scalar(self._raw_dot(x))
         return {False: 1.0 - p, True: p}
+
+    def _raw_dot(self, x: dict) -> float:
+        """w·x + b, of the standardized row with ``scale``."""
+        if self.scale:
+            n = self._scaled_encode(x)
+            return _kernel.dot(self._w, self._cols, self._vals, n) + self._b[0]
+        return self._raw_dot_one(x)
 
     def debug_one(self, x: dict, decimals: int = 5) -> str:
         """A table that explains p = σ(w·x + b) for row ``x``, as River's ``LinearRegression.debug_one``:
@@ -519,7 +594,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             names = [str(c) for c in cols]
         else:
             names = [str(self.features.keys[c]) for c in cols]
-        weights = [float(self._w[c]) for c in cols]
+        w = self._weight_vector()
+        weights = [float(w[c]) for c in cols]
         contributions = [v * w for v, w in zip(vals, weights, strict=True)] + [self.intercept]
 
         def fmt(value: float) -> str:
@@ -535,7 +611,9 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
 
     def predict_one(self, x: dict, **kwargs: Any) -> bool:
         """Whether p = σ(w·x + b) > 0.5, as a Python bool."""
-        return bool(self._raw_dot_one(x) > 0.0)
+        if self._mixture:
+            return bool(self._mixture_proba_one(x) > 0.5)
+        return bool(self._raw_dot(x) > 0.0)
 
     def learn_one(self, x: dict, y: Any, w: float = 1.0, **kwargs: Any) -> None:
         """One update with m = 1 on row ``x``, label ``y`` and sample weight ``w``."""
@@ -553,7 +631,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         step = self._step
         if step is None:
             step = self._step = self._compile_step()
-        if step:
+        if step and not self.scale:
             p = step(x, y, w)
             if p >= 0.0:
                 self.n_samples_seen += 1
@@ -570,7 +648,28 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         if n < 0:
             mark = features.mark()
             n = self._encode_slow(x, grow=True)
+        saved = None
+        p_before = None
         try:
+            if self.scale:  # learn the statistics, then standardize the row with them (River's order)
+                self._flags()
+                before = self._vals[:n].copy()  # the prediction: standardized with the statistics so far
+                _kernel.scale_row(self._cols, before, n, self._scale_stats, self._numeric, False, None)
+                if self._mixture:
+                    p_before = self._mixture_step().predict_encoded(self._cols, before, n)
+                else:
+                    p_before = sigmoid_scalar(_kernel.dot(self._w, self._cols, before, n) + self._b[0])
+                saved = np.empty(3 * n)
+                stats, numeric = self._scale_stats, self._numeric
+                if not _kernel.scale_row(self._cols, self._vals, n, stats, numeric, True, saved):
+                    raise ValueError(f"the values of {x!r:.200} are too large to standardize; refused")
+            if self._mixture:
+                p = self._mixture_step().learn_encoded(n, target, w)
+                if p != p:
+                    raise ValueError(f"the update for {x!r:.200} would make the model non-finite (values too "
+                                     "large); refused")
+                self.n_samples_seen += 1
+                return p if p_before is None else p_before
             # z = w·x + b, p = σ(z), g = (p − y)·w·c into _b_grad, grads = g·x + l2·w; NaN if not finite
             p = _kernel.predict_gradient(
                 self._w, self._cols, self._vals, n, self._b, target, w,
@@ -579,13 +678,15 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             )
             if p != p:
                 raise ValueError(f"the update for {x!r:.200} is not finite; refused")
-            self._update(self._cols, self._grads, n, self._b_grad[0], f"the update for {x!r:.200}")
+            self._update(self._cols, self._grads, n, self._b_grad[0], x)
         except BaseException:
+            if saved is not None:
+                _kernel.unscale_row(self._cols, n, self._scale_stats, self._numeric, saved)
             if mark is not None:
                 self._rollback(mark)
             raise
         self.n_samples_seen += 1
-        return p
+        return p if p_before is None else p_before
 
     def _compile_step(self) -> _kernel.SampleStep | bool:
         """The compiled per-sample update bound to the current arrays, or False if the optimizer has no
@@ -595,6 +696,14 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         hyper-parameters, which are immutable (River's convention); :meth:`_grow`, the slow path and
         :meth:`from_state` drop the compiled step whenever they replace an array it is bound to.
         """
+        if self._mixture:
+            opt, bias = self.optimizer, self._bias_optimizer
+            return _kernel.MixtureStep(
+                self.features.columns, self.features.n_bits is not None, self._layout, self._cols, self._vals,
+                opt.coef, bias.coef, opt.log_weights, opt.nag, opt.rates, float(opt.nag_lr),
+                float(opt.ftrl_alpha), float(opt.ftrl_beta), self._neg_weight, self._pos_weight,
+                float(self.l2), float(self.clip_gradient), opt, bias,
+            )
         twins = optim_.compiled_rule(self.optimizer), optim_.compiled_rule(self._bias_optimizer)
         intercept_lr = self._constant_intercept_lr()
         if twins[0] is None or twins[1] is None or intercept_lr is False or self.l1:
@@ -605,6 +714,51 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             self._grads, self._w, self._b, self._neg_weight, self._pos_weight, self.l2, intercept_lr,
             rule, hyper, w_state, b_state, self.optimizer, self._bias_optimizer, float(self.clip_gradient),
         )
+
+    def _flags(self) -> None:
+        """Mark the new columns for standardization: numbers (and bools) yes, indicators of strings no."""
+        n = self.features.n_columns
+        if self._n_flagged < n:
+            keys = self.features.keys
+            for c in range(self._n_flagged, n):
+                self._numeric[c] = 0.0 if type(keys[c]) is IndicatorKey else 1.0
+            self._n_flagged = n
+
+    def _standardized(self, X: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Dense rows X (columns ``cols``) as ``scale_row`` transforms them, without learning."""
+        self._flags()
+        stats, numeric = self._scale_stats[cols], self._numeric[cols] != 0.0
+        mean, var = stats[:, 1], stats[:, 2]
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            Z = (X - mean) / np.sqrt(np.where(var != 0.0, var, 1.0))
+        Z = np.where(var != 0.0, Z, 0.0)
+        Z = np.where(numeric, Z, X)
+        return np.ascontiguousarray(np.clip(Z, -np.finfo(np.float64).max, np.finfo(np.float64).max))
+
+    def _scaled_encode(self, x: dict) -> int:
+        """Row ``x`` encoded into the scratch buffers and standardized with the statistics so far."""
+        n = self._encode(x, grow=False)
+        self._flags()
+        _kernel.scale_row(self._cols, self._vals, n, self._scale_stats, self._numeric, False, None)
+        return n
+
+    def _mixture_step(self) -> _kernel.MixtureStep:
+        """The compiled mixture bound to the current arrays (made again after any of them changed)."""
+        step = self._step
+        if step is None:
+            step = self._step = self._compile_step()
+        return step
+
+    def _mixture_proba_one(self, x: dict) -> float:
+        if self.scale:
+            n = self._scaled_encode(x)
+            return self._mixture_step().predict_encoded(self._cols, self._vals, n)
+        p = self._mixture_step().predict(x)
+        if p >= 0.0:
+            return p
+        _check_row(x)
+        n = self._encode_slow(x, grow=False)
+        return self._mixture_step().predict_encoded(self._cols, self._vals, n)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -626,17 +780,19 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
                 w[j] = min(0.0, wj + (u - q[j]))
             q[j] += w[j] - wj
 
-    def _update(self, cols: np.ndarray, grads: np.ndarray, n: int, g_b: float, what: str) -> None:
+    def _update(self, cols: np.ndarray, grads: np.ndarray, n: int, g_b: float, what: str | dict) -> None:
         """One optimizer step of the weights ``cols[:n]`` (gradient ``grads[:n]``) and of the bias
-        (gradient ``g_b``), refused with a ``ValueError`` naming ``what`` if it would leave a non-finite
-        value in w, b or an optimizer's state; then everything is put back bitwise (see the module
-        docstring)."""
+        (gradient ``g_b``), refused with a ``ValueError`` naming ``what`` (a description, or the row) if it
+        would leave a non-finite value in w, b or an optimizer's state; then everything is put back
+        bitwise (see the module docstring)."""
         step = self._step
         if step is None:
             step = self._step = self._compile_step()
         if step:  # the compiled rule, checked as in the per-sample step
             if not step.update(cols, grads, n, g_b):
-                raise ValueError(f"{what} would make the model non-finite (values too large); refused")
+                raise ValueError(
+                    f"{_described(what)} would make the model non-finite (values too large); refused"
+                )
             return
         opt, bias_opt = self.optimizer, self._bias_optimizer
         rate = self._intercept_rate(opt.n_iterations)
@@ -657,13 +813,14 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             pass
         optim_.restore(opt, self._w, cols, n, saved)
         optim_.restore(bias_opt, self._b, self._b_col, 1, saved_bias)
-        raise ValueError(f"{what} would make the model non-finite (values too large); refused")
+        raise ValueError(f"{_described(what)} would make the model non-finite (values too large); refused")
 
     # The mini-batch path: numpy arrays (fast) and pandas frames (River's interface)
 
     def _rollback(self, mark: tuple[int, int]) -> None:
         """Undo the feature-space growth since ``mark`` (a refused row or batch leaves no trace)."""
         self.features.rollback(mark)
+        self._n_flagged = min(self._n_flagged, self.features.n_columns)  # those columns may be other keys'
         self._layout.clear()  # it may hold keys that are gone, whose columns will be other keys'
         self._array_plans.clear()
         self._frame_plans.clear()
@@ -704,6 +861,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         m = X.shape[0]
         if m == 0:
             return
+        if self.scale:
+            raise ValueError(_NO_SCALED_BATCHES)
         X0 = X
         if plan.keep is not None:
             if not np.isfinite(X[:, ~plan.keep]).all():  # ignored, but still checked
@@ -722,6 +881,18 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         elif not (X.flags.c_contiguous or X.flags.f_contiguous):
             X = np.ascontiguousarray(X)
         cols = plan.cols
+        if self._mixture:
+            if not np.isfinite(X).all():
+                raise ValueError(_non_finite_message(X0, names))
+            if sample_weight is not None:
+                sample_weight = np.broadcast_to(np.asarray(sample_weight, dtype=np.float64), (m,))
+            ok = self._mixture_step().learn_rows(
+                *_dense_csr(X, cols), y, sample_weight, np.empty(m)
+            )
+            if not ok:
+                raise ValueError("the batch would make the model non-finite (values too large); refused")
+            self.n_samples_seen += m
+            return
         w = self._w[: len(cols)] if plan.dense else self._w[cols]
         z, e = np.empty(m), np.empty(m)
         if not _kernel.logits(X, w, self._b[0], z, e):
@@ -763,6 +934,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         m = len(xs)
         if m == 0:
             return np.empty(0)
+        if self.scale:
+            raise ValueError(_NO_SCALED_BATCHES)
         y = _labels(ys)
         if y.shape != (m,):
             raise ValueError("expected one label in {0, 1, False, True} per row")
@@ -795,6 +968,12 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
                 indptr[i + 1] = end
                 i += 1
             self._grow(features.n_columns)
+            if self._mixture:
+                p = np.empty(m)
+                if not self._mixture_step().learn_rows(cols, vals, indptr, y, sample_weight, p):
+                    raise ValueError("the batch would make the model non-finite (values too large); refused")
+                self.n_samples_seen += m
+                return p
             p, touched, grads, g_b = np.empty(m), np.empty(size, dtype=np.intp), np.empty(size), np.empty(1)
             n = _kernel.batch_predict_gradient(
                 self._w, self._b, cols, vals, indptr, y, sample_weight, self._neg_weight, self._pos_weight,
@@ -857,7 +1036,36 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         if X.ndim != 2:
             raise ValueError(f"expected X of shape (m, n), got {X.shape}")
         plan = self._array_plans.get(X.shape[1])
-        return sigmoid(self._logits(X, range(X.shape[1]), dense=plan is not None and plan.dense))
+        return self._probas(X, range(X.shape[1]), dense=plan is not None and plan.dense)
+
+    def _probas(self, X: np.ndarray, names: Any, dense: bool = False) -> np.ndarray:
+        """P(y = 1) for rows X whose columns are the features ``names`` (see :meth:`_logits`)."""
+        if not (self._mixture or self.scale):
+            return sigmoid(self._logits(X, names, dense))
+        if not np.isfinite(X).all():
+            raise ValueError(_non_finite_message(X, names))
+        cols = self.features.columns_of(names, grow=False)
+        known = cols >= 0
+        X = X[:, known] if not known.all() else X
+        cols = np.ascontiguousarray(cols[known], dtype=np.intp)
+        if self.features.hashing and len(np.unique(cols)) < len(cols):  # merge colliding columns first
+            cols, inverse = np.unique(cols, return_inverse=True)
+            merged = np.zeros((X.shape[0], len(cols)))
+            with np.errstate(over="ignore", invalid="ignore"):
+                np.add.at(merged.T, inverse, X.T)
+            if not np.isfinite(merged).all():
+                raise ValueError("features that share a hashed column have a sum of values too large for a "
+                                 "float; the rows were refused")
+            X = merged
+        if self.scale:
+            X = self._standardized(X, cols)
+        if not self._mixture:
+            z = np.empty(X.shape[0])
+            _kernel.logits(np.ascontiguousarray(X), np.ascontiguousarray(self._w[cols]), self._b[0], z, None)
+            return sigmoid(z)
+        out = np.empty(X.shape[0])
+        self._mixture_step().predict_rows(*_dense_csr(X, cols), out)
+        return out
 
     def _frame(self, X: Any) -> tuple[np.ndarray, list]:
         """The values of frame X as a float array, and the feature key of each array column.
@@ -917,7 +1125,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         import pandas as pd
 
         values, names = self._frame(X)
-        p = sigmoid(self._logits(values, names))
+        p = self._probas(values, names)
         return pd.DataFrame({False: 1.0 - p, True: p}, index=X.index)
 
     def predict_many(self, X: Any) -> Any:
@@ -935,6 +1143,25 @@ class _Plan(NamedTuple):
     inverse: np.ndarray | None  # merged column of each kept batch column, where columns repeat
     dense: bool  # cols is 0..n-1: the weights are the view w[:n]
     n_ignored: int  # batch columns ignored by a full vocabulary
+
+
+def _described(what: str | dict) -> str:
+    """What a refused update was: a description as it is, a row as "the update for <row>" (its repr
+    costs microseconds, so it is only made when an update is refused)."""
+    return what if isinstance(what, str) else f"the update for {what!r:.200}"
+
+
+_NO_SCALED_BATCHES = (
+    "scale=True learns one event at a time (learn_one, predict_learn_one); for mini-batches put "
+    "river.preprocessing.StandardScaler() in front instead"
+)
+
+
+def _dense_csr(X: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dense rows X (m×n) whose columns are the model columns ``cols``, as CSR (cols, vals, indptr)."""
+    m, n = X.shape
+    cols = np.ascontiguousarray(np.tile(cols, m), dtype=np.intp)
+    return cols, np.ascontiguousarray(X, dtype=np.float64).ravel(), np.arange(m + 1, dtype=np.intp) * n
 
 
 def _has_learning_rate(optimizer: Any) -> bool:

@@ -26,7 +26,7 @@ from river import base
 
 from stream_logreg import _kernel
 
-__all__ = ["Optimizer", "SGD", "AdaGrad", "FTRL"]
+__all__ = ["Optimizer", "SGD", "AdaGrad", "FTRL", "Mixture"]
 
 
 def _check(owner: str, name: str, value: object, positive: bool) -> float:
@@ -269,6 +269,140 @@ class FTRL(Optimizer):
         if type(self) is not FTRL:
             return None
         return "ftrl", (self.alpha, self.beta, self.l1, self.l2), (self.z, self.n)
+
+
+class Mixture(Optimizer):
+    """A Bayes mixture of eight learners: the model's default (``bench/ACCURACY.md`` has the measurements).
+
+    The aggregating algorithm for log loss with η = 1 (Vovk 1990; Cesa-Bianchi & Lugosi 2006, §3.3 and §9),
+    over K = 8 members that share one feature lookup and learn side by side, each its own weights and
+    bias (the bias is a coordinate whose value is always 1):
+
+    ====  =====================================  ==================================================
+    k     member                                 update of a coordinate i present in the row
+    ====  =====================================  ==================================================
+    0–5   SGD at ``rates`` (0.003 … 1.0)         w_ki ← w_ki − η_k g_ki
+    6     NAG(``nag_lr``) (Ross, Mineiro &       if |x_i| > s_i: w_6i ← w_6i (s_i/x_i)², s_i ← |x_i|;
+          Langford 2013, Alg. 2; VW's            t ← t + 1; N ← N + Σ_i (x_i/s_i)²; G_i ← G_i + g_6i²;
+          normalized adaptive rule)              w_6i ← w_6i − η √(t/N) g_6i / (s_i √G_i)
+    7     FTRL-Proximal(``ftrl_alpha``,          n_i ← n_i + g_7i²;  w_7i ← w_7i − α/(β + √n_i) g_7i
+          ``ftrl_beta``) without L1/L2
+    ====  =====================================  ==================================================
+
+    with z_k = b_k + Σ_i w_ki x_i clipped to ±35, p_k = σ(z_k) and g_ki = (p_k − y)·s·c·x_i (s the
+    sample weight, c the class weight; NAG's p_6 is computed again after its rescaling). The mixture::
+
+        predict:  p = Σ_k π_k p_k,    π_k = exp(a_k) / Σ_j exp(a_j)
+        learn:    a_k ← a_k + s·c·ln p_k(y)   (p_k(y) = p_k if y else 1 − p_k, p_k before the update)
+                  a_k ← max(a_k − max_j a_j, −1e4);  then every member takes its step
+        start:    a_k = 0 (uniform prior), every weight and accumulator 0
+
+    Guarantee, on every stream and every prefix of it: the mixture's total log loss is at most the best
+    member's + ln 8 (2.08 nats). Member 1 (rate 0.01) is River's default ``LogisticRegression()``, member
+    7 the former default ``FTRL()``, member 6 makes the mixture scale-invariant (VW's rule). A mini-batch
+    adds the batch's log likelihoods (predictions from before the batch) to a_k, and each member takes
+    its mean-gradient step (NAG: one t, N grows by the batch's mean); a batch of one is the per-sample rule.
+
+    The model runs the whole mixture in compiled code (``stream_logreg._kernel.MixtureStep``); this object
+    holds its hyper-parameters and its state: per column the eight weights, NAG's s and G and FTRL's n
+    (``coef``, capacity × 11), and for the whole model ``log_weights`` (the a_k) and ``nag`` ([t, N]). The
+    model's bias has its own instance (``bias``'s 11 numbers live in its ``coef``). It cannot be used as
+    a plain per-gradient optimizer (``step`` raises).
+
+    Parameters
+    ----------
+    rates
+        The six SGD members' learning rates.
+    nag_lr
+        NAG's learning rate η.
+    ftrl_alpha, ftrl_beta
+        FTRL's α and β (its per-coordinate rate is α/(β + √n_i)).
+
+    Examples
+    --------
+
+    >>> from stream_logreg import OnlineLogisticRegression
+    >>> model = OnlineLogisticRegression()  # optimizer=optim.Mixture()
+    >>> for _ in range(50):
+    ...     model.learn_one({"a": 1.0}, True)
+    >>> model.predict_proba_one({"a": 1.0})[True] > 0.9
+    True
+    >>> [round(p, 3) for p in model.optimizer.posterior]  # π_k: the fast members lead (SGD(1.0), NAG)
+    [0.0, 0.0, 0.0, 0.0, 0.019, 0.805, 0.176, 0.0]
+
+    """
+
+    _state_names = ("w_sgd0", "w_sgd1", "w_sgd2", "w_sgd3", "w_sgd4", "w_sgd5", "w_nag", "w_ftrl",
+                    "nag_scale", "nag_squares", "ftrl_squares")
+    _nonnegative = ("nag_scale", "nag_squares", "ftrl_squares")
+    N_MEMBERS = 8
+
+    def __init__(
+        self,
+        rates: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
+        nag_lr: float = 0.5,
+        ftrl_alpha: float = 0.17,
+        ftrl_beta: float = 0.5,
+    ) -> None:
+        self.n_iterations = 0
+        rates = tuple(rates)
+        if len(rates) != 6:
+            raise ValueError(f"Mixture: rates must hold six SGD learning rates, got {rates!r}")
+        self.rates = tuple(_check("Mixture", "rates", r, positive=True) for r in rates)
+        self.nag_lr = _check("Mixture", "nag_lr", nag_lr, positive=True)
+        self.ftrl_alpha = _check("Mixture", "ftrl_alpha", ftrl_alpha, positive=True)
+        self.ftrl_beta = _check("Mixture", "ftrl_beta", ftrl_beta, positive=False)
+        self.coef = np.zeros((0, len(self._state_names)))
+        self.log_weights = np.zeros(self.N_MEMBERS)
+        self.nag = np.zeros(2)
+
+    @property
+    def posterior(self) -> list[float]:
+        """The mixture weights π_k of the eight members (in the order of the table above)."""
+        e = np.exp(self.log_weights - self.log_weights.max())
+        return (e / e.sum()).tolist()
+
+    def mean(self, n: int) -> np.ndarray:
+        """The posterior-weighted mean Σ_k π_k w_k of the members' weights, first n columns (the model's
+        bias instance holds no posterior of its own: the model weighs its row with this one's)."""
+        return self.coef[:n, : self.N_MEMBERS] @ np.asarray(self.posterior)
+
+    def resize(self, capacity: int) -> None:
+        if len(self.coef) < capacity:
+            coef = np.zeros((capacity, len(self._state_names)))
+            coef[: len(self.coef)] = self.coef
+            self.coef = coef
+
+    def _step(self, w: np.ndarray, cols: np.ndarray, grads: np.ndarray, n: int) -> None:
+        raise TypeError("the mixture learns through OnlineLogisticRegression, not from a gradient")
+
+    def state_arrays(self, size: int) -> dict[str, np.ndarray]:
+        return {name: self.coef[:size, k].copy() for k, name in enumerate(self._state_names)}
+
+    def load_state(self, arrays: dict[str, np.ndarray], n_iterations: int, capacity: int) -> None:
+        super().load_state(arrays, n_iterations, capacity)  # checks, and sets one 1-d array per name
+        columns = [getattr(self, name) for name in self._state_names]
+        self.coef = np.ascontiguousarray(np.stack(columns, axis=1))
+        for name in self._state_names:
+            delattr(self, name)
+
+    def scalars(self) -> dict:
+        """The model-wide state as JSON numbers (bitwise round trip): a_k, t and N."""
+        a, (t, n) = self.log_weights.tolist(), self.nag.tolist()
+        return {"log_weights": a, "nag_t": t, "nag_N": n}
+
+    def load_scalars(self, scalars: dict) -> None:
+        """Restore what :meth:`scalars` returned (checked: finite, a_k ≤ 0 with max 0, t, N ≥ 0)."""
+        try:
+            a = np.array(scalars["log_weights"], dtype=np.float64)
+            nag = np.array([scalars["nag_t"], scalars["nag_N"]], dtype=np.float64)
+        except (KeyError, TypeError, ValueError):
+            raise ValueError("the mixture's state (log_weights, nag_t, nag_N) is malformed") from None
+        if a.shape != (self.N_MEMBERS,) or not (np.isfinite(a).all() and np.isfinite(nag).all()):
+            raise ValueError("the mixture's log weights must be 8 finite numbers, t and N finite")
+        if a.max() != 0.0 or (nag < 0).any() or (nag[0] > 0 and nag[1] < nag[0]):
+            raise ValueError("the mixture's log weights must have max 0, and N >= t >= 0")
+        self.log_weights, self.nag = a, nag
 
 
 # River's optimizers (``river.optim``), accepted by the model as they are.

@@ -200,7 +200,8 @@ def test_demo_model_options(tmp_path: Path) -> None:
     assert_same_model(model, offline_model(optimizer=optim.SGD(0.5), l2=0.001, n_bits=6))
     # FTRL's own L1/L2; --lr is its alpha.
     d2 = str(tmp_path / "ftrl")
-    assert cli.main(["demo", "--checkpoint-dir", d2, "-q", "--lr", "0.3", "--l1", "0.5", "--l2", "1"]) == 0
+    args = ["--optimizer", "ftrl", "--lr", "0.3", "--l1", "0.5", "--l2", "1"]
+    assert cli.main(["demo", "--checkpoint-dir", d2, "-q", *args]) == 0
     assert DirectoryStore(d2).latest().model.config()["optimizer"] == {
         "name": "FTRL", "alpha": 0.3, "beta": 0.5, "l1": 0.5, "l2": 1.0
     }
@@ -212,7 +213,7 @@ def test_demo_refuses_checkpoints_of_other_options(tmp_path: Path, capsys: pytes
     capsys.readouterr()
     assert cli.main(["demo", "--checkpoint-dir", d, "--optimizer", "adagrad", "-q"]) == 2
     err = capsys.readouterr().err
-    assert "optimizer.name 'FTRL' there, 'AdaGrad' here" in err and "--fresh" in err
+    assert "optimizer.name 'Mixture' there, 'AdaGrad' here" in err and "--fresh" in err
     assert cli.main(["demo", "--checkpoint-dir", d, "--dataset", "bananas", "-q"]) == 2
     assert "another run" in capsys.readouterr().err
     # --fresh starts over in the same directory.
@@ -340,7 +341,7 @@ def test_inspect_json(demo_dir: Path, capsys: pytest.CaptureFixture) -> None:
     assert info["n_samples_seen"] == len(PHISHING)
     assert info["n_features"] == checkpoint.model.n_features == 9
     assert info["config"] == checkpoint.model.config()
-    assert info["optimizer"]["name"] == "FTRL"
+    assert info["optimizer"]["name"] == "Mixture"
     assert info["bias"] == checkpoint.model.intercept
     ranked = sorted(checkpoint.model.weights.items(), key=lambda kv: -abs(kv[1]))[:3]
     assert [(t["feature"], t["weight"]) for t in info["top_weights"]] == ranked
@@ -358,7 +359,7 @@ def test_inspect_text_and_the_ways_to_name_a_checkpoint(demo_dir: Path, capsys) 
         out = capsys.readouterr().out
         assert f"checkpoint     {checkpoint.id}" in out
         assert "samples seen   1,250" in out
-        assert "optimizer      FTRL(alpha=0.17, beta=0.5, l1=0.0, l2=0.0)" in out
+        assert "optimizer      Mixture(rates=[0.003, 0.01, 0.03, 0.1, 0.3, 1.0], nag_lr=0.5" in out
         assert "top 9 weights by |w|" in out  # 9 non-zero weights, fewer than --top 10
         assert "bias" in out and "position=1250" in out
 
@@ -496,7 +497,7 @@ def test_report_writes_the_format_its_file_name_asks_for(demo_dir: Path, tmp_pat
 def test_report_title_names_what_was_run(demo_dir: Path) -> None:
     curve, notes = report.read_curve(demo_dir / "run.csv")
     title = report.curve_title(notes, curve, "run.csv")
-    assert title.startswith("phishing: FTRL(alpha=0.17") and "rolling window 100" in title
+    assert title.startswith("phishing: Mixture(rates=") and "rolling window 100" in title
     assert "1,250 events" in title and "run.csv" not in title
 
 
@@ -974,7 +975,7 @@ def test_consume_refuses_checkpoints_of_other_options(tmp_path: Path, capsys: py
     rc = cli.main(["consume", "--topics", "events", "--checkpoint-dir", str(tmp_path), "--metrics-port", "0"])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "other model options" in err and "'SGD' there, 'FTRL' here" in err
+    assert "other model options" in err and "'SGD' there, 'Mixture' here" in err
 
 
 def test_cli_module_imports_neither_kafka_nor_matplotlib() -> None:

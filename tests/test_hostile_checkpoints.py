@@ -37,8 +37,9 @@ MEMORY_LIMIT = 2 << 30
 
 
 def make_model() -> OnlineLogisticRegression:
-    """A model of the options ``consume`` uses by default (FTRL), trained a little."""
-    args = cli.build_parser().parse_args(["consume", "--topics", "events"])
+    """A model of ``consume``'s options with ``--optimizer ftrl`` (an accumulator the hostile entries
+    can make negative), trained a little."""
+    args = cli.build_parser().parse_args(["consume", "--topics", "events", "--optimizer", "ftrl"])
     values, _ = resolve_settings(args, CONSUME_SETTINGS, {})
     model = learner_config(values).make_model()
     assert isinstance(model.optimizer, optim.FTRL)
@@ -309,7 +310,8 @@ def consume_until_restored(d: Path, timeout: float = 60) -> tuple[str, int | Non
     then kill it. Returns (its stderr, its exit status if it exited by itself)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "consumers.cli", "consume", "--topics", "events", "--bootstrap-servers",
-         "127.0.0.1:9", "--checkpoint-dir", str(d), "--metrics-port", "0", "--log-level", "INFO"],
+         "127.0.0.1:9", "--checkpoint-dir", str(d), "--metrics-port", "0", "--log-level", "INFO",
+         "--optimizer", "ftrl"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=child_env(), preexec_fn=limit_memory,
     )
     os.set_blocking(proc.stderr.fileno(), False)
