@@ -462,17 +462,14 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         return self._encode_slow(x, grow)
 
     def _encode_slow(self, x: dict, grow: bool) -> int:
-        """:meth:`_encode` through the feature space: grows it, or raises on a bad value."""
-        cols, vals = self.features.encode(x, grow)
-        n = len(cols)
-        if n > len(self._cols):
-            size = 2 * n
+        """:meth:`_encode` through the feature space (compiled): grows it, or raises on a bad value."""
+        if len(x) > len(self._cols):
+            size = 2 * len(x)
             self._cols, self._vals, self._grads = (
                 np.zeros(size, dtype=np.intp), np.zeros(size), np.zeros(size)
             )
             self._step = None
-        self._cols[:n] = cols
-        self._vals[:n] = vals
+        n = self.features.encode_into(x, grow, self._cols, self._vals)
         if grow:
             self._grow(self.features.n_columns)
         return n
@@ -564,13 +561,9 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         # of another type, or an optimizer without a compiled rule.
         _check_row(x)
         target = _label(y)
-        features = self.features
-        n = _kernel.encode(x, features.columns, self._cols, self._vals, features.n_bits is not None)
-        mark = None
-        if n < 0:
-            mark = features.mark()
-            n = self._encode_slow(x, grow=True)
+        mark = self.features.mark()
         try:
+            n = self._encode_slow(x, grow=True)  # the row encoded once (compiled), for p and the update
             # z = w·x + b, p = σ(z), g = (p − y)·w·c into _b_grad, grads = g·x + l2·w; NaN if not finite
             p = _kernel.predict_gradient(
                 self._w, self._cols, self._vals, n, self._b, target, w,
@@ -581,8 +574,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
                 raise ValueError(f"the update for {x!r:.200} is not finite; refused")
             self._update(self._cols, self._grads, n, self._b_grad[0], f"the update for {x!r:.200}")
         except BaseException:
-            if mark is not None:
-                self._rollback(mark)
+            self._rollback(mark)
             raise
         self.n_samples_seen += 1
         return p
@@ -787,12 +779,9 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             while (i := _kernel.encode_rows(xs, i, features.columns, cols, vals, indptr, merge, layout)) < m:
                 # new features or a bad value: the feature space decides (and may grow)
                 try:
-                    row_cols, row_vals = features.encode(xs[i], grow=True)
+                    indptr[i + 1] = indptr[i] + features.encode_into(xs[i], True, cols, vals, indptr[i])
                 except ValueError as e:
                     raise ValueError(f"row {i}: {e}") from None
-                start, end = indptr[i], indptr[i] + len(row_cols)
-                cols[start:end], vals[start:end] = row_cols, row_vals
-                indptr[i + 1] = end
                 i += 1
             self._grow(features.n_columns)
             p, touched, grads, g_b = np.empty(m), np.empty(size, dtype=np.intp), np.empty(size), np.empty(1)
