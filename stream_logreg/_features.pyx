@@ -45,6 +45,8 @@ cdef extern from "Python.h":
     PyObject* _dict_get "PyDict_GetItemWithError" (object d, object key) except? NULL  # borrowed; NULL: absent
     Py_ssize_t _column_value "PyLong_AsSsize_t" (PyObject* o)
     object PyType_GenericAlloc(type t, Py_ssize_t n)
+    void PyObject_GC_UnTrack(object o)
+    double PyOS_string_to_double(const char* s, char** endptr, PyObject* overflow_exception)
 
 cdef object _IndicatorKey = None  # stream_logreg.features' classes and functions, bound on first use
 cdef object _looks_numeric = None
@@ -79,11 +81,20 @@ cdef int _numeric(PyObject* v) except -1:
     if not (_is_space(head) or 48 <= head <= 57 or head == 43 or head == 45 or head == 46
             or head == 110 or head == 78 or head == 105 or head == 73):  # "+-." "nNiI"
         return 0  # looks_numeric's first test
+    cdef char* end
+    cdef bint plain = True
     if _str_ascii(v):
         s = <const unsigned char*> _str_data(v)
         for i in range(n):
             if not _FLOATISH[s[i]]:
                 return 0
+            plain = plain and s[i] != 95 and not _is_space(s[i])  # "_" or white space: float() decides
+        if plain:  # what float() does once it has stripped white space and checked underscores
+            PyOS_string_to_double(<const char*> s, &end, NULL)
+            if PyErr_Occurred() != NULL:
+                PyErr_Clear()
+                return 0
+            return 1 if end == <char*> s + n else 0
     return 1 if _looks_numeric(<object> v) else 0
 
 
@@ -123,7 +134,16 @@ cdef object _indicator_key(object key, object value):
     PyTuple_SET_ITEM(k, 1, key)
     Py_INCREF(value)
     PyTuple_SET_ITEM(k, 2, value)
+    _untrack(k, key)
     return k
+
+
+cdef inline void _untrack(object k, object key):
+    """Leave the key (INDICATOR, key, value) out of the cyclic garbage collector when ``key`` is a str (as
+    CPython does for tuples of atoms, which INDICATOR, an object, prevents): it cannot be part of a cycle,
+    and the vocabulary's millions of them are not rescanned at every collection."""
+    if _is_str(<PyObject*> key):
+        PyObject_GC_UnTrack(k)
 
 
 def blake2b64(bytes data not None) -> int:
@@ -192,7 +212,11 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
             elif hashing:
                 if len(columns) >= cache_size:
                     columns.clear()
-                ci = _hash(<object> key, <object> value if _is_str(value) else None, mask)
+                if _is_str(value):
+                    ci = _hash(<object> key, <object> value, mask)
+                    _untrack(lookup, <object> key)
+                else:
+                    ci = _hash(<object> key, None, mask)
                 PyDict_SetItem(columns, lookup, ci)
             elif not grow:
                 continue
