@@ -10,8 +10,8 @@ but the bounded hash cache.
 cimport numpy as cnp
 from cpython.dict cimport PyDict_Next, PyDict_SetItem
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_INCREF
-from cpython.tuple cimport PyTuple_SET_ITEM
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_New, PyTuple_SET_ITEM
 from libc.math cimport isfinite
 from libc.stdint cimport uint64_t
 
@@ -45,6 +45,7 @@ cdef extern from "Python.h":
     PyObject* _dict_get "PyDict_GetItemWithError" (object d, object key) except? NULL  # borrowed; NULL: absent
     Py_ssize_t _column_value "PyLong_AsSsize_t" (PyObject* o)
     object PyType_GenericAlloc(type t, Py_ssize_t n)
+    Py_ssize_t Py_REFCNT(object o)
     void PyObject_GC_UnTrack(object o)
     double PyOS_string_to_double(const char* s, char** endptr, PyObject* overflow_exception)
 
@@ -146,6 +147,22 @@ cdef inline void _untrack(object k, object key):
         PyObject_GC_UnTrack(k)
 
 
+cdef object _new_scratch():
+    t = PyTuple_New(3)
+    for i in range(3):
+        Py_INCREF(INDICATOR if i == 0 else None)
+        PyTuple_SET_ITEM(t, i, INDICATOR if i == 0 else None)
+    return t
+
+
+cdef inline void _fill(object t, Py_ssize_t i, PyObject* item):
+    """Replace item i of the tuple t, which nothing else holds."""
+    cdef PyObject* old = PyTuple_GET_ITEM(t, i)
+    Py_INCREF(<object> item)
+    PyTuple_SET_ITEM(t, i, <object> item)
+    Py_DECREF(<object> old)
+
+
 def blake2b64(bytes data not None) -> int:
     """``int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")``, the compiled hash."""
     cdef b2_state st
@@ -197,11 +214,19 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
     max_features = space.max_features
     cdef Py_ssize_t cap = -1 if max_features is None else max_features
     pos = 0
+    scratch = None
     try:
         while PyDict_Next(x, &pos, &key, &value):
             if _is_str(value):
                 d = 1.0
-                lookup = (INDICATOR, <object> key, <object> value)
+                # The look-up key (INDICATOR, key, value) in one tuple for the whole row, refilled, unless
+                # something kept it (a key's __eq__ could): no allocation per entry.
+                lookup = None
+                if scratch is None or Py_REFCNT(scratch) != 1:
+                    scratch = _new_scratch()
+                _fill(scratch, 1, key)
+                _fill(scratch, 2, value)
+                lookup = scratch
             else:
                 d = _float_value(value) if _is_float(value) else (
                     (1.0 if value == _true else 0.0) if _is_bool(value) else _int_value(value))
@@ -214,7 +239,7 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
                     columns.clear()
                 if _is_str(value):
                     ci = _hash(<object> key, <object> value, mask)
-                    _untrack(lookup, <object> key)
+                    lookup = _indicator_key(<object> key, <object> value)
                 else:
                     ci = _hash(<object> key, None, mask)
                 PyDict_SetItem(columns, lookup, ci)

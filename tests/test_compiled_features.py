@@ -200,3 +200,25 @@ def test_the_hash_cache_stays_bounded_in_the_compiled_path(monkeypatch):
         expected = [big.hash_column(IndicatorKey(k, v)) for k, v in x.items()]
         assert cols[:n].tolist() == list(dict.fromkeys(expected))  # merged, in order of first appearance
     assert 0 < largest <= 50
+
+
+def test_a_key_that_keeps_the_look_up_key_sees_it_unchanged():
+    """The look-up tuple is reused across a row only while nothing else holds it."""
+    from stream_logreg._kernel import INDICATOR
+
+    kept = []
+
+    class Keeper:
+        def __hash__(self) -> int:
+            return hash((INDICATOR, "a", "FR"))
+
+        def __eq__(self, other: object) -> bool:
+            kept.append(other)
+            return False
+
+    space = FeatureSpace()
+    cols, vals = np.zeros(4, dtype=np.intp), np.zeros(4)
+    assert _features.encode_into(space, {Keeper(): 1.0}, True, cols, vals) == 1
+    assert _features.encode_into(space, {"a": "FR", "b": "DE", "c": "IT"}, True, cols, vals) == 3
+    assert kept and all(k == (INDICATOR, "a", "FR") for k in kept)
+    assert space.names[1:] == ["a=FR", "b=DE", "c=IT"]
