@@ -19,7 +19,7 @@ static const uint64_t b2_iv[8] = {
     0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL, 0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL,
 };
 
-static const unsigned char b2_sigma[12][16] = {
+static const unsigned char b2_sigma[10][16] = {  /* rounds 10 and 11 reuse rows 0 and 1 */
     {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
     {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
     {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
@@ -30,8 +30,6 @@ static const unsigned char b2_sigma[12][16] = {
     {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
     {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
     {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
-    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
-    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
 };
 
 static inline uint64_t b2_rotr(uint64_t x, int n) { return (x >> n) | (x << (64 - n)); }
@@ -61,7 +59,7 @@ static void b2_compress(b2_state* s, const unsigned char* block, int last) {
     v[12] ^= s->t;  /* the high word of the counter stays 0: names are far below 2^64 bytes */
     if (last) v[14] = ~v[14];
     for (int r = 0; r < 12; r++) {
-        const unsigned char* z = b2_sigma[r];
+        const unsigned char* z = b2_sigma[r % 10];
         B2_G(v[0], v[4], v[8], v[12], m[z[0]], m[z[1]]);
         B2_G(v[1], v[5], v[9], v[13], m[z[2]], m[z[3]]);
         B2_G(v[2], v[6], v[10], v[14], m[z[4]], m[z[5]]);
