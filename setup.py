@@ -1,4 +1,4 @@
-"""Builds the compiled inner loops (stream_logreg/_kernel.pyx); everything else is in pyproject.toml."""
+"""Builds the compiled parts (stream_logreg/_kernel.pyx, _features.pyx); the rest is in pyproject.toml."""
 
 import numpy
 from Cython.Build import cythonize
@@ -13,7 +13,15 @@ setup(
                 include_dirs=[numpy.get_include()],
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
                 extra_compile_args=["-O3"],
-            )
+            ),
+            Extension(
+                "stream_logreg._features",
+                ["stream_logreg/_features.pyx"],
+                include_dirs=[numpy.get_include(), "stream_logreg"],
+                depends=["stream_logreg/_blake2b.h"],
+                define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+                extra_compile_args=["-O3"],
+            ),
         ],
         compiler_directives={"language_level": "3"},
     )

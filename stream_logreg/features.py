@@ -19,6 +19,11 @@ Two ways to assign columns:
   model never exceeds 2^k weights whatever the stream. Colliding features share a weight. Hash look-ups are
   cached in a dict of at most ``HASH_CACHE_SIZE`` entries, so memory stays bounded.
 
+:meth:`FeatureSpace.encode` is the reference, in Python; the model encodes through
+:meth:`FeatureSpace.encode_into`, the same rules compiled (``stream_logreg._features``: new keys, indicators
+and hashing in C), which leaves to the reference only what needs its judgement (a bad value, a string that
+may read as a number, a value of another type).
+
 >>> space = FeatureSpace()
 >>> space.encode({"age": 42, "city": "Paris", "vip": True}, grow=True)
 ([0, 1, 2], [42.0, 1.0, 1.0])
@@ -43,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from stream_logreg import _features
 from stream_logreg._kernel import INDICATOR
 
 __all__ = ["FeatureSpace", "HASH_CACHE_SIZE", "IndicatorKey", "IndicatorName", "encode_value", "feature_name"]
@@ -261,6 +267,24 @@ class FeatureSpace:
                     )
             cols, vals = list(merged), list(merged.values())
         return cols, vals
+
+    def encode_into(self, x: dict, grow: bool, cols: np.ndarray, vals: np.ndarray, start: int = 0) -> int:
+        """:meth:`encode` written into ``cols[start:]`` and ``vals[start:]`` (intp and float64 buffers that
+        hold ``len(x)`` entries from ``start``); returns how many entries. Compiled, bitwise the reference.
+
+        >>> space, cols, vals = FeatureSpace(), np.zeros(4, dtype=np.intp), np.zeros(4)
+        >>> n = space.encode_into({"city": "Paris", "age": 42}, True, cols, vals)
+        >>> cols[:n].tolist(), vals[:n].tolist(), space.names
+        ([0, 1], [1.0, 42.0], ['city=Paris', 'age'])
+
+        """
+        n = _features.encode_into(self, x, grow, cols, vals, start) if type(x) is dict else -1
+        if n < 0:
+            row_cols, row_vals = self.encode(x, grow)
+            n = len(row_cols)
+            cols[start : start + n] = row_cols
+            vals[start : start + n] = row_vals
+        return n
 
     def columns_of(self, keys: Iterable[Hashable], grow: bool) -> np.ndarray:
         """Columns of numeric features named ``keys`` (e.g. a data frame's columns); -1 where ignored."""

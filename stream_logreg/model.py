@@ -529,17 +529,14 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         return self._encode_slow(x, grow)
 
     def _encode_slow(self, x: dict, grow: bool) -> int:
-        """:meth:`_encode` through the feature space: grows it, or raises on a bad value."""
-        cols, vals = self.features.encode(x, grow)
-        n = len(cols)
-        if n > len(self._cols):
-            size = 2 * n
+        """:meth:`_encode` through the feature space (compiled): grows it, or raises on a bad value."""
+        if len(x) > len(self._cols):
+            size = 2 * len(x)
             self._cols, self._vals, self._grads = (
                 np.zeros(size, dtype=np.intp), np.zeros(size), np.zeros(size)
             )
             self._step = None
-        self._cols[:n] = cols
-        self._vals[:n] = vals
+        n = self.features.encode_into(x, grow, self._cols, self._vals)
         if grow:
             self._grow(self.features.n_columns)
         return n
@@ -960,12 +957,9 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             while (i := _kernel.encode_rows(xs, i, features.columns, cols, vals, indptr, merge, layout)) < m:
                 # new features or a bad value: the feature space decides (and may grow)
                 try:
-                    row_cols, row_vals = features.encode(xs[i], grow=True)
+                    indptr[i + 1] = indptr[i] + features.encode_into(xs[i], True, cols, vals, indptr[i])
                 except ValueError as e:
                     raise ValueError(f"row {i}: {e}") from None
-                start, end = indptr[i], indptr[i] + len(row_cols)
-                cols[start:end], vals[start:end] = row_cols, row_vals
-                indptr[i + 1] = end
                 i += 1
             self._grow(features.n_columns)
             if self._mixture:

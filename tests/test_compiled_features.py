@@ -1,0 +1,224 @@
+"""The compiled feature encoder (stream_logreg._features) against the reference, FeatureSpace.encode.
+
+Oracle: the pure-Python reference. On random rows of mixed keys and values (strings incl. numeric-looking
+ones and lone surrogates, bools, ints, floats incl. huge finite ones and non-finite ones, other types), for
+the vocabulary, a capped vocabulary and hashed spaces, the compiled encoder either writes bitwise what the
+reference returns and leaves the space in the state the reference leaves it in, or declines (-1) having
+changed nothing but the hash cache; a model encoding through it is bitwise a model encoding through the
+reference; BLAKE2b equals hashlib's; caches stay bounded; refused rows leave no trace.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stream_logreg import FeatureSpace, OnlineLogisticRegression, _features, optim
+from stream_logreg.features import IndicatorKey, looks_numeric
+
+SPACES = [{}, {"max_features": 7}, {"n_bits": 18}, {"n_bits": 3}]
+SPACE_IDS = ["vocabulary", "capped", "hashed", "hashed-3-bits"]
+
+NUMERIC_LOOKING = ["42", " 1e3", "nan", "-inf", "+Infinity", "1_000", "1__0", "_1", "0x10", "١٢", " \t",
+                   "", "05db9164", "1e5a", "838969e1", ".5", "5.", "1e", "e5", "\u20031.5", "1.5\n", "NaN",
+                   "in", "infinit", "1\x00", "--1", "1e+5", "00000000"]
+
+any_text = st.text(st.characters(exclude_categories=()), max_size=6)  # surrogates included
+keys = st.one_of(
+    st.sampled_from(["a", "b", "a=FR", "1", "city", "é", "\ud800"]),
+    any_text,
+    st.integers(-3, 3),
+    st.booleans(),
+    st.floats(allow_nan=False, width=16),
+    st.tuples(st.sampled_from(["a", "b"]), st.integers(0, 2)),
+)
+values = st.one_of(
+    st.sampled_from(["FR", "DE", "a=FR", "x"]),
+    st.sampled_from(NUMERIC_LOOKING),
+    any_text,
+    st.booleans(),
+    st.integers(-(10**3), 10**3),
+    st.sampled_from([10**308, 10**309, -(10**400), 2**53 + 1]),
+    st.floats(),  # NaN, ±inf and huge finite ones included
+    st.sampled_from([1.7e308, -1.7e308, 5e-324]),
+    st.sampled_from([None, [1.0], np.float64(2.5), np.int64(3), np.bool_(True), np.float32(1.5)]),
+)
+rows = st.dictionaries(keys, values, max_size=8)
+
+
+def snapshot(space: FeatureSpace) -> tuple:
+    """Everything that is state: the keys in order with their types, their columns, the dropped count."""
+    columns = None if space.hashing else [(type(k), k, c) for k, c in space.columns.items()]
+    return [(type(k), k) for k in space.keys], columns, space.n_dropped
+
+
+def reference(space: FeatureSpace, x: dict, grow: bool):
+    try:
+        return space.encode(x, grow)
+    except ValueError as e:
+        return str(e)
+
+
+@pytest.mark.parametrize("space", SPACES, ids=SPACE_IDS)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream=st.lists(st.tuples(rows, st.booleans()), max_size=12))
+def test_compiled_encoding_is_the_reference(space, stream):
+    compiled, ref = FeatureSpace(**space), FeatureSpace(**space)
+    cols, vals = np.full(16, -7, dtype=np.intp), np.full(16, np.nan)
+    for x, grow in stream:
+        before = snapshot(compiled)
+        expected = reference(ref, x, grow)
+        n = _features.encode_into(compiled, x, grow, cols, vals, 3)
+        if n < 0:  # declined: nothing changed, and the reference has something to say
+            assert snapshot(compiled) == before
+            assert reference(compiled, x, grow) == expected
+        else:
+            assert not isinstance(expected, str), f"compiled accepted {x!r}, the reference says {expected}"
+            assert cols[3 : 3 + n].tolist() == expected[0]
+            assert vals[3 : 3 + n].tobytes() == np.array(expected[1], dtype=np.float64).tobytes()
+        assert snapshot(compiled) == snapshot(ref)
+        if compiled.hashing:  # the cache holds what the reference's holds (equal keys, same columns)
+            assert all(compiled.columns[k] == c for k, c in ref.columns.items() if k in compiled.columns)
+        # encode_into (the method, with its fallback) agrees too, and leaves both spaces equal
+        try:
+            m = compiled.encode_into(x, grow, cols, vals, 3)
+            got = (cols[3 : 3 + m].tolist(), vals[3 : 3 + m].tolist())
+        except ValueError as e:
+            got = str(e)
+        assert got == reference(ref, x, grow)
+        assert snapshot(compiled) == snapshot(ref)
+    assert cols[:3].tolist() == [-7] * 3  # nothing written before start
+
+
+plain_rows = st.dictionaries(
+    st.text(st.characters(codec="utf-8"), max_size=5),
+    st.one_of(st.text(st.characters(codec="utf-8"), max_size=8).filter(lambda s: not looks_numeric(s)),
+              st.booleans(), st.integers(-(10**6), 10**6), st.floats(allow_nan=False, allow_infinity=False)),
+    max_size=10,
+)
+
+
+@pytest.mark.parametrize("space", SPACES, ids=SPACE_IDS)
+@settings(max_examples=100, deadline=None)
+@given(x=plain_rows)
+def test_plain_rows_take_the_compiled_path(space, x):
+    """Strings, bools, ints and finite floats under str keys are never left to the reference (bar a
+    hashed sum that overflows)."""
+    values = [1.0 if isinstance(v, str) else float(v) for v in x.values()]
+    if "n_bits" in space and any(abs(v) > 1e307 for v in values):
+        return
+    cols, vals = np.zeros(len(x), dtype=np.intp), np.zeros(len(x))
+    assert _features.encode_into(FeatureSpace(**space), x, True, cols, vals) >= 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=400))
+def test_blake2b_is_hashlibs(data):
+    expected = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+    assert _features.blake2b64(data) == expected
+
+
+@pytest.mark.parametrize("s", NUMERIC_LOOKING + ["1e5", "1.5e-3", "-0", "+.5e+5", "infinity", "iNfInItY"])
+def test_numeric_strings_follow_the_policy(s):
+    """A string the reference calls a number is declined (the reference raises); any other is a category."""
+    cols, vals = np.zeros(1, dtype=np.intp), np.zeros(1)
+    space = FeatureSpace()
+    n = _features.encode_into(space, {"k": s}, True, cols, vals)
+    assert (n < 0) == looks_numeric(s)
+    if n >= 0:
+        assert space.keys == [IndicatorKey("k", s)]
+
+
+def categorical_stream(n: int, seed: int) -> list[tuple[dict, bool]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        x = {f"c{j}": f"v{int(rng.integers(0, 40 * (j + 1)))}" for j in range(6)}
+        x["n"] = float(rng.standard_normal())
+        x[("bi", 1)] = int(rng.integers(0, 3))
+        x["flag"] = bool(rng.integers(0, 2))
+        out.append((x, bool(rng.integers(0, 2))))
+    return out
+
+
+@pytest.mark.parametrize("space", SPACES, ids=SPACE_IDS)
+@pytest.mark.parametrize("opt", ["default", "sgd"])
+def test_a_model_encoding_in_c_is_bitwise_the_reference_model(space, opt, monkeypatch):
+    stream = categorical_stream(400, seed=5)
+
+    def make():
+        return OnlineLogisticRegression(**space) if opt == "default" else OnlineLogisticRegression(
+            optimizer=optim.SGD(0.05), **space)
+
+    compiled = make()
+    ps = [compiled.predict_learn_one(x, y) for x, y in stream]
+    qs = [compiled.predict_proba_one(x)[True] for x, _ in stream[:50]]
+    compiled.learn_rows([x for x, _ in stream[:30]], [y for _, y in stream[:30]])
+    monkeypatch.setattr(_features, "encode_into", lambda *args: -1)  # every row through the reference
+    ref = make()
+    assert [ref.predict_learn_one(x, y) for x, y in stream] == ps
+    assert [ref.predict_proba_one(x)[True] for x, _ in stream[:50]] == qs
+    ref.learn_rows([x for x, _ in stream[:30]], [y for _, y in stream[:30]])
+    a, b = compiled.state(), ref.state()
+    assert a[1] == b[1] and a[0].keys() == b[0].keys()
+    assert all(a[0][k].tobytes() == b[0][k].tobytes() for k in a[0])
+
+
+@pytest.mark.parametrize("space", SPACES, ids=SPACE_IDS)
+def test_a_refused_row_with_new_categories_leaves_no_trace(space):
+    model = OnlineLogisticRegression(optimizer=optim.SGD(0.05), **space)
+    for x, y in categorical_stream(50, seed=2):
+        model.predict_learn_one(x, y)
+    before = copy.deepcopy(model.state())
+    names_before = list(model.features.keys)
+    # new categories, then an update that overflows (g·x with x = 10^300 and weight 10^300)
+    with pytest.raises(ValueError, match="not finite|non-finite"):
+        model.learn_one({"c0": "brand-new", "zz": "also-new", "n": 10**300}, True, w=1e300)
+    with pytest.raises(ValueError, match="reads as a number"):
+        model.learn_one({"c0": "brand-new", "c1": "12"}, True)
+    with pytest.raises(ValueError, match="row 1"):
+        model.learn_rows([{"c0": "new-in-batch"}, {"c1": float("inf")}], [True, False])
+    after = model.state()
+    assert after[1] == before[1] and list(model.features.keys) == names_before
+    assert all(after[0][k].tobytes() == before[0][k].tobytes() for k in after[0])
+
+
+def test_the_hash_cache_stays_bounded_in_the_compiled_path(monkeypatch):
+    monkeypatch.setattr("stream_logreg.features.HASH_CACHE_SIZE", 50)
+    space, big = FeatureSpace(n_bits=12), FeatureSpace(n_bits=12)
+    cols, vals = np.zeros(8, dtype=np.intp), np.zeros(8)
+    largest = 0
+    for i in range(2000):
+        x = {f"f{j}": f"v{i}-{j}" for j in range(8)}
+        n = _features.encode_into(space, x, True, cols, vals)
+        largest = max(largest, len(space.columns))
+        expected = [big.hash_column(IndicatorKey(k, v)) for k, v in x.items()]
+        assert cols[:n].tolist() == list(dict.fromkeys(expected))  # merged, in order of first appearance
+    assert 0 < largest <= 50
+
+
+def test_a_key_that_keeps_the_look_up_key_sees_it_unchanged():
+    """The look-up tuple is reused across a row only while nothing else holds it."""
+    from stream_logreg._kernel import INDICATOR
+
+    kept = []
+
+    class Keeper:
+        def __hash__(self) -> int:
+            return hash((INDICATOR, "a", "FR"))
+
+        def __eq__(self, other: object) -> bool:
+            kept.append(other)
+            return False
+
+    space = FeatureSpace()
+    cols, vals = np.zeros(4, dtype=np.intp), np.zeros(4)
+    assert _features.encode_into(space, {Keeper(): 1.0}, True, cols, vals) == 1
+    assert _features.encode_into(space, {"a": "FR", "b": "DE", "c": "IT"}, True, cols, vals) == 3
+    assert kept and all(k == (INDICATOR, "a", "FR") for k in kept)
+    assert space.names[1:] == ["a=FR", "b=DE", "c=IT"]
