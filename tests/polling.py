@@ -36,3 +36,28 @@ def wait_for_checkpoint(
                 return checkpoint
         time.sleep(0.1)
     raise AssertionError(f"no checkpoint with n_samples_seen={n_samples} in {directory} (last: {seen})")
+
+
+def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0,
+               isolation_level: str = "read_uncommitted") -> list[Any]:
+    """All records of ``topic`` from the beginning (``isolation_level="read_committed"``: those of committed
+    transactions) once ``expected`` have arrived, then one more short poll so that extra (duplicate) records
+    would be seen. Partitions are assigned, not subscribed: no consumer group, no rebalance to wait for."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                             auto_offset_reset="earliest", isolation_level=isolation_level,
+                             fetch_max_wait_ms=100)
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout
+        partitions = wait_for(lambda: consumer.partitions_for_topic(topic), timeout, f"topic {topic}", 0.1)
+        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        while len(records) < expected and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+        for batch in consumer.poll(timeout_ms=500).values():
+            records.extend(batch)
+    finally:
+        consumer.close()
+    return records

@@ -18,13 +18,12 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 import tomllib
 import uuid
 from pathlib import Path
 
 import pytest
-from polling import wait_for, wait_for_checkpoint
+from polling import read_topic, wait_for, wait_for_checkpoint
 from river import datasets
 
 from consumers import cli, demo, logs, report, settings
@@ -725,30 +724,6 @@ def replay(bootstrap: str, topic: str, *args: str, quiet: bool = True) -> int:
                      *(["-q"] if quiet else [])])
 
 
-def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list:
-    """Every record of ``topic`` from the beginning, waiting until ``expected`` have arrived."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-    assert partitions, f"topic {topic} has no partitions"
-    consumer.assign(partitions)
-    consumer.seek_to_beginning(*partitions)
-    records = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(records) < expected and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
-        # Anything beyond `expected` that is already there.
-        for batch in consumer.poll(timeout_ms=500).values():
-            records.extend(batch)
-    finally:
-        consumer.close()
-    return records
-
-
-@pytest.mark.kafka
 def test_replay_dataset(kafka_bootstrap: str, kafka_topic, capsys: pytest.CaptureFixture) -> None:
     assert replay(kafka_bootstrap, kafka_topic(partitions=1), "--dataset", "phishing", "--limit", "1") == 0
     assert "replayed 1 event to topic" in capsys.readouterr().out

@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 import pytest
 import yaml
+from polling import read_topic
 
 from consumers import cli, settings
 
@@ -236,25 +237,6 @@ def cli_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(extra)
     return env
-
-
-def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list:
-    """Records of ``topic`` from the beginning, waiting (up to ``timeout``) until ``expected`` arrived."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        records: list = []
-        deadline = time.monotonic() + timeout
-        while len(records) < expected and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
-        return records
-    finally:
-        consumer.close()
 
 
 def state_of(bootstrap: str, group: str, ckpt: Path) -> Any:

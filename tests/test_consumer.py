@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from polling import wait_for
+from polling import read_topic, wait_for
 
 from consumers import ConfigError, Learner, LearnerConfig
 from stream_logreg import OnlineLogisticRegression
@@ -129,23 +129,6 @@ def produce(bootstrap: str, topic: str, values: list[bytes | None], *, partition
             f.get(timeout=60)
     finally:
         producer.close()
-
-
-def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list[Any]:
-    """All records of ``topic`` once ``expected`` have arrived (then one more short poll for extras)."""
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                             enable_auto_commit=False, fetch_max_wait_ms=100)
-    records: list[Any] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while len(records) < expected and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=200).values():
-                records.extend(batch)
-        for batch in consumer.poll(timeout_ms=300).values():
-            records.extend(batch)
-    finally:
-        consumer.close()
-    return records
 
 
 def committed(bootstrap: str, group: str) -> dict[TopicPartition, Any]:

@@ -21,8 +21,8 @@ import numpy as np
 import orjson
 import pytest
 from kafka import KafkaProducer
-from polling import wait_for
-from test_consumer import MODEL, Running, read_topic, same_model
+from polling import read_topic, wait_for
+from test_consumer import MODEL, Running, same_model
 from test_consumer import make_config as consumer_config
 
 from consumers import ConfigError, Learner, LearnerConfig

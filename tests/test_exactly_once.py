@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import random
 import signal
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from kafka import KafkaConsumer
-from polling import wait_for
+from polling import read_topic, wait_for
 from test_consumer import make_config, make_events, offline, produce, read_status, running, start_service
 from test_state_kafka import state, stop
 
@@ -30,21 +28,8 @@ EOS = ("--state-store", "kafka", "--processing-guarantee", "exactly-once")
 
 
 def read_committed(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list[Any]:
-    """Every committed record of ``topic`` once ``expected`` have arrived (then a short poll for extras)."""
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                             enable_auto_commit=False, isolation_level="read_committed",
-                             fetch_max_wait_ms=100)
-    records: list[Any] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while len(records) < expected and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=200).values():
-                records.extend(batch)
-        for batch in consumer.poll(timeout_ms=500).values():
-            records.extend(batch)
-    finally:
-        consumer.close()
-    return records
+    """Every record of ``topic``'s committed transactions once ``expected`` have arrived."""
+    return read_topic(bootstrap, topic, expected, timeout, isolation_level="read_committed")
 
 
 def with_poison(values: list[bytes], every: int, seed: int) -> tuple[list[bytes], int]:

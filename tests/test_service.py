@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import pytest
 from kafka import KafkaAdminClient, TopicPartition
-from polling import wait_for
+from polling import read_topic, wait_for
 from test_consumer import (
     ROOT,
     committed,
@@ -32,7 +32,6 @@ from test_consumer import (
     offline,
     produce,
     read_status,
-    read_topic,
     running,
     same_model,
 )
