@@ -380,14 +380,67 @@ def _encode_state(arrays: dict[str, np.ndarray], meta: dict) -> tuple[dict[str, 
     _to_json({**meta, "features": features}, "the model's state")
     members = _pack(arrays)
     if features["n_bits"] is None:
-        data = orjson.dumps(keys)
-        if b"null" in data:  # a non-finite float reads back as null: compare in full (rare)
-            _to_json(keys, "the model's vocabulary")
-        members["features.keys"] = np.frombuffer(data, dtype=np.uint8)
-        features.update(n_keys=len(keys), keys_bytes=len(data))
+        vocabulary = _vocabulary_members(keys)
+        members.update(vocabulary)
+        features.update(n_keys=len(keys["kinds"]),
+                        vocabulary={name.removeprefix("features."): len(a) for name, a in vocabulary.items()})
     elif keys:
         raise CheckpointError("a hashed feature space has no vocabulary to save")
     return members, {**meta, "features": features}
+
+
+#: The vocabulary's members (schema version 2, columnar layout): name → dtype. Their lengths are in the
+#: manifest's ``features.vocabulary``; see ``FeatureSpace.to_state`` for what each holds.
+_VOCABULARY = {"features.kinds": _BYTES, "features.text": _BYTES, "features.lengths": _INDEX,
+               "features.ints": _INDEX, "features.other": _BYTES}
+
+
+def _vocabulary_members(keys: dict) -> dict[str, np.ndarray]:
+    """The ``.npz`` members of a vocabulary's columns: its text in UTF-8 (lone surrogates kept), the other
+    keys as JSON."""
+    other = orjson.dumps(keys["other"])
+    if b"null" in other:  # a non-finite float reads back as null: compare in full (rare)
+        _to_json(keys["other"], "the model's vocabulary")
+    return {
+        "features.kinds": np.frombuffer(keys["kinds"].encode("ascii"), dtype=np.uint8),
+        "features.text": np.frombuffer(keys["text"].encode("utf-8", "surrogatepass"), dtype=np.uint8),
+        "features.lengths": np.array(keys["lengths"], dtype=np.int64),
+        "features.ints": np.array(keys["ints"], dtype=np.int64),
+        "features.other": np.frombuffer(other, dtype=np.uint8),
+    }
+
+
+def _vocabulary_from_members(members: dict[str, np.ndarray], n_keys: int) -> dict:
+    """The vocabulary's columns (as ``FeatureSpace.to_state`` gives them) from its members, checked."""
+    missing = sorted(set(_VOCABULARY) - set(members))
+    if missing:
+        raise CheckpointCorrupt(f"the array file lacks the vocabulary's {', '.join(missing)}")
+    kinds = members["features.kinds"].tobytes()
+    if kinds.strip(b"sixo"):
+        raise CheckpointCorrupt("the vocabulary's kinds hold a letter other than s, i, x, o")
+    try:
+        text = members["features.text"].tobytes().decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError as exc:
+        raise CheckpointCorrupt(f"the vocabulary's text is not UTF-8: {exc}") from None
+    lengths = members["features.lengths"]
+    if len(lengths) and (lengths.min() < 0 or lengths.sum() != len(text)):
+        raise CheckpointCorrupt("the vocabulary's name lengths do not add up to its text")
+    raw = members["features.other"].tobytes()
+    try:
+        other = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise CheckpointCorrupt(f"the vocabulary's other keys are not valid JSON: {exc}") from None
+    if not isinstance(other, list) or not all(isinstance(e, dict) and "k" in e for e in other):
+        raise CheckpointCorrupt("the vocabulary's other keys are not a list of {\"k\": ...}")
+    if b'"tuple"' in raw:  # only tuple keys nest: look closer
+        _check_key_depth(other)
+    columns = {"kinds": kinds.decode("ascii"), "text": text, "lengths": lengths.tolist(),
+               "ints": members["features.ints"].tolist(), "other": other}
+    n_s, n_x = kinds.count(b"s"), kinds.count(b"x")
+    if (len(kinds) != n_keys or len(lengths) != n_s + 2 * n_x or len(columns["ints"]) != kinds.count(b"i")
+            or len(other) != kinds.count(b"o")):
+        raise CheckpointCorrupt(f"the vocabulary's columns do not describe {n_keys} features")
+    return columns
 
 
 def _encode_extras(extras: dict | None) -> tuple[dict[str, np.ndarray], dict]:
@@ -637,9 +690,16 @@ def _read_arrays_v2(
     expected = _expected_arrays(meta, 2)
     features = meta["features"]
     vocabulary = features.get("n_bits") is None
-    keys_bytes = features.get("keys_bytes")
-    if vocabulary and not (isinstance(keys_bytes, int) and 0 <= keys_bytes <= len(npz_bytes) * 1100 + 64):
-        raise CheckpointCorrupt(f"the manifest's vocabulary size {keys_bytes!r} is malformed")
+    keys_bytes = features.get("keys_bytes")  # the first layout of version 2: the vocabulary as one JSON
+    sizes = features.get("vocabulary")  # the columnar layout: the length of each vocabulary member
+    if vocabulary and keys_bytes is not None:
+        if not (type(keys_bytes) is int and 0 <= keys_bytes <= len(npz_bytes) * 1100 + 64):
+            raise CheckpointCorrupt(f"the manifest's vocabulary size {keys_bytes!r} is malformed")
+    elif vocabulary and not (
+        isinstance(sizes, dict) and set(sizes) == {n.removeprefix("features.") for n in _VOCABULARY}
+        and all(type(v) is int and 0 <= v <= len(npz_bytes) * 1100 + 64 for v in sizes.values())
+    ):
+        raise CheckpointCorrupt(f"the manifest's vocabulary sizes {sizes!r:.200} are malformed")
 
     def allowed(name: str) -> _Member | None:
         base, _, part = name.rpartition(".")
@@ -647,8 +707,10 @@ def _read_arrays_v2(
             return _Member(_FLOAT, exact=expected[name])
         if base in expected and part in ("idx", "val"):
             return _Member(_INDEX if part == "idx" else _FLOAT, at_most=expected[base])
-        if vocabulary and name == "features.keys":
+        if vocabulary and keys_bytes is not None and name == "features.keys":
             return _Member(_BYTES, exact=keys_bytes)
+        if vocabulary and keys_bytes is None and name in _VOCABULARY:
+            return _Member(_VOCABULARY[name], exact=sizes[name.removeprefix("features.")])
         return extra.get(name)
 
     members = _read_members(npz_bytes, allowed)
@@ -669,8 +731,11 @@ def _read_arrays_v2(
         dense = np.zeros(n)
         dense[idx] = val
         arrays[name] = dense
-    meta = {**meta, "features": {k: v for k, v in features.items() if k not in ("n_keys", "keys_bytes")}}
-    if vocabulary:
+    layout = ("n_keys", "keys_bytes", "vocabulary")
+    meta = {**meta, "features": {k: v for k, v in features.items() if k not in layout}}
+    if vocabulary and keys_bytes is None:
+        keys = _vocabulary_from_members(members, expected["w"])
+    elif vocabulary:
         if "features.keys" not in members:
             raise CheckpointCorrupt("the array file lacks the vocabulary (features.keys)")
         raw = members["features.keys"].tobytes()
