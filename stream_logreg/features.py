@@ -347,9 +347,7 @@ class FeatureSpace:
         if isinstance(keys, dict):
             space.keys = _vocabulary_keys(keys)
         else:
-            for entry in keys:
-                key = _from_json_key(entry["k"])
-                space.keys.append(IndicatorKey(key, entry["v"]) if "v" in entry else key)
+            space.keys = [_from_json_entry(entry) for entry in keys]
         space.columns = dict(zip(space.keys, range(len(space.keys)), strict=False))
         if len(space.columns) != len(space.keys):
             raise ValueError("the vocabulary lists a feature twice")
@@ -394,35 +392,47 @@ def _vocabulary_columns(keys: list[Hashable]) -> dict:
 
 
 def _vocabulary_keys(columns: dict) -> list[Hashable]:
-    """The keys that :func:`_vocabulary_columns` described; a ``ValueError`` if the columns disagree."""
+    """The keys that :func:`_vocabulary_columns` described; a ``ValueError`` if the columns disagree.
+
+    Each kind is rebuilt at once (in numpy's object arrays, no loop per key in Python)."""
     kinds, text, lengths, ints, other = (columns[c] for c in ("kinds", "text", "lengths", "ints", "other"))
-    n_s, n_i, n_x = kinds.count("s"), kinds.count("i"), kinds.count("x")
-    if n_s + n_i + n_x + kinds.count("o") != len(kinds):
+    kind = np.frombuffer(kinds.encode("ascii"), dtype=np.uint8)
+    is_s, is_i, is_x = kind == ord("s"), kind == ord("i"), kind == ord("x")
+    n_s, n_i, n_x = int(is_s.sum()), int(is_i.sum()), int(is_x.sum())
+    n_o = int((kind == ord("o")).sum())
+    if n_s + n_i + n_x + n_o != len(kinds):
         raise ValueError("the vocabulary's kinds hold a letter other than s, i, x, o")
-    if len(lengths) != n_s + 2 * n_x or len(ints) != n_i or len(other) != len(kinds) - n_s - n_i - n_x:
+    if len(lengths) != n_s + 2 * n_x or len(ints) != n_i or len(other) != n_o:
         raise ValueError("the vocabulary's columns do not have the lengths its kinds need")
     ends = list(itertools.accumulate(lengths))
-    if any(n < 0 for n in lengths) or (ends[-1] if ends else 0) != len(text):
+    if min(lengths, default=0) < 0 or (ends[-1] if ends else 0) != len(text):
         raise ValueError("the vocabulary's name lengths do not add up to its text")
     pieces = list(map(text.__getitem__, map(slice, [0, *ends[:-1]], ends)))
     if n_s == len(kinds):
         return pieces
     if n_i == len(kinds):
         return list(ints)
-    next_piece, next_int, next_other = iter(pieces).__next__, iter(ints).__next__, iter(other).__next__
-    keys: list[Hashable] = []
-    for kind in kinds:
-        if kind == "s":
-            keys.append(next_piece())
-        elif kind == "i":
-            keys.append(next_int())
-        elif kind == "x":
-            keys.append(IndicatorKey(next_piece(), next_piece()))
-        else:
-            entry = next_other()
-            key = _from_json_key(entry["k"])
-            keys.append(IndicatorKey(key, entry["v"]) if "v" in entry else key)
-    return keys
+    keys = np.empty(len(kinds), dtype=object)
+    if pieces:
+        owner = kind[is_s | is_x]
+        owner = np.repeat(owner, np.where(owner == ord("x"), 2, 1))  # the kind of the key of each piece
+        pieces_array = np.empty(len(pieces), dtype=object)
+        pieces_array[:] = pieces
+        keys[is_s] = pieces_array[owner == ord("s")]
+        halves = pieces_array[owner == ord("x")]
+        made = map(tuple.__new__, itertools.repeat(IndicatorKey),
+                   zip(itertools.repeat(INDICATOR), halves[0::2], halves[1::2]))
+        keys[is_x] = np.fromiter(made, dtype=object, count=n_x)
+    if n_i:
+        keys[is_i] = np.fromiter(ints, dtype=object, count=n_i)
+    if n_o:
+        keys[kind == ord("o")] = np.fromiter(map(_from_json_entry, other), dtype=object, count=n_o)
+    return keys.tolist()
+
+
+def _from_json_entry(entry: dict) -> Hashable:
+    key = _from_json_key(entry["k"])
+    return IndicatorKey(key, entry["v"]) if "v" in entry else key
 
 
 def _json_key(key: Hashable) -> Any:
