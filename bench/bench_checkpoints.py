@@ -43,7 +43,8 @@ from river import datasets
 from stream_logreg import OnlineLogisticRegression, optim
 from stream_logreg.checkpoints import DirectoryStore
 
-MODELS = ["vocab 1e6", "vocab 5e6", "names 1e6", "names 5e6", "hash 2^20 full", "hash 2^20 9 used", "hash 2^24 9 used"]
+MODELS = ["vocab 1e6", "vocab 5e6", "names 1e6", "names 5e6", "hash 2^20 full", "hash 2^20 9 used",
+          "hash 2^24 9 used"]
 
 
 def build(name: str, seed: int = 0) -> OnlineLogisticRegression:

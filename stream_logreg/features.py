@@ -40,11 +40,13 @@ ValueError: feature 'age' has a non-finite value nan
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import itertools
 import math
 import numbers
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -344,14 +346,28 @@ class FeatureSpace:
         space = cls(n_bits=state["n_bits"], max_features=state["max_features"])
         space.n_dropped = int(state["n_dropped"])
         keys = state["keys"]
-        if isinstance(keys, dict):
-            space.keys = _vocabulary_keys(keys)
-        else:
-            space.keys = [_from_json_entry(entry) for entry in keys]
-        space.columns = dict(zip(space.keys, range(len(space.keys)), strict=False))
+        with _garbage_collection_paused():  # millions of new keys: no collection may scan them on the way
+            if isinstance(keys, dict):
+                space.keys = _vocabulary_keys(keys)
+            else:
+                space.keys = [_from_json_entry(entry) for entry in keys]
+            space.columns = dict(zip(space.keys, range(len(space.keys)), strict=False))
         if len(space.columns) != len(space.keys):
             raise ValueError("the vocabulary lists a feature twice")
         return space
+
+
+@contextlib.contextmanager
+def _garbage_collection_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off (if it was on) for the block: building millions of tuples
+    otherwise triggers collections that scan them all, again and again (the load took twice as long)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 #: The range of the ``ints`` column (int64, as checkpoints store it); other ints are generic keys.
