@@ -51,18 +51,25 @@ One directory holds, per checkpoint ``<id>``:
   are ``w``, ``b``, ``optimizer.<name>`` and ``bias_optimizer.<name>`` (float64); each is stored either
   dense under its name, or, when that is smaller (a hashed space with few features in use), as
   ``<name>.idx`` (int64, increasing) and ``<name>.val`` (float64): the indices and values of its entries
-  whose bits are not zero (so ``-0.0`` comes back as ``-0.0``). With a vocabulary, the member
-  ``features.keys`` (uint8) holds the UTF-8 JSON of the vocabulary (``model.state()``'s
-  ``features.keys``, one entry per column). Version 1 had every array dense and no ``features.keys``.
+  whose bits are not zero (so ``-0.0`` comes back as ``-0.0``). With a vocabulary, its columns
+  (``model.state()``'s ``features.keys``, see ``FeatureSpace.to_state``) are five members:
+  ``features.kinds`` (uint8, one letter per column: ``s`` a str key, ``i`` an int64 key, ``x`` the
+  indicator of a str key and value, ``o`` any other key), ``features.text`` (uint8: the UTF-8 of the str
+  keys and of each indicator's key and value, concatenated in column order), ``features.lengths``
+  (int64: the length in characters of each of those names), ``features.ints`` (int64: the int keys) and
+  ``features.other`` (uint8: the JSON list of the other keys, ``{"k": key, "v": value}``, tuples tagged
+  ``{"tuple": [...]}``). The first layout of version 2, still read, had instead one member
+  ``features.keys``: that JSON for every column. Version 1 had every array dense and the vocabulary in
+  the manifest.
 - ``<id>.json``: the manifest, the commit record, written last. It is one JSON object,
   ``{"manifest_sha256":"<64 hex>","manifest":<body>}``, where the hex is the sha256 of the exact bytes of
   ``<body>`` as they appear in the file (so the check does not depend on how a JSON library formats
   numbers). The body holds ``format`` (``"stream-logreg-checkpoint"``), ``schema_version``,
   ``library_version``, ``id``, ``created_at`` (UTC, ISO-8601), ``model`` (the JSON half of
   ``model.state()``: hyper-parameters, feature space, counters; in version 2 the feature space's ``keys``
-  are replaced by ``n_keys`` and ``keys_bytes``, the length of the vocabulary and of its JSON in the
-  array file), ``metadata`` (the caller's dict) and ``npz`` (``{"file", "size", "sha256"}`` of the array
-  file's bytes).
+  are replaced by ``n_keys`` and ``vocabulary``, the length of each vocabulary member (in the first
+  layout, ``keys_bytes``, the length of its JSON), which reading requires), ``metadata`` (the caller's
+  dict) and ``npz`` (``{"file", "size", "sha256"}`` of the array file's bytes).
 
 A checkpoint may also carry the caller's **extra parts** (``extras={name: (arrays, meta)}`` of
 :meth:`DirectoryStore.save` and :func:`encode_checkpoint`; e.g. the Kafka learner's delayed-label join store):
@@ -374,7 +381,7 @@ def _write_npz(file: IO[bytes], arrays: dict[str, np.ndarray], compress: bool) -
 
 def _encode_state(arrays: dict[str, np.ndarray], meta: dict) -> tuple[dict[str, np.ndarray], dict]:
     """(``.npz`` members, manifest's ``model``) of a model state in schema version 2: arrays sparse when
-    smaller, the vocabulary as one JSON member ``features.keys`` (UTF-8 bytes) instead of in the manifest."""
+    smaller, the vocabulary as columnar members (``features.kinds`` ...) instead of in the manifest."""
     features = dict(meta["features"])
     keys = features.pop("keys")
     _to_json({**meta, "features": features}, "the model's state")
