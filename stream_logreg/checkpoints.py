@@ -417,6 +417,19 @@ def _vocabulary_members(keys: dict) -> dict[str, np.ndarray]:
     }
 
 
+def _key_entries(raw: bytes, what: str) -> list[dict]:
+    """The JSON list of vocabulary entries (``{"k": key}`` or ``{"k": key, "v": value}``) in ``raw``."""
+    try:
+        entries = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise CheckpointCorrupt(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and "k" in e for e in entries):
+        raise CheckpointCorrupt(f'{what} is not a list of {{"k": ...}}')
+    if b'"tuple"' in raw:  # only tuple keys nest: look closer
+        _check_key_depth(entries)
+    return entries
+
+
 def _vocabulary_from_members(members: dict[str, np.ndarray], n_keys: int) -> dict:
     """The vocabulary's columns (as ``FeatureSpace.to_state`` gives them) from its members, checked."""
     missing = sorted(set(_VOCABULARY) - set(members))
@@ -432,15 +445,7 @@ def _vocabulary_from_members(members: dict[str, np.ndarray], n_keys: int) -> dic
     lengths = members["features.lengths"]
     if len(lengths) and (lengths.min() < 0 or lengths.sum() != len(text)):
         raise CheckpointCorrupt("the vocabulary's name lengths do not add up to its text")
-    raw = members["features.other"].tobytes()
-    try:
-        other = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise CheckpointCorrupt(f"the vocabulary's other keys are not valid JSON: {exc}") from None
-    if not isinstance(other, list) or not all(isinstance(e, dict) and "k" in e for e in other):
-        raise CheckpointCorrupt("the vocabulary's other keys are not a list of {\"k\": ...}")
-    if b'"tuple"' in raw:  # only tuple keys nest: look closer
-        _check_key_depth(other)
+    other = _key_entries(members["features.other"].tobytes(), "the vocabulary's other keys")
     columns = {"kinds": kinds.decode("ascii"), "text": text, "lengths": lengths.tolist(),
                "ints": members["features.ints"].tolist(), "other": other}
     n_s, n_x = kinds.count(b"s"), kinds.count(b"x")
@@ -745,15 +750,9 @@ def _read_arrays_v2(
     elif vocabulary:
         if "features.keys" not in members:
             raise CheckpointCorrupt("the array file lacks the vocabulary (features.keys)")
-        raw = members["features.keys"].tobytes()
-        try:
-            keys = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise CheckpointCorrupt(f"the vocabulary is not valid JSON: {exc}") from None
-        if not isinstance(keys, list) or len(keys) != expected["w"]:
+        keys = _key_entries(members["features.keys"].tobytes(), "the vocabulary")
+        if len(keys) != expected["w"]:
             raise CheckpointCorrupt(f"the vocabulary does not list {expected['w']} features")
-        if b'"tuple"' in raw:  # only tuple keys nest: look closer
-            _check_key_depth(keys)
     else:
         keys = []
     meta["features"]["keys"] = keys
