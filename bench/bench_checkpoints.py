@@ -3,7 +3,9 @@
 Each model is FTRL (so the optimizer's z and n are saved with w: three float64 arrays of n entries). Models:
 
 - ``vocab 1e6`` / ``vocab 5e6``: a vocabulary of n features, every weight non-zero (``learn_batch`` on an
-  array of n columns); the vocabulary (n keys) is written with the arrays;
+  array of n columns: int keys); the vocabulary (n keys) is written with the arrays;
+- ``names 1e6`` / ``names 5e6``: a vocabulary of n named features (dict rows): half numeric features with
+  ``str`` keys (``"f123"``), half indicators of ``str`` values (``"c123=v123"``), every weight non-zero;
 - ``hash 2^20 full``: ``n_bits=20`` with ~95% of the 1,048,576 weights non-zero (no vocabulary);
 - ``hash 2^20 9 used`` / ``hash 2^24 9 used``: ``n_bits=20`` / ``24`` on the 9 features of River's Phishing
   dataset (the case of ``--n-bits 24`` on 9 features): few weights in use, the arrays mostly zero.
@@ -41,7 +43,8 @@ from river import datasets
 from stream_logreg import OnlineLogisticRegression, optim
 from stream_logreg.checkpoints import DirectoryStore
 
-MODELS = ["vocab 1e6", "vocab 5e6", "hash 2^20 full", "hash 2^20 9 used", "hash 2^24 9 used"]
+MODELS = ["vocab 1e6", "vocab 5e6", "names 1e6", "names 5e6", "hash 2^20 full", "hash 2^20 9 used",
+          "hash 2^24 9 used"]
 
 
 def build(name: str, seed: int = 0) -> OnlineLogisticRegression:
@@ -51,6 +54,12 @@ def build(name: str, seed: int = 0) -> OnlineLogisticRegression:
     if kind == "vocab":
         model = OnlineLogisticRegression(optimizer=optim.FTRL())
         model.learn_batch(rng.standard_normal((2, int(float(size)))), np.array([0.0, 1.0]))
+        return model
+    if kind == "names":
+        half = int(float(size)) // 2
+        row = {**{f"f{i}": 1.0 for i in range(half)}, **{f"c{i}": f"v{i}" for i in range(half)}}
+        model = OnlineLogisticRegression(optimizer=optim.FTRL())
+        model.learn_one(row, 0), model.learn_one(row, 1)
         return model
     n_bits = int(size.removeprefix("2^"))
     model = OnlineLogisticRegression(optimizer=optim.FTRL(), n_bits=n_bits)

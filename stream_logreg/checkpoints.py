@@ -51,18 +51,25 @@ One directory holds, per checkpoint ``<id>``:
   are ``w``, ``b``, ``optimizer.<name>`` and ``bias_optimizer.<name>`` (float64); each is stored either
   dense under its name, or, when that is smaller (a hashed space with few features in use), as
   ``<name>.idx`` (int64, increasing) and ``<name>.val`` (float64): the indices and values of its entries
-  whose bits are not zero (so ``-0.0`` comes back as ``-0.0``). With a vocabulary, the member
-  ``features.keys`` (uint8) holds the UTF-8 JSON of the vocabulary (``model.state()``'s
-  ``features.keys``, one entry per column). Version 1 had every array dense and no ``features.keys``.
+  whose bits are not zero (so ``-0.0`` comes back as ``-0.0``). With a vocabulary, its columns
+  (``model.state()``'s ``features.keys``, see ``FeatureSpace.to_state``) are five members:
+  ``features.kinds`` (uint8, one letter per column: ``s`` a str key, ``i`` an int64 key, ``x`` the
+  indicator of a str key and value, ``o`` any other key), ``features.text`` (uint8: the UTF-8 of the str
+  keys and of each indicator's key and value, concatenated in column order), ``features.lengths``
+  (int64: the length in characters of each of those names), ``features.ints`` (int64: the int keys) and
+  ``features.other`` (uint8: the JSON list of the other keys, ``{"k": key, "v": value}``, tuples tagged
+  ``{"tuple": [...]}``). The first layout of version 2, still read, had instead one member
+  ``features.keys``: that JSON for every column. Version 1 had every array dense and the vocabulary in
+  the manifest.
 - ``<id>.json``: the manifest, the commit record, written last. It is one JSON object,
   ``{"manifest_sha256":"<64 hex>","manifest":<body>}``, where the hex is the sha256 of the exact bytes of
   ``<body>`` as they appear in the file (so the check does not depend on how a JSON library formats
   numbers). The body holds ``format`` (``"stream-logreg-checkpoint"``), ``schema_version``,
   ``library_version``, ``id``, ``created_at`` (UTC, ISO-8601), ``model`` (the JSON half of
   ``model.state()``: hyper-parameters, feature space, counters; in version 2 the feature space's ``keys``
-  are replaced by ``n_keys`` and ``keys_bytes``, the length of the vocabulary and of its JSON in the
-  array file), ``metadata`` (the caller's dict) and ``npz`` (``{"file", "size", "sha256"}`` of the array
-  file's bytes).
+  are replaced by ``n_keys`` and ``vocabulary``, the length of each vocabulary member (in the first
+  layout, ``keys_bytes``, the length of its JSON), which reading requires), ``metadata`` (the caller's
+  dict) and ``npz`` (``{"file", "size", "sha256"}`` of the array file's bytes).
 
 A checkpoint may also carry the caller's **extra parts** (``extras={name: (arrays, meta)}`` of
 :meth:`DirectoryStore.save` and :func:`encode_checkpoint`; e.g. the Kafka learner's delayed-label join store):
@@ -374,20 +381,78 @@ def _write_npz(file: IO[bytes], arrays: dict[str, np.ndarray], compress: bool) -
 
 def _encode_state(arrays: dict[str, np.ndarray], meta: dict) -> tuple[dict[str, np.ndarray], dict]:
     """(``.npz`` members, manifest's ``model``) of a model state in schema version 2: arrays sparse when
-    smaller, the vocabulary as one JSON member ``features.keys`` (UTF-8 bytes) instead of in the manifest."""
+    smaller, the vocabulary as columnar members (``features.kinds`` ...) instead of in the manifest."""
     features = dict(meta["features"])
     keys = features.pop("keys")
     _to_json({**meta, "features": features}, "the model's state")
     members = _pack(arrays)
     if features["n_bits"] is None:
-        data = orjson.dumps(keys)
-        if b"null" in data:  # a non-finite float reads back as null: compare in full (rare)
-            _to_json(keys, "the model's vocabulary")
-        members["features.keys"] = np.frombuffer(data, dtype=np.uint8)
-        features.update(n_keys=len(keys), keys_bytes=len(data))
+        vocabulary = _vocabulary_members(keys)
+        members.update(vocabulary)
+        features.update(n_keys=len(keys["kinds"]),
+                        vocabulary={name.removeprefix("features."): len(a) for name, a in vocabulary.items()})
     elif keys:
         raise CheckpointError("a hashed feature space has no vocabulary to save")
     return members, {**meta, "features": features}
+
+
+#: The vocabulary's members (schema version 2, columnar layout): name → dtype. Their lengths are in the
+#: manifest's ``features.vocabulary``; see ``FeatureSpace.to_state`` for what each holds.
+_VOCABULARY = {"features.kinds": _BYTES, "features.text": _BYTES, "features.lengths": _INDEX,
+               "features.ints": _INDEX, "features.other": _BYTES}
+
+
+def _vocabulary_members(keys: dict) -> dict[str, np.ndarray]:
+    """The ``.npz`` members of a vocabulary's columns: its text in UTF-8 (lone surrogates kept), the other
+    keys as JSON."""
+    other = orjson.dumps(keys["other"])
+    if b"null" in other:  # a non-finite float reads back as null: compare in full (rare)
+        _to_json(keys["other"], "the model's vocabulary")
+    return {
+        "features.kinds": np.frombuffer(keys["kinds"].encode("ascii"), dtype=np.uint8),
+        "features.text": np.frombuffer(keys["text"].encode("utf-8", "surrogatepass"), dtype=np.uint8),
+        "features.lengths": np.array(keys["lengths"], dtype=np.int64),
+        "features.ints": np.array(keys["ints"], dtype=np.int64),
+        "features.other": np.frombuffer(other, dtype=np.uint8),
+    }
+
+
+def _key_entries(raw: bytes, what: str) -> list[dict]:
+    """The JSON list of vocabulary entries (``{"k": key}`` or ``{"k": key, "v": value}``) in ``raw``."""
+    try:
+        entries = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise CheckpointCorrupt(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and "k" in e for e in entries):
+        raise CheckpointCorrupt(f'{what} is not a list of {{"k": ...}}')
+    if b'"tuple"' in raw:  # only tuple keys nest: look closer
+        _check_key_depth(entries)
+    return entries
+
+
+def _vocabulary_from_members(members: dict[str, np.ndarray], n_keys: int) -> dict:
+    """The vocabulary's columns (as ``FeatureSpace.to_state`` gives them) from its members, checked."""
+    missing = sorted(set(_VOCABULARY) - set(members))
+    if missing:
+        raise CheckpointCorrupt(f"the array file lacks the vocabulary's {', '.join(missing)}")
+    kinds = members["features.kinds"].tobytes()
+    if kinds.strip(b"sixo"):
+        raise CheckpointCorrupt("the vocabulary's kinds hold a letter other than s, i, x, o")
+    try:
+        text = members["features.text"].tobytes().decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError as exc:
+        raise CheckpointCorrupt(f"the vocabulary's text is not UTF-8: {exc}") from None
+    lengths = members["features.lengths"]
+    if len(lengths) and (lengths.min() < 0 or lengths.sum() != len(text)):
+        raise CheckpointCorrupt("the vocabulary's name lengths do not add up to its text")
+    other = _key_entries(members["features.other"].tobytes(), "the vocabulary's other keys")
+    columns = {"kinds": kinds.decode("ascii"), "text": text, "lengths": lengths.tolist(),
+               "ints": members["features.ints"].tolist(), "other": other}
+    n_s, n_x = kinds.count(b"s"), kinds.count(b"x")
+    if (len(kinds) != n_keys or len(lengths) != n_s + 2 * n_x or len(columns["ints"]) != kinds.count(b"i")
+            or len(other) != kinds.count(b"o")):
+        raise CheckpointCorrupt(f"the vocabulary's columns do not describe {n_keys} features")
+    return columns
 
 
 def _encode_extras(extras: dict | None) -> tuple[dict[str, np.ndarray], dict]:
@@ -637,9 +702,16 @@ def _read_arrays_v2(
     expected = _expected_arrays(meta, 2)
     features = meta["features"]
     vocabulary = features.get("n_bits") is None
-    keys_bytes = features.get("keys_bytes")
-    if vocabulary and not (isinstance(keys_bytes, int) and 0 <= keys_bytes <= len(npz_bytes) * 1100 + 64):
-        raise CheckpointCorrupt(f"the manifest's vocabulary size {keys_bytes!r} is malformed")
+    keys_bytes = features.get("keys_bytes")  # the first layout of version 2: the vocabulary as one JSON
+    sizes = features.get("vocabulary")  # the columnar layout: the length of each vocabulary member
+    if vocabulary and keys_bytes is not None:
+        if not (type(keys_bytes) is int and 0 <= keys_bytes <= len(npz_bytes) * 1100 + 64):
+            raise CheckpointCorrupt(f"the manifest's vocabulary size {keys_bytes!r} is malformed")
+    elif vocabulary and not (
+        isinstance(sizes, dict) and set(sizes) == {n.removeprefix("features.") for n in _VOCABULARY}
+        and all(type(v) is int and 0 <= v <= len(npz_bytes) * 1100 + 64 for v in sizes.values())
+    ):
+        raise CheckpointCorrupt(f"the manifest's vocabulary sizes {sizes!r:.200} are malformed")
 
     def allowed(name: str) -> _Member | None:
         base, _, part = name.rpartition(".")
@@ -647,8 +719,10 @@ def _read_arrays_v2(
             return _Member(_FLOAT, exact=expected[name])
         if base in expected and part in ("idx", "val"):
             return _Member(_INDEX if part == "idx" else _FLOAT, at_most=expected[base])
-        if vocabulary and name == "features.keys":
+        if vocabulary and keys_bytes is not None and name == "features.keys":
             return _Member(_BYTES, exact=keys_bytes)
+        if vocabulary and keys_bytes is None and name in _VOCABULARY:
+            return _Member(_VOCABULARY[name], exact=sizes[name.removeprefix("features.")])
         return extra.get(name)
 
     members = _read_members(npz_bytes, allowed)
@@ -669,19 +743,16 @@ def _read_arrays_v2(
         dense = np.zeros(n)
         dense[idx] = val
         arrays[name] = dense
-    meta = {**meta, "features": {k: v for k, v in features.items() if k not in ("n_keys", "keys_bytes")}}
-    if vocabulary:
+    layout = ("n_keys", "keys_bytes", "vocabulary")
+    meta = {**meta, "features": {k: v for k, v in features.items() if k not in layout}}
+    if vocabulary and keys_bytes is None:
+        keys = _vocabulary_from_members(members, expected["w"])
+    elif vocabulary:
         if "features.keys" not in members:
             raise CheckpointCorrupt("the array file lacks the vocabulary (features.keys)")
-        raw = members["features.keys"].tobytes()
-        try:
-            keys = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise CheckpointCorrupt(f"the vocabulary is not valid JSON: {exc}") from None
-        if not isinstance(keys, list) or len(keys) != expected["w"]:
+        keys = _key_entries(members["features.keys"].tobytes(), "the vocabulary")
+        if len(keys) != expected["w"]:
             raise CheckpointCorrupt(f"the vocabulary does not list {expected['w']} features")
-        if b'"tuple"' in raw:  # only tuple keys nest: look closer
-            _check_key_depth(keys)
     else:
         keys = []
     meta["features"]["keys"] = keys

@@ -40,10 +40,13 @@ ValueError: feature 'age' has a non-finite value nan
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
+import itertools
 import math
 import numbers
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -316,35 +319,136 @@ class FeatureSpace:
         del self.keys[n_keys:]
         self.n_dropped = n_dropped
 
-    # State, for checkpoints: JSON-able, no pickle.
+    # State, for checkpoints: JSON-able, no pickle. The vocabulary is columnar (see _vocabulary_columns).
 
     def to_state(self) -> dict:
-        """A JSON-able description from which :meth:`from_state` rebuilds an equal space."""
-        keys = []
-        if self.n_bits is None:
-            for k in self.keys:
-                if isinstance(k, IndicatorKey):
-                    keys.append({"k": _json_key(k.key), "v": k.value})
-                else:
-                    keys.append({"k": _json_key(k)})
+        """A JSON-able description from which :meth:`from_state` rebuilds an equal space.
+
+        >>> space = FeatureSpace()
+        >>> _ = space.encode({"a": 1, "b": "FR", 7: 2.0}, grow=True)
+        >>> space.to_state()["keys"]
+        {'kinds': 'sxi', 'text': 'abFR', 'lengths': [1, 1, 2], 'ints': [7], 'other': []}
+        >>> FeatureSpace.from_state(space.to_state()).keys == space.keys
+        True
+
+        """
         return {
             "n_bits": self.n_bits,
             "max_features": self.max_features,
             "n_dropped": self.n_dropped,
-            "keys": keys,
+            "keys": _vocabulary_columns(self.keys) if self.n_bits is None else [],
         }
 
     @classmethod
     def from_state(cls, state: dict) -> FeatureSpace:
+        """The space :meth:`to_state` described (also the list of ``{"k": ..., "v": ...}`` of old states);
+        a ``ValueError`` if the vocabulary's columns do not fit together."""
         space = cls(n_bits=state["n_bits"], max_features=state["max_features"])
         space.n_dropped = int(state["n_dropped"])
-        for entry in state["keys"]:
-            key = _from_json_key(entry["k"])
-            if "v" in entry:
-                key = IndicatorKey(key, entry["v"])
-            space.columns[key] = len(space.keys)
-            space.keys.append(key)
+        keys = state["keys"]
+        with _garbage_collection_paused():  # millions of new keys: no collection may scan them on the way
+            if isinstance(keys, dict):
+                space.keys = _vocabulary_keys(keys)
+            else:
+                space.keys = [_from_json_entry(entry) for entry in keys]
+            space.columns = dict(zip(space.keys, range(len(space.keys)), strict=False))
+        if len(space.columns) != len(space.keys):
+            raise ValueError("the vocabulary lists a feature twice")
         return space
+
+
+@contextlib.contextmanager
+def _garbage_collection_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off (if it was on) for the block: building millions of tuples
+    otherwise triggers collections that scan them all, again and again (the load took twice as long)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+#: The range of the ``ints`` column (int64, as checkpoints store it); other ints are generic keys.
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _vocabulary_columns(keys: list[Hashable]) -> dict:
+    """The vocabulary as columns: ``kinds`` (one letter per column: ``s`` a str key, ``i`` an int64 key,
+    ``x`` the indicator of a str key and value, ``o`` any other key), ``text`` (the str keys, and the key
+    and value of each indicator, concatenated in column order) cut by ``lengths`` (in characters), ``ints``
+    (the int keys) and ``other`` (the other keys in the generic JSON encoding, ``{"k": ..., "v": ...}``)."""
+    types = set(map(type, keys))
+    if types <= {str}:
+        return {"kinds": "s" * len(keys), "text": "".join(keys), "lengths": list(map(len, keys)),
+                "ints": [], "other": []}
+    if types == {int} and _INT_MIN <= min(keys) and max(keys) <= _INT_MAX:
+        return {"kinds": "i" * len(keys), "text": "", "lengths": [], "ints": list(keys), "other": []}
+    kinds: list[str] = []
+    pieces: list[str] = []
+    ints: list[int] = []
+    other: list[dict] = []
+    for k in keys:
+        t = type(k)
+        if t is str:
+            kinds.append("s")
+            pieces.append(k)
+        elif t is int and _INT_MIN <= k <= _INT_MAX:
+            kinds.append("i")
+            ints.append(k)
+        elif t is IndicatorKey and type(k[1]) is str and type(k[2]) is str:
+            kinds.append("x")
+            pieces += k[1], k[2]
+        else:
+            kinds.append("o")
+            other.append({"k": _json_key(k.key), "v": k.value} if t is IndicatorKey else {"k": _json_key(k)})
+    return {"kinds": "".join(kinds), "text": "".join(pieces), "lengths": list(map(len, pieces)),
+            "ints": ints, "other": other}
+
+
+def _vocabulary_keys(columns: dict) -> list[Hashable]:
+    """The keys that :func:`_vocabulary_columns` described; a ``ValueError`` if the columns disagree.
+
+    Each kind is rebuilt at once (in numpy's object arrays, no loop per key in Python)."""
+    kinds, text, lengths, ints, other = (columns[c] for c in ("kinds", "text", "lengths", "ints", "other"))
+    kind = np.frombuffer(kinds.encode("ascii"), dtype=np.uint8)
+    is_s, is_i, is_x = kind == ord("s"), kind == ord("i"), kind == ord("x")
+    n_s, n_i, n_x = int(is_s.sum()), int(is_i.sum()), int(is_x.sum())
+    n_o = int((kind == ord("o")).sum())
+    if n_s + n_i + n_x + n_o != len(kinds):
+        raise ValueError("the vocabulary's kinds hold a letter other than s, i, x, o")
+    if len(lengths) != n_s + 2 * n_x or len(ints) != n_i or len(other) != n_o:
+        raise ValueError("the vocabulary's columns do not have the lengths its kinds need")
+    ends = list(itertools.accumulate(lengths))
+    if min(lengths, default=0) < 0 or (ends[-1] if ends else 0) != len(text):
+        raise ValueError("the vocabulary's name lengths do not add up to its text")
+    pieces = list(map(text.__getitem__, map(slice, [0, *ends[:-1]], ends)))
+    if n_s == len(kinds):
+        return pieces
+    if n_i == len(kinds):
+        return list(ints)
+    keys = np.empty(len(kinds), dtype=object)
+    if pieces:
+        owner = kind[is_s | is_x]
+        owner = np.repeat(owner, np.where(owner == ord("x"), 2, 1))  # the kind of the key of each piece
+        pieces_array = np.empty(len(pieces), dtype=object)
+        pieces_array[:] = pieces
+        keys[is_s] = pieces_array[owner == ord("s")]
+        halves = pieces_array[owner == ord("x")]
+        made = map(tuple.__new__, itertools.repeat(IndicatorKey),
+                   zip(itertools.repeat(INDICATOR), halves[0::2], halves[1::2]))
+        keys[is_x] = np.fromiter(made, dtype=object, count=n_x)
+    if n_i:
+        keys[is_i] = np.fromiter(ints, dtype=object, count=n_i)
+    if n_o:
+        keys[kind == ord("o")] = np.fromiter(map(_from_json_entry, other), dtype=object, count=n_o)
+    return keys.tolist()
+
+
+def _from_json_entry(entry: dict) -> Hashable:
+    key = _from_json_key(entry["k"])
+    return IndicatorKey(key, entry["v"]) if "v" in entry else key
 
 
 def _json_key(key: Hashable) -> Any:

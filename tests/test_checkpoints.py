@@ -7,6 +7,7 @@ The crafted files below are written by this test's own implementation of the doc
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -33,6 +34,7 @@ from stream_logreg.checkpoints import (
     load_checkpoint,
     save_checkpoint,
 )
+from stream_logreg.features import FeatureSpace, IndicatorKey
 
 ROOT = Path(__file__).resolve().parents[1]
 PHISHING = list(datasets.Phishing())
@@ -562,10 +564,21 @@ def test_a_different_configuration_is_refused_naming_the_differences(two_checkpo
 # Schema version 2: sparse arrays, the vocabulary in the array file; version 1 still loads
 
 
+def _legacy_keys(keys: list) -> list[dict]:
+    """The vocabulary as the first layouts wrote it (schema 1, and schema 2 before the columnar members):
+    one ``{"k": key}`` or ``{"k": key, "v": value}`` (an indicator) per column, tuples tagged."""
+    def encode(k):
+        return {"tuple": [encode(e) for e in k]} if isinstance(k, tuple) else k
+
+    return [{"k": encode(k.key), "v": k.value} if isinstance(k, IndicatorKey) else {"k": encode(k)}
+            for k in keys]
+
+
 def test_a_checkpoint_of_schema_version_1_still_loads(tmp_path):
     model = OnlineLogisticRegression(optimizer=optim.FTRL(l1=0.1))
     learn(model, "learn_one", 0, 300)
     arrays, meta = model.state()
+    meta["features"]["keys"] = _legacy_keys(model.features.keys)  # version 1 listed one dict per key
     content = _npz_bytes(tmp_path, **arrays)
     cid = "01700000000000000000"
     (tmp_path / f"{cid}.npz").write_bytes(content)
@@ -614,3 +627,107 @@ def test_a_large_vocabulary_is_in_the_array_file_not_the_manifest(tmp_path):
     npz_z, manifest_z = checkpoints.encode_checkpoint("00000000000000000002", model, compress=True)
     assert len(npz_z) < len(npz)
     same_model(checkpoints.restore(checkpoints.decode_manifest(manifest_z), npz_z).model, model)
+
+
+# The vocabulary's columnar members: every kind of key comes back as itself, in column order
+
+def typed(key: object) -> object:
+    """A key with the type of every part spelled out (1, 1.0, True and "1" are all different)."""
+    if isinstance(key, tuple):
+        return type(key).__name__, tuple(typed(k) for k in key)
+    return type(key).__name__, key
+
+
+MIXED_KEYS = [1, "1", 2.5, ("a", "FR"), "a=FR", IndicatorKey("a", "FR"), IndicatorKey(7, "x"), 2**63,
+              -(2**63), 2**63 - 1, (1, ("x", 2.0)), "", "é\U0001f600", "lone \ud800", False,
+              IndicatorKey("", "")]
+
+
+def space_of(keys: list) -> FeatureSpace:
+    space = FeatureSpace()
+    space.columns_of(keys, grow=True)
+    return space
+
+
+def model_with_keys(keys: list) -> OnlineLogisticRegression:
+    model = OnlineLogisticRegression()
+    model.features = space_of(keys)
+    model._grow(model.features.n_columns)
+    return model
+
+
+@pytest.mark.parametrize("keys", [MIXED_KEYS, ["a", "b", "ç"], list(range(50)), [IndicatorKey("k", "v")], []],
+                         ids=["mixed", "str", "int", "indicator", "empty"])
+def test_every_kind_of_vocabulary_key_round_trips_through_a_checkpoint(keys):
+    model = model_with_keys(keys)
+    assert [typed(k) for k in model.features.keys] == [typed(k) for k in keys]
+    npz, manifest = checkpoints.encode_checkpoint("00000000000000000001", model)
+    restored = checkpoints.restore(checkpoints.decode_manifest(manifest), npz).model
+    assert [typed(k) for k in restored.features.keys] == [typed(k) for k in keys]
+    assert restored.features.columns == model.features.columns
+    same_model(restored, model)
+
+
+def test_the_first_schema_2_layout_with_the_vocabulary_as_json_still_loads():
+    model = OnlineLogisticRegression()
+    learn(model, "learn_one", 0, 300)
+    npz, manifest = checkpoints.encode_checkpoint("00000000000000000001", model)
+    body = checkpoints.decode_manifest(manifest)
+    with np.load(io.BytesIO(npz), allow_pickle=False) as f:
+        members = {name: f[name] for name in f.files if name not in checkpoints._VOCABULARY}
+    legacy = json.dumps(_legacy_keys(model.features.keys)).encode()
+    members["features.keys"] = np.frombuffer(legacy, dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, allow_pickle=False, **members)
+    old_npz = buffer.getvalue()
+    features = body["model"]["features"]
+    del features["vocabulary"]
+    features["keys_bytes"] = len(legacy)
+    body["npz"].update(size=len(old_npz), sha256=hashlib.sha256(old_npz).hexdigest())
+    restored = checkpoints.restore(body, old_npz, expect_config=model.config()).model
+    assert [typed(k) for k in restored.features.keys] == [typed(k) for k in model.features.keys]
+    same_model(restored, model)
+
+
+def _with_vocabulary_member(name: str, values: np.ndarray) -> tuple[dict, bytes]:
+    model = model_with_keys(MIXED_KEYS)
+    npz, manifest = checkpoints.encode_checkpoint("00000000000000000001", model)
+    body = checkpoints.decode_manifest(manifest)
+    with np.load(io.BytesIO(npz), allow_pickle=False) as f:
+        members = {n: f[n] for n in f.files}
+    members[name] = values
+    buffer = io.BytesIO()
+    np.savez(buffer, allow_pickle=False, **members)
+    data = buffer.getvalue()
+    body["model"]["features"]["vocabulary"][name.removeprefix("features.")] = len(values)
+    body["npz"].update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    return body, data
+
+
+@pytest.mark.parametrize(("name", "values", "reason"), [
+    ("features.kinds", np.frombuffer(b"s" * len(MIXED_KEYS), dtype=np.uint8), "do not describe"),
+    ("features.kinds", np.frombuffer(b"q" * len(MIXED_KEYS), dtype=np.uint8), "letter other than"),
+    ("features.kinds", np.frombuffer(b"s", dtype=np.uint8), "do not describe"),
+    ("features.lengths", np.array([-1, 1, 0, 0, 0, 0, 0, 0, 0, 0], dtype=np.int64), "do not add up"),
+    ("features.lengths", np.array([10**6] * 10, dtype=np.int64), "do not add up"),
+    ("features.lengths", np.array([0], dtype=np.int64), "do not add up"),
+    ("features.text", np.frombuffer(b"\xff\xfe" * 20, dtype=np.uint8), "not UTF-8"),
+    ("features.other", np.frombuffer(b"[{", dtype=np.uint8), "not valid JSON"),
+    ("features.other", np.frombuffer(b'{"k": 1}', dtype=np.uint8), "not a list"),
+    ("features.ints", np.array([], dtype=np.int64), "do not describe"),
+])
+def test_a_malformed_vocabulary_is_a_clear_corrupt_reason(name, values, reason):
+    body, data = _with_vocabulary_member(name, values)
+    with pytest.raises(CheckpointCorrupt, match=reason):
+        checkpoints.restore(body, data)
+
+
+def test_malformed_vocabulary_sizes_in_the_manifest_are_refused_before_reading():
+    model = model_with_keys(MIXED_KEYS)
+    npz, manifest = checkpoints.encode_checkpoint("00000000000000000001", model)
+    for sizes in ({"kinds": 1}, {"kinds": -1, "text": 0, "lengths": 0, "ints": 0, "other": 0}, [], None,
+                  {"kinds": True, "text": 0, "lengths": 0, "ints": 0, "other": 0}):
+        body = checkpoints.decode_manifest(manifest)
+        body["model"]["features"]["vocabulary"] = sizes
+        with pytest.raises(CheckpointCorrupt, match="vocabulary sizes"):
+            checkpoints.restore(body, npz)

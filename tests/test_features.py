@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import math
 import time
 import warnings
@@ -332,3 +333,76 @@ def test_too_large_values_are_refused_without_a_trace(strict_warnings):
     with pytest.raises(ValueError, match="not finite"):
         model.learn_one({"a": 1e308, "b": 1e308}, False, w=1e308)
     assert_same_state(model, before)
+
+
+# The vocabulary's state: columnar, and every key comes back as itself (type included), in column order
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from stream_logreg.features import IndicatorKey  # noqa: E402
+
+
+def typed(key):
+    """A key with the type of every part spelled out (1, 1.0, True and "1" are all different)."""
+    if isinstance(key, tuple):
+        return type(key).__name__, tuple(typed(k) for k in key)
+    return type(key).__name__, key
+
+
+_ATOMS = st.one_of(st.text(max_size=6), st.integers(min_value=-(2**70), max_value=2**70), st.booleans(),
+                   st.floats(allow_nan=False, allow_infinity=False))
+_KEYS = st.one_of(
+    st.text(max_size=6),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.booleans(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.builds(IndicatorKey, st.one_of(st.text(max_size=4), st.integers()), st.text(max_size=4)),
+    st.recursive(st.tuples(_ATOMS, _ATOMS), lambda inner: st.tuples(_ATOMS, inner), max_leaves=4),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_KEYS, max_size=12))
+def test_the_vocabulary_state_round_trips_every_key_exactly(keys):
+    space = FeatureSpace()
+    space.columns_of(keys, grow=True)  # equal keys (1, 1.0, True) share a column, as in a model
+    state = json.loads(json.dumps(space.to_state()))  # JSON-able
+    back = FeatureSpace.from_state(state)
+    assert [typed(k) for k in back.keys] == [typed(k) for k in space.keys]
+    assert back.columns == space.columns and back.to_state() == space.to_state()
+
+
+def test_the_vocabulary_state_is_columnar():
+    space = FeatureSpace()
+    space.encode({"a": 1.0, "b": "FR", 7: 2.0, ("t", 1): 3.0, "é": "ü"}, grow=True)
+    assert space.to_state()["keys"] == {
+        "kinds": "sxiox", "text": "abFRéü", "lengths": [1, 1, 2, 1, 1], "ints": [7],
+        "other": [{"k": {"tuple": ["t", 1]}}],
+    }
+
+
+def test_an_old_vocabulary_state_of_one_entry_per_key_still_loads():
+    old = {"n_bits": None, "max_features": None, "n_dropped": 2,
+           "keys": [{"k": "a"}, {"k": "b", "v": "FR"}, {"k": 1}, {"k": {"tuple": ["t", 1.5]}}]}
+    space = FeatureSpace.from_state(old)
+    assert [typed(k) for k in space.keys] == [typed(k) for k in ["a", IndicatorKey("b", "FR"), 1, ("t", 1.5)]]
+    assert space.n_dropped == 2 and space.columns[("t", 1.5)] == 3
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"kinds": "sq"}, "letter other than"),
+    ({"kinds": "s"}, "do not have the lengths"),
+    ({"lengths": [2]}, "do not add up"),
+    ({"kinds": "xi", "lengths": [-1, 2]}, "do not add up"),  # the sum is right, a length is negative
+    ({"ints": []}, "do not have the lengths"),
+])
+def test_a_vocabulary_state_whose_columns_disagree_is_refused(change, reason):
+    space = FeatureSpace()
+    space.encode({"a": 1.0, "bc": 2.0}, grow=True)
+    state = space.to_state()
+    state["keys"] = {**state["keys"], "kinds": "si", "ints": [5], "lengths": [1], "text": "a"}
+    FeatureSpace.from_state(state)  # consistent: loads
+    state["keys"].update(change)
+    with pytest.raises(ValueError, match=reason):
+        FeatureSpace.from_state(state)

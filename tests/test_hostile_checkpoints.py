@@ -155,22 +155,32 @@ def replace(name: str, make: Callable[[Path], None]) -> Callable[[Path, str, str
 
 
 def deep_vocabulary(depth: int) -> Callable[[dict], None]:
-    """The first vocabulary key made a tuple nested ``depth`` deep (JSON text built as text: no recursion)."""
+    """A vocabulary key of the generic kind (``o``) made a tuple nested ``depth`` deep, in place of the
+    first key (JSON text built as text: no recursion)."""
     def change(members: dict) -> None:
-        keys = json.loads(members["features.keys"].tobytes())
-        rest = json.dumps(keys[1:])[1:]
+        kinds = members["features.kinds"].tobytes()
+        assert kinds[:1] == b"s", kinds[:1]  # the first key is a str: drop its name from the text
+        lengths = members["features.lengths"]
+        members["features.text"] = members["features.text"][len(members["features.text"].tobytes()
+                                                                 .decode()[: lengths[0]].encode()):]
+        members["features.lengths"] = lengths[1:]
+        members["features.kinds"] = np.frombuffer(b"o" + kinds[1:], dtype=np.uint8)
+        rest = members["features.other"].tobytes().decode()[1:]
         first = '{"k":' + '{"tuple":[' * depth + '"x"' + "]}" * depth + "}"
-        members["features.keys"] = np.frombuffer(f"[{first},{rest}".encode(), dtype=np.uint8)
+        members["features.other"] = np.frombuffer(f"[{first}{',' if rest != ']' else ''}{rest}".encode(),
+                                                  dtype=np.uint8)
     return change
 
 
 def with_keys_bytes(plant: Callable[[Path, str, str], None]) -> Callable[[Path, str, str], None]:
-    """``plant``, then the manifest's declared vocabulary size made to match the new member."""
+    """``plant``, then the manifest's declared vocabulary sizes made to match the new members."""
     def both(d: Path, old: str, new: str) -> None:
         plant(d, old, new)
         body = manifest_body(d / f"{new}.json")
         with np.load(d / f"{new}.npz", allow_pickle=False) as npz:
-            body["model"]["features"]["keys_bytes"] = len(npz["features.keys"])
+            sizes = body["model"]["features"]["vocabulary"]
+            for name in sizes:
+                sizes[name] = len(npz[f"features.{name}"])
         write_manifest(d / f"{new}.json", body)
     return both
 
