@@ -7,8 +7,9 @@ import uuid
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
+from polling import read_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -66,27 +67,6 @@ def _consume(
     return records
 
 
-def _read_all(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list[ConsumerRecord]:
-    """Every record of ``topic`` from the start, without a consumer group (assigned partitions: no group
-    join, so nothing here depends on the coordinator's rebalance), until ``expected`` arrived."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=100)
-    records: list[ConsumerRecord] = []
-    try:
-        deadline = time.monotonic() + timeout
-        partitions = None
-        while not partitions and time.monotonic() < deadline:
-            partitions = consumer.partitions_for_topic(topic)
-        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions or ())])
-        while len(records) < expected and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=200).values():
-                records.extend(batch)
-        for batch in consumer.poll(timeout_ms=500).values():
-            records.extend(batch)
-    finally:
-        consumer.close()
-    return records
-
-
 def _by_position(records: list[ConsumerRecord]) -> dict[tuple[int, int], tuple[bytes, bytes]]:
     return {(r.partition, r.offset): (r.key, r.value) for r in records}
 
@@ -131,5 +111,5 @@ def test_restart_keeps_messages_and_committed_offsets(
     resumed = _consume(kafka_bootstrap, topic, group, expected=50)
     assert _by_position(resumed) == after, "the group should resume exactly after its committed offsets"
 
-    everything = _read_all(kafka_bootstrap, topic, expected=100)
+    everything = read_topic(kafka_bootstrap, topic, 100)  # no group: no rebalance race
     assert _by_position(everything) == before | after
