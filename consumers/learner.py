@@ -74,9 +74,11 @@ wrote it. So the state moves with the partitions:
 - two live writers of one key cannot both write: the newer fences the older, which stops (:class:`Fenced`,
   exit 1). Two live learners on one ``--checkpoint-dir`` are refused too (a lock held while running).
 
-A replacement continues a lost member's state only if it joins before the group expires the lost member
-(its ``session_timeout_ms``): later, the survivors have been given its partitions and go on with them in their
-own models (the lost state stays under its key: its events counted once, not continued). Two fresh members
+A replacement continues a lost member's state whether it joins before the group expires the lost member (its
+``session_timeout_ms``: it is given the lost partitions, whose offsets name the lost state) or after it (the
+survivors were given them first and go on with them in their own models; their commits mark those partitions
+with the lost state, ``;orphan=<key>@<member>``, so a fresh member given one later finds it and continues it
+from its checkpoint: the events the survivors learned in between stay counted in theirs). Two fresh members
 given a lost member's partitions at the same moment both try to take its state: the later
 one fences the earlier, which exits 1 and, restarted, starts fresh. With ``at-least-once`` the window between
 a checkpoint and its commit stays: a member killed inside it leaves the newer state under its key and older
@@ -743,7 +745,7 @@ class Learner:
         tps = sorted(source.pending)
         try:
             found = source.committed_metadata(tps)
-            if state.fresh and hasattr(state.store, "key"):
+            if hasattr(state.store, "key"):
                 self._take_over(found)
             committed = {tp: (None if m is None else m.offset) for tp, m in found.items()}
             ends = source.end_offsets(tps)
@@ -757,24 +759,51 @@ class Learner:
             self.stats.assigned = [tp_key(tp) for tp in sorted(assigned)]
 
     def _take_over(self, committed: dict[TopicPartition, Any]) -> None:
-        """On an assignment to a fresh member (nothing learned, no state of its own) with the Kafka store:
-        continue the state of a lost member whose partitions it was given.
+        """On an assignment with the Kafka store: find the states of lost members that covered the new
+        partitions, and continue one if this member is fresh (nothing learned, no state of its own).
 
-        The committed offsets' metadata (``<state key>/<checkpoint>@<member>``) names the state that holds
-        the events before them and the member that wrote it. The state keys named by members no longer in
-        the group are candidates, the one covering most of the new partitions first; opening its store
-        fences the lost member (a zombie's next transaction fails) and its newest checkpoint becomes this
-        member's model, under that key from now on. A state whose writer is still in the group is never
-        taken: that member goes on learning into it.
+        The committed offsets' metadata (``<state key>/<checkpoint>@<member>[;orphan=<key>@<member>]``)
+        names the state that holds the events before them and the member that wrote it, and maybe a lost
+        state that covered the partition before. A state whose last writer is no longer in the group
+        (``describe_groups``) and that no live member writes (none of the group's committed offsets names
+        it with a live writer) is an orphan. A fresh member takes the orphan covering most of the new
+        partitions over (named directly first, then by the ``orphan`` mark): opening its store fences the
+        lost member (a zombie's next transaction fails) and its newest checkpoint becomes this member's
+        model, under that key from now on. A member that is not fresh keeps its own model, and marks the
+        partitions with the orphan in its commits, so that a fresh member given them later (a replacement
+        that joined after the group had expired the lost member) still finds and continues the lost state.
         """
         state, source = self._state, self._source
-        refs = [r for m in committed.values() if m is not None and (r := parse_ref(m.metadata)) is not None]
         mine = state.store.key
-        if not any(r.key != mine and r.member != self._instance_id for r in refs):
+        refs = {tp: r for tp, m in committed.items()
+                if m is not None and (r := parse_ref(m.metadata)) is not None}
+        if not any((r.key != mine and r.member != self._instance_id) or (r.orphan and r.orphan[0] != mine)
+                   for r in refs.values()):
+            for tp in refs:
+                state.orphans.pop(tp, None)
             return
         live = source.live_members()
-        taken = {r.key for r in refs if r.member in live or r.member == self._instance_id} | {mine}
-        candidates = Counter(r.key for r in refs if r.key not in taken)
+        named: dict[TopicPartition, tuple[str, str]] = {}
+        marked: dict[TopicPartition, tuple[str, str]] = {}
+        for tp, r in refs.items():
+            if r.key != mine and r.member not in live and r.member != self._instance_id:
+                named[tp] = (r.key, r.member)
+            if r.orphan and r.orphan[0] != mine and r.orphan[1] not in live:
+                marked[tp] = r.orphan
+        if not (named or marked):
+            return
+        held = {r.key for m in source.group_offsets().values()
+                if (r := parse_ref(getattr(m, "metadata", None))) is not None and r.member in live}
+        for tp in refs:
+            found = named.get(tp) or marked.get(tp)
+            if found is None or found[0] in held:
+                state.orphans.pop(tp, None)
+            else:
+                state.orphans[tp] = "@".join(found)
+        if not state.fresh:
+            return
+        candidates = Counter(k for k, _ in named.values() if k not in held)
+        candidates = candidates or Counter(k for k, _ in marked.values() if k not in held)
         for key, _ in candidates.most_common(1):
             store = self._open_store(key)
             previous = state.store
@@ -785,6 +814,8 @@ class Learner:
             if self._exactly_once:  # the outputs go into the transactions of the state taken over
                 self._outputs.producer = store.producer
                 previous.producer.close(timeout=1)
+            for tp in [tp for tp, o in state.orphans.items() if o.startswith(f"{key}@")]:
+                del state.orphans[tp]
             log.info("took over the state %r of a lost member (checkpoint %s, n_samples_seen=%d)", key,
                      state.checkpoint_id, state.model.n_samples_seen,
                      extra={"checkpoint_id": state.checkpoint_id, "reason": "took_over"})

@@ -231,6 +231,16 @@ class Source:
         members = described.get("members") or []
         return {m["group_instance_id"] for m in members if m.get("group_instance_id")}
 
+    def group_offsets(self) -> dict[TopicPartition, Any]:
+        """Every offset committed in the group, with its metadata (an admin request, bounded)."""
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(**self.config.admin_kwargs(self.config.commit_timeout_ms))
+        try:
+            return dict(admin.list_group_offsets({self.config.group_id: None})[self.config.group_id])
+        finally:
+            admin.close()
+
     def commit(self, offsets: dict, timeout_ms: int | None = None) -> None:
         """Commit ``offsets`` (raises ``KafkaError``). A member fenced by another one with the same
         instance id is flagged (:attr:`fenced`): kafka-python only stops its heartbeats."""

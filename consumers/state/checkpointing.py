@@ -15,7 +15,10 @@ learner passes it the callables that flush the outputs and commit offsets.
 Commit metadata: with a directory store, the checkpoint id; with a store that has a state ``key`` (the Kafka
 store), ``<key>/<checkpoint id>@<member>``: which state holds the events before the committed offset, and
 which group member (``group_instance_id``) wrote it. A member with an empty disk reads it on assignment to
-find the state of a lost member (:func:`parse_ref`, see :mod:`consumers.learner`).
+find the state of a lost member (:func:`parse_ref`, see :mod:`consumers.learner`). A member that was given a
+lost member's partitions but could not continue its state (it has its own) appends
+``;orphan=<key>@<member>`` to their metadata, so that a member with an empty disk that gets them later still
+finds the lost state.
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ def parse_tp_key(key: str) -> TopicPartition:
     return TopicPartition(topic, int(partition))
 
 
-_REF = re.compile(r"([A-Za-z0-9._:,=+-]{1,200})/(\d{20})@([A-Za-z0-9._-]{1,249})")
+_KEY, _MEMBER = r"[A-Za-z0-9._:,=+-]{1,200}", r"[A-Za-z0-9._-]{1,249}"
+_REF = re.compile(rf"({_KEY})/(\d{{20}})@({_MEMBER})(?:;orphan=({_KEY})@({_MEMBER}))?")
 
 
 def hold_directory(path: Any) -> Any:
@@ -80,23 +84,31 @@ def hold_directory(path: Any) -> Any:
 
 @dataclass(frozen=True)
 class StateRef:
-    """What a committed offset's metadata says: the state key, the checkpoint and the member that wrote it."""
+    """What a committed offset's metadata says: the state key, the checkpoint and the member that wrote it,
+    and (``orphan``) the state key and last writer of a lost member's state that once covered the partition
+    and that nobody has continued yet, as far as the writer knew."""
 
     key: str
     checkpoint_id: str
     member: str
+    orphan: tuple[str, str] | None = None
 
 
 def parse_ref(metadata: str | None) -> StateRef | None:
     """The :class:`StateRef` of a committed offset's metadata, or None (a directory store's, or foreign).
 
     >>> parse_ref("lr-1/00000000000000000042@host-1")
-    StateRef(key='lr-1', checkpoint_id='00000000000000000042', member='host-1')
+    StateRef(key='lr-1', checkpoint_id='00000000000000000042', member='host-1', orphan=None)
+    >>> parse_ref("lr-2/00000000000000000007@host-2;orphan=lr-1@host-1").orphan
+    ('lr-1', 'host-1')
     >>> parse_ref("00000000000000000042") is None
     True
     """
     m = _REF.fullmatch(metadata or "")
-    return StateRef(*m.groups()) if m else None
+    if not m:
+        return None
+    key, cid, member, orphan, orphan_member = m.groups()
+    return StateRef(key, cid, member, None if orphan is None else (orphan, orphan_member))
 
 
 class Checkpointing:
@@ -134,6 +146,9 @@ class Checkpointing:
         # The group's committed offset when we took each partition: never commit below it (a checkpoint
         # written before a skip ahead must not move the group back).
         self.floor: dict[TopicPartition, int] = {}
+        # Per owned partition, "<key>@<member>" of a lost member's state that covered it and that nobody
+        # continues: carried in the commit metadata for a fresh member to find (consumers.learner).
+        self.orphans: dict[TopicPartition, str] = {}
         self.since_checkpoint = 0
         self.last_checkpoint_at = time.monotonic()
         self.commit_pending = False
@@ -305,8 +320,9 @@ class Checkpointing:
         with its id, never below the floor (or those of checkpoint ``cid`` with ``offsets``)."""
         meta = self.ref(self.checkpoint_id if cid is None else cid)
         ckpt = self.ckpt_offsets if offsets is None else offsets
+        orphans = self.orphans if "@" in meta else {}
         return {
-            tp: OffsetAndMetadata(ckpt[tp], meta, -1)
+            tp: OffsetAndMetadata(ckpt[tp], f"{meta};orphan={orphans[tp]}" if tp in orphans else meta, -1)
             for tp in partitions
             if tp in ckpt and tp not in pending and ckpt[tp] >= self.floor.get(tp, 0)
         }
@@ -358,6 +374,7 @@ class Checkpointing:
         current = self.offsets()
         self.buffer[:] = [b for b in self.buffer if b[2] not in partitions]
         for tp in partitions:
+            self.orphans.pop(tp, None)
             durable = self.ckpt_offsets.get(tp)
             if current.get(tp) != durable:
                 self.needs_reload = True
