@@ -278,11 +278,20 @@ class Learner:
         from kafka import KafkaProducer
 
         cfg = self.config
+        transactional_id = f"stream-logreg-state.{cfg.group_id}-state.{key}"
+        timeout_ms = int(min(900_000, max(60_000, 2000 * cfg.checkpoint_every_seconds)))
+        if cfg.kafka_client == "confluent":  # the group metadata must be of the same client's consumer
+            from consumers.confluent import producer_conf
+            from consumers.confluent_tx import open_transactional
+
+            conf = {**producer_conf(cfg), "transactional.id": transactional_id,
+                    "transaction.timeout.ms": timeout_ms}
+            try:
+                return open_transactional(conf, cfg.connect_timeout, self._stopping.is_set)
+            except KafkaError as exc:
+                raise CheckpointError(f"could not open the state of key {key!r} for writing: {exc}") from exc
         kwargs = cfg.producer_kwargs()
-        kwargs.update(
-            transactional_id=f"stream-logreg-state.{cfg.group_id}-state.{key}",
-            transaction_timeout_ms=int(min(900_000, max(60_000, 2000 * cfg.checkpoint_every_seconds))),
-        )
+        kwargs.update(transactional_id=transactional_id, transaction_timeout_ms=timeout_ms)
         producer = KafkaProducer(**kwargs)
         deadline = time.monotonic() + cfg.connect_timeout
         while True:  # bounded by max_block_ms per try (1 s), so a stop request is heard between tries
@@ -299,7 +308,10 @@ class Learner:
                     ) from exc
 
     def _group_metadata(self) -> Any:
-        return self._source.consumer.group_metadata()
+        consumer = self._source.consumer
+        if self.config.kafka_client == "confluent":
+            return consumer.consumer_group_metadata()
+        return consumer.group_metadata()
 
     # ------------------------------------------------------------------ public API
 

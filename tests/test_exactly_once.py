@@ -51,7 +51,7 @@ def test_exactly_once_needs_the_kafka_store(tmp_path: Path) -> None:
 
 @pytest.mark.kafka
 def test_outputs_are_those_of_an_offline_replay_and_visible_once_committed(
-    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str
 ) -> None:
     topic, predictions, dlq = kafka_topic(1), kafka_topic(1), kafka_topic(1)
     values, bad = with_poison(make_events(1500, seed=41, unlabelled_every=3), every=50, seed=41)
@@ -59,7 +59,7 @@ def test_outputs_are_those_of_an_offline_replay_and_visible_once_committed(
     cfg = make_config(kafka_bootstrap, topic, tmp_path / "none", state_store="kafka",
                       processing_guarantee="exactly-once", predictions_topic=predictions,
                       dead_letter_topic=dlq, checkpoint_every_messages=300, max_poll_records=100,
-                      group_instance_id="eos-1")
+                      group_instance_id="eos-1", kafka_client=kafka_client)
     with running(cfg) as r:
         wait_for(lambda: r.stats()["positions"].get(f"{topic}:0") == len(values), 60, "all read")
     _, scored = offline(values, 1)
@@ -74,7 +74,7 @@ def test_outputs_are_those_of_an_offline_replay_and_visible_once_committed(
 
 @pytest.mark.kafka
 def test_sigkills_mid_transaction_and_a_rebalance_publish_each_output_exactly_once(
-    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str
 ) -> None:
     topic, predictions, dlq = kafka_topic(2), kafka_topic(2), kafka_topic(2)
     group = f"g-{topic}"
@@ -83,8 +83,9 @@ def test_sigkills_mid_transaction_and_a_rebalance_publish_each_output_exactly_on
     bad = sum(b for _, b in phases)
     events = [e for e in map(JsonCodec().decode, values) if isinstance(e, Event)]
     unlabelled = {e.id for e in events if e.y is None}
-    extra = (*EOS, "--predictions-topic", predictions, "--dead-letter-topic", dlq,
-             "--checkpoint-every-messages", "150", "--max-poll-records", "20", "--status-every", "0.05")
+    extra = (*EOS, "--kafka-client", kafka_client, "--predictions-topic", predictions,
+             "--dead-letter-topic", dlq, "--checkpoint-every-messages", "150", "--max-poll-records", "20",
+             "--status-every", "0.05")
     runs = 0
 
     def member(name: str) -> tuple[Any, Path]:
@@ -194,7 +195,7 @@ def test_killed_between_writing_state_and_committing_offsets_learns_nothing_twic
 
 @pytest.mark.kafka
 def test_a_fenced_member_stops_and_nothing_of_its_transaction_is_visible(
-    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str
 ) -> None:
     from test_consumer import Running
 
@@ -206,7 +207,7 @@ def test_a_fenced_member_stops_and_nothing_of_its_transaction_is_visible(
     cfg = make_config(kafka_bootstrap, topic, tmp_path / "none", state_store="kafka",
                       processing_guarantee="exactly-once", predictions_topic=predictions,
                       checkpoint_every_messages=1_000_000, checkpoint_every_seconds=300.0,
-                      group_instance_id="zombie")
+                      group_instance_id="zombie", kafka_client=kafka_client)
     r = Running(Learner(cfg))
     try:
         wait_for(lambda: r.stats()["running"], 60, "the learner running")
