@@ -613,6 +613,7 @@ class ConfluentOutputs(Outputs):
         return t is not None and (t.error is None or t.error.code() != CKError.UNKNOWN_TOPIC_OR_PART)
 
     def _wait_done(self, deadline: float, should_stop: Callable[[], bool]) -> None:
+        self.producer.poll(0)  # the deliveries already acknowledged count, even if a stop ends the wait
         while not should_stop():
             left = deadline - time.monotonic()
             if left <= 0 or all(o[0] is not None for o in self._outbox):

@@ -26,8 +26,8 @@ Bounds and errors: every call takes librdkafka's own timeout (``timeout``, the l
 become kafka-python's: a fencing (``_FENCED``, ``PRODUCER_FENCED``, ``INVALID_PRODUCER_EPOCH``,
 ``TRANSACTION_COORDINATOR_FENCED``, or a fatal error saying so) ``ProducerFencedError`` (what
 ``kafka_store._is_fenced`` recognises: the store raises ``StateFenced``, the learner exits 1), a timeout
-``KafkaTimeoutError``, anything else (abortable or retriable: the store aborts the transaction either way)
-a ``KafkaError`` naming librdkafka's error.
+``KafkaTimeoutError``, another retriable one ``RetriableError``, anything else (abortable: the store aborts
+the transaction either way) a ``KafkaError``; each names librdkafka's error.
 
 >>> producer = TransactionalProducer({"bootstrap.servers": "127.0.0.1:9", "transactional.id": "t"}, 5.0)
 >>> producer.config["transactional_id"]
@@ -70,6 +70,8 @@ def kafka_error(exc: KafkaException) -> kafka_errors.KafkaError:
         return kafka_errors.ProducerFencedError(text)
     if err.code() in (CKError._TIMED_OUT, CKError._TIMED_OUT_QUEUE):  # noqa: SLF001
         return kafka_errors.KafkaTimeoutError(text)
+    if err.retriable():  # e.g. CONCURRENT_TRANSACTIONS while the coordinator aborts a zombie's transaction
+        return kafka_errors.RetriableError(text)
     return kafka_errors.KafkaError(text)
 
 
@@ -198,7 +200,7 @@ def open_transactional(conf: dict[str, Any], timeout: float, should_stop: Callab
                        ) -> TransactionalProducer:
     """A :class:`TransactionalProducer` of ``conf`` with ``init_transactions()`` done: tried in 1 s slices
     until ``timeout`` s have passed or ``should_stop()`` (then, or on an error that is no timeout, the last
-    error is raised, a kafka-python ``KafkaError``)."""
+    error is raised, a kafka-python ``KafkaError``); a retriable error is retried after 0.1 s."""
     producer = TransactionalProducer(conf, timeout)
     deadline = time.monotonic() + timeout
     while True:
@@ -206,7 +208,9 @@ def open_transactional(conf: dict[str, Any], timeout: float, should_stop: Callab
             producer.init_transactions(max(min(1.0, deadline - time.monotonic()), 0.1))
             return producer
         except kafka_errors.KafkaError as exc:
-            if (time.monotonic() >= deadline or should_stop()
-                    or not isinstance(exc, kafka_errors.KafkaTimeoutError)):
+            retriable = isinstance(exc, kafka_errors.RetriableError)
+            if time.monotonic() >= deadline or should_stop() or not retriable:
                 producer.close(timeout=0)
                 raise
+            if not isinstance(exc, kafka_errors.KafkaTimeoutError):
+                time.sleep(0.1)

@@ -85,7 +85,11 @@ def test_sigkills_mid_transaction_and_a_rebalance_publish_each_output_exactly_on
     unlabelled = {e.id for e in events if e.y is None}
     extra = (*EOS, "--kafka-client", kafka_client, "--predictions-topic", predictions,
              "--dead-letter-topic", dlq, "--checkpoint-every-messages", "150", "--max-poll-records", "20",
-             "--status-every", "0.05")
+             "--status-every", "0.05",
+             # a killed member's restart (same instance id) replaces it at once; a session that outlasts a
+             # slow start on a busy machine keeps the killed member in the group meanwhile (else the other
+             # member takes over its state as a lost member's, and fences the restarted one)
+             "--consumer-setting", "session_timeout_ms=30000")
     runs = 0
 
     def member(name: str) -> tuple[Any, Path]:
