@@ -57,6 +57,11 @@ _FENCED_CODES = frozenset({
     CKError._FENCED, CKError.PRODUCER_FENCED, CKError.INVALID_PRODUCER_EPOCH,  # noqa: SLF001
     CKError.TRANSACTION_COORDINATOR_FENCED,
 })
+# e.g. CONCURRENT_TRANSACTIONS from init_transactions while the coordinator aborts a zombie's transaction
+_RETRIABLE_CODES = frozenset({
+    CKError.CONCURRENT_TRANSACTIONS, CKError.COORDINATOR_LOAD_IN_PROGRESS, CKError.COORDINATOR_NOT_AVAILABLE,
+    CKError.NOT_COORDINATOR,
+})
 _QUEUE_POLL = 0.05  # seconds between two looks at a full local queue
 
 
@@ -70,7 +75,7 @@ def kafka_error(exc: KafkaException) -> kafka_errors.KafkaError:
         return kafka_errors.ProducerFencedError(text)
     if err.code() in (CKError._TIMED_OUT, CKError._TIMED_OUT_QUEUE):  # noqa: SLF001
         return kafka_errors.KafkaTimeoutError(text)
-    if err.retriable():  # e.g. CONCURRENT_TRANSACTIONS while the coordinator aborts a zombie's transaction
+    if err.retriable() or err.code() in _RETRIABLE_CODES:
         return kafka_errors.RetriableError(text)
     return kafka_errors.KafkaError(text)
 

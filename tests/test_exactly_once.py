@@ -49,6 +49,41 @@ def test_exactly_once_needs_the_kafka_store(tmp_path: Path) -> None:
         make_config("127.0.0.1:9", "t", tmp_path, processing_guarantee="exactly-once")
 
 
+def test_exactly_once_runs_on_both_clients(tmp_path: Path, kafka_client: str) -> None:
+    cfg = make_config("127.0.0.1:9", "t", tmp_path, state_store="kafka", processing_guarantee="exactly-once",
+                      kafka_client=kafka_client)
+    assert (cfg.kafka_client, cfg.processing_guarantee) == (kafka_client, "exactly-once")
+
+
+@pytest.mark.parametrize("code, fenced, retriable", [
+    ("_FENCED", True, False), ("PRODUCER_FENCED", True, False), ("INVALID_PRODUCER_EPOCH", True, False),
+    ("TRANSACTION_COORDINATOR_FENCED", True, False), ("_TIMED_OUT", False, True),
+    ("CONCURRENT_TRANSACTIONS", False, True), ("INVALID_TXN_STATE", False, False),
+    ("TRANSACTIONAL_ID_AUTHORIZATION_FAILED", False, False),
+])
+def test_librdkafka_transaction_errors_read_as_kafka_pythons(code: str, fenced: bool, retriable: bool
+                                                             ) -> None:
+    """The store and the learner tell a fencing (exit 1) from a failure (abort, learn again) on either
+    client; a retriable error (opening a key while Kafka aborts a killed writer's transaction) is retried."""
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    from kafka.errors import RetriableError
+
+    from consumers.confluent_tx import kafka_error
+    from consumers.state.kafka_store import _is_fenced
+
+    ck = confluent_kafka.KafkaError(getattr(confluent_kafka.KafkaError, code))
+    exc = kafka_error(confluent_kafka.KafkaException(ck))
+    assert _is_fenced(exc) is fenced
+    assert isinstance(exc, RetriableError) is retriable
+    assert ck.name() in str(exc)
+    errors = confluent_kafka.KafkaError
+    # librdkafka's later calls on a fenced producer fail with its generic fatal error, saying why
+    fatal = errors(errors._FATAL, "fenced by a newer instance", fatal=True)
+    assert _is_fenced(kafka_error(confluent_kafka.KafkaException(fatal)))
+    flagged = errors(errors.INVALID_TXN_STATE, retriable=True)  # librdkafka's own retriable flag counts
+    assert isinstance(kafka_error(confluent_kafka.KafkaException(flagged)), RetriableError)
+
+
 @pytest.mark.kafka
 def test_outputs_are_those_of_an_offline_replay_and_visible_once_committed(
     kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str
