@@ -233,6 +233,33 @@ def test_killed_between_writing_state_and_committing_offsets_learns_nothing_twic
 
 
 @pytest.mark.kafka
+def test_a_fresh_member_continues_a_lost_members_state_in_its_transactions(
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str
+) -> None:
+    """The take-over: a member with a new identity and nothing learned is given the partitions of one that
+    is gone; the offsets' metadata names the lost state, which it opens (fencing the lost member) and goes on
+    with, its outputs now in that state's transactions. Oracle: one uninterrupted run."""
+    from test_consumer import same_model
+
+    topic, predictions = kafka_topic(1), kafka_topic(1)
+    values = make_events(1200, seed=101, unlabelled_every=3)
+    common = dict(state_store="kafka", processing_guarantee="exactly-once", predictions_topic=predictions,
+                  checkpoint_every_messages=200, max_poll_records=50, kafka_client=kafka_client)
+    produce(kafka_bootstrap, topic, values[:600])
+    lost = make_config(kafka_bootstrap, topic, tmp_path / "a", group_instance_id="lost", **common)
+    with running(lost) as r:
+        wait_for(lambda: r.stats()["positions"].get(f"{topic}:0") == 600, 60, "the first half read")
+    produce(kafka_bootstrap, topic, values[600:])
+    with running(make_config(kafka_bootstrap, topic, tmp_path / "b", group_instance_id="new", **common)) as r:
+        wait_for(lambda: r.stats()["positions"].get(f"{topic}:0") == len(values), 60, "all read")
+    expected, scored = offline(values, 1)
+    got = [orjson.loads(rec.value) for rec in read_committed(kafka_bootstrap, predictions, len(scored))]
+    assert [(g["id"], g["p"], g["n_samples_seen"]) for g in got] == scored  # each once, as one run
+    assert same_model(state(kafka_bootstrap, f"g-{topic}", "lost").model, expected)
+    assert state(kafka_bootstrap, f"g-{topic}", "new") is None  # it went on under the lost member's key
+
+
+@pytest.mark.kafka
 def test_a_fenced_member_stops_and_nothing_of_its_transaction_is_visible(
     kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str
 ) -> None:
@@ -271,7 +298,7 @@ def test_a_fenced_member_stops_and_nothing_of_its_transaction_is_visible(
 
 @pytest.mark.kafka
 def test_a_failed_transaction_is_aborted_and_its_interval_learned_and_published_again(
-    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kafka_client: str
 ) -> None:
     from kafka.errors import KafkaError
     from test_consumer import same_model
@@ -293,7 +320,8 @@ def test_a_failed_transaction_is_aborted_and_its_interval_learned_and_published_
     monkeypatch.setattr(KafkaStore, "send_offsets", fail_the_second)
     cfg = make_config(kafka_bootstrap, topic, tmp_path / "none", state_store="kafka",
                       processing_guarantee="exactly-once", predictions_topic=predictions,
-                      checkpoint_every_messages=300, max_poll_records=50, group_instance_id="eos-fail")
+                      checkpoint_every_messages=300, max_poll_records=50, group_instance_id="eos-fail",
+                      kafka_client=kafka_client)
     with running(cfg) as r:
         wait_for(lambda: r.stats()["positions"].get(f"{topic}:0") == len(values), 60, "all read")
     assert failures, "the failure was never injected"
