@@ -14,6 +14,16 @@ and :class:`ConfluentOutputs`, which keep their contract; the loop does not know
 - the settings are the learner's kafka-python ones, mapped to librdkafka names (:func:`consumer_conf`,
   :func:`producer_conf`); one without a librdkafka equivalent is refused, naming it.
 
+Exactly-once (transactions)
+---------------------------
+With ``processing_guarantee="exactly-once"`` the outputs send on the learner's transactional producer
+(:class:`consumers.confluent_tx.TransactionalProducer`, a ``Producer``), not on one of their own. Its
+properties are :func:`producer_conf`'s plus ``transactional.id`` (``stream-logreg-state.<state topic>.<key>``,
+as on kafka-python), ``transaction.timeout.ms`` (kafka-python's ``transaction_timeout_ms``: 2 ×
+``checkpoint_every_seconds``, 60 s to 15 min) and ``message.max.bytes`` 1 MiB unless set (kafka-python's
+``max_request_size`` default); librdkafka enables idempotence and ``acks=all`` itself. The offsets go into the
+transaction with the consumer's ``consumer_group_metadata()``.
+
 Threads: where the rebalance callbacks run
 ------------------------------------------
 librdkafka's background threads fetch and heartbeat, but ``on_assign``, ``on_revoke`` and ``on_lost`` are

@@ -109,6 +109,12 @@ open transaction:
 - on SIGKILL: the next owner of the key aborts it when it opens the key (or Kafka after the timeout).
   Until then it holds back ``read_committed`` readers of the partitions it wrote to.
 
+This holds on both client backends. ``send_offsets_to_transaction`` needs the group metadata of the same
+client's consumer, so on ``kafka_client="confluent"`` the transactional producer is librdkafka's
+(:class:`consumers.confluent_tx.TransactionalProducer`: the same transactional id, the kafka-python methods
+the store calls, librdkafka's fencing error read as kafka-python's) with ``consumer_group_metadata()``, each
+call bounded by librdkafka's own timeouts; the store's readers stay on kafka-python.
+
 kafka-python 3.0.12 quirks handled here: ``commit_transaction``, ``abort_transaction`` and
 ``send_offsets_to_transaction`` wait without a timeout (the store runs them in a helper thread it stops
 waiting for); ``init_transactions`` is bounded by ``max_block_ms`` (1 s) and retried until
