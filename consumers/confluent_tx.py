@@ -125,6 +125,7 @@ class TransactionalProducer(Producer):
     def __init__(self, conf: dict[str, Any], timeout: float) -> None:
         if not conf.get("transactional.id"):
             raise ValueError("a TransactionalProducer needs transactional.id")
+        self._fatal: CKError | None = None  # librdkafka's fatal error (a fencing), once it said one
         conf = {"message.max.bytes": 1_048_576, "logger": log, "error_cb": self._on_error, **conf}
         try:
             super().__init__(conf)
@@ -133,15 +134,24 @@ class TransactionalProducer(Producer):
         self.timeout = timeout
         self.config = {"transactional_id": conf["transactional.id"]}
 
-    @staticmethod
-    def _on_error(err: CKError) -> None:
+    def _on_error(self, err: CKError) -> None:
+        if err.fatal():
+            self._fatal = err
         log.warning("kafka transactional producer: %s", err.str(), extra={"reason": err.name()})
+
+    def _error(self, exc: KafkaException) -> kafka_errors.KafkaError:
+        """``exc`` as kafka-python's error; librdkafka's generic ``_FATAL`` (every call after a fencing says
+        only "Fatal error") as the fatal error it reported first."""
+        err = exc.args[0] if exc.args else None
+        if self._fatal is not None and isinstance(err, CKError) and err.code() == CKError._FATAL:  # noqa: SLF001
+            return kafka_error(KafkaException(self._fatal))
+        return kafka_error(exc)
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
             return fn(*args)
         except KafkaException as exc:
-            raise kafka_error(exc) from None
+            raise self._error(exc) from None
 
     def init_transactions(self, timeout: float | None = None) -> None:
         """Fence every older producer of the transactional id (aborting its open transaction)."""
@@ -170,12 +180,26 @@ class TransactionalProducer(Producer):
                         f"the producer's queue stayed full for {self.timeout:g} s") from None
                 self.poll(_QUEUE_POLL)
             except KafkaException as exc:
-                raise kafka_error(exc) from None
+                raise self._error(exc) from None
 
     def flush(self, timeout: float | None = None) -> int:
         """Serve deliveries until none is outstanding, at most ``timeout`` s (``timeout`` by default);
-        returns how many are still outstanding (librdkafka's answer)."""
-        return super().flush(self.timeout if timeout is None else timeout)
+        returns how many are still outstanding (librdkafka's answer). After a fatal error (a fencing)
+        confluent-kafka 2.16 raises ``SystemError`` once the failed deliveries are served: the count then,
+        and the next transactional call says why."""
+        try:
+            return super().flush(self.timeout if timeout is None else timeout)
+        except (KafkaException, SystemError) as exc:
+            log.debug("flush after a fatal error: %r", exc)
+            return len(self)
+
+    def poll(self, timeout: float | None = None) -> int:
+        """Serve deliveries (as :meth:`flush` after a fatal error: 0)."""
+        try:
+            return super().poll(-1 if timeout is None else timeout)
+        except (KafkaException, SystemError) as exc:
+            log.debug("poll after a fatal error: %r", exc)
+            return 0
 
     def send_offsets_to_transaction(self, offsets: dict, group_metadata: Any) -> None:
         """Add the consumer offsets ``{TopicPartition: OffsetAndMetadata}`` (kafka-python's) to the open

@@ -85,6 +85,40 @@ def test_librdkafka_transaction_errors_read_as_kafka_pythons(code: str, fenced: 
 
 
 @pytest.mark.kafka
+def test_a_fenced_confluent_producer_says_so_on_every_later_call(kafka_bootstrap: str, kafka_topic: Any
+                                                                  ) -> None:
+    """The adapter's contract with the store: records, then a newer producer of the transactional id; the
+    older one's flush still answers (confluent-kafka 2.16 raises SystemError there), and each later
+    transactional call raises what the store reads as a fencing."""
+    pytest.importorskip("confluent_kafka")
+    import uuid
+
+    from consumers.confluent_tx import open_transactional
+    from consumers.state.kafka_store import _is_fenced
+
+    topic = kafka_topic(1)
+    conf = {"bootstrap.servers": kafka_bootstrap, "transactional.id": f"fence-{uuid.uuid4().hex[:8]}"}
+    old = open_transactional(dict(conf), 30, lambda: False)
+    newer = None
+    try:
+        old.begin_transaction()
+        assert old.send(topic, b"before", b"k").get(30) == (topic, 0, 0)
+        newer = open_transactional(dict(conf), 30, lambda: False)  # aborts the older one's transaction
+        late = old.send(topic, b"after", b"k")
+        assert old.flush(10) == 0  # answers (librdkafka purges what a fenced producer queued)
+        assert not late.succeeded()
+        for call in (old.commit_transaction, old.abort_transaction, old.begin_transaction):
+            with pytest.raises(Exception) as caught:
+                call()
+            assert _is_fenced(caught.value), caught.value
+    finally:
+        old.close(timeout=1)
+        if newer is not None:
+            newer.close(timeout=1)
+    assert read_committed(kafka_bootstrap, topic, 1, timeout=3) == []
+
+
+@pytest.mark.kafka
 def test_outputs_are_those_of_an_offline_replay_and_visible_once_committed(
     kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str
 ) -> None:
