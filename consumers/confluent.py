@@ -663,6 +663,9 @@ class ConfluentOutputs(Outputs):
                                 extra={"reason": "close_timeout"})
                     producer.purge()
                     producer.flush(0)
+                # librdkafka's close() takes no timeout; exactly-once: the learner's transactional producer,
+                # which the outputs close as kafka-python's do
+                bounded(producer.close, max(timeout, 0.1), "close")
             except Exception:
                 log.exception("closing the producer failed")
         self._outbox = []
