@@ -107,11 +107,12 @@ class _Delivery:
 
     def get(self, timeout: float | None = None) -> Any:
         """``(topic, partition, offset)`` once delivered (serving callbacks, at most ``timeout`` s)."""
-        deadline = time.monotonic() + (60.0 if timeout is None else timeout)
+        bound = 60.0 if timeout is None else timeout  # kafka-python would wait forever
+        deadline = time.monotonic() + bound
         while not self.is_done and time.monotonic() < deadline:
             self._producer.poll(min(0.1, max(deadline - time.monotonic(), 0)))
         if not self.is_done:
-            raise kafka_errors.KafkaTimeoutError(f"not delivered within {timeout} s")
+            raise kafka_errors.KafkaTimeoutError(f"not delivered within {bound:g} s")
         if self.exception is not None:
             raise self.exception
         return self.value
