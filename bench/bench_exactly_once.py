@@ -7,8 +7,10 @@
 (1) Throughput, in one run on the same stream (``--events`` labelled events, 20 features, one partition,
     each prediction published with ``publish_labelled``, a checkpoint every ``--checkpoint-every``):
     (a) the directory store with at-least-once (the default), (b) the Kafka store with at-least-once,
-    (c) the Kafka store with exactly-once. ``--rounds`` rounds of a, b, c back to back (the machine may be
-    shared); the ratios b/a and c/a are taken within each round, their medians printed.
+    (c) the Kafka store with exactly-once; on the confluent backend (``--kafka-client confluent``), (d) the
+    directory store with at-least-once and (e) the Kafka store with exactly-once. ``--rounds`` rounds of a
+    to e back to back (the machine may be shared); the ratios b/a, c/a and e/d are taken within each round,
+    their medians printed.
 (2) Failover: two members (subprocesses, exactly-once, empty disks) on two partitions while events keep
     coming; one is SIGKILLed, and its replacement starts at once on another empty disk: seconds from the kill
     to the replacement learning again, (i) with the lost member's ``--group-instance-id`` (static
@@ -38,31 +40,39 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_consumer import _broker_module, learner_rate, produce  # noqa: E402
 
+EOS = {"state_store": "kafka", "processing_guarantee": "exactly-once"}
+
 
 def throughput(bootstrap: str, events: int, checkpoint_every: int, rounds: int) -> None:
     topic = f"bench-eos-{uuid.uuid4().hex[:8]}"
     produce(bootstrap, topic, events, 20)
+    # mode -> (client, overrides, the mode its ratio is taken against)
     modes = {
-        "a directory, at-least-once": {},
-        "b kafka, at-least-once": {"state_store": "kafka"},
-        "c kafka, exactly-once": {"state_store": "kafka", "processing_guarantee": "exactly-once"},
+        "a directory, at-least-once": ("kafka-python", {}, None),
+        "b kafka, at-least-once": ("kafka-python", {"state_store": "kafka"}, "a"),
+        "c kafka, exactly-once": ("kafka-python", EOS, "a"),
+        "d confluent: directory, at-least-once": ("confluent", {}, None),
+        "e confluent: kafka, exactly-once": ("confluent", EOS, "d"),
     }
     rates: dict[str, list[float]] = {m: [] for m in modes}
+    by_letter = {m[0]: m for m in modes}
     for i in range(rounds):
         line = f"round {i + 1}:"
-        for mode, extra in modes.items():
+        for mode, (client, extra, _) in modes.items():
             overrides = {"predictions_topic": f"{topic}-predictions", "publish_labelled": True,
                          "create_topics": True, "group_instance_id": f"bench-{uuid.uuid4().hex[:8]}", **extra}
-            rate, _ = learner_rate(bootstrap, topic, events, 1, checkpoint_every, overrides)
+            rate, _ = learner_rate(bootstrap, topic, events, 1, checkpoint_every, overrides, client)
             rates[mode].append(rate)
             line += f"  ({mode[0]}) {rate:9,.0f}"
-        base = rates["a directory, at-least-once"][-1]
-        line += "".join(f"  {m[0]}/a={rates[m][-1] / base:.2f}" for m in list(modes)[1:])
+        line += "".join(f"  {m[0]}/{base}={rates[m][-1] / rates[by_letter[base]][-1]:.2f}"
+                        for m, (_, _, base) in modes.items() if base)
         print(line, flush=True)
-    base = rates["a directory, at-least-once"]
-    for mode in modes:
-        ratio = statistics.median(r / b for r, b in zip(rates[mode], base, strict=True))
-        print(f"({mode}): median {statistics.median(rates[mode]):9,.0f} events/s   /a = {ratio:.3f}")
+    for mode, (_, _, base) in modes.items():
+        text = f"({mode}): median {statistics.median(rates[mode]):9,.0f} events/s"
+        if base:
+            ratio = statistics.median(r / b for r, b in zip(rates[mode], rates[by_letter[base]], strict=True))
+            text += f"   /{base} = {ratio:.3f}"
+        print(text)
 
 
 def _member(bootstrap: str, topic: str, group: str, name: str, tmp: Path) -> tuple[subprocess.Popen, Path]:

@@ -267,9 +267,6 @@ class LearnerConfig:
                 raise ConfigError(f"kafka_client: 'confluent' needs confluent-kafka (pip install "
                                   f"'stream-logreg[confluent]'): {exc}") from None
             check_config(self)
-            if getattr(self, "processing_guarantee", None) == "exactly-once":  # not on this backend yet
-                _fail("kafka_client", "'confluent' does not do exactly-once processing (transactions) yet: "
-                      "use kafka-python for --processing-guarantee exactly-once", self.kafka_client)
 
     # -- derived objects
 

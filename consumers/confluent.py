@@ -14,6 +14,16 @@ and :class:`ConfluentOutputs`, which keep their contract; the loop does not know
 - the settings are the learner's kafka-python ones, mapped to librdkafka names (:func:`consumer_conf`,
   :func:`producer_conf`); one without a librdkafka equivalent is refused, naming it.
 
+Exactly-once (transactions)
+---------------------------
+With ``processing_guarantee="exactly-once"`` the outputs send on the learner's transactional producer
+(:class:`consumers.confluent_tx.TransactionalProducer`, a ``Producer``), not on one of their own. Its
+properties are :func:`producer_conf`'s plus ``transactional.id`` (``stream-logreg-state.<state topic>.<key>``,
+as on kafka-python), ``transaction.timeout.ms`` (kafka-python's ``transaction_timeout_ms``: 2 ×
+``checkpoint_every_seconds``, 60 s to 15 min) and ``message.max.bytes`` 1 MiB unless set (kafka-python's
+``max_request_size`` default); librdkafka enables idempotence and ``acks=all`` itself. The offsets go into the
+transaction with the consumer's ``consumer_group_metadata()``.
+
 Threads: where the rebalance callbacks run
 ------------------------------------------
 librdkafka's background threads fetch and heartbeat, but ``on_assign``, ``on_revoke`` and ``on_lost`` are
@@ -613,6 +623,7 @@ class ConfluentOutputs(Outputs):
         return t is not None and (t.error is None or t.error.code() != CKError.UNKNOWN_TOPIC_OR_PART)
 
     def _wait_done(self, deadline: float, should_stop: Callable[[], bool]) -> None:
+        self.producer.poll(0)  # the deliveries already acknowledged count, even if a stop ends the wait
         while not should_stop():
             left = deadline - time.monotonic()
             if left <= 0 or all(o[0] is not None for o in self._outbox):
@@ -652,6 +663,9 @@ class ConfluentOutputs(Outputs):
                                 extra={"reason": "close_timeout"})
                     producer.purge()
                     producer.flush(0)
+                # librdkafka's close() takes no timeout; exactly-once: the learner's transactional producer,
+                # which the outputs close as kafka-python's do
+                bounded(producer.close, max(timeout, 0.1), "close")
             except Exception:
                 log.exception("closing the producer failed")
         self._outbox = []

@@ -111,6 +111,12 @@ open transaction:
 - on SIGKILL: the next owner of the key aborts it when it opens the key (or Kafka after the timeout).
   Until then it holds back ``read_committed`` readers of the partitions it wrote to.
 
+This holds on both client backends. ``send_offsets_to_transaction`` needs the group metadata of the same
+client's consumer, so on ``kafka_client="confluent"`` the transactional producer is librdkafka's
+(:class:`consumers.confluent_tx.TransactionalProducer`: the same transactional id, the kafka-python methods
+the store calls, librdkafka's fencing error read as kafka-python's) with ``consumer_group_metadata()``, each
+call bounded by librdkafka's own timeouts; the store's readers stay on kafka-python.
+
 kafka-python 3.0.12 quirks handled here: ``commit_transaction``, ``abort_transaction`` and
 ``send_offsets_to_transaction`` wait without a timeout (the store runs them in a helper thread it stops
 waiting for); ``init_transactions`` is bounded by ``max_block_ms`` (1 s) and retried until
@@ -280,11 +286,20 @@ class Learner:
         from kafka import KafkaProducer
 
         cfg = self.config
+        transactional_id = f"stream-logreg-state.{cfg.group_id}-state.{key}"
+        timeout_ms = int(min(900_000, max(60_000, 2000 * cfg.checkpoint_every_seconds)))
+        if cfg.kafka_client == "confluent":  # the group metadata must be of the same client's consumer
+            from consumers.confluent import producer_conf
+            from consumers.confluent_tx import open_transactional
+
+            conf = {**producer_conf(cfg), "transactional.id": transactional_id,
+                    "transaction.timeout.ms": timeout_ms}
+            try:
+                return open_transactional(conf, cfg.connect_timeout, self._stopping.is_set)
+            except KafkaError as exc:
+                raise CheckpointError(f"could not open the state of key {key!r} for writing: {exc}") from exc
         kwargs = cfg.producer_kwargs()
-        kwargs.update(
-            transactional_id=f"stream-logreg-state.{cfg.group_id}-state.{key}",
-            transaction_timeout_ms=int(min(900_000, max(60_000, 2000 * cfg.checkpoint_every_seconds))),
-        )
+        kwargs.update(transactional_id=transactional_id, transaction_timeout_ms=timeout_ms)
         producer = KafkaProducer(**kwargs)
         deadline = time.monotonic() + cfg.connect_timeout
         while True:  # bounded by max_block_ms per try (1 s), so a stop request is heard between tries
@@ -301,7 +316,10 @@ class Learner:
                     ) from exc
 
     def _group_metadata(self) -> Any:
-        return self._source.consumer.group_metadata()
+        consumer = self._source.consumer
+        if self.config.kafka_client == "confluent":
+            return consumer.consumer_group_metadata()
+        return consumer.group_metadata()
 
     # ------------------------------------------------------------------ public API
 

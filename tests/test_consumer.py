@@ -720,11 +720,3 @@ def test_a_stop_request_is_heard_while_connecting(tmp_path: Path, kafka_client: 
     t0 = time.monotonic()
     assert done.wait(30), "the learner did not stop"
     assert time.monotonic() - t0 < 3.0, "the stop request waited for the connect timeout"
-
-
-def test_exactly_once_is_refused_on_confluent_until_it_is_built(tmp_path: Path) -> None:
-    base = dict(bootstrap_servers="k:9092", topics=["t"], group_id="g", checkpoint_dir=str(tmp_path),
-                state_store="kafka", processing_guarantee="exactly-once")
-    assert LearnerConfig(**base).kafka_client == "kafka-python"
-    with pytest.raises(ConfigError, match="^kafka_client: 'confluent' does not do exactly-once processing"):
-        LearnerConfig(**base, kafka_client="confluent")

@@ -49,9 +49,78 @@ def test_exactly_once_needs_the_kafka_store(tmp_path: Path) -> None:
         make_config("127.0.0.1:9", "t", tmp_path, processing_guarantee="exactly-once")
 
 
+def test_exactly_once_runs_on_both_clients(tmp_path: Path, kafka_client: str) -> None:
+    cfg = make_config("127.0.0.1:9", "t", tmp_path, state_store="kafka", processing_guarantee="exactly-once",
+                      kafka_client=kafka_client)
+    assert (cfg.kafka_client, cfg.processing_guarantee) == (kafka_client, "exactly-once")
+
+
+@pytest.mark.parametrize("code, fenced, retriable", [
+    ("_FENCED", True, False), ("PRODUCER_FENCED", True, False), ("INVALID_PRODUCER_EPOCH", True, False),
+    ("TRANSACTION_COORDINATOR_FENCED", True, False), ("_TIMED_OUT", False, True),
+    ("CONCURRENT_TRANSACTIONS", False, True), ("INVALID_TXN_STATE", False, False),
+    ("TRANSACTIONAL_ID_AUTHORIZATION_FAILED", False, False),
+])
+def test_librdkafka_transaction_errors_read_as_kafka_pythons(code: str, fenced: bool, retriable: bool
+                                                             ) -> None:
+    """The store and the learner tell a fencing (exit 1) from a failure (abort, learn again) on either
+    client; a retriable error (opening a key while Kafka aborts a killed writer's transaction) is retried."""
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    from kafka.errors import RetriableError
+
+    from consumers.confluent_tx import kafka_error
+    from consumers.state.kafka_store import _is_fenced
+
+    ck = confluent_kafka.KafkaError(getattr(confluent_kafka.KafkaError, code))
+    exc = kafka_error(confluent_kafka.KafkaException(ck))
+    assert _is_fenced(exc) is fenced
+    assert isinstance(exc, RetriableError) is retriable
+    assert ck.name() in str(exc)
+    errors = confluent_kafka.KafkaError
+    # librdkafka's later calls on a fenced producer fail with its generic fatal error, saying why
+    fatal = errors(errors._FATAL, "fenced by a newer instance", fatal=True)
+    assert _is_fenced(kafka_error(confluent_kafka.KafkaException(fatal)))
+    flagged = errors(errors.INVALID_TXN_STATE, retriable=True)  # librdkafka's own retriable flag counts
+    assert isinstance(kafka_error(confluent_kafka.KafkaException(flagged)), RetriableError)
+
+
+@pytest.mark.kafka
+def test_a_fenced_confluent_producer_says_so_on_every_later_call(kafka_bootstrap: str, kafka_topic: Any
+                                                                  ) -> None:
+    """The adapter's contract with the store: records, then a newer producer of the transactional id; the
+    older one's flush still answers (confluent-kafka 2.16 raises SystemError there), and each later
+    transactional call raises what the store reads as a fencing."""
+    pytest.importorskip("confluent_kafka")
+    import uuid
+
+    from consumers.confluent_tx import open_transactional
+    from consumers.state.kafka_store import _is_fenced
+
+    topic = kafka_topic(1)
+    conf = {"bootstrap.servers": kafka_bootstrap, "transactional.id": f"fence-{uuid.uuid4().hex[:8]}"}
+    old = open_transactional(dict(conf), 30, lambda: False)
+    newer = None
+    try:
+        old.begin_transaction()
+        assert old.send(topic, b"before", b"k").get(30) == (topic, 0, 0)
+        newer = open_transactional(dict(conf), 30, lambda: False)  # aborts the older one's transaction
+        late = old.send(topic, b"after", b"k")
+        assert old.flush(10) == 0  # answers (librdkafka purges what a fenced producer queued)
+        assert not late.succeeded()
+        for call in (old.commit_transaction, old.abort_transaction, old.begin_transaction):
+            with pytest.raises(Exception) as caught:
+                call()
+            assert _is_fenced(caught.value), caught.value
+    finally:
+        old.close(timeout=1)
+        if newer is not None:
+            newer.close(timeout=1)
+    assert read_committed(kafka_bootstrap, topic, 1, timeout=3) == []
+
+
 @pytest.mark.kafka
 def test_outputs_are_those_of_an_offline_replay_and_visible_once_committed(
-    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str
 ) -> None:
     topic, predictions, dlq = kafka_topic(1), kafka_topic(1), kafka_topic(1)
     values, bad = with_poison(make_events(1500, seed=41, unlabelled_every=3), every=50, seed=41)
@@ -59,7 +128,7 @@ def test_outputs_are_those_of_an_offline_replay_and_visible_once_committed(
     cfg = make_config(kafka_bootstrap, topic, tmp_path / "none", state_store="kafka",
                       processing_guarantee="exactly-once", predictions_topic=predictions,
                       dead_letter_topic=dlq, checkpoint_every_messages=300, max_poll_records=100,
-                      group_instance_id="eos-1")
+                      group_instance_id="eos-1", kafka_client=kafka_client)
     with running(cfg) as r:
         wait_for(lambda: r.stats()["positions"].get(f"{topic}:0") == len(values), 60, "all read")
     _, scored = offline(values, 1)
@@ -74,7 +143,7 @@ def test_outputs_are_those_of_an_offline_replay_and_visible_once_committed(
 
 @pytest.mark.kafka
 def test_sigkills_mid_transaction_and_a_rebalance_publish_each_output_exactly_once(
-    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str
 ) -> None:
     topic, predictions, dlq = kafka_topic(2), kafka_topic(2), kafka_topic(2)
     group = f"g-{topic}"
@@ -83,8 +152,13 @@ def test_sigkills_mid_transaction_and_a_rebalance_publish_each_output_exactly_on
     bad = sum(b for _, b in phases)
     events = [e for e in map(JsonCodec().decode, values) if isinstance(e, Event)]
     unlabelled = {e.id for e in events if e.y is None}
-    extra = (*EOS, "--predictions-topic", predictions, "--dead-letter-topic", dlq,
-             "--checkpoint-every-messages", "150", "--max-poll-records", "20", "--status-every", "0.05")
+    extra = (*EOS, "--kafka-client", kafka_client, "--predictions-topic", predictions,
+             "--dead-letter-topic", dlq, "--checkpoint-every-messages", "150", "--max-poll-records", "20",
+             "--status-every", "0.05",
+             # a killed member's restart (same instance id) replaces it at once; a session that outlasts a
+             # slow start on a busy machine keeps the killed member in the group meanwhile (else the other
+             # member takes over its state as a lost member's, and fences the restarted one)
+             "--consumer-setting", "session_timeout_ms=30000")
     runs = 0
 
     def member(name: str) -> tuple[Any, Path]:
@@ -193,8 +267,35 @@ def test_killed_between_writing_state_and_committing_offsets_learns_nothing_twic
 
 
 @pytest.mark.kafka
+def test_a_fresh_member_continues_a_lost_members_state_in_its_transactions(
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str
+) -> None:
+    """The take-over: a member with a new identity and nothing learned is given the partitions of one that
+    is gone; the offsets' metadata names the lost state, which it opens (fencing the lost member) and goes on
+    with, its outputs now in that state's transactions. Oracle: one uninterrupted run."""
+    from test_consumer import same_model
+
+    topic, predictions = kafka_topic(1), kafka_topic(1)
+    values = make_events(1200, seed=101, unlabelled_every=3)
+    common = dict(state_store="kafka", processing_guarantee="exactly-once", predictions_topic=predictions,
+                  checkpoint_every_messages=200, max_poll_records=50, kafka_client=kafka_client)
+    produce(kafka_bootstrap, topic, values[:600])
+    lost = make_config(kafka_bootstrap, topic, tmp_path / "a", group_instance_id="lost", **common)
+    with running(lost) as r:
+        wait_for(lambda: r.stats()["positions"].get(f"{topic}:0") == 600, 60, "the first half read")
+    produce(kafka_bootstrap, topic, values[600:])
+    with running(make_config(kafka_bootstrap, topic, tmp_path / "b", group_instance_id="new", **common)) as r:
+        wait_for(lambda: r.stats()["positions"].get(f"{topic}:0") == len(values), 60, "all read")
+    expected, scored = offline(values, 1)
+    got = [orjson.loads(rec.value) for rec in read_committed(kafka_bootstrap, predictions, len(scored))]
+    assert [(g["id"], g["p"], g["n_samples_seen"]) for g in got] == scored  # each once, as one run
+    assert same_model(state(kafka_bootstrap, f"g-{topic}", "lost").model, expected)
+    assert state(kafka_bootstrap, f"g-{topic}", "new") is None  # it went on under the lost member's key
+
+
+@pytest.mark.kafka
 def test_a_fenced_member_stops_and_nothing_of_its_transaction_is_visible(
-    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str
 ) -> None:
     from test_consumer import Running
 
@@ -206,7 +307,7 @@ def test_a_fenced_member_stops_and_nothing_of_its_transaction_is_visible(
     cfg = make_config(kafka_bootstrap, topic, tmp_path / "none", state_store="kafka",
                       processing_guarantee="exactly-once", predictions_topic=predictions,
                       checkpoint_every_messages=1_000_000, checkpoint_every_seconds=300.0,
-                      group_instance_id="zombie")
+                      group_instance_id="zombie", kafka_client=kafka_client)
     r = Running(Learner(cfg))
     try:
         wait_for(lambda: r.stats()["running"], 60, "the learner running")
@@ -231,7 +332,7 @@ def test_a_fenced_member_stops_and_nothing_of_its_transaction_is_visible(
 
 @pytest.mark.kafka
 def test_a_failed_transaction_is_aborted_and_its_interval_learned_and_published_again(
-    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kafka_client: str
 ) -> None:
     from kafka.errors import KafkaError
     from test_consumer import same_model
@@ -253,7 +354,8 @@ def test_a_failed_transaction_is_aborted_and_its_interval_learned_and_published_
     monkeypatch.setattr(KafkaStore, "send_offsets", fail_the_second)
     cfg = make_config(kafka_bootstrap, topic, tmp_path / "none", state_store="kafka",
                       processing_guarantee="exactly-once", predictions_topic=predictions,
-                      checkpoint_every_messages=300, max_poll_records=50, group_instance_id="eos-fail")
+                      checkpoint_every_messages=300, max_poll_records=50, group_instance_id="eos-fail",
+                      kafka_client=kafka_client)
     with running(cfg) as r:
         wait_for(lambda: r.stats()["positions"].get(f"{topic}:0") == len(values), 60, "all read")
     assert failures, "the failure was never injected"
