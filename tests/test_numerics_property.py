@@ -45,7 +45,7 @@ MODELS = {
     "plain": {},
     "l2-intercept_lr": {"l2": 1e-3, "intercept_lr": 0.5},
     "l1-clip": {"l1": 1e-3, "clip_gradient": 0.3, "intercept_lr": schedulers.InverseScaling(0.1)},
-    "scaled": {"scale": True},  # built-in standardization (vocabulary only; mini-batches are refused)
+    "scaled": {"scale": True},  # built-in standardization (vocabulary only), on every path
 }
 SPACES = {"vocabulary": None, "hashed": 2}  # 2 bits: every row collides
 
