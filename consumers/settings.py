@@ -225,6 +225,10 @@ MODEL_SETTINGS: tuple[Setting, ...] = (
     Setting("n_bits", "int", None,
             "Hash features into 2^n_bits weights (bounded memory). Unset: a growing vocabulary.", "Model",
             minimum=1, maximum=30),
+    Setting("scale", "bool", False,
+            "Standardize numeric features online inside the model (River's StandardScaler: running mean and "
+            "variance per feature; string indicators untouched; checkpointed). Helps features of unequal "
+            "scales; hurts sparse counts (bench/ACCURACY.md). Not with --n-bits.", "Model"),
     Setting("batch_size", "int", 1,
             "Events per update: 1 learns each labelled event on its own, k > 1 one mini-batch of k "
             "consecutive labelled events.", "Model", minimum=1),
@@ -518,10 +522,14 @@ def build_model(values: Mapping[str, Any]) -> Any:
         opt = optim.AdaGrad(**rate)
     else:
         opt = optim.FTRL(**rate, l1=l1, l2=l2)
+    if values["scale"] and values["n_bits"] is not None:
+        raise UsageError("--scale needs a vocabulary (no --n-bits): a hashed weight is shared by every "
+                         "feature that hashes to it, so it has no feature's mean and variance")
     # With hashing the model is bounded by 2^n_bits already (and takes no vocabulary cap).
     vocabulary = values["max_vocabulary"] if values["n_bits"] is None else None
     return OnlineLogisticRegression(
-        optimizer=opt, l2=0.0 if name == "ftrl" else l2, n_bits=values["n_bits"], max_features=vocabulary
+        optimizer=opt, l2=0.0 if name == "ftrl" else l2, n_bits=values["n_bits"], max_features=vocabulary,
+        scale=values["scale"],
     )
 
 

@@ -208,3 +208,40 @@ def test_a_batch_too_large_to_standardize_is_refused_without_trace(optimizer):
 def test_scale_refuses_hashing_with_its_reason():
     with pytest.raises(ValueError, match="vocabulary.*indicator"):
         OnlineLogisticRegression(scale=True, n_bits=10)
+
+
+# The service's setting: --scale / --no-scale goes into the model's configuration (and so its checkpoints)
+
+
+def test_the_scale_setting_reaches_the_model_config():
+    from consumers import cli, settings
+
+    def config(*flags: str) -> dict:
+        values, _ = settings.resolve_settings(
+            cli.build_parser().parse_args(["consume", "--topics", "t", "--checkpoint-dir", "/tmp/x", *flags]),
+            settings.CONSUME_SETTINGS, {},
+        )
+        return settings.learner_config(values).model_config()
+
+    assert "scale" not in config() and "scale" not in config("--no-scale")
+    assert config("--scale")["scale"] is True
+    assert OnlineLogisticRegression.from_config(config("--scale", "--batch-size", "8")).scale
+    with pytest.raises(settings.UsageError, match="--scale needs a vocabulary"):
+        config("--scale", "--n-bits", "12")
+    values, _ = settings.resolve_settings(
+        cli.build_parser().parse_args(["consume", "--topics", "t", "--checkpoint-dir", "/tmp/x"]),
+        settings.CONSUME_SETTINGS, {"STREAM_LOGREG_SCALE": "true"},
+    )
+    assert settings.learner_config(values).model_config()["scale"] is True
+
+
+def test_a_checkpoint_of_one_scale_setting_is_refused_by_the_other(tmp_path, capsys):
+    from consumers import cli
+
+    d = str(tmp_path / "ckpt")
+    assert cli.main(["demo", "--checkpoint-dir", d, "--n", "100", "--scale", "--batch-size", "4", "-q"]) == 0
+    capsys.readouterr()
+    assert cli.main(["demo", "--checkpoint-dir", d, "--n", "100", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "scale" in err and "--fresh" in err
+    assert cli.main(["demo", "--checkpoint-dir", d, "--n", "200", "--scale", "--batch-size", "4", "-q"]) == 0
