@@ -223,25 +223,28 @@ def test_the_scale_setting_reaches_the_model_config():
         )
         return settings.learner_config(values).model_config()
 
-    assert "scale" not in config() and "scale" not in config("--no-scale")
-    assert config("--scale")["scale"] is True
+    # unset: on with the default optimizer and a vocabulary, off where it would change a textbook rule
+    assert config()["scale"] is True and "scale" not in config("--no-scale")
+    assert "scale" not in config("--optimizer", "sgd") and "scale" not in config("--n-bits", "12")
+    assert config("--scale")["scale"] is True and config("--scale", "--optimizer", "sgd")["scale"] is True
     assert OnlineLogisticRegression.from_config(config("--scale", "--batch-size", "8")).scale
     with pytest.raises(settings.UsageError, match="--scale needs a vocabulary"):
         config("--scale", "--n-bits", "12")
     values, _ = settings.resolve_settings(
         cli.build_parser().parse_args(["consume", "--topics", "t", "--checkpoint-dir", "/tmp/x"]),
-        settings.CONSUME_SETTINGS, {"STREAM_LOGREG_SCALE": "true"},
+        settings.CONSUME_SETTINGS, {"STREAM_LOGREG_SCALE": "false"},
     )
-    assert settings.learner_config(values).model_config()["scale"] is True
+    assert "scale" not in settings.learner_config(values).model_config()
 
 
 def test_a_checkpoint_of_one_scale_setting_is_refused_by_the_other(tmp_path, capsys):
     from consumers import cli
 
     d = str(tmp_path / "ckpt")
-    assert cli.main(["demo", "--checkpoint-dir", d, "--n", "100", "--scale", "--batch-size", "4", "-q"]) == 0
+    assert cli.main(["demo", "--checkpoint-dir", d, "--n", "100", "--batch-size", "4", "-q"]) == 0  # scaled
     capsys.readouterr()
-    assert cli.main(["demo", "--checkpoint-dir", d, "--n", "100", "-q"]) == 2
+    demo = ["demo", "--checkpoint-dir", d, "--batch-size", "4", "-q"]
+    assert cli.main([*demo, "--n", "100", "--no-scale"]) == 2
     err = capsys.readouterr().err
     assert "scale" in err and "--fresh" in err
     assert cli.main(["demo", "--checkpoint-dir", d, "--n", "200", "--scale", "--batch-size", "4", "-q"]) == 0
