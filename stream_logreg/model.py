@@ -132,7 +132,9 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         statistics count the rows that have it) and stays absent. Predictions use the statistics so far.
         Sample and class weights do not weigh the statistics (as in River). Values that would make a
         statistic or a standardized value non-finite refuse the event or batch, with nothing learned.
-        Not with hashing (``n_bits``): a hashed column is shared by several features.
+        Not with hashing (``n_bits``): a hashed column is shared by several features. Off by default
+        (``bench/ACCURACY.md`` §9): behind a ``StandardScaler`` it would scale twice, and on sparse counts
+        (word counts) centering costs accuracy; on raw numeric rows it is what the scaler pipeline gives.
 
     Attributes
     ----------
