@@ -327,6 +327,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         from river import optim as river_optim
 
         yield {"optimizer": river_optim.Adam(), "l1": 0.001, "intercept_lr": 0.01}
+        yield {"scale": True}  # built-in standardization, every path
 
     def _unit_test_skips(self):
         # As for River's linear models: learn_many takes one mean-gradient step over the whole batch (the
