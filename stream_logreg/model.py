@@ -1062,6 +1062,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             self._grow(features.n_columns)
             learned, before = None, None
             if self.scale:  # the statistics learn the whole batch, then the rows are standardized with them
+                nnz = indptr[m]  # fewer than `size` where a full vocabulary ignored features
+                cols, vals = cols[:nnz], vals[:nnz]
                 if predict:  # the predictions: the rows standardized with the statistics so far
                     before = self._csr_probas(cols, self._standardized_entries(cols, vals), indptr)
                 vals, learned = self._scale_entries(cols, vals)

@@ -248,3 +248,19 @@ def test_a_checkpoint_of_one_scale_setting_is_refused_by_the_other(tmp_path, cap
     err = capsys.readouterr().err
     assert "scale" in err and "--fresh" in err
     assert cli.main(["demo", "--checkpoint-dir", d, "--n", "200", "--scale", "--batch-size", "4", "-q"]) == 0
+
+
+def test_a_full_vocabulary_ignores_new_features_in_scaled_batches():
+    """Features a full vocabulary ignores are neither learned nor counted; rows keep their other entries."""
+    model = OnlineLogisticRegression(optimizer=optim.SGD(0.1), scale=True, max_features=2)
+    oracle = OnlineLogisticRegression(optimizer=optim.SGD(0.1), scale=True)
+    rows = sparse_rows(120, 8)
+    for chunk in batches(rows, 12):
+        xs, ys = [x for x, _ in chunk], [y for _, y in chunk]
+        full = [{"a": x["a"], "city": "Paris", **{k: v for k, v in x.items() if k not in ("a", "city")}}
+                for x in xs]  # "a" and "city=Paris" fill the vocabulary; "b", "c", "d" are ignored
+        p = model.predict_learn_rows(full, ys)
+        q = oracle.predict_learn_rows([{"a": x["a"], "city": "Paris"} for x in xs], ys)
+        np.testing.assert_allclose(p, q, rtol=0, atol=1e-12)
+    assert model.n_features == 2 and model.features.n_dropped > 0
+    np.testing.assert_allclose(model.state()[0]["scale.mean"], oracle.state()[0]["scale.mean"], atol=1e-12)
