@@ -36,7 +36,8 @@ Feature treatment, decided per stream and printed with the table:
   scikit-learn gets ``FeatureHasher(2**18)`` of the same ``site=s12`` strings; VW hashes them natively.
 
 Models (families for ``--models``: ours, river, vw, sklearn, grid, cand): ours with the model's
-defaults (``OnlineLogisticRegression()``) and a few named settings; River
+defaults (``OnlineLogisticRegression()``) and a few named settings (``RAW_INPUT`` ones get the raw rows
+whatever the treatment: ``scale=True`` standardizes inside the model; bench/ACCURACY.md §9); River
 ``linear_model.LogisticRegression()`` with its defaults (``optim.SGD(0.01)``), with ``optim.SGD(0.1)``
 and with ``optim.Adam()``; VW ``--loss_function logistic`` (labels −1/1, predict then learn, p = σ(raw
 prediction)); scikit-learn ``SGDClassifier(loss="log_loss")`` with ``partial_fit`` per event (p = σ of
