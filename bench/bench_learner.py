@@ -13,9 +13,12 @@ fresh model. What is measured:
    members) against ``river.linear_model.LogisticRegression`` (``optimizer=optim.SGD(0.1)``). Bars:
    ours SGD/River ≤ 0.3; ours default/River ≤ 0.7 (goal 0.5). Then the scaled path: ``scale=True``
    against River's ``StandardScaler() | LogisticRegression(optimizer=optim.SGD(0.1))``. Bar: ≤ 0.4.
+   (``--only-scaled`` runs the scaled comparisons alone, with the scaled ``learn_many`` of section 2.)
 2. mini-batch on dense float64 arrays (100 features, batches of 1024): samples/s of ``learn_batch``
    (``optim.SGD(0.1)``) against a bare numpy loop of the seed formula in this process. Bar: ≥ 0.9.
    Then ``learn_many`` on pandas frames of the same batches against River's ``learn_many``. Bar: ≥ 1.5.
+   Then, context: ``learn_many`` with ``scale=True`` against River's ``StandardScaler() |
+   LogisticRegression()`` ``learn_many`` (the same update, checked first).
 3. context: scikit-learn ``SGDClassifier(loss="log_loss")`` ``partial_fit`` per sample (numpy rows, fewer
    of them: it is slow) and per batch.
 4. click-through rows (``--click-rows``, ``--click-fields``; ``--only-click`` runs this section alone):
@@ -343,6 +346,66 @@ def click_through(args: argparse.Namespace) -> bool:
 # Report
 
 
+# The scaled paths: built-in standardization (scale=True) against River's StandardScaler() pipeline.
+
+
+def scaled_per_sample(rows: list[dict], ys: list[bool], repeats: int) -> bool:
+    from river import preprocessing
+
+    times = repeat(
+        {
+            "ours": per_sample_runner(
+                lambda: OnlineLogisticRegression(optimizer=optim.SGD(LR), scale=True), rows, ys
+            ),
+            "ours default": per_sample_runner(lambda: OnlineLogisticRegression(scale=True), rows, ys),
+            "river": per_sample_runner(
+                lambda: preprocessing.StandardScaler()
+                | linear_model.LogisticRegression(optimizer=river_optim.SGD(LR)), rows, ys
+            ),
+        },
+        repeats,
+    )
+    n = len(rows)
+    row(f"ours, optim.SGD({LR}), scale=True", times["ours"], n, "µs")
+    row("ours, default optimizer, scale=True", times["ours default"], n, "µs")
+    row(f"River StandardScaler() | LogisticRegression(SGD({LR}))", times["river"], n, "µs")
+    river_t = statistics.median(times["river"])
+    ok = verdict("ratio ours SGD scaled / River pipeline", statistics.median(times["ours"]) / river_t, 0.4,
+                 False)
+    print(f"  {'ratio ours default scaled / River pipeline':<52} "
+          f"{statistics.median(times['ours default']) / river_t:>10.3f}")
+    return ok
+
+
+def scaled_batches(frames: list, repeats: int) -> None:
+    """learn_many with scale=True against River's pipeline learn_many (the same update: checked first).
+    Context, no bar: both are dominated by pandas."""
+    from river import preprocessing
+
+    def pipeline():
+        return preprocessing.StandardScaler() | linear_model.LogisticRegression(
+            optimizer=river_optim.SGD(LR), intercept_lr=LR)
+
+    ours = learn_many(frames[:5], OnlineLogisticRegression(optimizer=optim.SGD(LR), scale=True))
+    theirs = learn_many(frames[:5], pipeline())
+    names = list(frames[0][0].columns)
+    river_w = theirs["LogisticRegression"].weights
+    assert np.allclose([ours.weights[k] for k in names], [river_w[k] for k in names], rtol=0, atol=1e-9)
+    times = repeat(
+        {
+            "ours": timed(lambda: learn_many(frames, OnlineLogisticRegression(optimizer=optim.SGD(LR),
+                                                                              scale=True))),
+            "river": timed(lambda: learn_many(frames, pipeline())),
+        },
+        repeats,
+    )
+    n_samples = sum(len(X) for X, _ in frames)
+    row(f"ours learn_many (pandas), SGD({LR}), scale=True", times["ours"], n_samples, "samples/s")
+    row(f"River StandardScaler() | LR learn_many, SGD({LR})", times["river"], n_samples, "samples/s")
+    print(f"  {'ratio ours scaled learn_many / River pipeline (speed)':<52} "
+          f"{statistics.median(times['river']) / statistics.median(times['ours']):>10.3f}")
+
+
 def row(name: str, times: list[float], units: float, unit: str, per: str = "step") -> tuple[str, float]:
     med = statistics.median(times) / units
     best = min(times) / units
@@ -376,6 +439,8 @@ def main() -> int:
     parser.add_argument("--click-rows", type=int, default=20_000, help="click-through events")
     parser.add_argument("--click-fields", type=int, default=30, help="string fields per click-through row")
     parser.add_argument("--only-click", action="store_true", help="run only the click-through benchmark")
+    parser.add_argument("--only-scaled", action="store_true",
+                        help="run only the scale=True comparisons with River's StandardScaler pipeline")
     args = parser.parse_args()
     if args.blas_threads is not None:
         from threadpoolctl import threadpool_limits
@@ -392,6 +457,16 @@ def main() -> int:
     print(f"median of {args.repeats} repeats\n")
     if args.only_click:
         return 0 if click_through(args) else 1
+    if args.only_scaled:
+        rows, ys, _ = make_rows(args.rows, 20, seed=1)
+        print(f"1. scale=True, predict_proba_one + learn_one, {args.rows:,} dict rows of 20 float features")
+        ok = scaled_per_sample(rows, ys, args.repeats)
+        batches = make_batches(args.batches, args.batch_size, args.features, seed=2)
+        names = [f"f{j:03d}" for j in range(args.features)]
+        print(f"2. scale=True, learn_many: {args.batches} batches of {args.batch_size} x {args.features}")
+        scaled_batches([(pd.DataFrame(X, columns=names), pd.Series(y.astype(bool))) for X, y in batches],
+                       args.repeats)
+        return 0 if ok else 1
     ok = True
 
     # 1. Per sample
@@ -415,30 +490,7 @@ def main() -> int:
     ok &= verdict("ratio ours SGD / River", statistics.median(times["ours"]) / river_t, 0.3, False)
     default_t = statistics.median(times["ours default"])
     ok &= verdict("ratio ours default / River", default_t / river_t, 0.7, False, 0.5)
-    # The scaled path: built-in standardization against River's pipeline with its StandardScaler.
-    from river import preprocessing
-
-    times_scaled = repeat(
-        {
-            "ours": per_sample_runner(
-                lambda: OnlineLogisticRegression(optimizer=optim.SGD(LR), scale=True), rows, ys
-            ),
-            "ours default": per_sample_runner(lambda: OnlineLogisticRegression(scale=True), rows, ys),
-            "river": per_sample_runner(
-                lambda: preprocessing.StandardScaler()
-                | linear_model.LogisticRegression(optimizer=river_optim.SGD(LR)), rows, ys
-            ),
-        },
-        args.repeats,
-    )
-    row(f"ours, optim.SGD({LR}), scale=True", times_scaled["ours"], n, "µs")
-    row("ours, default optimizer, scale=True", times_scaled["ours default"], n, "µs")
-    row(f"River StandardScaler() | LogisticRegression(SGD({LR}))", times_scaled["river"], n, "µs")
-    river_s = statistics.median(times_scaled["river"])
-    ok &= verdict("ratio ours SGD scaled / River pipeline", statistics.median(times_scaled["ours"]) / river_s,
-                  0.4, False)
-    print(f"  {'ratio ours default scaled / River pipeline':<52} "
-          f"{statistics.median(times_scaled['ours default']) / river_s:>10.3f}")
+    ok &= scaled_per_sample(rows, ys, args.repeats)
     sk = repeat({"sk": sklearn_per_sample_runner(X_rows[: args.sklearn_rows], ys[: args.sklearn_rows])},
                 args.repeats)
     row(f"context: sklearn SGDClassifier partial_fit ({args.sklearn_rows:,} numpy rows)", sk["sk"],
@@ -486,6 +538,7 @@ def main() -> int:
     ok &= verdict("ratio ours learn_many / River learn_many (speed)",
                   statistics.median(times["river df"]) / statistics.median(times["ours df"]), 1.5, True)
     row("context: sklearn SGDClassifier partial_fit per batch", times["sklearn"], n_samples, "samples/s")
+    scaled_batches(frames, args.repeats)
     print(f"  (per batch: bare {statistics.median(times['bare']) / args.batches * 1e6:.1f} µs, ours "
           f"{statistics.median(times['ours']) / args.batches * 1e6:.1f} µs)")
     print()

@@ -303,8 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
             "predicted, then learned), checkpointing every --checkpoint-every events and at the end. A\n"
             "second run with the same options resumes from the latest checkpoint and skips the events it\n"
             "covers (and appends to its --curve). Ctrl-C stops at the next batch boundary with a\n"
-            "checkpoint (exit 130). The model learns the raw features (no scaling); the progressive log\n"
-            "loss and accuracy are computed as the consumer's metrics compute them.\n\n"
+            "checkpoint (exit 130). The model gets the raw features (standardized inside it unless\n"
+            "--no-scale); the progressive log loss and accuracy are computed as the consumer's metrics\n"
+            "compute them.\n\n"
             "datasets:\n" + dataset_help()
         ),
         examples=(

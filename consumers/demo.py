@@ -321,8 +321,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         print(f"events                {position:,} of {n:,} (nothing left to learn: the checkpoint covers "
               "them all)", file=out)
-    print(f"model                 {setup_text(model, batch_size)}, on the raw features (no scaling)",
-          file=out)
+    scaling = "standardized inside the model (--scale)" if model.scale else "raw (no scaling)"
+    print(f"model                 {setup_text(model, batch_size)}, features {scaling}", file=out)
     print(f"progressive log loss  {totals['log_loss_sum'] / k:.4f}", file=out)
     print(f"progressive accuracy  {totals['correct'] / k:.2%} ({totals['correct']:,} of {totals['n']:,} "
           "predicted right before learning)", file=out)

@@ -225,6 +225,12 @@ MODEL_SETTINGS: tuple[Setting, ...] = (
     Setting("n_bits", "int", None,
             "Hash features into 2^n_bits weights (bounded memory). Unset: a growing vocabulary.", "Model",
             minimum=1, maximum=30),
+    Setting("scale", "bool", None,
+            "Standardize numeric features online inside the model (River's StandardScaler: running mean and "
+            "variance per feature; string indicators untouched; checkpointed). Unset: on with the default "
+            "optimizer and a vocabulary, off with --optimizer sgd, adagrad or ftrl (their textbook rule, "
+            "exactly) or with --n-bits (not possible there). Helps features of unequal scales a lot; costs "
+            "on sparse counts such as word counts (bench/ACCURACY.md section 9).", "Model"),
     Setting("batch_size", "int", 1,
             "Events per update: 1 learns each labelled event on its own, k > 1 one mini-batch of k "
             "consecutive labelled events.", "Model", minimum=1),
@@ -518,10 +524,17 @@ def build_model(values: Mapping[str, Any]) -> Any:
         opt = optim.AdaGrad(**rate)
     else:
         opt = optim.FTRL(**rate, l1=l1, l2=l2)
+    scale = values["scale"]
+    if scale is None:  # the service's default: standardize, unless it would change a textbook rule
+        scale = name == "mixture" and values["n_bits"] is None
+    elif scale and values["n_bits"] is not None:
+        raise UsageError("--scale needs a vocabulary (no --n-bits): a hashed weight is shared by every "
+                         "feature that hashes to it, so it has no feature's mean and variance")
     # With hashing the model is bounded by 2^n_bits already (and takes no vocabulary cap).
     vocabulary = values["max_vocabulary"] if values["n_bits"] is None else None
     return OnlineLogisticRegression(
-        optimizer=opt, l2=0.0 if name == "ftrl" else l2, n_bits=values["n_bits"], max_features=vocabulary
+        optimizer=opt, l2=0.0 if name == "ftrl" else l2, n_bits=values["n_bits"], max_features=vocabulary,
+        scale=scale,
     )
 
 

@@ -120,6 +120,21 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
     class_weight
         Weight of each class's samples, e.g. ``{False: 1.0, True: 5.0}`` (keys 0/1 or False/True); it
         multiplies the per-sample weight ``w`` of ``learn_one`` / ``learn_many``.
+    scale
+        Standardize numeric features online, as River's ``StandardScaler()`` in front of the model would
+        (per column: count, mean and population variance; x ↦ (x − mean)/√var, 0 while the variance is 0),
+        inside the compiled step and in checkpoints. Indicators of strings are not scaled. One event
+        (``learn_one``, ``predict_learn_one``): the statistics learn x, then x is standardized with them and
+        learned (River's ``learn_one`` then ``transform_one``). A mini-batch (``learn_many``,
+        ``learn_batch``, ``learn_rows``): the statistics learn the whole batch (River's ``learn_many``:
+        the batch's mean and variance merged into the running ones), then every row is standardized with
+        them and learned; on dict rows a feature absent from a row is not an observation of it (its
+        statistics count the rows that have it) and stays absent. Predictions use the statistics so far.
+        Sample and class weights do not weigh the statistics (as in River). Values that would make a
+        statistic or a standardized value non-finite refuse the event or batch, with nothing learned.
+        Not with hashing (``n_bits``): a hashed column is shared by several features. Off by default
+        (``bench/ACCURACY.md`` §9): behind a ``StandardScaler`` it would scale twice, and on sparse counts
+        (word counts) centering costs accuracy; on raw numeric rows it is what the scaler pipeline gives.
 
     Attributes
     ----------
@@ -167,8 +182,11 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         if scale not in (False, True):
             raise ValueError(f"scale must be True or False, got {scale!r}")
         if scale and n_bits is not None:
-            raise ValueError("scale=True needs a vocabulary (n_bits=None): hashed columns mix numbers and "
-                             "indicators")
+            raise ValueError(
+                "scale=True needs a vocabulary (n_bits=None): with hashing a column is shared by whatever "
+                "features hash to it, a number with an indicator or two numbers of different scales, so its "
+                "statistics are no feature's own; put river.preprocessing.StandardScaler() in front instead"
+            )
         self.scale = bool(scale)
         self._scale_stats = np.zeros((0, 3))  # per column: count, mean, var (River's StandardScaler)
         self._numeric = np.zeros(0)  # per column: 1.0 if standardized (a number), 0.0 (an indicator)
@@ -309,6 +327,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         from river import optim as river_optim
 
         yield {"optimizer": river_optim.Adam(), "l1": 0.001, "intercept_lr": 0.01}
+        yield {"scale": True}  # built-in standardization, every path
 
     def _unit_test_skips(self):
         # As for River's linear models: learn_many takes one mean-gradient step over the whole batch (the
@@ -724,13 +743,84 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
     def _standardized(self, X: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Dense rows X (columns ``cols``) as ``scale_row`` transforms them, without learning."""
         self._flags()
-        stats, numeric = self._scale_stats[cols], self._numeric[cols] != 0.0
-        mean, var = stats[:, 1], stats[:, 2]
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            Z = (X - mean) / np.sqrt(np.where(var != 0.0, var, 1.0))
-        Z = np.where(var != 0.0, Z, 0.0)
-        Z = np.where(numeric, Z, X)
-        return np.ascontiguousarray(np.clip(Z, -np.finfo(np.float64).max, np.finfo(np.float64).max))
+        stats = self._scale_stats[cols]
+        Z = _standardize(X, stats[:, 1], stats[:, 2], self._numeric[cols] != 0.0)
+        return np.ascontiguousarray(np.clip(Z, -_MAX, _MAX))
+
+    def _standardized_entries(self, cols: np.ndarray, vals: np.ndarray) -> np.ndarray:
+        """The entries ``vals`` (columns ``cols``) as ``scale_row`` transforms them, without learning."""
+        self._flags()
+        stats = self._scale_stats[cols]
+        return np.clip(_standardize(vals, stats[:, 1], stats[:, 2], self._numeric[cols] != 0.0), -_MAX, _MAX)
+
+    # Built-in standardization of a mini-batch: River's StandardScaler.learn_many, then transform_many.
+    # The batch's statistics per column (count, mean, population variance) are merged into the running
+    # ones (Chan et al.'s pairwise formula, as River), then every entry is standardized with the merged
+    # statistics. Nothing is written here: the caller commits ``learned`` once the update was accepted.
+
+    def _scale_dense(self, X: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, tuple | None]:
+        """Dense finite rows X (columns ``cols``, every row has every column): the standardized rows and
+        the statistics learned (the numeric columns and their new (count, mean, var))."""
+        self._flags()
+        numeric = self._numeric[cols] != 0.0
+        if not numeric.any():
+            return X, None
+        Xn = X[:, numeric]
+        m = Xn.shape[0]
+        with np.errstate(over="ignore", invalid="ignore"):
+            lo, hi = Xn.min(axis=0), Xn.max(axis=0)
+            const = lo == hi  # one value: its mean is that value exactly, its variance 0
+            mean = np.where(const, lo, (Xn / m).sum(axis=0))  # Σ x/m: no overflow for finite x
+            var = np.where(const, 0.0, (np.square(Xn - mean) / m).sum(axis=0))
+        stat_cols = cols[numeric]
+        merged = _merge_statistics(self._scale_stats[stat_cols], float(m), mean, var)
+        Z = X.copy()
+        Z[:, numeric] = _standardize(Xn, merged[:, 1], merged[:, 2], True)
+        _check_standardized(merged, Z)
+        return Z, (stat_cols, merged)
+
+    def _scale_entries(self, cols: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, tuple | None]:
+        """CSR entries of finite values (columns ``cols``; a row has a column at most once): the
+        standardized entries and the statistics learned. A feature absent from a row is not an
+        observation of it (as in ``learn_one``): its statistics count the rows that have it."""
+        self._flags()
+        numeric = self._numeric[cols] != 0.0
+        if not numeric.any():
+            return vals, None
+        c, v = cols[numeric], vals[numeric]
+        stat_cols, inv = np.unique(c, return_inverse=True)
+        count = np.bincount(inv).astype(np.float64)
+        k = len(stat_cols)
+        lo, hi = np.full(k, np.inf), np.full(k, -np.inf)
+        np.minimum.at(lo, inv, v)
+        np.maximum.at(hi, inv, v)
+        const = lo == hi
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean = np.where(const, lo, np.bincount(inv, v / count[inv], minlength=k))
+            var = np.where(const, 0.0, np.bincount(inv, np.square(v - mean[inv]) / count[inv], minlength=k))
+        merged = _merge_statistics(self._scale_stats[stat_cols], count, mean, var)
+        out = vals.copy()
+        out[numeric] = _standardize(v, merged[inv, 1], merged[inv, 2], True)
+        _check_standardized(merged, out)
+        return out, (stat_cols, merged)
+
+    def _commit_statistics(self, learned: tuple | None) -> None:
+        if learned is not None:
+            stat_cols, merged = learned
+            self._scale_stats[stat_cols] = merged
+
+    def _csr_probas(self, cols: np.ndarray, vals: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+        """P(y = 1) of each CSR row (the model's columns), without learning."""
+        m = len(indptr) - 1
+        out = np.empty(m)
+        if self._mixture:
+            self._mixture_step().predict_rows(cols, vals, indptr, out)
+            return out
+        w, b, dot = self._w, self._b[0], _kernel.dot
+        for i in range(m):
+            a, e = indptr[i], indptr[i + 1]
+            out[i] = dot(w, cols[a:e], vals[a:e], e - a) + b
+        return sigmoid(out)
 
     def _scaled_encode(self, x: dict) -> int:
         """Row ``x`` encoded into the scratch buffers and standardized with the statistics so far."""
@@ -858,8 +948,6 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         m = X.shape[0]
         if m == 0:
             return
-        if self.scale:
-            raise ValueError(_NO_SCALED_BATCHES)
         X0 = X
         if plan.keep is not None:
             if not np.isfinite(X[:, ~plan.keep]).all():  # ignored, but still checked
@@ -878,6 +966,11 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         elif not (X.flags.c_contiguous or X.flags.f_contiguous):
             X = np.ascontiguousarray(X)
         cols = plan.cols
+        learned = None
+        if self.scale:  # the statistics learn the whole batch, then the batch is standardized with them
+            if not np.isfinite(X).all():
+                raise ValueError(_non_finite_message(X0, names))
+            X, learned = self._scale_dense(X, cols)
         if self._mixture:
             if not np.isfinite(X).all():
                 raise ValueError(_non_finite_message(X0, names))
@@ -888,6 +981,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             )
             if not ok:
                 raise ValueError("the batch would make the model non-finite (values too large); refused")
+            self._commit_statistics(learned)
             self.n_samples_seen += m
             return
         w = self._w[: len(cols)] if plan.dense else self._w[cols]
@@ -907,6 +1001,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         if s != s:
             raise ValueError(_non_finite_message(X0, names))
         self._update(cols, grad, len(cols), s / m, "the batch")
+        self._commit_statistics(learned)
         self.n_samples_seen += m
 
     def learn_rows(self, xs: list[dict], ys: Any, sample_weight: Any = None) -> None:
@@ -915,7 +1010,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         The same update as :meth:`learn_many` on the frame of these rows with missing features as 0. A row
         with a bad value raises ``ValueError`` naming the feature, and the model is left as it was.
         """
-        self.predict_learn_rows(xs, ys, sample_weight)
+        self._learn_rows(xs, ys, sample_weight, False)
 
     def predict_learn_rows(self, xs: list[dict], ys: Any, sample_weight: Any = None) -> np.ndarray:
         """Progressive validation of a mini-batch: p_i = σ(w·x_i + b) for each row, then :meth:`learn_rows`.
@@ -926,13 +1021,16 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         columns j and ∇b = (1/m) Σ_i r_i, then one optimizer step. Colliding hashed features are merged
         per row. A bad row or a non-finite update raises ``ValueError`` and leaves the model as it was.
         """
+        return self._learn_rows(xs, ys, sample_weight, True)
+
+    def _learn_rows(self, xs: Any, ys: Any, sample_weight: Any, predict: bool) -> np.ndarray | None:
+        """:meth:`predict_learn_rows`; the predictions are only made with ``predict`` (with ``scale`` they
+        cost a pass of their own: the rows are standardized with the statistics before the batch)."""
         if type(xs) is not list:
             xs = list(xs)
         m = len(xs)
         if m == 0:
             return np.empty(0)
-        if self.scale:
-            raise ValueError(_NO_SCALED_BATCHES)
         y = _labels(ys)
         if y.shape != (m,):
             raise ValueError("expected one label in {0, 1, False, True} per row")
@@ -962,25 +1060,32 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
                     raise ValueError(f"row {i}: {e}") from None
                 i += 1
             self._grow(features.n_columns)
+            learned, before = None, None
+            if self.scale:  # the statistics learn the whole batch, then the rows are standardized with them
+                nnz = indptr[m]  # fewer than `size` where a full vocabulary ignored features
+                cols, vals = cols[:nnz], vals[:nnz]
+                if predict:  # the predictions: the rows standardized with the statistics so far
+                    before = self._csr_probas(cols, self._standardized_entries(cols, vals), indptr)
+                vals, learned = self._scale_entries(cols, vals)
+            p = np.empty(m)
             if self._mixture:
-                p = np.empty(m)
                 if not self._mixture_step().learn_rows(cols, vals, indptr, y, sample_weight, p):
                     raise ValueError("the batch would make the model non-finite (values too large); refused")
-                self.n_samples_seen += m
-                return p
-            p, touched, grads, g_b = np.empty(m), np.empty(size, dtype=np.intp), np.empty(size), np.empty(1)
-            n = _kernel.batch_predict_gradient(
-                self._w, self._b, cols, vals, indptr, y, sample_weight, self._neg_weight, self._pos_weight,
-                self.l2, float(self.clip_gradient), p, touched, grads, g_b,
-            )
-            if n < 0:
-                raise ValueError("the update is not finite (values too large); the batch was refused")
-            self._update(touched, grads, n, float(g_b[0]), "the batch")
+            else:
+                touched, grads, g_b = np.empty(size, dtype=np.intp), np.empty(size), np.empty(1)
+                n = _kernel.batch_predict_gradient(
+                    self._w, self._b, cols, vals, indptr, y, sample_weight, self._neg_weight,
+                    self._pos_weight, self.l2, float(self.clip_gradient), p, touched, grads, g_b,
+                )
+                if n < 0:
+                    raise ValueError("the update is not finite (values too large); the batch was refused")
+                self._update(touched, grads, n, float(g_b[0]), "the batch")
+            self._commit_statistics(learned)
         except BaseException:
             self._rollback(mark)  # forget what the earlier rows added
             raise
         self.n_samples_seen += m
-        return p
+        return p if before is None else before
 
     def learn_batch(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> None:
         """Numpy fast path: one update on a dense float array X (m×n) and labels y ∈ {0, 1}^m.
@@ -1145,10 +1250,31 @@ def _described(what: str | dict) -> str:
     return what if isinstance(what, str) else f"the update for {what!r:.200}"
 
 
-_NO_SCALED_BATCHES = (
-    "scale=True learns one event at a time (learn_one, predict_learn_one); for mini-batches put "
-    "river.preprocessing.StandardScaler() in front instead"
-)
+_MAX = float(np.finfo(np.float64).max)
+
+
+def _merge_statistics(old: np.ndarray, count: Any, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """River's ``StandardScaler.learn_many``: running statistics ``old`` (k×3: count, mean, var) merged
+    with a batch's count, mean and population variance per column: n = c + k, a = c/n, b = k/n,
+    mean = a·mean₀ + b·mean_batch, var = a·var₀ + b·var_batch + a·b·(mean₀ − mean_batch)²."""
+    c0, m0, v0 = old[:, 0], old[:, 1], old[:, 2]
+    n = c0 + count
+    a, b = c0 / n, count / n
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.column_stack([n, a * m0 + b * mean, a * v0 + b * var + a * b * np.square(m0 - mean)])
+
+
+def _standardize(x: np.ndarray, mean: np.ndarray, var: np.ndarray, numeric: Any) -> np.ndarray:
+    """(x − mean)/√var where ``numeric`` (0 where var is 0, as River's ``transform_one``), x elsewhere."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        z = (x - mean) / np.sqrt(np.where(var != 0.0, var, 1.0))
+    return np.where(numeric, np.where(var != 0.0, z, 0.0), x)
+
+
+def _check_standardized(merged: np.ndarray, values: np.ndarray) -> None:
+    if not (np.isfinite(merged).all() and np.isfinite(values).all()):
+        raise ValueError("the values of the batch are too large to standardize (the running mean, variance "
+                         "or a standardized value would not be finite); the batch was refused")
 
 
 def _dense_csr(X: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

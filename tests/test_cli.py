@@ -61,7 +61,9 @@ def run_cli(*args: str, stdin: bytes | None = None, cwd: Path | None = None, tim
 
 
 def offline_model(n: int = len(PHISHING), batch_size: int = 1, **kwargs) -> OnlineLogisticRegression:
-    """The model the demo should end with: the same stream learned in one go, outside the CLI."""
+    """The model the demo should end with: the same stream learned in one go, outside the CLI (the CLI
+    standardizes by default with the default optimizer and a vocabulary)."""
+    kwargs.setdefault("scale", "optimizer" not in kwargs and kwargs.get("n_bits") is None)
     model = OnlineLogisticRegression(**kwargs)
     events = PHISHING[:n]
     if batch_size == 1:
@@ -132,7 +134,7 @@ def test_demo_checkpoint_equals_an_offline_model(tmp_path: Path, capsys: pytest.
     positions = sorted(store.load(info.id).metadata["position"] for info in store.list())
     assert positions == [400, 800, 1200, 1250]
     # The summary's metrics are those of progressive validation, recomputed here.
-    model, loss, hits = OnlineLogisticRegression(), 0.0, 0
+    model, loss, hits = OnlineLogisticRegression(scale=True), 0.0, 0  # the CLI's default
     for x, y in PHISHING:
         p = model.predict_proba_one(x)[True]
         loss -= math.log(max(p if y else 1.0 - p, 1e-15))
@@ -249,7 +251,7 @@ def test_demo_curve_csv(demo_dir: Path) -> None:
     assert tuple(rows[0]) == demo.CURVE_COLUMNS
     assert [int(r["event"]) for r in rows] == list(range(1, len(PHISHING) + 1))
     assert [int(r["y"]) for r in rows] == [int(y) for _, y in PHISHING]
-    model = OnlineLogisticRegression()
+    model = OnlineLogisticRegression(scale=True)  # the CLI's default
     for row, (x, y) in zip(rows[:100], PHISHING, strict=False):
         assert float(row["p"]) == model.predict_proba_one(x)[True]
         model.learn_one(x, y)
@@ -618,8 +620,9 @@ def test_learner_config_is_built_from_the_settings() -> None:
     assert config.batch_size == 4 and config.checkpoint_dir == "/tmp/x"
     assert config.client_settings["security_protocol"] == "SSL"
     assert config.client_settings["ssl_check_hostname"] is True
-    # defaults = the model's defaults, but for the vocabulary cap that `consume` turns on by default
-    assert config.model_config() == OnlineLogisticRegression(max_features=1_000_000).config()
+    # defaults = the model's defaults, but for the vocabulary cap and the standardization that `consume`
+    # turns on by default
+    assert config.model_config() == OnlineLogisticRegression(max_features=1_000_000, scale=True).config()
 
 
 def test_settings_table_covers_the_learner_config() -> None:
@@ -889,7 +892,8 @@ def test_demo_and_the_consumer_metrics_agree(kafka_bootstrap: str, kafka_topic, 
     assert (first["p"], first["y"]) == ("0.5", "1")
 
     learner = Learner(LearnerConfig(bootstrap_servers=kafka_bootstrap, topics=[topic], group_id=f"g-{topic}",
-                                    checkpoint_dir=str(tmp_path / "consume"), poll_timeout_ms=100))
+                                    checkpoint_dir=str(tmp_path / "consume"), poll_timeout_ms=100,
+                                    model={"scale": True}))  # the CLI's default, as the demo ran
     stop = threading.Event()
 
     def stop_when_learned() -> None:

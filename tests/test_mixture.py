@@ -325,8 +325,6 @@ def test_scale_leaves_indicators_alone_and_checkpoints(tmp_path):
     for x, y in rows[30:]:
         assert resumed.predict_learn_one(x, y) == model.predict_learn_one(x, y)
     assert_same_state(model, resumed)
-    with pytest.raises(ValueError, match="one event at a time"):
-        model.learn_rows([rows[0][0]], [True])
 
 
 def test_scale_refuses_what_it_cannot_standardize_and_leaves_no_trace():

@@ -45,7 +45,7 @@ MODELS = {
     "plain": {},
     "l2-intercept_lr": {"l2": 1e-3, "intercept_lr": 0.5},
     "l1-clip": {"l1": 1e-3, "clip_gradient": 0.3, "intercept_lr": schedulers.InverseScaling(0.1)},
-    "scaled": {"scale": True},  # built-in standardization (vocabulary only; mini-batches are refused)
+    "scaled": {"scale": True},  # built-in standardization (vocabulary only), on every path, batches too
 }
 SPACES = {"vocabulary": None, "hashed": 2}  # 2 bits: every row collides
 
@@ -65,6 +65,7 @@ PATHS = ["learn_one", "predict_learn_one", "learn_rows", "predict_learn_rows", "
 
 
 REFUSED: Counter = Counter()  # refused steps by path, over the whole property run
+SCALED_ACCEPTED: Counter = Counter()  # accepted steps by path with scale=True
 
 
 def _river_state(opt, n: int) -> dict:
@@ -166,6 +167,8 @@ def test_no_finite_input_poisons_the_model(optimizer, params, space, data):
             assert after[0] == before[0], f"{path} was refused but changed the arrays"
             assert after[1] == before[1], f"{path} was refused but changed the model"
         else:
+            if model.scale:
+                SCALED_ACCEPTED[path] += 1
             if out is not None:
                 assert_probabilities(out)
             if path.startswith("predict_proba"):
@@ -189,6 +192,33 @@ def test_the_property_exercised_refusals():
         pytest.skip("run together with test_no_finite_input_poisons_the_model")
     learning = {p for p in PATHS if "learn" in p}
     assert learning <= set(REFUSED), REFUSED
+    assert set(PATHS) <= set(SCALED_ACCEPTED), SCALED_ACCEPTED  # scale=True: every path, batches too
+
+
+def test_scaled_batches_of_huge_values_never_poison_the_statistics():
+    """Batches whose mean, variance or standardized values leave the double range are refused whole;
+    what is accepted leaves finite statistics and a non-negative variance."""
+    model = OnlineLogisticRegression(scale=True)
+    refused = 0
+    for i in range(30):
+        big = 1.7e308 if i % 2 else 1e154
+        X = pd.DataFrame({"a": [big * (-1) ** i, 1.0, -big], "b": [1.0, 2.0, 3.0 * i]})
+        try:
+            model.learn_many(X, [True, False, i % 3 == 0])
+        except ValueError as e:
+            assert "refused" in str(e)
+            refused += 1
+        try:
+            model.learn_rows([{"a": big}, {"b": -big, "a": 1.0}], [False, True])
+        except ValueError:
+            refused += 1
+        arrays = model.state()[0]
+        assert all(np.isfinite(arrays[f"scale.{k}"]).all() for k in ("count", "mean", "var"))
+        assert (arrays["scale.var"] >= 0).all()
+        assert_finite_state(model)
+    assert refused > 0
+    model.learn_many(pd.DataFrame({"a": [1.0, 2.0], "b": [0.0, 1.0]}), [True, False])
+    assert_probabilities(model.predict_proba_many(pd.DataFrame({"a": [1.7e308], "b": [-1.7e308]}))[True])
 
 
 # The exact poisons of issue 9
