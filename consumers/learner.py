@@ -140,6 +140,7 @@ from typing import Any
 from kafka import TopicPartition
 from kafka import errors as kafka_errors
 from kafka.errors import KafkaError
+from stream_logreg._stream import learn_values
 
 from consumers.config import LearnerConfig
 from consumers.labels import Labels, check_co_partitioned
@@ -566,8 +567,25 @@ class Learner:
         ys: list[int] = []
         ps_append, ys_append = ps.append, ys.append
         scored = 0
-        for r, value in zip(records, values, strict=True):
-            ev = decode(value)
+        # With batch_size 1 (and no prediction to publish per labelled event) the labelled events are decoded
+        # and learned in one compiled pass; it stops at each message that needs this loop (a rejection, an
+        # unlabelled event, a refused update), which is handled here, and goes on from the next one.
+        fast = batch_size == 1 and not publish_labelled
+        i, n = 0, len(values)
+        if len(records) != n:
+            raise ValueError(f"{len(records)} records but {n} values")
+        while i < n:
+            if fast:
+                i, ev, refused = learn_values(decode, predict_learn_one, values, i, ps, ys, Event)
+                if i == n:
+                    break
+            else:
+                ev, refused = decode(values[i]), None
+            r = records[i]
+            i += 1
+            if refused is not None:  # a bad value or a non-finite update: the model unchanged
+                self._reject(view(r), Reason.BAD_VALUE, f"the model refused the update: {refused}")
+                continue
             if ev.__class__ is not Event:
                 self._reject(view(r), ev.reason, ev.detail)
                 continue
