@@ -33,7 +33,9 @@ acknowledged: failed sends are re-sent, and the checkpoint waits while the broke
 never be sent — too large, topic deleted or not authorised — are dropped and counted instead, see
 :mod:`consumers.outputs`). Only once the checkpoint is durable are its offsets committed to the group
 (metadata: the checkpoint id), and only for the partitions this member owns. A failed commit is logged and
-retried with the next checkpoint (or the next time tick); the loop goes on.
+retried with the next checkpoint (or the next time tick); the loop goes on. The periodic commit does not
+hold up the loop: it is sent and answered while the loop goes on (``Source.commit_soon``), and one not
+answered yet is made again, synchronously, on revoke and on stop.
 
 The bookkeeping of offsets and checkpoints is :mod:`consumers.state.checkpointing`; the outputs, with their
 bounds, :mod:`consumers.outputs`; the consumer, its group membership and the threading argument of the
@@ -380,7 +382,9 @@ class Learner:
                         self._process(tp, records, values)
                         n += len(records)
                     self._publish_stats()
-                    state.tick(source.assignment(), source.pending, flush, source.commit)
+                    if source.commit_failures():  # a periodic commit was refused: commit again
+                        state.commit_pending = True
+                    state.tick(source.assignment(), source.pending, flush, source.commit_soon)
                 if state.fenced is not None:  # another member took this state over: learning on would
                     fenced = Fenced(f"{state.fenced}")  # learn its events a second time
                     break
@@ -521,7 +525,7 @@ class Learner:
                               state.checkpoint_id, extra={"checkpoint_id": state.checkpoint_id})
                 if self._exactly_once and state.fenced is None:
                     self._abort("stopping")
-                if state.commit_pending:
+                if state.commit_pending or source.unconfirmed():  # a periodic commit not answered yet
                     state.commit(source.assignment(), source.pending,
                                  lambda offsets: source.commit(offsets, timeout_ms))
         finally:
@@ -706,7 +710,9 @@ class Learner:
                 self._abort("revoked")
             # Nothing to commit when the checkpoint failed (its offsets are not durable), or when the last
             # checkpoint's offsets are committed already.
-            offsets = state.commit_offsets(owned, set()) if ok and state.commit_pending else {}
+            unanswered = self._source.unconfirmed()  # a periodic commit may not be in yet
+            offsets = (state.commit_offsets(owned, set()) if ok and (state.commit_pending or unanswered)
+                       else {})
             self._let_go(partitions, "revoked")
             return offsets
 
@@ -719,7 +725,7 @@ class Learner:
             state, pending = self._state, self._source.pending
             owned = partitions - pending
             pending -= partitions
-            if state.commit_pending and state.commit_offsets(owned, set()):
+            if (state.commit_pending or self._source.unconfirmed()) and state.commit_offsets(owned, set()):
                 log.warning(
                     "evicted before checkpoint %s was committed: if another member takes the partitions, it "
                     "starts at an older offset and learns events again", state.checkpoint_id,
