@@ -19,7 +19,7 @@ RUN apt-get update \
 WORKDIR /src
 # Only the sources: no host-built extension (.so/.c), build/ or checkpoints/ from the working tree.
 COPY pyproject.toml setup.py README.md ./
-COPY stream_logreg/*.py stream_logreg/_kernel.pyx stream_logreg/
+COPY stream_logreg/*.py stream_logreg/*.pyx stream_logreg/*.h stream_logreg/
 COPY consumers/*.py consumers/
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

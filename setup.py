@@ -1,4 +1,4 @@
-"""Builds the compiled parts (stream_logreg/_kernel.pyx, _features.pyx); the rest is in pyproject.toml."""
+"""Builds the compiled parts (stream_logreg/_kernel.pyx, _features.pyx, _stream.pyx); the rest: pyproject."""
 
 import numpy
 from Cython.Build import cythonize
@@ -22,6 +22,7 @@ setup(
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
                 extra_compile_args=["-O3"],
             ),
+            Extension("stream_logreg._stream", ["stream_logreg/_stream.pyx"], extra_compile_args=["-O3"]),
         ],
         compiler_directives={"language_level": "3"},
     )

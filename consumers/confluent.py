@@ -268,13 +268,18 @@ class ConfluentSource(Source):
         # its main thread, ~0.5 ms: too slow for every poll).
         self._assigned: set[TopicPartition] = set()
         self._highwaters: dict[TopicPartition, tuple[float, int | None]] = {}
-        self._committing = threading.Event()  # a commit is running (in a bounded() thread)
+        self._idle = threading.Event()  # no synchronous commit is running (in a bounded() thread)
+        self._idle.set()
+        self._sent = 0  # commit_soon() commits not answered yet
+        self._refused: list[BaseException] = []  # their failures, not yet taken by commit_failures()
+        self._answers = threading.Lock()
 
     # ------------------------------------------------------------------ connecting
 
     def conf(self) -> dict[str, Any]:
         conf = consumer_conf(self.config)
-        conf.update({"group.instance.id": self.instance_id, "error_cb": self._on_error, "logger": log})
+        conf.update({"group.instance.id": self.instance_id, "error_cb": self._on_error, "logger": log,
+                     "on_commit": self._on_commit})
         return conf
 
     def _open(self, handler: RebalanceHandler, deadline: float) -> Consumer:
@@ -293,6 +298,7 @@ class ConfluentSource(Source):
             raise _neutral(exc) from None
         self._down = False
         self._assigned = set()
+        self._sent, self._refused = 0, []  # a new consumer: nothing of an old one is to be answered
         consumer.subscribe(self.config.input_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
         return consumer
@@ -456,24 +462,77 @@ class ConfluentSource(Source):
     def commit(self, offsets: dict, timeout_ms: int | None = None) -> None:
         """Commit ``offsets`` synchronously, bounded by ``timeout_ms`` (raises ``KafkaError``)."""
         timeout = (timeout_ms or self.config.commit_timeout_ms) / 1000
-        parts = [_ctp(tp, om.offset, om.metadata or "") for tp, om in offsets.items()]
-        consumer, busy = self.consumer, self._committing
-        if busy.is_set():  # one commit at a time: a commit that outlived its bound holds no second thread
+        deadline = time.monotonic() + timeout
+        parts = self._parts(offsets)
+        # one commit at a time: a commit that outlived its bound holds no second thread
+        if not self._idle.wait(timeout):
             raise KafkaError("the previous commit has not completed yet (the group coordinator is away?)")
-        busy.set()
+        self._idle.clear()
+        bounded(lambda: self._commit_parts(parts), max(deadline - time.monotonic(), 0.001), "commit")
 
-        def commit() -> Any:
-            try:
-                return consumer.commit(offsets=parts, asynchronous=False)
-            finally:
-                busy.clear()
-
+    def commit_soon(self, offsets: dict) -> bool:
+        """The periodic commit, off the loop: librdkafka's asynchronous commit, answered through
+        ``on_commit`` inside a later ``consume()`` (see :meth:`Source.commit_soon
+        <consumers.source.Source.commit_soon>`); returns True. librdkafka sends the commits of one consumer
+        in order, so a later synchronous commit is not overtaken."""
+        parts = self._parts(offsets)
+        with self._answers:
+            self._sent += 1
         try:
-            result = bounded(commit, timeout, "commit")
-        except KafkaError as exc:
+            self.consumer.commit(offsets=parts, asynchronous=True)
+        except KafkaException as exc:
+            with self._answers:
+                self._sent -= 1
+            raise _neutral(exc) from None
+        return True
+
+    def _on_commit(self, err: CKError | None, partitions: list[CTopicPartition]) -> None:
+        """librdkafka's answer to a :meth:`commit_soon` (served inside ``consume()``; synchronous commits
+        are answered to their caller, not here)."""
+        failed = [f"{p.topic}:{p.partition}: {p.error}" for p in partitions or () if p.error is not None]
+        exc = KafkaError(f"commit failed: {err.str() if err is not None else '; '.join(failed)}") if (
+            err is not None or failed) else None
+        with self._answers:
+            self._sent = max(self._sent - 1, 0)
+            if exc is not None:
+                self._refused.append(exc)
+        if err is not None and err.code() in (CKError.FENCED_INSTANCE_ID, CKError._FENCED):  # noqa: SLF001
+            self.fenced = True
+        with self.stats.lock:
+            if exc is None:
+                self.stats.commits += 1
+            else:
+                self.stats.commit_failures += 1
+
+    def unconfirmed(self) -> bool:
+        return self._sent > 0
+
+    def commit_failures(self) -> list[BaseException]:
+        if not self._refused:
+            return []
+        with self._answers:
+            refused, self._refused = self._refused, []
+        for exc in refused:
+            log.warning("commit failed (retried with the next checkpoint): %r", exc,
+                        extra={"reason": "commit_failed"})
+        return refused
+
+    @staticmethod
+    def _parts(offsets: dict) -> list[CTopicPartition]:
+        return [_ctp(tp, om.offset, om.metadata or "") for tp, om in offsets.items()]
+
+    def _commit_parts(self, parts: list[CTopicPartition]) -> None:
+        """librdkafka's synchronous commit (raises ``KafkaError``; a fencing is flagged); marks the end of
+        the synchronous commit in flight."""
+        try:
+            result = self.consumer.commit(offsets=parts, asynchronous=False)
+        except KafkaException as exc:
+            exc = _neutral(exc)
             if "FENCED_INSTANCE_ID" in str(exc) or "fenced" in str(exc).lower():
                 self.fenced = True
-            raise
+            raise exc from None
+        finally:
+            self._idle.set()
         for p in result or ():
             if p.error is not None:
                 raise KafkaError(f"commit of {p.topic}:{p.partition}: {p.error}")
@@ -576,42 +635,20 @@ class ConfluentOutputs(Outputs):
                 return
         self._outbox.append(entry)
 
-    def flush(self, timeout: float, should_stop: Callable[[], bool] = lambda: False) -> bool:
-        """As :meth:`Outputs.flush`: wait (bounded, in slices) for every delivery since the last
-        checkpoint, re-send failures at most :attr:`retries` times, drop what can never be delivered."""
-        self._probe_down_topics()
-        deadline = time.monotonic() + timeout
-        while self._outbox:
-            self._wait_done(deadline, should_stop)
-            pending, retry = [], []
-            for o in self._outbox:
-                state = o[0]
-                if state is None:
-                    pending.append(o)
-                elif state is not True:
-                    code = state.code()
-                    if code in _FATAL_CODES or o[5] >= self.retries:
-                        self._failed(o[1], _Failure(state), down=code not in _TOO_LARGE)
-                        self._dropped(o[1], 1)
-                    else:
-                        retry.append(o)
-            self._outbox = pending
-            for _, topic, value, key, headers, attempts in retry:
-                with self.stats.lock:
-                    self.stats.produce_failures += 1
-                self.send(topic, value, key, headers, attempts + 1)
-            if not retry:
-                break
-        if not self._outbox:
-            return True
-        gone = {t for t in {o[1] for o in self._outbox} if not self._exists(t)}
-        for topic in gone:  # deleted while its records waited: they can never be delivered
-            self._failed(topic, KafkaError(f"topic {topic} does not exist"), down=True)
-        for o in self._outbox:
-            if o[1] in gone:
-                self._dropped(o[1], 1)
-        self._outbox = [o for o in self._outbox if o[1] not in gone]
-        return not self._outbox
+    # flush() is Outputs.flush: what librdkafka's delivery callbacks said (entry[0]) decides.
+
+    @staticmethod
+    def _outcome(o: list) -> Any:
+        state = o[0]
+        return state if state is None or state is True else _Failure(state)
+
+    @staticmethod
+    def _verdict(exc: BaseException) -> tuple[bool, bool]:
+        code = exc.error.code()
+        return code in _FATAL_CODES, code not in _TOO_LARGE
+
+    def _gone(self, topics: set[str]) -> dict[str, BaseException]:
+        return {t: KafkaError(f"topic {t} does not exist") for t in sorted(topics) if not self._exists(t)}
 
     def _exists(self, topic: str) -> bool:
         """Whether ``topic`` exists (True when the cluster cannot tell within 1 s)."""

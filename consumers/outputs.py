@@ -167,13 +167,13 @@ class Outputs:
             self._wait_done(deadline, should_stop)
             pending, retry = [], []
             for o in self._outbox:
-                future = o[0]
-                if not future.is_done:
+                outcome = self._outcome(o)
+                if outcome is None:
                     pending.append(o)
-                elif future.failed():
-                    exc = future.exception
-                    if isinstance(exc, _FATAL) or o[5] >= self.retries:
-                        self._failed(o[1], exc, down=not isinstance(exc, kerr.MessageSizeTooLargeError))
+                elif outcome is not True:
+                    fatal, down = self._verdict(outcome)
+                    if fatal or o[5] >= self.retries:
+                        self._failed(o[1], outcome, down=down)
                         self._dropped(o[1], 1)
                     else:
                         retry.append(o)
@@ -186,16 +186,34 @@ class Outputs:
                 break
         if not self._outbox:
             return True
-        known = self.producer._metadata.partitions_for_topic  # noqa: SLF001  (non-blocking look-up)
-        gone = {o[1] for o in self._outbox if not known(o[1])}
-        for topic in gone:  # deleted while its records waited: they can never be delivered
-            self._failed(topic, kerr.UnknownTopicOrPartitionError(topic), down=True)
-        kept = [o for o in self._outbox if o[1] not in gone]
+        gone = self._gone({o[1] for o in self._outbox})
+        for topic, exc in gone.items():  # deleted while its records waited: they can never be delivered
+            self._failed(topic, exc, down=True)
         for o in self._outbox:
             if o[1] in gone:
                 self._dropped(o[1], 1)
-        self._outbox = kept
-        return not kept
+        self._outbox = [o for o in self._outbox if o[1] not in gone]
+        return not self._outbox
+
+    # What a client backend says about its sends (flush() decides with these).
+
+    @staticmethod
+    def _outcome(o: list) -> Any:
+        """The outbox entry's delivery: None (not acknowledged yet), True (delivered), or the exception."""
+        future = o[0]
+        if not future.is_done:
+            return None
+        return future.exception if future.failed() else True
+
+    @staticmethod
+    def _verdict(exc: BaseException) -> tuple[bool, bool]:
+        """(never deliverable: drop without a retry; the topic takes no records: mark it down)."""
+        return isinstance(exc, _FATAL), not isinstance(exc, kerr.MessageSizeTooLargeError)
+
+    def _gone(self, topics: set[str]) -> dict[str, BaseException]:
+        """The topics among ``topics`` that no longer exist (a non-blocking look-up), each with its error."""
+        known = self.producer._metadata.partitions_for_topic  # noqa: SLF001  (non-blocking look-up)
+        return {t: kerr.UnknownTopicOrPartitionError(t) for t in sorted(topics) if not known(t)}
 
     def reset(self) -> None:
         """Forget the outbox and the unhealthy topics: the transaction they were sent in was aborted (its

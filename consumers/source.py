@@ -250,6 +250,22 @@ class Source:
             self.fenced = True
             raise
 
+    def commit_soon(self, offsets: dict) -> bool | None:
+        """The periodic commit. A backend that can commits off the loop (sent now, answered while the loop
+        goes on: :meth:`unconfirmed`, :meth:`commit_failures`) and returns True; kafka-python commits
+        synchronously here, as :meth:`commit` (its ``commit_async`` is refused outright while the broker
+        connection has its maximum of requests in flight, which a fetching consumer usually has)."""
+        self.commit(offsets)
+        return None
+
+    def unconfirmed(self) -> bool:
+        """Whether a :meth:`commit_soon` has not been answered yet (its offsets may not be committed)."""
+        return False
+
+    def commit_failures(self) -> list[BaseException]:
+        """The failures of :meth:`commit_soon` commits answered since the last call (each logged)."""
+        return []
+
     async def commit_async(self, offsets: dict) -> None:
         """The revoke callback's commit: await the public ``commit_async`` future on the IO loop."""
         try:

@@ -328,15 +328,16 @@ class Checkpointing:
         }
 
     def commit(self, partitions: Iterable[TopicPartition], pending: set[TopicPartition],
-               commit: Callable[[dict], None]) -> bool:
+               commit: Callable[[dict], bool | None]) -> bool:
         """Commit the checkpoint's offsets of ``partitions`` with ``commit(offsets)`` (which raises on
-        failure). Never raises."""
+        failure, and returns True when it has only sent them: the committer then counts the commit when
+        it is answered, and a failure is reported by setting :attr:`commit_pending` again). Never raises."""
         offsets = self.commit_offsets(partitions, pending)
         if not offsets:
             self.commit_pending = False
             return True
         try:
-            commit(offsets)
+            sent = commit(offsets)
         except Exception as exc:
             with self.stats.lock:
                 self.stats.commit_failures += 1
@@ -345,12 +346,13 @@ class Checkpointing:
             self.commit_pending = True
             return False
         self.commit_pending = False
-        with self.stats.lock:
-            self.stats.commits += 1
+        if sent is not True:
+            with self.stats.lock:
+                self.stats.commits += 1
         return True
 
     def tick(self, partitions: Iterable[TopicPartition], pending: set[TopicPartition],
-             flush: Callable[[float], bool], commit: Callable[[dict], None]) -> None:
+             flush: Callable[[float], bool], commit: Callable[[dict], bool | None]) -> None:
         """The periodic step: when due, checkpoint (if anything changed) and then commit."""
         if not self.due():
             return

@@ -1,0 +1,54 @@
+# cython: boundscheck=False, wraparound=False
+"""The compiled part of a stream loop: decode message values and learn them, one pass, no Python frame per
+message.
+
+`learn_values` goes over `values[start:]` while each decodes to a labelled event the model takes; at the
+first value that needs the caller (a rejection, an unlabelled event, a refused update) it stops and says
+which, so that the caller handles that one message in Python and calls again from the next one.
+"""
+
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
+
+
+def learn_values(object decode, object learn, list values not None, Py_ssize_t start, list ps not None,
+                 list ys not None, type event not None):
+    """Learn ``values[start:]`` one by one: ``ev = decode(value)``; while ``ev`` is an ``event`` (a tuple
+    ``(x, y, id)``) with a label ``y``, ``p = learn(x, y)`` and append ``p`` to ``ps`` and ``y`` to ``ys``.
+
+    Returns ``(i, ev, exc)``: ``values[start:i]`` were all learned; ``i == len(values)`` (``ev`` and
+    ``exc`` None) at the end, else ``values[i]`` needs the caller: ``ev`` is its decoded form (a rejection,
+    or an event without label) and ``exc`` the ``ValueError`` with which ``learn`` refused it (or None).
+    Nothing of ``values[i]`` reached ``ps``/``ys``.
+
+    >>> from stream_logreg.codec import Event, JsonCodec
+    >>> seen = []
+    >>> learn = lambda x, y: seen.append((x, y)) or 0.5
+    >>> values = [b'{"x": {"a": 1}, "y": 1}', b'{"x": {"a": 2}}', b'{"x": {"a": 3}, "y": 0}']
+    >>> ps, ys = [], []
+    >>> learn_values(JsonCodec().decode, learn, values, 0, ps, ys, Event)
+    (1, Event(x={'a': 2}, y=None, id=None), None)
+    >>> learn_values(JsonCodec().decode, learn, values, 2, ps, ys, Event)
+    (3, None, None)
+    >>> ps, ys, seen
+    ([0.5, 0.5], [1, 0], [({'a': 1}, 1), ({'a': 3}, 0)])
+    """
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(values)
+    cdef object ev, x, y, p
+    if not issubclass(event, tuple):
+        raise TypeError("event must be a tuple subclass")
+    for i in range(max(start, 0), n):
+        ev = decode(<object> PyList_GET_ITEM(values, i))
+        if type(ev) is not event or PyTuple_GET_SIZE(ev) < 2:
+            return i, ev, None
+        y = <object> PyTuple_GET_ITEM(ev, 1)
+        if y is None:
+            return i, ev, None
+        x = <object> PyTuple_GET_ITEM(ev, 0)
+        try:
+            p = learn(x, y)
+        except ValueError as exc:
+            return i, ev, exc
+        ps.append(p)
+        ys.append(y)
+    return n, None, None

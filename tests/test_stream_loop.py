@@ -1,0 +1,165 @@
+"""The compiled decode-and-learn pass (`stream_logreg._stream.learn_values`) against the plain Python loop it
+replaces: the same predictions, the same stops, the same model, bitwise; and the learner's `_process` on both
+paths (compiled with batch_size 1, Python with publish_labelled) gives the same model and metrics."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kafka import TopicPartition
+from stream_logreg._stream import learn_values
+
+from consumers import Learner, LearnerConfig
+from stream_logreg.codec import Event, JsonCodec, Rejection, encode_event
+
+# Messages of every kind the loop meets: labelled, unlabelled, undecodable, invalid, and values that the model
+# refuses (a finite value so large that the update is not finite).
+_KINDS = st.sampled_from(["labelled", "labelled", "labelled", "unlabelled", "garbage", "bad_label", "huge"])
+
+
+def _value(kind: str, rng: random.Random) -> bytes:
+    x = {f"f{j}": rng.gauss(0, 1) for j in range(rng.randint(1, 5))}
+    if kind == "labelled":
+        return encode_event(x, rng.random() > 0.5)
+    if kind == "unlabelled":
+        return encode_event(x)
+    if kind == "garbage":
+        return b"{not json"
+    if kind == "bad_label":
+        return orjson.dumps({"x": x, "y": 7})
+    return orjson.dumps({"x": {"f0": 1e308, "f1": 1e308}, "y": 1})
+
+
+def _python_loop(decode, learn, values):
+    """The reference: decode each value, learn the labelled ones, note where the caller would step in."""
+    ps, ys, stops = [], [], []
+    for i, value in enumerate(values):
+        ev = decode(value)
+        if ev.__class__ is not Event or ev.y is None:
+            stops.append((i, ev, None))
+            continue
+        try:
+            p = learn(ev.x, ev.y)
+        except ValueError as exc:
+            stops.append((i, ev, type(exc)))
+            continue
+        ps.append(p)
+        ys.append(ev.y)
+    return ps, ys, stops
+
+
+def _compiled_loop(decode, learn, values):
+    ps, ys, stops = [], [], []
+    i = 0
+    while True:
+        i, ev, exc = learn_values(decode, learn, values, i, ps, ys, Event)
+        if i == len(values):
+            assert ev is None and exc is None
+            return ps, ys, stops
+        stops.append((i, ev, None if exc is None else type(exc)))
+        i += 1
+
+
+def _model():
+    return LearnerConfig(bootstrap_servers="k:9092", topics=["t"], group_id="g",
+                         checkpoint_dir="/nonexistent").make_model()
+
+
+def _weights(model) -> bytes:
+    probe = {f"f{j}": 0.5 - j for j in range(5)}
+    return np.float64(model.predict_proba_one(probe)[True]).tobytes() + str(model.n_samples_seen).encode()
+
+
+@settings(max_examples=60, deadline=None)
+@given(kinds=st.lists(_KINDS, max_size=40), seed=st.integers(0, 2**16))
+def test_same_as_the_python_loop(kinds: list[str], seed: int) -> None:
+    rng = random.Random(seed)
+    values = [_value(k, rng) for k in kinds]
+    decode = JsonCodec().decoder()
+    a, b = _model(), _model()
+    expected = _python_loop(decode, a.predict_learn_one, values)
+    got = _compiled_loop(decode, b.predict_learn_one, values)
+    assert got == expected
+    assert _weights(a) == _weights(b)
+
+
+def test_stops_and_resumes() -> None:
+    values = [encode_event({"a": 1.0}, 1), b"oops", encode_event({"a": 2.0}), encode_event({"a": 3.0}, 0)]
+    ps: list[float] = []
+    ys: list[int] = []
+    calls = []
+
+    def learn(x, y):
+        calls.append(x["a"])
+        return 0.25
+
+    decode = JsonCodec().decoder()
+    i, ev, exc = learn_values(decode, learn, values, 0, ps, ys, Event)
+    assert (i, exc) == (1, None) and isinstance(ev, Rejection)
+    i, ev, exc = learn_values(decode, learn, values, 2, ps, ys, Event)
+    assert (i, ev, exc) == (2, Event({"a": 2.0}, None, None), None)
+    assert learn_values(decode, learn, values, 3, ps, ys, Event) == (4, None, None)
+    assert (ps, ys, calls) == ([0.25, 0.25], [1, 0], [1.0, 3.0])
+    assert learn_values(decode, learn, values, 99, ps, ys, Event) == (4, None, None)  # past the end
+
+
+def test_refusal_is_returned_not_raised_and_other_errors_propagate() -> None:
+    values = [encode_event({"a": 1.0}, 1)]
+
+    def refuse(x, y):
+        raise ValueError("no")
+
+    i, ev, exc = learn_values(JsonCodec().decoder(), refuse, values, 0, [], [], Event)
+    assert i == 0 and ev.y == 1 and isinstance(exc, ValueError)
+
+    def broken(x, y):
+        raise RuntimeError("bug")
+
+    with pytest.raises(RuntimeError):
+        learn_values(JsonCodec().decoder(), broken, values, 0, [], [], Event)
+    with pytest.raises(TypeError):
+        learn_values(JsonCodec().decoder(), broken, values, 0, [], [], dict)
+
+
+class _Record:
+    """A kafka-python-like record (what ``Source.record`` hands on)."""
+
+    def __init__(self, offset: int, value: bytes) -> None:
+        self.topic, self.partition, self.offset, self.key, self.value, self.timestamp = (
+            "t", 0, offset, None, value, 0)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_process_paths_agree(tmp_path, seed: int) -> None:
+    """``Learner._process`` on the compiled path (batch_size 1) and on the Python path (publish_labelled
+    makes it take that one) ends with the same model, metrics, counts and dead letters."""
+    rng = random.Random(seed)
+    kinds = rng.choices(["labelled"] * 6 + ["unlabelled", "garbage", "bad_label", "huge"], k=300)
+    values = [_value(k, rng) for k in kinds]
+    records = [_Record(i, v) for i, v in enumerate(values)]
+    tp = TopicPartition("t", 0)
+    results = []
+    for publish in (False, True):
+        cfg = LearnerConfig(bootstrap_servers="k:9092", topics=["t"], group_id="g",
+                            checkpoint_dir=str(tmp_path / f"c{publish}"), predictions_topic="p",
+                            publish_labelled=publish)
+        learner = Learner(cfg)
+        sent = []
+        learner._outputs.prediction = lambda r, ev, p, n, cid, sent=sent: sent.append(("p", r.offset, p))
+        learner._outputs.dead_letter = lambda r, why, detail, sent=sent: sent.append(("d", r.offset, why))
+        for a in range(0, len(values), 64):
+            learner._process(tp, records[a:a + 64], values[a:a + 64])
+        snap = learner.stats.snapshot()
+        dead = [s for s in sent if s[0] == "d"]
+        labelled = [s for s in sent if s[0] == "p" and kinds[s[1]] == "labelled"]
+        results.append((_weights(learner.model), snap["consumed"], snap["learned"], snap["scored"],
+                        snap["rejected"], snap["rolling_log_loss"], dead, learner._state.positions[tp]))
+        if publish:  # the Python path published every labelled event learned, with its prediction
+            assert len(labelled) == snap["learned"]
+    assert results[0] == results[1]
+    assert results[0][2] > 0 and results[0][6]  # something learned, something dead-lettered
