@@ -699,7 +699,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
                 self.features.columns, self.features.n_bits is not None, self._layout, self._cols, self._vals,
                 opt.coef, bias.coef, opt.log_weights, opt.nag, opt.rates, float(opt.nag_lr),
                 float(opt.ftrl_alpha), float(opt.ftrl_beta), self._neg_weight, self._pos_weight,
-                float(self.l2), float(self.clip_gradient), opt, bias,
+                float(self.l2), float(self.clip_gradient), opt, bias, space=self.features,
             )
         twins = optim_.compiled_rule(self.optimizer), optim_.compiled_rule(self._bias_optimizer)
         intercept_lr = self._constant_intercept_lr()
@@ -710,6 +710,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             self.features.columns, self.features.n_bits is not None, self._layout, self._cols, self._vals,
             self._grads, self._w, self._b, self._neg_weight, self._pos_weight, self.l2, intercept_lr,
             rule, hyper, w_state, b_state, self.optimizer, self._bias_optimizer, float(self.clip_gradient),
+            space=self.features,
         )
 
     def _flags(self) -> None:
