@@ -199,6 +199,8 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
     # 1. Every value is one the compiled path takes, before anything is looked up (as the reference); the
     # column of entry i, if in the pair cache, goes to c[i] (else -1), which pass 2 reads before it writes
     # c[n], n <= i.
+    if cached:
+        layout.prefetch(x)
     while PyDict_Next(x, &pos, &key, &value):
         c[i] = -1
         i += 1
@@ -236,6 +238,10 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
             if c[i - 1] >= 0:  # found in the pair cache
                 d = 1.0
                 ci = c[i - 1]
+            elif hashing and cached and _is_str(value) and _is_str(key):  # the pair cache is the look-up
+                d = 1.0
+                ci = _hash(<object> key, <object> value, mask)
+                layout.pair_put(key, value, pair_hash(key, value), ci, limit)
             else:
                 if _is_str(value):
                     d = 1.0

@@ -24,6 +24,7 @@ cdef class RowLayout:
     cdef int put(self, Py_ssize_t i, PyObject* key, Py_ssize_t col) except -1
     cdef Py_ssize_t pair_get(self, PyObject* k, PyObject* v, Py_hash_t h) noexcept
     cdef int pair_put(self, PyObject* k, PyObject* v, Py_hash_t h, Py_ssize_t col, Py_ssize_t limit) except -1
+    cdef void prefetch(self, dict x) noexcept
     cdef void _insert(self, PyObject* k, PyObject* v, Py_hash_t h, Py_ssize_t col) noexcept
 
 

@@ -121,13 +121,14 @@ cdef inline bint _number(PyObject* value, double* d):
 
 
 #: The most entries of a model's cache of indicator look-ups (32 bytes each, and a reference to the key and
-#: the value strings): 2^20 with a vocabulary (whose keys hold those strings anyway), 2^16 with hashing.
-cdef Py_ssize_t _PAIRS_MAX = 1 << 20, _PAIRS_MAX_HASHED = 1 << 16
+#: the value strings): 2^20 with a vocabulary (whose keys hold those strings anyway), 2^18 with hashing.
+cdef Py_ssize_t _PAIRS_MAX = 1 << 20, _PAIRS_MAX_HASHED = 1 << 18
 PAIR_CACHE_SIZE, PAIR_CACHE_SIZE_HASHED = _PAIRS_MAX, _PAIRS_MAX_HASHED
 
 
 cdef extern from "Python.h":
     Py_hash_t _str_hash "PyObject_Hash" (PyObject* o)  # a str's hash is cached in it: cannot fail
+    void _prefetch "__builtin_prefetch" (const void* p) noexcept nogil
 
 
 cdef Py_hash_t pair_hash(PyObject* k, PyObject* v) noexcept:
@@ -222,6 +223,23 @@ cdef class RowLayout:
         Py_XDECREF(old)
         return 0
 
+    cdef void prefetch(self, dict x) noexcept:
+        """Ask the CPU for what the look-ups of row x's indicators will read, all at once (the value
+        strings, for their hashes, then the cache's slots) rather than one miss after the other."""
+        cdef Py_ssize_t pos = 0
+        cdef PyObject* key
+        cdef PyObject* value
+        cdef size_t mask
+        if self.n_pairs == 0:
+            return
+        while PyDict_Next(x, &pos, &key, &value):
+            _prefetch(value)
+        mask = <size_t> (self.pairs_size // 2 - 1)
+        pos = 0
+        while PyDict_Next(x, &pos, &key, &value):
+            if _is_str(value) and _is_str(key):
+                _prefetch(self.pairs + 2 * (<size_t> pair_hash(key, value) & mask))
+
     cdef Py_ssize_t pair_get(self, PyObject* k, PyObject* v, Py_hash_t h) noexcept:
         """The column of the indicator k=v (str k and v, h = pair_hash(k, v)) if cached, else -1."""
         cdef PairEntry* e
@@ -284,6 +302,8 @@ cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_s
     cdef double d = 0.0
     cdef Py_ssize_t ci = 0
     cdef Py_hash_t h
+    if layout is not None:
+        layout.prefetch(x)
     while PyDict_Next(x, &pos, &key, &value):
         if n >= cap:
             return -1
