@@ -229,6 +229,13 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
     cdef Py_ssize_t cache_size = _module.HASH_CACHE_SIZE if hashing else 0  # read each time (tests set it)
     max_features = space.max_features
     cdef Py_ssize_t cap = -1 if max_features is None else max_features
+    # With a vocabulary whose indicators of str keys and values are all in the pair cache, a pair not
+    # cached is new: no dict look-up (see RowLayout.complete).
+    cdef bint complete = False, done = False
+    if cached and not hashing:
+        if layout.synced == -1 and len(keys) == 0 and len(columns) == 0 and layout.n_pairs == 0:
+            layout.complete, layout.synced = True, 0
+        complete = layout.complete and layout.synced == len(keys)
     pos = 0
     i = 0
     scratch = None
@@ -257,7 +264,7 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
                     d = _float_value(value) if _is_float(value) else (
                         (1.0 if value == _true else 0.0) if _is_bool(value) else _int_value(value))
                     lookup = <object> key
-                found = _dict_get(columns, lookup)
+                found = NULL if complete and _is_str(value) and _is_str(key) else _dict_get(columns, lookup)
                 if found != NULL:
                     ci = _column_value(found)
                 elif hashing:
@@ -297,7 +304,13 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
                 c[n] = ci
                 v[n] = d
                 n += 1
+        done = True
     finally:
         if dropped:
             space.n_dropped += dropped
+        if cached and not hashing:
+            if complete and done and layout.complete:
+                layout.synced = len(keys)
+            else:
+                layout.complete = False
     return n

@@ -19,6 +19,11 @@ cdef class RowLayout:
     cdef PairEntry* pairs
     cdef readonly Py_ssize_t n_pairs  # how many indicator look-ups are cached
     cdef Py_ssize_t pairs_size
+    # With a vocabulary: whether every indicator of a str key and value in it is cached (so that a pair not
+    # cached is new), as long as the vocabulary still has `synced` columns (else columns were created
+    # elsewhere and it is not known any more).
+    cdef public bint complete
+    cdef public Py_ssize_t synced
 
     cpdef clear(self)
     cdef int put(self, Py_ssize_t i, PyObject* key, Py_ssize_t col) except -1

@@ -168,6 +168,9 @@ cdef class RowLayout:
     the model clears it when it rolls its feature space back. A copy (pickle, deepcopy) is an empty layout.
     """
 
+    def __cinit__(self):
+        self.synced = -1
+
     def __dealloc__(self):
         self.clear()
         free(self.keys)
@@ -196,6 +199,7 @@ cdef class RowLayout:
                 self.pairs[i].k = NULL
                 self.pairs[i].v = NULL
         self.n_pairs = 0
+        self.complete, self.synced = False, -1
 
     cdef int put(self, Py_ssize_t i, PyObject* key, Py_ssize_t col) except -1:
         """Remember that the key at position i is `key`, of column `col`."""
@@ -284,6 +288,7 @@ cdef class RowLayout:
                 Py_XDECREF(e[1].k)
                 Py_XDECREF(e[1].v)
                 self.n_pairs -= 1
+                self.complete = False
             e[1] = e[0]
         Py_XINCREF(k)
         Py_XINCREF(v)
@@ -993,6 +998,16 @@ _N_STATE = {"sgd": 0, "adagrad": 1, "ftrl": 2}
 _N_HYPER = {"sgd": 2, "adagrad": 2, "ftrl": 4}
 
 
+cdef inline void _prefetch_rows(double* a, Py_ssize_t* c, Py_ssize_t n, Py_ssize_t width) noexcept nogil:
+    """Ask the CPU for the rows a[c[i] * width : (c[i] + 1) * width] of a row's columns, all at once (the
+    weights of a high-cardinality vocabulary are mostly out of the caches)."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        _prefetch(a + c[i] * width)
+        if width > 1:
+            _prefetch(a + c[i] * width + width - 1)
+
+
 cdef int _forget(object space, RowLayout layout, object mark) except -1:
     """Undo the columns created since `space.mark()` returned `mark` (an update refused after its row
     created them), and forget the look-ups cached since."""
@@ -1117,6 +1132,7 @@ cdef class SampleStep:
         cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
                                         cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout)
         if n >= 0:
+            _prefetch_rows(dptr(self.w), iptr(self.cols), n, 1)
             return self._learn(n, label, sample_weight)
         if self.space is None:
             return -1.0
@@ -1124,6 +1140,7 @@ cdef class SampleStep:
         n = _encode_new(self.space, <dict> x, self.layout, self.cols, self.vals, cnp.PyArray_DIM(self.w, 0))
         if n < 0:
             return -1.0
+        _prefetch_rows(dptr(self.w), iptr(self.cols), n, 1)
         try:
             p = self._learn(n, label, sample_weight)
         except BaseException:
@@ -1499,6 +1516,7 @@ cdef class MixtureStep:
                             cnp.PyArray_DIM(self.coef, 0))
             if n < 0:
                 return -1.0
+        _prefetch_rows(self.Mp, iptr(self.cols), n, MIX_S)
         ip[0], ip[1] = 0, n
         try:
             refused = self._learn(iptr(self.cols), dptr(self.vals), ip, 1, &label, &sample_weight, &p)

@@ -271,9 +271,11 @@ class FeatureSpace:
             cols, vals = list(merged), list(merged.values())
         return cols, vals
 
-    def encode_into(self, x: dict, grow: bool, cols: np.ndarray, vals: np.ndarray, start: int = 0) -> int:
+    def encode_into(self, x: dict, grow: bool, cols: np.ndarray, vals: np.ndarray, start: int = 0,
+                    layout: Any = None) -> int:
         """:meth:`encode` written into ``cols[start:]`` and ``vals[start:]`` (intp and float64 buffers that
         hold ``len(x)`` entries from ``start``); returns how many entries. Compiled, bitwise the reference.
+        ``layout``: the model's cache of look-ups (``stream_logreg._kernel.RowLayout``), used and kept up.
 
         >>> space, cols, vals = FeatureSpace(), np.zeros(4, dtype=np.intp), np.zeros(4)
         >>> n = space.encode_into({"city": "Paris", "age": 42}, True, cols, vals)
@@ -281,7 +283,7 @@ class FeatureSpace:
         ([0, 1], [1.0, 42.0], ['city=Paris', 'age'])
 
         """
-        n = _features.encode_into(self, x, grow, cols, vals, start) if type(x) is dict else -1
+        n = _features.encode_into(self, x, grow, cols, vals, start, layout) if type(x) is dict else -1
         if n < 0:
             row_cols, row_vals = self.encode(x, grow)
             n = len(row_cols)

@@ -536,7 +536,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
                 np.zeros(size, dtype=np.intp), np.zeros(size), np.zeros(size)
             )
             self._step = None
-        n = self.features.encode_into(x, grow, self._cols, self._vals)
+        n = self.features.encode_into(x, grow, self._cols, self._vals, layout=self._layout)
         if grow:
             self._grow(self.features.n_columns)
         return n
@@ -958,7 +958,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             while (i := _kernel.encode_rows(xs, i, features.columns, cols, vals, indptr, merge, layout)) < m:
                 # new features or a bad value: the feature space decides (and may grow)
                 try:
-                    indptr[i + 1] = indptr[i] + features.encode_into(xs[i], True, cols, vals, indptr[i])
+                    n_row = features.encode_into(xs[i], True, cols, vals, indptr[i], layout)
+                    indptr[i + 1] = indptr[i] + n_row
                 except ValueError as e:
                     raise ValueError(f"row {i}: {e}") from None
                 i += 1
