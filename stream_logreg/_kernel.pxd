@@ -18,7 +18,7 @@ cdef class RowLayout:
     cdef Py_ssize_t n, cap
     cdef PairEntry* pairs
     cdef readonly Py_ssize_t n_pairs  # how many indicator look-ups are cached
-    cdef Py_ssize_t pairs_size
+    cdef Py_ssize_t pairs_size, max_pairs
     # With a vocabulary: whether every indicator of a str key and value in it is cached (so that a pair not
     # cached is new), as long as the vocabulary still has `synced` columns (else columns were created
     # elsewhere and it is not known any more).

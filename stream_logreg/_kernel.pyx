@@ -168,8 +168,10 @@ cdef class RowLayout:
     the model clears it when it rolls its feature space back. A copy (pickle, deepcopy) is an empty layout.
     """
 
-    def __cinit__(self):
+    def __cinit__(self, Py_ssize_t max_pairs=0):
+        """`max_pairs` > 0: a smaller bound on the pair cache than the default."""
         self.synced = -1
+        self.max_pairs = max_pairs
 
     def __dealloc__(self):
         self.clear()
@@ -261,10 +263,12 @@ cdef class RowLayout:
         half full or more)."""
         cdef PairEntry* old
         cdef Py_ssize_t size = self.pairs_size, old_size = self.pairs_size, i
-        if self.n_pairs * 2 >= size and size < limit or size == 0:
+        if 0 < self.max_pairs < limit:
+            limit = self.max_pairs
+        if size == 0 or self.n_pairs * 2 >= size and 2 * size <= limit:
             old = self.pairs
-            size = max(64, 2 * size)
-            while size > limit and size > 64:
+            size = 2 * size if size else 64
+            while size > limit and size > 2:  # a power of two, two entries per slot
                 size //= 2
             self.pairs = <PairEntry*> calloc(size, sizeof(PairEntry))
             if self.pairs == NULL:
@@ -970,7 +974,7 @@ def ftrl_step(cnp.ndarray w, cnp.ndarray z_acc, cnp.ndarray n_acc, cnp.ndarray c
 
 # The whole per-sample update in one call
 
-cdef object _encode_into = None  # stream_logreg._features.encode_into, bound on first use
+cdef object _features = None  # stream_logreg._features, bound on first use
 
 
 cdef Py_ssize_t _encode_new(object space, dict x, RowLayout layout, cnp.ndarray cols, cnp.ndarray vals,
@@ -978,16 +982,15 @@ cdef Py_ssize_t _encode_new(object space, dict x, RowLayout layout, cnp.ndarray 
     """Row `x`, which has features not seen yet, encoded by the feature space's compiled encoder (which
     creates their columns, `FeatureSpace.encode_into`, with the pair cache of `layout`) if the weights
     have room for them (`capacity` columns) and the scratch buffers for the row; else -1, nothing done."""
-    global _encode_into
+    global _features
     if space is None or len(x) > cnp.PyArray_DIM(cols, 0):
         return -1
     n_bits = space.n_bits
     if capacity < (len(<list> space.keys) + len(x) if n_bits is None else 1 << n_bits):
         return -1
-    if _encode_into is None:
-        from stream_logreg._features import encode_into
-        _encode_into = encode_into
-    return _encode_into(space, x, True, cols, vals, 0, layout)
+    if _features is None:
+        _features = __import__("stream_logreg._features", fromlist=["encode_into"])
+    return _features.encode_into(space, x, True, cols, vals, 0, layout)
 
 
 cdef enum:
