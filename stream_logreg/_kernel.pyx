@@ -162,7 +162,10 @@ cdef class RowLayout:
       two entries per slot (one cache line), that is looked up before the feature dict: the dict's key
       ``(INDICATOR, k, v)`` costs a tuple, its hash and a comparison, and the dict's entry, its key and
       its column are three more places in memory. At most `PAIR_CACHE_SIZE` entries (with hashing
-      `PAIR_CACHE_SIZE_HASHED`); a full slot forgets its older entry.
+      `PAIR_CACHE_SIZE_HASHED`, or `max_pairs`); a full slot forgets its older entry. With a vocabulary
+      the cache is `complete` while it has seen every indicator created (it started with the vocabulary
+      empty, forgot nothing, and the vocabulary still has the `synced` columns it knows of): then a pair
+      it does not hold is new, and the dict need not be asked. The look-ups of a row are prefetched.
 
     The keys are held, so the same pointer is the same key. Valid as long as a key's column never changes:
     the model clears it when it rolls its feature space back. A copy (pickle, deepcopy) is an empty layout.
@@ -321,6 +324,8 @@ cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_s
             h = pair_hash(key, value)
             ci = layout.pair_get(key, value, h)
             if ci < 0:
+                if not merge and layout.complete and layout.synced == len(columns):
+                    return -1  # not cached, so new (see RowLayout.complete): no need to look
                 if not _lookup(columns, key, value, &ci, &d):
                     return -1
                 layout.pair_put(key, value, h, ci, pair_limit(merge))
