@@ -158,11 +158,12 @@ cdef class RowLayout:
     - the keys of the last rows encoded, by position, with their columns: a row whose keys are the same
       objects in the same order (the rows of one producer, parsed by orjson, which reuses its key strings)
       skips the dict look-ups of its numeric entries;
-    - the columns of indicators ``k=v`` of str keys and values, in a table of pairs (k, v) → column of
-      two entries per slot (one cache line), that is looked up before the feature dict: the dict's key
-      ``(INDICATOR, k, v)`` costs a tuple, its hash and a comparison, and the dict's entry, its key and
-      its column are three more places in memory. At most `PAIR_CACHE_SIZE` entries (with hashing
-      `PAIR_CACHE_SIZE_HASHED`, or `max_pairs`); a full slot forgets its older entry. With a vocabulary
+    - the columns of indicators ``k=v`` of str keys and values, in a table of pairs (k, v) → column
+      (open addressing, linear probing: one cache line a look-up, mostly), that is looked up before the
+      feature dict: the dict's key ``(INDICATOR, k, v)`` costs a tuple, its hash and a comparison, and the
+      dict's entry, its key and its column are three more places in memory. At most `PAIR_CACHE_SIZE`
+      entries (with hashing `PAIR_CACHE_SIZE_HASHED`, or `max_pairs`), at most half full; when it would
+      need more, it starts again empty. With a vocabulary
       the cache is `complete` while it has seen every indicator created (it started with the vocabulary
       empty, forgot nothing, and the vocabulary still has the `synced` columns it knows of): then a pair
       it does not hold is new, and the dict need not be asked. The look-ups of a row are prefetched.
@@ -243,63 +244,66 @@ cdef class RowLayout:
             return
         while PyDict_Next(x, &pos, &key, &value):
             _prefetch(value)
-        mask = <size_t> (self.pairs_size // 2 - 1)
+        mask = <size_t> (self.pairs_size - 1)
         pos = 0
         while PyDict_Next(x, &pos, &key, &value):
             if _is_str(value) and _is_str(key):
-                _prefetch(self.pairs + 2 * (<size_t> pair_hash(key, value) & mask))
+                _prefetch(self.pairs + (<size_t> pair_hash(key, value) & mask))
 
     cdef Py_ssize_t pair_get(self, PyObject* k, PyObject* v, Py_hash_t h) noexcept:
         """The column of the indicator k=v (str k and v, h = pair_hash(k, v)) if cached, else -1."""
         cdef PairEntry* e
-        cdef int j
+        cdef size_t i, mask
         if self.n_pairs == 0:
             return -1
-        e = self.pairs + 2 * (<size_t> h & <size_t> (self.pairs_size // 2 - 1))
-        for j in range(2):
-            if e[j].k != NULL and e[j].h == h and _same_str(e[j].v, v) and _same_str(e[j].k, k):
-                return e[j].col
-        return -1
+        mask = <size_t> (self.pairs_size - 1)
+        i = <size_t> h & mask
+        while True:  # linear probing; the table is at most half full
+            e = self.pairs + i
+            if e.k == NULL:
+                return -1
+            if e.h == h and _same_str(e.v, v) and _same_str(e.k, k):
+                return e.col
+            i = (i + 1) & mask
 
     cdef int pair_put(self, PyObject* k, PyObject* v, Py_hash_t h, Py_ssize_t col, Py_ssize_t limit) except -1:
-        """Cache the column of k=v (not cached yet), in a table of at most `limit` entries (it doubles while
-        half full or more)."""
+        """Cache the column of k=v (not cached yet), in a table of at most `limit` entries, at most half
+        full: it doubles until then, and then starts again empty (no longer `complete`)."""
         cdef PairEntry* old
         cdef Py_ssize_t size = self.pairs_size, old_size = self.pairs_size, i
         if 0 < self.max_pairs < limit:
             limit = self.max_pairs
-        if size == 0 or self.n_pairs * 2 >= size and 2 * size <= limit:
-            old = self.pairs
-            size = 2 * size if size else 64
-            while size > limit and size > 2:  # a power of two, two entries per slot
-                size //= 2
-            self.pairs = <PairEntry*> calloc(size, sizeof(PairEntry))
-            if self.pairs == NULL:
-                self.pairs = old
-                raise MemoryError()
-            self.pairs_size, self.n_pairs = size, 0
-            if old != NULL:
-                for i in range(old_size):
-                    if old[i].k != NULL:
-                        self._insert(old[i].k, old[i].v, old[i].h, old[i].col)
-                        Py_XDECREF(old[i].k)
-                        Py_XDECREF(old[i].v)
-                free(old)
+        if size == 0 or (self.n_pairs + 1) * 2 > size:
+            if size and 2 * size > limit:  # at the bound
+                self.clear()
+            else:
+                old = self.pairs
+                size = 2 * size if size else 64
+                while size > limit and size > 2:  # a power of two
+                    size //= 2
+                self.pairs = <PairEntry*> calloc(size, sizeof(PairEntry))
+                if self.pairs == NULL:
+                    self.pairs = old
+                    raise MemoryError()
+                self.pairs_size, self.n_pairs = size, 0
+                if old != NULL:
+                    for i in range(old_size):
+                        if old[i].k != NULL:
+                            self._insert(old[i].k, old[i].v, old[i].h, old[i].col)
+                            Py_XDECREF(old[i].k)
+                            Py_XDECREF(old[i].v)
+                    free(old)
         self._insert(k, v, h, col)
         return 0
 
     cdef void _insert(self, PyObject* k, PyObject* v, Py_hash_t h, Py_ssize_t col) noexcept:
-        cdef PairEntry* e = self.pairs + 2 * (<size_t> h & <size_t> (self.pairs_size // 2 - 1))
-        if e[0].k != NULL:
-            if e[1].k != NULL:  # full: the older entry goes
-                Py_XDECREF(e[1].k)
-                Py_XDECREF(e[1].v)
-                self.n_pairs -= 1
-                self.complete = False
-            e[1] = e[0]
+        cdef size_t mask = <size_t> (self.pairs_size - 1)
+        cdef size_t i = <size_t> h & mask
+        while self.pairs[i].k != NULL:
+            i = (i + 1) & mask
         Py_XINCREF(k)
         Py_XINCREF(v)
-        e[0].k, e[0].v, e[0].h, e[0].col = k, v, h, col
+        self.pairs[i].k, self.pairs[i].v, self.pairs[i].h, self.pairs[i].col = k, v, h, col
         self.n_pairs += 1
 
 
