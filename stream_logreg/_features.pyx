@@ -16,6 +16,7 @@ from libc.math cimport isfinite
 from libc.stdint cimport uint64_t
 
 from stream_logreg._kernel import INDICATOR
+from stream_logreg._kernel cimport RowLayout, pair_hash, pair_limit
 
 cnp.import_array()
 
@@ -172,10 +173,12 @@ def blake2b64(bytes data not None) -> int:
 
 
 def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not None,
-                cnp.ndarray vals not None, Py_ssize_t start=0):
+                cnp.ndarray vals not None, Py_ssize_t start=0, RowLayout layout=None):
     """``space.encode(x, grow)`` written into cols[start:] and vals[start:]; returns how many entries, or -1
     if the row must go to the reference (see the module docstring). The buffers (intp, float64) must hold
-    ``len(x)`` entries from ``start``.
+    ``len(x)`` entries from ``start``. With the model's `layout`, the indicators of str keys and values are
+    looked up in its pair cache first (a cached one needs no check: it was checked when it was created),
+    and the others are cached.
     """
     if _IndicatorKey is None:
         _bind()
@@ -190,9 +193,22 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
     cdef PyObject* value
     cdef PyObject* found
     cdef double d
-    # 1. Every value is one the compiled path takes, before anything is looked up (as the reference).
+    cdef Py_ssize_t i = 0
+    cdef bint cached = layout is not None
+    cdef Py_ssize_t limit = pair_limit(space.n_bits is not None)
+    # 1. Every value is one the compiled path takes, before anything is looked up (as the reference); the
+    # column of entry i, if in the pair cache, goes to c[i] (else -1), which pass 2 reads before it writes
+    # c[n], n <= i.
+    if cached:
+        layout.prefetch(x)
     while PyDict_Next(x, &pos, &key, &value):
+        c[i] = -1
+        i += 1
         if _is_str(value):
+            if cached and _is_str(key):
+                c[i - 1] = layout.pair_get(key, value, pair_hash(key, value))
+                if c[i - 1] >= 0:
+                    continue
             if _numeric(value):
                 return -1
         elif _is_float(value):
@@ -213,47 +229,66 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
     cdef Py_ssize_t cache_size = _module.HASH_CACHE_SIZE if hashing else 0  # read each time (tests set it)
     max_features = space.max_features
     cdef Py_ssize_t cap = -1 if max_features is None else max_features
+    # With a vocabulary whose indicators of str keys and values are all in the pair cache, a pair not
+    # cached is new: no dict look-up (see RowLayout.complete).
+    cdef bint complete = False, done = False
+    if cached and not hashing:
+        if layout.synced == -1 and len(keys) == 0 and len(columns) == 0 and layout.n_pairs == 0:
+            layout.complete, layout.synced = True, 0
+        complete = layout.complete and layout.synced == len(keys)
     pos = 0
+    i = 0
     scratch = None
     try:
         while PyDict_Next(x, &pos, &key, &value):
-            if _is_str(value):
+            i += 1
+            if c[i - 1] >= 0:  # found in the pair cache
                 d = 1.0
-                # The look-up key (INDICATOR, key, value) in one tuple for the whole row, refilled, unless
-                # something kept it (a key's __eq__ could): no allocation per entry.
-                lookup = None
-                if scratch is None or Py_REFCNT(scratch) != 1:
-                    scratch = _new_scratch()
-                _fill(scratch, 1, key)
-                _fill(scratch, 2, value)
-                lookup = scratch
+                ci = c[i - 1]
+            elif hashing and cached and _is_str(value) and _is_str(key):  # the pair cache is the look-up
+                d = 1.0
+                ci = _hash(<object> key, <object> value, mask)
+                layout.pair_put(key, value, pair_hash(key, value), ci, limit)
             else:
-                d = _float_value(value) if _is_float(value) else (
-                    (1.0 if value == _true else 0.0) if _is_bool(value) else _int_value(value))
-                lookup = <object> key
-            found = _dict_get(columns, lookup)
-            if found != NULL:
-                ci = _column_value(found)
-            elif hashing:
-                if len(columns) >= cache_size:
-                    columns.clear()
                 if _is_str(value):
-                    ci = _hash(<object> key, <object> value, mask)
-                    lookup = _indicator_key(<object> key, <object> value)
+                    d = 1.0
+                    # The look-up key (INDICATOR, key, value) in one tuple for the whole row, refilled,
+                    # unless something kept it (a key's __eq__ could): no allocation per entry.
+                    lookup = None
+                    if scratch is None or Py_REFCNT(scratch) != 1:
+                        scratch = _new_scratch()
+                    _fill(scratch, 1, key)
+                    _fill(scratch, 2, value)
+                    lookup = scratch
                 else:
-                    ci = _hash(<object> key, None, mask)
-                PyDict_SetItem(columns, lookup, ci)
-            elif not grow:
-                continue
-            elif cap >= 0 and len(keys) >= cap:
-                dropped += 1
-                continue
-            else:
-                if _is_str(value):
-                    lookup = _indicator_key(<object> key, <object> value)
-                ci = len(keys)
-                PyDict_SetItem(columns, lookup, ci)
-                keys.append(lookup)
+                    d = _float_value(value) if _is_float(value) else (
+                        (1.0 if value == _true else 0.0) if _is_bool(value) else _int_value(value))
+                    lookup = <object> key
+                found = NULL if complete and _is_str(value) and _is_str(key) else _dict_get(columns, lookup)
+                if found != NULL:
+                    ci = _column_value(found)
+                elif hashing:
+                    if len(columns) >= cache_size:
+                        columns.clear()
+                    if _is_str(value):
+                        ci = _hash(<object> key, <object> value, mask)
+                        lookup = _indicator_key(<object> key, <object> value)
+                    else:
+                        ci = _hash(<object> key, None, mask)
+                    PyDict_SetItem(columns, lookup, ci)
+                elif not grow:
+                    continue
+                elif cap >= 0 and len(keys) >= cap:
+                    dropped += 1
+                    continue
+                else:
+                    if _is_str(value):
+                        lookup = _indicator_key(<object> key, <object> value)
+                    ci = len(keys)
+                    PyDict_SetItem(columns, lookup, ci)
+                    keys.append(lookup)
+                if cached and _is_str(value) and _is_str(key):
+                    layout.pair_put(key, value, pair_hash(key, value), ci, limit)
             if hashing:  # colliding features of the row are merged, in the order of the reference
                 for j in range(n):
                     if c[j] == ci:
@@ -269,7 +304,13 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
                 c[n] = ci
                 v[n] = d
                 n += 1
+        done = True
     finally:
         if dropped:
             space.n_dropped += dropped
+        if cached and not hashing:
+            if complete and done and layout.complete:
+                layout.synced = len(keys)
+            else:
+                layout.complete = False
     return n

@@ -120,23 +120,68 @@ cdef inline bint _number(PyObject* value, double* d):
     return False
 
 
+#: The most entries of a model's cache of indicator look-ups (32 bytes each, and a reference to the key and
+#: the value strings): 2^20 with a vocabulary (whose keys hold those strings anyway), 2^18 with hashing.
+cdef Py_ssize_t _PAIRS_MAX = 1 << 20, _PAIRS_MAX_HASHED = 1 << 18
+PAIR_CACHE_SIZE, PAIR_CACHE_SIZE_HASHED = _PAIRS_MAX, _PAIRS_MAX_HASHED
+
+
+cdef extern from "Python.h":
+    Py_hash_t _str_hash "PyObject_Hash" (PyObject* o)  # a str's hash is cached in it: cannot fail
+    void _prefetch "__builtin_prefetch" (const void* p) noexcept nogil
+
+
+cdef Py_hash_t pair_hash(PyObject* k, PyObject* v) noexcept:
+    """A hash of the pair of str objects (k, v), from their cached hashes (only the cache's slot depends on
+    it, never a column)."""
+    cdef unsigned long long h = (<unsigned long long> _str_hash(v)) * 0x9E3779B97F4A7C15ULL
+    h ^= <unsigned long long> _str_hash(k)
+    h ^= h >> 31
+    h *= 0xD6E8FEB86659FD93ULL
+    h ^= h >> 32
+    return <Py_hash_t> h
+
+
+cdef Py_ssize_t pair_limit(bint hashed) noexcept:
+    """The most entries of the pair cache of a model with a vocabulary, or with hashing."""
+    return _PAIRS_MAX_HASHED if hashed else _PAIRS_MAX
+
+
+cdef inline bint _same_str(PyObject* a, PyObject* b) noexcept:
+    return a == b or (<str> a) == (<str> b)
+
+
 @cython.final
 cdef class RowLayout:
-    """The keys of the last rows encoded, by position, with their columns: a row whose keys are the same
-    objects in the same order (the rows of one producer, parsed by orjson, which reuses its key strings)
-    skips the dict look-ups of its numeric entries. The keys are held, so the same pointer is the same
-    key. Valid as long as a key's column never changes: the model clears it when it rolls its feature
-    space back. A copy (pickle, deepcopy) is an empty layout.
+    """The model's cache of column look-ups, two parts:
+
+    - the keys of the last rows encoded, by position, with their columns: a row whose keys are the same
+      objects in the same order (the rows of one producer, parsed by orjson, which reuses its key strings)
+      skips the dict look-ups of its numeric entries;
+    - the columns of indicators ``k=v`` of str keys and values, in a table of pairs (k, v) → column
+      (open addressing, linear probing: one cache line a look-up, mostly), that is looked up before the
+      feature dict: the dict's key ``(INDICATOR, k, v)`` costs a tuple, its hash and a comparison, and the
+      dict's entry, its key and its column are three more places in memory. At most `PAIR_CACHE_SIZE`
+      entries (with hashing `PAIR_CACHE_SIZE_HASHED`, or `max_pairs`), at most half full; when it would
+      need more, it starts again empty. With a vocabulary
+      the cache is `complete` while it has seen every indicator created (it started with the vocabulary
+      empty, forgot nothing, and the vocabulary still has the `synced` columns it knows of): then a pair
+      it does not hold is new, and the dict need not be asked. The look-ups of a row are prefetched.
+
+    The keys are held, so the same pointer is the same key. Valid as long as a key's column never changes:
+    the model clears it when it rolls its feature space back. A copy (pickle, deepcopy) is an empty layout.
     """
 
-    cdef PyObject** keys
-    cdef Py_ssize_t* cols
-    cdef Py_ssize_t n, cap
+    def __cinit__(self, Py_ssize_t max_pairs=0):
+        """`max_pairs` > 0: a smaller bound on the pair cache than the default."""
+        self.synced = -1
+        self.max_pairs = max_pairs
 
     def __dealloc__(self):
         self.clear()
         free(self.keys)
         free(self.cols)
+        free(self.pairs)
 
     def __reduce__(self):
         return RowLayout, ()
@@ -153,6 +198,14 @@ cdef class RowLayout:
             self.keys[i] = NULL
             Py_XDECREF(key)
         self.n = 0
+        for i in range(self.pairs_size if self.n_pairs else 0):
+            if self.pairs[i].k != NULL:
+                Py_XDECREF(self.pairs[i].k)
+                Py_XDECREF(self.pairs[i].v)
+                self.pairs[i].k = NULL
+                self.pairs[i].v = NULL
+        self.n_pairs = 0
+        self.complete, self.synced = False, -1
 
     cdef int put(self, Py_ssize_t i, PyObject* key, Py_ssize_t col) except -1:
         """Remember that the key at position i is `key`, of column `col`."""
@@ -180,20 +233,107 @@ cdef class RowLayout:
         Py_XDECREF(old)
         return 0
 
+    cdef void prefetch(self, dict x) noexcept:
+        """Ask the CPU for what the look-ups of row x's indicators will read, all at once (the value
+        strings, for their hashes, then the cache's slots) rather than one miss after the other."""
+        cdef Py_ssize_t pos = 0
+        cdef PyObject* key
+        cdef PyObject* value
+        cdef size_t mask
+        if self.n_pairs == 0:
+            return
+        while PyDict_Next(x, &pos, &key, &value):
+            _prefetch(value)
+        mask = <size_t> (self.pairs_size - 1)
+        pos = 0
+        while PyDict_Next(x, &pos, &key, &value):
+            if _is_str(value) and _is_str(key):
+                _prefetch(self.pairs + (<size_t> pair_hash(key, value) & mask))
+
+    cdef Py_ssize_t pair_get(self, PyObject* k, PyObject* v, Py_hash_t h) noexcept:
+        """The column of the indicator k=v (str k and v, h = pair_hash(k, v)) if cached, else -1."""
+        cdef PairEntry* e
+        cdef size_t i, mask
+        if self.n_pairs == 0:
+            return -1
+        mask = <size_t> (self.pairs_size - 1)
+        i = <size_t> h & mask
+        while True:  # linear probing; the table is at most half full
+            e = self.pairs + i
+            if e.k == NULL:
+                return -1
+            if e.h == h and _same_str(e.v, v) and _same_str(e.k, k):
+                return e.col
+            i = (i + 1) & mask
+
+    cdef int pair_put(self, PyObject* k, PyObject* v, Py_hash_t h, Py_ssize_t col, Py_ssize_t limit) except -1:
+        """Cache the column of k=v (not cached yet), in a table of at most `limit` entries, at most half
+        full: it doubles until then, and then starts again empty (no longer `complete`)."""
+        cdef PairEntry* old
+        cdef Py_ssize_t size = self.pairs_size, old_size = self.pairs_size, i
+        if 0 < self.max_pairs < limit:
+            limit = self.max_pairs
+        if size == 0 or (self.n_pairs + 1) * 2 > size:
+            if size and 2 * size > limit:  # at the bound
+                self.clear()
+            else:
+                old = self.pairs
+                size = 2 * size if size else 64
+                while size > limit and size > 2:  # a power of two
+                    size //= 2
+                self.pairs = <PairEntry*> calloc(size, sizeof(PairEntry))
+                if self.pairs == NULL:
+                    self.pairs = old
+                    raise MemoryError()
+                self.pairs_size, self.n_pairs = size, 0
+                if old != NULL:
+                    for i in range(old_size):
+                        if old[i].k != NULL:
+                            self._insert(old[i].k, old[i].v, old[i].h, old[i].col)
+                            Py_XDECREF(old[i].k)
+                            Py_XDECREF(old[i].v)
+                    free(old)
+        self._insert(k, v, h, col)
+        return 0
+
+    cdef void _insert(self, PyObject* k, PyObject* v, Py_hash_t h, Py_ssize_t col) noexcept:
+        cdef size_t mask = <size_t> (self.pairs_size - 1)
+        cdef size_t i = <size_t> h & mask
+        while self.pairs[i].k != NULL:
+            i = (i + 1) & mask
+        Py_XINCREF(k)
+        Py_XINCREF(v)
+        self.pairs[i].k, self.pairs[i].v, self.pairs[i].h, self.pairs[i].col = k, v, h, col
+        self.n_pairs += 1
+
 
 cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_ssize_t cap, bint merge,
                             RowLayout layout) except -2:
     """`encode` into the `cap` entries at c and v; with a `layout`, numeric entries whose key is the one
-    at the same position in the layout take its column, and the others update it."""
+    at the same position in the layout take its column, and the others update it; indicators of str keys
+    and values are looked up in its pair cache first, and cached."""
     cdef Py_ssize_t pos = 0, n = 0, i = 0, j
     cdef PyObject* key
     cdef PyObject* value
     cdef double d = 0.0
     cdef Py_ssize_t ci = 0
+    cdef Py_hash_t h
+    if layout is not None:
+        layout.prefetch(x)
     while PyDict_Next(x, &pos, &key, &value):
         if n >= cap:
             return -1
-        if layout is not None and i < layout.n and layout.keys[i] == key and _number(value, &d):
+        if layout is not None and _is_str(value) and _is_str(key):  # an indicator: the pair cache first
+            d = 1.0
+            h = pair_hash(key, value)
+            ci = layout.pair_get(key, value, h)
+            if ci < 0:
+                if not merge and layout.complete and layout.synced == len(columns):
+                    return -1  # not cached, so new (see RowLayout.complete): no need to look
+                if not _lookup(columns, key, value, &ci, &d):
+                    return -1
+                layout.pair_put(key, value, h, ci, pair_limit(merge))
+        elif layout is not None and i < layout.n and layout.keys[i] == key and _number(value, &d):
             ci = layout.cols[i]
         elif not _lookup(columns, key, value, &ci, &d):
             return -1
@@ -843,12 +983,49 @@ def ftrl_step(cnp.ndarray w, cnp.ndarray z_acc, cnp.ndarray n_acc, cnp.ndarray c
 
 # The whole per-sample update in one call
 
+cdef object _features = None  # stream_logreg._features, bound on first use
+
+
+cdef Py_ssize_t _encode_new(object space, dict x, RowLayout layout, cnp.ndarray cols, cnp.ndarray vals,
+                            Py_ssize_t capacity) except -2:
+    """Row `x`, which has features not seen yet, encoded by the feature space's compiled encoder (which
+    creates their columns, `FeatureSpace.encode_into`, with the pair cache of `layout`) if the weights
+    have room for them (`capacity` columns) and the scratch buffers for the row; else -1, nothing done."""
+    global _features
+    if space is None or len(x) > cnp.PyArray_DIM(cols, 0):
+        return -1
+    n_bits = space.n_bits
+    if capacity < (len(<list> space.keys) + len(x) if n_bits is None else 1 << n_bits):
+        return -1
+    if _features is None:
+        _features = __import__("stream_logreg._features", fromlist=["encode_into"])
+    return _features.encode_into(space, x, True, cols, vals, 0, layout)
+
+
 cdef enum:
     RULE_SGD, RULE_ADAGRAD, RULE_FTRL
 
 _RULES = {"sgd": RULE_SGD, "adagrad": RULE_ADAGRAD, "ftrl": RULE_FTRL}
 _N_STATE = {"sgd": 0, "adagrad": 1, "ftrl": 2}
 _N_HYPER = {"sgd": 2, "adagrad": 2, "ftrl": 4}
+
+
+cdef inline void _prefetch_rows(double* a, Py_ssize_t* c, Py_ssize_t n, Py_ssize_t width) noexcept nogil:
+    """Ask the CPU for the rows a[c[i] * width : (c[i] + 1) * width] of a row's columns, all at once (the
+    weights of a high-cardinality vocabulary are mostly out of the caches)."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        _prefetch(a + c[i] * width)
+        if width > 1:
+            _prefetch(a + c[i] * width + width - 1)
+
+
+cdef int _forget(object space, RowLayout layout, object mark) except -1:
+    """Undo the columns created since `space.mark()` returned `mark` (an update refused after its row
+    created them), and forget the look-ups cached since."""
+    space.rollback(mark)
+    layout.clear()
+    return 0
 
 
 @cython.auto_pickle(False)
@@ -879,7 +1056,7 @@ cdef class SampleStep:
     cdef cnp.ndarray w_s0, w_s1, b_s0, b_s1
     cdef double* undo  # 3 doubles per coordinate of a step, and 3 for the bias (see the rules)
     cdef Py_ssize_t undo_cap
-    cdef object opt, bias_opt
+    cdef object opt, bias_opt, space
 
     def __reduce__(self):
         # Bound to one model's arrays: a copy (River's clone(include_attributes=True) deep-copies each
@@ -889,7 +1066,8 @@ cdef class SampleStep:
     def __init__(self, dict columns not None, bint merge, RowLayout layout, cnp.ndarray cols not None,
                  cnp.ndarray vals not None, cnp.ndarray grads not None, cnp.ndarray w not None,
                  cnp.ndarray b not None, double neg_w, double pos_w, double l2, object intercept_lr, str rule,
-                 tuple hyper, tuple w_state, tuple b_state, object opt, object bias_opt, double clip):
+                 tuple hyper, tuple w_state, tuple b_state, object opt, object bias_opt, double clip,
+                 object space=None):
         if rule not in _RULES or len(hyper) != _N_HYPER[rule]:
             raise ValueError(f"unknown rule {rule!r} or wrong hyper-parameters {hyper!r}")
         if len(w_state) != _N_STATE[rule] or len(b_state) != _N_STATE[rule]:
@@ -917,7 +1095,7 @@ cdef class SampleStep:
         self.w_s1 = w_state[1] if len(w_state) > 1 else None
         self.b_s0 = b_state[0] if len(b_state) > 0 else None
         self.b_s1 = b_state[1] if len(b_state) > 1 else None
-        self.opt, self.bias_opt = opt, bias_opt
+        self.opt, self.bias_opt, self.space = opt, bias_opt, space
         self._reserve(cnp.PyArray_DIM(cols, 0))
 
     def __dealloc__(self):
@@ -954,18 +1132,35 @@ cdef class SampleStep:
         """Encode row `x` (see `encode`) and learn it with label `y` and weight `sample_weight`.
 
         Returns p = σ(w·x + b), the probability before the update; -1.0 if `x` or `y` needs the model's
-        general path (`x` not a dict, a new feature, a value `encode` does not take; `y` not one of
-        False, True, 0, 1, 0.0, 1.0 of exact type): nothing was done; NaN if the update is not finite
-        (refused: nothing was written).
+        general path (`x` not a dict, a value `encode` does not take, a new feature without `space` or
+        without room for its weight; `y` not one of False, True, 0, 1, 0.0, 1.0 of exact type): nothing
+        was done; NaN if the update is not finite (refused: nothing was written, no column created).
+        New features are created by the feature space `space` (see `_encode_new`).
         """
         cdef double label = _binary_label(<PyObject*> y)
+        cdef double p
         if label < 0.0 or type(x) is not dict:
             return -1.0
         cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
                                         cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout)
+        if n >= 0:
+            _prefetch_rows(dptr(self.w), iptr(self.cols), n, 1)
+            return self._learn(n, label, sample_weight)
+        if self.space is None:
+            return -1.0
+        mark = self.space.mark()
+        n = _encode_new(self.space, <dict> x, self.layout, self.cols, self.vals, cnp.PyArray_DIM(self.w, 0))
         if n < 0:
             return -1.0
-        return self._learn(n, label, sample_weight)
+        _prefetch_rows(dptr(self.w), iptr(self.cols), n, 1)
+        try:
+            p = self._learn(n, label, sample_weight)
+        except BaseException:
+            _forget(self.space, self.layout, mark)
+            raise
+        if p != p:
+            _forget(self.space, self.layout, mark)
+        return p
 
     cdef double _learn(self, Py_ssize_t n, double y, double sample_weight) except? -2.0:
         """The update on the row in the first n entries of the scratch buffers; returns p, or NaN if refused.
@@ -1168,7 +1363,7 @@ cdef class MixtureStep:
     cdef double* scp
     cdef double rates[6]
     cdef double nag_lr, alpha, beta, neg_w, pos_w, l2, clip
-    cdef object opt, bias_opt
+    cdef object opt, bias_opt, space
     cdef double* buf   # scratch: member probabilities, gradients, undo
     cdef Py_ssize_t buf_cap
     cdef Py_ssize_t* ibuf  # scratch: touched columns and the slot of each entry
@@ -1181,7 +1376,7 @@ cdef class MixtureStep:
                  cnp.ndarray vals not None, cnp.ndarray coef not None, cnp.ndarray bias not None,
                  cnp.ndarray log_weights not None, cnp.ndarray nag not None, tuple rates, double nag_lr,
                  double alpha, double beta, double neg_w, double pos_w, double l2, double clip,
-                 object opt, object bias_opt):
+                 object opt, object bias_opt, object space=None):
         arrays = [cols, vals, coef, bias, log_weights, nag]
         if not all(cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_ISWRITEABLE(a) for a in arrays):
             raise ValueError("the arrays must be C-contiguous and writeable")
@@ -1200,7 +1395,7 @@ cdef class MixtureStep:
             self.rates[k] = rates[k]
         self.nag_lr, self.alpha, self.beta = nag_lr, alpha, beta
         self.neg_w, self.pos_w, self.l2, self.clip = neg_w, pos_w, l2, clip
-        self.opt, self.bias_opt = opt, bias_opt
+        self.opt, self.bias_opt, self.space = opt, bias_opt, space
 
     def __dealloc__(self):
         free(self.buf)
@@ -1316,18 +1511,34 @@ cdef class MixtureStep:
     def __call__(self, object x, object y, double sample_weight):
         """Encode row `x` (see `encode`) and learn it: returns the mixture's P(y = 1) before the update;
         -1.0 if `x` or `y` needs the model's general path (nothing done); NaN if the update is refused
-        (nothing written)."""
+        (nothing written, no column created). New features as in `SampleStep`."""
         cdef double label = _binary_label(<PyObject*> y)
         if label < 0.0 or type(x) is not dict:
             return -1.0
         cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
                                         cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout)
-        if n < 0:
-            return -1.0
         cdef Py_ssize_t ip[2]
         cdef double p
+        mark = None
+        if n < 0:
+            if self.space is None:
+                return -1.0
+            mark = self.space.mark()
+            n = _encode_new(self.space, <dict> x, self.layout, self.cols, self.vals,
+                            cnp.PyArray_DIM(self.coef, 0))
+            if n < 0:
+                return -1.0
+        _prefetch_rows(self.Mp, iptr(self.cols), n, MIX_S)
         ip[0], ip[1] = 0, n
-        if self._learn(iptr(self.cols), dptr(self.vals), ip, 1, &label, &sample_weight, &p):
+        try:
+            refused = self._learn(iptr(self.cols), dptr(self.vals), ip, 1, &label, &sample_weight, &p)
+        except BaseException:
+            if mark is not None:
+                _forget(self.space, self.layout, mark)
+            raise
+        if refused:
+            if mark is not None:
+                _forget(self.space, self.layout, mark)
             return NAN
         return p
 

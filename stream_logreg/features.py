@@ -19,6 +19,10 @@ Two ways to assign columns:
   model never exceeds 2^k weights whatever the stream. Colliding features share a weight. Hash look-ups are
   cached in a dict of at most ``HASH_CACHE_SIZE`` entries, so memory stays bounded.
 
+A model also caches, per model, the columns of the indicators of str keys and values it looks up (a table of
+at most 2^20 pairs, 2^18 with hashing: ``stream_logreg._kernel.RowLayout``), which the compiled encoder
+reads before the dict and keeps up; it never changes a column.
+
 :meth:`FeatureSpace.encode` is the reference, in Python; the model encodes through
 :meth:`FeatureSpace.encode_into`, the same rules compiled (``stream_logreg._features``: new keys, indicators
 and hashing in C), which leaves to the reference only what needs its judgement (a bad value, a string that
@@ -271,9 +275,11 @@ class FeatureSpace:
             cols, vals = list(merged), list(merged.values())
         return cols, vals
 
-    def encode_into(self, x: dict, grow: bool, cols: np.ndarray, vals: np.ndarray, start: int = 0) -> int:
+    def encode_into(self, x: dict, grow: bool, cols: np.ndarray, vals: np.ndarray, start: int = 0,
+                    layout: Any = None) -> int:
         """:meth:`encode` written into ``cols[start:]`` and ``vals[start:]`` (intp and float64 buffers that
         hold ``len(x)`` entries from ``start``); returns how many entries. Compiled, bitwise the reference.
+        ``layout``: the model's cache of look-ups (``stream_logreg._kernel.RowLayout``), used and kept up.
 
         >>> space, cols, vals = FeatureSpace(), np.zeros(4, dtype=np.intp), np.zeros(4)
         >>> n = space.encode_into({"city": "Paris", "age": 42}, True, cols, vals)
@@ -281,7 +287,7 @@ class FeatureSpace:
         ([0, 1], [1.0, 42.0], ['city=Paris', 'age'])
 
         """
-        n = _features.encode_into(self, x, grow, cols, vals, start) if type(x) is dict else -1
+        n = _features.encode_into(self, x, grow, cols, vals, start, layout) if type(x) is dict else -1
         if n < 0:
             row_cols, row_vals = self.encode(x, grow)
             n = len(row_cols)

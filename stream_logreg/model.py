@@ -555,7 +555,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
                 np.zeros(size, dtype=np.intp), np.zeros(size), np.zeros(size)
             )
             self._step = None
-        n = self.features.encode_into(x, grow, self._cols, self._vals)
+        n = self.features.encode_into(x, grow, self._cols, self._vals, layout=self._layout)
         if grow:
             self._grow(self.features.n_columns)
         return n
@@ -718,7 +718,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
                 self.features.columns, self.features.n_bits is not None, self._layout, self._cols, self._vals,
                 opt.coef, bias.coef, opt.log_weights, opt.nag, opt.rates, float(opt.nag_lr),
                 float(opt.ftrl_alpha), float(opt.ftrl_beta), self._neg_weight, self._pos_weight,
-                float(self.l2), float(self.clip_gradient), opt, bias,
+                float(self.l2), float(self.clip_gradient), opt, bias, space=self.features,
             )
         twins = optim_.compiled_rule(self.optimizer), optim_.compiled_rule(self._bias_optimizer)
         intercept_lr = self._constant_intercept_lr()
@@ -729,6 +729,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             self.features.columns, self.features.n_bits is not None, self._layout, self._cols, self._vals,
             self._grads, self._w, self._b, self._neg_weight, self._pos_weight, self.l2, intercept_lr,
             rule, hyper, w_state, b_state, self.optimizer, self._bias_optimizer, float(self.clip_gradient),
+            space=self.features,
         )
 
     def _flags(self) -> None:
@@ -1055,7 +1056,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             while (i := _kernel.encode_rows(xs, i, features.columns, cols, vals, indptr, merge, layout)) < m:
                 # new features or a bad value: the feature space decides (and may grow)
                 try:
-                    indptr[i + 1] = indptr[i] + features.encode_into(xs[i], True, cols, vals, indptr[i])
+                    n_row = features.encode_into(xs[i], True, cols, vals, indptr[i], layout)
+                    indptr[i + 1] = indptr[i] + n_row
                 except ValueError as e:
                     raise ValueError(f"row {i}: {e}") from None
                 i += 1

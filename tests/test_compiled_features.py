@@ -14,6 +14,7 @@ import copy
 import hashlib
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -222,3 +223,105 @@ def test_a_key_that_keeps_the_look_up_key_sees_it_unchanged():
     assert _features.encode_into(space, {"a": "FR", "b": "DE", "c": "IT"}, True, cols, vals) == 3
     assert kept and all(k == (INDICATOR, "a", "FR") for k in kept)
     assert space.names[1:] == ["a=FR", "b=DE", "c=IT"]
+
+
+# The model's cache of indicator look-ups (RowLayout's pair cache) and the compiled steps' new features
+
+small_rows = st.dictionaries(
+    st.sampled_from(["a", "b", "c", "é", 1]),
+    st.one_of(st.sampled_from(["FR", "DE", "IT", "a=FR", "x", "12"]), st.integers(0, 2)),
+    max_size=4,
+)
+
+
+@pytest.mark.parametrize("space", SPACES, ids=SPACE_IDS)
+@pytest.mark.parametrize("max_pairs", [0, 2, 5], ids=["default-bound", "2-pairs", "5-pairs"])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream=st.lists(st.tuples(st.one_of(small_rows, rows),
+                                 st.sampled_from(["cached", "cached", "uncached", "reference"])),
+                       max_size=25))
+def test_the_pair_cache_changes_no_column(space, max_pairs, stream):
+    """Encoding through the cache (the compiled encoder and the kernel's known-row path), without it, or
+    through the reference, in any mix, with a cache that forgets (2 or 5 entries): the columns, values and
+    the space are always the reference's."""
+    from stream_logreg._kernel import RowLayout, encode_rows
+
+    cached, ref = FeatureSpace(**space), FeatureSpace(**space)
+    layout = RowLayout(max_pairs=max_pairs)
+    cols, vals, indptr = np.zeros(16, dtype=np.intp), np.zeros(16), np.zeros(2, dtype=np.intp)
+    for x, how in stream:
+        expected = reference(ref, x, True)
+        if how == "reference":
+            got = reference(cached, x, True)
+        else:
+            n = _features.encode_into(cached, x, True, cols, vals, 0, layout if how == "cached" else None)
+            got = reference(cached, x, True) if n < 0 else (cols[:n].tolist(), vals[:n].tolist())
+        assert got == expected
+        assert snapshot(cached) == snapshot(ref)
+        if encode_rows([x], 0, cached.columns, cols, vals, indptr, cached.hashing, layout) == 1:  # all known
+            assert (cols[: indptr[1]].tolist(), vals[: indptr[1]].tolist()) == reference(ref, x, False)
+        assert layout.n_pairs <= (max_pairs or 1 << 20)
+
+
+def click_rows(n: int, seed: int) -> list[tuple[dict, bool]]:
+    """Rows of 8 string fields with 50–400 values each: new values in most rows, known ones in all."""
+    rng = np.random.default_rng(seed)
+    return [({f"C{j}": f"v{int(rng.integers(0, 50 * (j + 1)))}" for j in range(8)}, bool(rng.integers(0, 2)))
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("space", SPACES, ids=SPACE_IDS)
+@pytest.mark.parametrize("opt", ["default", "sgd"])
+def test_new_categories_learned_in_the_compiled_step_are_the_reference_model(space, opt, monkeypatch):
+    """New features created inside the compiled step (no Python per row), mixed with batches and a
+    checkpoint round trip: bitwise the model that encodes every row through the reference."""
+    stream = click_rows(600, seed=3)
+
+    def make():
+        return OnlineLogisticRegression(**space) if opt == "default" else OnlineLogisticRegression(
+            optimizer=optim.SGD(0.05), **space)
+
+    def run(model):
+        ps = [model.predict_learn_one(x, y) for x, y in stream[:300]]
+        batch = stream[300:310]
+        model.learn_many(pd.DataFrame([x for x, _ in batch]), pd.Series([y for _, y in batch]))
+        model = OnlineLogisticRegression.from_state(*model.state())
+        ps += [model.predict_learn_one(x, y) for x, y in stream[310:]]
+        return ps, model
+
+    slow = []
+    original = OnlineLogisticRegression._encode_slow
+    monkeypatch.setattr(OnlineLogisticRegression, "_encode_slow",
+                        lambda self, x, grow: slow.append(x) or original(self, x, grow))
+    ps, compiled = run(make())
+    assert len(slow) < 60  # the general path only when the weights must grow (or after the round trip)
+    monkeypatch.setattr(_features, "encode_into", lambda *args: -1)  # every row through the reference
+    qs, ref = run(make())
+    assert ps == qs
+    a, b = compiled.state(), ref.state()
+    assert a[1] == b[1] and a[0].keys() == b[0].keys()
+    assert all(a[0][k].tobytes() == b[0][k].tobytes() for k in a[0])
+
+
+@pytest.mark.parametrize("space", [{}, {"n_bits": 18}], ids=["vocabulary", "hashed"])
+@pytest.mark.parametrize("opt", ["default", "sgd"])
+def test_a_refused_update_forgets_the_columns_its_compiled_step_created(space, opt, monkeypatch):
+    model = OnlineLogisticRegression(**space) if opt == "default" else OnlineLogisticRegression(
+        optimizer=optim.SGD(0.05), **space)
+    for x, y in click_rows(40, seed=1):
+        model.predict_learn_one(x, y)
+    bad = {"C0": "brand-new", "C1": "also-new", "n": 10**300}
+    assert len(model._w) >= len(model.features.keys) + len(bad)  # room: the compiled step creates them
+    before, keys_before = copy.deepcopy(model.state()), list(model.features.keys)
+    monkeypatch.setattr(OnlineLogisticRegression, "_encode_slow", None)  # not the general path
+    with pytest.raises(ValueError, match="not finite|non-finite"):
+        model.predict_learn_one(bad, True, w=1e300)
+    monkeypatch.undo()
+    after = model.state()
+    assert list(model.features.keys) == keys_before and after[1] == before[1]
+    assert all(after[0][k].tobytes() == before[0][k].tobytes() for k in after[0])
+    # and the same categories learned normally get the columns a model that never saw the refusal gives
+    twin = OnlineLogisticRegression.from_state(*before)
+    good = {"C0": "brand-new", "C1": "also-new", "n": 1.0}
+    assert model.predict_learn_one(good, True) == twin.predict_learn_one(good, True)
+    assert list(model.features.keys) == list(twin.features.keys)

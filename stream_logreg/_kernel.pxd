@@ -1,0 +1,37 @@
+# The kernel's declarations that the feature space's encoder (_features.pyx) shares: the per-model cache of
+# column look-ups (see RowLayout in _kernel.pyx).
+cimport cython
+from cpython.object cimport PyObject
+
+
+cdef struct PairEntry:
+    PyObject* k  # a str key and a str value (held), whose indicator k=v is in column `col`; NULL: empty
+    PyObject* v
+    Py_hash_t h
+    Py_ssize_t col
+
+
+@cython.final
+cdef class RowLayout:
+    cdef PyObject** keys
+    cdef Py_ssize_t* cols
+    cdef Py_ssize_t n, cap
+    cdef PairEntry* pairs
+    cdef readonly Py_ssize_t n_pairs  # how many indicator look-ups are cached
+    cdef Py_ssize_t pairs_size, max_pairs
+    # With a vocabulary: whether every indicator of a str key and value in it is cached (so that a pair not
+    # cached is new), as long as the vocabulary still has `synced` columns (else columns were created
+    # elsewhere and it is not known any more).
+    cdef public bint complete
+    cdef public Py_ssize_t synced
+
+    cpdef clear(self)
+    cdef int put(self, Py_ssize_t i, PyObject* key, Py_ssize_t col) except -1
+    cdef Py_ssize_t pair_get(self, PyObject* k, PyObject* v, Py_hash_t h) noexcept
+    cdef int pair_put(self, PyObject* k, PyObject* v, Py_hash_t h, Py_ssize_t col, Py_ssize_t limit) except -1
+    cdef void prefetch(self, dict x) noexcept
+    cdef void _insert(self, PyObject* k, PyObject* v, Py_hash_t h, Py_ssize_t col) noexcept
+
+
+cdef Py_hash_t pair_hash(PyObject* k, PyObject* v) noexcept
+cdef Py_ssize_t pair_limit(bint hashed) noexcept
