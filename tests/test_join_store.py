@@ -494,7 +494,9 @@ def _set(a, i, v):
         ("x", lambda a: np.full_like(a, 0x4141414141414141)),
         ("ids", lambda a: np.zeros_like(a)),
         ("joined.at", lambda a: a[:0]),
-        ("meta", lambda m: m.update(format=2)),
+        ("meta", lambda m: m.update(format=3)),
+        ("form", lambda a: _set(a, 0, 2)),
+        ("form", lambda a: _set(a, 0, 1)),  # a record value without event_fields
         ("meta", lambda m: m.update(stream_time=-7)),
         ("meta", lambda m: m["counters"].update(joined=-1)),
         ("meta", lambda m: m["counters"].pop("joined")),
