@@ -26,8 +26,8 @@ from test_consumer import MODEL, Running, same_model
 from test_consumer import make_config as consumer_config
 
 from consumers import ConfigError, Learner, LearnerConfig
-from consumers.labels import EXTRA_NAME, Labels, decode_label
-from consumers.state.join_store import JoinStore
+from consumers.labels import EXTRA_NAME, Labels, decode_handoff, decode_label, handoff_value
+from consumers.state.join_store import JoinStore, Taken
 from consumers.stats import LearnerStats
 from stream_logreg import OnlineLogisticRegression
 from stream_logreg.checkpoints import (
@@ -208,6 +208,63 @@ def test_the_range_assignor_is_pinned_with_a_labels_topic() -> None:
     cfg = make_config("k:9092", "ev", "/tmp/c", labels_topic="lb")
     assert cfg.consumer_kwargs()["partition_assignment_strategy"] == (RangePartitionAssignor,)
     assert cfg.input_topics == ["ev", "lb"]
+
+
+class _Rec:
+    def __init__(self, value: bytes, partition: int = 0, offset: int = 0, timestamp: int = 5,
+                 topic: str = "lb") -> None:
+        self.value, self.partition, self.offset, self.timestamp = value, partition, offset, timestamp
+        self.topic, self.key = topic, None
+
+
+def _labels(cfg: LearnerConfig) -> Labels:
+    return Labels(cfg, LearnerStats())
+
+
+def test_a_hand_off_record_brings_the_entry_back_as_it_was_and_a_repeat_learns_nothing() -> None:
+    cfg = make_config("k:9092", "ev", "/tmp/c", labels_topic="lb")
+    sender, receiver = _labels(cfg), _labels(cfg)
+    x = {"age": 42.5, "city": "Paris", "vip": True}
+    value = encode_event(x, None, "a1")
+    sender.event(_Rec(value, 1, 17, 1_000, "ev"), "a1", JsonCodec().decode(value).x, 0.8125, 3)
+    sender.store.add_label("b2", 1, ts=1_100, topic="lb", partition=1, offset=4)
+    sender.store.add_label("c3", 1, ts=1_100, topic="lb", partition=0, offset=5)  # stays: not partition 1
+    taken = sender.store.take({("ev", 1), ("lb", 1)})
+    assert len(sender.store) == 1
+    sender.store.take({("lb", 0)})
+    assert [t.id for t in taken] == ["a1", "b2"] and len(sender.store) == 0
+    records = [_Rec(handoff_value(t), 1, 100 + i, t.ts) for i, t in enumerate(taken)]
+    rejected: list = []
+    joined = receiver.records(records + records, lambda *a: rejected.append(a))  # handed off twice
+    assert rejected == [] and joined == []
+    c = receiver.store.counters
+    assert c["pending_events"] == 1 and c["pending_labels"] == 1 and c["duplicate_handoffs"] == 2
+    [(_, j)] = receiver.records([_Rec(label("a1", 1), 1, 200, 2_000)], None)
+    # the prediction made when the event was scored, its origin and features, exactly
+    assert (j.x, j.p, j.version, j.latency_ms) == (x, 0.8125, 3, 1_000)
+    assert (j.topic, j.partition, j.offset) == ("ev", 1, 17)
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda v: v[:-2],                                                  # not JSON
+    lambda v: v.replace(b'"partition":1', b'"partition":0'),           # read from another partition
+    lambda v: v.replace(b'"p":0.5', b'"p":1.5'),                       # not a probability
+    lambda v: v.replace(b'"version":2', b'"version":-2'),
+    lambda v: v.replace(b'"id":"a1"', b'"id":7'),
+    lambda v: v.replace(b'"f":1.0', b'"f":null'),                      # an event the codec refuses
+    lambda v: v.replace(b'"id":"a1"}}', b'"id":"zz"}}'),               # the record of another event
+])
+def test_a_malformed_hand_off_record_is_rejected(mangle: Any) -> None:
+    t = Taken("a1", {"f": 1.0}, None, 5, "ev", 1, 9, None, 0.5, 2)
+    good = handoff_value(t)
+    codec = JsonCodec().decoder()
+    assert decode_handoff(good, 1, codec)[0] == "event"
+    bad = mangle(good)
+    assert bad != good
+    labels = _labels(make_config("k:9092", "ev", "/tmp/c", labels_topic="lb"))
+    rejected: list = []
+    assert labels.records([_Rec(bad, 1)], lambda *a: rejected.append(a)) == []
+    assert len(rejected) == 1 and len(labels.store) == 0
 
 
 # --------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import tracemalloc
 from collections import Counter
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -534,3 +535,84 @@ def test_features_forged_in_the_state_are_checked():
         a = {**arrays, "x": words, "x_len": np.array([len(blob)], dtype=np.int64)}
         with pytest.raises(ValueError, match="join store state"):
             JoinStore.from_state(a, {**meta, "x_bytes": len(blob)})
+
+
+# Events kept as their record value (the learner's fast path)
+
+FIELDS = ("x", "y", "id")
+
+
+def record_store(**kwargs) -> tuple[JoinStore, list[tuple[str, dict, bytes]]]:
+    from stream_logreg.codec import JsonCodec, encode_event
+
+    codec = JsonCodec()
+    out = []
+    for i in range(6):  # features by name, and as an array (int keys)
+        id_ = f"e{i}"
+        value = (encode_event({"f": i + 0.25, "city": ["Paris", "Oslo"][i % 3 > 0], "ok": i > 2}, None, id_)
+                 if i % 2 else orjson.dumps({"x": [i - 0.5, "a", True], "id": id_}))
+        out.append((id_, codec.decode(value).x, value))
+    store = JoinStore(max_pending=10, label_ttl_ms=1_000, event_fields=FIELDS, **kwargs)
+    for i, (id_, x, value) in enumerate(out):
+        store.add_event(id_, x, 0.5, version=i, ts=10 + i, topic="ev", partition=0, offset=i,
+                        record_value=value)
+    return store, out
+
+
+def test_an_event_kept_as_its_record_joins_with_the_decoded_features():
+    store, rows = record_store()
+    for id_, x, _ in rows:
+        [j] = store.add_label(id_, 1, ts=100)
+        assert j.x == x and [type(k) for k in j.x] == [type(k) for k in x]
+    assert store.counters["joined"] == len(rows)
+
+
+def test_records_kept_survive_a_checkpoint_and_are_checked_when_restored():
+    store, rows = record_store()
+    state = store.to_state()
+    assert state[0]["form"].tolist() == [1] * len(rows) and state[1]["event_fields"] == list(FIELDS)
+    back = JoinStore.from_state(*state)
+    assert back.n_bytes == store.n_bytes and back.to_state()[1] == state[1]
+    assert [j.x for j in back.add_label("e2", 0, ts=50)] == [rows[2][1]]
+    # other fields from now on: the records kept are converted to features JSON, the features unchanged
+    other = JoinStore.from_state(*state, event_fields=("features", "label", "key"))
+    assert other.to_state()[0]["form"].tolist() == [0] * len(rows)
+    assert [j.x for j in other.add_label("e3", 0, ts=50)] == [rows[3][1]]
+    # a forged record: not an event of that id, not an event at all, no fields to decode it with
+    for fields in (["x", "y", "other"], None, ["x", "x", "x"], ["x", "y"]):
+        meta = {**json.loads(json.dumps(state[1])), "event_fields": fields}
+        with pytest.raises(ValueError, match="join store"):
+            JoinStore.from_state(state[0], meta)
+
+
+def test_a_format_1_state_still_loads():
+    store = JoinStore(max_pending=10, label_ttl_ms=1_000)
+    store.add_event("a", {"f": 1.0}, 0.5, version=1, ts=10)
+    arrays, meta = store.to_state()
+    arrays = {k: v for k, v in arrays.items() if k != "form"}
+    meta = {k: v for k, v in meta.items() if k != "event_fields"}
+    meta["format"] = 1
+    meta["counters"] = {k: v for k, v in meta["counters"].items() if k != "duplicate_handoffs"}
+    back = JoinStore.from_state(arrays, meta)
+    assert back.counters == store.counters and back.add_label("a", 1, ts=20)[0].x == {"f": 1.0}
+
+
+def test_a_handed_off_duplicate_is_counted_apart():
+    store, rows = record_store()
+    id_, x, value = rows[0]
+    assert store.add_event(id_, x, 0.5, version=0, ts=20, record_value=value, handed_off=True) == []
+    store.add_label(id_, 1, ts=30)
+    assert store.add_label(id_, 1, ts=31, handed_off=True) == []
+    assert store.add_event(id_, x, 0.5, version=0, ts=32, handed_off=True) == []
+    c = store.counters
+    assert c["duplicate_handoffs"] == 3 and c["duplicate_events"] == c["duplicate_labels"] == 0
+
+
+def test_the_record_form_is_no_larger_than_features_json_plus_the_envelope():
+    store, rows = record_store()
+    plain = JoinStore(max_pending=10, label_ttl_ms=1_000)
+    for i, (id_, x, _) in enumerate(rows):
+        plain.add_event(id_, x, 0.5, version=i, ts=10 + i)
+    envelope = sum(len(v) - len(orjson.dumps(x if all(type(k) is str for k in x) else list(x.items())))
+                   for _, x, v in rows)
+    assert store.n_bytes <= plain.n_bytes + envelope
