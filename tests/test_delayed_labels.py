@@ -560,6 +560,53 @@ def test_a_rebalance_hands_pending_joins_to_the_new_owner(kafka_bootstrap: str, 
         producer.close()
 
 
+def test_entries_left_for_partitions_now_another_members_are_handed_off_once(kafka_bootstrap: str,
+                                                                             kafka_topic: Any,
+                                                                             tmp_path: Path) -> None:
+    """A stop keeps the pending joins in the checkpoint; restarted without those partitions, the learner
+    hands them to their owner. Restarted again from a copy of that checkpoint (as after a crash between the
+    hand-off and the next checkpoint), it hands them off again: dropped by the owner as duplicates, every
+    event learned once."""
+    import shutil
+
+    ev, lb = kafka_topic(2), kafka_topic(2)
+    data = events(40, seed=6)
+    send(kafka_bootstrap, [(ev, encode_event(x, None, id_), id_, None) for id_, x, _ in data])
+    group = {"group_id": f"g-{ev}", "labels_topic": lb}
+    a = Running(Learner(make_config(kafka_bootstrap, ev, tmp_path / "a", **group)))
+    wait_for(lambda: a.stats()["join"].get("pending_events") == 40, 60, "member a holds every event")
+    a.stop()  # a stop hands nothing off: the checkpoint holds all 40
+    shutil.copytree(tmp_path / "a", tmp_path / "a-copy")
+    b = Running(Learner(make_config(kafka_bootstrap, ev, tmp_path / "b", **group)))
+    members: list[Running] = [b]
+    try:
+        wait_for(lambda: len(b.stats()["assigned"]) == 4, 60, "b owns every partition")
+        a = Running(Learner(make_config(kafka_bootstrap, ev, tmp_path / "a", **group)))
+        members.append(a)
+        wait_for(lambda: (ja := a.stats()["join"]).get("handed_off", 0) > 0 and ja["pending_events"]
+                 + ja["handed_off"] == 40 and b.stats()["join"]["pending_events"] == ja["handed_off"], 60,
+                 "a hands b the events of b's partition")
+        handed = a.stats()["join"]["handed_off"]
+        a.stop()
+        members.remove(a)
+        a = Running(Learner(make_config(kafka_bootstrap, ev, tmp_path / "a-copy", **group)))  # the copy
+        members.append(a)
+        wait_for(lambda: len(a.stats()["assigned"]) == 2 and len(b.stats()["assigned"]) == 2
+                 and a.stats()["join"].get("handed_off", 0) > 0
+                 and a.stats()["join"]["pending_events"] + b.stats()["join"]["pending_events"] == 40, 60,
+                 "the copy hands off again, each event pending once")
+        send(kafka_bootstrap, [(lb, label(id_, y), id_, None) for id_, _, y in data])
+        wait_for(lambda: sum(m.stats()["join"]["joined"] for m in members) == 40, 60, "every event joined")
+        snaps = [m.stats() for m in members]
+        assert sum(s["n_samples_seen"] for s in snaps) == 40
+        assert sum(s["join"]["duplicate_handoffs"] for s in snaps) >= handed  # the repeat, dropped
+        assert sum(s["join"]["duplicate_labels"] + s["join"]["duplicate_events"] for s in snaps) == 0
+        assert sum(s["join"]["pending_events"] for s in snaps) == 0
+    finally:
+        for m in members:
+            m.stop()
+
+
 def test_the_kafka_state_store_carries_the_join_store(kafka_bootstrap: str, kafka_topic: Any) -> None:
     from consumers.state.kafka_store import KafkaStore
 
