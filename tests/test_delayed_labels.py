@@ -621,3 +621,97 @@ def test_the_kafka_state_store_carries_the_join_store(kafka_bootstrap: str, kafk
     back = JoinStore.from_state(*ckpt.extras[EXTRA_NAME])
     assert back.counters == store.counters and back.to_state()[1] == store.to_state()[1]
     assert same_model(ckpt.model, model)
+
+
+def test_exactly_once_with_sigkills_and_rebalances_learns_each_labelled_event_once(
+        kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path) -> None:
+    """Two members, exactly-once, events and labels in random order, a random member SIGKILLed after each
+    chunk (and restarted: a rebalance, hand-offs in transactions): every labelled event learned once across
+    the group, and a read_committed reader sees each event's prediction once."""
+    from collections import Counter
+
+    from test_consumer import read_status, start_service
+    from test_exactly_once import EOS, read_committed
+    from test_state_kafka import state, stop
+
+    ev, lb, preds = kafka_topic(2), kafka_topic(2), kafka_topic(2)
+    group = f"g-{ev}"
+    rng = random.Random(7)
+    data = events(80, seed=7)
+    labelled = rng.sample(data, 70)
+    records = [(ev, encode_event(x, None, id_), id_) for id_, x, _ in data]
+    for id_, _, y in labelled + [(f"ghost-{i}", None, 1) for i in range(3)]:
+        records.insert(rng.randrange(len(records) + 1), (lb, label(id_, y), id_))
+    extra = (*EOS, "--labels-topic", lb, "--predictions-topic", preds, "--checkpoint-every-messages", "15",
+             "--checkpoint-every-seconds", "1", "--max-poll-records", "7", "--status-every", "0.05")
+    runs = 0
+
+    def member(name: str) -> tuple[Any, Path]:
+        nonlocal runs
+        runs += 1
+        status = tmp_path / f"{name}-{runs}.json"
+        return start_service(kafka_bootstrap, ev, group, tmp_path / f"{name}-{runs}", *extra,
+                             "--group-instance-id", name, "--status-file", str(status)), status
+
+    def positions(what: str = "positions") -> dict[str, int]:
+        out: dict[str, int] = {}
+        for proc, status in members.values():
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            owned = set(read_status(status).get("assigned") or [])
+            out.update({k: v for k, v in (read_status(status).get(what) or {}).items() if k in owned})
+        return out
+
+    def read_everything() -> bool:  # (the labels topic also holds hand-off records and transaction markers)
+        at = positions()
+        joins = [read_status(status).get("join") or {} for _, status in members.values()]
+        return (sum(v for k, v in at.items() if k.startswith(f"{ev}:")) == len(data)
+                and sum(j.get("joined", 0) for j in joins) == 70 and sum(j.get("pending_events", 0)
+                                                                         for j in joins) == 10)
+
+    members = {name: member(name) for name in ("m-a", "m-b")}
+    try:
+        wait_for(lambda: all(len(read_status(s).get("assigned") or []) == 2 for _, s in members.values()), 90,
+                 "each member owns partition i of both topics")
+        sent: Counter = Counter()
+        for start in range(0, len(records), 30):
+            chunk = records[start : start + 30]
+            send(kafka_bootstrap, [(t, v, k, None) for t, v, k in chunk])
+            sent.update(t for t, _, _ in chunk)
+            want = {t: n - rng.randrange(0, 6) for t, n in sent.items()}
+            wait_for(lambda w=want: all(sum(v for k, v in positions().items() if k.rsplit(":", 1)[0] == t)
+                                        >= n for t, n in w.items()), 120, f"positions {want}")
+            name = rng.choice(sorted(members))
+            proc, _ = members[name]
+            proc.send_signal(signal.SIGKILL)  # mid-interval: its open transaction is aborted
+            proc.wait(30)
+            members[name] = member(name)
+        # a rebalance with pending joins: m-b leaves (a stop: its joins stay in its state) and comes back;
+        # m-a hands off what it holds at each revoke, in its transactions
+        stop(members["m-b"][0])
+        a_status = members["m-a"][1]
+        wait_for(lambda: len(read_status(a_status).get("assigned") or []) == 4, 90, "m-a owns everything")
+        members["m-b"] = member("m-b")
+        wait_for(lambda: all(len(read_status(s).get("assigned") or []) == 2 for _, s in members.values()), 90,
+                 "the two members share the partitions again")
+        wait_for(read_everything, 180, "every record read")
+        assert read_status(a_status)["join"]["handed_off"] > 0
+        # m-a stops (its joins stay in its state); m-b hands off what it holds at the revoke, reads it back
+        stop(members.pop("m-a")[0])
+        kept = JoinStore.from_state(*state(kafka_bootstrap, group, "m-a").extras[EXTRA_NAME]).pending_events
+        b_status = members["m-b"][1]
+        wait_for(lambda: len((st := read_status(b_status)).get("assigned") or []) == 4
+                 and st["join"]["pending_events"] == 10 - kept, 90, "the 10 events without a label held once")
+        stop(members.pop("m-b")[0])
+    finally:
+        for proc, _ in members.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+    finals = [state(kafka_bootstrap, group, name) for name in ("m-a", "m-b")]
+    stores = [JoinStore.from_state(*f.extras[EXTRA_NAME]) for f in finals]
+    assert sum(f.model.n_samples_seen for f in finals) == 70
+    assert sum(sum(f.metadata["learned"].values()) for f in finals) == 70
+    assert sum(s.counters["joined"] for s in stores) == 70
+    assert sum(s.counters["pending_events"] for s in stores) == 10
+    got = Counter(orjson.loads(r.value)["id"] for r in read_committed(kafka_bootstrap, preds, len(data)))
+    assert set(got) == {id_ for id_, _, _ in data} and max(got.values()) == 1
