@@ -22,9 +22,9 @@ beside them, each round measures raw kafka-python (a ``KafkaConsumer`` of the sa
 decoding, no model) reading (r1) the labelled topic and (r2) both the unlabelled events and the labels
 topic, in events per second (r2: one event per two messages). r2/r1 is the most (b)/(a) can be with a
 free join; (b)/r2 says how much of its ceiling the joined path reaches, beside (a)/r1 for the labelled
-path. (With kafka-python's record parsing costing about as much per message as the labelled path's own
-work, r2/r1 is about 0.5-0.6 here: the issue's 0.8 is out of reach of a second topic read by the same
-client.)
+path. (kafka-python's record parsing costs about as much per message as the labelled path's own work:
+r2/r1 measured 0.26-0.53 on the shared 2-core machine, so the issue's 0.8 is out of reach of a second topic
+read by the same client; the joined path's own cost is what (b)/r2 shows.)
 
 (c) memory per pending event: ``tracemalloc`` around storing the decoded events in a ``JoinStore``, beside
 the store's own estimate (what ``--max-pending-bytes`` bounds).

@@ -16,9 +16,18 @@ The store is part of the model's state: :meth:`Labels.extras` goes into every ch
 and the offsets of both topics (one consumer reads both, so the one contract of
 :mod:`consumers.state.checkpointing` covers them), and :meth:`Labels.restore` brings it back with the model.
 A crash therefore neither loses a pending event nor learns one twice: the model, the store and both topics'
-positions move together. On a revoke while running, :meth:`Labels.hand_off` appends what waits for the revoked
-partitions again to the end of those partitions, for their next owner, before the revoke checkpoint; on a
-stop nothing is handed off (the restarted learner gets its store back with its partitions).
+positions move together. An event is kept as its record value (the bytes it was decoded from, not ``x``
+re-encoded: ``event_fields`` of the store), decoded again when it joins.
+
+Hand-offs. On a revoke while running, :meth:`Labels.hand_off` appends what waits for the revoked partitions to
+partition *i* of the labels topic, for their next owner, before the revoke checkpoint: hand-off records
+(:func:`handoff_value`) that carry each entry's origin (topic, partition, offset, timestamp) and an event's
+prediction; the next owner stores them as they were (:meth:`Labels.records`), and drops one it already holds
+or has joined (``duplicate_handoffs``). On a stop nothing is handed off (the restarted learner gets its store
+back with its partitions); a restarted learner hands off at its assignment what its checkpoint holds for
+partitions that are now another member's (:meth:`Labels.strays`), so a crash between a hand-off and the next
+checkpoint repeats the hand-off, and the repeat is dropped. With exactly-once the hand-off records are in the
+transaction the revoke checkpoint commits (aborted with it by a crash).
 
 A label message is a JSON object ``{"id": "..." | 123, "y": 0 | 1 | true | false}`` (field names
 ``label_id_field`` / ``label_y_field``); an integer id is its decimal string, as for events.

@@ -418,15 +418,21 @@ def test_the_byte_bound_is_respected_and_an_entry_too_large_is_dropped():
     assert store.counters["dropped_full_events"] == 8
 
 
-def test_the_byte_estimate_is_above_the_memory_really_held():
+@pytest.mark.parametrize("kept_as", ["features", "record"])
+def test_the_byte_estimate_is_above_the_memory_really_held(kept_as):
+    from stream_logreg.codec import encode_event
+
     n, names = 2_000, [f"feature_{i:02d}" for i in range(20)]
     rows = [{k: float(i * 20 + j) + 0.5 for j, k in enumerate(names)} for i in range(n)]
     ids = [f"evt-{i:09d}" for i in range(n)]
-    store = JoinStore(max_pending=n)
+    values = [encode_event(x, None, id_) for id_, x in zip(ids, rows, strict=True)]
+    store = JoinStore(max_pending=n, event_fields=FIELDS)
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    for i in range(n):
-        store.add_event(ids[i], rows[i], 0.5, version=i, ts=i, topic="events", partition=0, offset=i + 10**6)
+    for i in range(n):  # a record value is the store's to keep: its copy is made here
+        value = bytes(bytearray(values[i])) if kept_as == "record" else None
+        store.add_event(ids[i], rows[i], 0.5, version=i, ts=i, topic="events", partition=0, offset=i + 10**6,
+                        record_value=value)
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     assert len(store) == n

@@ -36,10 +36,13 @@ Rules
   ``dropped_full_labels``. An evicted event follows the expired policy (``"negative"``: returned with ``y=0``
   and ``cause="evicted"``), so the policy decides the fate of every event that never got its label. An entry
   larger than ``max_bytes`` on its own is dropped at once the same way.
-- **The memory estimate** of an entry is ``ENTRY_BYTES`` + the UTF-8-length of its id + the length of its
-  features serialized as JSON (which is how they are held: compact bytes, ~650 bytes for 20 float features
-  where the dict holds ~1100; ``x`` is rebuilt when the entry joins). It depends on the content only, so a
-  store rebuilt from its state has exactly the same estimate and evicts exactly the same entries.
+- **The memory estimate** of an entry is ``ENTRY_BYTES`` + the UTF-8-length of its id + the length of the
+  bytes its features are held as: the event's record value when the caller gives it (``record_value``, with
+  ``event_fields``: no re-encoding, the learner's path), else the features serialized as JSON (compact
+  bytes, ~650 bytes for 20 float features where the dict holds ~1100); ``x`` is rebuilt when the entry
+  joins. It depends on the content only, so a store rebuilt from its state has exactly the same estimate and
+  evicts exactly the same entries (unless it is rebuilt with other ``event_fields``: its record values are
+  then converted to features JSON).
   ``ENTRY_BYTES`` is calibrated with tracemalloc in ``bench/bench_join_store.py`` (the estimate is above the
   measured memory: 1067 vs 936 bytes per event of 20 float features).
 - **Features** are dicts whose keys and values are ``str``, ``int`` (64 bits), finite ``float`` or ``bool``
