@@ -352,8 +352,12 @@ class Labels:
     def _handed(self, r: Any, reject: Any) -> list[Joined]:
         """Store an entry handed off by the previous owner of the partition, as it was (its origin, its
         prediction): not scored or published again. A malformed one is ``reject``-ed."""
-        h = decode_handoff(r.value, r.partition, self._decode_event)
         store = self.store
+        limit = 2 * self.config.max_message_bytes + 4096  # an event's record and the envelope
+        if len(r.value) > limit:
+            reject(r, Reason.OVERSIZE, f"the hand-off record is {len(r.value)} bytes, more than {limit}")
+            return store.advance(r.timestamp)
+        h = decode_handoff(r.value, r.partition, self._decode_event)
         if h.__class__ is Rejection:
             reject(r, h.reason, h.detail)
             return store.advance(r.timestamp)

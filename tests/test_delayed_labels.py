@@ -253,6 +253,7 @@ def test_a_hand_off_record_brings_the_entry_back_as_it_was_and_a_repeat_learns_n
     lambda v: v.replace(b'"id":"a1"', b'"id":7'),
     lambda v: v.replace(b'"f":1.0', b'"f":null'),                      # an event the codec refuses
     lambda v: v.replace(b'"id":"a1"}}', b'"id":"zz"}}'),               # the record of another event
+    lambda v: v.replace(b'"a1"}}', b'"a1","pad":"' + b"a" * (3 << 20) + b'"}}'),  # too large (else good)
 ])
 def test_a_malformed_hand_off_record_is_rejected(mangle: Any) -> None:
     t = Taken("a1", {"f": 1.0}, None, 5, "ev", 1, 9, None, 0.5, 2)
