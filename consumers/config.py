@@ -228,9 +228,6 @@ class LearnerConfig:
             _fail("expired_policy", "must be 'drop' or 'negative'", self.expired_policy)
         _positive_int("max_pending", self.max_pending)
         _positive_int("max_pending_bytes", self.max_pending_bytes)
-        if self.processing_guarantee == "exactly-once":  # the hand-off on revoke is not transactional yet
-            _fail("labels_topic", "delayed labels run with at-least-once processing only (for now)",
-                  self.labels_topic)
         if self.batch_size != 1:
             _fail("batch_size", "must be 1 with a labels topic (joined events are learned one at a time)",
                   self.batch_size)
@@ -309,6 +306,8 @@ class LearnerConfig:
             from kafka.coordinator.assignors.range import RangePartitionAssignor
 
             kwargs["partition_assignment_strategy"] = (RangePartitionAssignor,)
+            if self.processing_guarantee == "exactly-once":  # hand-off records are sent in transactions
+                kwargs["isolation_level"] = "read_committed"
         return kwargs
 
     def producer_kwargs(self) -> dict[str, Any]:

@@ -16,9 +16,18 @@ The store is part of the model's state: :meth:`Labels.extras` goes into every ch
 and the offsets of both topics (one consumer reads both, so the one contract of
 :mod:`consumers.state.checkpointing` covers them), and :meth:`Labels.restore` brings it back with the model.
 A crash therefore neither loses a pending event nor learns one twice: the model, the store and both topics'
-positions move together. On a revoke while running, :meth:`Labels.hand_off` appends what waits for the revoked
-partitions again to the end of those partitions, for their next owner, before the revoke checkpoint; on a
-stop nothing is handed off (the restarted learner gets its store back with its partitions).
+positions move together. An event is kept as its record value (the bytes it was decoded from, not ``x``
+re-encoded: ``event_fields`` of the store), decoded again when it joins.
+
+Hand-offs. On a revoke while running, :meth:`Labels.hand_off` appends what waits for the revoked partitions to
+partition *i* of the labels topic, for their next owner, before the revoke checkpoint: hand-off records
+(:func:`handoff_value`) that carry each entry's origin (topic, partition, offset, timestamp) and an event's
+prediction; the next owner stores them as they were (:meth:`Labels.records`), and drops one it already holds
+or has joined (``duplicate_handoffs``). On a stop nothing is handed off (the restarted learner gets its store
+back with its partitions); a restarted learner hands off at its assignment what its checkpoint holds for
+partitions that are now another member's (:meth:`Labels.strays`), so a crash between a hand-off and the next
+checkpoint repeats the hand-off, and the repeat is dropped. With exactly-once the hand-off records are in the
+transaction the revoke checkpoint commits (aborted with it by a crash).
 
 A label message is a JSON object ``{"id": "..." | 123, "y": 0 | 1 | true | false}`` (field names
 ``label_id_field`` / ``label_y_field``); an integer id is its decimal string, as for events.
@@ -43,11 +52,12 @@ from typing import Any
 
 import orjson
 
-from consumers.state.join_store import Joined, JoinStore
+from consumers.state.join_store import Joined, JoinStore, Taken
 from consumers.stats import progressive_metrics
-from stream_logreg.codec import Reason, Rejection, encode_event
+from stream_logreg.codec import Event, Reason, Rejection, encode_event
 
-__all__ = ["Labels", "NotCoPartitioned", "check_co_partitioned", "decode_label"]
+__all__ = ["HANDOFF", "Labels", "NotCoPartitioned", "check_co_partitioned", "decode_handoff", "decode_label",
+           "handoff_value"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +96,65 @@ def decode_label(value: bytes | None, id_field: str = "id", y_field: str = "y",
         return Rejection(Reason.BAD_LABEL, f"the label field {y_field!r} must be 0 or 1, got "
                                            f"{orjson.dumps(y).decode()[:60]}")
     return id_, label
+
+
+#: The field that marks a hand-off record in the labels topic (an entry moved to its partition's next owner).
+HANDOFF = "stream_logreg_handoff"
+_HANDOFF_PREFIX = b'{"' + HANDOFF.encode() + b'":'
+_PREFIX_LEN = len(_HANDOFF_PREFIX)
+
+
+def handoff_value(t: Taken, fields: tuple[str, str, str] = ("x", "y", "id")) -> bytes:
+    """The hand-off record of an entry taken from the store: a JSON object ``{"stream_logreg_handoff":
+    {"kind": "event"|"label", "topic", "partition", "offset", "ts"[, "p", "version"]}, "id": ...,
+    "record": <the event's JSON record> | "y": 0|1}`` (the origin: the original record's topic, partition,
+    offset and timestamp; for an event, the prediction made when it was scored and the model version).
+
+    >>> from consumers.state.join_store import Taken
+    >>> v = handoff_value(Taken("a", None, 1, 5, "labels", 0, 7, None, None, None))
+    >>> decode_handoff(v, 0)
+    ('label', 'a', 1, {'kind': 'label', 'topic': 'labels', 'partition': 0, 'offset': 7, 'ts': 5})
+    """
+    origin = {"topic": t.topic, "partition": t.partition, "offset": t.offset, "ts": t.ts}
+    if t.x is None:
+        return orjson.dumps({HANDOFF: {"kind": "label", **origin}, "id": t.id, "y": t.y})
+    record = t.value if t.value is not None else encode_event(t.x, None, t.id, fields)
+    head = orjson.dumps({HANDOFF: {"kind": "event", **origin, "p": t.p, "version": t.version}, "id": t.id})
+    return head[:-1] + b',"record":' + record + b"}"
+
+
+def decode_handoff(value: bytes, partition: int, decode_event: Any = None) -> tuple | Rejection:
+    """``("event", id, event, record_bytes, origin)`` or ``("label", id, y, origin)`` of a hand-off record
+    read from ``partition`` (``origin``: its checked ``stream_logreg_handoff`` object), or a
+    :class:`~stream_logreg.codec.Rejection` saying why not. ``decode_event`` decodes the event's record
+    (the learner's codec)."""
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        return Rejection(Reason.NOT_JSON, f"the hand-off record is not JSON: {str(exc)[:150]}")
+    meta = doc.get(HANDOFF) if type(doc) is dict else None
+    id_ = doc.get("id") if type(doc) is dict else None
+    ok = (type(meta) is dict and meta.get("kind") in ("event", "label") and type(meta.get("topic")) is str
+          and meta.get("partition") == partition and type(meta.get("partition")) is int
+          and all(type(meta.get(k)) is int and -1 <= meta[k] < 2**63 for k in ("offset", "ts"))
+          and type(id_) is str)
+    if not ok:
+        return Rejection(Reason.BAD_LABEL, f"a malformed hand-off record (its origin, id or partition): "
+                                           f"{bytes(value[:100])!r}")
+    if meta["kind"] == "label":
+        y = doc.get("y")
+        if type(y) is not int or y not in (0, 1):
+            return Rejection(Reason.BAD_LABEL, f"the hand-off record of label {id_!r:.60}: no label 0 or 1")
+        return "label", id_, y, meta
+    p, version = meta.get("p"), meta.get("version")
+    if type(p) is not float or not 0.0 <= p <= 1.0 or type(version) is not int or not 0 <= version < 2**63:
+        return Rejection(Reason.BAD_LABEL, f"the hand-off record of event {id_!r:.60} has no valid p/version")
+    record = orjson.dumps(doc.get("record"))  # the same values as the original record: JSON round-trips
+    ev = decode_event(record) if decode_event is not None else None
+    if ev.__class__ is not Event or ev.y is not None or ev.id != id_:
+        detail = ev.detail if ev.__class__ is Rejection else "not the unlabelled event of that id"
+        return Rejection(Reason.BAD_VALUE, f"the hand-off record of event {id_!r:.60}: {detail}")
+    return "event", id_, ev, record, meta
 
 
 def check_co_partitioned(admin_kwargs: dict[str, Any], events_topics: list[str], labels_topic: str) -> int:
@@ -142,6 +211,8 @@ class Labels:
         self._ys: list[int] = []
         self._learned = 0
         self.handed_off = 0  # entries handed to the next owner of their partition, by this process
+        make_codec = getattr(config, "make_codec", None)
+        self._decode_event = make_codec().decoder() if make_codec is not None else None
 
     def connect(self) -> None:
         """Make the producer of :meth:`hand_off` (at start, with the learner's producer settings)."""
@@ -155,33 +226,46 @@ class Labels:
             self.producer.close(timeout=timeout)
             self.producer = None
 
-    def hand_off(self, partitions: set, timeout: float) -> int:
-        """Give the entries waiting for revoked ``partitions`` to their next owner: each is appended again
-        to the end of its own partition (same key, value rebuilt from what is kept, original timestamp),
-        and, once every one is acknowledged within ``timeout`` seconds, removed from the store. The caller
-        then checkpoints (the store without them) and commits. Returns how many were handed off; on a
-        failed send, none are removed (they stay here and expire, counted) and 0 is returned."""
-        keys = {(tp.topic, tp.partition) for tp in partitions}
-        if not keys or self.producer is None:
+    def hand_off(self, keys: set[tuple[str, int]], timeout: float, producer: Any = None) -> int:
+        """Give the entries waiting for the partitions ``keys`` (``(topic, partition)``: revoked, or not
+        this member's after a restore) to their next owner; returns how many were handed off.
+
+        Each entry is appended to partition *i* of the labels topic (the co-partitioned partition of the
+        same owner) as a hand-off record (:func:`handoff_value`): the event's features (its record value as
+        kept), its prediction ``p`` and model version, or the label, with its **origin** (topic, partition,
+        offset and timestamp of the original record). The next owner stores it as it was
+        (:meth:`records`: not scored nor published again) and drops one it already holds or has joined
+        (counted in ``duplicate_handoffs``), so a hand-off repeated after a crash learns nothing twice.
+
+        With ``producer`` (exactly-once: the transactional producer, its transaction open) the records go
+        into the transaction the caller's next checkpoint commits, with the store without them and the
+        offsets: a crash before that commit aborts them, and the last checkpoint still holds the entries.
+        Without (at-least-once), they are sent by this member's own producer and removed once every one is
+        acknowledged within ``timeout`` seconds; a crash before the next checkpoint hands them off again
+        from it (dropped as duplicates by the next owner). On a failed send none are removed (they stay
+        here, and are handed off again at the next assignment) and 0 is returned.
+        """
+        transactional = producer is not None
+        producer = producer if transactional else self.producer
+        if not keys or producer is None:
             return 0
         before = self.store.to_state()
         taken = self.store.take(keys)
         if not taken:
             return 0
-        cfg = self.config
-        fields = (cfg.x_field, cfg.y_field, cfg.id_field)
+        fields = self._event_fields() or ("x", "y", "id")
         futures = []
         try:
-            for (id_, x, y, ts), (topic, partition) in zip(taken, self._origins(before, keys), strict=True):
-                value = (encode_event(x, None, id_, fields) if x is not None
-                         else orjson.dumps({cfg.label_id_field: id_, cfg.label_y_field: y}))
-                futures.append(self.producer.send(topic, value=value, key=id_.encode("utf-8", "replace"),
-                                                  partition=partition, timestamp_ms=ts if ts >= 0 else None))
-            self.producer.flush(timeout=timeout)
-            for f in futures:
-                f.get(timeout=0)
-        except Exception as exc:  # keep them: a duplicate at the next owner is counted, a loss is not
-            self.store = JoinStore.from_state(*before)
+            for t in taken:
+                futures.append(producer.send(self.topic, value=handoff_value(t, fields),
+                                             key=t.id.encode("utf-8", "replace"), partition=t.partition,
+                                             timestamp_ms=t.ts if t.ts >= 0 else None))
+            if not transactional:
+                producer.flush(timeout=timeout)
+                for f in futures:
+                    f.get(timeout=0)
+        except Exception as exc:  # keep them: a duplicate at the next owner is dropped, a loss is not
+            self.store = JoinStore.from_state(*before, event_fields=self._event_fields())
             log.warning("could not hand %d waiting events and labels to the next owner of %s: %r", len(taken),
                         sorted(keys), exc, extra={"reason": "hand_off_failed"})
             return 0
@@ -189,13 +273,11 @@ class Labels:
         log.info("handed %d waiting events and labels to the next owner of %s", len(taken), sorted(keys))
         return len(taken)
 
-    @staticmethod
-    def _origins(state: tuple, keys: set) -> list[tuple[str, int]]:
-        """(topic, partition) of the entries of ``state`` in ``keys``, in store order (as take() returns)."""
-        arrays, meta = state
-        topics = meta["topics"]
-        pairs = zip(arrays["topic"].tolist(), arrays["partition"].tolist(), strict=True)
-        return [o for o in ((topics[t], p) for t, p in pairs) if o in keys]
+    def strays(self, assigned: set) -> set[tuple[str, int]]:
+        """The ``(topic, partition)`` of the entries of partitions not in ``assigned`` (after a restore:
+        what a crash or a stop left here for partitions that are now another member's)."""
+        mine = {(tp.topic, tp.partition) for tp in assigned}
+        return {k for k in self.store.origins() if k not in mine}
 
     def _new_store(self) -> JoinStore:
         cfg = self.config
@@ -204,7 +286,14 @@ class Labels:
             max_bytes=cfg.max_pending_bytes,
             label_ttl_ms=int(cfg.label_ttl * 1000),
             expired_policy=cfg.expired_policy,
+            event_fields=self._event_fields(),
         )
+
+    def _event_fields(self) -> tuple[str, str, str] | None:
+        """The events' field names, when the store may keep their record values (the JSON codec's)."""
+        cfg = self.config
+        fields = tuple(getattr(cfg, name, None) for name in ("x_field", "y_field", "id_field"))
+        return fields if all(type(f) is str for f in fields) else None
 
     # ------------------------------------------------------------------ state (checkpoint hooks)
 
@@ -220,20 +309,23 @@ class Labels:
         if part is None:
             self.store = self._new_store()
         else:
-            store = JoinStore.from_state(*part)
+            fields = self._event_fields()
+            store = JoinStore.from_state(*part, event_fields=fields)
             fresh = self._new_store()
             if store.params() != fresh.params():
                 arrays, meta = store.to_state()
-                store = JoinStore.from_state(arrays, {**meta, "params": fresh.params()})
+                store = JoinStore.from_state(arrays, {**meta, "params": fresh.params()}, event_fields=fields)
             self.store = store
         self.publish()
 
     # ------------------------------------------------------------------ the hot path
 
     def event(self, record: Any, id_: str, x: dict, p: float, version: int) -> list[Joined]:
-        """Keep a scored, unlabelled event until its label comes: the events to learn now."""
+        """Keep a scored, unlabelled event until its label comes: the events to learn now. Its record
+        value (what ``x`` was decoded from) is kept as it is, not ``x`` re-encoded."""
         return self.store.add_event(id_, x, p, version=version, ts=record.timestamp, topic=record.topic,
-                                    partition=record.partition, offset=record.offset)
+                                    partition=record.partition, offset=record.offset,
+                                    record_value=record.value)
 
     def records(self, records: list, reject: Any) -> list[tuple[Any, Joined]]:
         """Decode and feed consecutive records of the labels topic: ``(record, joined)`` to learn now. A bad
@@ -243,7 +335,11 @@ class Labels:
         add = self.store.add_label
         out = []
         for r in records:
-            label = decode_label(r.value, id_field, y_field, max_bytes)
+            value = r.value
+            if value is not None and value[:_PREFIX_LEN] == _HANDOFF_PREFIX:
+                out.extend((r, j) for j in self._handed(r, reject))
+                continue
+            label = decode_label(value, id_field, y_field, max_bytes)
             if label.__class__ is Rejection:
                 reject(r, label.reason, label.detail)
                 out.extend((r, j) for j in self.store.advance(r.timestamp))  # stream time moves on
@@ -253,16 +349,38 @@ class Labels:
                 out.append((r, j))
         return out
 
+    def _handed(self, r: Any, reject: Any) -> list[Joined]:
+        """Store an entry handed off by the previous owner of the partition, as it was (its origin, its
+        prediction): not scored or published again. A malformed one is ``reject``-ed."""
+        store = self.store
+        limit = 2 * self.config.max_message_bytes + 4096  # an event's record and the envelope
+        if len(r.value) > limit:
+            reject(r, Reason.OVERSIZE, f"the hand-off record is {len(r.value)} bytes, more than {limit}")
+            return store.advance(r.timestamp)
+        h = decode_handoff(r.value, r.partition, self._decode_event)
+        if h.__class__ is Rejection:
+            reject(r, h.reason, h.detail)
+            return store.advance(r.timestamp)
+        meta = h[-1]
+        origin = {"topic": meta["topic"], "partition": meta["partition"], "offset": meta["offset"]}
+        if h[0] == "label":
+            return store.add_label(h[1], h[2], ts=meta["ts"], handed_off=True, **origin)
+        _, id_, ev, record, _ = h
+        return store.add_event(id_, ev.x, meta["p"], version=meta["version"], ts=meta["ts"], handed_off=True,
+                               record_value=record, **origin)
+
     def learn(self, model: Any, joined: list[tuple[Any, Joined]], reject: Any) -> list[Joined]:
-        """Learn each joined event once (``model.learn_one``) and keep, for the delayed metrics, the
+        """Learn each joined event once (exactly ``model.learn_one(x, y)``: its compiled fused step,
+        ``predict_learn_one``, whose prediction is not needed) and keep, for the delayed metrics, the
         prediction and label of those that came with their label (folded into the stats by
         :meth:`publish`); returns those learned. An update the model refuses is ``reject``-ed with the
         record that completed the join."""
         ps, ys = self._ps, self._ys
         learned = []
+        learn = model.predict_learn_one
         for r, j in joined:
             try:
-                model.learn_one(j.x, j.y)
+                learn(j.x, j.y)
             except ValueError as exc:
                 reject(r, Reason.BAD_VALUE, f"the model refused to learn joined event {j.id!r:.60}: {exc}")
                 continue

@@ -725,8 +725,7 @@ class Learner:
             flush_timeout = min(self.config.commit_timeout_ms / 1000, 2.0)
             if self._labels is not None and not self._source.closing and not state.needs_reload:
                 # pending joins follow their partitions (on a stop they stay: a restart gets them back)
-                if self._labels.hand_off(owned, flush_timeout):
-                    state.since_checkpoint = max(state.since_checkpoint, 1)
+                self._hand_off({(tp.topic, tp.partition) for tp in owned}, flush_timeout)
             ok = (state.checkpoint("revoke", self._flush, flush_timeout, commit_to=owned)
                   if state.since_checkpoint else True)
             if self._exactly_once:  # what the transaction did not commit may not outlive the partitions
@@ -802,6 +801,22 @@ class Learner:
         source.seek_and_resume(state.start_offsets(committed, ends))
         with self.stats.lock:
             self.stats.assigned = [tp_key(tp) for tp in sorted(assigned)]
+        if self._labels is not None:  # entries a crash or a stop left here for partitions now another's
+            self._hand_off(self._labels.strays(assigned), min(self.config.commit_timeout_ms / 1000, 2.0))
+
+    def _hand_off(self, keys: set, timeout: float) -> None:
+        """Hand the pending joins of partitions ``keys`` to their next owner (:meth:`Labels.hand_off`);
+        exactly-once: in the open transaction, which the next checkpoint commits."""
+        if not keys:
+            return
+        producer = None
+        if self._exactly_once:
+            self._begin()
+            if self._state.fenced is not None:
+                return
+            producer = self._outputs.producer
+        if self._labels.hand_off(keys, timeout, producer):
+            self._state.since_checkpoint = max(self._state.since_checkpoint, 1)
 
     def _take_over(self, committed: dict[TopicPartition, Any]) -> None:
         """On an assignment with the Kafka store: find the states of lost members that covered the new

@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions-topic")
     p.add_argument("--publish-labelled", action="store_true")
     p.add_argument("--dead-letter-topic")
+    p.add_argument("--labels-topic", help="delayed labels: the co-partitioned topic of {id, y} labels")
     p.add_argument("--auto-offset-reset", default="earliest", choices=("earliest", "latest"))
     p.add_argument("--max-poll-records", type=int, default=2_000)
     p.add_argument("--model", type=_json_object, default={},
@@ -130,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             state_store=args.state_store,
             processing_guarantee=args.processing_guarantee,
             kafka_client=args.kafka_client,
+            labels_topic=args.labels_topic,
         )
     except ConfigError as exc:
         print(f"learner_process.py: error: {exc}", file=sys.stderr)

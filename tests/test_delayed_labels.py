@@ -26,8 +26,8 @@ from test_consumer import MODEL, Running, same_model
 from test_consumer import make_config as consumer_config
 
 from consumers import ConfigError, Learner, LearnerConfig
-from consumers.labels import EXTRA_NAME, Labels, decode_label
-from consumers.state.join_store import JoinStore
+from consumers.labels import EXTRA_NAME, Labels, decode_handoff, decode_label, handoff_value
+from consumers.state.join_store import JoinStore, Taken
 from consumers.stats import LearnerStats
 from stream_logreg import OnlineLogisticRegression
 from stream_logreg.checkpoints import (
@@ -208,6 +208,64 @@ def test_the_range_assignor_is_pinned_with_a_labels_topic() -> None:
     cfg = make_config("k:9092", "ev", "/tmp/c", labels_topic="lb")
     assert cfg.consumer_kwargs()["partition_assignment_strategy"] == (RangePartitionAssignor,)
     assert cfg.input_topics == ["ev", "lb"]
+
+
+class _Rec:
+    def __init__(self, value: bytes, partition: int = 0, offset: int = 0, timestamp: int = 5,
+                 topic: str = "lb") -> None:
+        self.value, self.partition, self.offset, self.timestamp = value, partition, offset, timestamp
+        self.topic, self.key = topic, None
+
+
+def _labels(cfg: LearnerConfig) -> Labels:
+    return Labels(cfg, LearnerStats())
+
+
+def test_a_hand_off_record_brings_the_entry_back_as_it_was_and_a_repeat_learns_nothing() -> None:
+    cfg = make_config("k:9092", "ev", "/tmp/c", labels_topic="lb")
+    sender, receiver = _labels(cfg), _labels(cfg)
+    x = {"age": 42.5, "city": "Paris", "vip": True}
+    value = encode_event(x, None, "a1")
+    sender.event(_Rec(value, 1, 17, 1_000, "ev"), "a1", JsonCodec().decode(value).x, 0.8125, 3)
+    sender.store.add_label("b2", 1, ts=1_100, topic="lb", partition=1, offset=4)
+    sender.store.add_label("c3", 1, ts=1_100, topic="lb", partition=0, offset=5)  # stays: not partition 1
+    taken = sender.store.take({("ev", 1), ("lb", 1)})
+    assert len(sender.store) == 1
+    sender.store.take({("lb", 0)})
+    assert [t.id for t in taken] == ["a1", "b2"] and len(sender.store) == 0
+    records = [_Rec(handoff_value(t), 1, 100 + i, t.ts) for i, t in enumerate(taken)]
+    rejected: list = []
+    joined = receiver.records(records + records, lambda *a: rejected.append(a))  # handed off twice
+    assert rejected == [] and joined == []
+    c = receiver.store.counters
+    assert c["pending_events"] == 1 and c["pending_labels"] == 1 and c["duplicate_handoffs"] == 2
+    [(_, j)] = receiver.records([_Rec(label("a1", 1), 1, 200, 2_000)], None)
+    # the prediction made when the event was scored, its origin and features, exactly
+    assert (j.x, j.p, j.version, j.latency_ms) == (x, 0.8125, 3, 1_000)
+    assert (j.topic, j.partition, j.offset) == ("ev", 1, 17)
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda v: v[:-2],                                                  # not JSON
+    lambda v: v.replace(b'"partition":1', b'"partition":0'),           # read from another partition
+    lambda v: v.replace(b'"p":0.5', b'"p":1.5'),                       # not a probability
+    lambda v: v.replace(b'"version":2', b'"version":-2'),
+    lambda v: v.replace(b'"id":"a1"', b'"id":7'),
+    lambda v: v.replace(b'"f":1.0', b'"f":null'),                      # an event the codec refuses
+    lambda v: v.replace(b'"id":"a1"}}', b'"id":"zz"}}'),               # the record of another event
+    lambda v: v.replace(b'"a1"}}', b'"a1","pad":"' + b"a" * (3 << 20) + b'"}}'),  # too large (else good)
+])
+def test_a_malformed_hand_off_record_is_rejected(mangle: Any) -> None:
+    t = Taken("a1", {"f": 1.0}, None, 5, "ev", 1, 9, None, 0.5, 2)
+    good = handoff_value(t)
+    codec = JsonCodec().decoder()
+    assert decode_handoff(good, 1, codec)[0] == "event"
+    bad = mangle(good)
+    assert bad != good
+    labels = _labels(make_config("k:9092", "ev", "/tmp/c", labels_topic="lb"))
+    rejected: list = []
+    assert labels.records([_Rec(bad, 1)], lambda *a: rejected.append(a)) == []
+    assert len(rejected) == 1 and len(labels.store) == 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -503,6 +561,53 @@ def test_a_rebalance_hands_pending_joins_to_the_new_owner(kafka_bootstrap: str, 
         producer.close()
 
 
+def test_entries_left_for_partitions_now_another_members_are_handed_off_once(kafka_bootstrap: str,
+                                                                             kafka_topic: Any,
+                                                                             tmp_path: Path) -> None:
+    """A stop keeps the pending joins in the checkpoint; restarted without those partitions, the learner
+    hands them to their owner. Restarted again from a copy of that checkpoint (as after a crash between the
+    hand-off and the next checkpoint), it hands them off again: dropped by the owner as duplicates, every
+    event learned once."""
+    import shutil
+
+    ev, lb = kafka_topic(2), kafka_topic(2)
+    data = events(40, seed=6)
+    send(kafka_bootstrap, [(ev, encode_event(x, None, id_), id_, None) for id_, x, _ in data])
+    group = {"group_id": f"g-{ev}", "labels_topic": lb}
+    a = Running(Learner(make_config(kafka_bootstrap, ev, tmp_path / "a", **group)))
+    wait_for(lambda: a.stats()["join"].get("pending_events") == 40, 60, "member a holds every event")
+    a.stop()  # a stop hands nothing off: the checkpoint holds all 40
+    shutil.copytree(tmp_path / "a", tmp_path / "a-copy")
+    b = Running(Learner(make_config(kafka_bootstrap, ev, tmp_path / "b", **group)))
+    members: list[Running] = [b]
+    try:
+        wait_for(lambda: len(b.stats()["assigned"]) == 4, 60, "b owns every partition")
+        a = Running(Learner(make_config(kafka_bootstrap, ev, tmp_path / "a", **group)))
+        members.append(a)
+        wait_for(lambda: (ja := a.stats()["join"]).get("handed_off", 0) > 0 and ja["pending_events"]
+                 + ja["handed_off"] == 40 and b.stats()["join"]["pending_events"] == ja["handed_off"], 60,
+                 "a hands b the events of b's partition")
+        handed = a.stats()["join"]["handed_off"]
+        a.stop()
+        members.remove(a)
+        a = Running(Learner(make_config(kafka_bootstrap, ev, tmp_path / "a-copy", **group)))  # the copy
+        members.append(a)
+        wait_for(lambda: len(a.stats()["assigned"]) == 2 and len(b.stats()["assigned"]) == 2
+                 and a.stats()["join"].get("handed_off", 0) > 0
+                 and a.stats()["join"]["pending_events"] + b.stats()["join"]["pending_events"] == 40, 60,
+                 "the copy hands off again, each event pending once")
+        send(kafka_bootstrap, [(lb, label(id_, y), id_, None) for id_, _, y in data])
+        wait_for(lambda: sum(m.stats()["join"]["joined"] for m in members) == 40, 60, "every event joined")
+        snaps = [m.stats() for m in members]
+        assert sum(s["n_samples_seen"] for s in snaps) == 40
+        assert sum(s["join"]["duplicate_handoffs"] for s in snaps) >= handed  # the repeat, dropped
+        assert sum(s["join"]["duplicate_labels"] + s["join"]["duplicate_events"] for s in snaps) == 0
+        assert sum(s["join"]["pending_events"] for s in snaps) == 0
+    finally:
+        for m in members:
+            m.stop()
+
+
 def test_the_kafka_state_store_carries_the_join_store(kafka_bootstrap: str, kafka_topic: Any) -> None:
     from consumers.state.kafka_store import KafkaStore
 
@@ -517,3 +622,97 @@ def test_the_kafka_state_store_carries_the_join_store(kafka_bootstrap: str, kafk
     back = JoinStore.from_state(*ckpt.extras[EXTRA_NAME])
     assert back.counters == store.counters and back.to_state()[1] == store.to_state()[1]
     assert same_model(ckpt.model, model)
+
+
+def test_exactly_once_with_sigkills_and_rebalances_learns_each_labelled_event_once(
+        kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path) -> None:
+    """Two members, exactly-once, events and labels in random order, a random member SIGKILLed after each
+    chunk (and restarted: a rebalance, hand-offs in transactions): every labelled event learned once across
+    the group, and a read_committed reader sees each event's prediction once."""
+    from collections import Counter
+
+    from test_consumer import read_status, start_service
+    from test_exactly_once import EOS, read_committed
+    from test_state_kafka import state, stop
+
+    ev, lb, preds = kafka_topic(2), kafka_topic(2), kafka_topic(2)
+    group = f"g-{ev}"
+    rng = random.Random(7)
+    data = events(80, seed=7)
+    labelled = rng.sample(data, 70)
+    records = [(ev, encode_event(x, None, id_), id_) for id_, x, _ in data]
+    for id_, _, y in labelled + [(f"ghost-{i}", None, 1) for i in range(3)]:
+        records.insert(rng.randrange(len(records) + 1), (lb, label(id_, y), id_))
+    extra = (*EOS, "--labels-topic", lb, "--predictions-topic", preds, "--checkpoint-every-messages", "15",
+             "--checkpoint-every-seconds", "1", "--max-poll-records", "7", "--status-every", "0.05")
+    runs = 0
+
+    def member(name: str) -> tuple[Any, Path]:
+        nonlocal runs
+        runs += 1
+        status = tmp_path / f"{name}-{runs}.json"
+        return start_service(kafka_bootstrap, ev, group, tmp_path / f"{name}-{runs}", *extra,
+                             "--group-instance-id", name, "--status-file", str(status)), status
+
+    def positions(what: str = "positions") -> dict[str, int]:
+        out: dict[str, int] = {}
+        for proc, status in members.values():
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            owned = set(read_status(status).get("assigned") or [])
+            out.update({k: v for k, v in (read_status(status).get(what) or {}).items() if k in owned})
+        return out
+
+    def read_everything() -> bool:  # (the labels topic also holds hand-off records and transaction markers)
+        at = positions()
+        joins = [read_status(status).get("join") or {} for _, status in members.values()]
+        return (sum(v for k, v in at.items() if k.startswith(f"{ev}:")) == len(data)
+                and sum(j.get("joined", 0) for j in joins) == 70 and sum(j.get("pending_events", 0)
+                                                                         for j in joins) == 10)
+
+    members = {name: member(name) for name in ("m-a", "m-b")}
+    try:
+        wait_for(lambda: all(len(read_status(s).get("assigned") or []) == 2 for _, s in members.values()), 90,
+                 "each member owns partition i of both topics")
+        sent: Counter = Counter()
+        for start in range(0, len(records), 30):
+            chunk = records[start : start + 30]
+            send(kafka_bootstrap, [(t, v, k, None) for t, v, k in chunk])
+            sent.update(t for t, _, _ in chunk)
+            want = {t: n - rng.randrange(0, 6) for t, n in sent.items()}
+            wait_for(lambda w=want: all(sum(v for k, v in positions().items() if k.rsplit(":", 1)[0] == t)
+                                        >= n for t, n in w.items()), 120, f"positions {want}")
+            name = rng.choice(sorted(members))
+            proc, _ = members[name]
+            proc.send_signal(signal.SIGKILL)  # mid-interval: its open transaction is aborted
+            proc.wait(30)
+            members[name] = member(name)
+        # a rebalance with pending joins: m-b leaves (a stop: its joins stay in its state) and comes back;
+        # m-a hands off what it holds at each revoke, in its transactions
+        stop(members["m-b"][0])
+        a_status = members["m-a"][1]
+        wait_for(lambda: len(read_status(a_status).get("assigned") or []) == 4, 90, "m-a owns everything")
+        members["m-b"] = member("m-b")
+        wait_for(lambda: all(len(read_status(s).get("assigned") or []) == 2 for _, s in members.values()), 90,
+                 "the two members share the partitions again")
+        wait_for(read_everything, 180, "every record read")
+        assert read_status(a_status)["join"]["handed_off"] > 0
+        # m-a stops (its joins stay in its state); m-b hands off what it holds at the revoke, reads it back
+        stop(members.pop("m-a")[0])
+        kept = JoinStore.from_state(*state(kafka_bootstrap, group, "m-a").extras[EXTRA_NAME]).pending_events
+        b_status = members["m-b"][1]
+        wait_for(lambda: len((st := read_status(b_status)).get("assigned") or []) == 4
+                 and st["join"]["pending_events"] == 10 - kept, 90, "the 10 events without a label held once")
+        stop(members.pop("m-b")[0])
+    finally:
+        for proc, _ in members.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+    finals = [state(kafka_bootstrap, group, name) for name in ("m-a", "m-b")]
+    stores = [JoinStore.from_state(*f.extras[EXTRA_NAME]) for f in finals]
+    assert sum(f.model.n_samples_seen for f in finals) == 70
+    assert sum(sum(f.metadata["learned"].values()) for f in finals) == 70
+    assert sum(s.counters["joined"] for s in stores) == 70
+    assert sum(s.counters["pending_events"] for s in stores) == 10
+    got = Counter(orjson.loads(r.value)["id"] for r in read_committed(kafka_bootstrap, preds, len(data)))
+    assert set(got) == {id_ for id_, _, _ in data} and max(got.values()) == 1

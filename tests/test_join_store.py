@@ -14,6 +14,7 @@ import tracemalloc
 from collections import Counter
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -417,15 +418,21 @@ def test_the_byte_bound_is_respected_and_an_entry_too_large_is_dropped():
     assert store.counters["dropped_full_events"] == 8
 
 
-def test_the_byte_estimate_is_above_the_memory_really_held():
+@pytest.mark.parametrize("kept_as", ["features", "record"])
+def test_the_byte_estimate_is_above_the_memory_really_held(kept_as):
+    from stream_logreg.codec import encode_event
+
     n, names = 2_000, [f"feature_{i:02d}" for i in range(20)]
     rows = [{k: float(i * 20 + j) + 0.5 for j, k in enumerate(names)} for i in range(n)]
     ids = [f"evt-{i:09d}" for i in range(n)]
-    store = JoinStore(max_pending=n)
+    values = [encode_event(x, None, id_) for id_, x in zip(ids, rows, strict=True)]
+    store = JoinStore(max_pending=n, event_fields=FIELDS)
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    for i in range(n):
-        store.add_event(ids[i], rows[i], 0.5, version=i, ts=i, topic="events", partition=0, offset=i + 10**6)
+    for i in range(n):  # a record value is the store's to keep: its copy is made here
+        value = bytes(bytearray(values[i])) if kept_as == "record" else None
+        store.add_event(ids[i], rows[i], 0.5, version=i, ts=i, topic="events", partition=0, offset=i + 10**6,
+                        record_value=value)
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     assert len(store) == n
@@ -494,7 +501,9 @@ def _set(a, i, v):
         ("x", lambda a: np.full_like(a, 0x4141414141414141)),
         ("ids", lambda a: np.zeros_like(a)),
         ("joined.at", lambda a: a[:0]),
-        ("meta", lambda m: m.update(format=2)),
+        ("meta", lambda m: m.update(format=3)),
+        ("form", lambda a: _set(a, 0, 2)),
+        ("form", lambda a: _set(a, 0, 1)),  # a record value without event_fields
         ("meta", lambda m: m.update(stream_time=-7)),
         ("meta", lambda m: m["counters"].update(joined=-1)),
         ("meta", lambda m: m["counters"].pop("joined")),
@@ -532,3 +541,84 @@ def test_features_forged_in_the_state_are_checked():
         a = {**arrays, "x": words, "x_len": np.array([len(blob)], dtype=np.int64)}
         with pytest.raises(ValueError, match="join store state"):
             JoinStore.from_state(a, {**meta, "x_bytes": len(blob)})
+
+
+# Events kept as their record value (the learner's fast path)
+
+FIELDS = ("x", "y", "id")
+
+
+def record_store(**kwargs) -> tuple[JoinStore, list[tuple[str, dict, bytes]]]:
+    from stream_logreg.codec import JsonCodec, encode_event
+
+    codec = JsonCodec()
+    out = []
+    for i in range(6):  # features by name, and as an array (int keys)
+        id_ = f"e{i}"
+        value = (encode_event({"f": i + 0.25, "city": ["Paris", "Oslo"][i % 3 > 0], "ok": i > 2}, None, id_)
+                 if i % 2 else orjson.dumps({"x": [i - 0.5, "a", True], "id": id_}))
+        out.append((id_, codec.decode(value).x, value))
+    store = JoinStore(max_pending=10, label_ttl_ms=1_000, event_fields=FIELDS, **kwargs)
+    for i, (id_, x, value) in enumerate(out):
+        store.add_event(id_, x, 0.5, version=i, ts=10 + i, topic="ev", partition=0, offset=i,
+                        record_value=value)
+    return store, out
+
+
+def test_an_event_kept_as_its_record_joins_with_the_decoded_features():
+    store, rows = record_store()
+    for id_, x, _ in rows:
+        [j] = store.add_label(id_, 1, ts=100)
+        assert j.x == x and [type(k) for k in j.x] == [type(k) for k in x]
+    assert store.counters["joined"] == len(rows)
+
+
+def test_records_kept_survive_a_checkpoint_and_are_checked_when_restored():
+    store, rows = record_store()
+    state = store.to_state()
+    assert state[0]["form"].tolist() == [1] * len(rows) and state[1]["event_fields"] == list(FIELDS)
+    back = JoinStore.from_state(*state)
+    assert back.n_bytes == store.n_bytes and back.to_state()[1] == state[1]
+    assert [j.x for j in back.add_label("e2", 0, ts=50)] == [rows[2][1]]
+    # other fields from now on: the records kept are converted to features JSON, the features unchanged
+    other = JoinStore.from_state(*state, event_fields=("features", "label", "key"))
+    assert other.to_state()[0]["form"].tolist() == [0] * len(rows)
+    assert [j.x for j in other.add_label("e3", 0, ts=50)] == [rows[3][1]]
+    # a forged record: not an event of that id, not an event at all, no fields to decode it with
+    for fields in (["x", "y", "other"], None, ["x", "x", "x"], ["x", "y"]):
+        meta = {**json.loads(json.dumps(state[1])), "event_fields": fields}
+        with pytest.raises(ValueError, match="join store"):
+            JoinStore.from_state(state[0], meta)
+
+
+def test_a_format_1_state_still_loads():
+    store = JoinStore(max_pending=10, label_ttl_ms=1_000)
+    store.add_event("a", {"f": 1.0}, 0.5, version=1, ts=10)
+    arrays, meta = store.to_state()
+    arrays = {k: v for k, v in arrays.items() if k != "form"}
+    meta = {k: v for k, v in meta.items() if k != "event_fields"}
+    meta["format"] = 1
+    meta["counters"] = {k: v for k, v in meta["counters"].items() if k != "duplicate_handoffs"}
+    back = JoinStore.from_state(arrays, meta)
+    assert back.counters == store.counters and back.add_label("a", 1, ts=20)[0].x == {"f": 1.0}
+
+
+def test_a_handed_off_duplicate_is_counted_apart():
+    store, rows = record_store()
+    id_, x, value = rows[0]
+    assert store.add_event(id_, x, 0.5, version=0, ts=20, record_value=value, handed_off=True) == []
+    store.add_label(id_, 1, ts=30)
+    assert store.add_label(id_, 1, ts=31, handed_off=True) == []
+    assert store.add_event(id_, x, 0.5, version=0, ts=32, handed_off=True) == []
+    c = store.counters
+    assert c["duplicate_handoffs"] == 3 and c["duplicate_events"] == c["duplicate_labels"] == 0
+
+
+def test_the_record_form_is_no_larger_than_features_json_plus_the_envelope():
+    store, rows = record_store()
+    plain = JoinStore(max_pending=10, label_ttl_ms=1_000)
+    for i, (id_, x, _) in enumerate(rows):
+        plain.add_event(id_, x, 0.5, version=i, ts=10 + i)
+    envelope = sum(len(v) - len(orjson.dumps(x if all(type(k) is str for k in x) else list(x.items())))
+                   for _, x, v in rows)
+    assert store.n_bytes <= plain.n_bytes + envelope

@@ -36,10 +36,13 @@ Rules
   ``dropped_full_labels``. An evicted event follows the expired policy (``"negative"``: returned with ``y=0``
   and ``cause="evicted"``), so the policy decides the fate of every event that never got its label. An entry
   larger than ``max_bytes`` on its own is dropped at once the same way.
-- **The memory estimate** of an entry is ``ENTRY_BYTES`` + the UTF-8-length of its id + the length of its
-  features serialized as JSON (which is how they are held: compact bytes, ~650 bytes for 20 float features
-  where the dict holds ~1100; ``x`` is rebuilt when the entry joins). It depends on the content only, so a
-  store rebuilt from its state has exactly the same estimate and evicts exactly the same entries.
+- **The memory estimate** of an entry is ``ENTRY_BYTES`` + the UTF-8-length of its id + the length of the
+  bytes its features are held as: the event's record value when the caller gives it (``record_value``, with
+  ``event_fields``: no re-encoding, the learner's path), else the features serialized as JSON (compact
+  bytes, ~650 bytes for 20 float features where the dict holds ~1100); ``x`` is rebuilt when the entry
+  joins. It depends on the content only, so a store rebuilt from its state has exactly the same estimate and
+  evicts exactly the same entries (unless it is rebuilt with other ``event_fields``: its record values are
+  then converted to features JSON).
   ``ENTRY_BYTES`` is calibrated with tracemalloc in ``bench/bench_join_store.py`` (the estimate is above the
   measured memory: 1067 vs 936 bytes per event of 20 float features).
 - **Features** are dicts whose keys and values are ``str``, ``int`` (64 bits), finite ``float`` or ``bool``
@@ -99,9 +102,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import orjson
 
-__all__ = ["DEFAULT_LATENCY_BUCKETS_MS", "ENTRY_BYTES", "Joined", "JoinStore"]
+from stream_logreg.codec import Event, JsonCodec
 
-FORMAT = 1
+__all__ = ["DEFAULT_LATENCY_BUCKETS_MS", "ENTRY_BYTES", "Joined", "JoinStore", "Taken"]
+
+FORMAT = 2  # 2: the ``form`` column and ``event_fields`` (1, features JSON only, still loads)
 # Measured in bench/bench_join_store.py: per pending event, what the entry costs beyond its id and its
 # features' JSON bytes (the entry tuple, the bytes object's header, the ordered dict's slot and link, p).
 ENTRY_BYTES = 400
@@ -127,12 +132,16 @@ COUNTERS = (
     "dropped_full_events",
     "dropped_full_labels",
     "forgotten_joins",
+    "duplicate_handoffs",
 )
 _MAX_TS = 2**63
 _DUMPS_OPTIONS = (
     orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATACLASS
 )
 _EVENT, _LABEL = 0, 1
+_FEATURES, _RECORD = 0, 1  # how an event's features are kept (the ``form`` column)
+#: The generous codec bounds a stored record value is decoded with (it passed the learner's own bounds).
+_CODEC_BOUNDS = {"max_features": 2**31, "max_bytes": 2**62}
 _OBJECT = ord("{")
 _NEVER = _MAX_TS  # beyond any stream time
 _new = tuple.__new__  # builds a named tuple without its Python-level __new__
@@ -161,8 +170,25 @@ class Joined(NamedTuple):
     offset: int
 
 
+class Taken(NamedTuple):
+    """An entry removed by :meth:`JoinStore.take`: an event (``x``, ``y=None``, its ``p`` and ``version``;
+    ``value``: its record value when that is what was kept, else ``None``) or a label (``x=None``, ``y``),
+    with its record's timestamp and origin."""
+
+    id: str
+    x: dict | None
+    y: int | None
+    ts: int
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    p: float | None
+    version: int | None
+
+
 class _Event(NamedTuple):
-    blob: bytes  # the features as JSON pairs [[key, value], ...]
+    blob: bytes  # form _FEATURES: the features as JSON; form _RECORD: the event's record value
     p: float
     version: int
     ts: int
@@ -171,6 +197,7 @@ class _Event(NamedTuple):
     partition: int
     offset: int
     nbytes: int
+    form: int
 
 
 class _Label(NamedTuple):
@@ -296,6 +323,11 @@ class JoinStore:
     latency_buckets_ms
         Upper bounds of the join-latency histogram (increasing); :attr:`latency_counts` has one more count,
         for latencies above the last bound.
+    event_fields
+        ``(x_field, y_field, id_field)`` of the events' JSON records
+        (:class:`~stream_logreg.codec.JsonCodec`'s): with them, :meth:`add_event` may be given the event's
+        ``record_value`` and keeps those bytes as they are instead of re-encoding ``x`` (the fast path of
+        the learner); ``x`` is decoded from them again when the event joins.
 
     Examples
     --------
@@ -319,6 +351,7 @@ class JoinStore:
         expired_policy: str = "drop",
         max_joined: int | None = None,
         latency_buckets_ms: tuple[int, ...] = DEFAULT_LATENCY_BUCKETS_MS,
+        event_fields: tuple[str, str, str] | None = None,
     ) -> None:
         self.max_pending = _check_int(max_pending, "max_pending", 1)
         self.max_bytes = _check_int(max_bytes, "max_bytes", 1)
@@ -342,6 +375,20 @@ class JoinStore:
         self._negative = expired_policy == "negative"
         self._counts = dict.fromkeys(COUNTERS, 0)
         self._next_expiry = _NEVER
+        self.event_fields: tuple[str, str, str] | None = None
+        self._decode_record: Any = None
+        if event_fields is not None:
+            self._set_event_fields(tuple(event_fields))
+
+    def _set_event_fields(self, fields: tuple) -> None:
+        self._decode_record = JsonCodec(*fields, **_CODEC_BOUNDS).decoder()  # ValueError for bad fields
+        self.event_fields = fields
+
+    def _features(self, e: _Event) -> dict:
+        """The features of a stored event, as they were given."""
+        if e.form == _FEATURES:
+            return _decode_features(e.blob)
+        return self._decode_record(e.blob).x  # decodes: checked when stored or restored
 
     # Counters
 
@@ -370,9 +417,17 @@ class JoinStore:
         topic: str = "",
         partition: int = 0,
         offset: int = -1,
+        record_value: bytes | None = None,
+        handed_off: bool = False,
     ) -> list[Joined]:
         """Feed a scored, unlabelled event: what to learn now (its join if its label was waiting, and any
-        entries that expired or were evicted as negatives), else ``[]`` (the event is stored)."""
+        entries that expired or were evicted as negatives), else ``[]`` (the event is stored).
+
+        ``record_value``, with ``event_fields``: the record value ``x`` was decoded from (by a
+        :class:`~stream_logreg.codec.JsonCodec` with those fields), kept instead of ``x`` re-encoded. It is
+        the caller's promise that the codec decodes it to ``x``; a restored state is checked.
+        ``handed_off``: the event comes from a hand-off (another member's store): if this store holds it
+        or has joined it already, it is counted in ``duplicate_handoffs`` (not ``duplicate_events``)."""
         if type(id) is not str:
             raise ValueError(f"an event needs a string id to be joined, got {id!r:.60}")
         if not isinstance(p, float) or not 0.0 <= p <= 1.0:
@@ -389,17 +444,21 @@ class JoinStore:
                 self.n_bytes -= entry.nbytes
                 out.append(self._join(id, x, entry.y, p, version, ts, entry.ts, topic, partition, offset))
             else:
-                self._counts["duplicate_events"] += 1
+                self._counts["duplicate_handoffs" if handed_off else "duplicate_events"] += 1
         elif id in self._joined:
-            self._counts["duplicate_events"] += 1
+            self._counts["duplicate_handoffs" if handed_off else "duplicate_events"] += 1
         else:
             if type(topic) is not str or type(partition) is not int or type(offset) is not int:
                 _check_origin(topic, partition, offset)
             elif not (-1 <= partition < _MAX_TS and -1 <= offset < _MAX_TS):
                 _check_origin(topic, partition, offset)
-            blob = _encode_features(x)
+            if record_value is not None and self._decode_record is not None:
+                blob, form = record_value if type(record_value) is bytes else bytes(record_value), _RECORD
+            else:
+                blob, form = _encode_features(x), _FEATURES
             nbytes = ENTRY_BYTES + len(id) + len(blob)
-            event = _new(_Event, (blob, p, version, ts, self.stream_time, topic, partition, offset, nbytes))
+            event = _new(_Event, (blob, p, version, ts, self.stream_time, topic, partition, offset, nbytes,
+                                  form))
             if len(entries) < self.max_pending and self.n_bytes + nbytes <= self.max_bytes and entries:
                 entries[id] = event
                 self.n_bytes += nbytes
@@ -409,10 +468,12 @@ class JoinStore:
         return out
 
     def add_label(
-        self, id: str, y: int, *, ts: int, topic: str = "", partition: int = 0, offset: int = -1
+        self, id: str, y: int, *, ts: int, topic: str = "", partition: int = 0, offset: int = -1,
+        handed_off: bool = False,
     ) -> list[Joined]:
         """Feed a label: what to learn now (its event's join if the event was waiting, and any entries that
-        expired or were evicted as negatives), else ``[]`` (stored, or a duplicate)."""
+        expired or were evicted as negatives), else ``[]`` (stored, or a duplicate: ``duplicate_handoffs``
+        for a label ``handed_off`` by another member's store)."""
         if type(id) is not str:
             raise ValueError(f"a label needs a string id, got {id!r:.60}")
         if y is not True and y is not False and (type(y) is not int or y not in (0, 1)):
@@ -427,12 +488,12 @@ class JoinStore:
                 self.n_bytes -= entry.nbytes
                 self.pending_events -= 1
                 e = entry
-                x = _decode_features(e.blob)
+                x = self._features(e)
                 out.append(self._join(id, x, y, e.p, e.version, e.ts, ts, e.topic, e.partition, e.offset))
             else:
-                self._counts["duplicate_labels"] += 1
+                self._counts["duplicate_handoffs" if handed_off else "duplicate_labels"] += 1
         elif id in self._joined:
-            self._counts["duplicate_labels"] += 1
+            self._counts["duplicate_handoffs" if handed_off else "duplicate_labels"] += 1
         else:
             _check_origin(topic, partition, offset)
             label = _new(_Label, (y, ts, self.stream_time, topic, partition, offset, ENTRY_BYTES + len(id)))
@@ -444,11 +505,10 @@ class JoinStore:
         the expired events to learn as negatives (``expired_policy="negative"``), else ``[]``."""
         return self._tick(ts)
 
-    def take(self, partitions: set[tuple[str, int]]) -> list[tuple[str, dict | None, int | None, int]]:
+    def take(self, partitions: set[tuple[str, int]]) -> list[Taken]:
         """Remove the entries whose record came from one of ``partitions`` (``(topic, partition)``) and
-        return them, oldest first, as ``(id, x, None, ts)`` for an event and ``(id, None, y, ts)`` for a
-        label (e.g. to hand them to the partitions' next owner). Nothing is counted: they did not leave by
-        a join, an expiry or an eviction."""
+        return them, oldest first, as :class:`Taken` (e.g. to hand them to the partitions' next owner).
+        Nothing is counted: they did not leave by a join, an expiry or an eviction."""
         entries = self._entries
         taken = [(id, e) for id, e in entries.items() if (e.topic, e.partition) in partitions]
         out = []
@@ -457,11 +517,17 @@ class JoinStore:
             self.n_bytes -= e.nbytes
             if type(e) is _Event:
                 self.pending_events -= 1
-                out.append((id, _decode_features(e.blob), None, e.ts))
+                value = e.blob if e.form == _RECORD else None
+                out.append(Taken(id, self._features(e), None, e.ts, e.topic, e.partition, e.offset, value,
+                                 e.p, e.version))
             else:
-                out.append((id, None, e.y, e.ts))
+                out.append(Taken(id, None, e.y, e.ts, e.topic, e.partition, e.offset, None, None, None))
         self._update_next_expiry()
         return out
+
+    def origins(self) -> set[tuple[str, int]]:
+        """The ``(topic, partition)`` of every entry's record."""
+        return {(e.topic, e.partition) for e in self._entries.values()}
 
     # Internals
     #
@@ -549,7 +615,7 @@ class JoinStore:
             return
         self._counts[event_counter] += 1
         if self._negative:
-            x = _decode_features(entry.blob)
+            x = self._features(entry)
             out.append(
                 Joined(
                     id, x, 0, entry.p, entry.version, None, cause, entry.topic, entry.partition, entry.offset
@@ -597,14 +663,15 @@ class JoinStore:
         blobs = []
         for _, e in entries:
             if type(e) is _Event:
-                rows.append((_EVENT, 0, e.version, e.ts, e.stored_at, code[e.topic], e.partition, e.offset))
+                rows.append((_EVENT, 0, e.version, e.ts, e.stored_at, code[e.topic], e.partition, e.offset,
+                             e.form))
                 ps.append(e.p)
                 blobs.append(e.blob)
             else:
-                rows.append((_LABEL, e.y, 0, e.ts, e.stored_at, code[e.topic], e.partition, e.offset))
+                rows.append((_LABEL, e.y, 0, e.ts, e.stored_at, code[e.topic], e.partition, e.offset, 0))
                 ps.append(0.0)
                 blobs.append(b"")
-        ints = np.array(rows, dtype=np.int64).reshape(n, 8).T.copy()
+        ints = np.array(rows, dtype=np.int64).reshape(n, len(_INT_COLUMNS)).T.copy()
         p = np.array(ps, dtype=np.float64)
         ids = [id.encode("utf-8", "surrogatepass") for id, _ in entries]
         id_words, id_bytes = _pack(ids)
@@ -634,18 +701,24 @@ class JoinStore:
             "id_bytes": id_bytes,
             "x_bytes": x_bytes,
             "joined_id_bytes": joined_bytes,
+            "event_fields": None if self.event_fields is None else list(self.event_fields),
         }
         return arrays, meta
 
     @classmethod
-    def from_state(cls, arrays: Mapping[str, np.ndarray], meta: Mapping) -> JoinStore:
+    def from_state(cls, arrays: Mapping[str, np.ndarray], meta: Mapping, *, event_fields: Any = "as saved"
+                   ) -> JoinStore:
         """The store that :meth:`to_state` described; a ``ValueError`` naming the fault for any state it could
         not have written (missing or extra arrays, wrong dtypes or lengths, non-finite or out-of-range values,
-        bounds exceeded, malformed features)."""
-        if not isinstance(meta, Mapping) or meta.get("format") != FORMAT:
-            raise ValueError(
-                f"join store state: unknown format {getattr(meta, 'get', dict().get)('format')!r}"
-            )
+        bounds exceeded, malformed features, record values that do not decode to their event).
+
+        ``event_fields``: those of the events to come (default: the state's). Events kept as record values
+        of other fields are converted to features JSON (their memory estimate changes with their form)."""
+        fmt = getattr(meta, "get", dict().get)("format")
+        if not isinstance(meta, Mapping) or fmt not in (1, FORMAT):
+            raise ValueError(f"join store state: unknown format {fmt!r}")
+        if fmt == 1 and isinstance(arrays, Mapping) and "form" not in arrays and "kind" in arrays:
+            arrays = {**arrays, "form": np.zeros(len(arrays["kind"]), dtype=np.int64)}  # features JSON only
         expected = {
             *_INT_COLUMNS,
             "p",
@@ -688,6 +761,8 @@ class JoinStore:
             _check_int(stream_time, "stream_time", -1)
             store.latency_counts = _counts_list(meta.get("latency_counts"), len(store.latency_counts))
             counters = meta.get("counters")
+            if fmt == 1 and isinstance(counters, Mapping) and "duplicate_handoffs" not in counters:
+                counters = {**counters, "duplicate_handoffs": 0}  # counted since format 2
             if not isinstance(counters, Mapping) or set(counters) != set(COUNTERS):
                 raise ValueError(f"counters must be exactly {COUNTERS}")
             for k in COUNTERS:
@@ -697,7 +772,7 @@ class JoinStore:
         topics = meta.get("topics")
         if not isinstance(topics, list) or not all(type(t) is str for t in topics):
             raise ValueError("join store state: topics must be a list of strings")
-        kind, y, version, ts, stored_at, topic, partition, offset = (cols[c] for c in _INT_COLUMNS)
+        kind, y, version, ts, stored_at, topic, partition, offset, form = (cols[c] for c in _INT_COLUMNS)
         p = cols["p"]
         events = kind == _EVENT
         checks = (
@@ -714,6 +789,7 @@ class JoinStore:
             ("topic", ((topic >= 0) & (topic < len(topics))).all()),
             ("partition", (partition >= -1).all()),
             ("offset", (offset >= -1).all()),
+            ("form", (((form == _FEATURES) | (form == _RECORD)) & (events | (form == _FEATURES))).all()),
             ("p", np.isfinite(p).all() and ((p >= 0.0) & (p <= 1.0)).all() and (p[~events] == 0.0).all()),
             ("x_len", (cols["x_len"][events] >= 2).all() and (cols["x_len"][~events] == 0).all()),
             (
@@ -740,7 +816,36 @@ class JoinStore:
             or not set(ids).isdisjoint(joined_ids)
         ):
             raise ValueError("join store state: repeated ids")
-        _check_stored_features(ids, blobs, kind.tolist())
+        records = (form == _RECORD).nonzero()[0].tolist()
+        saved_fields = meta.get("event_fields")
+        if saved_fields is not None:
+            if type(saved_fields) is not list or len(saved_fields) != 3:
+                raise ValueError("join store state: event_fields must be a list of three field names")
+            try:
+                store._set_event_fields(tuple(saved_fields))
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"join store state: event_fields: {exc}") from None
+        elif records:
+            raise ValueError("join store state: events kept as record values but no event_fields")
+        kinds = kind.tolist()
+        for i in records:
+            kinds[i] = _LABEL  # not features JSON: checked below by decoding the record
+        _check_stored_features(ids, blobs, kinds)
+        forms = form.tolist()
+        if event_fields == "as saved":
+            event_fields = saved_fields
+        convert = records and tuple(event_fields or ()) != tuple(saved_fields)
+        for i in records:
+            ev = store._decode_record(blobs[i])
+            if type(ev) is not Event or ev.y is not None or ev.id != ids[i]:
+                raise ValueError(f"join store state: the record kept for event {ids[i]!r:.60} is not an "
+                                 "unlabelled event of that id")
+            if convert:
+                blobs[i], forms[i] = _encode_features(ev.x), _FEATURES
+        if event_fields is None:
+            store.event_fields = store._decode_record = None
+        elif tuple(event_fields) != store.event_fields:
+            store._set_event_fields(tuple(event_fields))
         rows = zip(
             ids,
             blobs,
@@ -753,14 +858,15 @@ class JoinStore:
             partition.tolist(),
             offset.tolist(),
             p.tolist(),
+            forms,
             strict=True,
         )
         entries = store._entries
         n_bytes = n_events = 0
-        for id, blob, k, yi, v, t, s, tp, part, off, pi in rows:
+        for id, blob, k, yi, v, t, s, tp, part, off, pi, f in rows:
             if k == _EVENT:
                 nbytes = ENTRY_BYTES + len(id) + len(blob)
-                entries[id] = _new(_Event, (blob, pi, v, t, s, tp, part, off, nbytes))
+                entries[id] = _new(_Event, (blob, pi, v, t, s, tp, part, off, nbytes, f))
                 n_events += 1
             else:
                 nbytes = ENTRY_BYTES + len(id)
@@ -778,7 +884,7 @@ class JoinStore:
         return store
 
 
-_INT_COLUMNS = ("kind", "y", "version", "ts", "stored_at", "topic", "partition", "offset")
+_INT_COLUMNS = ("kind", "y", "version", "ts", "stored_at", "topic", "partition", "offset", "form")
 
 
 def _check_stored_features(ids: list[str], blobs: list[bytes], kinds: list[int]) -> None:
