@@ -176,6 +176,9 @@ METRICS: tuple[MetricSpec, ...] = (
     _c("joined", None, "Events joined with their label and learned, over the model's whole history."),
     _c("duplicate_labels", None, "Labels of an id already joined or waiting (learned once, counted here)."),
     _c("duplicate_events", None, "Events whose id was already waiting or joined (the first one is kept)."),
+    _c("duplicate_handoffs", None,
+       "Entries handed over by a partition's previous owner that this member already held or had joined "
+       "(a repeated hand-off after a crash: dropped, counted here)."),
     _c("orphan_labels", None, "Labels whose event never came within --label-ttl (or was never sent)."),
     _c("expired_events", None,
        "Events whose label never came within --label-ttl (dropped, or learned as negatives by "
@@ -369,7 +372,7 @@ class LearnerCollector(Collector):
             put("output_failures", n, [str(topic)])
         join = snap.get("join") or {}
         for name in ("pending_events", "pending_labels", "joined", "duplicate_labels", "duplicate_events",
-                     "orphan_labels", "expired_events"):
+                     "duplicate_handoffs", "orphan_labels", "expired_events"):
             put(name, join.get(name))
         put("join_store_full", join.get("dropped_full_events"), ["event"])
         put("join_store_full", join.get("dropped_full_labels"), ["label"])
