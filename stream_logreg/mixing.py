@@ -42,8 +42,10 @@ feature names (a vocabulary)           union by name, in order of appearance; be
 hashed columns                         by index (the same ``n_bits`` is required)
 =====================================  =========================================================
 
-Approximations that only matter between synchronisations, never with one per event: NAG rescales its
-weights by (s/x)² when its scale grows (multiplicative, not additive); FTRL's w is a function of z and n
+Approximations that only matter between synchronisations, never with one per event (up to rounding):
+NAG rescales its weights by (s/x)² when its scale grows (multiplicative, not additive; and a scale that
+jumps by many orders of magnitude, 1e-27 → 1, makes D a difference of two huge numbers whose rounding
+is large against the new weight); FTRL's w is a function of z and n
 (the sum of the members' w-deltas is not that function of the summed z and n); SGD with ``power_t > 0``
 and NAG take their step size from the summed counters. A state with no sound combine is refused
 (:func:`check_mixable`): River's optimizers (their state is not ours to read), ``scale=True`` (running
