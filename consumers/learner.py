@@ -386,6 +386,8 @@ class Learner:
                     # Records of a partition sought in this step were fetched from before the seek: skip
                     # them (they are fetched again from where it was sought), as those still waiting.
                     pending |= source.pending
+                    if self.group is not None and batch:  # never predict with a model staler than that
+                        state.sync_if_due()
                     if self._exactly_once and batch:
                         self._begin()
                     for tp, (records, values) in batch.items():

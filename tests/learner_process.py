@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processing-guarantee", default="at-least-once",
                    choices=("at-least-once", "exactly-once"))
     p.add_argument("--kafka-client", default="kafka-python", choices=("kafka-python", "confluent"))
+    p.add_argument("--sync-every-seconds", type=float,
+                   help="the group model's synchronisation interval (0: one model per member)")
     p.add_argument("--max-idle-seconds", type=float, help="stop after this long without a message")
     p.add_argument("--kill-after-writes", type=int,
                    help="SIGKILL this process right after its N-th state write, before its transaction "
@@ -130,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             state_store=args.state_store,
             processing_guarantee=args.processing_guarantee,
             kafka_client=args.kafka_client,
+            sync_every_seconds=args.sync_every_seconds,
         )
     except ConfigError as exc:
         print(f"learner_process.py: error: {exc}", file=sys.stderr)

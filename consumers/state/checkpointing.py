@@ -361,13 +361,24 @@ class Checkpointing:
             self.stats.commits += 1
         return True
 
+    def sync_if_due(self) -> None:
+        """The group model: synchronise with the others' contributions if ``sync_every_seconds`` passed
+        since the last synchronisation. The contribution (``own``) stays the last checkpointed one, plus
+        what was learned since, which stays in the working model."""
+        if self.group is None or self.needs_reload or not self.group.due():
+            return
+        if self.since_checkpoint:  # learned since the last checkpoint: keep it, as W − O_old + O_new
+            own = self.group.contribution(self.model)
+        else:
+            own = self.own
+        self.model = self.group.sync(own, self.model, self.store.key)
+
     def tick(self, partitions: Iterable[TopicPartition], pending: set[TopicPartition],
              flush: Callable[[float], bool], commit: Callable[[dict], None]) -> None:
         """The periodic step: when due, checkpoint (if anything changed) and then commit. With the group
         model, a synchronisation every ``sync_every_seconds`` also when nothing changed."""
-        if (self.group is not None and not self.since_checkpoint and not self.needs_reload
-                and self.group.due()):
-            self.model = self.group.sync(self.own, self.model, self.store.key)
+        if not self.since_checkpoint:
+            self.sync_if_due()
         if not self.due():
             return
         if self.since_checkpoint:

@@ -1,0 +1,200 @@
+"""One model for the whole consumer group (issue 12), against a real broker.
+
+Members run as threads of :class:`~consumers.Learner` in this process (each a separate member of the
+group, with its own consumer, producers and state key) or as processes (``tests/learner_process.py``)
+where one is SIGKILLed. The group model in the topic is read as any member reads it
+(:class:`~consumers.state.group_model.StateTail`), and Σ_k n_k over the keys' newest contributions is the
+count checked against the events produced.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from kafka import KafkaConsumer
+from polling import wait_for
+from test_consumer import Running, make_config, produce, read_status, same_model, start_service
+
+from consumers import Learner
+from consumers.state.group_model import StateTail
+from stream_logreg.codec import encode_event
+from stream_logreg.mixing import combine, to_model
+
+W_STAR = {"f0": 1.5, "f1": -2.0, "f2": 0.7, "f3": 0.0, "f4": -0.4}
+B_STAR = 0.3
+SYNC = 1.0  # seconds between synchronisations in these tests
+
+
+def events(n: int, seed: int, unlabelled_every: int = 0) -> list[tuple[dict, int]]:
+    """A known generator: x ~ N(0, I₅), y ~ Bernoulli(σ(w*·x + b*))."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        x = {k: rng.gauss(0, 1) for k in W_STAR}
+        z = B_STAR + sum(W_STAR[k] * v for k, v in x.items())
+        out.append((x, int(rng.random() < 1 / (1 + math.exp(-z)))))
+    return out
+
+
+def encoded(evs: list[tuple[dict, int]], tag: str, unlabelled_every: int = 0) -> list[bytes]:
+    return [encode_event(x, None if unlabelled_every and i % unlabelled_every == 0 else y, id=f"{tag}-{i}")
+            for i, (x, y) in enumerate(evs)]
+
+
+def group_state(bootstrap: str, group: str) -> tuple[dict[str, Any], int]:
+    """The newest contribution of every key of ``<group>-state`` and Σ_k n_k."""
+    tail = StateTail(bootstrap, f"{group}-state", timeout=30)
+    try:
+        assert tail.read(60), "could not read the state topic to its end"
+        found = dict(tail.contributions)
+    finally:
+        tail.close()
+    return found, sum(c.n_samples_seen for c in found.values())
+
+
+def held_out_loss(model: Any, evs: list[tuple[dict, int]]) -> float:
+    ps = np.clip([model.predict_proba_one(x)[True] for x, _ in evs], 1e-15, 1 - 1e-15)
+    ys = np.array([y for _, y in evs])
+    return float(-np.mean(ys * np.log(ps) + (1 - ys) * np.log(1 - ps)))
+
+
+def config(bootstrap: str, topic: str, tmp: Path, name: str, sync: float = SYNC, **kw: Any) -> Any:
+    return make_config(bootstrap, topic, tmp / name / "ckpt", state_store="kafka", group_instance_id=name,
+                       checkpoint_every_messages=100_000, sync_every_seconds=sync, **kw)
+
+
+@pytest.mark.kafka
+def test_a_single_member_with_the_group_model_is_bitwise_the_per_member_learner(
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+) -> None:
+    topic = kafka_topic(1)
+    produce(kafka_bootstrap, topic, encoded(events(3000, seed=1), "one"))
+    models = {}
+    for sync in (SYNC, 0.0):
+        cfg = config(kafka_bootstrap, topic, tmp_path, f"solo-{int(sync)}", sync,
+                     group_id=f"g-{topic}-{int(sync)}", checkpoint_every_seconds=0.5)
+        learner = Learner(cfg)
+        assert (learner.group is None) == (sync == 0.0)
+        learner.run(max_idle_seconds=3)
+        assert learner.model.n_samples_seen == 3000
+        if learner.group is not None:
+            assert learner.group.syncs > 2 and learner.group.others is None  # synchronised, alone
+        models[sync] = learner.model
+    assert same_model(models[SYNC], models[0.0])
+
+
+@pytest.mark.kafka
+def test_one_two_and_four_members_learn_one_model(kafka_bootstrap: str, kafka_topic: Any,
+                                                  tmp_path: Path) -> None:
+    train, held_out = events(6000, seed=2), events(3000, seed=3)
+    topic = kafka_topic(8)
+    produce(kafka_bootstrap, topic, encoded(train, "train"), partitions=8)
+    model = {"optimizer": {"name": "AdaGrad", "lr": 0.3}}
+    results = {}
+    for k in (1, 2, 4):
+        group = f"g-{topic}-{k}"
+        members = [Running(Learner(config(kafka_bootstrap, topic, tmp_path, f"m{k}-{i}", group_id=group,
+                                          model=model)))
+                   for i in range(k)]
+        try:
+            # every member at the end of its partitions and synchronised with all the others' final state
+            wait_for(lambda ms=members: all(m.stats()["n_samples_seen"] == len(train) for m in ms)
+                     and sum(sum(m.stats()["positions"].values()) for m in ms) == len(train),
+                     150, f"{k} members synchronised over every event")
+        finally:
+            for m in members:
+                m.stop()
+        found, total = group_state(kafka_bootstrap, group)
+        assert total == len(train)  # Σ_k n_k: every event once
+        assert len(found) == k
+        g = to_model(combine([c.state for c in found.values()]))
+        finals = [m.learner.model for m in members]
+        w = np.array([g.weights[f] for f in W_STAR])
+        for f in finals:  # each member's final model is the group model (up to rounding)
+            wf = np.array([f.weights[name] for name in W_STAR])
+            assert np.linalg.norm(wf - w) <= 1e-9 * np.linalg.norm(w)
+            assert abs(f.intercept - g.intercept) <= 1e-9
+        snaps = [m.stats() for m in members]
+        progressive = sum(s["log_loss_total"] for s in snaps) / sum(s["predicted_labelled"] for s in snaps)
+        results[k] = (progressive, held_out_loss(g, held_out))
+    for k in (2, 4):
+        assert results[k][0] <= 1.02 * results[1][0], results  # progressive log loss within 2%
+        assert results[k][1] <= 1.01 * results[1][1], results  # held-out log loss within 1%
+
+
+def read_predictions(bootstrap: str, topic: str, n: int, timeout: float = 90) -> list[tuple[int, dict]]:
+    """(record timestamp ms, prediction) of the first ``n`` predictions, read_committed."""
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             isolation_level="read_committed", enable_auto_commit=False,
+                             consumer_timeout_ms=1000)
+    out: list[tuple[int, dict]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(out) < n and time.monotonic() < deadline:
+            for r in consumer:
+                out.append((r.timestamp, orjson.loads(r.value)))
+    finally:
+        consumer.close()
+    return out
+
+
+@pytest.mark.kafka
+def test_a_killed_member_replaced_on_an_empty_disk_serves_the_group_model_and_counts_stay_exact(
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
+) -> None:
+    topic, predictions = kafka_topic(6), kafka_topic(1)
+    group = f"g-{topic}"
+    phase1 = encoded(events(3000, seed=4), "p1")
+    phase2 = encoded(events(3000, seed=5), "p2", unlabelled_every=10)
+    labelled = len(phase1) + sum(1 for v in phase2 if b'"y"' in v)
+    extra = ("--state-store", "kafka", "--processing-guarantee", "exactly-once", "--sync-every-seconds",
+             str(SYNC), "--checkpoint-every-messages", "200", "--max-poll-records", "50",
+             "--predictions-topic", predictions, "--status-every", "0.1")
+    produce(kafka_bootstrap, topic, phase1, partitions=6)
+    procs: dict[str, Any] = {}
+    status = {}
+
+    def member(name: str) -> None:
+        status[name] = tmp_path / f"{name}.json"
+        procs[name] = start_service(kafka_bootstrap, topic, group, tmp_path / name / "ckpt", *extra,
+                                    "--group-instance-id", name, "--status-file", str(status[name]))
+
+    try:
+        for name in ("m-a", "m-b", "m-c"):
+            member(name)
+        wait_for(lambda: all(p.poll() is None for p in procs.values())
+                 and group_state(kafka_bootstrap, group)[1] == len(phase1), 150,
+                 "phase 1 learned and checkpointed by the three members")
+        procs["m-a"].send_signal(signal.SIGKILL)
+        procs["m-a"].wait(30)
+        member("m-0")  # an empty disk, a new identity
+        produce(kafka_bootstrap, topic, phase2, partitions=6)
+        wait_for(lambda: group_state(kafka_bootstrap, group)[1] == labelled, 150,
+                 "every labelled event of both phases in the group model")
+        replacement = read_status(status["m-0"])
+        for name in ("m-b", "m-c", "m-0"):
+            assert procs[name].poll() is None, procs[name].stderr.read().decode()[-3000:]
+            procs[name].send_signal(signal.SIGTERM)
+        for name in ("m-b", "m-c", "m-0"):
+            assert procs[name].wait(60) == 0
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+    found, total = group_state(kafka_bootstrap, group)
+    assert total == labelled  # Σ_k n_k == events learned, exactly (exactly-once; a SIGKILL mid-interval)
+    got = read_predictions(kafka_bootstrap, predictions, len(phase2) // 10)
+    assert len(got) == len(phase2) // 10
+    assert all(p["n_samples_seen"] >= len(phase1) for _, p in got)  # nobody served an untrained model
+    mine = {int(k.rsplit(":", 1)[1]) for k in replacement["assigned"]}
+    first = next(p for _, p in got if p["partition"] in mine)
+    # the replacement's first prediction: the group model (the others' and the lost member's events)
+    assert first["n_samples_seen"] >= len(phase1) and first["group_version"] >= len(phase1)
