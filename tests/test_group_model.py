@@ -207,3 +207,54 @@ def test_a_killed_member_replaced_on_an_empty_disk_serves_the_group_model_and_co
     first = next(p for _, p in got if p["partition"] in mine)
     # the replacement's first prediction: the group model (the others' and the lost member's events)
     assert first["n_samples_seen"] >= len(phase1) and first["group_version"] >= len(phase1)
+
+
+@pytest.mark.kafka
+def test_a_rebalance_storm_keeps_counts_exact_and_models_fresh(kafka_bootstrap: str, kafka_topic: Any,
+                                                              tmp_path: Path) -> None:
+    """Members (threads) join and leave every ~2 s while the events arrive; at the end Σ_k n_k is the number
+    of labelled events, and every prediction was made by a model synchronised at most two sync intervals
+    (plus a second for the batch it was in) before it was published."""
+    import threading
+
+    topic, predictions = kafka_topic(6), kafka_topic(1)
+    group = f"g-{topic}"
+    values = encoded(events(3000, seed=6), "storm", unlabelled_every=10)
+    labelled = sum(1 for v in values if b'"y"' in v)
+    done = threading.Event()
+
+    def feed() -> None:  # ~250 events/s
+        for i in range(0, len(values), 50):
+            produce(kafka_bootstrap, topic, values[i:i + 50], partitions=6)
+            time.sleep(0.2)
+        done.set()
+
+    def member(i: int) -> Running:
+        return Running(Learner(config(kafka_bootstrap, topic, tmp_path, f"s-{i}", group_id=group, every=50,
+                                      max_poll_records=50, predictions_topic=predictions)))
+
+    members, started = [member(0)], 1
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    rng = random.Random(7)
+    try:
+        while not done.is_set():
+            if len(members) < 3 and (len(members) == 1 or rng.random() < 0.5):
+                members.append(member(started))
+                started += 1
+            else:
+                members.pop(rng.randrange(len(members))).stop()
+            done.wait(2.0)
+        wait_for(lambda: group_state(kafka_bootstrap, group)[1] == labelled, 120,
+                 "every labelled event in the group model")
+    finally:
+        for m in members:
+            m.stop()
+        feeder.join(60)
+    assert started >= 4  # a storm indeed
+    found, total = group_state(kafka_bootstrap, group)
+    assert total == labelled  # Σ_k n_k: exactly once across every join and leave
+    got = read_predictions(kafka_bootstrap, predictions, len(values) - labelled)
+    assert len(got) >= len(values) - labelled
+    ages = [ts / 1000 - p["group_synced_at"] for ts, p in got]
+    assert max(ages) <= 2 * SYNC + 1.0, sorted(ages)[-5:]
