@@ -56,7 +56,12 @@ def _keep_status(path: Path, learner: Any, done: threading.Event, every: float) 
     tmp = path.with_name(f".{path.name}.tmp")
     while True:
         finished = done.wait(every)
-        tmp.write_bytes(orjson.dumps(learner.stats.snapshot()))
+        snap = learner.stats.snapshot()
+        group = getattr(learner, "group", None)
+        if group is not None:  # the group model's synchronisations (bench/bench_group.py)
+            snap.update(group_syncs=group.syncs, group_sync_seconds=group.sync_seconds,
+                        group_version=group.version)
+        tmp.write_bytes(orjson.dumps(snap))
         os.replace(tmp, path)
         if finished:
             return
