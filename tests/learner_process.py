@@ -60,7 +60,7 @@ def _keep_status(path: Path, learner: Any, done: threading.Event, every: float) 
         group = getattr(learner, "group", None)
         if group is not None:  # the group model's synchronisations (bench/bench_group.py)
             snap.update(group_syncs=group.syncs, group_sync_seconds=group.sync_seconds,
-                        group_version=group.version)
+                        group_sync_cpu_seconds=group.sync_cpu_seconds, group_version=group.version)
         tmp.write_bytes(orjson.dumps(snap))
         os.replace(tmp, path)
         if finished:
