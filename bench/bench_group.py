@@ -125,7 +125,7 @@ def run(bootstrap: str, members: int, events: int, sync: float, workdir: Path) -
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--events", type=int, default=30_000)
+    ap.add_argument("--events", type=int, default=20_000)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--sync-every-seconds", type=float, default=5.0)
     args = ap.parse_args()
