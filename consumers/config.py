@@ -78,6 +78,11 @@ class LearnerConfig:
         then follow ``expired_policy`` (``drop``, or ``negative``: learned as y=0); at most ``max_pending``
         events and labels and ``max_pending_bytes`` of memory wait (the oldest go first, counted).
         Requires ``batch_size`` 1.
+    The group model (:mod:`consumers.state.group_model`, issue 12)
+        ``sync_every_seconds``: with ``state_store="kafka"``, one model for the whole group, each member
+        synchronising with the others' contributions at least this often (None: 5 s with the Kafka store;
+        0: one model per member). Refused with the directory store, and for models whose state has no
+        sound combine (:func:`stream_logreg.mixing.check_mixable`).
     """
 
     bootstrap_servers: str | list[str]
@@ -119,6 +124,7 @@ class LearnerConfig:
     expired_policy: str = "drop"
     max_pending: int = 1_000_000
     max_pending_bytes: int = 1 << 30
+    sync_every_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.topics, str):
@@ -198,6 +204,7 @@ class LearnerConfig:
             _fail("processing_guarantee", "exactly-once needs the state in Kafka (state_store 'kafka'), "
                   "not in a local directory", self.processing_guarantee)
         self._validate_labels()
+        self._validate_group_model()
         self._validate_client_settings()
         self._validate_kafka_client()
         if not isinstance(self.model, dict):
@@ -206,6 +213,34 @@ class LearnerConfig:
             self.make_model()
         except (TypeError, ValueError, KeyError) as exc:
             raise ConfigError(f"model: invalid hyper-parameters {self.model!r}: {exc}") from None
+
+    @property
+    def group_sync_seconds(self) -> float:
+        """Seconds between a member's synchronisations with the group model; 0: one model per member."""
+        if self.sync_every_seconds is None:
+            return 5.0 if self.state_store == "kafka" else 0.0
+        return float(self.sync_every_seconds)
+
+    def _validate_group_model(self) -> None:
+        s = self.sync_every_seconds
+        if s is not None and (isinstance(s, bool) or not isinstance(s, int | float) or not math.isfinite(s)
+                              or s < 0):
+            _fail("sync_every_seconds", "must be a finite number of seconds >= 0 (0: one model per member)",
+                  s)
+        if s and self.state_store != "kafka":
+            _fail("sync_every_seconds", "one model for the group needs the state in Kafka (state_store "
+                  "'kafka'); with a local directory each member keeps its own model", s)
+        if self.group_sync_seconds:
+            from stream_logreg.mixing import check_mixable
+
+            try:
+                model = self.make_model()
+            except (TypeError, ValueError, KeyError):
+                return  # the model itself is invalid: reported by its own check
+            try:
+                check_mixable(model)
+            except ValueError as exc:
+                _fail("sync_every_seconds", f"{exc}; or set it to 0 for one model per member", s)
 
     def _validate_labels(self) -> None:
         if self.labels_topic is None:

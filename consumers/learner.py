@@ -244,10 +244,14 @@ class Learner:
         self._ratelog = _RateLimitedLog()
         # Delayed labels (--labels-topic): the join store, saved and restored with the model.
         self._labels = Labels(config, self.stats) if config.labels_topic else None
+        # One model for the group (consumers.state.group_model): the others' contributions, read from the
+        # state topic; the checkpointing synchronises with them.
+        self.group = self._open_group(store) if config.group_sync_seconds and hasattr(store, "key") else None
         self._state = Checkpointing(store, config, self.stats, member=self._instance_id,
                                     group_metadata=self._group_metadata if self._exactly_once else None,
-                                    extra_state=self._labels)
+                                    extra_state=self._labels, group=self.group)
         self._source, self._outputs = _clients(config, self.stats)
+        self._outputs.group = self.group  # predictions carry the group model's version
         self._topics_checked = False
 
     @property
@@ -280,6 +284,17 @@ class Learner:
             if producer is not None:
                 producer.close(timeout=0)
             raise
+
+    def _open_group(self, store: Any) -> Any:
+        """The group model's view of the state topic of ``store`` (see :mod:`consumers.state.group_model`)."""
+        from consumers.state.group_model import GroupModel, StateTail
+        from consumers.state.kafka_store import own_settings
+
+        cfg = self.config
+        settings = {k: v for k, v in cfg.client_settings.items() if k not in own_settings}
+        tail = StateTail(cfg.bootstrap_servers, store.topic, expect_config=cfg.model_config(),
+                         timeout=cfg.connect_timeout, client_settings=settings)
+        return GroupModel(tail, cfg.group_sync_seconds)
 
     def _transactional_producer(self, key: str) -> Any:
         """Exactly-once: the one producer of this member's outputs and state, its transactional id that of
@@ -397,6 +412,8 @@ class Learner:
                     # Records of a partition sought in this step were fetched from before the seek: skip
                     # them (they are fetched again from where it was sought), as those still waiting.
                     pending |= source.pending
+                    if self.group is not None and batch:  # never predict with a model staler than that
+                        state.sync_if_due()
                     if self._exactly_once and batch:
                         self._begin()
                     for tp, (records, values) in batch.items():
@@ -563,6 +580,8 @@ class Learner:
                     log.exception("closing the state store failed")
             if self._labels is not None:
                 self._labels.close(timeout)
+            if self.group is not None:
+                self.group.close()
             with self.stats.lock:
                 self.stats.running = False
                 self.stats.assigned = []

@@ -79,6 +79,9 @@ class Outputs:
         self._outbox: list[list[Any]] = []
         self._down: dict[str, str] = {}  # unhealthy topic -> why
         self._probed: dict[str, float] = {}  # unhealthy topic -> when last asked about
+        # The group model (consumers.state.group_model.GroupModel), or None: its version goes into each
+        # prediction (group_version: events it covered at the last synchronisation; group_synced_at).
+        self.group: Any = None
 
     @property
     def enabled(self) -> bool:
@@ -118,7 +121,8 @@ class Outputs:
 
     def prediction(self, record: Any, ev: Any, p: float, n_samples_seen: int, checkpoint_id: str | None
                    ) -> None:
-        """Publish ``p``, predicted for ``ev`` by the model when it had learned ``n_samples_seen`` samples."""
+        """Publish ``p``, predicted for ``ev`` by the model when it had learned ``n_samples_seen`` samples
+        (with the group model: ``group_version`` and ``group_synced_at`` of its last synchronisation)."""
         out = {
             "id": ev.id,
             "p": p,
@@ -130,6 +134,10 @@ class Outputs:
         }
         if ev.y is not None:
             out["y"] = ev.y
+        group = self.group
+        if group is not None:  # the group model it synchronised to last (consumers.state.group_model)
+            out["group_version"] = group.version
+            out["group_synced_at"] = group.synced_at
         self.send(self.config.predictions_topic, orjson.dumps(out), record.key, [])
         with self.stats.lock:
             self.stats.predictions_published += 1

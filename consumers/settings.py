@@ -360,6 +360,11 @@ CONSUME_SETTINGS: tuple[Setting, ...] = (
             "one Kafka transaction (read them with isolation.level=read_committed; needs --state-store "
             "kafka). 'at-least-once': outputs may repeat after a crash.", _OUTPUTS,
             choices=("at-least-once", "exactly-once")),
+    Setting("sync_every_seconds", "float", None,
+            "With --state-store kafka: one model for the whole group; each member adds its own events' "
+            "contribution to the others' and synchronises at least this often (every checkpoint is a "
+            "synchronisation). Unset: 5 with --state-store kafka. 0: one model per member.", _CHECKPOINTS,
+            minimum=0),
     Setting("progress_every_seconds", "float", 30.0,
             "Seconds between progress log lines (events/s, lag, last checkpoint).", _OPERATIONS,
             minimum=0, exclusive_minimum=True),
@@ -602,7 +607,7 @@ def learner_config(values: Mapping[str, Any]) -> LearnerConfig:
         "connect_timeout", "group_instance_id", "create_topics", "progress_every_seconds",
         "state_store", "processing_guarantee", "kafka_client",
         "labels_topic", "label_id_field", "label_y_field", "label_ttl", "expired_policy", "max_pending",
-        "max_pending_bytes",
+        "max_pending_bytes", "sync_every_seconds",
     }
     kwargs = {name: values[name] for name in own}
     kwargs["bootstrap_servers"] = ",".join(bootstrap_servers(values))

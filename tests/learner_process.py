@@ -56,7 +56,12 @@ def _keep_status(path: Path, learner: Any, done: threading.Event, every: float) 
     tmp = path.with_name(f".{path.name}.tmp")
     while True:
         finished = done.wait(every)
-        tmp.write_bytes(orjson.dumps(learner.stats.snapshot()))
+        snap = learner.stats.snapshot()
+        group = getattr(learner, "group", None)
+        if group is not None:  # the group model's synchronisations (bench/bench_group.py)
+            snap.update(group_syncs=group.syncs, group_sync_seconds=group.sync_seconds,
+                        group_sync_cpu_seconds=group.sync_cpu_seconds, group_version=group.version)
+        tmp.write_bytes(orjson.dumps(snap))
         os.replace(tmp, path)
         if finished:
             return
@@ -91,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processing-guarantee", default="at-least-once",
                    choices=("at-least-once", "exactly-once"))
     p.add_argument("--kafka-client", default="kafka-python", choices=("kafka-python", "confluent"))
+    p.add_argument("--sync-every-seconds", type=float,
+                   help="the group model's synchronisation interval (0: one model per member)")
     p.add_argument("--max-idle-seconds", type=float, help="stop after this long without a message")
     p.add_argument("--kill-after-writes", type=int,
                    help="SIGKILL this process right after its N-th state write, before its transaction "
@@ -132,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             processing_guarantee=args.processing_guarantee,
             kafka_client=args.kafka_client,
             labels_topic=args.labels_topic,
+            sync_every_seconds=args.sync_every_seconds,
         )
     except ConfigError as exc:
         print(f"learner_process.py: error: {exc}", file=sys.stderr)

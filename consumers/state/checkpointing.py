@@ -19,6 +19,11 @@ find the state of a lost member (:func:`parse_ref`, see :mod:`consumers.learner`
 lost member's partitions but could not continue its state (it has its own) appends
 ``;orphan=<key>@<member>`` to their metadata, so that a member with an empty disk that gets them later still
 finds the lost state.
+
+The group model (``group``, a :class:`consumers.state.group_model.GroupModel`): the checkpoint holds the
+member's own contribution D (``own``) while ``model`` is the working model D + O; every checkpoint is a
+synchronisation, and one happens every ``sync_every_seconds`` even with nothing to checkpoint. Without it
+(``group=None``) ``model`` is what is checkpointed, as before.
 """
 
 from __future__ import annotations
@@ -126,8 +131,12 @@ class Checkpointing:
     """
 
     def __init__(self, store: Any, config: Any, stats: LearnerStats, member: str | None = None,
-                 group_metadata: Callable[[], Any] | None = None, extra_state: Any = None) -> None:
+                 group_metadata: Callable[[], Any] | None = None, extra_state: Any = None,
+                 group: Any = None) -> None:
         self.store = store
+        # The group model: the checkpoint holds own (D), model is the working model D + O.
+        self.group = group
+        self.own: Any = None
         # exactly-once: the consumer's group metadata, for the offsets committed in the state's transaction
         self.group_metadata = group_metadata
         self.member = member  # this member's group_instance_id, named in the commit metadata
@@ -184,6 +193,9 @@ class Checkpointing:
             except ValueError as exc:
                 raise CheckpointError(f"checkpoint {self.checkpoint_id}: its delayed-label state does not "
                                       f"load: {exc}") from None
+        if self.group is not None:  # the working model: the group's, from the first prediction on
+            self.own = self.model
+            self.model = self.group.start(self.own, self.store.key)
         self.needs_reload = False
         self.since_checkpoint = 0
         with self.stats.lock:
@@ -196,7 +208,8 @@ class Checkpointing:
     def fresh(self) -> bool:
         """Nothing learned and no checkpoint: this member may take over a lost member's state."""
         learned = any(self.learned.values())
-        return self.checkpoint_id is None and self.model.n_samples_seen == 0 and not learned
+        own = self.model if self.group is None else self.own
+        return self.checkpoint_id is None and own.n_samples_seen == 0 and not learned
 
     def adopt(self, store: Any) -> None:
         """Continue the state of ``store`` (another state key): its newest checkpoint becomes ours."""
@@ -213,9 +226,12 @@ class Checkpointing:
     # ------------------------------------------------------------------ checkpoints
 
     def due(self) -> bool:
+        every = self.config.checkpoint_every_seconds
+        if self.group is not None:  # every checkpoint is a synchronisation
+            every = min(every, self.group.sync_every_seconds)
         return (
             self.since_checkpoint >= self.config.checkpoint_every_messages
-            or time.monotonic() - self.last_checkpoint_at >= self.config.checkpoint_every_seconds
+            or time.monotonic() - self.last_checkpoint_at >= every
         )
 
     def offsets(self) -> dict[TopicPartition, int]:
@@ -250,6 +266,12 @@ class Checkpointing:
             log.warning("checkpoint postponed: outputs not acknowledged yet", extra={"reason": reason})
             return False
         offsets = self.offsets()
+        try:  # the group model: what this member's own events changed
+            saved = self.model if self.group is None else self.group.contribution(self.model)
+        except ValueError:
+            log.exception("the contribution to the group model is not a valid model: not checkpointed")
+            self.last_checkpoint_at = t0
+            return False
         metadata = {
             "offsets": {tp_key(tp): off for tp, off in sorted(offsets.items())},
             # events of each partition learned into this model, over its whole history (for audits)
@@ -257,12 +279,12 @@ class Checkpointing:
             "group_id": self.config.group_id,
             "topics": list(self.config.topics),
             "batch_size": self.config.batch_size,
-            "n_samples_seen": self.model.n_samples_seen,
+            "n_samples_seen": saved.n_samples_seen,
             "parent": self.checkpoint_id,
             "reason": reason,
         }
         try:
-            cid = self._save(metadata, offsets, commit_to)
+            cid = self._save(metadata, offsets, commit_to, saved)
         except StateFenced as exc:
             self.fenced = exc
             log.error("%s", exc, extra={"reason": "state_fenced"})
@@ -280,6 +302,10 @@ class Checkpointing:
         self.ckpt_offsets = offsets
         self.since_checkpoint = 0
         self.commit_pending = self.group_metadata is None  # exactly-once: committed with the state
+        if self.group is not None:
+            self.own = saved
+            if reason == "periodic":  # not on the IO thread (revoke), nor when stopping
+                self.model = self.group.sync(saved, self.model, self.store.key)
         now = time.monotonic()
         self.last_checkpoint_at = now
         with self.stats.lock:
@@ -291,17 +317,19 @@ class Checkpointing:
                   extra={"checkpoint_id": cid, "reason": reason})
         return True
 
-    def _save(self, metadata: dict, offsets: dict[TopicPartition, int], commit_to: Iterable[TopicPartition]
-              ) -> str:
-        """Write the checkpoint (exactly-once: with the offsets, in the interval's transaction)."""
+    def _save(self, metadata: dict, offsets: dict[TopicPartition, int], commit_to: Iterable[TopicPartition],
+              model: Any = None) -> str:
+        """Write the checkpoint of ``model`` (default: :attr:`model`; exactly-once: with the offsets, in the
+        interval's transaction)."""
         store = self.store
+        model = self.model if model is None else model
         extras = {} if self.extra_state is None else {"extras": self.extra_state.extras()}
         if self.group_metadata is None:
-            return store.save(self.model, metadata, **extras)
+            return store.save(model, metadata, **extras)
         if not store.in_transaction:
             store.begin()
         try:
-            cid = store.write(self.model, metadata, **extras)
+            cid = store.write(model, metadata, **extras)
             commits = self.commit_offsets(commit_to, set(), offsets, cid)
             if commits:
                 store.send_offsets(commits, self.group_metadata())
@@ -351,9 +379,24 @@ class Checkpointing:
                 self.stats.commits += 1
         return True
 
+    def sync_if_due(self) -> None:
+        """The group model: synchronise with the others' contributions if ``sync_every_seconds`` passed
+        since the last synchronisation. The contribution (``own``) stays the last checkpointed one, plus
+        what was learned since, which stays in the working model."""
+        if self.group is None or self.needs_reload or not self.group.due():
+            return
+        if self.since_checkpoint:  # learned since the last checkpoint: keep it, as W − O_old + O_new
+            own = self.group.contribution(self.model)
+        else:
+            own = self.own
+        self.model = self.group.sync(own, self.model, self.store.key)
+
     def tick(self, partitions: Iterable[TopicPartition], pending: set[TopicPartition],
              flush: Callable[[float], bool], commit: Callable[[dict], bool | None]) -> None:
-        """The periodic step: when due, checkpoint (if anything changed) and then commit."""
+        """The periodic step: when due, checkpoint (if anything changed) and then commit. With the group
+        model, a synchronisation every ``sync_every_seconds`` also when nothing changed."""
+        if not self.since_checkpoint:
+            self.sync_if_due()
         if not self.due():
             return
         if self.since_checkpoint:

@@ -139,8 +139,8 @@ from stream_logreg.checkpoints import (
 from stream_logreg.model import OnlineLogisticRegression
 
 __all__ = [
-    "CHUNK_BYTES", "KafkaStore", "StateFenced", "StateTopicError", "own_settings", "state_partition",
-    "topic_configs",
+    "CHUNK_BYTES", "KafkaStore", "StateFenced", "StateTopicError", "decode_checkpoint", "own_settings",
+    "record_name", "state_partition", "topic_configs",
 ]
 
 logger = logging.getLogger("consumers.state.kafka_store")
@@ -262,6 +262,34 @@ def _parse_commit(state_key: str, cid: str, raw: bytes) -> _Commit:
     return _Commit(cid, created_at, manifest_size, size, tuple((k, n, h) for k, n, h in chunks))
 
 
+def record_name(raw: bytes | None) -> tuple[str, str, tuple[str, ...]] | None:
+    """``(state key, checkpoint id, the rest)`` of a state record's key ``K/I/commit`` or
+    ``K/I/chunk/<n>``, or ``None`` for a key of another form (foreign records are ignored).
+
+    >>> record_name(b"member-1/00000000000000000042/chunk/0")
+    ('member-1', '00000000000000000042', ('chunk', '0'))
+    >>> record_name(b"not a state record") is None
+    True
+    """
+    try:
+        name = raw.decode() if raw else ""
+    except UnicodeDecodeError:
+        return None
+    parts = name.split("/")
+    if len(parts) < 3 or not _STATE_KEY.fullmatch(parts[0]) or not _ID.fullmatch(parts[1]):
+        return None
+    return parts[0], parts[1], tuple(parts[2:])
+
+
+def decode_checkpoint(cid: str, commit: _Commit, data: bytes, expect_config: dict | None) -> Checkpoint:
+    """The checkpoint ``cid`` whose chunks' bytes are ``data`` (verified by ``restore``: sizes, sha256,
+    arrays; ``CheckpointCorrupt`` if anything does not match)."""
+    body = decode_manifest(data[: commit.manifest_size])
+    if body["id"] != cid:
+        raise CheckpointCorrupt(f"its manifest is of checkpoint {body['id']}")
+    return restore(body, data[commit.manifest_size :], expect_config)
+
+
 @dataclass
 class _Index:
     """What a read of the partition found for one state key: commits (or why they do not parse), the
@@ -270,6 +298,26 @@ class _Index:
     commits: dict[str, _Commit | CheckpointError]
     chunks: dict[str, tuple[int, int, str]]
     newest: str = ""
+
+    def add(self, state_key: str, cid: str, rest: tuple[str, ...], record: Any) -> None:
+        """Index ``record`` of checkpoint ``cid`` of ``state_key`` (``rest``: its key after the id): a
+        commit (parsed, or why not) or a chunk's offset, size and sha256; a tombstone removes it."""
+        self.newest = max(self.newest, cid)
+        if rest == ("commit",):
+            if record.value is None:
+                self.commits.pop(cid, None)
+            else:
+                try:
+                    self.commits[cid] = _parse_commit(state_key, cid, record.value)
+                except CheckpointError as exc:
+                    self.commits[cid] = exc
+        elif len(rest) == 2 and rest[0] == "chunk":
+            name = f"{state_key}/{cid}/chunk/{rest[1]}"
+            if record.value is None:
+                self.chunks.pop(name, None)
+            else:
+                digest = hashlib.sha256(record.value).hexdigest()
+                self.chunks[name] = (record.offset, len(record.value), digest)
 
     def problem(self, commit: _Commit) -> str | None:
         """Why ``commit``'s chunks are not all present as it records them, or ``None``."""
@@ -516,33 +564,10 @@ class KafkaStore:
     def _scan(self) -> _Index:
         """Read the key's partition to its end, indexing this key's commits and chunks (not their bytes)."""
         index = _Index({}, {})
-        prefix = f"{self.key}/"
         for record in self._records(None):
-            try:
-                name = record.key.decode() if record.key else ""
-            except UnicodeDecodeError:
-                continue
-            if not name.startswith(prefix):
-                continue
-            parts = name[len(prefix):].split("/")
-            if not _ID.fullmatch(parts[0]):
-                continue
-            cid = parts[0]
-            index.newest = max(index.newest, cid)
-            if parts[1:] == ["commit"]:
-                if record.value is None:
-                    index.commits.pop(cid, None)
-                else:
-                    try:
-                        index.commits[cid] = _parse_commit(self.key, cid, record.value)
-                    except CheckpointError as exc:
-                        index.commits[cid] = exc
-            elif len(parts) == 3 and parts[1] == "chunk":
-                if record.value is None:
-                    index.chunks.pop(name, None)
-                else:
-                    digest = hashlib.sha256(record.value).hexdigest()
-                    index.chunks[name] = (record.offset, len(record.value), digest)
+            name = record_name(record.key)
+            if name is not None and name[0] == self.key:
+                index.add(self.key, name[1], name[2], record)
         return index
 
     def _read_bytes(self, index: _Index, commit: _Commit) -> bytes:
@@ -577,11 +602,7 @@ class KafkaStore:
                 problem = index.problem(commit)
                 if problem:
                     raise CheckpointCorrupt(problem)
-                data = self._read_bytes(index, commit)
-                body = decode_manifest(data[: commit.manifest_size])
-                if body["id"] != cid:
-                    raise CheckpointCorrupt(f"its manifest is of checkpoint {body['id']}")
-                return restore(body, data[commit.manifest_size :], expect_config)
+                return decode_checkpoint(cid, commit, self._read_bytes(index, commit), expect_config)
             except CheckpointCorrupt as exc:
                 self.skipped.append((cid, str(exc)))
                 logger.warning(
