@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_logreg import OnlineLogisticRegression, optim
+from stream_logreg.features import FeatureSpace
 from stream_logreg.mixing import check_mixable, combine, difference, n_samples, to_model
 
 OPTIMIZERS = {
@@ -143,13 +145,48 @@ def test_what_has_no_sound_combine_is_refused():
 
     for model, why in [
         (OnlineLogisticRegression(optimizer=river_optim.Adam()), "Adam"),
-        (OnlineLogisticRegression(scale=True), "scale=True"),
+        (OnlineLogisticRegression(optimizer=optim.FTRL(l1=1.0)), "FTRL on its own"),
         (OnlineLogisticRegression(optimizer=optim.SGD(lr=0.1), l1=0.1), "l1"),
         (OnlineLogisticRegression(optimizer=optim.SGD(lr=0.1), intercept_init=0.5), "starting at 0"),
     ]:
         with pytest.raises(ValueError, match=why):
             check_mixable(model)
-    check_mixable(OnlineLogisticRegression(optimizer=optim.FTRL(l1=1.0)))
+    check_mixable(OnlineLogisticRegression(scale=True))
+
+
+def _rows(seed: int, n: int) -> list[dict]:
+    rng = random.Random(seed)
+    features = (("a", 5.0, 2.0), ("b", -300.0, 40.0))
+    return [{k: rng.gauss(mu, sd) for k, mu, sd in features if rng.random() < 0.8} for _ in range(n)]
+
+
+def test_standardization_statistics_merge_as_one_scaler_over_every_members_values():
+    """scale=True: the group's count, mean and variance per feature are those of one StandardScaler that
+    saw every member's values (River's), and a member's difference gives its own values' back."""
+    from river.preprocessing import StandardScaler
+
+    base = OnlineLogisticRegression(optimizer=optim.SGD(lr=0.01), scale=True)
+    a, b = base.clone(), base.clone()
+    rows_a, rows_b = _rows(1, 300), _rows(2, 200)
+    for x in rows_a:
+        a.learn_one(x, True)
+    for x in rows_b:
+        b.learn_one(x, False)
+    group = to_model(combine([a.state(), b.state()]))
+    scaler = StandardScaler()
+    for x in rows_a + rows_b:
+        scaler.learn_one(x)
+    arrays, meta = group.state()
+    keys = FeatureSpace.from_state(meta["features"]).keys
+    for i, key in enumerate(keys):
+        assert arrays["scale.count"][i] == scaler.counts[key]
+        assert math.isclose(arrays["scale.mean"][i], scaler.means[key], rel_tol=1e-12)
+        assert math.isclose(arrays["scale.var"][i], scaler.vars[key], rel_tol=1e-9)
+    own = difference(combine([a.state(), b.state()]), b.state())[0]
+    mine = a.state()[0]
+    assert np.array_equal(own["scale.count"], mine["scale.count"])
+    np.testing.assert_allclose(own["scale.mean"], mine["scale.mean"], rtol=1e-9)
+    np.testing.assert_allclose(own["scale.var"], mine["scale.var"], rtol=1e-7)
 
 
 def test_different_hyper_parameters_are_refused():
