@@ -8,6 +8,7 @@ signal handlers and the metrics/health HTTP server.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -52,6 +53,13 @@ def cmd_consume(args: argparse.Namespace) -> int:
     return run_learner(config, values)
 
 
+def _learned_unscaled(exc: Any, values: Mapping[str, Any]) -> bool:
+    """Whether a checkpoint mismatch is only the service's default standardization (``--scale`` unset)
+    meeting a model learned without it."""
+    return values.get("scale") is None and [d[0] for d in exc.differences] == ["scale"] \
+        and exc.differences[0][1] in ("<absent>", False)
+
+
 def run_learner(config: LearnerConfig, values: Mapping[str, Any]) -> int:
     """Run the Kafka learner until SIGTERM (exit 0), Ctrl-C (exit 130) or ``--max-idle-seconds``.
 
@@ -69,7 +77,19 @@ def run_learner(config: LearnerConfig, values: Mapping[str, Any]) -> int:
     where = (f"--checkpoint-dir {config.checkpoint_dir}" if config.state_store == "directory"
              else f"the state topic {config.group_id}-state")
     try:
-        learner = Learner(config)
+        try:
+            learner = Learner(config)
+        except CheckpointMismatch as exc:
+            if not _learned_unscaled(exc, values):
+                raise
+            # Learned by a version whose default did not standardize: continue that model as it was.
+            log.warning("the latest checkpoint in %s was learned without standardization (the default "
+                        "before --scale existed): continuing it unscaled; for a standardized model pass --scale "
+                        "with another %s", where,
+                        "--checkpoint-dir" if config.state_store == "directory" else "--group-id")
+            config = dataclasses.replace(
+                config, model={k: v for k, v in config.model.items() if k != "scale"})
+            learner = Learner(config)
     except CheckpointMismatch as exc:
         other = "--checkpoint-dir" if config.state_store == "directory" else "--group-id"
         raise UsageError(

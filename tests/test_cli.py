@@ -957,6 +957,25 @@ def test_consume_refuses_checkpoints_of_other_options(tmp_path: Path, capsys: py
     assert "other model options" in err and "'SGD' there, 'Mixture' here" in err
 
 
+def test_consume_continues_an_unscaled_checkpoint_of_an_older_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A model learned before the service standardized by default is continued as it was, with a warning,
+    while --scale unset; an explicit --scale still refuses it (a real change of options)."""
+    store = DirectoryStore(tmp_path)
+    store.save(OnlineLogisticRegression(max_features=1_000_000), {"offsets": {}})  # the old default
+    store.close()
+    nowhere = ["--bootstrap-servers", "127.0.0.1:9", "--connect-timeout", "1"]
+    args = ["consume", "--topics", "events", "--checkpoint-dir", str(tmp_path), "--metrics-port", "0",
+            *nowhere]
+    rc = cli.main(args)
+    err = capsys.readouterr().err
+    assert "learned without standardization" in err and "other model options" not in err
+    assert rc == 1  # built and restored; then no broker to connect to
+    assert cli.main([*args, "--scale"]) == 2
+    assert "other model options" in capsys.readouterr().err
+
+
 def test_cli_module_imports_neither_kafka_nor_matplotlib() -> None:
     """Commands that do not need them (demo, score, inspect, --help) never import the Kafka client,
     matplotlib, or the service modules that need Kafka (the learner, its metrics)."""
