@@ -84,8 +84,8 @@ def run_learner(config: LearnerConfig, values: Mapping[str, Any]) -> int:
                 raise
             # Learned by a version whose default did not standardize: continue that model as it was.
             log.warning("the latest checkpoint in %s was learned without standardization (the default "
-                        "before --scale existed): continuing it unscaled; for a standardized model pass --scale "
-                        "with another %s", where,
+                        "before --scale existed): continuing it unscaled; for a standardized model pass "
+                        "--scale with another %s", where,
                         "--checkpoint-dir" if config.state_store == "directory" else "--group-id")
             config = dataclasses.replace(
                 config, model={k: v for k, v in config.model.items() if k != "scale"})
