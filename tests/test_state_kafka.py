@@ -186,7 +186,8 @@ def test_a_replacement_on_an_empty_disk_resumes_the_lost_members_state(
     # the replacement continued the lost member's model: its history starts with the lost member's samples
     assert resumed.model.n_samples_seen == sum(resumed.metadata["learned"].values())
     assert resumed.model.n_samples_seen > lost.model.n_samples_seen
-    assert {k for k, v in resumed.metadata["learned"].items() if v} == set(lost_partitions)
+    # (A may have read other partitions before B joined: its history can hold those too)
+    assert all(resumed.metadata["learned"].get(k) for k in lost_partitions)
     if late:  # the survivor learned the lost partitions in between: both states hold some of their events
         assert all(states["m-b"].metadata["learned"].get(k) for k in lost_partitions)
     assert not any((tmp_path / name).exists() for name in ("m-a", "m-b", "m-0"))
