@@ -477,7 +477,8 @@ def test_poison_messages_go_to_the_dead_letter_topic_and_never_reach_the_model(
 
 @pytest.mark.kafka
 def test_two_members_and_a_graceful_leave_learn_every_event_once(
-    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str, request: pytest.FixtureRequest
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     if kafka_client == "confluent":
         request.applymarker(pytest.mark.xfail(strict=False, reason=(
