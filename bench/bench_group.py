@@ -27,8 +27,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -41,6 +43,7 @@ from bench_consumer import _broker_module  # noqa: E402
 
 _TICK = os.sysconf("SC_CLK_TCK")
 MODEL = {"optimizer": {"name": "AdaGrad", "lr": 0.3}}
+_STATUS_EVERY = 0.1  # seconds between two status snapshots of a member
 
 
 def cpu_seconds(pid: int) -> float:
@@ -82,8 +85,18 @@ def wait(condition, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def run(bootstrap: str, members: int, events: int, sync: float, workdir: Path) -> tuple[float, float]:
-    """(CPU-seconds per event over all members, share of their CPU time spent synchronising)."""
+@dataclass
+class Cost:
+    """One run's CPU cost (seconds, summed over the members)."""
+
+    steady: float  # CPU-seconds per event from each member's first processed batch to its last event
+    sync_share: float  # the share of that steady CPU time spent synchronising
+    total: float  # CPU-seconds per event of the whole processes, from their start to the group's last event
+    fixed: float  # CPU-seconds per process before it learned anything (start-up, imports, group join)
+    window_events: int  # the events in the steady window (the first snapshot's events are not in it)
+
+
+def run(bootstrap: str, members: int, events: int, sync: float, workdir: Path) -> Cost:
     from kafka import KafkaAdminClient
 
     topic = f"bench-group-{uuid.uuid4().hex[:8]}"
@@ -98,20 +111,32 @@ def run(bootstrap: str, members: int, events: int, sync: float, workdir: Path) -
                "--topic", topic, "--group", f"g-{topic}", "--checkpoint-dir", str(workdir / "none"),
                "--state-store", "kafka", "--sync-every-seconds", str(sync), "--group-instance-id",
                f"m-{i}", "--model", orjson.dumps(MODEL).decode(), "--status-file", str(files[-1]),
-               "--status-every", "0.2", "--consumer-setting", "session_timeout_ms=10000",
+               "--status-every", str(_STATUS_EVERY), "--consumer-setting", "session_timeout_ms=10000",
                "--consumer-setting", "heartbeat_interval_ms=1000", "--log-level", "WARNING"]
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL))
+    history: list[list[dict]] = [[] for _ in files]
+
+    def look() -> None:  # every status snapshot of every member, in order
+        for f, seen in zip(files, history, strict=True):
+            snap = status(f)
+            if snap and (not seen or snap.get("cpu_seconds") != seen[-1].get("cpu_seconds")):
+                seen.append(snap)
+
+    def learned() -> int:
+        look()
+        return sum(seen[-1].get("learned", 0) for seen in history if seen)
+
     try:
         wait(lambda: all(len(status(f).get("assigned") or []) == 8 // members for f in files), 120,
              "the members sharing the partitions")
-        before = [cpu_seconds(p.pid) for p in procs]
-        sync_before = sum(status(f).get("group_sync_cpu_seconds", 0.0) for f in files)
-        produce(bootstrap, topic, events)
-        wait(lambda: sum(sum((status(f).get("positions") or {}).values()) for f in files) >= events, 300,
-             "the members at the end of every partition")
-        cpu = sum(cpu_seconds(p.pid) - b for p, b in zip(procs, before, strict=True))
-        time.sleep(0.5)  # one more status write
-        synced = sum(status(f).get("group_sync_cpu_seconds", 0.0) for f in files) - sync_before
+        fixed = [cpu_seconds(p.pid) for p in procs]  # start-up, imports, joining the group
+        producer = threading.Thread(target=produce, args=(bootstrap, topic, events), daemon=True)
+        producer.start()
+        wait(lambda: learned() >= events, 300, "the members to learn every event")
+        total = sum(cpu_seconds(p.pid) for p in procs)
+        producer.join()
+        time.sleep(3 * _STATUS_EVERY)
+        look()  # the snapshots written after each member's last event
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -120,7 +145,18 @@ def run(bootstrap: str, members: int, events: int, sync: float, workdir: Path) -
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
-    return cpu / events, synced / cpu if cpu else 0.0
+    cpu = n = synced = 0.0
+    for seen in history:
+        busy = [s for s in seen if s.get("learned", 0) > 0]
+        if not busy:
+            continue
+        first = busy[0]  # its first processed batch(es)
+        last = next(s for s in busy if s["learned"] == busy[-1]["learned"])  # its last event
+        cpu += last["cpu_seconds"] - first["cpu_seconds"]
+        n += last["learned"] - first["learned"]
+        synced += last.get("group_sync_cpu_seconds", 0.0) - first.get("group_sync_cpu_seconds", 0.0)
+    return Cost(cpu / n if n else float("nan"), synced / cpu if cpu else 0.0, total / events,
+                statistics.mean(fixed), int(n))
 
 
 def main() -> int:
@@ -134,22 +170,32 @@ def main() -> int:
     if not bootstrap:
         broker = _broker_module().KafkaBroker().start()
         bootstrap = broker.bootstrap_servers
-    ratios, alone = [], []
+    ratios: dict[str, list[float]] = {"steady": [], "total": [], "apart": []}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             sync = args.sync_every_seconds
-            print(f"{args.events:,} events, 8 partitions, a synchronisation every {sync:g} s")
+            print(f"{args.events:,} events, 8 partitions, a synchronisation every {sync:g} s; "
+                  "CPU-µs per event summed over the members: steady = from each member's first batch to its "
+                  "last event, "
+                  "total = whole processes from their start (fixed: CPU-s per process before learning)")
             for r in range(args.rounds):
-                one, share1 = run(bootstrap, 1, args.events, sync, Path(tmp))
-                four, share4 = run(bootstrap, 4, args.events, sync, Path(tmp))
-                apart, _ = run(bootstrap, 4, args.events, 0.0, Path(tmp))
-                ratios.append(four / one)
-                alone.append(four / apart)
-                print(f"round {r + 1}: 1 member {one * 1e6:6.1f} CPU-µs/event (sync {share1:.1%}), "
-                      f"4 members {four * 1e6:6.1f} (sync {share4:.1%}), 4 members with a model each "
-                      f"{apart * 1e6:6.1f}; 4/1 = {four / one:.2f}, group/apart = {four / apart:.2f}")
-        print(f"median 4/1 = {statistics.median(ratios):.2f} (goal ≤ 1.1); median 4 members, group model / "
-              f"a model each = {statistics.median(alone):.2f}")
+                costs = {"1": run(bootstrap, 1, args.events, sync, Path(tmp)),
+                         "4": run(bootstrap, 4, args.events, sync, Path(tmp)),
+                         "4 apart": run(bootstrap, 4, args.events, 0.0, Path(tmp))}
+                one, four, apart = costs.values()
+                ratios["steady"].append(four.steady / one.steady)
+                ratios["total"].append(four.total / one.total)
+                ratios["apart"].append(four.steady / apart.steady)
+                print(f"round {r + 1}:")
+                for name, c in costs.items():
+                    label = {"1": "1 member", "4": "4 members", "4 apart": "4, a model each"}[name]
+                    print(f"  {label:16s} steady {c.steady * 1e6:6.1f} (sync {c.sync_share:5.1%}, "
+                          f"{c.window_events:,} events)  total {c.total * 1e6:6.1f}  fixed {c.fixed:4.2f} s")
+                print(f"  4/1: steady {ratios['steady'][-1]:.2f}, total {ratios['total'][-1]:.2f}; "
+                      f"group model / a model each (steady): {ratios['apart'][-1]:.2f}")
+        print(f"median 4/1: steady {statistics.median(ratios['steady']):.2f} (goal ≤ 1.1), total "
+              f"{statistics.median(ratios['total']):.2f}; median group model / a model each "
+              f"{statistics.median(ratios['apart']):.2f}")
     finally:
         if broker is not None:
             broker.stop()
