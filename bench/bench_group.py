@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from bench_consumer import _broker_module  # noqa: E402
 
 _TICK = os.sysconf("SC_CLK_TCK")
 MODEL = {"optimizer": {"name": "AdaGrad", "lr": 0.3}}
+_IDLE_SECONDS = 2.0  # members measured idle (nothing left to read) after the last event
 _STATUS_EVERY = 0.1  # seconds between two status snapshots of a member
 
 
@@ -59,20 +59,29 @@ def status(path: Path) -> dict:
         return {}
 
 
-def produce(bootstrap: str, topic: str, n: int, n_features: int = 20, seed: int = 0) -> None:
+def stream(n: int, n_features: int = 20, seed: int = 0) -> list[bytes]:
+    """``n`` encoded labelled events of a fixed logistic model (encoded before the run: the producer then
+    sends faster than the members learn, and they read a backlog, not the producer's pace)."""
     import random
-
-    from kafka import KafkaProducer
 
     from stream_logreg.codec import encode_event
 
     rng = random.Random(seed)
     w = [rng.gauss(0, 1) for _ in range(n_features)]
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=1 << 20)
+    values = []
     for i in range(n):
         x = {f"f{j}": rng.gauss(0, 1) for j in range(n_features)}
         y = int(sum(wj * x[f"f{j}"] for j, wj in enumerate(w)) + rng.gauss(0, 0.5) > 0)
-        producer.send(topic, encode_event(x, y, id=str(i)), partition=i % 8)
+        values.append(encode_event(x, y, id=str(i)))
+    return values
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=1 << 20)
+    for i, value in enumerate(values):
+        producer.send(topic, value, partition=i % 8)
     producer.flush()
     producer.close()
 
@@ -94,15 +103,19 @@ class Cost:
     total: float  # CPU-seconds per event of the whole processes, from their start to the group's last event
     fixed: float  # CPU-seconds per process before it learned anything (start-up, imports, group join)
     window_events: int  # the events in the steady window (the first snapshot's events are not in it)
+    window_seconds: float  # the members' steady windows, summed (wall-clock)
+    idle: float  # CPU-seconds per second of one member with nothing to read (client threads, heartbeats)
 
 
-def run(bootstrap: str, members: int, events: int, sync: float, workdir: Path) -> Cost:
+def run(bootstrap: str, members: int, values: list[bytes], sync: float, workdir: Path) -> Cost:
     from kafka import KafkaAdminClient
 
+    events = len(values)
     topic = f"bench-group-{uuid.uuid4().hex[:8]}"
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics({topic: {"num_partitions": 8, "replication_factor": 1}})
     admin.close()
+    produce(bootstrap, topic, values)  # a backlog: the members read at full speed, not at the producer's
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     procs, files = [], []
     for i in range(members):
@@ -116,27 +129,24 @@ def run(bootstrap: str, members: int, events: int, sync: float, workdir: Path) -
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL))
     history: list[list[dict]] = [[] for _ in files]
 
-    def look() -> None:  # every status snapshot of every member, in order
+    def at_end() -> bool:  # every partition's position, as its latest owner reports it, at the end
+        positions: dict[str, int] = {}
         for f, seen in zip(files, history, strict=True):
             snap = status(f)
             if snap and (not seen or snap.get("cpu_seconds") != seen[-1].get("cpu_seconds")):
                 seen.append(snap)
-
-    def learned() -> int:
-        look()
-        return sum(seen[-1].get("learned", 0) for seen in history if seen)
+            for tp, offset in (snap.get("positions") or {}).items():
+                positions[tp] = max(positions.get(tp, 0), offset)
+        return sum(positions.values()) >= events
 
     try:
-        wait(lambda: all(len(status(f).get("assigned") or []) == 8 // members for f in files), 120,
-             "the members sharing the partitions")
-        fixed = [cpu_seconds(p.pid) for p in procs]  # start-up, imports, joining the group
-        producer = threading.Thread(target=produce, args=(bootstrap, topic, events), daemon=True)
-        producer.start()
-        wait(lambda: learned() >= events, 300, "the members to learn every event")
+        wait(at_end, 300, "the members at the end of every partition")
         total = sum(cpu_seconds(p.pid) for p in procs)
-        producer.join()
         time.sleep(3 * _STATUS_EVERY)
-        look()  # the snapshots written after each member's last event
+        at_end()  # the snapshots written after each member's last event
+        before, t0 = sum(cpu_seconds(p.pid) for p in procs), time.monotonic()
+        time.sleep(_IDLE_SECONDS)  # with nothing left to read
+        idle = (sum(cpu_seconds(p.pid) for p in procs) - before) / (time.monotonic() - t0) / members
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -145,23 +155,30 @@ def run(bootstrap: str, members: int, events: int, sync: float, workdir: Path) -
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
-    cpu = n = synced = 0.0
+    cpu = n = synced = seconds = 0.0
+    fixed = []
     for seen in history:
-        busy = [s for s in seen if s.get("learned", 0) > 0]
-        if not busy:
+        if not seen:
             continue
-        first = busy[0]  # its first processed batch(es)
-        last = next(s for s in busy if s["learned"] == busy[-1]["learned"])  # its last event
+        fixed.append(max([s["cpu_seconds"] for s in seen if not s.get("learned")], default=0.0))
+        final = seen[-1]
+        # its steady window: from its first processed batch with its final partitions to its last event
+        steady = [s for s in seen if s.get("learned") and s.get("assigned") == final.get("assigned")]
+        if not steady:
+            continue
+        first = steady[0]
+        last = next(s for s in steady if s["learned"] == final["learned"])
         cpu += last["cpu_seconds"] - first["cpu_seconds"]
         n += last["learned"] - first["learned"]
+        seconds += last["status_monotonic"] - first["status_monotonic"]
         synced += last.get("group_sync_cpu_seconds", 0.0) - first.get("group_sync_cpu_seconds", 0.0)
     return Cost(cpu / n if n else float("nan"), synced / cpu if cpu else 0.0, total / events,
-                statistics.mean(fixed), int(n))
+                statistics.mean(fixed), int(n), seconds, idle)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--events", type=int, default=20_000)
+    ap.add_argument("--events", type=int, default=50_000)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--sync-every-seconds", type=float, default=5.0)
     args = ap.parse_args()
@@ -174,14 +191,15 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             sync = args.sync_every_seconds
+            values = stream(args.events)
             print(f"{args.events:,} events, 8 partitions, a synchronisation every {sync:g} s; "
                   "CPU-µs per event summed over the members: steady = from each member's first batch to its "
                   "last event, "
                   "total = whole processes from their start (fixed: CPU-s per process before learning)")
             for r in range(args.rounds):
-                costs = {"1": run(bootstrap, 1, args.events, sync, Path(tmp)),
-                         "4": run(bootstrap, 4, args.events, sync, Path(tmp)),
-                         "4 apart": run(bootstrap, 4, args.events, 0.0, Path(tmp))}
+                costs = {"1": run(bootstrap, 1, values, sync, Path(tmp)),
+                         "4": run(bootstrap, 4, values, sync, Path(tmp)),
+                         "4 apart": run(bootstrap, 4, values, 0.0, Path(tmp))}
                 one, four, apart = costs.values()
                 ratios["steady"].append(four.steady / one.steady)
                 ratios["total"].append(four.total / one.total)
@@ -190,7 +208,15 @@ def main() -> int:
                 for name, c in costs.items():
                     label = {"1": "1 member", "4": "4 members", "4 apart": "4, a model each"}[name]
                     print(f"  {label:16s} steady {c.steady * 1e6:6.1f} (sync {c.sync_share:5.1%}, "
-                          f"{c.window_events:,} events)  total {c.total * 1e6:6.1f}  fixed {c.fixed:4.2f} s")
+                          f"{c.window_events:,} events in {c.window_seconds:4.1f} s)  "
+                          f"total {c.total * 1e6:6.1f}  "
+                          f"fixed {c.fixed:4.2f} s  idle {c.idle * 1e3:4.1f} CPU-ms/s")
+                idle = four.idle * four.window_seconds / four.window_events - one.idle * one.window_seconds \
+                    / one.window_events
+                print(f"  the gap, 4 - 1 members: {(four.steady - one.steady) * 1e6:.1f} CPU-µs/event, "
+                      "of which "
+                      f"idle-time cost (the idle rate over the windows) {idle * 1e6:.1f}, syncs "
+                      f"{(four.steady * four.sync_share - one.steady * one.sync_share) * 1e6:.1f}")
                 print(f"  4/1: steady {ratios['steady'][-1]:.2f}, total {ratios['total'][-1]:.2f}; "
                       f"group model / a model each (steady): {ratios['apart'][-1]:.2f}")
         print(f"median 4/1: steady {statistics.median(ratios['steady']):.2f} (goal ≤ 1.1), total "

@@ -62,6 +62,7 @@ def _keep_status(path: Path, learner: Any, done: threading.Event, every: float) 
         # the process's own CPU time (user + system, all threads, since it started: interpreter start and
         # imports included) at this snapshot, for the CPU cost per event (bench/bench_group.py)
         snap["cpu_seconds"] = time.process_time()
+        snap["status_monotonic"] = time.monotonic()  # when (CLOCK_MONOTONIC: comparable across processes)
         group = getattr(learner, "group", None)
         if group is not None:  # the group model's synchronisations (bench/bench_group.py)
             snap.update(group_syncs=group.syncs, group_sync_seconds=group.sync_seconds,
