@@ -4,18 +4,32 @@
     python bench/bench_group.py                     # starts a broker (scripts/kafka_broker.py) unless
     KAFKA_BOOTSTRAP_SERVERS=host:port python bench/bench_group.py     # ... one is given
 
-``--events`` labelled events (20 features) on an 8-partition topic, learned by 1 and then by 4 members
-(subprocesses of ``tests/learner_process.py``, ``--state-store kafka``, the group model synchronising every
-``--sync-every-seconds``), ``--rounds`` rounds of (1, 4) back to back. The events are produced once every
-member has its partitions; the CPU time (user + system, from ``/proc/<pid>/stat``) of every member is
-taken then and when the members together are at the end of every partition: start-up is not counted. On
-a machine with few cores this measures cost, not speed-up. The peer that separates the group model's cost
-from that of running four processes: 4 members with a model each (``--sync-every-seconds 0``).
+``--events`` labelled events (20 features, default 50,000) are produced to an 8-partition topic *before*
+the members start, so that they read a backlog at full speed (not at the producer's pace, which charged
+the idle polling of waiting consumers to every event). The members are subprocesses of
+``tests/learner_process.py`` (``--state-store kafka``, batch size 1, the group model synchronising every
+``--sync-every-seconds``): 1 member, 4 members, and the peer that separates the group model's cost from
+that of running four processes, 4 members with a model each (``--sync-every-seconds 0``), ``--rounds``
+rounds back to back. On a machine with few cores this measures cost, not speed-up.
 
-Printed: CPU-µs per event for 1 and 4 members, their ratio (goal ≤ 1.1), the ratio against the peer, and
-the share of the members' CPU time spent synchronising (reading the others' contributions, decoding and
-summing them: the CPU time of the loop's thread inside the synchronisation, ``GroupModel.sync_cpu_seconds``;
-kafka-python's IO thread is not in it).
+The members' status files carry their own CPU time (``time.process_time()``: user + system of every
+thread, since the process started) with each snapshot (every 0.1 s). Two views, in CPU-µs per event
+summed over the members:
+
+- **steady**: each member from its first snapshot with events learned *and its final partitions* to its
+  first snapshot with its last event, CPU time over the events learned in that window (the events before
+  the window are in neither). Start-up, group join and the first rebalances are not in it.
+- **total**: the whole processes' CPU time (``/proc/<pid>/stat``) from their start to the group's last
+  event, over all events: interpreter start and imports (numpy, river, kafka: ~1 CPU-s per process, shown
+  as *fixed*: the CPU-seconds of a process before its first processed batch), joins, rebalances.
+
+Also printed: the share of the steady CPU time spent synchronising (reading the others' contributions,
+decoding and summing them: the loop's thread inside the synchronisation, ``GroupModel.sync_cpu_seconds``;
+kafka-python's IO thread is not in it), the CPU rate of a member with nothing to read (measured for 2 s
+after the last event: client IO thread, heartbeats, status writes), and the 4 − 1 gap split into that idle
+rate over the members' windows and the syncs.
+
+FIGURES
 """
 
 from __future__ import annotations
@@ -27,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -77,13 +92,20 @@ def stream(n: int, n_features: int = 20, seed: int = 0) -> list[bytes]:
 
 
 def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    from kafka import KafkaProducer
+    """Send ``values`` round-robin to the 8 partitions with confluent-kafka's producer (librdkafka: a few
+    µs per message, so the members find a backlog rather than following the producer)."""
+    from confluent_kafka import Producer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=1 << 20)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.size": 1 << 20})
     for i, value in enumerate(values):
-        producer.send(topic, value, partition=i % 8)
-    producer.flush()
-    producer.close()
+        while True:
+            try:
+                producer.produce(topic, value, partition=i % 8)
+                break
+            except BufferError:  # the local queue is full: let it drain
+                producer.poll(0.1)
+    if producer.flush(60):
+        raise SystemExit("could not deliver the events")
 
 
 def wait(condition, timeout: float, what: str) -> None:
@@ -115,7 +137,6 @@ def run(bootstrap: str, members: int, values: list[bytes], sync: float, workdir:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics({topic: {"num_partitions": 8, "replication_factor": 1}})
     admin.close()
-    produce(bootstrap, topic, values)  # a backlog: the members read at full speed, not at the producer's
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     procs, files = [], []
     for i in range(members):
@@ -140,7 +161,14 @@ def run(bootstrap: str, members: int, values: list[bytes], sync: float, workdir:
         return sum(positions.values()) >= events
 
     try:
+        wait(lambda: all(len(status(f).get("assigned") or []) == 8 // members for f in files), 120,
+             "the members sharing the partitions")
+        fixed = [cpu_seconds(p.pid) for p in procs]  # start-up, imports, joining the group
+        at_end()
+        producer = threading.Thread(target=produce, args=(bootstrap, topic, values), daemon=True)
+        producer.start()  # at once: a backlog, read at full speed
         wait(at_end, 300, "the members at the end of every partition")
+        producer.join()
         total = sum(cpu_seconds(p.pid) for p in procs)
         time.sleep(3 * _STATUS_EVERY)
         at_end()  # the snapshots written after each member's last event
@@ -156,11 +184,9 @@ def run(bootstrap: str, members: int, values: list[bytes], sync: float, workdir:
             except subprocess.TimeoutExpired:
                 p.kill()
     cpu = n = synced = seconds = 0.0
-    fixed = []
     for seen in history:
         if not seen:
             continue
-        fixed.append(max([s["cpu_seconds"] for s in seen if not s.get("learned")], default=0.0))
         final = seen[-1]
         # its steady window: from its first processed batch with its final partitions to its last event
         steady = [s for s in seen if s.get("learned") and s.get("assigned") == final.get("assigned")]
@@ -178,7 +204,7 @@ def run(bootstrap: str, members: int, values: list[bytes], sync: float, workdir:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--events", type=int, default=50_000)
+    ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--sync-every-seconds", type=float, default=5.0)
     args = ap.parse_args()
