@@ -4,9 +4,10 @@
     python bench/bench_group.py                     # starts a broker (scripts/kafka_broker.py) unless
     KAFKA_BOOTSTRAP_SERVERS=host:port python bench/bench_group.py     # ... one is given
 
-``--events`` labelled events (20 features, default 50,000) are produced to an 8-partition topic *before*
-the members start, so that they read a backlog at full speed (not at the producer's pace, which charged
-the idle polling of waiting consumers to every event). The members are subprocesses of
+``--events`` labelled events (20 features, default 100,000; encoded beforehand) are produced to an
+8-partition topic at once (confluent-kafka's producer) once every member has its partitions, so that the
+members read a backlog at full speed (not at the producer's pace, which charged the idle polling of
+waiting consumers to every event). The members are subprocesses of
 ``tests/learner_process.py`` (``--state-store kafka``, batch size 1, the group model synchronising every
 ``--sync-every-seconds``): 1 member, 4 members, and the peer that separates the group model's cost from
 that of running four processes, 4 members with a model each (``--sync-every-seconds 0``), ``--rounds``
@@ -16,12 +17,12 @@ The members' status files carry their own CPU time (``time.process_time()``: use
 thread, since the process started) with each snapshot (every 0.1 s). Two views, in CPU-µs per event
 summed over the members:
 
-- **steady**: each member from its first snapshot with events learned *and its final partitions* to its
+- **steady**: each member from its first snapshot with events learned (with its final partitions) to its
   first snapshot with its last event, CPU time over the events learned in that window (the events before
-  the window are in neither). Start-up, group join and the first rebalances are not in it.
+  the window are in neither). Start-up and group join are not in it.
 - **total**: the whole processes' CPU time (``/proc/<pid>/stat``) from their start to the group's last
   event, over all events: interpreter start and imports (numpy, river, kafka: ~1 CPU-s per process, shown
-  as *fixed*: the CPU-seconds of a process before its first processed batch), joins, rebalances.
+  as *fixed*: the CPU-seconds of a process when every member has its partitions), joins, rebalances.
 
 Also printed: the share of the steady CPU time spent synchronising (reading the others' contributions,
 decoding and summing them: the loop's thread inside the synchronisation, ``GroupModel.sync_cpu_seconds``;
