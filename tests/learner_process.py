@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,11 +53,16 @@ def _json_object(text: str) -> dict:
 
 
 def _keep_status(path: Path, learner: Any, done: threading.Event, every: float) -> None:
-    """Write ``learner.stats.snapshot()`` to ``path`` every ``every`` seconds, and once more at the end."""
+    """Write ``learner.stats.snapshot()`` (and the process's CPU seconds, ``cpu_seconds``) to ``path`` every
+    ``every`` seconds, and once more at the end."""
     tmp = path.with_name(f".{path.name}.tmp")
     while True:
         finished = done.wait(every)
         snap = learner.stats.snapshot()
+        # the process's own CPU time (user + system, all threads, since it started: interpreter start and
+        # imports included) at this snapshot, for the CPU cost per event (bench/bench_group.py)
+        snap["cpu_seconds"] = time.process_time()
+        snap["status_monotonic"] = time.monotonic()  # when (CLOCK_MONOTONIC: comparable across processes)
         group = getattr(learner, "group", None)
         if group is not None:  # the group model's synchronisations (bench/bench_group.py)
             snap.update(group_syncs=group.syncs, group_sync_seconds=group.sync_seconds,

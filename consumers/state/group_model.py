@@ -156,8 +156,9 @@ class StateTail:
             consumer = self._consumer
             assert consumer is not None
             ends = consumer.end_offsets(self._partitions)
-            while True:
-                behind = [tp for tp in self._partitions
+            behind = list(self._partitions)
+            while True:  # a partition at its end stays there (positions only grow): asked once, not again
+                behind = [tp for tp in behind
                           if consumer.position(tp, timeout_ms=max(1, int(budget * 1000))) < ends[tp]]
                 left = deadline - time.monotonic()
                 if not behind:
