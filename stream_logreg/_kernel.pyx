@@ -983,7 +983,7 @@ def ftrl_step(cnp.ndarray w, cnp.ndarray z_acc, cnp.ndarray n_acc, cnp.ndarray c
 
 # The whole per-sample update in one call
 
-cdef object _features = None  # stream_logreg._features, bound on first use
+cdef object _encode_into = None  # stream_logreg._features.encode_into, bound on first use
 
 
 cdef Py_ssize_t _encode_new(object space, dict x, RowLayout layout, cnp.ndarray cols, cnp.ndarray vals,
@@ -991,15 +991,21 @@ cdef Py_ssize_t _encode_new(object space, dict x, RowLayout layout, cnp.ndarray 
     """Row `x`, which has features not seen yet, encoded by the feature space's compiled encoder (which
     creates their columns, `FeatureSpace.encode_into`, with the pair cache of `layout`) if the weights
     have room for them (`capacity` columns) and the scratch buffers for the row; else -1, nothing done."""
-    global _features
+    global _encode_into
     if space is None or len(x) > cnp.PyArray_DIM(cols, 0):
         return -1
     n_bits = space.n_bits
     if capacity < (len(<list> space.keys) + len(x) if n_bits is None else 1 << n_bits):
         return -1
-    if _features is None:
-        _features = __import__("stream_logreg._features", fromlist=["encode_into"])
-    return _features.encode_into(space, x, True, cols, vals, 0, layout)
+    if _encode_into is None:
+        _encode_into = __import__("stream_logreg._features", fromlist=["encode_into"]).encode_into
+    return _encode_into(space, x, True, cols, vals, 0, layout)
+
+
+cdef inline tuple _mark(object space):
+    """`space.mark()` (`FeatureSpace.mark`: the number of vocabulary columns and `n_dropped`) without the
+    method call, on every row with a new feature."""
+    return len(<list> space.keys), space.n_dropped
 
 
 cdef enum:
@@ -1013,9 +1019,10 @@ _N_HYPER = {"sgd": 2, "adagrad": 2, "ftrl": 4}
 cdef inline void _prefetch_rows(double* a, Py_ssize_t* c, Py_ssize_t n, Py_ssize_t width) noexcept nogil:
     """Ask the CPU for the rows a[c[i] * width : (c[i] + 1) * width] of a row's columns, all at once (the
     weights of a high-cardinality vocabulary are mostly out of the caches)."""
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, j
     for i in range(n):
-        _prefetch(a + c[i] * width)
+        for j in range(0, width, 8):  # every cache line of the row (a row of 11 may span three)
+            _prefetch(a + c[i] * width + j)
         if width > 1:
             _prefetch(a + c[i] * width + width - 1)
 
@@ -1148,7 +1155,7 @@ cdef class SampleStep:
             return self._learn(n, label, sample_weight)
         if self.space is None:
             return -1.0
-        mark = self.space.mark()
+        mark = _mark(self.space)
         n = _encode_new(self.space, <dict> x, self.layout, self.cols, self.vals, cnp.PyArray_DIM(self.w, 0))
         if n < 0:
             return -1.0
@@ -1523,7 +1530,7 @@ cdef class MixtureStep:
         if n < 0:
             if self.space is None:
                 return -1.0
-            mark = self.space.mark()
+            mark = _mark(self.space)
             n = _encode_new(self.space, <dict> x, self.layout, self.cols, self.vals,
                             cnp.PyArray_DIM(self.coef, 0))
             if n < 0:
