@@ -307,11 +307,29 @@ cdef class RowLayout:
         self.n_pairs += 1
 
 
+cdef inline void _prefetch_row(double* r, Py_ssize_t width) noexcept nogil:
+    """Ask the CPU for the `width` doubles at r: every cache line of them (a row of 11 may span three)."""
+    cdef Py_ssize_t j
+    for j in range(0, width, 8):
+        _prefetch(r + j)
+    if width > 1:
+        _prefetch(r + width - 1)
+
+
+cdef inline void _prefetch_rows(double* a, Py_ssize_t* c, Py_ssize_t n, Py_ssize_t width) noexcept nogil:
+    """Ask the CPU for the rows a[c[i] * width : (c[i] + 1) * width] of a row's columns, all at once (the
+    weights of a high-cardinality vocabulary are mostly out of the caches)."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        _prefetch_row(a + c[i] * width, width)
+
+
 cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_ssize_t cap, bint merge,
-                            RowLayout layout) except -2:
+                            RowLayout layout, double* rows=NULL, Py_ssize_t width=0) except -2:
     """`encode` into the `cap` entries at c and v; with a `layout`, numeric entries whose key is the one
     at the same position in the layout take its column, and the others update it; indicators of str keys
-    and values are looked up in its pair cache first, and cached."""
+    and values are looked up in its pair cache first, and cached. With `rows`, the row of `width` doubles
+    of each column found is prefetched at once (so that its misses overlap the rest of the encoding)."""
     cdef Py_ssize_t pos = 0, n = 0, i = 0, j
     cdef PyObject* key
     cdef PyObject* value
@@ -340,6 +358,8 @@ cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_s
         elif layout is not None and not _is_str(value):
             layout.put(i, key, ci)
         i += 1
+        if rows != NULL:
+            _prefetch_row(rows + ci * width, width)
         if merge:
             for j in range(n):
                 if c[j] == ci:
@@ -1016,15 +1036,6 @@ _N_STATE = {"sgd": 0, "adagrad": 1, "ftrl": 2}
 _N_HYPER = {"sgd": 2, "adagrad": 2, "ftrl": 4}
 
 
-cdef inline void _prefetch_rows(double* a, Py_ssize_t* c, Py_ssize_t n, Py_ssize_t width) noexcept nogil:
-    """Ask the CPU for the rows a[c[i] * width : (c[i] + 1) * width] of a row's columns, all at once (the
-    weights of a high-cardinality vocabulary are mostly out of the caches)."""
-    cdef Py_ssize_t i, j
-    for i in range(n):
-        for j in range(0, width, 8):  # every cache line of the row (a row of 11 may span three)
-            _prefetch(a + c[i] * width + j)
-        if width > 1:
-            _prefetch(a + c[i] * width + width - 1)
 
 
 cdef int _forget(object space, RowLayout layout, object mark) except -1:
@@ -1149,9 +1160,8 @@ cdef class SampleStep:
         if label < 0.0 or type(x) is not dict:
             return -1.0
         cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
-                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout)
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, dptr(self.w), 1)
         if n >= 0:
-            _prefetch_rows(dptr(self.w), iptr(self.cols), n, 1)
             return self._learn(n, label, sample_weight)
         if self.space is None:
             return -1.0
@@ -1523,7 +1533,7 @@ cdef class MixtureStep:
         if label < 0.0 or type(x) is not dict:
             return -1.0
         cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
-                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout)
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, self.Mp, MIX_S)
         cdef Py_ssize_t ip[2]
         cdef double p
         mark = None
@@ -1535,7 +1545,7 @@ cdef class MixtureStep:
                             cnp.PyArray_DIM(self.coef, 0))
             if n < 0:
                 return -1.0
-        _prefetch_rows(self.Mp, iptr(self.cols), n, MIX_S)
+            _prefetch_rows(self.Mp, iptr(self.cols), n, MIX_S)
         ip[0], ip[1] = 0, n
         try:
             refused = self._learn(iptr(self.cols), dptr(self.vals), ip, 1, &label, &sample_weight, &p)
