@@ -307,11 +307,29 @@ cdef class RowLayout:
         self.n_pairs += 1
 
 
+cdef inline void _prefetch_row(double* r, Py_ssize_t width) noexcept nogil:
+    """Ask the CPU for the `width` doubles at r: every cache line of them (a row of 11 may span three)."""
+    cdef Py_ssize_t j
+    for j in range(0, width, 8):
+        _prefetch(r + j)
+    if width > 1:
+        _prefetch(r + width - 1)
+
+
+cdef inline void _prefetch_rows(double* a, Py_ssize_t* c, Py_ssize_t n, Py_ssize_t width) noexcept nogil:
+    """Ask the CPU for the rows a[c[i] * width : (c[i] + 1) * width] of a row's columns, all at once (the
+    weights of a high-cardinality vocabulary are mostly out of the caches)."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        _prefetch_row(a + c[i] * width, width)
+
+
 cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_ssize_t cap, bint merge,
-                            RowLayout layout) except -2:
+                            RowLayout layout, double* rows=NULL, Py_ssize_t width=0) except -2:
     """`encode` into the `cap` entries at c and v; with a `layout`, numeric entries whose key is the one
     at the same position in the layout take its column, and the others update it; indicators of str keys
-    and values are looked up in its pair cache first, and cached."""
+    and values are looked up in its pair cache first, and cached. With `rows`, the row of `width` doubles
+    of each column found is prefetched at once (so that its misses overlap the rest of the encoding)."""
     cdef Py_ssize_t pos = 0, n = 0, i = 0, j
     cdef PyObject* key
     cdef PyObject* value
@@ -340,6 +358,8 @@ cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_s
         elif layout is not None and not _is_str(value):
             layout.put(i, key, ci)
         i += 1
+        if rows != NULL:
+            _prefetch_row(rows + ci * width, width)
         if merge:
             for j in range(n):
                 if c[j] == ci:
@@ -983,7 +1003,7 @@ def ftrl_step(cnp.ndarray w, cnp.ndarray z_acc, cnp.ndarray n_acc, cnp.ndarray c
 
 # The whole per-sample update in one call
 
-cdef object _features = None  # stream_logreg._features, bound on first use
+cdef object _encode_into = None  # stream_logreg._features.encode_into, bound on first use
 
 
 cdef Py_ssize_t _encode_new(object space, dict x, RowLayout layout, cnp.ndarray cols, cnp.ndarray vals,
@@ -991,15 +1011,21 @@ cdef Py_ssize_t _encode_new(object space, dict x, RowLayout layout, cnp.ndarray 
     """Row `x`, which has features not seen yet, encoded by the feature space's compiled encoder (which
     creates their columns, `FeatureSpace.encode_into`, with the pair cache of `layout`) if the weights
     have room for them (`capacity` columns) and the scratch buffers for the row; else -1, nothing done."""
-    global _features
+    global _encode_into
     if space is None or len(x) > cnp.PyArray_DIM(cols, 0):
         return -1
     n_bits = space.n_bits
     if capacity < (len(<list> space.keys) + len(x) if n_bits is None else 1 << n_bits):
         return -1
-    if _features is None:
-        _features = __import__("stream_logreg._features", fromlist=["encode_into"])
-    return _features.encode_into(space, x, True, cols, vals, 0, layout)
+    if _encode_into is None:
+        _encode_into = __import__("stream_logreg._features", fromlist=["encode_into"]).encode_into
+    return _encode_into(space, x, True, cols, vals, 0, layout)
+
+
+cdef inline tuple _mark(object space):
+    """`space.mark()` (`FeatureSpace.mark`: the number of vocabulary columns and `n_dropped`) without the
+    method call, on every row with a new feature."""
+    return len(<list> space.keys), space.n_dropped
 
 
 cdef enum:
@@ -1010,14 +1036,6 @@ _N_STATE = {"sgd": 0, "adagrad": 1, "ftrl": 2}
 _N_HYPER = {"sgd": 2, "adagrad": 2, "ftrl": 4}
 
 
-cdef inline void _prefetch_rows(double* a, Py_ssize_t* c, Py_ssize_t n, Py_ssize_t width) noexcept nogil:
-    """Ask the CPU for the rows a[c[i] * width : (c[i] + 1) * width] of a row's columns, all at once (the
-    weights of a high-cardinality vocabulary are mostly out of the caches)."""
-    cdef Py_ssize_t i
-    for i in range(n):
-        _prefetch(a + c[i] * width)
-        if width > 1:
-            _prefetch(a + c[i] * width + width - 1)
 
 
 cdef int _forget(object space, RowLayout layout, object mark) except -1:
@@ -1142,13 +1160,12 @@ cdef class SampleStep:
         if label < 0.0 or type(x) is not dict:
             return -1.0
         cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
-                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout)
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, dptr(self.w), 1)
         if n >= 0:
-            _prefetch_rows(dptr(self.w), iptr(self.cols), n, 1)
             return self._learn(n, label, sample_weight)
         if self.space is None:
             return -1.0
-        mark = self.space.mark()
+        mark = _mark(self.space)
         n = _encode_new(self.space, <dict> x, self.layout, self.cols, self.vals, cnp.PyArray_DIM(self.w, 0))
         if n < 0:
             return -1.0
@@ -1516,19 +1533,19 @@ cdef class MixtureStep:
         if label < 0.0 or type(x) is not dict:
             return -1.0
         cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
-                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout)
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, self.Mp, MIX_S)
         cdef Py_ssize_t ip[2]
         cdef double p
         mark = None
         if n < 0:
             if self.space is None:
                 return -1.0
-            mark = self.space.mark()
+            mark = _mark(self.space)
             n = _encode_new(self.space, <dict> x, self.layout, self.cols, self.vals,
                             cnp.PyArray_DIM(self.coef, 0))
             if n < 0:
                 return -1.0
-        _prefetch_rows(self.Mp, iptr(self.cols), n, MIX_S)
+            _prefetch_rows(self.Mp, iptr(self.cols), n, MIX_S)
         ip[0], ip[1] = 0, n
         try:
             refused = self._learn(iptr(self.cols), dptr(self.vals), ip, 1, &label, &sample_weight, &p)
