@@ -16,8 +16,9 @@ The store is part of the model's state: :meth:`Labels.extras` goes into every ch
 and the offsets of both topics (one consumer reads both, so the one contract of
 :mod:`consumers.state.checkpointing` covers them), and :meth:`Labels.restore` brings it back with the model.
 A crash therefore neither loses a pending event nor learns one twice: the model, the store and both topics'
-positions move together. An event is kept as its record value (the bytes it was decoded from, not ``x``
-re-encoded: ``event_fields`` of the store), decoded again when it joins.
+positions move together. An event is kept with its decoded features (learned as they are when it joins:
+no second decode) and its record value (what it is checkpointed and handed off as: the bytes it was
+decoded from, not ``x`` re-encoded, ``event_fields`` of the store).
 
 Hand-offs. On a revoke while running, :meth:`Labels.hand_off` appends what waits for the revoked partitions to
 partition *i* of the labels topic, for their next owner, before the revoke checkpoint: hand-off records

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumers.state.join_store import COUNTERS, ENTRY_BYTES, JoinStore
+from stream_logreg.codec import JsonCodec
 
 # An oracle, written independently
 
@@ -418,21 +419,33 @@ def test_the_byte_bound_is_respected_and_an_entry_too_large_is_dropped():
     assert store.counters["dropped_full_events"] == 8
 
 
+@pytest.mark.parametrize("rows_of", ["shared keys", "unique keys", "string values"])
 @pytest.mark.parametrize("kept_as", ["features", "record"])
-def test_the_byte_estimate_is_above_the_memory_really_held(kept_as):
+def test_the_byte_estimate_is_above_the_memory_really_held(kept_as, rows_of):
+    """The store keeps each event's decoded features (a join does not decode them again) and, with
+    ``event_fields``, its record value: the estimate covers both, for features whose key objects the decoder
+    shares between events, unique keys (nothing shared) and string values."""
     from stream_logreg.codec import encode_event
 
     n, names = 2_000, [f"feature_{i:02d}" for i in range(20)]
-    rows = [{k: float(i * 20 + j) + 0.5 for j, k in enumerate(names)} for i in range(n)]
+    if rows_of == "shared keys":
+        rows = [{k: float(i * 20 + j) + 0.5 for j, k in enumerate(names)} for i in range(n)]
+    elif rows_of == "unique keys":
+        rows = [{f"{k}_{i}": float(i * 20 + j) + 0.5 for j, k in enumerate(names)} for i in range(n)]
+    else:
+        rows = [{k: f"value-{i}-{j}" for j, k in enumerate(names)} for i in range(n)]
     ids = [f"evt-{i:09d}" for i in range(n)]
     values = [encode_event(x, None, id_) for id_, x in zip(ids, rows, strict=True)]
     store = JoinStore(max_pending=n, event_fields=FIELDS)
+    decode = JsonCodec(*FIELDS).decoder()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    for i in range(n):  # a record value is the store's to keep: its copy is made here
-        value = bytes(bytearray(values[i])) if kept_as == "record" else None
-        store.add_event(ids[i], rows[i], 0.5, version=i, ts=i, topic="events", partition=0, offset=i + 10**6,
-                        record_value=value)
+    for i in range(n):  # the record value and its decoded features are the store's to keep: made here
+        value = bytes(bytearray(values[i]))
+        x = decode(value).x
+        assert x == rows[i]
+        store.add_event(ids[i], x, 0.5, version=i, ts=i, topic="events", partition=0, offset=i + 10**6,
+                        record_value=value if kept_as == "record" else None)
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     assert len(store) == n

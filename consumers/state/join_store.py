@@ -36,15 +36,18 @@ Rules
   ``dropped_full_labels``. An evicted event follows the expired policy (``"negative"``: returned with ``y=0``
   and ``cause="evicted"``), so the policy decides the fate of every event that never got its label. An entry
   larger than ``max_bytes`` on its own is dropped at once the same way.
-- **The memory estimate** of an entry is ``ENTRY_BYTES`` + the UTF-8-length of its id + the length of the
-  bytes its features are held as: the event's record value when the caller gives it (``record_value``, with
-  ``event_fields``: no re-encoding, the learner's path), else the features serialized as JSON (compact
-  bytes, ~650 bytes for 20 float features where the dict holds ~1100); ``x`` is rebuilt when the entry
-  joins. It depends on the content only, so a store rebuilt from its state has exactly the same estimate and
-  evicts exactly the same entries (unless it is rebuilt with other ``event_fields``: its record values are
-  then converted to features JSON).
-  ``ENTRY_BYTES`` is calibrated with tracemalloc in ``bench/bench_join_store.py`` (the estimate is above the
-  measured memory: 1067 vs 936 bytes per event of 20 float features).
+- **An event keeps its features** ``x`` as given (the dict itself, not a copy: the caller must not change
+  it afterwards), so that its join learns it without decoding it again, beside the bytes it is
+  checkpointed as: its record value when the caller gives it (``record_value``, with ``event_fields``: no
+  re-encoding, the learner's path), else the features serialized as JSON (which also checks them).
+- **The memory estimate** of an entry is ``ENTRY_BYTES`` + the UTF-8-length of its id, and for an event +
+  the length of those bytes + ``FEATURE_BYTES`` per feature (the dict's slot and the key and value objects
+  beyond their text). It depends on the content only, so a store rebuilt from its state has exactly the
+  same estimate and evicts exactly the same entries (unless it is rebuilt with other ``event_fields``: its
+  record values are then converted to features JSON). Both constants are calibrated with tracemalloc
+  (``bench/bench_join_store.py``, ``tests/test_join_store.py``): for 20 float features decoded by the
+  codec, about 1950 bytes held per pending event (id, record value and dict) against 2350 estimated; with
+  unique keys (no key object shared between events) about 3000 against 3080.
 - **Features** are dicts whose keys and values are ``str``, ``int`` (64 bits), finite ``float`` or ``bool``
   (the codec produces ``str``/``int`` keys): they round-trip exactly, key and value types included (``1``,
   ``1.0`` and ``"1"`` stay distinct). Anything else (NaN, ``None``, nested values, ints beyond 64 bits,
@@ -104,12 +107,15 @@ import orjson
 
 from stream_logreg.codec import Event, JsonCodec
 
-__all__ = ["DEFAULT_LATENCY_BUCKETS_MS", "ENTRY_BYTES", "Joined", "JoinStore", "Taken"]
+__all__ = ["DEFAULT_LATENCY_BUCKETS_MS", "ENTRY_BYTES", "FEATURE_BYTES", "Joined", "JoinStore", "Taken"]
 
 FORMAT = 2  # 2: the ``form`` column and ``event_fields`` (1, features JSON only, still loads)
 # Measured in bench/bench_join_store.py: per pending event, what the entry costs beyond its id and its
 # features' JSON bytes (the entry tuple, the bytes object's header, the ordered dict's slot and link, p).
 ENTRY_BYTES = 400
+# Per feature of a pending event, beyond its text: the decoded dict's slot and the value object (kept so that
+# a join never decodes the event again). Calibrated beside ENTRY_BYTES.
+FEATURE_BYTES = 120
 DEFAULT_LATENCY_BUCKETS_MS = (
     0,
     10,
@@ -188,6 +194,7 @@ class Taken(NamedTuple):
 
 
 class _Event(NamedTuple):
+    x: dict  # the features, as given (kept: a join never decodes them again)
     blob: bytes  # form _FEATURES: the features as JSON; form _RECORD: the event's record value
     p: float
     version: int
@@ -384,12 +391,6 @@ class JoinStore:
         self._decode_record = JsonCodec(*fields, **_CODEC_BOUNDS).decoder()  # ValueError for bad fields
         self.event_fields = fields
 
-    def _features(self, e: _Event) -> dict:
-        """The features of a stored event, as they were given."""
-        if e.form == _FEATURES:
-            return _decode_features(e.blob)
-        return self._decode_record(e.blob).x  # decodes: checked when stored or restored
-
     # Counters
 
     @property
@@ -456,8 +457,8 @@ class JoinStore:
                 blob, form = record_value if type(record_value) is bytes else bytes(record_value), _RECORD
             else:
                 blob, form = _encode_features(x), _FEATURES
-            nbytes = ENTRY_BYTES + len(id) + len(blob)
-            event = _new(_Event, (blob, p, version, ts, self.stream_time, topic, partition, offset, nbytes,
+            nbytes = ENTRY_BYTES + len(id) + len(blob) + FEATURE_BYTES * len(x)
+            event = _new(_Event, (x, blob, p, version, ts, self.stream_time, topic, partition, offset, nbytes,
                                   form))
             if len(entries) < self.max_pending and self.n_bytes + nbytes <= self.max_bytes and entries:
                 entries[id] = event
@@ -488,8 +489,7 @@ class JoinStore:
                 self.n_bytes -= entry.nbytes
                 self.pending_events -= 1
                 e = entry
-                x = self._features(e)
-                out.append(self._join(id, x, y, e.p, e.version, e.ts, ts, e.topic, e.partition, e.offset))
+                out.append(self._join(id, e.x, y, e.p, e.version, e.ts, ts, e.topic, e.partition, e.offset))
             else:
                 self._counts["duplicate_handoffs" if handed_off else "duplicate_labels"] += 1
         elif id in self._joined:
@@ -518,7 +518,7 @@ class JoinStore:
             if type(e) is _Event:
                 self.pending_events -= 1
                 value = e.blob if e.form == _RECORD else None
-                out.append(Taken(id, self._features(e), None, e.ts, e.topic, e.partition, e.offset, value,
+                out.append(Taken(id, e.x, None, e.ts, e.topic, e.partition, e.offset, value,
                                  e.p, e.version))
             else:
                 out.append(Taken(id, None, e.y, e.ts, e.topic, e.partition, e.offset, None, None, None))
@@ -615,10 +615,9 @@ class JoinStore:
             return
         self._counts[event_counter] += 1
         if self._negative:
-            x = self._features(entry)
             out.append(
                 Joined(
-                    id, x, 0, entry.p, entry.version, None, cause, entry.topic, entry.partition, entry.offset
+                    id, entry.x, 0, entry.p, entry.version, None, cause, entry.topic, entry.partition, entry.offset
                 )
             )
 
@@ -830,7 +829,7 @@ class JoinStore:
         kinds = kind.tolist()
         for i in records:
             kinds[i] = _LABEL  # not features JSON: checked below by decoding the record
-        _check_stored_features(ids, blobs, kinds)
+        xs = _check_stored_features(ids, blobs, kinds)  # index -> the features of each features-JSON event
         forms = form.tolist()
         if event_fields == "as saved":
             event_fields = saved_fields
@@ -840,6 +839,7 @@ class JoinStore:
             if type(ev) is not Event or ev.y is not None or ev.id != ids[i]:
                 raise ValueError(f"join store state: the record kept for event {ids[i]!r:.60} is not an "
                                  "unlabelled event of that id")
+            xs[i] = ev.x
             if convert:
                 blobs[i], forms[i] = _encode_features(ev.x), _FEATURES
         if event_fields is None:
@@ -848,6 +848,7 @@ class JoinStore:
             store._set_event_fields(tuple(event_fields))
         rows = zip(
             ids,
+            range(n),
             blobs,
             kind.tolist(),
             y.tolist(),
@@ -863,10 +864,11 @@ class JoinStore:
         )
         entries = store._entries
         n_bytes = n_events = 0
-        for id, blob, k, yi, v, t, s, tp, part, off, pi, f in rows:
+        for id, i, blob, k, yi, v, t, s, tp, part, off, pi, f in rows:
             if k == _EVENT:
-                nbytes = ENTRY_BYTES + len(id) + len(blob)
-                entries[id] = _new(_Event, (blob, pi, v, t, s, tp, part, off, nbytes, f))
+                x = xs[i]
+                nbytes = ENTRY_BYTES + len(id) + len(blob) + FEATURE_BYTES * len(x)
+                entries[id] = _new(_Event, (x, blob, pi, v, t, s, tp, part, off, nbytes, f))
                 n_events += 1
             else:
                 nbytes = ENTRY_BYTES + len(id)
@@ -887,10 +889,11 @@ class JoinStore:
 _INT_COLUMNS = ("kind", "y", "version", "ts", "stored_at", "topic", "partition", "offset", "form")
 
 
-def _check_stored_features(ids: list[str], blobs: list[bytes], kinds: list[int]) -> None:
-    """Refuse state features that :func:`_encode_features` could not have written. One parse of all of them
-    as one JSON array: as no blob is empty, each must hold exactly one value for the count to match; then
-    the checks of :func:`_proven` over the whole, and a blob at a time only if those fail."""
+def _check_stored_features(ids: list[str], blobs: list[bytes], kinds: list[int]) -> dict[int, dict]:
+    """The features of the events (``kinds[i] == _EVENT``), by index; refuse state features that
+    :func:`_encode_features` could not have written. One parse of all of them as one JSON array: as no blob
+    is empty, each must hold exactly one value for the count to match; then the checks of :func:`_proven`
+    over the whole, and a blob at a time only if those fail."""
     events = [i for i, k in enumerate(kinds) if k == _EVENT]
     whole = b"[" + b",".join([blobs[i] for i in events]) + b"]"
     try:
@@ -914,12 +917,13 @@ def _check_stored_features(ids: list[str], blobs: list[bytes], kinds: list[int])
             n_objects = -1  # not features: the slow check names the event
             break
     if b"null" not in whole and whole.count(b"{") == n_objects and whole.count(b"[") == n_brackets + 1:
-        return
+        return {i: x if type(x) is dict else dict(x) for i, x in zip(events, xs, strict=True)}
     for i, x in zip(events, xs, strict=True):
         try:
             _check_pairs(list(x.items()) if type(x) is dict else x)
         except ValueError as exc:
             raise ValueError(f"join store state: event {ids[i]!r:.60}: {exc}") from None
+    return {i: x if type(x) is dict else dict(x) for i, x in zip(events, xs, strict=True)}
 
 
 def _decode_id(b: bytes) -> str:
