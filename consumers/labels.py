@@ -102,7 +102,6 @@ def decode_label(value: bytes | None, id_field: str = "id", y_field: str = "y",
 #: The field that marks a hand-off record in the labels topic (an entry moved to its partition's next owner).
 HANDOFF = "stream_logreg_handoff"
 _HANDOFF_PREFIX = b'{"' + HANDOFF.encode() + b'":'
-_PREFIX_LEN = len(_HANDOFF_PREFIX)
 
 
 def handoff_value(t: Taken, fields: tuple[str, str, str] = ("x", "y", "id")) -> bytes:
@@ -330,25 +329,52 @@ class Labels:
 
     def records(self, records: list, reject: Any) -> list[tuple[Any, Joined]]:
         """Decode and feed consecutive records of the labels topic: ``(record, joined)`` to learn now. A bad
-        label is ``reject(record, reason, detail)``-ed and never reaches the store."""
+        label is ``reject(record, reason, detail)``-ed and never reaches the store.
+
+        One pass: a label of the plain form (an object whose id is a string and whose label is the integer 0
+        or 1) is read by one ``orjson.loads`` and fed with the batch's others in one
+        :meth:`~consumers.state.join_store.JoinStore.add_labels`; any other record (a hand-off, an integer
+        id, a bad label) takes :func:`decode_label`'s path, in its place in the order."""
         cfg = self.config
         id_field, y_field, max_bytes = cfg.label_id_field, cfg.label_y_field, cfg.max_message_bytes
-        add = self.store.add_label
-        out = []
+        loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
+        out: list[tuple[Any, Joined]] = []
+        plain: list[tuple] = []  # the labels fed in one call, and their records
+        plain_records: list = []
         for r in records:
             value = r.value
-            if value is not None and value[:_PREFIX_LEN] == _HANDOFF_PREFIX:
-                out.extend((r, j) for j in self._handed(r, reject))
-                continue
-            label = decode_label(value, id_field, y_field, max_bytes)
-            if label.__class__ is Rejection:
-                reject(r, label.reason, label.detail)
-                out.extend((r, j) for j in self.store.advance(r.timestamp))  # stream time moves on
-                continue
-            for j in add(label[0], label[1], ts=r.timestamp, topic=r.topic, partition=r.partition,
-                         offset=r.offset):
-                out.append((r, j))
+            doc = None
+            if value is not None and len(value) <= max_bytes and not value.startswith(_HANDOFF_PREFIX):
+                try:
+                    doc = loads(value)
+                except JSONDecodeError:
+                    pass
+            if doc.__class__ is dict:
+                id_, y = doc.get(id_field), doc.get(y_field)
+                if id_.__class__ is str and y.__class__ is int and (y == 0 or y == 1):
+                    plain.append((id_, y, r.timestamp, r.topic, r.partition, r.offset))
+                    plain_records.append(r)
+                    continue
+            if plain:  # keep the order: what came before this record first
+                out.extend([(plain_records[i], j) for i, j in self.store.add_labels(plain)])
+                plain, plain_records = [], []
+            out.extend(self._one(r, reject))
+        if plain:
+            out.extend([(plain_records[i], j) for i, j in self.store.add_labels(plain)])
         return out
+
+    def _one(self, r: Any, reject: Any) -> list[tuple[Any, Joined]]:
+        """A record of the labels topic that is not a plain label: a hand-off, or a label to decode."""
+        cfg = self.config
+        value = r.value
+        if value is not None and value.startswith(_HANDOFF_PREFIX):
+            return [(r, j) for j in self._handed(r, reject)]
+        label = decode_label(value, cfg.label_id_field, cfg.label_y_field, cfg.max_message_bytes)
+        if label.__class__ is Rejection:
+            reject(r, label.reason, label.detail)
+            return [(r, j) for j in self.store.advance(r.timestamp)]  # stream time moves on
+        return [(r, j) for j in self.store.add_label(label[0], label[1], ts=r.timestamp, topic=r.topic,
+                                                     partition=r.partition, offset=r.offset)]
 
     def _handed(self, r: Any, reject: Any) -> list[Joined]:
         """Store an entry handed off by the previous owner of the partition, as it was (its origin, its
@@ -371,24 +397,25 @@ class Labels:
                                record_value=record, **origin)
 
     def learn(self, model: Any, joined: list[tuple[Any, Joined]], reject: Any) -> list[Joined]:
-        """Learn each joined event once (exactly ``model.learn_one(x, y)``: its compiled fused step,
-        ``predict_learn_one``, whose prediction is not needed) and keep, for the delayed metrics, the
+        """Learn each joined event once, in order (exactly ``model.learn_one(x, y)``: its compiled fused
+        step, ``predict_learn_one``, whose prediction is not needed) and keep, for the delayed metrics, the
         prediction and label of those that came with their label (folded into the stats by
         :meth:`publish`); returns those learned. An update the model refuses is ``reject``-ed with the
         record that completed the join."""
-        ps, ys = self._ps, self._ys
+        ps_append, ys_append = self._ps.append, self._ys.append
         learned = []
+        keep = learned.append
         learn = model.predict_learn_one
         for r, j in joined:
             try:
-                learn(j.x, j.y)
+                learn(j[1], j[2])
             except ValueError as exc:
                 reject(r, Reason.BAD_VALUE, f"the model refused to learn joined event {j.id!r:.60}: {exc}")
                 continue
-            learned.append(j)
-            if j.cause == "label":
-                ps.append(j.p)
-                ys.append(j.y)
+            keep(j)
+            if j[6] == "label":
+                ps_append(j[3])
+                ys_append(j[2])
         self._learned += len(learned)
         return learned
 

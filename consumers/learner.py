@@ -689,9 +689,10 @@ class Learner:
         """Learn joined events once each (delayed metrics in the stats), counted under their event's
         partition."""
         counts = self._state.learned
-        for j in self._labels.learn(self._state.model, joined, self._reject):
-            tp = TopicPartition(j.topic, j.partition)
-            counts[tp] = counts.get(tp, 0) + 1
+        learned = self._labels.learn(self._state.model, joined, self._reject)
+        for (topic, partition), k in Counter(map(itemgetter(7, 8), learned)).items():
+            tp = TopicPartition(topic, partition)
+            counts[tp] = counts.get(tp, 0) + k
 
     def _learn_buffer(self, ps: list[float], ys: list[int]) -> None:
         """Predict and learn the buffered mini-batch, adding the predictions and labels of its events to

@@ -172,6 +172,33 @@ def test_store_agrees_with_the_oracle(records, ttl, max_pending, policy):
         assert j.version == 7 and j.topic == "events"
 
 
+@settings(max_examples=150, deadline=None)
+@given(scenarios(), st.integers(0, 500), st.integers(1, 12), st.sampled_from(["drop", "negative"]))
+def test_labels_fed_in_runs_do_what_they_do_one_by_one(records, ttl, max_pending, policy):
+    """``add_labels`` (the labels loop's: a polled batch in one call) is ``add_label`` label by label: the
+    same joins, expiries and evictions, each attributed to the label that caused it, and the same state."""
+    one = JoinStore(max_pending=max_pending, label_ttl_ms=ttl, expired_policy=policy)
+    runs = JoinStore(max_pending=max_pending, label_ttl_ms=ttl, expired_policy=policy)
+    out_one, out_runs, run_, where = [], [], [], []
+
+    def flush() -> None:
+        out_runs.extend((where[i], j) for i, j in runs.add_labels(run_))
+        run_.clear()
+        where.clear()
+
+    for k, r in enumerate(records):
+        out_one += [(k, j) for j in feed(one, r)]
+        if r[0] == "event":
+            flush()
+            out_runs += [(k, j) for j in feed(runs, r)]
+        else:
+            run_.append((r[1], bool(r[2]) if k % 3 == 0 else r[2], r[3], "labels", 0, r[3]))  # bools too
+            where.append(k)
+    flush()
+    assert out_runs == out_one
+    assert str(runs.to_state()) == str(one.to_state())
+
+
 @settings(max_examples=100, deadline=None)
 @given(scenarios(), st.sampled_from(["drop", "negative"]))
 def test_every_labelled_event_is_joined_exactly_once_within_the_ttl(records, policy):

@@ -500,6 +500,57 @@ class JoinStore:
             self._store(id, label, out)
         return out
 
+    def add_labels(self, labels: list[tuple]) -> list[tuple[int, Joined]]:
+        """Feed consecutive labels ``(id, y, ts, topic, partition, offset)``, as :meth:`add_label` would one
+        by one: ``(i, joined)`` for each event to learn now, ``i`` the index of the label that brought it (its
+        join, or entries that expired or were evicted as negatives when it moved the stream time). The
+        labels loop's path: one call per polled batch, the common join inline.
+
+        >>> store = JoinStore(label_ttl_ms=60_000)
+        >>> store.add_event("a", {"f": 1.0}, 0.25, version=0, ts=10)
+        []
+        >>> [(i, j.id, j.y, j.p) for i, j in store.add_labels([("z", 0, 20, "l", 0, 0), ("a", 1, 30, "l", 0, 1)])]
+        [(1, 'a', 1, 0.25)]
+        """
+        out: list[tuple[int, Joined]] = []
+        entries = self._entries
+        joined_ids = self._joined
+        counts = self._counts
+        latency_counts, buckets = self.latency_counts, self.latency_buckets_ms
+        max_joined = self.max_joined
+        for i, (id, y, ts, topic, partition, offset) in enumerate(labels):
+            if (id.__class__ is str and y.__class__ is int and (y == 0 or y == 1) and ts.__class__ is int
+                    and -1 <= ts < _MAX_TS):
+                if ts > self.stream_time:  # _tick, inline
+                    self.stream_time = ts
+                    if ts > self._next_expiry:
+                        out.extend([(i, j) for j in self._expire(ts)])
+                entry = entries.get(id)
+            else:
+                entry = None
+            if entry.__class__ is not _Event:  # a label to keep, a duplicate, or a bad one: the general path
+                out.extend([(i, j) for j in self.add_label(id, y, ts=ts, topic=topic, partition=partition,
+                                                           offset=offset)])
+                continue
+            # The common case, _join inline: its event waits.
+            del entries[id]
+            self.n_bytes -= entry.nbytes
+            self.pending_events -= 1
+            counts["joined"] += 1
+            event_ts = entry.ts
+            latency = None
+            if event_ts >= 0 and ts >= 0:
+                latency = ts - event_ts
+                latency_counts[bisect.bisect_left(buckets, latency)] += 1
+            if max_joined:
+                if len(joined_ids) >= max_joined:
+                    joined_ids.popitem(last=False)
+                    counts["forgotten_joins"] += 1
+                joined_ids[id] = self.stream_time
+            out.append((i, _new(Joined, (id, entry.x, y, entry.p, entry.version, latency, "label", entry.topic,
+                                         entry.partition, entry.offset))))
+        return out
+
     def advance(self, ts: int) -> list[Joined]:
         """Move the stream time to ``ts`` if it is later, and expire what waited longer than the TTL: returns
         the expired events to learn as negatives (``expired_policy="negative"``), else ``[]``."""
