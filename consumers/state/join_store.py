@@ -509,7 +509,8 @@ class JoinStore:
         >>> store = JoinStore(label_ttl_ms=60_000)
         >>> store.add_event("a", {"f": 1.0}, 0.25, version=0, ts=10)
         []
-        >>> [(i, j.id, j.y, j.p) for i, j in store.add_labels([("z", 0, 20, "l", 0, 0), ("a", 1, 30, "l", 0, 1)])]
+        >>> labels = [("z", 0, 20, "labels", 0, 0), ("a", 1, 30, "labels", 0, 1)]
+        >>> [(i, j.id, j.y, j.p) for i, j in store.add_labels(labels)]
         [(1, 'a', 1, 0.25)]
         """
         out: list[tuple[int, Joined]] = []
@@ -547,8 +548,8 @@ class JoinStore:
                     joined_ids.popitem(last=False)
                     counts["forgotten_joins"] += 1
                 joined_ids[id] = self.stream_time
-            out.append((i, _new(Joined, (id, entry.x, y, entry.p, entry.version, latency, "label", entry.topic,
-                                         entry.partition, entry.offset))))
+            out.append((i, _new(Joined, (id, entry.x, y, entry.p, entry.version, latency, "label",
+                                         entry.topic, entry.partition, entry.offset))))
         return out
 
     def advance(self, ts: int) -> list[Joined]:
@@ -666,11 +667,8 @@ class JoinStore:
             return
         self._counts[event_counter] += 1
         if self._negative:
-            out.append(
-                Joined(
-                    id, entry.x, 0, entry.p, entry.version, None, cause, entry.topic, entry.partition, entry.offset
-                )
-            )
+            out.append(Joined(id, entry.x, 0, entry.p, entry.version, None, cause, entry.topic, entry.partition,
+                              entry.offset))
 
     def _store(self, id: str, entry: _Event | _Label, out: list[Joined]) -> None:
         """Store an entry, evicting the oldest while it does not fit (the slow path of a store)."""
