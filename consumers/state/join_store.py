@@ -667,8 +667,8 @@ class JoinStore:
             return
         self._counts[event_counter] += 1
         if self._negative:
-            out.append(Joined(id, entry.x, 0, entry.p, entry.version, None, cause, entry.topic, entry.partition,
-                              entry.offset))
+            e = entry
+            out.append(Joined(id, e.x, 0, e.p, e.version, None, cause, e.topic, e.partition, e.offset))
 
     def _store(self, id: str, entry: _Event | _Label, out: list[Joined]) -> None:
         """Store an entry, evicting the oldest while it does not fit (the slow path of a store)."""
