@@ -79,17 +79,18 @@ def produce(bootstrap: str, records: list[tuple[str, bytes, bytes]]) -> None:
     producer.close()
 
 
-def learn_rate(bootstrap: str, topic: str, n: int, labels_topic: str | None, checkpoint_every: int
-               ) -> tuple[float, dict]:
-    """Events learned per second by a learner over ``topic`` (and ``labels_topic``: ``n`` events, ``n``
-    labels), and its final stats. Stopped once every message is read (each join is learned as its second
-    half is read)."""
+def learn_rate(bootstrap: str, topic: str, n: int, labels_topic: str | None, checkpoint_every: int,
+               client: str) -> tuple[float, dict]:
+    """Events learned per second by a learner (backend ``client``) over ``topic`` (and ``labels_topic``:
+    ``n`` events, ``n`` labels), and its final stats: the model's count of samples learned, from the end of
+    the first processed batch to the batch that learns the last one. A checkpoint every ``checkpoint_every``
+    events' worth of messages (twice as many messages with labels: the same checkpoints per event)."""
     messages = 2 * n if labels_topic else n
     with tempfile.TemporaryDirectory() as tmp:
         config = LearnerConfig(
             bootstrap_servers=bootstrap, topics=[topic], group_id=f"bench-{uuid.uuid4().hex[:8]}",
-            checkpoint_dir=tmp, checkpoint_every_messages=checkpoint_every, checkpoint_every_seconds=3600,
-            labels_topic=labels_topic,
+            checkpoint_dir=tmp, checkpoint_every_messages=checkpoint_every * messages // n,
+            checkpoint_every_seconds=3600, labels_topic=labels_topic, kafka_client=client,
         )
         learner = Learner(config)
         stats = learner.stats
@@ -98,10 +99,10 @@ def learn_rate(bootstrap: str, topic: str, n: int, labels_topic: str | None, che
 
         def timed_process(tp, records, values) -> None:
             process(tp, records, values)
-            consumed = stats.consumed
-            if not marks or consumed >= messages:
-                marks.append((time.perf_counter(), consumed * n // messages))
-            if consumed >= messages:
+            learned = learner.model.n_samples_seen
+            if not marks or learned >= n:
+                marks.append((time.perf_counter(), learned))
+            if learned >= n:
                 learner.stop()
 
         learner._process = timed_process
@@ -110,43 +111,67 @@ def learn_rate(bootstrap: str, topic: str, n: int, labels_topic: str | None, che
         return (c1 - c0) / (t1 - t0), stats.snapshot()
 
 
-def raw_rate(bootstrap: str, topics: list[str], messages: int, events: int) -> float:
-    """Events per second of raw kafka-python reading ``messages`` messages of ``topics`` (``events`` events):
-    the same consumer settings as the learner's, no decoding and no model; timed as :func:`learn_rate`."""
-    from kafka import KafkaConsumer
-
-    config = LearnerConfig(bootstrap_servers=bootstrap, topics=topics, checkpoint_dir=tempfile.gettempdir(),
-                           group_id=f"raw-{uuid.uuid4().hex[:8]}",
-                           auto_offset_reset="earliest")
-    consumer = KafkaConsumer(**config.consumer_kwargs())
-    consumer.subscribe(topics)
+def raw_rate(bootstrap: str, topics: list[str], messages: int, events: int, client: str) -> float:
+    """Events per second of the raw client ``client`` (kafka-python's ``KafkaConsumer`` or confluent-kafka's
+    ``Consumer``, of the learner's settings) reading ``messages`` messages of ``topics`` (``events``
+    events): polls of ``max_poll_records`` whose values are touched, no decoding and no model; timed as
+    :func:`learn_rate`."""
+    config = LearnerConfig(bootstrap_servers=bootstrap, topics=topics[:1],
+                           checkpoint_dir=tempfile.gettempdir(), group_id=f"raw-{uuid.uuid4().hex[:8]}",
+                           auto_offset_reset="earliest", labels_topic=topics[1] if len(topics) > 1 else None,
+                           kafka_client=client)
     read, marks = 0, []
     deadline = time.monotonic() + 120
-    try:
-        while read < messages and time.monotonic() < deadline:
-            batch = consumer.poll(timeout_ms=500, max_records=config.max_poll_records)
-            for records in batch.values():
-                read += len(records)
-                sum(len(r.value) for r in records)  # touch the values, as the learner does
-            if batch and (not marks or read >= messages):
-                marks.append((time.perf_counter(), read))
-    finally:
-        consumer.close(autocommit=False)
+    if client == "confluent":
+        from confluent_kafka import Consumer
+
+        from consumers.confluent import consumer_conf
+
+        consumer = Consumer(consumer_conf(config))
+        consumer.subscribe(topics)
+        try:
+            while read < messages and time.monotonic() < deadline:
+                msgs = consumer.consume(config.max_poll_records, 0.5)
+                msgs = [m for m in msgs if m.error() is None]
+                read += len(msgs)
+                sum(len(m.value()) for m in msgs)  # touch the values, as the learner does
+                if msgs and (not marks or read >= messages):
+                    marks.append((time.perf_counter(), read))
+        finally:
+            consumer.close()
+    else:
+        from kafka import KafkaConsumer
+
+        consumer = KafkaConsumer(**config.consumer_kwargs())
+        consumer.subscribe(topics)
+        try:
+            while read < messages and time.monotonic() < deadline:
+                batch = consumer.poll(timeout_ms=500, max_records=config.max_poll_records)
+                for records in batch.values():
+                    read += len(records)
+                    sum(len(r.value) for r in records)  # touch the values, as the learner does
+                if batch and (not marks or read >= messages):
+                    marks.append((time.perf_counter(), read))
+        finally:
+            consumer.close(autocommit=False)
     (t0, c0), (t1, c1) = marks[0], marks[-1]
     return (c1 - c0) * events / messages / (t1 - t0)
 
 
 def memory_per_event(events: list[tuple[str, dict, int]]) -> tuple[float, float]:
-    """(measured bytes, estimated bytes) per pending event of a JoinStore holding ``events``, their record
-    values included (kept alive by the store)."""
+    """(measured bytes, estimated bytes) per pending event of a JoinStore holding ``events`` as the learner
+    keeps them: each record value and the features decoded from it (both made inside the measurement, and
+    kept alive by the store only)."""
     codec = JsonCodec()
+    decode = codec.decoder()
     values = [encode_event(x, None, id_) for id_, x, _ in events]
-    decoded = [(id_, codec.decode(v).x, v) for (id_, _, _), v in zip(events, values, strict=True)]
     store = JoinStore(max_pending=len(events) + 1, label_ttl_ms=10**12, event_fields=codec.fields)
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    for i, (id_, x, value) in enumerate(decoded):  # as the learner does: the record value is kept (a copy
-        store.add_event(id_, x, 0.5, version=i, ts=i, record_value=bytes(bytearray(value)))  # made here)
+    for i, v in enumerate(values):
+        value = bytes(bytearray(v))  # the client's copy
+        ev = decode(value)
+        store.add_event(ev.id, ev.x, 0.5, version=i, ts=i, record_value=value)
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     return (after - before) / len(events), store.n_bytes / len(events)
@@ -154,11 +179,12 @@ def memory_per_event(events: list[tuple[str, dict, int]]) -> tuple[float, float]
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--events", type=int, default=50_000)
+    ap.add_argument("--events", type=int, default=20_000)
     ap.add_argument("--features", type=int, default=20)
     ap.add_argument("--checkpoint-every", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--lag", type=int, default=100, help="events between an event and its label")
+    ap.add_argument("--kafka-client", choices=["kafka-python", "confluent", "both"], default="both")
     args = ap.parse_args()
     events = make_events(args.events, args.features)
     broker = None
@@ -178,30 +204,32 @@ def main() -> int:
         records += [(labels, i.encode(), orjson.dumps({"id": i, "y": y})) for i, _, y in events[-args.lag:]]
         produce(bootstrap, records)
         print(f"produced {args.events:,} events ({args.features} features): labelled; unlabelled + labels")
-        rates: dict[str, list[float]] = {"a": [], "b": [], "r1": [], "r2": []}
-        ratios, ceilings = [], []
         n = args.events
-        for i in range(args.rounds):
-            r1 = raw_rate(bootstrap, [labelled], n, n)
-            a, snap_a = learn_rate(bootstrap, labelled, n, None, args.checkpoint_every)
-            r2 = raw_rate(bootstrap, [unlabelled, labels], 2 * n, n)
-            b, snap_b = learn_rate(bootstrap, unlabelled, n, labels, args.checkpoint_every)
-            for k, v in (("a", a), ("b", b), ("r1", r1), ("r2", r2)):
-                rates[k].append(v)
-            ratios.append(b / a)
-            ceilings.append(r2 / r1)
-            print(f"round {i + 1}: (a) labelled {a:9,.0f} events/s   (b) joined {b:9,.0f} events/s   "
-                  f"(b)/(a) = {b / a:.2f}   raw kafka-python (r1) {r1:9,.0f}  (r2) {r2:9,.0f} events/s   "
-                  f"r2/r1 = {r2 / r1:.2f}", flush=True)
-        assert snap_b["join"]["joined"] == args.events and snap_a["n_samples_seen"] == args.events
-        print(f"(a) labelled path  median {statistics.median(rates['a']):10,.0f} events learned/s")
-        print(f"(b) joined path    median {statistics.median(rates['b']):10,.0f} events learned/s   "
-              f"(b)/(a) = {statistics.median(ratios):.2f} (median of the rounds' ratios; goal >= 0.8)   "
-              f"delayed log loss {snap_b['delayed_log_loss']:.4f}, immediate {snap_a['log_loss']:.4f}")
-        med = {k: statistics.median(v) for k, v in rates.items()}
-        print(f"ceiling: raw kafka-python r1 {med['r1']:,.0f}, r2 {med['r2']:,.0f} events/s; the most "
-              f"(b)/(a) can be with two messages per event: r2/r1 = {statistics.median(ceilings):.2f}; "
-              f"(a)/r1 = {med['a'] / med['r1']:.2f}, (b)/r2 = {med['b'] / med['r2']:.2f}")
+        clients = ["kafka-python", "confluent"] if args.kafka_client == "both" else [args.kafka_client]
+        for client in clients:
+            rates: dict[str, list[float]] = {"a": [], "b": [], "r1": [], "r2": []}
+            for i in range(args.rounds):  # interleaved: a drift in the machine's load hits all four alike
+                r1 = raw_rate(bootstrap, [labelled], n, n, client)
+                a, snap_a = learn_rate(bootstrap, labelled, n, None, args.checkpoint_every, client)
+                r2 = raw_rate(bootstrap, [unlabelled, labels], 2 * n, n, client)
+                b, snap_b = learn_rate(bootstrap, unlabelled, n, labels, args.checkpoint_every, client)
+                assert snap_b["join"]["joined"] == n and snap_a["n_samples_seen"] == n, (snap_a, snap_b)
+                for k, v in (("a", a), ("b", b), ("r1", r1), ("r2", r2)):
+                    rates[k].append(v)
+                print(f"{client} round {i + 1}: (a) labelled {a:8,.0f}  (b) joined {b:8,.0f} events learned/s"
+                      f"  (b)/(a) = {b / a:.2f}   raw client (r1) {r1:8,.0f}  (r2) {r2:8,.0f} events/s  "
+                      f"r2/r1 = {r2 / r1:.2f}", flush=True)
+            med = {k: statistics.median(v) for k, v in rates.items()}
+            ratio = statistics.median(b / a for a, b in zip(rates["a"], rates["b"], strict=True))
+            ceiling = statistics.median(r2 / r1 for r1, r2 in zip(rates["r1"], rates["r2"], strict=True))
+            print(f"{client}: (a) labelled median {med['a']:,.0f}, (b) joined median {med['b']:,.0f} events "
+                  f"learned/s: (b)/(a) = {ratio:.2f} (median of the rounds' ratios; goal >= 0.8)")
+            print(f"{client}: the client's ceiling, raw r1 {med['r1']:,.0f} and r2 {med['r2']:,.0f} events/s:"
+                  f" with two messages per event (b)/(a) can be at most r2/r1 = {ceiling:.2f}; "
+                  f"(a)/r1 = {med['a'] / med['r1']:.2f}, (b)/r2 = {med['b'] / med['r2']:.2f}, "
+                  f"(b)/(a) against the ceiling = {ratio / ceiling:.2f}")
+            print(f"{client}: delayed log loss {snap_b['delayed_log_loss']:.4f}, immediate "
+                  f"{snap_a['log_loss']:.4f}", flush=True)
     finally:
         if broker is not None:
             broker.stop()
