@@ -690,6 +690,10 @@ class Learner:
         partition."""
         counts = self._state.learned
         learned = self._labels.learn(self._state.model, joined, self._reject)
+        if len(learned) == 1:  # an event whose label was waiting
+            tp = TopicPartition(learned[0].topic, learned[0].partition)
+            counts[tp] = counts.get(tp, 0) + 1
+            return
         for (topic, partition), k in Counter(map(itemgetter(7, 8), learned)).items():
             tp = TopicPartition(topic, partition)
             counts[tp] = counts.get(tp, 0) + k

@@ -520,8 +520,9 @@ class JoinStore:
         latency_counts, buckets = self.latency_counts, self.latency_buckets_ms
         max_joined = self.max_joined
         for i, (id, y, ts, topic, partition, offset) in enumerate(labels):
-            if (id.__class__ is str and y.__class__ is int and (y == 0 or y == 1) and ts.__class__ is int
-                    and -1 <= ts < _MAX_TS):
+            checked = (id.__class__ is str and y.__class__ is int and (y == 0 or y == 1)
+                       and ts.__class__ is int and -1 <= ts < _MAX_TS)
+            if checked:
                 if ts > self.stream_time:  # _tick, inline
                     self.stream_time = ts
                     if ts > self._next_expiry:
@@ -529,7 +530,18 @@ class JoinStore:
                 entry = entries.get(id)
             else:
                 entry = None
-            if entry.__class__ is not _Event:  # a label to keep, a duplicate, or a bad one: the general path
+            if entry.__class__ is not _Event:
+                if (checked and entry is None and id not in joined_ids and entries
+                        and len(entries) < self.max_pending and topic.__class__ is str
+                        and partition.__class__ is int and offset.__class__ is int
+                        and -1 <= partition < _MAX_TS and -1 <= offset < _MAX_TS):  # a label first, that fits
+                    nbytes = ENTRY_BYTES + len(id)
+                    if self.n_bytes + nbytes <= self.max_bytes:
+                        label = (y, ts, self.stream_time, topic, partition, offset, nbytes)
+                        entries[id] = _new(_Label, label)
+                        self.n_bytes += nbytes
+                        continue
+                # a label that does not fit, a duplicate, or a bad one: the general path
                 out.extend([(i, j) for j in self.add_label(id, y, ts=ts, topic=topic, partition=partition,
                                                            offset=offset)])
                 continue
