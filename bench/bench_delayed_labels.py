@@ -80,10 +80,11 @@ def produce(bootstrap: str, records: list[tuple[str, bytes, bytes]]) -> None:
 
 
 def learn_rate(bootstrap: str, topic: str, n: int, labels_topic: str | None, checkpoint_every: int,
-               client: str) -> tuple[float, dict]:
+               client: str) -> tuple[float, float, dict]:
     """Events learned per second by a learner (backend ``client``) over ``topic`` (and ``labels_topic``:
-    ``n`` events, ``n`` labels), and its final stats: the model's count of samples learned, from the end of
-    the first processed batch to the batch that learns the last one. A checkpoint every ``checkpoint_every``
+    ``n`` events, ``n`` labels), the process's CPU seconds per event learned (all threads: the client's
+    too), and its final stats: the model's count of samples learned, from the end of the first processed
+    batch to the batch that learns the last one. A checkpoint every ``checkpoint_every``
     events' worth of messages (twice as many messages with labels: the same checkpoints per event)."""
     messages = 2 * n if labels_topic else n
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,21 +102,22 @@ def learn_rate(bootstrap: str, topic: str, n: int, labels_topic: str | None, che
             process(tp, records, values)
             learned = learner.model.n_samples_seen
             if not marks or learned >= n:
-                marks.append((time.perf_counter(), learned))
+                marks.append((time.perf_counter(), time.process_time(), learned))
             if learned >= n:
                 learner.stop()
 
         learner._process = timed_process
         learner.run()
-        (t0, c0), (t1, c1) = marks[0], marks[-1]
-        return (c1 - c0) / (t1 - t0), stats.snapshot()
+        (t0, p0, c0), (t1, p1, c1) = marks[0], marks[-1]
+        return (c1 - c0) / (t1 - t0), (p1 - p0) / (c1 - c0), stats.snapshot()
 
 
-def raw_rate(bootstrap: str, topics: list[str], messages: int, events: int, client: str) -> float:
+def raw_rate(bootstrap: str, topics: list[str], messages: int, events: int, client: str
+             ) -> tuple[float, float]:
     """Events per second of the raw client ``client`` (kafka-python's ``KafkaConsumer`` or confluent-kafka's
     ``Consumer``, of the learner's settings) reading ``messages`` messages of ``topics`` (``events``
-    events): polls of ``max_poll_records`` whose values are touched, no decoding and no model; timed as
-    :func:`learn_rate`."""
+    events), and its CPU seconds per event: polls of ``max_poll_records`` whose values are touched, no
+    decoding and no model; timed as :func:`learn_rate`."""
     config = LearnerConfig(bootstrap_servers=bootstrap, topics=topics[:1],
                            checkpoint_dir=tempfile.gettempdir(), group_id=f"raw-{uuid.uuid4().hex[:8]}",
                            auto_offset_reset="earliest", labels_topic=topics[1] if len(topics) > 1 else None,
@@ -136,7 +138,7 @@ def raw_rate(bootstrap: str, topics: list[str], messages: int, events: int, clie
                 read += len(msgs)
                 sum(len(m.value()) for m in msgs)  # touch the values, as the learner does
                 if msgs and (not marks or read >= messages):
-                    marks.append((time.perf_counter(), read))
+                    marks.append((time.perf_counter(), time.process_time(), read))
         finally:
             consumer.close()
     else:
@@ -151,11 +153,11 @@ def raw_rate(bootstrap: str, topics: list[str], messages: int, events: int, clie
                     read += len(records)
                     sum(len(r.value) for r in records)  # touch the values, as the learner does
                 if batch and (not marks or read >= messages):
-                    marks.append((time.perf_counter(), read))
+                    marks.append((time.perf_counter(), time.process_time(), read))
         finally:
             consumer.close(autocommit=False)
-    (t0, c0), (t1, c1) = marks[0], marks[-1]
-    return (c1 - c0) * events / messages / (t1 - t0)
+    (t0, p0, c0), (t1, p1, c1) = marks[0], marks[-1]
+    return (c1 - c0) * events / messages / (t1 - t0), (p1 - p0) / ((c1 - c0) * events / messages)
 
 
 def memory_per_event(events: list[tuple[str, dict, int]]) -> tuple[float, float]:
@@ -207,19 +209,26 @@ def main() -> int:
         n = args.events
         clients = ["kafka-python", "confluent"] if args.kafka_client == "both" else [args.kafka_client]
         for client in clients:
-            rates: dict[str, list[float]] = {"a": [], "b": [], "r1": [], "r2": []}
+            rates: dict[str, list[float]] = {k: [] for k in ("a", "b", "r1", "r2")}
+            cpu: dict[str, list[float]] = {k: [] for k in ("a", "b", "r1", "r2")}
             for i in range(args.rounds):  # interleaved: a drift in the machine's load hits all four alike
-                r1 = raw_rate(bootstrap, [labelled], n, n, client)
-                a, snap_a = learn_rate(bootstrap, labelled, n, None, args.checkpoint_every, client)
-                r2 = raw_rate(bootstrap, [unlabelled, labels], 2 * n, n, client)
-                b, snap_b = learn_rate(bootstrap, unlabelled, n, labels, args.checkpoint_every, client)
+                got = {"r1": raw_rate(bootstrap, [labelled], n, n, client)}
+                a, cpu_a, snap_a = learn_rate(bootstrap, labelled, n, None, args.checkpoint_every, client)
+                got["r2"] = raw_rate(bootstrap, [unlabelled, labels], 2 * n, n, client)
+                b, cpu_b, snap_b = learn_rate(bootstrap, unlabelled, n, labels, args.checkpoint_every, client)
                 assert snap_b["join"]["joined"] == n and snap_a["n_samples_seen"] == n, (snap_a, snap_b)
-                for k, v in (("a", a), ("b", b), ("r1", r1), ("r2", r2)):
-                    rates[k].append(v)
-                print(f"{client} round {i + 1}: (a) labelled {a:8,.0f}  (b) joined {b:8,.0f} events learned/s"
-                      f"  (b)/(a) = {b / a:.2f}   raw client (r1) {r1:8,.0f}  (r2) {r2:8,.0f} events/s  "
-                      f"r2/r1 = {r2 / r1:.2f}", flush=True)
+                got.update(a=(a, cpu_a), b=(b, cpu_b))
+                for k, (rate, sec) in got.items():
+                    rates[k].append(rate)
+                    cpu[k].append(sec * 1e6)
+                us = {k: v[-1] for k, v in cpu.items()}
+                print(f"{client} round {i + 1}: learned/s (a) labelled {a:8,.0f}  (b) joined {b:8,.0f}  "
+                      f"(b)/(a) = {b / a:.2f};  raw client events/s (r1) one topic {rates['r1'][-1]:8,.0f}  "
+                      f"(r2) two {rates['r2'][-1]:8,.0f}  r2/r1 = {rates['r2'][-1] / rates['r1'][-1]:.2f};  "
+                      f"CPU µs/event a {us['a']:.1f} b {us['b']:.1f} r1 {us['r1']:.1f} r2 {us['r2']:.1f}",
+                      flush=True)
             med = {k: statistics.median(v) for k, v in rates.items()}
+            us = {k: statistics.median(v) for k, v in cpu.items()}
             ratio = statistics.median(b / a for a, b in zip(rates["a"], rates["b"], strict=True))
             ceiling = statistics.median(r2 / r1 for r1, r2 in zip(rates["r1"], rates["r2"], strict=True))
             print(f"{client}: (a) labelled median {med['a']:,.0f}, (b) joined median {med['b']:,.0f} events "
@@ -228,6 +237,10 @@ def main() -> int:
                   f" with two messages per event (b)/(a) can be at most r2/r1 = {ceiling:.2f}; "
                   f"(a)/r1 = {med['a'] / med['r1']:.2f}, (b)/r2 = {med['b'] / med['r2']:.2f}, "
                   f"(b)/(a) against the ceiling = {ratio / ceiling:.2f}")
+            print(f"{client}: CPU per event (this process, all threads; medians): (a) {us['a']:.1f} µs, (b) "
+                  f"{us['b']:.1f} µs = (a) x {us['b'] / us['a']:.2f}; the client alone r1 {us['r1']:.1f}, r2 "
+                  f"{us['r2']:.1f} µs; the learner's own (a - r1) {us['a'] - us['r1']:.1f}, (b - r2) "
+                  f"{us['b'] - us['r2']:.1f} µs")
             print(f"{client}: delayed log loss {snap_b['delayed_log_loss']:.4f}, immediate "
                   f"{snap_a['log_loss']:.4f}", flush=True)
     finally:

@@ -68,6 +68,10 @@ _Y = {0: 0, 1: 1}
 _Y_TYPES = frozenset({int, bool, float})
 
 
+def _same(record: Any) -> Any:
+    return record
+
+
 class NotCoPartitioned(Exception):
     """The labels topic and the events topic(s) are not co-partitioned (or one does not exist)."""
 
@@ -321,28 +325,52 @@ class Labels:
     # ------------------------------------------------------------------ the hot path
 
     def event(self, record: Any, id_: str, x: dict, p: float, version: int) -> list[Joined]:
-        """Keep a scored, unlabelled event until its label comes: the events to learn now. Its record
-        value (what ``x`` was decoded from) is kept as it is, not ``x`` re-encoded."""
-        return self.store.add_event(id_, x, p, version=version, ts=record.timestamp, topic=record.topic,
-                                    partition=record.partition, offset=record.offset,
-                                    record_value=record.value)
+        """Keep a scored, unlabelled event until its label comes: the events to learn now. ``x`` is kept
+        (learned as it is when the label comes), and its record value (what ``x`` was decoded from) as it
+        is, not ``x`` re-encoded. ``record``: a record with ``topic partition offset value timestamp``, or
+        a confluent-kafka message (read by its methods: no view made)."""
+        if record.offset.__class__ is int:
+            return self.store.add_event(id_, x, p, version=version, ts=record.timestamp, topic=record.topic,
+                                        partition=record.partition, offset=record.offset,
+                                        record_value=record.value)
+        m = record
+        return self.store.add_event(id_, x, p, version=version, ts=m.timestamp()[1], topic=m.topic(),
+                                    partition=m.partition(), offset=m.offset(), record_value=m.value())
 
-    def records(self, records: list, reject: Any) -> list[tuple[Any, Joined]]:
-        """Decode and feed consecutive records of the labels topic: ``(record, joined)`` to learn now. A bad
-        label is ``reject(record, reason, detail)``-ed and never reaches the store.
+    def records(self, records: list, reject: Any, values: list | None = None, view: Any = None
+                ) -> list[tuple[Any, Joined]]:
+        """Decode and feed consecutive records of one partition of the labels topic: ``(record, joined)``
+        to learn now. A bad label is ``reject(record, reason, detail)``-ed and never reaches the store.
+
+        ``records`` are the client's (``view(r)`` is the record with ``topic partition offset value
+        timestamp``, made only for a record that needs it) and ``values`` their values, as the source
+        polled them; without them, ``records`` are such records.
 
         One pass: a label of the plain form (an object whose id is a string and whose label is the integer 0
         or 1) is read by one ``orjson.loads`` and fed with the batch's others in one
         :meth:`~consumers.state.join_store.JoinStore.add_labels`; any other record (a hand-off, an integer
         id, a bad label) takes :func:`decode_label`'s path, in its place in the order."""
+        if not records:
+            return []
+        if view is None:
+            view = _same
+        if values is None:
+            values = [r.value for r in records]
+        r0 = view(records[0])
+        topic, partition = r0.topic, r0.partition
+        if callable(records[0].offset):  # confluent-kafka's messages: their methods, no view made
+            offsets = [m.offset() for m in records]
+            stamps = [m.timestamp()[1] for m in records]
+        else:
+            offsets = [r.offset for r in records]
+            stamps = [r.timestamp for r in records]
         cfg = self.config
         id_field, y_field, max_bytes = cfg.label_id_field, cfg.label_y_field, cfg.max_message_bytes
         loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
         out: list[tuple[Any, Joined]] = []
-        plain: list[tuple] = []  # the labels fed in one call, and their records
-        plain_records: list = []
-        for r in records:
-            value = r.value
+        plain: list[tuple] = []  # the labels fed in one call, and the index of their records
+        where: list[int] = []
+        for i, value in enumerate(values):
             doc = None
             if value is not None and len(value) <= max_bytes and not value.startswith(_HANDOFF_PREFIX):
                 try:
@@ -352,15 +380,15 @@ class Labels:
             if doc.__class__ is dict:
                 id_, y = doc.get(id_field), doc.get(y_field)
                 if id_.__class__ is str and y.__class__ is int and (y == 0 or y == 1):
-                    plain.append((id_, y, r.timestamp, r.topic, r.partition, r.offset))
-                    plain_records.append(r)
+                    plain.append((id_, y, stamps[i], topic, partition, offsets[i]))
+                    where.append(i)
                     continue
             if plain:  # keep the order: what came before this record first
-                out.extend([(plain_records[i], j) for i, j in self.store.add_labels(plain)])
-                plain, plain_records = [], []
-            out.extend(self._one(r, reject))
+                out.extend([(view(records[where[k]]), j) for k, j in self.store.add_labels(plain)])
+                plain, where = [], []
+            out.extend(self._one(view(records[i]), reject))
         if plain:
-            out.extend([(plain_records[i], j) for i, j in self.store.add_labels(plain)])
+            out.extend([(view(records[where[k]]), j) for k, j in self.store.add_labels(plain)])
         return out
 
     def _one(self, r: Any, reject: Any) -> list[tuple[Any, Joined]]:
