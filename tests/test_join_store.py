@@ -609,8 +609,18 @@ def test_an_event_kept_as_its_record_joins_with_the_decoded_features():
     store, rows = record_store()
     for id_, x, _ in rows:
         [j] = store.add_label(id_, 1, ts=100)
-        assert j.x == x and [type(k) for k in j.x] == [type(k) for k in x]
+        assert j.x is x  # kept as decoded when it was scored: the join decodes nothing again
     assert store.counters["joined"] == len(rows)
+
+
+def test_a_restored_event_joins_with_the_features_of_its_record():
+    store, rows = record_store()
+    restored = JoinStore.from_state(*store.to_state())
+    for id_, x, _ in rows:
+        [j] = restored.add_label(id_, 1, ts=100)
+        assert j.x == x and [type(k) for k in j.x] == [type(k) for k in x]
+        assert [type(v) for v in j.x.values()] == [type(v) for v in x.values()]
+    assert restored.n_bytes == 0 and restored.counters["joined"] == len(rows)
 
 
 def test_records_kept_survive_a_checkpoint_and_are_checked_when_restored():
