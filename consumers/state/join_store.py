@@ -715,24 +715,24 @@ class JoinStore:
         ``JoinStore.from_state(*store.to_state())`` behaves exactly as ``store`` from then on.
         """
         entries = list(self._entries.items())
-        topics = list(dict.fromkeys(e.topic for _, e in entries))
+        vals = [e for _, e in entries]
+        topics = list(dict.fromkeys(e.topic for e in vals))
         code = {t: i for i, t in enumerate(topics)}
-        n = len(entries)
-        rows = []
-        ps = []
-        blobs = []
-        for _, e in entries:
-            if type(e) is _Event:
-                rows.append((_EVENT, 0, e.version, e.ts, e.stored_at, code[e.topic], e.partition, e.offset,
-                             e.form))
-                ps.append(e.p)
-                blobs.append(e.blob)
-            else:
-                rows.append((_LABEL, e.y, 0, e.ts, e.stored_at, code[e.topic], e.partition, e.offset, 0))
-                ps.append(0.0)
-                blobs.append(b"")
-        ints = np.array(rows, dtype=np.int64).reshape(n, len(_INT_COLUMNS)).T.copy()
-        p = np.array(ps, dtype=np.float64)
+        events = [e.__class__ is _Event for e in vals]
+        columns = {  # column by column: a list of ints each, one numpy conversion each
+            "kind": [_EVENT if ev else _LABEL for ev in events],
+            "y": [0 if ev else e.y for e, ev in zip(vals, events, strict=True)],
+            "version": [e.version if ev else 0 for e, ev in zip(vals, events, strict=True)],
+            "ts": [e.ts for e in vals],
+            "stored_at": [e.stored_at for e in vals],
+            "topic": [code[e.topic] for e in vals],
+            "partition": [e.partition for e in vals],
+            "offset": [e.offset for e in vals],
+            "form": [e.form if ev else 0 for e, ev in zip(vals, events, strict=True)],
+        }
+        ints = [np.array(columns[name], dtype=np.int64) for name in _INT_COLUMNS]
+        p = np.array([e.p if ev else 0.0 for e, ev in zip(vals, events, strict=True)], dtype=np.float64)
+        blobs = [e.blob if ev else b"" for e, ev in zip(vals, events, strict=True)]
         ids = [id.encode("utf-8", "surrogatepass") for id, _ in entries]
         id_words, id_bytes = _pack(ids)
         x_words, x_bytes = _pack(blobs)
