@@ -46,8 +46,8 @@ Rules
   same estimate and evicts exactly the same entries (unless it is rebuilt with other ``event_fields``: its
   record values are then converted to features JSON). Both constants are calibrated with tracemalloc
   (``bench/bench_join_store.py``, ``tests/test_join_store.py``): for 20 float features decoded by the
-  codec, about 1950 bytes held per pending event (id, record value and dict) against 2350 estimated; with
-  unique keys (no key object shared between events) about 3000 against 3080.
+  codec, about 1990 bytes held per pending event (id, record value and dict) against 3330 estimated; with
+  unique keys (no key object shared between events) about 3000 against 3080, the case the constant covers.
 - **Features** are dicts whose keys and values are ``str``, ``int`` (64 bits), finite ``float`` or ``bool``
   (the codec produces ``str``/``int`` keys): they round-trip exactly, key and value types included (``1``,
   ``1.0`` and ``"1"`` stay distinct). Anything else (NaN, ``None``, nested values, ints beyond 64 bits,
