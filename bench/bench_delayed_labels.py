@@ -4,30 +4,38 @@
     python bench/bench_delayed_labels.py --events 20000      # starts a broker (scripts/kafka_broker.py)
     KAFKA_BOOTSTRAP_SERVERS=host:port python bench/bench_delayed_labels.py
 
-Measures, in the same process, on ``--events`` events with ``--features`` numeric features:
+Measures, in the same process, against the same broker, on the same ``--events`` events with
+``--features`` numeric features, on each client backend (``--kafka-client``: kafka-python, confluent or
+both):
 
-(a) today's labelled path: one topic of labelled events, each predicted and learned on arrival
-    (``consumers.Learner``, batch size 1);
-(b) the joined path: a topic of the same events unlabelled (with ids) and a co-partitioned labels topic
-    with their labels, each label produced ``--lag`` events after its event; each event is scored and
-    kept, then learned when its label is read (``--labels-topic``). It reads twice as many messages for
-    the same events learned.
+(a) today's labelled path: one topic of the events with their label ``y``, each predicted and learned on
+    arrival (``consumers.Learner``, batch size 1);
+(b) the joined path: a topic of the same events without ``y`` (with ids) and a co-partitioned labels topic
+    ``{"id", "y"}``, each label produced ``--lag`` events after its event; each event is scored and kept,
+    then learned when its label is read (``--labels-topic``). It reads two messages per event learned.
 
-Rates are events learned per second, from the end of the first processed batch to the batch that learns
-the last event (group join and connection set-up excluded), checkpoints real (fsync'd). ``--rounds``
-rounds measure (a) then (b) back to back; each round's (b)/(a) is printed, then the medians.
+Rates are events LEARNED per second (the model's count), from the delivery of the first polled batch
+(group join and connection set-up excluded) to the batch that learns the last event, checkpoints real
+(fsync'd), the same number of checkpoints per event in both. Beside each rate: the process's CPU time per
+event (all threads, the client's included), which the machine's load disturbs less than the rates.
+``--rounds`` rounds measure r1, (a), r2, (b) back to back; each round's figures, then the medians.
 
-The ceiling. (b) reads two messages per event learned, so it cannot reach (a) however cheap the join:
-beside them, each round measures raw kafka-python (a ``KafkaConsumer`` of the same settings, no
-decoding, no model) reading (r1) the labelled topic and (r2) both the unlabelled events and the labels
-topic, in events per second (r2: one event per two messages). r2/r1 is the most (b)/(a) can be with a
-free join; (b)/r2 says how much of its ceiling the joined path reaches, beside (a)/r1 for the labelled
-path. (kafka-python's record parsing costs about as much per message as the labelled path's own work:
-r2/r1 measured 0.26-0.53 on the shared 2-core machine, so the issue's 0.8 is out of reach of a second topic
-read by the same client; the joined path's own cost is what (b)/r2 shows.)
+The ceiling: the raw client (kafka-python's ``KafkaConsumer`` / confluent-kafka's ``Consumer`` of the
+learner's settings, no decoding, no model) reading (r1) the labelled topic and (r2) both the unlabelled
+events and the labels topic, in events per second (r2: one event per two messages), timed the same way.
+r2/r1 is the most (b)/(a) can be with a free join; (b)/(a) is also given against it.
 
-(c) memory per pending event: ``tracemalloc`` around storing the decoded events in a ``JoinStore``, beside
-the store's own estimate (what ``--max-pending-bytes`` bounds).
+What bounds it (measured, 20 float features, the shared 2-core machine): kafka-python parses a record in
+10-16 µs of CPU whatever its size, a 30-byte label as much as a 525-byte event, and reads one partition per
+poll (the labels, tiny, come first, 2000 a poll): two messages per event cost twice the client's CPU, so
+r2/r1 <= ~0.5 by CPU, less or more by wall time as fetches wait (bigger ``max_partition_fetch_bytes``
+raises both r1 and r2, not their ratio). With confluent-kafka the client is cheap (~1-2 µs a message) and
+the bound is the joined path's own CPU: scoring, keeping, then decoding a label and learning, where the
+labelled path is one compiled decode-and-learn call per message.
+
+(c) memory per pending event: ``tracemalloc`` around storing the events as the learner does (the record
+value and its decoded features, kept so that a join does not decode again), beside the store's own
+estimate (what ``--max-pending-bytes`` bounds).
 """
 
 from __future__ import annotations
@@ -79,74 +87,105 @@ def produce(bootstrap: str, records: list[tuple[str, bytes, bytes]]) -> None:
     producer.close()
 
 
-def learn_rate(bootstrap: str, topic: str, n: int, labels_topic: str | None, checkpoint_every: int
-               ) -> tuple[float, dict]:
-    """Events learned per second by a learner over ``topic`` (and ``labels_topic``: ``n`` events, ``n``
-    labels), and its final stats. Stopped once every message is read (each join is learned as its second
-    half is read)."""
+def learn_rate(bootstrap: str, topic: str, n: int, labels_topic: str | None, checkpoint_every: int,
+               client: str) -> tuple[float, float, dict]:
+    """Events learned per second by a learner (backend ``client``) over ``topic`` (and ``labels_topic``:
+    ``n`` events, ``n`` labels), the process's CPU seconds per event learned (all threads: the client's
+    too), and its final stats: the model's count of samples learned, from the delivery of the first batch
+    (before it is processed) to the batch that learns the last one. A checkpoint every
+    ``checkpoint_every`` events' worth of messages (twice as many messages with labels: the same
+    checkpoints per event)."""
     messages = 2 * n if labels_topic else n
     with tempfile.TemporaryDirectory() as tmp:
         config = LearnerConfig(
             bootstrap_servers=bootstrap, topics=[topic], group_id=f"bench-{uuid.uuid4().hex[:8]}",
-            checkpoint_dir=tmp, checkpoint_every_messages=checkpoint_every, checkpoint_every_seconds=3600,
-            labels_topic=labels_topic,
+            checkpoint_dir=tmp, checkpoint_every_messages=checkpoint_every * messages // n,
+            checkpoint_every_seconds=3600, labels_topic=labels_topic, kafka_client=client,
         )
         learner = Learner(config)
         stats = learner.stats
-        marks: list[tuple[float, int]] = []
+        marks: list[tuple[float, float, int]] = []
         process = learner._process
 
         def timed_process(tp, records, values) -> None:
+            if not marks:
+                marks.append((time.perf_counter(), time.process_time(), learner.model.n_samples_seen))
             process(tp, records, values)
-            consumed = stats.consumed
-            if not marks or consumed >= messages:
-                marks.append((time.perf_counter(), consumed * n // messages))
-            if consumed >= messages:
+            learned = learner.model.n_samples_seen
+            if learned >= n:
+                marks.append((time.perf_counter(), time.process_time(), learned))
                 learner.stop()
 
         learner._process = timed_process
         learner.run()
-        (t0, c0), (t1, c1) = marks[0], marks[-1]
-        return (c1 - c0) / (t1 - t0), stats.snapshot()
+        (t0, p0, c0), (t1, p1, c1) = marks[0], marks[-1]
+        return (c1 - c0) / (t1 - t0), (p1 - p0) / (c1 - c0), stats.snapshot()
 
 
-def raw_rate(bootstrap: str, topics: list[str], messages: int, events: int) -> float:
-    """Events per second of raw kafka-python reading ``messages`` messages of ``topics`` (``events`` events):
-    the same consumer settings as the learner's, no decoding and no model; timed as :func:`learn_rate`."""
-    from kafka import KafkaConsumer
-
-    config = LearnerConfig(bootstrap_servers=bootstrap, topics=topics, checkpoint_dir=tempfile.gettempdir(),
-                           group_id=f"raw-{uuid.uuid4().hex[:8]}",
-                           auto_offset_reset="earliest")
-    consumer = KafkaConsumer(**config.consumer_kwargs())
-    consumer.subscribe(topics)
+def raw_rate(bootstrap: str, topics: list[str], messages: int, events: int, client: str
+             ) -> tuple[float, float]:
+    """Events per second of the raw client ``client`` (kafka-python's ``KafkaConsumer`` or confluent-kafka's
+    ``Consumer``, of the learner's settings) reading ``messages`` messages of ``topics`` (``events``
+    events), and its CPU seconds per event: polls of ``max_poll_records`` whose values are touched, no
+    decoding and no model; timed as :func:`learn_rate` (from the delivery of the first batch, counted)."""
+    config = LearnerConfig(bootstrap_servers=bootstrap, topics=topics[:1],
+                           checkpoint_dir=tempfile.gettempdir(), group_id=f"raw-{uuid.uuid4().hex[:8]}",
+                           auto_offset_reset="earliest", labels_topic=topics[1] if len(topics) > 1 else None,
+                           kafka_client=client)
     read, marks = 0, []
     deadline = time.monotonic() + 120
-    try:
-        while read < messages and time.monotonic() < deadline:
-            batch = consumer.poll(timeout_ms=500, max_records=config.max_poll_records)
-            for records in batch.values():
-                read += len(records)
-                sum(len(r.value) for r in records)  # touch the values, as the learner does
-            if batch and (not marks or read >= messages):
-                marks.append((time.perf_counter(), read))
-    finally:
-        consumer.close(autocommit=False)
-    (t0, c0), (t1, c1) = marks[0], marks[-1]
-    return (c1 - c0) * events / messages / (t1 - t0)
+    if client == "confluent":
+        from confluent_kafka import Consumer
+
+        from consumers.confluent import consumer_conf
+
+        consumer = Consumer(consumer_conf(config))
+        consumer.subscribe(topics)
+        try:
+            while read < messages and time.monotonic() < deadline:
+                msgs = consumer.consume(config.max_poll_records, 0.5)
+                msgs = [m for m in msgs if m.error() is None]
+                if msgs and not marks:
+                    marks.append((time.perf_counter(), time.process_time(), 0))
+                read += len(msgs)
+                sum(len(m.value()) for m in msgs)  # touch the values, as the learner does
+            marks.append((time.perf_counter(), time.process_time(), read))
+        finally:
+            consumer.close()
+    else:
+        from kafka import KafkaConsumer
+
+        consumer = KafkaConsumer(**config.consumer_kwargs())
+        consumer.subscribe(topics)
+        try:
+            while read < messages and time.monotonic() < deadline:
+                batch = consumer.poll(timeout_ms=500, max_records=config.max_poll_records)
+                if batch and not marks:
+                    marks.append((time.perf_counter(), time.process_time(), 0))
+                for records in batch.values():
+                    read += len(records)
+                    sum(len(r.value) for r in records)  # touch the values, as the learner does
+            marks.append((time.perf_counter(), time.process_time(), read))
+        finally:
+            consumer.close(autocommit=False)
+    (t0, p0, c0), (t1, p1, c1) = marks[0], marks[-1]
+    return (c1 - c0) * events / messages / (t1 - t0), (p1 - p0) / ((c1 - c0) * events / messages)
 
 
 def memory_per_event(events: list[tuple[str, dict, int]]) -> tuple[float, float]:
-    """(measured bytes, estimated bytes) per pending event of a JoinStore holding ``events``, their record
-    values included (kept alive by the store)."""
+    """(measured bytes, estimated bytes) per pending event of a JoinStore holding ``events`` as the learner
+    keeps them: each record value and the features decoded from it (both made inside the measurement, and
+    kept alive by the store only)."""
     codec = JsonCodec()
+    decode = codec.decoder()
     values = [encode_event(x, None, id_) for id_, x, _ in events]
-    decoded = [(id_, codec.decode(v).x, v) for (id_, _, _), v in zip(events, values, strict=True)]
     store = JoinStore(max_pending=len(events) + 1, label_ttl_ms=10**12, event_fields=codec.fields)
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    for i, (id_, x, value) in enumerate(decoded):  # as the learner does: the record value is kept (a copy
-        store.add_event(id_, x, 0.5, version=i, ts=i, record_value=bytes(bytearray(value)))  # made here)
+    for i, v in enumerate(values):
+        value = bytes(bytearray(v))  # the client's copy
+        ev = decode(value)
+        store.add_event(ev.id, ev.x, 0.5, version=i, ts=i, record_value=value)
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     return (after - before) / len(events), store.n_bytes / len(events)
@@ -154,11 +193,12 @@ def memory_per_event(events: list[tuple[str, dict, int]]) -> tuple[float, float]
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--events", type=int, default=50_000)
+    ap.add_argument("--events", type=int, default=20_000)
     ap.add_argument("--features", type=int, default=20)
     ap.add_argument("--checkpoint-every", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--lag", type=int, default=100, help="events between an event and its label")
+    ap.add_argument("--kafka-client", choices=["kafka-python", "confluent", "both"], default="both")
     args = ap.parse_args()
     events = make_events(args.events, args.features)
     broker = None
@@ -178,30 +218,43 @@ def main() -> int:
         records += [(labels, i.encode(), orjson.dumps({"id": i, "y": y})) for i, _, y in events[-args.lag:]]
         produce(bootstrap, records)
         print(f"produced {args.events:,} events ({args.features} features): labelled; unlabelled + labels")
-        rates: dict[str, list[float]] = {"a": [], "b": [], "r1": [], "r2": []}
-        ratios, ceilings = [], []
         n = args.events
-        for i in range(args.rounds):
-            r1 = raw_rate(bootstrap, [labelled], n, n)
-            a, snap_a = learn_rate(bootstrap, labelled, n, None, args.checkpoint_every)
-            r2 = raw_rate(bootstrap, [unlabelled, labels], 2 * n, n)
-            b, snap_b = learn_rate(bootstrap, unlabelled, n, labels, args.checkpoint_every)
-            for k, v in (("a", a), ("b", b), ("r1", r1), ("r2", r2)):
-                rates[k].append(v)
-            ratios.append(b / a)
-            ceilings.append(r2 / r1)
-            print(f"round {i + 1}: (a) labelled {a:9,.0f} events/s   (b) joined {b:9,.0f} events/s   "
-                  f"(b)/(a) = {b / a:.2f}   raw kafka-python (r1) {r1:9,.0f}  (r2) {r2:9,.0f} events/s   "
-                  f"r2/r1 = {r2 / r1:.2f}", flush=True)
-        assert snap_b["join"]["joined"] == args.events and snap_a["n_samples_seen"] == args.events
-        print(f"(a) labelled path  median {statistics.median(rates['a']):10,.0f} events learned/s")
-        print(f"(b) joined path    median {statistics.median(rates['b']):10,.0f} events learned/s   "
-              f"(b)/(a) = {statistics.median(ratios):.2f} (median of the rounds' ratios; goal >= 0.8)   "
-              f"delayed log loss {snap_b['delayed_log_loss']:.4f}, immediate {snap_a['log_loss']:.4f}")
-        med = {k: statistics.median(v) for k, v in rates.items()}
-        print(f"ceiling: raw kafka-python r1 {med['r1']:,.0f}, r2 {med['r2']:,.0f} events/s; the most "
-              f"(b)/(a) can be with two messages per event: r2/r1 = {statistics.median(ceilings):.2f}; "
-              f"(a)/r1 = {med['a'] / med['r1']:.2f}, (b)/r2 = {med['b'] / med['r2']:.2f}")
+        clients = ["kafka-python", "confluent"] if args.kafka_client == "both" else [args.kafka_client]
+        for client in clients:
+            rates: dict[str, list[float]] = {k: [] for k in ("a", "b", "r1", "r2")}
+            cpu: dict[str, list[float]] = {k: [] for k in ("a", "b", "r1", "r2")}
+            for i in range(args.rounds):  # interleaved: a drift in the machine's load hits all four alike
+                got = {"r1": raw_rate(bootstrap, [labelled], n, n, client)}
+                a, cpu_a, snap_a = learn_rate(bootstrap, labelled, n, None, args.checkpoint_every, client)
+                got["r2"] = raw_rate(bootstrap, [unlabelled, labels], 2 * n, n, client)
+                b, cpu_b, snap_b = learn_rate(bootstrap, unlabelled, n, labels, args.checkpoint_every, client)
+                assert snap_b["join"]["joined"] == n and snap_a["n_samples_seen"] == n, (snap_a, snap_b)
+                got.update(a=(a, cpu_a), b=(b, cpu_b))
+                for k, (rate, sec) in got.items():
+                    rates[k].append(rate)
+                    cpu[k].append(sec * 1e6)
+                us = {k: v[-1] for k, v in cpu.items()}
+                print(f"{client} round {i + 1}: learned/s (a) labelled {a:8,.0f}  (b) joined {b:8,.0f}  "
+                      f"(b)/(a) = {b / a:.2f};  raw client events/s (r1) one topic {rates['r1'][-1]:8,.0f}  "
+                      f"(r2) two {rates['r2'][-1]:8,.0f}  r2/r1 = {rates['r2'][-1] / rates['r1'][-1]:.2f};  "
+                      f"CPU µs/event a {us['a']:.1f} b {us['b']:.1f} r1 {us['r1']:.1f} r2 {us['r2']:.1f}",
+                      flush=True)
+            med = {k: statistics.median(v) for k, v in rates.items()}
+            us = {k: statistics.median(v) for k, v in cpu.items()}
+            ratio = statistics.median(b / a for a, b in zip(rates["a"], rates["b"], strict=True))
+            ceiling = statistics.median(r2 / r1 for r1, r2 in zip(rates["r1"], rates["r2"], strict=True))
+            print(f"{client}: (a) labelled median {med['a']:,.0f}, (b) joined median {med['b']:,.0f} events "
+                  f"learned/s: (b)/(a) = {ratio:.2f} (median of the rounds' ratios; goal >= 0.8)")
+            print(f"{client}: the client's ceiling, raw r1 {med['r1']:,.0f} and r2 {med['r2']:,.0f} events/s:"
+                  f" with two messages per event (b)/(a) can be at most r2/r1 = {ceiling:.2f}; "
+                  f"(a)/r1 = {med['a'] / med['r1']:.2f}, (b)/r2 = {med['b'] / med['r2']:.2f}, "
+                  f"(b)/(a) against the ceiling = {ratio / ceiling:.2f}")
+            print(f"{client}: CPU per event (this process, all threads; medians): (a) {us['a']:.1f} µs, (b) "
+                  f"{us['b']:.1f} µs = (a) x {us['b'] / us['a']:.2f}; the client alone r1 {us['r1']:.1f}, r2 "
+                  f"{us['r2']:.1f} µs; the learner's own (a - r1) {us['a'] - us['r1']:.1f}, (b - r2) "
+                  f"{us['b'] - us['r2']:.1f} µs")
+            print(f"{client}: delayed log loss {snap_b['delayed_log_loss']:.4f}, immediate "
+                  f"{snap_a['log_loss']:.4f}", flush=True)
     finally:
         if broker is not None:
             broker.stop()

@@ -62,22 +62,40 @@ def time_dict(ids: list[str], rows: list[dict]) -> tuple[float, float]:
     return (t1 - t0) / n, (t2 - t1) / n
 
 
-def time_paths(ids: list[str], rows: list[dict]) -> tuple[float, float]:
+class _Record:
+    """A consumed record as the learner's labels path reads it (kafka-python's attributes)."""
+
+    __slots__ = ("topic", "partition", "offset", "timestamp", "value", "key")
+
+    def __init__(self, topic: str, offset: int, value: bytes) -> None:
+        self.topic, self.partition, self.offset, self.timestamp, self.value, self.key = (
+            topic, 0, offset, offset, value, None)
+
+
+def time_paths(ids: list[str], rows: list[dict], chunk: int = 500) -> tuple[float, float]:
     """µs per event of the labelled path and of the joined path, from message bytes, each on a fresh model.
 
-    Labelled: decode ``{"x", "y", "id"}``, ``predict_learn_one``. Joined: decode ``{"x", "id"}``, predict, add
-    the event; later decode the label ``{"id", "y"}`` (``orjson.loads``: the labels codec is not written yet),
-    add it, learn the join. No Kafka I/O in either: the store's share of the work, not the service's rate.
+    Labelled: decode ``{"x", "y", "id"}``, ``predict_learn_one``. Joined, as the learner does it: decode
+    ``{"x", "id"}``, predict, :meth:`Labels.event <consumers.labels.Labels.event>` (the event and its
+    decoded features kept); later, polled batches of ``chunk`` labels ``{"id", "y"}`` through
+    :meth:`Labels.records` (decoded, joined) and :meth:`Labels.learn` (learned, delayed metrics kept), then
+    :meth:`Labels.publish` per batch. No Kafka I/O in either: the join's share of the work.
     """
+    from types import SimpleNamespace
+
+    from consumers.labels import Labels
+    from consumers.stats import LearnerStats
+
     n, ys = len(ids), [i % 2 for i in range(len(ids))]
     codec = JsonCodec()
     labelled_msgs = [encode_event(rows[i], y=ys[i], id=ids[i]) for i in range(n)]
     event_msgs = [encode_event(rows[i], id=ids[i]) for i in range(n)]
-    label_msgs = [orjson.dumps({"id": ids[i], "y": ys[i]}) for i in range(n)]
+    event_records = [_Record("e", i, v) for i, v in enumerate(event_msgs)]
+    label_records = [_Record("l", i, orjson.dumps({"id": ids[i], "y": ys[i]})) for i in range(n)]
 
     model = OnlineLogisticRegression()
     model.learn_one(rows[0], 1)  # both models know the features: scoring unseen ones takes a slow path
-    decode = codec.decode
+    decode = codec.decoder()
     t0 = time.perf_counter()
     for i in range(n):
         e = decode(labelled_msgs[i])
@@ -86,31 +104,40 @@ def time_paths(ids: list[str], rows: list[dict]) -> tuple[float, float]:
 
     model = OnlineLogisticRegression()
     model.learn_one(rows[0], 1)
-    store = JoinStore(max_pending=n, max_bytes=2**40, label_ttl_ms=10**12)
+    cfg = SimpleNamespace(labels_topic="l", label_id_field="id", label_y_field="y", label_ttl=1e9,
+                          expired_policy="drop", max_pending=n, max_pending_bytes=2**40,
+                          max_message_bytes=1 << 20, x_field="x", y_field="y", id_field="id")
+    labels = Labels(cfg, LearnerStats())
     half = n // 2  # events then labels, half of them pending at a time
     t0 = time.perf_counter()
-    for i in range(n + half):
-        if i < n:
-            e = decode(event_msgs[i])
+    for start in range(0, n + half, chunk):
+        for i in range(start, min(start + chunk, n)):
+            r = event_records[i]
+            e = decode(r.value)
             p = model.predict_proba_one(e.x)[True]
-            store.add_event(e.id, e.x, p, version=model.n_samples_seen, ts=i, topic="e", offset=i)
-        j = i - half
-        if j >= 0:
-            label = orjson.loads(label_msgs[j])
-            for joined in store.add_label(label["id"], label["y"], ts=i, topic="l", offset=j):
-                model.learn_one(joined.x, joined.y)
+            labels.event(r, e.id, e.x, p, model.n_samples_seen)
+        first, last = max(start - half, 0), min(start + chunk - half, n)
+        if last > first:
+            labels.learn(model, labels.records(label_records[first:last], None), None)
+            labels.publish()
     joined_path = (time.perf_counter() - t0) / n * 1e6
-    assert store.counters["joined"] == n
+    assert labels.store.counters["joined"] == n, labels.store.counters
     return labelled, joined_path
 
 
 def memory(ids: list[str], rows: list[dict]) -> tuple[float, float]:
-    """Bytes per pending event: held (tracemalloc) and estimated by the store."""
-    store = JoinStore(max_pending=len(ids), max_bytes=2**40)
+    """Bytes per pending event as the learner keeps them (the record value and the features decoded from
+    it, both made inside the measurement): held (tracemalloc) and estimated by the store."""
+    codec = JsonCodec()
+    decode = codec.decoder()
+    values = [encode_event(rows[i], id=ids[i]) for i in range(len(ids))]
+    store = JoinStore(max_pending=len(ids), max_bytes=2**40, event_fields=codec.fields)
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     for i in range(len(ids)):
-        store.add_event(ids[i], rows[i], 0.5, version=i, ts=i, topic="events", partition=0, offset=i)
+        value = bytes(bytearray(values[i]))  # the client's copy
+        store.add_event(ids[i], decode(value).x, 0.5, version=i, ts=i, topic="events", partition=0, offset=i,
+                        record_value=value)
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     return held / len(ids), store.n_bytes / len(ids)
@@ -151,7 +178,7 @@ def main() -> None:
     print(f"  add_event (stored)      {ev:8.0f} ns   plain dict insert {ins:6.0f} ns  ({ev / ins:4.1f}x)")
     print(f"  add_label (joined)      {lab:8.0f} ns   plain dict pop    {pop:6.0f} ns  ({lab / pop:4.1f}x)")
     print(f"  labelled path (decode, predict_learn_one)           {labelled:6.2f} µs/event")
-    print(f"  joined path (2 decodes, predict, 2 adds, learn)     {joined:6.2f} µs/event  "
+    print(f"  joined path (decode, predict, keep; label, join, learn) {joined:6.2f} µs/event  "
           f"= {labelled / joined:.2f}x the labelled path's throughput")  # fmt: skip
     held, estimate = memory(ids[:20_000], rows[:20_000])
     print(f"  memory per pending event: {held:.0f} bytes held (tracemalloc), {estimate:.0f} estimated")

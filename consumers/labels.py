@@ -16,8 +16,9 @@ The store is part of the model's state: :meth:`Labels.extras` goes into every ch
 and the offsets of both topics (one consumer reads both, so the one contract of
 :mod:`consumers.state.checkpointing` covers them), and :meth:`Labels.restore` brings it back with the model.
 A crash therefore neither loses a pending event nor learns one twice: the model, the store and both topics'
-positions move together. An event is kept as its record value (the bytes it was decoded from, not ``x``
-re-encoded: ``event_fields`` of the store), decoded again when it joins.
+positions move together. An event is kept with its decoded features (learned as they are when it joins:
+no second decode) and its record value (what it is checkpointed and handed off as: the bytes it was
+decoded from, not ``x`` re-encoded, ``event_fields`` of the store).
 
 Hand-offs. On a revoke while running, :meth:`Labels.hand_off` appends what waits for the revoked partitions to
 partition *i* of the labels topic, for their next owner, before the revoke checkpoint: hand-off records
@@ -67,6 +68,10 @@ _Y = {0: 0, 1: 1}
 _Y_TYPES = frozenset({int, bool, float})
 
 
+def _same(record: Any) -> Any:
+    return record
+
+
 class NotCoPartitioned(Exception):
     """The labels topic and the events topic(s) are not co-partitioned (or one does not exist)."""
 
@@ -101,7 +106,6 @@ def decode_label(value: bytes | None, id_field: str = "id", y_field: str = "y",
 #: The field that marks a hand-off record in the labels topic (an entry moved to its partition's next owner).
 HANDOFF = "stream_logreg_handoff"
 _HANDOFF_PREFIX = b'{"' + HANDOFF.encode() + b'":'
-_PREFIX_LEN = len(_HANDOFF_PREFIX)
 
 
 def handoff_value(t: Taken, fields: tuple[str, str, str] = ("x", "y", "id")) -> bytes:
@@ -321,33 +325,84 @@ class Labels:
     # ------------------------------------------------------------------ the hot path
 
     def event(self, record: Any, id_: str, x: dict, p: float, version: int) -> list[Joined]:
-        """Keep a scored, unlabelled event until its label comes: the events to learn now. Its record
-        value (what ``x`` was decoded from) is kept as it is, not ``x`` re-encoded."""
-        return self.store.add_event(id_, x, p, version=version, ts=record.timestamp, topic=record.topic,
-                                    partition=record.partition, offset=record.offset,
-                                    record_value=record.value)
+        """Keep a scored, unlabelled event until its label comes: the events to learn now. ``x`` is kept
+        (learned as it is when the label comes), and its record value (what ``x`` was decoded from) as it
+        is, not ``x`` re-encoded. ``record``: a record with ``topic partition offset value timestamp``, or
+        a confluent-kafka message (read by its methods: no view made)."""
+        if record.offset.__class__ is int:
+            return self.store.add_event(id_, x, p, version=version, ts=record.timestamp, topic=record.topic,
+                                        partition=record.partition, offset=record.offset,
+                                        record_value=record.value)
+        m = record
+        return self.store.add_event(id_, x, p, version=version, ts=m.timestamp()[1], topic=m.topic(),
+                                    partition=m.partition(), offset=m.offset(), record_value=m.value())
 
-    def records(self, records: list, reject: Any) -> list[tuple[Any, Joined]]:
-        """Decode and feed consecutive records of the labels topic: ``(record, joined)`` to learn now. A bad
-        label is ``reject(record, reason, detail)``-ed and never reaches the store."""
+    def records(self, records: list, reject: Any, values: list | None = None, view: Any = None
+                ) -> list[tuple[Any, Joined]]:
+        """Decode and feed consecutive records of one partition of the labels topic: ``(record, joined)``
+        to learn now. A bad label is ``reject(record, reason, detail)``-ed and never reaches the store.
+
+        ``records`` are the client's (``view(r)`` is the record with ``topic partition offset value
+        timestamp``, made only for a record that needs it) and ``values`` their values, as the source
+        polled them; without them, ``records`` are such records.
+
+        One pass: a label of the plain form (an object whose id is a string and whose label is the integer 0
+        or 1) is read by one ``orjson.loads`` and fed with the batch's others in one
+        :meth:`~consumers.state.join_store.JoinStore.add_labels`; any other record (a hand-off, an integer
+        id, a bad label) takes :func:`decode_label`'s path, in its place in the order."""
+        if not records:
+            return []
+        if view is None:
+            view = _same
+        if values is None:
+            values = [r.value for r in records]
+        r0 = view(records[0])
+        topic, partition = r0.topic, r0.partition
+        if callable(records[0].offset):  # confluent-kafka's messages: their methods, no view made
+            offsets = [m.offset() for m in records]
+            stamps = [m.timestamp()[1] for m in records]
+        else:
+            offsets = [r.offset for r in records]
+            stamps = [r.timestamp for r in records]
         cfg = self.config
         id_field, y_field, max_bytes = cfg.label_id_field, cfg.label_y_field, cfg.max_message_bytes
-        add = self.store.add_label
-        out = []
-        for r in records:
-            value = r.value
-            if value is not None and value[:_PREFIX_LEN] == _HANDOFF_PREFIX:
-                out.extend((r, j) for j in self._handed(r, reject))
-                continue
-            label = decode_label(value, id_field, y_field, max_bytes)
-            if label.__class__ is Rejection:
-                reject(r, label.reason, label.detail)
-                out.extend((r, j) for j in self.store.advance(r.timestamp))  # stream time moves on
-                continue
-            for j in add(label[0], label[1], ts=r.timestamp, topic=r.topic, partition=r.partition,
-                         offset=r.offset):
-                out.append((r, j))
+        loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
+        out: list[tuple[Any, Joined]] = []
+        plain: list[tuple] = []  # the labels fed in one call, and the index of their records
+        where: list[int] = []
+        for i, value in enumerate(values):
+            doc = None
+            if value is not None and len(value) <= max_bytes and not value.startswith(_HANDOFF_PREFIX):
+                try:
+                    doc = loads(value)
+                except JSONDecodeError:
+                    pass
+            if doc.__class__ is dict:
+                id_, y = doc.get(id_field), doc.get(y_field)
+                if id_.__class__ is str and y.__class__ is int and (y == 0 or y == 1):
+                    plain.append((id_, y, stamps[i], topic, partition, offsets[i]))
+                    where.append(i)
+                    continue
+            if plain:  # keep the order: what came before this record first
+                out.extend([(view(records[where[k]]), j) for k, j in self.store.add_labels(plain)])
+                plain, where = [], []
+            out.extend(self._one(view(records[i]), reject))
+        if plain:
+            out.extend([(view(records[where[k]]), j) for k, j in self.store.add_labels(plain)])
         return out
+
+    def _one(self, r: Any, reject: Any) -> list[tuple[Any, Joined]]:
+        """A record of the labels topic that is not a plain label: a hand-off, or a label to decode."""
+        cfg = self.config
+        value = r.value
+        if value is not None and value.startswith(_HANDOFF_PREFIX):
+            return [(r, j) for j in self._handed(r, reject)]
+        label = decode_label(value, cfg.label_id_field, cfg.label_y_field, cfg.max_message_bytes)
+        if label.__class__ is Rejection:
+            reject(r, label.reason, label.detail)
+            return [(r, j) for j in self.store.advance(r.timestamp)]  # stream time moves on
+        return [(r, j) for j in self.store.add_label(label[0], label[1], ts=r.timestamp, topic=r.topic,
+                                                     partition=r.partition, offset=r.offset)]
 
     def _handed(self, r: Any, reject: Any) -> list[Joined]:
         """Store an entry handed off by the previous owner of the partition, as it was (its origin, its
@@ -370,24 +425,25 @@ class Labels:
                                record_value=record, **origin)
 
     def learn(self, model: Any, joined: list[tuple[Any, Joined]], reject: Any) -> list[Joined]:
-        """Learn each joined event once (exactly ``model.learn_one(x, y)``: its compiled fused step,
-        ``predict_learn_one``, whose prediction is not needed) and keep, for the delayed metrics, the
+        """Learn each joined event once, in order (exactly ``model.learn_one(x, y)``: its compiled fused
+        step, ``predict_learn_one``, whose prediction is not needed) and keep, for the delayed metrics, the
         prediction and label of those that came with their label (folded into the stats by
         :meth:`publish`); returns those learned. An update the model refuses is ``reject``-ed with the
         record that completed the join."""
-        ps, ys = self._ps, self._ys
+        ps_append, ys_append = self._ps.append, self._ys.append
         learned = []
+        keep = learned.append
         learn = model.predict_learn_one
         for r, j in joined:
             try:
-                learn(j.x, j.y)
+                learn(j[1], j[2])
             except ValueError as exc:
                 reject(r, Reason.BAD_VALUE, f"the model refused to learn joined event {j.id!r:.60}: {exc}")
                 continue
-            learned.append(j)
-            if j.cause == "label":
-                ps.append(j.p)
-                ys.append(j.y)
+            keep(j)
+            if j[6] == "label":
+                ps_append(j[3])
+                ys_append(j[2])
         self._learned += len(learned)
         return learned
 

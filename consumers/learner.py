@@ -597,7 +597,7 @@ class Learner:
         state = self._state
         labels = self._labels
         if labels is not None and tp.topic == labels.topic:
-            self._process_labels(tp, [self._source.record(r) for r in records])
+            self._process_labels(tp, records, values)
             return
         decode = self._decode
         model = state.model
@@ -646,7 +646,7 @@ class Learner:
                 if publish is not None:
                     publish(view(r), ev, p, model.n_samples_seen, cid)
                 if labels is not None and ev.id is not None:  # kept until its label comes
-                    joined = labels.event(view(r), ev.id, x, p, model.n_samples_seen)
+                    joined = labels.event(r, ev.id, x, p, model.n_samples_seen)
                     if joined:
                         self._learn_joined([(view(r), j) for j in joined])
             elif batch_size == 1:
@@ -676,11 +676,13 @@ class Learner:
             st.scored += scored
             st._add_chunk(learned, loss, hits)
 
-    def _process_labels(self, tp: TopicPartition, records: list) -> None:
-        """Records of the labels topic: feed the join store, learn what it joins."""
-        self._learn_joined(self._labels.records(records, self._reject))
+    def _process_labels(self, tp: TopicPartition, records: list, values: list) -> None:
+        """Records of the labels topic (the client's, and their values): feed the join store, learn what it
+        joins, in one pass each."""
+        view = self._source.record
+        self._learn_joined(self._labels.records(records, self._reject, values, view))
         state = self._state
-        state.positions[tp] = records[-1].offset + 1
+        state.positions[tp] = view(records[-1]).offset + 1
         state.since_checkpoint += len(records)
         with self.stats.lock:
             self.stats.consumed += len(records)
@@ -689,9 +691,14 @@ class Learner:
         """Learn joined events once each (delayed metrics in the stats), counted under their event's
         partition."""
         counts = self._state.learned
-        for j in self._labels.learn(self._state.model, joined, self._reject):
-            tp = TopicPartition(j.topic, j.partition)
+        learned = self._labels.learn(self._state.model, joined, self._reject)
+        if len(learned) == 1:  # an event whose label was waiting
+            tp = TopicPartition(learned[0].topic, learned[0].partition)
             counts[tp] = counts.get(tp, 0) + 1
+            return
+        for (topic, partition), k in Counter(map(itemgetter(7, 8), learned)).items():
+            tp = TopicPartition(topic, partition)
+            counts[tp] = counts.get(tp, 0) + k
 
     def _learn_buffer(self, ps: list[float], ys: list[int]) -> None:
         """Predict and learn the buffered mini-batch, adding the predictions and labels of its events to

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumers.state.join_store import COUNTERS, ENTRY_BYTES, JoinStore
+from stream_logreg.codec import JsonCodec
 
 # An oracle, written independently
 
@@ -169,6 +170,33 @@ def test_store_agrees_with_the_oracle(records, ttl, max_pending, policy):
     for j in out:
         assert j.x in xs[j.id]  # the features of that id, types of keys and values included
         assert j.version == 7 and j.topic == "events"
+
+
+@settings(max_examples=150, deadline=None)
+@given(scenarios(), st.integers(0, 500), st.integers(1, 12), st.sampled_from(["drop", "negative"]))
+def test_labels_fed_in_runs_do_what_they_do_one_by_one(records, ttl, max_pending, policy):
+    """``add_labels`` (the labels loop's: a polled batch in one call) is ``add_label`` label by label: the
+    same joins, expiries and evictions, each attributed to the label that caused it, and the same state."""
+    one = JoinStore(max_pending=max_pending, label_ttl_ms=ttl, expired_policy=policy)
+    runs = JoinStore(max_pending=max_pending, label_ttl_ms=ttl, expired_policy=policy)
+    out_one, out_runs, run_, where = [], [], [], []
+
+    def flush() -> None:
+        out_runs.extend((where[i], j) for i, j in runs.add_labels(run_))
+        run_.clear()
+        where.clear()
+
+    for k, r in enumerate(records):
+        out_one += [(k, j) for j in feed(one, r)]
+        if r[0] == "event":
+            flush()
+            out_runs += [(k, j) for j in feed(runs, r)]
+        else:
+            run_.append((r[1], bool(r[2]) if k % 3 == 0 else r[2], r[3], "labels", 0, r[3]))  # bools too
+            where.append(k)
+    flush()
+    assert out_runs == out_one
+    assert str(runs.to_state()) == str(one.to_state())
 
 
 @settings(max_examples=100, deadline=None)
@@ -418,21 +446,33 @@ def test_the_byte_bound_is_respected_and_an_entry_too_large_is_dropped():
     assert store.counters["dropped_full_events"] == 8
 
 
+@pytest.mark.parametrize("rows_of", ["shared keys", "unique keys", "string values"])
 @pytest.mark.parametrize("kept_as", ["features", "record"])
-def test_the_byte_estimate_is_above_the_memory_really_held(kept_as):
+def test_the_byte_estimate_is_above_the_memory_really_held(kept_as, rows_of):
+    """The store keeps each event's decoded features (a join does not decode them again) and, with
+    ``event_fields``, its record value: the estimate covers both, for features whose key objects the decoder
+    shares between events, unique keys (nothing shared) and string values."""
     from stream_logreg.codec import encode_event
 
     n, names = 2_000, [f"feature_{i:02d}" for i in range(20)]
-    rows = [{k: float(i * 20 + j) + 0.5 for j, k in enumerate(names)} for i in range(n)]
+    if rows_of == "shared keys":
+        rows = [{k: float(i * 20 + j) + 0.5 for j, k in enumerate(names)} for i in range(n)]
+    elif rows_of == "unique keys":
+        rows = [{f"{k}_{i}": float(i * 20 + j) + 0.5 for j, k in enumerate(names)} for i in range(n)]
+    else:
+        rows = [{k: f"value-{i}-{j}" for j, k in enumerate(names)} for i in range(n)]
     ids = [f"evt-{i:09d}" for i in range(n)]
     values = [encode_event(x, None, id_) for id_, x in zip(ids, rows, strict=True)]
     store = JoinStore(max_pending=n, event_fields=FIELDS)
+    decode = JsonCodec(*FIELDS).decoder()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    for i in range(n):  # a record value is the store's to keep: its copy is made here
-        value = bytes(bytearray(values[i])) if kept_as == "record" else None
-        store.add_event(ids[i], rows[i], 0.5, version=i, ts=i, topic="events", partition=0, offset=i + 10**6,
-                        record_value=value)
+    for i in range(n):  # the record value and its decoded features are the store's to keep: made here
+        value = bytes(bytearray(values[i]))
+        x = decode(value).x
+        assert x == rows[i]
+        store.add_event(ids[i], x, 0.5, version=i, ts=i, topic="events", partition=0, offset=i + 10**6,
+                        record_value=value if kept_as == "record" else None)
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     assert len(store) == n
@@ -569,8 +609,18 @@ def test_an_event_kept_as_its_record_joins_with_the_decoded_features():
     store, rows = record_store()
     for id_, x, _ in rows:
         [j] = store.add_label(id_, 1, ts=100)
-        assert j.x == x and [type(k) for k in j.x] == [type(k) for k in x]
+        assert j.x is x  # kept as decoded when it was scored: the join decodes nothing again
     assert store.counters["joined"] == len(rows)
+
+
+def test_a_restored_event_joins_with_the_features_of_its_record():
+    store, rows = record_store()
+    restored = JoinStore.from_state(*store.to_state())
+    for id_, x, _ in rows:
+        [j] = restored.add_label(id_, 1, ts=100)
+        assert j.x == x and [type(k) for k in j.x] == [type(k) for k in x]
+        assert [type(v) for v in j.x.values()] == [type(v) for v in x.values()]
+    assert restored.n_bytes == 0 and restored.counters["joined"] == len(rows)
 
 
 def test_records_kept_survive_a_checkpoint_and_are_checked_when_restored():

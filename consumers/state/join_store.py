@@ -36,15 +36,18 @@ Rules
   ``dropped_full_labels``. An evicted event follows the expired policy (``"negative"``: returned with ``y=0``
   and ``cause="evicted"``), so the policy decides the fate of every event that never got its label. An entry
   larger than ``max_bytes`` on its own is dropped at once the same way.
-- **The memory estimate** of an entry is ``ENTRY_BYTES`` + the UTF-8-length of its id + the length of the
-  bytes its features are held as: the event's record value when the caller gives it (``record_value``, with
-  ``event_fields``: no re-encoding, the learner's path), else the features serialized as JSON (compact
-  bytes, ~650 bytes for 20 float features where the dict holds ~1100); ``x`` is rebuilt when the entry
-  joins. It depends on the content only, so a store rebuilt from its state has exactly the same estimate and
-  evicts exactly the same entries (unless it is rebuilt with other ``event_fields``: its record values are
-  then converted to features JSON).
-  ``ENTRY_BYTES`` is calibrated with tracemalloc in ``bench/bench_join_store.py`` (the estimate is above the
-  measured memory: 1067 vs 936 bytes per event of 20 float features).
+- **An event keeps its features** ``x`` as given (the dict itself, not a copy: the caller must not change
+  it afterwards), so that its join learns it without decoding it again, beside the bytes it is
+  checkpointed as: its record value when the caller gives it (``record_value``, with ``event_fields``: no
+  re-encoding, the learner's path), else the features serialized as JSON (which also checks them).
+- **The memory estimate** of an entry is ``ENTRY_BYTES`` + the UTF-8-length of its id, and for an event +
+  the length of those bytes + ``FEATURE_BYTES`` per feature (the dict's slot and the key and value objects
+  beyond their text). It depends on the content only, so a store rebuilt from its state has exactly the
+  same estimate and evicts exactly the same entries (unless it is rebuilt with other ``event_fields``: its
+  record values are then converted to features JSON). Both constants are calibrated with tracemalloc
+  (``bench/bench_join_store.py``, ``tests/test_join_store.py``): for 20 float features decoded by the
+  codec, about 1990 bytes held per pending event (id, record value and dict) against 3330 estimated; with
+  unique keys (no key object shared between events) about 3000 against 3080, the case the constant covers.
 - **Features** are dicts whose keys and values are ``str``, ``int`` (64 bits), finite ``float`` or ``bool``
   (the codec produces ``str``/``int`` keys): they round-trip exactly, key and value types included (``1``,
   ``1.0`` and ``"1"`` stay distinct). Anything else (NaN, ``None``, nested values, ints beyond 64 bits,
@@ -104,12 +107,15 @@ import orjson
 
 from stream_logreg.codec import Event, JsonCodec
 
-__all__ = ["DEFAULT_LATENCY_BUCKETS_MS", "ENTRY_BYTES", "Joined", "JoinStore", "Taken"]
+__all__ = ["DEFAULT_LATENCY_BUCKETS_MS", "ENTRY_BYTES", "FEATURE_BYTES", "Joined", "JoinStore", "Taken"]
 
 FORMAT = 2  # 2: the ``form`` column and ``event_fields`` (1, features JSON only, still loads)
 # Measured in bench/bench_join_store.py: per pending event, what the entry costs beyond its id and its
 # features' JSON bytes (the entry tuple, the bytes object's header, the ordered dict's slot and link, p).
 ENTRY_BYTES = 400
+# Per feature of a pending event, beyond its text: the decoded dict's slot and the value object (kept so that
+# a join never decodes the event again). Calibrated beside ENTRY_BYTES.
+FEATURE_BYTES = 120
 DEFAULT_LATENCY_BUCKETS_MS = (
     0,
     10,
@@ -188,6 +194,7 @@ class Taken(NamedTuple):
 
 
 class _Event(NamedTuple):
+    x: dict  # the features, as given (kept: a join never decodes them again)
     blob: bytes  # form _FEATURES: the features as JSON; form _RECORD: the event's record value
     p: float
     version: int
@@ -384,12 +391,6 @@ class JoinStore:
         self._decode_record = JsonCodec(*fields, **_CODEC_BOUNDS).decoder()  # ValueError for bad fields
         self.event_fields = fields
 
-    def _features(self, e: _Event) -> dict:
-        """The features of a stored event, as they were given."""
-        if e.form == _FEATURES:
-            return _decode_features(e.blob)
-        return self._decode_record(e.blob).x  # decodes: checked when stored or restored
-
     # Counters
 
     @property
@@ -456,8 +457,8 @@ class JoinStore:
                 blob, form = record_value if type(record_value) is bytes else bytes(record_value), _RECORD
             else:
                 blob, form = _encode_features(x), _FEATURES
-            nbytes = ENTRY_BYTES + len(id) + len(blob)
-            event = _new(_Event, (blob, p, version, ts, self.stream_time, topic, partition, offset, nbytes,
+            nbytes = ENTRY_BYTES + len(id) + len(blob) + FEATURE_BYTES * len(x)
+            event = _new(_Event, (x, blob, p, version, ts, self.stream_time, topic, partition, offset, nbytes,
                                   form))
             if len(entries) < self.max_pending and self.n_bytes + nbytes <= self.max_bytes and entries:
                 entries[id] = event
@@ -488,8 +489,7 @@ class JoinStore:
                 self.n_bytes -= entry.nbytes
                 self.pending_events -= 1
                 e = entry
-                x = self._features(e)
-                out.append(self._join(id, x, y, e.p, e.version, e.ts, ts, e.topic, e.partition, e.offset))
+                out.append(self._join(id, e.x, y, e.p, e.version, e.ts, ts, e.topic, e.partition, e.offset))
             else:
                 self._counts["duplicate_handoffs" if handed_off else "duplicate_labels"] += 1
         elif id in self._joined:
@@ -498,6 +498,70 @@ class JoinStore:
             _check_origin(topic, partition, offset)
             label = _new(_Label, (y, ts, self.stream_time, topic, partition, offset, ENTRY_BYTES + len(id)))
             self._store(id, label, out)
+        return out
+
+    def add_labels(self, labels: list[tuple]) -> list[tuple[int, Joined]]:
+        """Feed consecutive labels ``(id, y, ts, topic, partition, offset)``, as :meth:`add_label` would one
+        by one: ``(i, joined)`` for each event to learn now, ``i`` the index of the label that brought it (its
+        join, or entries that expired or were evicted as negatives when it moved the stream time). The
+        labels loop's path: one call per polled batch, the common join inline.
+
+        >>> store = JoinStore(label_ttl_ms=60_000)
+        >>> store.add_event("a", {"f": 1.0}, 0.25, version=0, ts=10)
+        []
+        >>> labels = [("z", 0, 20, "labels", 0, 0), ("a", 1, 30, "labels", 0, 1)]
+        >>> [(i, j.id, j.y, j.p) for i, j in store.add_labels(labels)]
+        [(1, 'a', 1, 0.25)]
+        """
+        out: list[tuple[int, Joined]] = []
+        entries = self._entries
+        joined_ids = self._joined
+        counts = self._counts
+        latency_counts, buckets = self.latency_counts, self.latency_buckets_ms
+        max_joined = self.max_joined
+        for i, (id, y, ts, topic, partition, offset) in enumerate(labels):
+            checked = (id.__class__ is str and y.__class__ is int and (y == 0 or y == 1)
+                       and ts.__class__ is int and -1 <= ts < _MAX_TS)
+            if checked:
+                if ts > self.stream_time:  # _tick, inline
+                    self.stream_time = ts
+                    if ts > self._next_expiry:
+                        out.extend([(i, j) for j in self._expire(ts)])
+                entry = entries.get(id)
+            else:
+                entry = None
+            if entry.__class__ is not _Event:
+                if (checked and entry is None and id not in joined_ids and entries
+                        and len(entries) < self.max_pending and topic.__class__ is str
+                        and partition.__class__ is int and offset.__class__ is int
+                        and -1 <= partition < _MAX_TS and -1 <= offset < _MAX_TS):  # a label first, that fits
+                    nbytes = ENTRY_BYTES + len(id)
+                    if self.n_bytes + nbytes <= self.max_bytes:
+                        label = (y, ts, self.stream_time, topic, partition, offset, nbytes)
+                        entries[id] = _new(_Label, label)
+                        self.n_bytes += nbytes
+                        continue
+                # a label that does not fit, a duplicate, or a bad one: the general path
+                out.extend([(i, j) for j in self.add_label(id, y, ts=ts, topic=topic, partition=partition,
+                                                           offset=offset)])
+                continue
+            # The common case, _join inline: its event waits.
+            del entries[id]
+            self.n_bytes -= entry.nbytes
+            self.pending_events -= 1
+            counts["joined"] += 1
+            event_ts = entry.ts
+            latency = None
+            if event_ts >= 0 and ts >= 0:
+                latency = ts - event_ts
+                latency_counts[bisect.bisect_left(buckets, latency)] += 1
+            if max_joined:
+                if len(joined_ids) >= max_joined:
+                    joined_ids.popitem(last=False)
+                    counts["forgotten_joins"] += 1
+                joined_ids[id] = self.stream_time
+            out.append((i, _new(Joined, (id, entry.x, y, entry.p, entry.version, latency, "label",
+                                         entry.topic, entry.partition, entry.offset))))
         return out
 
     def advance(self, ts: int) -> list[Joined]:
@@ -518,7 +582,7 @@ class JoinStore:
             if type(e) is _Event:
                 self.pending_events -= 1
                 value = e.blob if e.form == _RECORD else None
-                out.append(Taken(id, self._features(e), None, e.ts, e.topic, e.partition, e.offset, value,
+                out.append(Taken(id, e.x, None, e.ts, e.topic, e.partition, e.offset, value,
                                  e.p, e.version))
             else:
                 out.append(Taken(id, None, e.y, e.ts, e.topic, e.partition, e.offset, None, None, None))
@@ -615,12 +679,8 @@ class JoinStore:
             return
         self._counts[event_counter] += 1
         if self._negative:
-            x = self._features(entry)
-            out.append(
-                Joined(
-                    id, x, 0, entry.p, entry.version, None, cause, entry.topic, entry.partition, entry.offset
-                )
-            )
+            e = entry
+            out.append(Joined(id, e.x, 0, e.p, e.version, None, cause, e.topic, e.partition, e.offset))
 
     def _store(self, id: str, entry: _Event | _Label, out: list[Joined]) -> None:
         """Store an entry, evicting the oldest while it does not fit (the slow path of a store)."""
@@ -655,24 +715,24 @@ class JoinStore:
         ``JoinStore.from_state(*store.to_state())`` behaves exactly as ``store`` from then on.
         """
         entries = list(self._entries.items())
-        topics = list(dict.fromkeys(e.topic for _, e in entries))
+        vals = [e for _, e in entries]
+        topics = list(dict.fromkeys(e.topic for e in vals))
         code = {t: i for i, t in enumerate(topics)}
-        n = len(entries)
-        rows = []
-        ps = []
-        blobs = []
-        for _, e in entries:
-            if type(e) is _Event:
-                rows.append((_EVENT, 0, e.version, e.ts, e.stored_at, code[e.topic], e.partition, e.offset,
-                             e.form))
-                ps.append(e.p)
-                blobs.append(e.blob)
-            else:
-                rows.append((_LABEL, e.y, 0, e.ts, e.stored_at, code[e.topic], e.partition, e.offset, 0))
-                ps.append(0.0)
-                blobs.append(b"")
-        ints = np.array(rows, dtype=np.int64).reshape(n, len(_INT_COLUMNS)).T.copy()
-        p = np.array(ps, dtype=np.float64)
+        events = [e.__class__ is _Event for e in vals]
+        columns = {  # column by column: a list of ints each, one numpy conversion each
+            "kind": [_EVENT if ev else _LABEL for ev in events],
+            "y": [0 if ev else e.y for e, ev in zip(vals, events, strict=True)],
+            "version": [e.version if ev else 0 for e, ev in zip(vals, events, strict=True)],
+            "ts": [e.ts for e in vals],
+            "stored_at": [e.stored_at for e in vals],
+            "topic": [code[e.topic] for e in vals],
+            "partition": [e.partition for e in vals],
+            "offset": [e.offset for e in vals],
+            "form": [e.form if ev else 0 for e, ev in zip(vals, events, strict=True)],
+        }
+        ints = [np.array(columns[name], dtype=np.int64) for name in _INT_COLUMNS]
+        p = np.array([e.p if ev else 0.0 for e, ev in zip(vals, events, strict=True)], dtype=np.float64)
+        blobs = [e.blob if ev else b"" for e, ev in zip(vals, events, strict=True)]
         ids = [id.encode("utf-8", "surrogatepass") for id, _ in entries]
         id_words, id_bytes = _pack(ids)
         x_words, x_bytes = _pack(blobs)
@@ -830,7 +890,7 @@ class JoinStore:
         kinds = kind.tolist()
         for i in records:
             kinds[i] = _LABEL  # not features JSON: checked below by decoding the record
-        _check_stored_features(ids, blobs, kinds)
+        xs = _check_stored_features(ids, blobs, kinds)  # index -> the features of each features-JSON event
         forms = form.tolist()
         if event_fields == "as saved":
             event_fields = saved_fields
@@ -840,6 +900,7 @@ class JoinStore:
             if type(ev) is not Event or ev.y is not None or ev.id != ids[i]:
                 raise ValueError(f"join store state: the record kept for event {ids[i]!r:.60} is not an "
                                  "unlabelled event of that id")
+            xs[i] = ev.x
             if convert:
                 blobs[i], forms[i] = _encode_features(ev.x), _FEATURES
         if event_fields is None:
@@ -848,6 +909,7 @@ class JoinStore:
             store._set_event_fields(tuple(event_fields))
         rows = zip(
             ids,
+            range(n),
             blobs,
             kind.tolist(),
             y.tolist(),
@@ -863,10 +925,11 @@ class JoinStore:
         )
         entries = store._entries
         n_bytes = n_events = 0
-        for id, blob, k, yi, v, t, s, tp, part, off, pi, f in rows:
+        for id, i, blob, k, yi, v, t, s, tp, part, off, pi, f in rows:
             if k == _EVENT:
-                nbytes = ENTRY_BYTES + len(id) + len(blob)
-                entries[id] = _new(_Event, (blob, pi, v, t, s, tp, part, off, nbytes, f))
+                x = xs[i]
+                nbytes = ENTRY_BYTES + len(id) + len(blob) + FEATURE_BYTES * len(x)
+                entries[id] = _new(_Event, (x, blob, pi, v, t, s, tp, part, off, nbytes, f))
                 n_events += 1
             else:
                 nbytes = ENTRY_BYTES + len(id)
@@ -887,10 +950,11 @@ class JoinStore:
 _INT_COLUMNS = ("kind", "y", "version", "ts", "stored_at", "topic", "partition", "offset", "form")
 
 
-def _check_stored_features(ids: list[str], blobs: list[bytes], kinds: list[int]) -> None:
-    """Refuse state features that :func:`_encode_features` could not have written. One parse of all of them
-    as one JSON array: as no blob is empty, each must hold exactly one value for the count to match; then
-    the checks of :func:`_proven` over the whole, and a blob at a time only if those fail."""
+def _check_stored_features(ids: list[str], blobs: list[bytes], kinds: list[int]) -> dict[int, dict]:
+    """The features of the events (``kinds[i] == _EVENT``), by index; refuse state features that
+    :func:`_encode_features` could not have written. One parse of all of them as one JSON array: as no blob
+    is empty, each must hold exactly one value for the count to match; then the checks of :func:`_proven`
+    over the whole, and a blob at a time only if those fail."""
     events = [i for i, k in enumerate(kinds) if k == _EVENT]
     whole = b"[" + b",".join([blobs[i] for i in events]) + b"]"
     try:
@@ -914,12 +978,13 @@ def _check_stored_features(ids: list[str], blobs: list[bytes], kinds: list[int])
             n_objects = -1  # not features: the slow check names the event
             break
     if b"null" not in whole and whole.count(b"{") == n_objects and whole.count(b"[") == n_brackets + 1:
-        return
+        return {i: x if type(x) is dict else dict(x) for i, x in zip(events, xs, strict=True)}
     for i, x in zip(events, xs, strict=True):
         try:
             _check_pairs(list(x.items()) if type(x) is dict else x)
         except ValueError as exc:
             raise ValueError(f"join store state: event {ids[i]!r:.60}: {exc}") from None
+    return {i: x if type(x) is dict else dict(x) for i, x in zip(events, xs, strict=True)}
 
 
 def _decode_id(b: bytes) -> str:
