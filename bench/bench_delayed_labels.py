@@ -33,7 +33,6 @@ the store's own estimate (what ``--max-pending-bytes`` bounds).
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
@@ -48,8 +47,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_consumer import _broker_module  # noqa: E402
-
+from bench._kafka import kafka_bootstrap  # noqa: E402
 from consumers import Learner, LearnerConfig  # noqa: E402
 from consumers.state.join_store import JoinStore  # noqa: E402
 from stream_logreg.codec import JsonCodec, encode_event  # noqa: E402
@@ -161,12 +159,7 @@ def main() -> int:
     ap.add_argument("--lag", type=int, default=100, help="events between an event and its label")
     args = ap.parse_args()
     events = make_events(args.events, args.features)
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
-    if not bootstrap:
-        broker = _broker_module().KafkaBroker().start()
-        bootstrap = broker.bootstrap_servers
-    try:
+    with kafka_bootstrap() as bootstrap:
         stem = f"bench-labels-{uuid.uuid4().hex[:8]}"
         labelled, unlabelled, labels = f"{stem}-labelled", f"{stem}-events", f"{stem}-labels"
         records = [(labelled, id_.encode(), encode_event(x, y, id_)) for id_, x, y in events]
@@ -202,9 +195,6 @@ def main() -> int:
         print(f"ceiling: raw kafka-python r1 {med['r1']:,.0f}, r2 {med['r2']:,.0f} events/s; the most "
               f"(b)/(a) can be with two messages per event: r2/r1 = {statistics.median(ceilings):.2f}; "
               f"(a)/r1 = {med['a'] / med['r1']:.2f}, (b)/r2 = {med['b'] / med['r2']:.2f}")
-    finally:
-        if broker is not None:
-            broker.stop()
     measured, estimated = memory_per_event(events[: min(args.events, 50_000)])
     print(f"(c) memory per pending event ({args.features} float features): {measured:,.0f} bytes measured "
           f"(tracemalloc), {estimated:,.0f} bytes estimated by the store (--max-pending-bytes counts this)")
