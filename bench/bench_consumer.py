@@ -33,8 +33,6 @@ within each round, and their medians printed. Checkpoints are real (fsync'd) and
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
 import random
 import statistics
 import sys
@@ -50,16 +48,9 @@ sys.path.insert(0, str(ROOT))
 
 from kafka import __version__ as kafka_version  # noqa: E402
 
+from bench._kafka import kafka_bootstrap  # noqa: E402
 from consumers import Learner, LearnerConfig  # noqa: E402
 from stream_logreg.codec import encode_event  # noqa: E402
-
-
-def _broker_module():
-    spec = importlib.util.spec_from_file_location("bench_kafka_broker", ROOT / "scripts" / "kafka_broker.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def produce(bootstrap: str, topic: str, n: int, n_features: int, seed: int = 0) -> float:
@@ -234,12 +225,7 @@ def main() -> int:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     clients = [c for c in args.clients.split(",") if c]
 
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
-    if not bootstrap:
-        broker = _broker_module().KafkaBroker().start()
-        bootstrap = broker.bootstrap_servers
-    try:
+    with kafka_bootstrap() as bootstrap:
         topic = f"bench-consumer-{uuid.uuid4().hex[:8]}"
         seconds = produce(bootstrap, topic, args.events, args.features)
         print(f"produced {args.events:,} events ({args.features} features) in {seconds:.1f}s to {topic}")
@@ -326,9 +312,6 @@ def main() -> int:
                 met = "met" if ratio >= 2.5 else "NOT met"
                 print(f"    batch_size={batch_size}: (d)/(c) confluent learner / kafka-python learner = "
                       f"{ratio:.2f} (median of the rounds' ratios; bar 2.5: {met})")
-    finally:
-        if broker is not None:
-            broker.stop()
     return 0
 
 

@@ -41,7 +41,6 @@ estimate (what ``--max-pending-bytes`` bounds).
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
@@ -56,8 +55,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_consumer import _broker_module  # noqa: E402
-
+from bench._kafka import kafka_bootstrap  # noqa: E402
 from consumers import Learner, LearnerConfig  # noqa: E402
 from consumers.state.join_store import JoinStore  # noqa: E402
 from stream_logreg.codec import JsonCodec, encode_event  # noqa: E402
@@ -201,12 +199,7 @@ def main() -> int:
     ap.add_argument("--kafka-client", choices=["kafka-python", "confluent", "both"], default="both")
     args = ap.parse_args()
     events = make_events(args.events, args.features)
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
-    if not bootstrap:
-        broker = _broker_module().KafkaBroker().start()
-        bootstrap = broker.bootstrap_servers
-    try:
+    with kafka_bootstrap() as bootstrap:
         stem = f"bench-labels-{uuid.uuid4().hex[:8]}"
         labelled, unlabelled, labels = f"{stem}-labelled", f"{stem}-events", f"{stem}-labels"
         records = [(labelled, id_.encode(), encode_event(x, y, id_)) for id_, x, y in events]
@@ -255,9 +248,6 @@ def main() -> int:
                   f"{us['b'] - us['r2']:.1f} µs")
             print(f"{client}: delayed log loss {snap_b['delayed_log_loss']:.4f}, immediate "
                   f"{snap_a['log_loss']:.4f}", flush=True)
-    finally:
-        if broker is not None:
-            broker.stop()
     measured, estimated = memory_per_event(events[: min(args.events, 50_000)])
     print(f"(c) memory per pending event ({args.features} float features): {measured:,.0f} bytes measured "
           f"(tracemalloc), {estimated:,.0f} bytes estimated by the store (--max-pending-bytes counts this)")

@@ -38,7 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_consumer import _broker_module, learner_rate, produce  # noqa: E402
+from bench_consumer import learner_rate, produce  # noqa: E402
+
+from bench._kafka import kafka_bootstrap  # noqa: E402
 
 EOS = {"state_store": "kafka", "processing_guarantee": "exactly-once"}
 
@@ -166,12 +168,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-failover", action="store_true")
     args = ap.parse_args()
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
-    if not bootstrap:
-        broker = _broker_module().KafkaBroker().start()
-        bootstrap = broker.bootstrap_servers
-    try:
+    with kafka_bootstrap() as bootstrap:
         print(f"(1) throughput: {args.events:,} events, a checkpoint every {args.checkpoint_every:,}, "
               "every prediction published")
         throughput(bootstrap, args.events, args.checkpoint_every, args.rounds)
@@ -181,9 +178,6 @@ def main() -> int:
             print(f"  (i) same --group-instance-id, empty disk: {same:.1f} s")
             other = failover(bootstrap, same_identity=False)
             print(f"  (ii) new identity, empty disk (takes the state over): {other:.1f} s")
-    finally:
-        if broker is not None:
-            broker.stop()
     return 0
 
 

@@ -63,7 +63,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_consumer import _broker_module  # noqa: E402
+from bench._kafka import kafka_bootstrap  # noqa: E402
 
 _TICK = os.sysconf("SC_CLK_TCK")
 MODEL = {"optimizer": {"name": "AdaGrad", "lr": 0.3}}
@@ -218,13 +218,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--sync-every-seconds", type=float, default=5.0)
     args = ap.parse_args()
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
-    if not bootstrap:
-        broker = _broker_module().KafkaBroker().start()
-        bootstrap = broker.bootstrap_servers
     ratios: dict[str, list[float]] = {"steady": [], "total": [], "apart": []}
-    try:
+    with kafka_bootstrap() as bootstrap:
         with tempfile.TemporaryDirectory() as tmp:
             sync = args.sync_every_seconds
             values = stream(args.events)
@@ -258,9 +253,6 @@ def main() -> int:
         print(f"median 4/1: steady {statistics.median(ratios['steady']):.2f} (goal ≤ 1.1), total "
               f"{statistics.median(ratios['total']):.2f}; median group model / a model each "
               f"{statistics.median(ratios['apart']):.2f}")
-    finally:
-        if broker is not None:
-            broker.stop()
     return 0
 
 

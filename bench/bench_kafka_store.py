@@ -20,7 +20,6 @@ A broker is started (scripts/kafka_broker.py) unless ``KAFKA_BOOTSTRAP_SERVERS``
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import uuid
@@ -32,8 +31,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._kafka import kafka_bootstrap  # noqa: E402
 from bench.bench_checkpoints import median_time  # noqa: E402
-from bench.bench_consumer import _broker_module  # noqa: E402
 from consumers.state.kafka_store import KafkaStore  # noqa: E402
 from stream_logreg import OnlineLogisticRegression, optim  # noqa: E402
 from stream_logreg.checkpoints import DirectoryStore  # noqa: E402
@@ -82,16 +81,8 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {list(MODELS)}")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # kafka-python 3.0's importlib use
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
-    broker = None
-    if not bootstrap:
-        broker = _broker_module().KafkaBroker().start()
-        bootstrap = broker.bootstrap_servers
-    try:
+    with kafka_bootstrap() as bootstrap:
         run(bootstrap, args.models.split(","), args.repeats)
-    finally:
-        if broker is not None:
-            broker.stop()
 
 
 if __name__ == "__main__":

@@ -667,25 +667,15 @@ class ConfluentOutputs(Outputs):
                 return
             self.producer.flush(min(left, 0.5))
 
-    def _probe_down_topics(self) -> None:
-        if not self._down or self.producer is None:
-            return
-        now = time.monotonic()
-        for topic in list(self._down):
-            if now - self._probed.get(topic, float("-inf")) < self.probe_every:
-                continue
-            self._probed[topic] = now
-            try:
-                meta = self.producer.list_topics(topic, timeout=1.0)
-            except KafkaException:
-                continue
-            t = meta.topics.get(topic)
-            if t is None or t.error is not None:
-                continue
-            del self._down[topic]
-            log.info("output topic %s is back", topic, extra={"topic": topic})
-        with self.stats.lock:
-            self.stats.output_healthy = not self._down
+    def _topic_exists(self, topic: str) -> bool:
+        """Whether the cluster says that ``topic`` exists, without an error (False when it does not answer
+        within 1 s, whereas :meth:`_exists` counts a topic it cannot tell about as existing)."""
+        try:
+            meta = self.producer.list_topics(topic, timeout=1.0)
+        except KafkaException:
+            return False
+        t = meta.topics.get(topic)
+        return t is not None and t.error is None
 
     def _forget(self, topic: str) -> None:
         """librdkafka asks for an unknown topic's metadata on its own schedule: nothing to do."""

@@ -40,9 +40,10 @@ retried with the next checkpoint (or the next time tick); the loop goes on. The 
 hold up the loop: it is sent and answered while the loop goes on (``Source.commit_soon``), and one not
 answered yet is made again, synchronously, on revoke and on stop.
 
-The bookkeeping of offsets and checkpoints is :mod:`consumers.state.checkpointing`; the outputs, with their
-bounds, :mod:`consumers.outputs`; the consumer, its group membership and the threading argument of the
-rebalance callbacks :mod:`consumers.source`. This module is the loop that ties them together.
+The bookkeeping of offsets and checkpoints is :mod:`consumers.state.checkpointing`; the transactions of
+exactly-once :mod:`consumers.state.transactions`; the outputs, with their bounds, :mod:`consumers.outputs`;
+the consumer, its group membership and the threading argument of the rebalance callbacks
+:mod:`consumers.source`. This module is the loop that ties them together.
 
 On start the newest valid checkpoint is restored. On assignment each partition is sought to
 max(checkpoint offset, group's committed offset): the max matters when the partition was learned by another
@@ -93,39 +94,9 @@ Exactly-once closes it.
 
 Exactly-once (``processing_guarantee="exactly-once"``, needs the Kafka store)
 -----------------------------------------------------------------------------
-One transactional producer per state key (transactional id ``stream-logreg-state.<state topic>.<key>``, the
-store's own) sends the predictions, the dead letters and the state records; the consumer offsets of the
-interval are added with ``send_offsets_to_transaction`` and the consumer's ``group_metadata()`` (KIP-447:
-a member of an older generation is refused). A transaction opens before the first record of an interval and
-commits at the checkpoint: outputs, state and offsets are visible together (to ``read_committed``
-readers) or not at all, so an event's outputs are published exactly once whatever crashes and rebalances
-happen. The transaction timeout is ``2 × checkpoint_every_seconds`` (60 s to 15 min). What happens to the
-open transaction:
-
-- on revoke: checkpoint and commit before the partitions go (bounded: 2 s for the flush); what could not be
-  committed is aborted and the model rolled back to the last checkpoint, so nothing of the revoked
-  partitions outlives them here;
-- on SIGTERM: the final checkpoint commits it (or it is aborted);
-- on a fencing (another process opened the key): Kafka has aborted it, nothing of the zombie is visible;
-  the member stops (:class:`Fenced`, exit 1) without committing anything;
-- on a failure (a send or the commit refused, the transaction timed out): it is aborted, the model rolled
-  back to the last checkpoint and its partitions sought to their offsets: the events are read, learned and
-  published again in a new transaction. A commit whose outcome is unknown (the cluster did not answer within
-  ``connect_timeout``) leaves the store unusable: the member stops with an error and its restart (which
-  opens the key again) resolves it;
-- on SIGKILL: the next owner of the key aborts it when it opens the key (or Kafka after the timeout).
-  Until then it holds back ``read_committed`` readers of the partitions it wrote to.
-
-This holds on both client backends. ``send_offsets_to_transaction`` needs the group metadata of the same
-client's consumer, so on ``kafka_client="confluent"`` the transactional producer is librdkafka's
-(:class:`consumers.confluent_tx.TransactionalProducer`: the same transactional id, the kafka-python methods
-the store calls, librdkafka's fencing error read as kafka-python's) with ``consumer_group_metadata()``, each
-call bounded by librdkafka's own timeouts; the store's readers stay on kafka-python.
-
-kafka-python 3.0.12 quirks handled here: ``commit_transaction``, ``abort_transaction`` and
-``send_offsets_to_transaction`` wait without a timeout (the store runs them in a helper thread it stops
-waiting for); ``init_transactions`` is bounded by ``max_block_ms`` (1 s) and retried until
-``connect_timeout``.
+The outputs, the state records and the consumer offsets of one checkpoint interval are one Kafka
+transaction: see :mod:`consumers.state.transactions` for what happens to the open transaction on revoke,
+SIGTERM, a fencing, a failure and SIGKILL, on both client backends.
 
 Guarantees
 ----------
@@ -151,7 +122,6 @@ from operator import itemgetter
 from typing import Any
 
 from kafka import TopicPartition
-from kafka import errors as kafka_errors
 from kafka.errors import KafkaError
 from stream_logreg._stream import learn_values
 
@@ -160,7 +130,7 @@ from consumers.labels import Labels, check_co_partitioned
 from consumers.outputs import Outputs, check_topics
 from consumers.source import Source, default_instance_id, wait_or_stop
 from consumers.state.checkpointing import Checkpointing, hold_directory, parse_ref, tp_key, tp_keys
-from consumers.state.kafka_store import StateFenced
+from consumers.state.transactions import Transactions
 from consumers.stats import LearnerStats, progressive_metrics
 from stream_logreg.checkpoints import CheckpointError, DirectoryStore
 from stream_logreg.codec import Event, Reason
@@ -235,6 +205,7 @@ class Learner:
         self._instance_id = config.group_instance_id or default_instance_id(config.checkpoint_dir)
         self._exactly_once = config.processing_guarantee == "exactly-once"
         self._stopping = threading.Event()
+        self._transactions = Transactions(config, self._stopping.is_set, lambda: self._source.consumer)
         if store is None:
             if config.state_store == "kafka":
                 store = self._open_store(self._instance_id)
@@ -248,7 +219,8 @@ class Learner:
         # state topic; the checkpointing synchronises with them.
         self.group = self._open_group(store) if config.group_sync_seconds and hasattr(store, "key") else None
         self._state = Checkpointing(store, config, self.stats, member=self._instance_id,
-                                    group_metadata=self._group_metadata if self._exactly_once else None,
+                                    group_metadata=(self._transactions.group_metadata if self._exactly_once
+                                                    else None),
                                     extra_state=self._labels, group=self.group)
         self._source, self._outputs = _clients(config, self.stats)
         self._outputs.group = self.group  # predictions carry the group model's version
@@ -273,7 +245,7 @@ class Learner:
 
         cfg = self.config
         settings = {k: v for k, v in cfg.client_settings.items() if k not in own_settings}
-        producer = self._transactional_producer(key) if self._exactly_once else None
+        producer = self._transactions.producer(key) if self._exactly_once else None
         try:
             return KafkaStore(
                 cfg.bootstrap_servers, key=key, group_id=cfg.group_id, keep=cfg.keep_checkpoints,
@@ -295,52 +267,6 @@ class Learner:
         tail = StateTail(cfg.bootstrap_servers, store.topic, expect_config=cfg.model_config(),
                          timeout=cfg.connect_timeout, client_settings=settings)
         return GroupModel(tail, cfg.group_sync_seconds)
-
-    def _transactional_producer(self, key: str) -> Any:
-        """Exactly-once: the one producer of this member's outputs and state, its transactional id that of
-        the state key (``stream-logreg-state.<state topic>.<key>``, as the store's own), so that opening it
-        fences every older writer of the key: outputs, state and offsets of a zombie are never visible.
-
-        Its transaction timeout outlasts a checkpoint interval (``2 × checkpoint_every_seconds``, at least
-        60 s, at most 15 min: the brokers' default ``transaction.max.timeout.ms``).
-        """
-        from kafka import KafkaProducer
-
-        cfg = self.config
-        transactional_id = f"stream-logreg-state.{cfg.group_id}-state.{key}"
-        timeout_ms = int(min(900_000, max(60_000, 2000 * cfg.checkpoint_every_seconds)))
-        if cfg.kafka_client == "confluent":  # the group metadata must be of the same client's consumer
-            from consumers.confluent import producer_conf
-            from consumers.confluent_tx import open_transactional
-
-            conf = {**producer_conf(cfg), "transactional.id": transactional_id,
-                    "transaction.timeout.ms": timeout_ms}
-            try:
-                return open_transactional(conf, cfg.connect_timeout, self._stopping.is_set)
-            except KafkaError as exc:
-                raise CheckpointError(f"could not open the state of key {key!r} for writing: {exc}") from exc
-        kwargs = cfg.producer_kwargs()
-        kwargs.update(transactional_id=transactional_id, transaction_timeout_ms=timeout_ms)
-        producer = KafkaProducer(**kwargs)
-        deadline = time.monotonic() + cfg.connect_timeout
-        while True:  # bounded by max_block_ms per try (1 s), so a stop request is heard between tries
-            try:
-                producer.init_transactions()
-                return producer
-            except KafkaError as exc:
-                if time.monotonic() >= deadline or self._stopping.is_set() or not isinstance(
-                    exc, kafka_errors.KafkaTimeoutError
-                ):
-                    producer.close(timeout=0)
-                    raise CheckpointError(
-                        f"could not open the state of key {key!r} for writing: {exc}"
-                    ) from exc
-
-    def _group_metadata(self) -> Any:
-        consumer = self._source.consumer
-        if self.config.kafka_client == "confluent":
-            return consumer.consumer_group_metadata()
-        return consumer.group_metadata()
 
     # ------------------------------------------------------------------ public API
 
@@ -415,7 +341,7 @@ class Learner:
                     if self.group is not None and batch:  # never predict with a model staler than that
                         state.sync_if_due()
                     if self._exactly_once and batch:
-                        self._begin()
+                        self._transactions.begin(state)
                     for tp, (records, values) in batch.items():
                         if tp in pending or not records:
                             continue  # not sought yet: these will be fetched again after the seek
@@ -511,32 +437,6 @@ class Learner:
             self._labels.connect()
         self._outputs.connect()
 
-    def _begin(self) -> None:
-        """Exactly-once: open the interval's transaction before anything of it is sent."""
-        state = self._state
-        if state.fenced is None and not state.store.in_transaction:
-            try:
-                state.store.begin()
-            except StateFenced as exc:
-                state.fenced = exc
-
-    def _abort(self, why: str) -> None:
-        """Exactly-once: abort the open transaction (outputs, state, offsets) and roll the model back to the
-        last checkpoint; its events are read, learned and published again."""
-        state = self._state
-        if not state.store.in_transaction:
-            return
-        log.warning("aborting the open transaction (%s): rolling back to checkpoint %s", why,
-                    state.checkpoint_id, extra={"checkpoint_id": state.checkpoint_id, "reason": "aborted"})
-        try:
-            state.store.abort()
-        except StateFenced as exc:
-            state.fenced = exc
-        except CheckpointError:
-            log.exception("aborting the transaction failed")
-        state.needs_reload = True
-        self._outputs.reset()
-
     def _flush(self, timeout: float) -> bool:
         return self._outputs.flush(timeout, self._stopping.is_set)
 
@@ -564,7 +464,7 @@ class Learner:
                     log.error("no final checkpoint: a restart resumes from checkpoint %s",
                               state.checkpoint_id, extra={"checkpoint_id": state.checkpoint_id})
                 if self._exactly_once and state.fenced is None:
-                    self._abort("stopping")
+                    self._transactions.abort(state, self._outputs, "stopping")
                 if state.commit_pending or source.unconfirmed():  # a periodic commit not answered yet
                     state.commit(source.assignment(), source.pending,
                                  lambda offsets: source.commit(offsets, timeout_ms))
@@ -755,7 +655,7 @@ class Learner:
             ok = (state.checkpoint("revoke", self._flush, flush_timeout, commit_to=owned)
                   if state.since_checkpoint else True)
             if self._exactly_once:  # what the transaction did not commit may not outlive the partitions
-                self._abort("revoked")
+                self._transactions.abort(state, self._outputs, "revoked")
             # Nothing to commit when the checkpoint failed (its offsets are not durable), or when the last
             # checkpoint's offsets are committed already.
             unanswered = self._source.unconfirmed()  # a periodic commit may not be in yet
@@ -802,7 +702,7 @@ class Learner:
         if state.needs_reload:
             log.warning("the model is ahead of its last checkpoint (a failed checkpoint): reloading it")
             if self._exactly_once:
-                self._abort("rolling back")
+                self._transactions.abort(state, self._outputs, "rolling back")
                 self._outputs.reset()  # also after a failed commit, whose transaction is gone already
             state.restore()
             source.pending |= set(source.assignment())
@@ -837,7 +737,7 @@ class Learner:
             return
         producer = None
         if self._exactly_once:
-            self._begin()
+            self._transactions.begin(self._state)
             if self._state.fenced is not None:
                 return
             producer = self._outputs.producer

@@ -257,15 +257,22 @@ class Outputs:
             if now - self._probed.get(topic, -math.inf) < self.probe_every:
                 continue
             self._probed[topic] = now
-            try:
-                self.producer.partitions_for(topic)
-            except KafkaError:
+            if not self._topic_exists(topic):
                 self._forget(topic)
                 continue
             del self._down[topic]
             log.info("output topic %s is back", topic, extra={"topic": topic})
         with self.stats.lock:
             self.stats.output_healthy = not self._down
+
+    def _topic_exists(self, topic: str) -> bool:
+        """Whether the cluster says that ``topic`` exists (False when it does not answer): a metadata
+        look-up bounded by the producer's ``max_block_ms``."""
+        try:
+            self.producer.partitions_for(topic)
+        except KafkaError:
+            return False
+        return True
 
     def _forget(self, topic: str) -> None:
         """Stop the producer from asking for the metadata of ``topic`` (it logs an error ~10 times a second

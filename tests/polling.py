@@ -1,7 +1,9 @@
-"""Waiting in tests by polling a condition with a deadline (never a bare sleep as synchronisation)."""
+"""Waiting in tests by polling a condition with a deadline (never a bare sleep as synchronisation), and the
+topics' records the tests wait for: read back, or kept flowing from a thread."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -61,3 +63,43 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0,
     finally:
         consumer.close()
     return records
+
+
+class KeepProducing:
+    """Send ``values`` to ``topic`` from a thread, a hundred at a time, each hundred flushed: the producer's
+    idempotent retries carry the records sent while the broker is away, so the stream flows across a broker
+    restart.
+
+    >>> producing = KeepProducing(bootstrap, topic, values)   # doctest: +SKIP
+    >>> broker.restart()                                      # doctest: +SKIP
+    >>> producing.join(180)   # every record sent, else an AssertionError   # doctest: +SKIP
+    """
+
+    def __init__(self, bootstrap: str, topic: str, values: list[bytes]) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.values = values
+        self.sent = threading.Event()
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        from kafka import KafkaProducer
+
+        producer = KafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5, delivery_timeout_ms=120_000)
+        try:
+            for i in range(0, len(self.values), 100):
+                for v in self.values[i : i + 100]:
+                    producer.send(self.topic, v)
+                producer.flush(timeout=120)
+            self.sent.set()
+        except BaseException as exc:
+            self.errors.append(exc)
+        finally:
+            producer.close()
+
+    def join(self, timeout: float) -> None:
+        """Wait for the thread (at most ``timeout`` s); fail unless every record was sent."""
+        self.thread.join(timeout)
+        assert self.sent.is_set() and not self.errors, self.errors

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from polling import read_topic, wait_for
+from polling import KeepProducing, read_topic, wait_for
 
 from consumers import ConfigError, Learner, LearnerConfig
 from stream_logreg import OnlineLogisticRegression
@@ -529,34 +529,15 @@ def test_broker_restart_mid_stream(kafka_broker: Any, kafka_bootstrap: str, kafk
                                    tmp_path: Path, kafka_client: str) -> None:
     topic, predictions = kafka_topic(1), kafka_topic(1)
     values = make_events(4000, seed=12, unlabelled_every=10)
-    # A producer thread keeps the stream flowing across the restart (its idempotent retries carry the
-    # records sent while the broker is away); the learner consumes as they come.
-    sent = threading.Event()
-    errors: list[BaseException] = []
-
-    def keep_producing() -> None:
-        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5, delivery_timeout_ms=120_000)
-        try:
-            for i in range(0, len(values), 100):
-                for v in values[i : i + 100]:
-                    producer.send(topic, v)
-                producer.flush(timeout=120)
-            sent.set()
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            producer.close()
-
+    # A producer thread keeps the stream flowing across the restart; the learner consumes as they come.
     cfg = make_config(kafka_bootstrap, topic, tmp_path / "ckpt", batch_size=2, checkpoint_every_messages=400,
                       checkpoint_every_seconds=1.0, commit_timeout_ms=2000, predictions_topic=predictions,
                       max_poll_records=100, kafka_client=kafka_client)
     with running(cfg) as r:
-        producing = threading.Thread(target=keep_producing, daemon=True)
-        producing.start()
+        producing = KeepProducing(kafka_bootstrap, topic, values)
         r.wait_consumed(800)
         kafka_broker.restart()
         producing.join(180)
-        assert sent.is_set() and not errors, errors
         r.wait_consumed(len(values), timeout=120)
         # commits that failed while the broker was away are made good by a later checkpoint's
         wait_for(lambda: committed(kafka_bootstrap, cfg.group_id)[TopicPartition(topic, 0)].offset == 4000,

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
-from polling import read_topic, wait_for
+from polling import KeepProducing, read_topic, wait_for
 from test_consumer import make_config, make_events, offline, produce, read_status, running, start_service
 from test_state_kafka import state, stop
 
@@ -371,41 +371,19 @@ def test_a_failed_transaction_is_aborted_and_its_interval_learned_and_published_
 def test_a_broker_restart_mid_stream_publishes_each_prediction_exactly_once(
     kafka_broker: Any, kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path
 ) -> None:
-    import threading
-
-    from kafka import KafkaProducer
     from test_consumer import same_model
 
     topic, predictions = kafka_topic(1), kafka_topic(1)
     values = make_events(3000, seed=91, unlabelled_every=5)
-    sent = threading.Event()
-    errors: list[BaseException] = []
-
-    def keep_producing() -> None:  # the stream flows across the restart (idempotent retries)
-        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5, delivery_timeout_ms=120_000,
-                                 enable_idempotence=True)
-        try:
-            for i in range(0, len(values), 100):
-                for v in values[i : i + 100]:
-                    producer.send(topic, v)
-                producer.flush(timeout=120)
-            sent.set()
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            producer.close()
-
     cfg = make_config(kafka_bootstrap, topic, tmp_path / "none", state_store="kafka",
                       processing_guarantee="exactly-once", predictions_topic=predictions,
                       checkpoint_every_messages=300, checkpoint_every_seconds=1.0, commit_timeout_ms=2000,
                       max_poll_records=100, group_instance_id="eos-restart")
     with running(cfg) as r:
-        producing = threading.Thread(target=keep_producing, daemon=True)
-        producing.start()
+        producing = KeepProducing(kafka_bootstrap, topic, values)  # flows across the restart
         r.wait_consumed(600)
         kafka_broker.restart()
         producing.join(180)
-        assert sent.is_set() and not errors, errors
         wait_for(lambda: r.stats()["positions"].get(f"{topic}:0") == len(values), 120, "all read",
                  every=0.2)
         r.stop()
