@@ -19,8 +19,8 @@ RUN apt-get update \
 WORKDIR /src
 # Only the sources: no host-built extension (.so/.c), build/ or checkpoints/ from the working tree.
 COPY pyproject.toml setup.py README.md ./
-COPY stream_logreg/*.py stream_logreg/*.pyx stream_logreg/*.h stream_logreg/
-COPY consumers/*.py consumers/
+COPY stream_logreg/*.py stream_logreg/*.pyx stream_logreg/*.pxd stream_logreg/*.h stream_logreg/
+COPY consumers/ consumers/
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 # ---- runtime: no compiler, a non-root user

@@ -63,7 +63,7 @@ def throughput(bootstrap: str, events: int, checkpoint_every: int, rounds: int) 
         for mode, (client, extra, _) in modes.items():
             overrides = {"predictions_topic": f"{topic}-predictions", "publish_labelled": True,
                          "create_topics": True, "group_instance_id": f"bench-{uuid.uuid4().hex[:8]}", **extra}
-            rate, _ = learner_rate(bootstrap, topic, events, 1, checkpoint_every, overrides, client)
+            rate, _, _ = learner_rate(bootstrap, topic, events, 1, checkpoint_every, overrides, client)
             rates[mode].append(rate)
             line += f"  ({mode[0]}) {rate:9,.0f}"
         line += "".join(f"  {m[0]}/{base}={rates[m][-1] / rates[by_letter[base]][-1]:.2f}"

@@ -222,6 +222,28 @@ def test_dockerfile() -> None:
     assert not missing
 
 
+
+def test_the_image_and_the_wheel_carry_every_module() -> None:
+    """Every Python package in the repository is in pyproject's package list (else a wheel, and the image
+    built from one, lacks it), and every module and compiled source of them is copied into the image."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    packages = {str(p.parent.relative_to(ROOT)).replace("/", ".")
+                for top in ("stream_logreg", "consumers") for p in (ROOT / top).rglob("__init__.py")}
+    assert packages <= listed, f"not in pyproject's packages: {sorted(packages - listed)}"
+    copied = [source for kw, rest in dockerfile_instructions()
+              if kw == "COPY" and not rest.startswith("--from") for source in rest.split()[:-1]]
+    needed = [p for top in ("stream_logreg", "consumers") for ext in ("py", "pyx", "pxd", "h")
+              for p in (ROOT / top).rglob(f"*.{ext}") if "__pycache__" not in p.parts]
+
+    def is_copied(path: Path) -> bool:
+        rel = path.relative_to(ROOT)
+        return any(rel.match(s) if not s.endswith("/") else str(rel).startswith(s) for s in copied)
+
+    missing = sorted(str(p.relative_to(ROOT)) for p in needed if not is_copied(p))
+    assert not missing, f"the Dockerfile does not copy {missing}"
+
 # ---------------------------------------------------------------------------------------------------------
 # The services' commands, run natively against the test broker
 
