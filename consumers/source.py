@@ -297,9 +297,32 @@ class Source:
 
     def poll(self, timeout_ms: int) -> dict[TopicPartition, tuple[list, list]]:
         """``{partition: (records, values)}``: the polled records of each partition, in offset order, and
-        their values (what the hot loop reads, alike for every client)."""
-        return {tp: (rs, [r.value for r in rs])
-                for tp, rs in self.consumer.poll(timeout_ms=timeout_ms).items()}
+        their values (what the hot loop reads, alike for every client). A member fenced by another one
+        with the same instance id is flagged (:attr:`fenced`) and gets nothing: with nothing new to commit
+        this is where it finds out, and retrying the poll would never end."""
+        try:
+            polled = self.consumer.poll(timeout_ms=timeout_ms)
+        except FencedInstanceIdError:
+            self.fenced = True
+            return {}
+        if not polled and self._heartbeat_fenced():
+            self.fenced = True
+        return {tp: (rs, [r.value for r in rs]) for tp, rs in polled.items()}
+
+    def _heartbeat_fenced(self) -> bool:
+        """Whether kafka-python's heartbeat thread was fenced (another member joined with this one's
+        ``group_instance_id``). kafka-python then only stops heartbeating: the member stays "stable" and
+        its poll goes on fetching, so an idle member (nothing to commit) would never find out. Read from
+        the coordinator's state (kafka-python 3.0: stable with heartbeats disabled happens only then);
+        False where that state is not there."""
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        if coordinator is None or getattr(coordinator, "group_instance_id", None) is None:
+            return False
+        try:
+            with coordinator._lock:
+                return coordinator.stable() and not coordinator._heartbeat_enabled
+        except Exception:
+            return False
 
     @staticmethod
     def record(r: Any) -> Any:
