@@ -151,6 +151,7 @@ __all__ = [
     "CheckpointMismatch",
     "CheckpointStore",
     "DirectoryStore",
+    "Snapshot",
     "UnsupportedCheckpoint",
     "decode_manifest",
     "encode_checkpoint",
@@ -1109,6 +1110,31 @@ def new_checkpoint_id(existing: Iterable[str] = ()) -> str:
         raise CheckpointError(f"no checkpoint id is left: {_MAX_ID} is the largest id there can be")
     _last_ns = ns
     return f"{ns:020d}"
+
+
+class Snapshot:
+    """A model's learned state frozen at one instant: ``model.state()``, whose arrays are copies. The stores
+    save a snapshot as they save the model itself (they read only ``state()``), so a checkpoint can be
+    written on another thread while the model learns on.
+
+    >>> from stream_logreg import OnlineLogisticRegression
+    >>> model = OnlineLogisticRegression()
+    >>> model.learn_one({"a": 1.0}, True)
+    >>> frozen = Snapshot(model)
+    >>> model.learn_one({"a": 1.0}, False)
+    >>> frozen.n_samples_seen, model.n_samples_seen
+    (1, 2)
+    >>> OnlineLogisticRegression.from_state(*frozen.state()).n_samples_seen
+    1
+    """
+
+    def __init__(self, model: OnlineLogisticRegression) -> None:
+        self._state = model.state()
+        self.n_samples_seen = model.n_samples_seen
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """What ``model.state()`` returned when the snapshot was taken."""
+        return self._state
 
 
 def _model_state(
