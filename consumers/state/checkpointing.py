@@ -280,13 +280,14 @@ class Checkpointing:
             return False
         if flush_timeout is None:
             flush_timeout = self.config.commit_timeout_ms / 1000
+        in_flight = self._writing is not None
         if not self.settle(flush_timeout):
             with self.stats.lock:
                 self.stats.checkpoint_failures += 1
             log.error("the checkpoint being written did not complete within %.1fs: no %s checkpoint",
                       flush_timeout, reason, extra={"reason": reason})
             return False
-        if not self.since_checkpoint:  # the background write covered everything
+        if in_flight and not self.since_checkpoint and not self.needs_reload:  # it covered everything
             return True
         prepared = self._prepare(reason, flush, flush_timeout, t0)
         if prepared is None:
