@@ -32,14 +32,14 @@ class GatedStore(DirectoryStore):
         self.fail: BaseException | None = None
         self.durable: list[tuple[str, dict]] = []
         self.threads: list[str] = []
-        self._lock = threading.Lock()
+        self._counting = threading.Lock()
 
     def allow(self, n: int = 1) -> None:
         for _ in range(n):
             self._permits.release()
 
     def save(self, model: Any, metadata: dict | None = None, extras: dict | None = None) -> str:
-        with self._lock:
+        with self._counting:
             self.entered += 1
             self.threads.append(threading.current_thread().name)
         if not self._permits.acquire(timeout=120):
@@ -47,7 +47,7 @@ class GatedStore(DirectoryStore):
         if self.fail is not None:
             raise self.fail
         cid = super().save(model, metadata, extras)
-        with self._lock:
+        with self._counting:
             self.durable.append((cid, dict((metadata or {})["offsets"])))
         return cid
 
