@@ -63,6 +63,19 @@ def group_offsets(bootstrap: str, group: str) -> dict[str, tuple[int, str]]:
             for tp, om in offsets.items() if om is not None and om.offset >= 0}
 
 
+def start_gated(bootstrap: str, topic: str, tmp_path: Path, kafka_client: str, n: int,
+                fail: BaseException | None = None) -> tuple[list[bytes], str, str, GatedStore, Running]:
+    """``n`` events on ``topic``, and a learner on them over a :class:`GatedStore` (checkpoints every 500):
+    (the events, the group, the partition's key, the store, the running learner)."""
+    values = make_events(n, seed=n)
+    produce(bootstrap, topic, values)
+    cfg = make_config(bootstrap, topic, tmp_path / "ckpt", max_poll_records=100,
+                      checkpoint_every_messages=500, kafka_client=kafka_client)
+    store = GatedStore(tmp_path / "ckpt")
+    store.fail = fail
+    return values, cfg.group_id, f"{topic}:0", store, Running(Learner(cfg, store=store))
+
+
 def polled_after(r: Running, t: float) -> bool:
     """The loop went round (polled, then ticked) after wall-clock time ``t``."""
     return (r.stats()["last_poll_time"] or 0) > t + 0.3  # a poll begun after t, and its tick done
@@ -72,14 +85,7 @@ def polled_after(r: Running, t: float) -> bool:
 def test_a_commit_never_precedes_the_durable_checkpoint_it_names(
     kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str
 ) -> None:
-    topic = kafka_topic(1)
-    values = make_events(1500, seed=31)
-    produce(kafka_bootstrap, topic, values)
-    cfg = make_config(kafka_bootstrap, topic, tmp_path / "ckpt", max_poll_records=100,
-                      checkpoint_every_messages=500, kafka_client=kafka_client)
-    group, key = cfg.group_id, f"{topic}:0"
-    store = GatedStore(tmp_path / "ckpt")
-    r = Running(Learner(cfg, store=store))
+    values, group, key, store, r = start_gated(kafka_bootstrap, kafka_topic(1), tmp_path, kafka_client, 1500)
     try:
         # the first periodic checkpoint is being written, and the loop learns on meanwhile
         wait_for(lambda: store.entered >= 1, 60, "the first checkpoint's write")
@@ -121,16 +127,9 @@ def test_a_background_write_failure_is_reported_and_its_commit_withheld(
     kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    topic = kafka_topic(1)
-    values = make_events(1000, seed=32)
-    produce(kafka_bootstrap, topic, values)
-    cfg = make_config(kafka_bootstrap, topic, tmp_path / "ckpt", max_poll_records=100,
-                      checkpoint_every_messages=500, kafka_client=kafka_client)
-    group, key = cfg.group_id, f"{topic}:0"
-    store = GatedStore(tmp_path / "ckpt")
-    store.fail = OSError(errno.ENOSPC, "No space left on device")
     caplog.set_level(logging.WARNING, logger="consumers")
-    r = Running(Learner(cfg, store=store))
+    values, group, key, store, r = start_gated(kafka_bootstrap, kafka_topic(1), tmp_path, kafka_client, 1000,
+                                               fail=OSError(errno.ENOSPC, "No space left on device"))
     try:
         wait_for(lambda: store.entered >= 1, 60, "the first checkpoint's write")
         store.allow()  # ... which fails

@@ -25,10 +25,10 @@ member's own contribution D (``own``) while ``model`` is the working model D + O
 synchronisation, and one happens every ``sync_every_seconds`` even with nothing to checkpoint. Without it
 (``group=None``) ``model`` is what is checkpointed, as before.
 
-Periodic checkpoints are written in the background (:meth:`Checkpointing.tick`), unless the checkpoint is
-part of the interval's transaction (exactly-once) or a synchronisation of the group model: the loop flushes
-the outputs and takes a snapshot (copies of the model's arrays, the offsets, the metadata, the delayed-label
-state), and a writer thread writes it durably while the loop learns on. One write at most is in flight: a
+Periodic checkpoints to a directory store are written in the background (:meth:`Checkpointing.tick`; the
+Kafka store's stay synchronous, see :attr:`Checkpointing.background`): the loop flushes the outputs and takes
+a snapshot (copies of the model's arrays, the offsets, the metadata, the delayed-label state), and a writer
+thread writes it durably while the loop learns on. One write at most is in flight: a
 checkpoint that falls due while the previous one is still being written waits for it (the loop blocks, at
 most ``commit_timeout_ms``, then tries again at the next tick), so that checkpoints stay as frequent as
 configured and one snapshot at most is held; these waits are counted in :attr:`Checkpointing.waits`. The
@@ -371,9 +371,12 @@ class Checkpointing:
 
     @property
     def background(self) -> bool:
-        """Whether periodic checkpoints are written in the background: not when they are part of the
-        interval's transaction (exactly-once), nor synchronisations of the group model."""
-        return self.group_metadata is None and self.group is None
+        """Whether periodic checkpoints are written in the background: with a directory store. Not with a
+        store that has a state ``key`` (the Kafka store: its save already sends the chunks asynchronously,
+        through the producer, and waits only for the transaction's flush and commit; a lost member's state
+        is taken over through it), hence not when checkpoints are part of the interval's transaction
+        (exactly-once) nor synchronisations of the group model (both need the Kafka store)."""
+        return self.group_metadata is None and self.group is None and not hasattr(self.store, "key")
 
     def _write_soon(self, reason: str, flush: Callable[[float], bool]) -> None:
         """Snapshot the checkpoint now and write it on the writer thread (nothing is in flight)."""
