@@ -42,6 +42,7 @@ synchronously.
 from __future__ import annotations
 
 import logging
+import queue
 import re
 import threading
 import time
@@ -176,6 +177,7 @@ class Checkpointing:
         self.needs_reload = False  # the model is ahead of its offsets (a failed revoke checkpoint)
         self.fenced: Exception | None = None  # another writer took this state key over: stop
         self._writing: _Write | None = None  # the background write in flight
+        self._writer = _Writer()
         self.waits = 0  # times a checkpoint fell due while the previous one was still being written
         self.restore()
 
@@ -389,11 +391,9 @@ class Checkpointing:
         metadata, offsets, model = prepared
         write = _Write(Snapshot(model), metadata, offsets, reason, t0, self.since_checkpoint,
                        None if self.extra_state is None else self.extra_state.extras())
-        write.thread = threading.Thread(target=write.run, args=(self.store,), name="stream-logreg-checkpoint",
-                                        daemon=True)
         self._writing = write
         self.last_checkpoint_at = t0
-        write.thread.start()
+        self._writer.submit(write, self.store)
 
     def settle(self, timeout: float | None = None) -> bool:
         """Wait (at most ``timeout`` seconds, in short slices) for the background write in flight, then take
@@ -595,6 +595,38 @@ class Checkpointing:
         return starts
 
 
+class _Writer:
+    """The thread that writes background checkpoints, one after the other; parked between writes (starting
+    a thread costs the loop a few ms of the GIL), and gone after :attr:`idle` seconds without any, so that
+    a learner that stopped leaves no thread behind for long."""
+
+    idle = 60.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._alive = False
+
+    def submit(self, write: _Write, store: Any) -> None:
+        with self._lock:
+            self._jobs.put((write, store))
+            if not self._alive:
+                self._alive = True
+                threading.Thread(target=self._run, name="stream-logreg-checkpoint", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                write, store = self._jobs.get(timeout=self.idle)
+            except queue.Empty:
+                with self._lock:
+                    if self._jobs.empty():
+                        self._alive = False
+                        return
+                continue
+            write.run(store)
+
+
 class _Write:
     """A checkpoint being written on the writer thread: what it saves, and then its id or its error."""
 
@@ -602,7 +634,6 @@ class _Write:
                  t0: float, covered: int, extras: dict | None) -> None:
         self.snapshot, self.metadata, self.offsets, self.extras = snapshot, metadata, offsets, extras
         self.reason, self.t0, self.covered = reason, t0, covered
-        self.thread: threading.Thread | None = None
         self.done = threading.Event()
         self.cid: str | None = None
         self.error: Exception | None = None
