@@ -349,17 +349,20 @@ class ConfluentSource(Source):
             return
         try:
             offsets = self._handler.on_revoked(revoked)
-            # On close, the learner has committed already (bounded).
+            # On close, the learner has committed already (bounded). Otherwise: on this thread and
+            # asynchronously. confluent-kafka lets a consumer be called during consume() (which runs this
+            # callback) only from consume()'s own thread: a call from another thread waits at its gate
+            # until consume() returns, after this callback (a synchronous commit bounded in a helper thread
+            # timed out there, every time a revoke had offsets to commit). librdkafka ends the revoke and
+            # rejoins only once the commits in flight are answered, so the offsets are in before the
+            # partitions are handed out again; the answer is counted by on_commit, as a periodic commit's.
             if offsets and not self.closing:
                 try:
-                    self.commit(offsets)
+                    self.commit_soon(offsets)
                 except Exception as exc:
                     with self.stats.lock:
                         self.stats.commit_failures += 1
                     log.warning("commit on revoke failed: %r", exc, extra={"reason": "commit_failed"})
-                else:
-                    with self.stats.lock:
-                        self.stats.commits += 1
         except Exception:  # an exception here would surface from consume(); log it instead
             log.exception("checkpoint/commit on revoke of %s failed", tp_keys(revoked))
 
@@ -471,8 +474,8 @@ class ConfluentSource(Source):
         bounded(lambda: self._commit_parts(parts), max(deadline - time.monotonic(), 0.001), "commit")
 
     def commit_soon(self, offsets: dict) -> bool:
-        """The periodic commit, off the loop: librdkafka's asynchronous commit, answered through
-        ``on_commit`` inside a later ``consume()`` (see :meth:`Source.commit_soon
+        """The periodic commit, off the loop, and the revoke's: librdkafka's asynchronous commit, answered
+        through ``on_commit`` inside a later ``consume()`` (see :meth:`Source.commit_soon
         <consumers.source.Source.commit_soon>`); returns True. librdkafka sends the commits of one consumer
         in order, so a later synchronous commit is not overtaken."""
         parts = self._parts(offsets)

@@ -123,8 +123,6 @@ import stat
 import threading
 import time
 import weakref
-import zipfile
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +134,9 @@ import orjson
 from stream_logreg import __version__
 from stream_logreg import optim as optim_
 from stream_logreg.model import OnlineLogisticRegression
+from stream_logreg.npz import Member, Refused
+from stream_logreg.npz import read as read_npz
+from stream_logreg.npz import write as _write_npz
 
 try:
     import fcntl
@@ -151,6 +152,7 @@ __all__ = [
     "CheckpointMismatch",
     "CheckpointStore",
     "DirectoryStore",
+    "Snapshot",
     "UnsupportedCheckpoint",
     "decode_manifest",
     "encode_checkpoint",
@@ -348,12 +350,10 @@ _BYTES = np.dtype("|u1")
 #: At most this many bytes of manifest are read (a manifest of schema version 2 is a few KB; one of version 1
 #: lists the vocabulary: ~40 bytes a name).
 MAX_MANIFEST_BYTES = 256 << 20
-_MAX_MEMBERS = 128
 #: The name of an extra part, and of each of its arrays.
 _EXTRA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _EXTRA_ARRAY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _EXTRA_DTYPES = {"<i8": np.dtype("<i8"), "<f8": np.dtype("<f8")}
-_NPY_HEADER_MAX = 4096
 #: Vocabulary keys may be tuples (of tuples ...) at most this deep.
 MAX_KEY_DEPTH = 16
 _NONNEGATIVE = ("G", "n")  # optimizer accumulators (AdaGrad's G, FTRL's n): sums of squares
@@ -372,11 +372,6 @@ def _pack(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         else:
             members[name] = values
     return members
-
-
-def _write_npz(file: IO[bytes], arrays: dict[str, np.ndarray], compress: bool) -> None:
-    """The arrays as an ``.npz`` (``np.savez``, refusing object arrays: ``allow_pickle=False``)."""
-    (np.savez_compressed if compress else np.savez)(file, allow_pickle=False, **arrays)
 
 
 def _encode_state(arrays: dict[str, np.ndarray], meta: dict) -> tuple[dict[str, np.ndarray], dict]:
@@ -491,7 +486,7 @@ def _encode_extras(extras: dict | None) -> tuple[dict[str, np.ndarray], dict]:
     return members, described
 
 
-def _extra_members(body: dict, npz_size: int) -> dict[str, _Member]:
+def _extra_members(body: dict, npz_size: int) -> dict[str, Member]:
     """What each ``extras.*`` member of the array file must be, from the manifest (refusing a malformed
     description: unknown dtypes, lengths that no array file of this size holds)."""
     extras = body.get("extras", {})
@@ -513,7 +508,7 @@ def _extra_members(body: dict, npz_size: int) -> dict[str, _Member]:
             )
             if not ok:
                 raise CheckpointCorrupt(f"the manifest's extra array {name}.{array_name!r:.60} is malformed")
-            members[f"extras.{name}.{array_name}"] = _Member(_EXTRA_DTYPES[spec[0]], exact=spec[1])
+            members[f"extras.{name}.{array_name}"] = Member(_EXTRA_DTYPES[spec[0]], exact=spec[1])
     return members
 
 
@@ -538,116 +533,13 @@ def _split_extras(members: dict[str, np.ndarray], body: dict) -> dict[str, tuple
 # is allocated or decompressed.
 
 
-@dataclass(frozen=True)
-class _Member:
-    """What an array of the ``.npz`` may be: its dtype, its length (``exact``) or at most ``at_most``."""
-
-    dtype: np.dtype
-    exact: int | None = None
-    at_most: int | None = None
-    shape_2d: bool = False
-
-
-def _npy_header(head: bytes, name: str) -> tuple[np.dtype, tuple, int]:
-    """(dtype, shape, header length) of a ``.npy`` file from its first bytes (no pickles, C order)."""
-    f = io.BytesIO(head)
+def _read_members(npz_bytes: bytes, allowed: Callable[[str], Member | None]) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` whose members ``allowed`` accepts (:func:`stream_logreg.npz.read`); a
+    :class:`CheckpointCorrupt` saying what is wrong otherwise."""
     try:
-        major, _ = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read(f, max_header_size=_NPY_HEADER_MAX)
-    except (ValueError, SyntaxError, EOFError, TypeError) as exc:
-        raise CheckpointCorrupt(f"array {name!r} has no valid .npy header: {exc}") from None
-    if dtype.hasobject:
-        raise CheckpointCorrupt(f"array {name!r} holds pickled (object) data; refused without unpickling it")
-    if fortran:
-        raise CheckpointCorrupt(f"array {name!r} is in Fortran order, not written by stream-logreg")
-    return dtype, shape, f.tell()
-
-
-def _member_head(npz_bytes: bytes, info: zipfile.ZipInfo, name: str) -> bytes:
-    """The first bytes of a member (enough for a .npy header), decompressing no more than that."""
-    at = info.header_offset
-    local = npz_bytes[at : at + 30]
-    if len(local) < 30 or local[:4] != b"PK\x03\x04":
-        raise CheckpointCorrupt(f"array {name!r} has no valid local zip header")
-    start = at + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
-    data = npz_bytes[start : start + info.compress_size]
-    limit = _NPY_HEADER_MAX + 16
-    if info.compress_type == zipfile.ZIP_STORED:
-        return bytes(data[:limit])
-    try:
-        return zlib.decompressobj(-15).decompress(data, limit)
-    except zlib.error as exc:
-        raise CheckpointCorrupt(f"array {name!r} does not decompress: {exc}") from None
-
-
-def _read_members(npz_bytes: bytes, allowed: Callable[[str], _Member | None]) -> dict[str, np.ndarray]:
-    """The arrays of an ``.npz`` whose members ``allowed`` accepts (it returns what each may be).
-
-    Refused before any allocation or decompression: an unknown or duplicated member, a compression other
-    than none/deflate, an encrypted member, a dtype or shape other than allowed, a declared uncompressed
-    size that disagrees with the .npy header (a zip bomb cannot expand past the declared size: zipfile stops
-    there and checks the CRC).
-    """
-    if npz_bytes[:2] != b"PK":
-        if npz_bytes[:1] == b"\x80" or npz_bytes[:2] in (b"(d", b"(l", b"}q", b"]q"):
-            raise CheckpointCorrupt("the array file is a pickle, not an .npz; refused without unpickling it")
-        if npz_bytes[:6] == b"\x93NUMPY":
-            raise CheckpointCorrupt("the array file is a single .npy array, not an .npz")
-        raise CheckpointCorrupt(f"the array file is not an .npz (starts {npz_bytes[:8]!r})")
-    try:
-        zf = zipfile.ZipFile(io.BytesIO(npz_bytes))
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:
-        raise CheckpointCorrupt(f"the array file does not read as an .npz: {exc}") from None
-    arrays: dict[str, np.ndarray] = {}
-    with zf:
-        infos = zf.infolist()
-        if len(infos) > _MAX_MEMBERS:
-            raise CheckpointCorrupt(f"the array file has {len(infos)} members, more than any checkpoint")
-        plan, seen = [], set()
-        for info in infos:
-            name = info.filename.removesuffix(".npy")
-            spec = allowed(name) if info.filename.endswith(".npy") else None
-            if spec is None:
-                raise CheckpointCorrupt(f"the array file holds a member {info.filename!r} no model needs")
-            if name in seen:
-                raise CheckpointCorrupt(f"the array file holds member {info.filename!r} twice")
-            seen.add(name)
-            if info.flag_bits & 0x1:
-                raise CheckpointCorrupt(f"member {info.filename!r} of the array file is encrypted")
-            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                raise CheckpointCorrupt(f"member {info.filename!r} uses compression {info.compress_type}")
-            if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
-                raise CheckpointCorrupt(f"member {info.filename!r} is stored but its sizes differ")
-            head = _member_head(npz_bytes, info, name)
-            dtype, shape, header_len = _npy_header(head, name)
-            if dtype != spec.dtype:
-                raise CheckpointCorrupt(f"array {name!r} has dtype {dtype}, expected {spec.dtype.name}")
-            ok_rank = len(shape) == (2 if spec.shape_2d else 1)
-            length = shape[0] if ok_rank else -1
-            if spec.exact is not None and (not ok_rank or length != spec.exact):
-                raise CheckpointCorrupt(f"array {name!r} has shape {shape}, expected ({spec.exact},)")
-            if spec.at_most is not None and (not ok_rank or not 0 <= length <= spec.at_most):
-                raise CheckpointCorrupt(
-                    f"array {name!r} has shape {shape}, expected at most ({spec.at_most},)"
-                )
-            nbytes = length * dtype.itemsize
-            if header_len + nbytes != info.file_size:
-                raise CheckpointCorrupt(
-                    f"array {name!r} declares {info.file_size} bytes uncompressed, its header "
-                    f"{header_len + nbytes}"
-                )
-            plan.append((name, info, dtype, length, header_len))
-        for name, info, dtype, length, header_len in plan:
-            try:
-                with zf.open(info) as f:
-                    raw = f.read(info.file_size)
-                    if len(raw) != info.file_size or f.read(1):
-                        raise CheckpointCorrupt(f"array {name!r} is truncated")
-            except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error, RuntimeError) as exc:
-                raise CheckpointCorrupt(f"array {name!r} does not read: {exc}") from None
-            arrays[name] = np.frombuffer(raw, dtype=dtype, count=length, offset=header_len)
-    return arrays
+        return read_npz(npz_bytes, allowed)
+    except Refused as exc:
+        raise CheckpointCorrupt(str(exc)) from None
 
 
 def _optimizer_states(params: dict) -> tuple[str, ...]:
@@ -683,7 +575,7 @@ def _expected_arrays(meta: dict, version: int = 1) -> dict[str, int]:
 
 def _read_arrays_v1(npz_bytes: bytes, expected: dict[str, int]) -> dict[str, np.ndarray]:
     """Schema version 1: every array dense, exactly the names the model needs."""
-    arrays = _read_members(npz_bytes, lambda name: _Member(_FLOAT, exact=expected[name])
+    arrays = _read_members(npz_bytes, lambda name: Member(_FLOAT, exact=expected[name])
                            if name in expected else None)
     missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
     if missing or extra:
@@ -694,7 +586,7 @@ def _read_arrays_v1(npz_bytes: bytes, expected: dict[str, int]) -> dict[str, np.
 
 
 def _read_arrays_v2(
-    npz_bytes: bytes, meta: dict, extra: dict[str, _Member] | None = None
+    npz_bytes: bytes, meta: dict, extra: dict[str, Member] | None = None
 ) -> tuple[dict[str, np.ndarray], dict, dict[str, np.ndarray]]:
     """Schema version 2: (the dense arrays, the model meta with its vocabulary back in place, the members
     of the extra parts that ``extra`` describes)."""
@@ -713,16 +605,16 @@ def _read_arrays_v2(
     ):
         raise CheckpointCorrupt(f"the manifest's vocabulary sizes {sizes!r:.200} are malformed")
 
-    def allowed(name: str) -> _Member | None:
+    def allowed(name: str) -> Member | None:
         base, _, part = name.rpartition(".")
         if name in expected:
-            return _Member(_FLOAT, exact=expected[name])
+            return Member(_FLOAT, exact=expected[name])
         if base in expected and part in ("idx", "val"):
-            return _Member(_INDEX if part == "idx" else _FLOAT, at_most=expected[base])
+            return Member(_INDEX if part == "idx" else _FLOAT, at_most=expected[base])
         if vocabulary and keys_bytes is not None and name == "features.keys":
-            return _Member(_BYTES, exact=keys_bytes)
+            return Member(_BYTES, exact=keys_bytes)
         if vocabulary and keys_bytes is None and name in _VOCABULARY:
-            return _Member(_VOCABULARY[name], exact=sizes[name.removeprefix("features.")])
+            return Member(_VOCABULARY[name], exact=sizes[name.removeprefix("features.")])
         return extra.get(name)
 
     members = _read_members(npz_bytes, allowed)
@@ -1109,6 +1001,31 @@ def new_checkpoint_id(existing: Iterable[str] = ()) -> str:
         raise CheckpointError(f"no checkpoint id is left: {_MAX_ID} is the largest id there can be")
     _last_ns = ns
     return f"{ns:020d}"
+
+
+class Snapshot:
+    """A model's learned state frozen at one instant: ``model.state()``, whose arrays are copies. The stores
+    save a snapshot as they save the model itself (they read only ``state()``), so a checkpoint can be
+    written on another thread while the model learns on.
+
+    >>> from stream_logreg import OnlineLogisticRegression
+    >>> model = OnlineLogisticRegression()
+    >>> model.learn_one({"a": 1.0}, True)
+    >>> frozen = Snapshot(model)
+    >>> model.learn_one({"a": 1.0}, False)
+    >>> frozen.n_samples_seen, model.n_samples_seen
+    (1, 2)
+    >>> OnlineLogisticRegression.from_state(*frozen.state()).n_samples_seen
+    1
+    """
+
+    def __init__(self, model: OnlineLogisticRegression) -> None:
+        self._state = model.state()
+        self.n_samples_seen = model.n_samples_seen
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """What ``model.state()`` returned when the snapshot was taken."""
+        return self._state
 
 
 def _model_state(

@@ -106,3 +106,37 @@ def test_checkpointing_counts_a_sent_commit_only_once_answered(tmp_path) -> None
     assert not state.commit_pending and stats.commits == 1
     assert [c[1] for c in source.consumer.commits] == [True, False]
     assert all(c[0] == [("t", 0, 5)] for c in source.consumer.commits)
+
+
+def test_the_revoke_commit_is_sent_from_the_callbacks_own_thread_and_counted_when_answered(tmp_path) -> None:
+    """confluent-kafka lets the consumer be called during ``consume()`` (which runs the rebalance callbacks)
+    only from ``consume()``'s thread; a commit from a helper thread waits until ``consume()`` returns, after
+    the callback. So the revoke's commit is librdkafka's asynchronous one, on the callback's thread
+    (librdkafka rejoins only once it is answered), and it is counted when the answer comes."""
+    import threading
+
+    threads: list[int] = []
+
+    class _Recording(_Consumer):
+        def commit(self, offsets: list, asynchronous: bool) -> Any:
+            threads.append(threading.get_ident())
+            return super().commit(offsets, asynchronous)
+
+    class _Handler:
+        def on_revoked(self, partitions: set) -> dict:
+            return _offsets(9)
+
+    consumer = _Recording()
+    source = _source(tmp_path, consumer)
+    source._handler = _Handler()
+    source._assigned = {TP}
+    source._on_revoke(consumer, [CTopicPartition("t", 0)])
+    assert consumer.commits == [([("t", 0, 9)], True)] and threads == [threading.get_ident()]
+    assert source.unconfirmed() and (source.stats.commits, source.stats.commit_failures) == (0, 0)
+    source._on_commit(None, [CTopicPartition("t", 0, 9)])
+    assert not source.unconfirmed() and source.stats.commits == 1
+    # a commit that cannot be sent is counted as failed, and the revoke goes on
+    refusing = _source(tmp_path, _Consumer(refuse=True))
+    refusing._handler = _Handler()
+    refusing._on_revoke(refusing.consumer, [CTopicPartition("t", 0)])
+    assert refusing.stats.commit_failures == 1 and not refusing.unconfirmed()

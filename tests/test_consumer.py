@@ -478,12 +478,7 @@ def test_poison_messages_go_to_the_dead_letter_topic_and_never_reach_the_model(
 @pytest.mark.kafka
 def test_two_members_and_a_graceful_leave_learn_every_event_once(
     kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str,
-    request: pytest.FixtureRequest,
 ) -> None:
-    if kafka_client == "confluent":
-        request.applymarker(pytest.mark.xfail(strict=False, reason=(
-            "known bug, issue 15 left open: on a loaded machine the confluent backend's synchronous commit "
-            "in the revoke callback sometimes does not complete within its 10 s bound (commit_failures 1)")))
     topic = kafka_topic(4)
     group = f"g-{topic}"
     phases = [make_events(1200, seed=s) for s in (7, 8, 9, 10)]

@@ -24,12 +24,27 @@ The group model (``group``, a :class:`consumers.state.group_model.GroupModel`): 
 member's own contribution D (``own``) while ``model`` is the working model D + O; every checkpoint is a
 synchronisation, and one happens every ``sync_every_seconds`` even with nothing to checkpoint. Without it
 (``group=None``) ``model`` is what is checkpointed, as before.
+
+Periodic checkpoints to a directory store are written in the background (:meth:`Checkpointing.tick`; the
+Kafka store's stay synchronous, see :attr:`Checkpointing.background`): the loop flushes the outputs and takes
+a snapshot (copies of the model's arrays, the offsets, the metadata, the delayed-label state), and a writer
+thread writes it durably while the loop learns on. One write at most is in flight: a
+checkpoint that falls due while the previous one is still being written waits for it (the loop blocks, at
+most ``commit_timeout_ms``, then tries again at the next tick), so that checkpoints stay as frequent as
+configured and one snapshot at most is held; these waits are counted in :attr:`Checkpointing.waits`. The
+offsets of a background checkpoint are committed only once it is durable, from the loop (the clients are not
+thread-safe), at the first tick that finds it written. A failed write is logged and counted as a synchronous
+one is, its offsets are not committed and its events stay to be checkpointed. Revoke, stop and reload first
+wait for the write in flight (:meth:`Checkpointing.settle`, bounded), then checkpoint and commit
+synchronously.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -40,7 +55,7 @@ from kafka.structs import OffsetAndMetadata
 
 from consumers.state.kafka_store import StateFenced
 from consumers.stats import LearnerStats
-from stream_logreg.checkpoints import CheckpointError
+from stream_logreg.checkpoints import CheckpointError, Snapshot
 
 __all__ = ["Checkpointing", "StateRef", "hold_directory", "parse_ref", "parse_tp_key", "tp_key", "tp_keys"]
 
@@ -71,8 +86,6 @@ def hold_directory(path: Any) -> Any:
     :class:`~stream_logreg.checkpoints.CheckpointError` instead of restoring the other one's checkpoints."""
     import fcntl
     import os
-
-    from stream_logreg.checkpoints import CheckpointError
 
     os.makedirs(path, exist_ok=True)
     handle = open(os.path.join(path, ".learner.lock"), "a+b")  # noqa: SIM115  (held open on purpose)
@@ -163,12 +176,20 @@ class Checkpointing:
         self.commit_pending = False
         self.needs_reload = False  # the model is ahead of its offsets (a failed revoke checkpoint)
         self.fenced: Exception | None = None  # another writer took this state key over: stop
+        self._writing: _Write | None = None  # the background write in flight
+        self._writer = _Writer()
+        self.waits = 0  # times a checkpoint fell due while the previous one was still being written
         self.restore()
 
     # ------------------------------------------------------------------ restore
 
     def restore(self) -> None:
-        """Load the newest valid checkpoint (model, offsets), or start a fresh model."""
+        """Load the newest valid checkpoint (model, offsets), or start a fresh model (after the background
+        write in flight, if any: a write still running after ``commit_timeout_ms`` is left to land on its
+        own, a coherent checkpoint that nothing here commits)."""
+        if not self.settle(self.config.commit_timeout_ms / 1000):
+            log.warning("the checkpoint being written did not complete: restoring without it")
+            self._writing = None
         ckpt = self.store.latest(expect_config=self.model_config)
         self.buffer.clear()
         if ckpt is None:
@@ -229,8 +250,9 @@ class Checkpointing:
         every = self.config.checkpoint_every_seconds
         if self.group is not None:  # every checkpoint is a synchronisation
             every = min(every, self.group.sync_every_seconds)
+        writing = 0 if self._writing is None else self._writing.covered
         return (
-            self.since_checkpoint >= self.config.checkpoint_every_messages
+            self.since_checkpoint - writing >= self.config.checkpoint_every_messages
             or time.monotonic() - self.last_checkpoint_at >= every
         )
 
@@ -247,7 +269,8 @@ class Checkpointing:
     def checkpoint(self, reason: str, flush: Callable[[float], bool], flush_timeout: float | None = None,
                    commit_to: Iterable[TopicPartition] = ()) -> bool:
         """Flush the outputs (``flush(timeout)``), then write a durable checkpoint of the model and its
-        offsets. The caller holds the learner's lock.
+        offsets. The caller holds the learner's lock. A background write in flight is waited for first
+        (at most ``flush_timeout``); if it covered everything, nothing more is written.
 
         Exactly-once (``group_metadata`` given): the checkpoint, the offsets of the partitions
         ``commit_to`` and the outputs sent since the last checkpoint are one transaction of the store. If it
@@ -259,19 +282,45 @@ class Checkpointing:
             return False
         if flush_timeout is None:
             flush_timeout = self.config.commit_timeout_ms / 1000
+        in_flight = self._writing is not None
+        if not self.settle(flush_timeout):
+            with self.stats.lock:
+                self.stats.checkpoint_failures += 1
+            log.error("the checkpoint being written did not complete within %.1fs: no %s checkpoint",
+                      flush_timeout, reason, extra={"reason": reason})
+            return False
+        if in_flight and not self.since_checkpoint and not self.needs_reload:  # it covered everything
+            return True
+        prepared = self._prepare(reason, flush, flush_timeout, t0)
+        if prepared is None:
+            return False
+        metadata, offsets, saved = prepared
+        try:
+            cid = self._save(metadata, offsets, commit_to, saved)
+        except Exception as exc:
+            self._failed(exc, reason, t0)
+            return False
+        self._written(cid, offsets, saved, reason, time.monotonic() - t0, self.since_checkpoint)
+        self.last_checkpoint_at = time.monotonic()
+        return True
+
+    def _prepare(self, reason: str, flush: Callable[[float], bool], flush_timeout: float,
+                 t0: float) -> tuple[dict, dict[TopicPartition, int], Any] | None:
+        """Flush the outputs; then (metadata, offsets, model to save) of a checkpoint now, or None (the
+        outputs are not acknowledged, or the group model's contribution is no model)."""
         if not flush(flush_timeout):
             with self.stats.lock:
                 self.stats.checkpoint_failures += 1
             self.last_checkpoint_at = t0  # try again at the next tick, not at every poll
             log.warning("checkpoint postponed: outputs not acknowledged yet", extra={"reason": reason})
-            return False
+            return None
         offsets = self.offsets()
         try:  # the group model: what this member's own events changed
             saved = self.model if self.group is None else self.group.contribution(self.model)
         except ValueError:
             log.exception("the contribution to the group model is not a valid model: not checkpointed")
             self.last_checkpoint_at = t0
-            return False
+            return None
         metadata = {
             "offsets": {tp_key(tp): off for tp, off in sorted(offsets.items())},
             # events of each partition learned into this model, over its whole history (for audits)
@@ -283,38 +332,94 @@ class Checkpointing:
             "parent": self.checkpoint_id,
             "reason": reason,
         }
-        try:
-            cid = self._save(metadata, offsets, commit_to, saved)
-        except StateFenced as exc:
+        return metadata, offsets, saved
+
+    def _failed(self, exc: Exception, reason: str, t0: float) -> None:
+        """A checkpoint could not be written: logged and counted; its offsets are not committed."""
+        if isinstance(exc, StateFenced):
             self.fenced = exc
             log.error("%s", exc, extra={"reason": "state_fenced"})
-            return False
-        except Exception:
-            with self.stats.lock:
-                self.stats.checkpoint_failures += 1
-            self.last_checkpoint_at = t0
-            if self.group_metadata is not None:  # the interval's transaction was aborted: start it over
-                self.needs_reload = True
-            log.exception("writing a checkpoint to %r failed", self.store,
-                          extra={"reason": reason})
-            return False
+            return
+        with self.stats.lock:
+            self.stats.checkpoint_failures += 1
+        self.last_checkpoint_at = t0
+        if self.group_metadata is not None:  # the interval's transaction was aborted: start it over
+            self.needs_reload = True
+        log.error("writing a checkpoint to %r failed", self.store, exc_info=exc, extra={"reason": reason})
+
+    def _written(self, cid: str, offsets: dict[TopicPartition, int], saved: Any, reason: str, duration: float,
+                 covered: int) -> None:
+        """Checkpoint ``cid`` of ``offsets`` is durable (``duration`` seconds after it was asked for); it
+        covers ``covered`` of the messages counted in :attr:`since_checkpoint`."""
         self.checkpoint_id = cid
         self.ckpt_offsets = offsets
-        self.since_checkpoint = 0
+        self.since_checkpoint = max(self.since_checkpoint - covered, 0)
+        if not self.since_checkpoint and self.offsets() != offsets:  # sought since: checkpoint that too
+            self.since_checkpoint = 1
         self.commit_pending = self.group_metadata is None  # exactly-once: committed with the state
         if self.group is not None:
             self.own = saved
             if reason == "periodic":  # not on the IO thread (revoke), nor when stopping
                 self.model = self.group.sync(saved, self.model, self.store.key)
-        now = time.monotonic()
-        self.last_checkpoint_at = now
         with self.stats.lock:
             self.stats.checkpoints_written += 1
             self.stats.last_checkpoint_id = cid
             self.stats.last_checkpoint_time = time.time()
-            self.stats.last_checkpoint_duration = now - t0
-        log.debug("checkpoint %s (%s): n_samples_seen=%d", cid, reason, self.model.n_samples_seen,
+            self.stats.last_checkpoint_duration = duration
+        log.debug("checkpoint %s (%s): n_samples_seen=%d", cid, reason, saved.n_samples_seen,
                   extra={"checkpoint_id": cid, "reason": reason})
+
+    # ------------------------------------------------------------------ background checkpoints
+
+    @property
+    def background(self) -> bool:
+        """Whether periodic checkpoints are written in the background: with a directory store. Not with a
+        store that has a state ``key`` (the Kafka store: its save already sends the chunks asynchronously,
+        through the producer, and waits only for the transaction's flush and commit; a lost member's state
+        is taken over through it), hence not when checkpoints are part of the interval's transaction
+        (exactly-once) nor synchronisations of the group model (both need the Kafka store)."""
+        return self.group_metadata is None and self.group is None and not hasattr(self.store, "key")
+
+    def _write_soon(self, reason: str, flush: Callable[[float], bool]) -> None:
+        """Snapshot the checkpoint now and write it on the writer thread (nothing is in flight)."""
+        t0 = time.monotonic()
+        if self.needs_reload:
+            return
+        prepared = self._prepare(reason, flush, self.config.commit_timeout_ms / 1000, t0)
+        if prepared is None:
+            return
+        metadata, offsets, model = prepared
+        write = _Write(Snapshot(model), metadata, offsets, reason, t0, self.since_checkpoint,
+                       None if self.extra_state is None else self.extra_state.extras())
+        self._writing = write
+        self.last_checkpoint_at = t0
+        self._writer.submit(write, self.store)
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait (at most ``timeout`` seconds, in short slices) for the background write in flight, then take
+        its outcome in (see :meth:`_harvest`). Returns whether no write is in flight any more."""
+        write = self._writing
+        if write is None:
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not write.done.wait(0.05):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+        self._harvest()
+        return True
+
+    def _harvest(self) -> bool:
+        """If the background write has ended: it is durable (its offsets are to be committed) or failed
+        (logged and counted, nothing to commit). Returns whether one ended."""
+        write = self._writing
+        if write is None or not write.done.is_set():
+            return False
+        self._writing = None
+        if write.error is not None:
+            self._failed(write.error, write.reason, write.t0)
+        else:
+            self._written(write.cid, write.offsets, write.snapshot, write.reason, write.finished - write.t0,
+                          write.covered)
         return True
 
     def _save(self, metadata: dict, offsets: dict[TopicPartition, int], commit_to: Iterable[TopicPartition],
@@ -393,13 +498,26 @@ class Checkpointing:
 
     def tick(self, partitions: Iterable[TopicPartition], pending: set[TopicPartition],
              flush: Callable[[float], bool], commit: Callable[[dict], bool | None]) -> None:
-        """The periodic step: when due, checkpoint (if anything changed) and then commit. With the group
+        """The periodic step: commit a background checkpoint that became durable; when due, checkpoint (if
+        anything changed; in the background when :attr:`background`) and then commit. With the group
         model, a synchronisation every ``sync_every_seconds`` also when nothing changed."""
+        if self._writing is not None and self._harvest() and self.commit_pending:
+            self.commit(partitions, pending, commit)
         if not self.since_checkpoint:
             self.sync_if_due()
         if not self.due():
             return
-        if self.since_checkpoint:
+        if self._writing is not None:  # the previous one is still being written: wait for it (bounded)
+            self.waits += 1
+            if not self.settle(self.config.commit_timeout_ms / 1000):
+                log.warning("the previous checkpoint is still being written: the next one waits",
+                            extra={"reason": "checkpoint_slow"})
+                return
+            if self.commit_pending:
+                self.commit(partitions, pending, commit)
+        if self.since_checkpoint and self.background:
+            self._write_soon("periodic", flush)
+        elif self.since_checkpoint:
             done = self.checkpoint("periodic", flush, commit_to=set(partitions) - pending)
             if done and self.commit_pending:
                 self.commit(partitions, pending, commit)
@@ -416,6 +534,8 @@ class Checkpointing:
         revoke failed), it no longer matches any offsets: it is reloaded from the checkpoint before the
         next assignment is sought.
         """
+        # which offsets are durable (bounded as the revoke's flush: this may run in a rebalance callback)
+        self.settle(min(self.config.commit_timeout_ms / 1000, 2.0))
         current = self.offsets()
         self.buffer[:] = [b for b in self.buffer if b[2] not in partitions]
         for tp in partitions:
@@ -473,3 +593,58 @@ class Checkpointing:
                 log.info("%s: the group is ahead of this model (%d > %d): skipping to %d",
                          tp_key(tp), theirs, ours, start, extra={**where, "offset": start})
         return starts
+
+
+class _Writer:
+    """The thread that writes background checkpoints, one after the other; parked between writes (starting
+    a thread costs the loop a few ms of the GIL), and gone after :attr:`idle` seconds without any, so that
+    a learner that stopped leaves no thread behind for long."""
+
+    idle = 60.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._alive = False
+
+    def submit(self, write: _Write, store: Any) -> None:
+        with self._lock:
+            self._jobs.put((write, store))
+            if not self._alive:
+                self._alive = True
+                threading.Thread(target=self._run, name="stream-logreg-checkpoint", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                write, store = self._jobs.get(timeout=self.idle)
+            except queue.Empty:
+                with self._lock:
+                    if self._jobs.empty():
+                        self._alive = False
+                        return
+                continue
+            write.run(store)
+
+
+class _Write:
+    """A checkpoint being written on the writer thread: what it saves, and then its id or its error."""
+
+    def __init__(self, snapshot: Snapshot, metadata: dict, offsets: dict[TopicPartition, int], reason: str,
+                 t0: float, covered: int, extras: dict | None) -> None:
+        self.snapshot, self.metadata, self.offsets, self.extras = snapshot, metadata, offsets, extras
+        self.reason, self.t0, self.covered = reason, t0, covered
+        self.done = threading.Event()
+        self.cid: str | None = None
+        self.error: Exception | None = None
+        self.finished = t0
+
+    def run(self, store: Any) -> None:
+        try:
+            extras = {} if self.extras is None else {"extras": self.extras}
+            self.cid = store.save(self.snapshot, self.metadata, **extras)
+        except Exception as exc:  # handed to the loop, which reports it
+            self.error = exc
+        finally:
+            self.finished = time.monotonic()
+            self.done.set()
