@@ -126,9 +126,45 @@ cdef Py_ssize_t _PAIRS_MAX = 1 << 20, _PAIRS_MAX_HASHED = 1 << 18
 PAIR_CACHE_SIZE, PAIR_CACHE_SIZE_HASHED = _PAIRS_MAX, _PAIRS_MAX_HASHED
 
 
+cdef extern from *:
+    """
+    /* A str's hash, read from the object when it is cached there (always, once computed): no call. */
+    static inline Py_hash_t sl_str_hash(PyObject* o) {
+        Py_hash_t h = ((PyASCIIObject*) o)->hash;
+        return h != -1 ? h : PyObject_Hash(o);
+    }
+    """
+    Py_hash_t _str_hash "sl_str_hash" (PyObject* o) noexcept  # a str's hash cannot fail
+
+
 cdef extern from "Python.h":
-    Py_hash_t _str_hash "PyObject_Hash" (PyObject* o)  # a str's hash is cached in it: cannot fail
     void _prefetch "__builtin_prefetch" (const void* p) noexcept nogil
+
+
+cdef extern from *:
+    """
+    #include <stdlib.h>
+    #include <string.h>
+    #include <sys/mman.h>
+    /* n zeroed bytes; from 2 MiB on, aligned to 2 MiB and in huge pages where the system allows them
+       (a table looked up at random costs a TLB miss per look-up in 4 KiB pages, as numpy knows). */
+    static void* sl_table_alloc(size_t n) {
+        const size_t huge = (size_t) 1 << 21;
+        void* p;
+        if (n < huge)
+            return calloc(n, 1);
+        n = (n + huge - 1) & ~(huge - 1);
+        p = aligned_alloc(huge, n);
+        if (p == NULL)
+            return NULL;
+    #ifdef MADV_HUGEPAGE
+        madvise(p, n, MADV_HUGEPAGE);
+    #endif
+        memset(p, 0, n);
+        return p;
+    }
+    """
+    void* _table_alloc "sl_table_alloc" (size_t n) noexcept nogil
 
 
 cdef Py_hash_t pair_hash(PyObject* k, PyObject* v) noexcept:
@@ -281,7 +317,7 @@ cdef class RowLayout:
                 size = 2 * size if size else 64
                 while size > limit and size > 2:  # a power of two
                     size //= 2
-                self.pairs = <PairEntry*> calloc(size, sizeof(PairEntry))
+                self.pairs = <PairEntry*> _table_alloc(size * sizeof(PairEntry))
                 if self.pairs == NULL:
                     self.pairs = old
                     raise MemoryError()
@@ -324,6 +360,23 @@ cdef inline void _prefetch_rows(double* a, Py_ssize_t* c, Py_ssize_t n, Py_ssize
         _prefetch_row(a + c[i] * width, width)
 
 
+cdef Py_ssize_t _new_row(dict x, Py_ssize_t pos, RowLayout layout, double* rows, Py_ssize_t width) noexcept:
+    """-1 (row x goes to the feature space's encoder: it has a new indicator, at the entry before `pos`),
+    having prefetched the rows of `width` doubles at `rows` of the indicators cached among the entries
+    after it: their misses then overlap the encoder's work instead of the update's (a click-through row
+    with a few new values has most of its known ones after the first new one)."""
+    cdef PyObject* key
+    cdef PyObject* value
+    cdef Py_ssize_t ci
+    if rows != NULL:
+        while PyDict_Next(x, &pos, &key, &value):
+            if _is_str(value) and _is_str(key):
+                ci = layout.pair_get(key, value, pair_hash(key, value))
+                if ci >= 0:
+                    _prefetch_row(rows + ci * width, width)
+    return -1
+
+
 cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_ssize_t cap, bint merge,
                             RowLayout layout, double* rows=NULL, Py_ssize_t width=0) except -2:
     """`encode` into the `cap` entries at c and v; with a `layout`, numeric entries whose key is the one
@@ -347,9 +400,9 @@ cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_s
             ci = layout.pair_get(key, value, h)
             if ci < 0:
                 if not merge and layout.complete and layout.synced == len(columns):
-                    return -1  # not cached, so new (see RowLayout.complete): no need to look
+                    return _new_row(x, pos, layout, rows, width)  # not cached, so new (RowLayout.complete)
                 if not _lookup(columns, key, value, &ci, &d):
-                    return -1
+                    return _new_row(x, pos, layout, rows, width)
                 layout.pair_put(key, value, h, ci, pair_limit(merge))
         elif layout is not None and i < layout.n and layout.keys[i] == key and _number(value, &d):
             ci = layout.cols[i]
