@@ -16,9 +16,10 @@ cdef class RowLayout:
     cdef PyObject** keys
     cdef Py_ssize_t* cols
     cdef Py_ssize_t n, cap
-    cdef PairEntry* pairs
-    cdef readonly Py_ssize_t n_pairs  # how many indicator look-ups are cached
-    cdef Py_ssize_t pairs_size, max_pairs
+    cdef PairEntry* pairs  # the current table of pairs, and the previous one (or NULL)
+    cdef PairEntry* older
+    cdef readonly Py_ssize_t n_pairs  # how many indicator look-ups are cached (in both tables)
+    cdef Py_ssize_t pairs_size, max_pairs, n_current, older_size, n_older
     # With a vocabulary: whether every indicator of a str key and value in it is cached (so that a pair not
     # cached is new), as long as the vocabulary still has `synced` columns (else columns were created
     # elsewhere and it is not known any more).
@@ -31,6 +32,8 @@ cdef class RowLayout:
     cdef int pair_put(self, PyObject* k, PyObject* v, Py_hash_t h, Py_ssize_t col, Py_ssize_t limit) except -1
     cdef void prefetch(self, dict x) noexcept
     cdef void _insert(self, PyObject* k, PyObject* v, Py_hash_t h, Py_ssize_t col) noexcept
+    cdef int _rotate(self) except -1
+    cdef void _swap(self) noexcept
 
 
 cdef Py_hash_t pair_hash(PyObject* k, PyObject* v) noexcept

@@ -197,9 +197,15 @@ cdef class RowLayout:
     - the columns of indicators ``k=v`` of str keys and values, in a table of pairs (k, v) → column
       (open addressing, linear probing: one cache line a look-up, mostly), that is looked up before the
       feature dict: the dict's key ``(INDICATOR, k, v)`` costs a tuple, its hash and a comparison, and the
-      dict's entry, its key and its column are three more places in memory. At most `PAIR_CACHE_SIZE`
-      entries (with hashing `PAIR_CACHE_SIZE_HASHED`, or `max_pairs`), at most half full; when it would
-      need more, it starts again empty. With a vocabulary
+      dict's entry, its key and its column are three more places in memory (with hashing, the pair cache
+      is the look-up: a pair not in it costs a BLAKE2b). Bounded, and least recently used first out, in
+      two generations: a table of at most `PAIR_CACHE_SIZE` slots (with hashing
+      `PAIR_CACHE_SIZE_HASHED`, or `max_pairs`), at most half full, and the previous such table; a pair
+      found in the previous one is copied to the current one, and when the current one is full it becomes
+      the previous one (which is dropped) and a new one starts empty. So a stream with more distinct
+      values than the bound keeps the ones it sees often, instead of starting again empty; the cache holds
+      at most the bound's number of pairs (half in each table), and its memory is at most twice a full
+      table (32 bytes a slot) and the pairs' strings. With a vocabulary
       the cache is `complete` while it has seen every indicator created (it started with the vocabulary
       empty, forgot nothing, and the vocabulary still has the `synced` columns it knows of): then a pair
       it does not hold is new, and the dict need not be asked. The look-ups of a row are prefetched.
@@ -218,6 +224,7 @@ cdef class RowLayout:
         free(self.keys)
         free(self.cols)
         free(self.pairs)
+        free(self.older)
 
     def __reduce__(self):
         return RowLayout, ()
@@ -234,13 +241,11 @@ cdef class RowLayout:
             self.keys[i] = NULL
             Py_XDECREF(key)
         self.n = 0
-        for i in range(self.pairs_size if self.n_pairs else 0):
-            if self.pairs[i].k != NULL:
-                Py_XDECREF(self.pairs[i].k)
-                Py_XDECREF(self.pairs[i].v)
-                self.pairs[i].k = NULL
-                self.pairs[i].v = NULL
-        self.n_pairs = 0
+        if self.n_current:
+            _drop_pairs(self.pairs, self.pairs_size)
+        if self.n_older:
+            _drop_pairs(self.older, self.older_size)
+        self.n_pairs = self.n_current = self.n_older = 0
         self.complete, self.synced = False, -1
 
     cdef int put(self, Py_ssize_t i, PyObject* key, Py_ssize_t col) except -1:
@@ -275,43 +280,50 @@ cdef class RowLayout:
         cdef Py_ssize_t pos = 0
         cdef PyObject* key
         cdef PyObject* value
-        cdef size_t mask
+        cdef size_t mask, older_mask, h
         if self.n_pairs == 0:
             return
         while PyDict_Next(x, &pos, &key, &value):
             _prefetch(value)
         mask = <size_t> (self.pairs_size - 1)
+        older_mask = <size_t> (self.older_size - 1)
         pos = 0
         while PyDict_Next(x, &pos, &key, &value):
             if _is_str(value) and _is_str(key):
-                _prefetch(self.pairs + (<size_t> pair_hash(key, value) & mask))
+                h = <size_t> pair_hash(key, value)
+                _prefetch(self.pairs + (h & mask))
+                if self.n_older:
+                    _prefetch(self.older + (h & older_mask))
 
     cdef Py_ssize_t pair_get(self, PyObject* k, PyObject* v, Py_hash_t h) noexcept:
-        """The column of the indicator k=v (str k and v, h = pair_hash(k, v)) if cached, else -1."""
-        cdef PairEntry* e
-        cdef size_t i, mask
+        """The column of the indicator k=v (str k and v, h = pair_hash(k, v)) if cached, else -1; one
+        found in the previous table is copied to the current one (if it has room without growing)."""
+        cdef Py_ssize_t col
         if self.n_pairs == 0:
             return -1
-        mask = <size_t> (self.pairs_size - 1)
-        i = <size_t> h & mask
-        while True:  # linear probing; the table is at most half full
-            e = self.pairs + i
-            if e.k == NULL:
-                return -1
-            if e.h == h and _same_str(e.v, v) and _same_str(e.k, k):
-                return e.col
-            i = (i + 1) & mask
+        col = _probe(self.pairs, self.pairs_size, k, v, h) if self.n_current else -1
+        if col >= 0 or self.n_older == 0:
+            return col
+        col = _probe(self.older, self.older_size, k, v, h)
+        if col >= 0:
+            if (self.n_current + 1) * 2 > self.pairs_size:
+                if self.older_size != self.pairs_size:
+                    return col  # the current table will grow first (pair_put)
+                self._swap()  # full, at the bound (as the previous one was): a new generation
+            self._insert(k, v, h, col)
+        return col
 
     cdef int pair_put(self, PyObject* k, PyObject* v, Py_hash_t h, Py_ssize_t col, Py_ssize_t limit) except -1:
-        """Cache the column of k=v (not cached yet), in a table of at most `limit` entries, at most half
-        full: it doubles until then, and then starts again empty (no longer `complete`)."""
+        """Cache the column of k=v (not cached yet), in a table of at most `limit` slots, at most half
+        full: it doubles until then, and then becomes the previous table (the one before is forgotten, and
+        the cache is no longer `complete`) and a new one starts empty."""
         cdef PairEntry* old
         cdef Py_ssize_t size = self.pairs_size, old_size = self.pairs_size, i
         if 0 < self.max_pairs < limit:
             limit = self.max_pairs
-        if size == 0 or (self.n_pairs + 1) * 2 > size:
+        if size == 0 or (self.n_current + 1) * 2 > size:
             if size and 2 * size > limit:  # at the bound
-                self.clear()
+                self._rotate()
             else:
                 old = self.pairs
                 size = 2 * size if size else 64
@@ -321,7 +333,9 @@ cdef class RowLayout:
                 if self.pairs == NULL:
                     self.pairs = old
                     raise MemoryError()
-                self.pairs_size, self.n_pairs = size, 0
+                self.pairs_size = size
+                self.n_pairs -= self.n_current
+                self.n_current = 0
                 if old != NULL:
                     for i in range(old_size):
                         if old[i].k != NULL:
@@ -332,6 +346,33 @@ cdef class RowLayout:
         self._insert(k, v, h, col)
         return 0
 
+    cdef int _rotate(self) except -1:
+        """The current table (full) becomes the previous one; the previous one's pairs are forgotten, and
+        its memory is the new, empty, current table."""
+        if self.older == NULL or self.older_size != self.pairs_size:
+            if self.n_older:
+                _drop_pairs(self.older, self.older_size)
+                self.n_pairs -= self.n_older
+                self.n_older = 0
+            free(self.older)
+            self.older, self.older_size = NULL, 0
+            self.older = <PairEntry*> _table_alloc(self.pairs_size * sizeof(PairEntry))
+            if self.older == NULL:
+                raise MemoryError()
+            self.older_size = self.pairs_size
+        self._swap()
+        return 0
+
+    cdef void _swap(self) noexcept:
+        """`_rotate` when the previous table has the current one's size (no memory to allocate)."""
+        cdef PairEntry* fresh = self.older
+        if self.n_older:
+            _drop_pairs(self.older, self.older_size)
+            self.n_pairs -= self.n_older
+        self.older, self.n_older = self.pairs, self.n_current
+        self.pairs, self.n_current = fresh, 0
+        self.complete = False
+
     cdef void _insert(self, PyObject* k, PyObject* v, Py_hash_t h, Py_ssize_t col) noexcept:
         cdef size_t mask = <size_t> (self.pairs_size - 1)
         cdef size_t i = <size_t> h & mask
@@ -340,7 +381,33 @@ cdef class RowLayout:
         Py_XINCREF(k)
         Py_XINCREF(v)
         self.pairs[i].k, self.pairs[i].v, self.pairs[i].h, self.pairs[i].col = k, v, h, col
+        self.n_current += 1
         self.n_pairs += 1
+
+
+cdef inline Py_ssize_t _probe(PairEntry* t, Py_ssize_t size, PyObject* k, PyObject* v, Py_hash_t h) noexcept:
+    """The column of (k, v) in the table t of `size` slots (a power of two, at most half full), or -1."""
+    cdef size_t mask = <size_t> (size - 1)
+    cdef size_t i = <size_t> h & mask
+    cdef PairEntry* e
+    while True:  # linear probing
+        e = t + i
+        if e.k == NULL:
+            return -1
+        if e.h == h and _same_str(e.v, v) and _same_str(e.k, k):
+            return e.col
+        i = (i + 1) & mask
+
+
+cdef void _drop_pairs(PairEntry* t, Py_ssize_t size) noexcept:
+    """Empty the table t of `size` slots, releasing its strings."""
+    cdef Py_ssize_t i
+    for i in range(size):
+        if t[i].k != NULL:
+            Py_XDECREF(t[i].k)
+            Py_XDECREF(t[i].v)
+            t[i].k = NULL
+            t[i].v = NULL
 
 
 cdef inline void _prefetch_row(double* r, Py_ssize_t width) noexcept nogil:

@@ -263,6 +263,34 @@ def test_the_pair_cache_changes_no_column(space, max_pairs, stream):
         assert layout.n_pairs <= (max_pairs or 1 << 20)
 
 
+def test_the_pair_cache_keeps_a_pair_seen_recently_when_it_is_full():
+    """A full cache does not forget everything (it did: it started again empty): the pairs of the last
+    half of its bound survive any stream (here a table of 8 slots, 4 pairs in each of its two
+    generations; a pair seen, then 4 new ones: still cached). The oracle: the look-up finds the pair
+    without the feature dict, which no longer has it."""
+    from stream_logreg._kernel import RowLayout, encode_rows
+
+    space, layout = FeatureSpace(), RowLayout(max_pairs=8)
+    cols, vals, indptr = np.zeros(4, dtype=np.intp), np.zeros(4), np.zeros(2, dtype=np.intp)
+
+    def cached(x: dict) -> bool:  # found by the pair cache alone
+        columns = {k: c for k, c in space.columns.items() if k != IndicatorKey("k", x["k"])}
+        return encode_rows([x], 0, columns, cols, vals, indptr, False, layout) == 1
+
+    for i in range(60):
+        hot = {"k": "hot"}
+        space.encode(hot, True)
+        encode_rows([hot], 0, space.columns, cols, vals, indptr, False, layout)
+        for j in range(4):
+            cold = {"k": f"cold{i}-{j}"}
+            space.encode(cold, True)
+            assert encode_rows([cold], 0, space.columns, cols, vals, indptr, False, layout) == 1
+            assert layout.n_pairs <= 8
+        assert cached(hot) and indptr[1] == 1 and cols[0] == space.columns[IndicatorKey("k", "hot")]
+        assert cached({"k": f"cold{i}-3"})
+    assert not cached({"k": "cold0-0"})  # bounded: the old ones are forgotten
+
+
 def click_rows(n: int, seed: int) -> list[tuple[dict, bool]]:
     """Rows of 8 string fields with 50–400 values each: new values in most rows, known ones in all."""
     rng = np.random.default_rng(seed)
