@@ -120,8 +120,10 @@ cdef inline bint _number(PyObject* value, double* d):
     return False
 
 
-#: The most entries of a model's cache of indicator look-ups (32 bytes each, and a reference to the key and
-#: the value strings): 2^20 with a vocabulary (whose keys hold those strings anyway), 2^18 with hashing.
+#: The slots of each of the two tables of a model's cache of indicator look-ups (32 bytes each, at most half
+#: of them used, each with a reference to the key and the value strings): 2^20 with a vocabulary (whose keys
+#: hold those strings anyway), 2^18 with hashing. So at most 2^19 (2^17) pairs are cached, in at most 64 MB
+#: (16 MB) of tables.
 cdef Py_ssize_t _PAIRS_MAX = 1 << 20, _PAIRS_MAX_HASHED = 1 << 18
 PAIR_CACHE_SIZE, PAIR_CACHE_SIZE_HASHED = _PAIRS_MAX, _PAIRS_MAX_HASHED
 
