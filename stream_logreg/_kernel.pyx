@@ -250,6 +250,32 @@ cdef class RowLayout:
         self.n_pairs = self.n_current = self.n_older = 0
         self.complete, self.synced = False, -1
 
+    def fill(self, list keys not None):
+        """Start again with the indicators of str keys and values among a vocabulary's `keys` (key i is
+        column i) cached, as many as one table holds: if that is all of them, the cache is `complete`, as if
+        it had seen them created (a model restored from a checkpoint then creates its new values without
+        asking the dict first). Returns whether it is."""
+        cdef Py_ssize_t col = 0, limit = _PAIRS_MAX
+        cdef bint complete = True
+        cdef PyObject* k
+        cdef PyObject* v
+        if 0 < self.max_pairs < limit:
+            limit = self.max_pairs
+        self.clear()
+        for key in keys:
+            if isinstance(key, tuple) and len(<tuple> key) == 3 \
+                    and (<tuple> key)[0] is INDICATOR:
+                k, v = <PyObject*> (<tuple> key)[1], <PyObject*> (<tuple> key)[2]
+                if _is_str(k) and _is_str(v):
+                    if 2 * (self.n_current + 1) > limit:
+                        complete = False
+                        break
+                    self.pair_put(k, v, pair_hash(k, v), col, limit)
+            col += 1
+        if complete:
+            self.complete, self.synced = True, len(keys)
+        return complete
+
     cdef int put(self, Py_ssize_t i, PyObject* key, Py_ssize_t col) except -1:
         """Remember that the key at position i is `key`, of column `col`."""
         cdef Py_ssize_t cap

@@ -532,6 +532,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             model._max_cum_l1 = total
         model._step = None  # the feature space and the optimizers' arrays were replaced
         model._layout.clear()
+        if model.features.n_bits is None:  # the look-ups of the vocabulary's indicators, as before the save
+            model._layout.fill(model.features.keys)
         return model
 
     # The per-sample path

@@ -291,6 +291,26 @@ def test_the_pair_cache_keeps_a_pair_seen_recently_when_it_is_full():
     assert not cached({"k": "cold0-0"})  # bounded: the old ones are forgotten
 
 
+def test_a_restored_model_has_the_look_ups_of_its_vocabulary(monkeypatch):
+    """After ``from_state`` the pair cache holds every indicator of the vocabulary (``complete``): a new
+    value is created without asking the vocabulary's dict first, as in the model that was saved; and what
+    the restored model learns is bitwise what the saved one does."""
+    model = OnlineLogisticRegression()
+    for x, y in click_rows(200, seed=5):
+        model.predict_learn_one(x, y)
+    restored = OnlineLogisticRegression.from_state(*model.state())
+    layout = restored._layout
+    assert layout.complete and layout.synced == len(restored.features.keys) == layout.n_pairs
+    for x, y in click_rows(200, seed=6):
+        assert restored.predict_learn_one(x, y) == model.predict_learn_one(x, y)
+    assert restored._layout.complete and restored.state()[1] == model.state()[1]
+    # bounded: a cache smaller than the vocabulary holds what fits and is not complete
+    from stream_logreg._kernel import RowLayout
+
+    small = RowLayout(max_pairs=16)
+    assert not small.fill(restored.features.keys) and not small.complete and small.n_pairs == 8
+
+
 def click_rows(n: int, seed: int) -> list[tuple[dict, bool]]:
     """Rows of 8 string fields with 50–400 values each: new values in most rows, known ones in all."""
     rng = np.random.default_rng(seed)
