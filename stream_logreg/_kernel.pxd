@@ -1,7 +1,23 @@
-# The kernel's declarations that the feature space's encoder (_features.pyx) shares: the per-model cache of
-# column look-ups (see RowLayout in _kernel.pyx).
+# The kernel's declarations that the feature space's encoder (_features.pyx) shares: the C-API calls of the
+# row loops, and the per-model cache of column look-ups (see RowLayout in _kernel.pyx).
 cimport cython
 from cpython.object cimport PyObject
+
+
+cdef extern from "Python.h":
+    # Type checks and conversions on borrowed references (no reference counting in the row loops), shared by
+    # the kernel and the feature space's encoder.
+    bint _is_float "PyFloat_Check" (PyObject* o)
+    bint _is_bool "PyBool_Check" (PyObject* o)
+    bint _is_int "PyLong_CheckExact" (PyObject* o)
+    bint _is_str "PyUnicode_CheckExact" (PyObject* o)
+    double _float_value "PyFloat_AS_DOUBLE" (PyObject* o)
+    double _int_value "PyLong_AsDouble" (PyObject* o)
+    Py_ssize_t _column_value "PyLong_AsSsize_t" (PyObject* o)
+    PyObject* _true "Py_True"
+    PyObject* PyErr_Occurred()
+    void PyErr_Clear()
+    object PyType_GenericAlloc(type t, Py_ssize_t n)  # what a tuple subclass's tp_alloc is
 
 
 cdef struct PairEntry:

@@ -56,19 +56,8 @@ cdef inline Py_ssize_t* iptr(cnp.ndarray a):
 
 
 cdef extern from "Python.h":
-    # Type checks and conversions on borrowed references (no reference counting in the row loop).
-    bint _is_float "PyFloat_Check" (PyObject* o)
-    bint _is_bool "PyBool_Check" (PyObject* o)
-    bint _is_int "PyLong_CheckExact" (PyObject* o)
-    bint _is_str "PyUnicode_CheckExact" (PyObject* o)
+    # (the type checks and conversions the encoder shares are declared in _kernel.pxd)
     bint _is_exact_float "PyFloat_CheckExact" (PyObject* o)
-    double _float_value "PyFloat_AS_DOUBLE" (PyObject* o)
-    double _int_value "PyLong_AsDouble" (PyObject* o)
-    Py_ssize_t _column_value "PyLong_AsSsize_t" (PyObject* o)
-    PyObject* _true "Py_True"
-    PyObject* PyErr_Occurred()
-    void PyErr_Clear()
-    object PyType_GenericAlloc(type t, Py_ssize_t n)  # what a tuple subclass's tp_alloc is
     PyObject* _dict_get "PyDict_GetItemWithError" (object d, object key)  # borrowed; NULL: absent or error
 
 
