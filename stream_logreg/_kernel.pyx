@@ -1316,6 +1316,18 @@ cdef class SampleStep:
             _forget(self.space, self.layout, mark)
         return p
 
+    def predict(self, object x):
+        """p = σ(w·x + b) for dict row `x` if `encode` takes it as it is (every feature known), else -1.0:
+        the arithmetic of `dot` on the encoded row and of `stream_logreg.math.sigmoid_scalar`, so bitwise
+        the model's general path, with the look-ups of `__call__` (the layout's keys by position)."""
+        if type(x) is not dict:
+            return -1.0
+        cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, dptr(self.w), 1)
+        if n < 0:
+            return -1.0
+        return _sigmoid(_dot(dptr(self.w), iptr(self.cols), dptr(self.vals), n) + dptr(self.b)[0])
+
     cdef double _learn(self, Py_ssize_t n, double y, double sample_weight) except? -2.0:
         """The update on the row in the first n entries of the scratch buffers; returns p, or NaN if refused.
 

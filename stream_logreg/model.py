@@ -579,6 +579,13 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
     def predict_proba_one(self, x: dict, **kwargs: Any) -> dict[bool, float]:
         """{False: 1 − p, True: p} with p = σ(w·x + b) (the mixture: Σ_k π_k σ(w_k·x + b_k)); unseen
         features count as 0."""
+        step = self._step
+        if step is None:
+            step = self._step = self._compile_step()
+        if step and not self.scale:  # every feature known: the compiled step's look-ups, bitwise the same p
+            p = step.predict(x)
+            if p >= 0.0:
+                return {False: 1.0 - p, True: p}
         p = self._mixture_proba_one(x) if self._mixture else sigmoid_scalar(self._raw_dot(x))
         return {False: 1.0 - p, True: p}
 
@@ -635,6 +642,10 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
 
     def learn_one(self, x: dict, y: Any, w: float = 1.0, **kwargs: Any) -> None:
         """One update with m = 1 on row ``x``, label ``y`` and sample weight ``w``."""
+        step = self._step
+        if step and not self.scale and step(x, y, w) >= 0.0:  # the compiled step took it (as predict_learn_one)
+            self.n_samples_seen += 1
+            return
         self.predict_learn_one(x, y, w)
 
     def predict_learn_one(self, x: dict, y: Any, w: float = 1.0) -> float:

@@ -311,6 +311,38 @@ def test_a_restored_model_has_the_look_ups_of_its_vocabulary(monkeypatch):
     assert not small.fill(restored.features.keys) and not small.complete and small.n_pairs == 8
 
 
+@pytest.mark.parametrize("space", SPACES, ids=SPACE_IDS)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream=st.lists(st.tuples(st.one_of(small_rows, rows), st.booleans()), max_size=20),
+       scale=st.sampled_from([1.0, 1e150, 1e300]))
+def test_the_compiled_prediction_is_the_general_paths(space, stream, scale):
+    """``predict_proba_one`` through the compiled step (every feature known) is bitwise the general path's
+    (the dict look-ups, the overflow-safe dot, ``sigmoid_scalar``), whatever the row (unknown features,
+    bad values: the general path answers or raises), after weights that make the dot overflow. (The
+    mixture's prediction always was its compiled step's.)"""
+    model = OnlineLogisticRegression(optimizer=optim.SGD(0.05), **space)
+    for x, y in [({"a": "FR", "b": 1.0, 1: 2.0}, True), ({"a": "DE", "b": -1.0, "c": True}, False)] * 3:
+        model.learn_one(x, y)
+    model._w[:] *= scale  # a dot that overflows in double, which the compiled dot sums again wide
+    for x, y in stream:
+        for row in (x, {"a": "FR", "b": 1.0, 1: 2.0}, {"b": 1e308, 1: -1e308, "c": True}):
+            try:
+                fast = model.predict_proba_one(row)
+            except (ValueError, TypeError) as e:
+                fast = type(e)
+            model._step = False  # the general path (then compiled again)
+            try:
+                slow = model.predict_proba_one(row)
+            except (ValueError, TypeError) as e:
+                slow = type(e)
+            model._step = None
+            assert fast == slow
+        try:
+            model.learn_one(x, y)
+        except (ValueError, TypeError):
+            pass
+
+
 def click_rows(n: int, seed: int) -> list[tuple[dict, bool]]:
     """Rows of 8 string fields with 50–400 values each: new values in most rows, known ones in all."""
     rng = np.random.default_rng(seed)
