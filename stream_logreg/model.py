@@ -643,7 +643,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
     def learn_one(self, x: dict, y: Any, w: float = 1.0, **kwargs: Any) -> None:
         """One update with m = 1 on row ``x``, label ``y`` and sample weight ``w``."""
         step = self._step
-        if step and not self.scale and step(x, y, w) >= 0.0:  # the compiled step took it (as predict_learn_one)
+        if step and not self.scale and step(x, y, w) >= 0.0:  # the compiled step took it (predict_learn_one)
             self.n_samples_seen += 1
             return
         self.predict_learn_one(x, y, w)
