@@ -16,7 +16,10 @@ from libc.math cimport isfinite
 from libc.stdint cimport uint64_t
 
 from stream_logreg._kernel import INDICATOR
-from stream_logreg._kernel cimport RowLayout, pair_hash, pair_limit
+from stream_logreg._kernel cimport (
+    PyErr_Clear, PyErr_Occurred, PyType_GenericAlloc, RowLayout, _column_value, _float_value, _int_value,
+    _is_bool, _is_float, _is_int, _is_str, _true, pair_hash, pair_limit,
+)
 
 cnp.import_array()
 
@@ -28,15 +31,6 @@ cdef extern from "_blake2b.h":
     uint64_t b2_final(b2_state* s) nogil
 
 cdef extern from "Python.h":
-    bint _is_float "PyFloat_Check" (PyObject* o)
-    bint _is_bool "PyBool_Check" (PyObject* o)
-    bint _is_int "PyLong_CheckExact" (PyObject* o)
-    bint _is_str "PyUnicode_CheckExact" (PyObject* o)
-    double _float_value "PyFloat_AS_DOUBLE" (PyObject* o)
-    double _int_value "PyLong_AsDouble" (PyObject* o)
-    PyObject* _true "Py_True"
-    PyObject* PyErr_Occurred()
-    void PyErr_Clear()
     Py_ssize_t _str_len "PyUnicode_GET_LENGTH" (PyObject* o)
     bint _str_ascii "PyUnicode_IS_ASCII" (PyObject* o)
     void* _str_data "PyUnicode_DATA" (PyObject* o)
@@ -44,8 +38,6 @@ cdef extern from "Python.h":
     bint _is_space "Py_UNICODE_ISSPACE" (Py_UCS4 c)
     const char* _utf8 "PyUnicode_AsUTF8AndSize" (PyObject* o, Py_ssize_t* n)
     PyObject* _dict_get "PyDict_GetItemWithError" (object d, object key) except? NULL  # borrowed; NULL: absent
-    Py_ssize_t _column_value "PyLong_AsSsize_t" (PyObject* o)
-    object PyType_GenericAlloc(type t, Py_ssize_t n)
     Py_ssize_t Py_REFCNT(object o)
     void PyObject_GC_UnTrack(object o)
     double PyOS_string_to_double(const char* s, char** endptr, PyObject* overflow_exception)

@@ -1,7 +1,23 @@
-# The kernel's declarations that the feature space's encoder (_features.pyx) shares: the per-model cache of
-# column look-ups (see RowLayout in _kernel.pyx).
+# The kernel's declarations that the feature space's encoder (_features.pyx) shares: the C-API calls of the
+# row loops, and the per-model cache of column look-ups (see RowLayout in _kernel.pyx).
 cimport cython
 from cpython.object cimport PyObject
+
+
+cdef extern from "Python.h":
+    # Type checks and conversions on borrowed references (no reference counting in the row loops), shared by
+    # the kernel and the feature space's encoder.
+    bint _is_float "PyFloat_Check" (PyObject* o)
+    bint _is_bool "PyBool_Check" (PyObject* o)
+    bint _is_int "PyLong_CheckExact" (PyObject* o)
+    bint _is_str "PyUnicode_CheckExact" (PyObject* o)
+    double _float_value "PyFloat_AS_DOUBLE" (PyObject* o)
+    double _int_value "PyLong_AsDouble" (PyObject* o)
+    Py_ssize_t _column_value "PyLong_AsSsize_t" (PyObject* o)
+    PyObject* _true "Py_True"
+    PyObject* PyErr_Occurred()
+    void PyErr_Clear()
+    object PyType_GenericAlloc(type t, Py_ssize_t n)  # what a tuple subclass's tp_alloc is
 
 
 cdef struct PairEntry:
@@ -16,9 +32,10 @@ cdef class RowLayout:
     cdef PyObject** keys
     cdef Py_ssize_t* cols
     cdef Py_ssize_t n, cap
-    cdef PairEntry* pairs
-    cdef readonly Py_ssize_t n_pairs  # how many indicator look-ups are cached
-    cdef Py_ssize_t pairs_size, max_pairs
+    cdef PairEntry* pairs  # the current table of pairs, and the previous one (or NULL)
+    cdef PairEntry* older
+    cdef readonly Py_ssize_t n_pairs  # how many indicator look-ups are cached (in both tables)
+    cdef Py_ssize_t pairs_size, max_pairs, n_current, older_size, n_older
     # With a vocabulary: whether every indicator of a str key and value in it is cached (so that a pair not
     # cached is new), as long as the vocabulary still has `synced` columns (else columns were created
     # elsewhere and it is not known any more).
@@ -31,6 +48,8 @@ cdef class RowLayout:
     cdef int pair_put(self, PyObject* k, PyObject* v, Py_hash_t h, Py_ssize_t col, Py_ssize_t limit) except -1
     cdef void prefetch(self, dict x) noexcept
     cdef void _insert(self, PyObject* k, PyObject* v, Py_hash_t h, Py_ssize_t col) noexcept
+    cdef int _rotate(self) except -1
+    cdef void _swap(self) noexcept
 
 
 cdef Py_hash_t pair_hash(PyObject* k, PyObject* v) noexcept

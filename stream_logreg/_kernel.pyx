@@ -56,19 +56,8 @@ cdef inline Py_ssize_t* iptr(cnp.ndarray a):
 
 
 cdef extern from "Python.h":
-    # Type checks and conversions on borrowed references (no reference counting in the row loop).
-    bint _is_float "PyFloat_Check" (PyObject* o)
-    bint _is_bool "PyBool_Check" (PyObject* o)
-    bint _is_int "PyLong_CheckExact" (PyObject* o)
-    bint _is_str "PyUnicode_CheckExact" (PyObject* o)
+    # (the type checks and conversions the encoder shares are declared in _kernel.pxd)
     bint _is_exact_float "PyFloat_CheckExact" (PyObject* o)
-    double _float_value "PyFloat_AS_DOUBLE" (PyObject* o)
-    double _int_value "PyLong_AsDouble" (PyObject* o)
-    Py_ssize_t _column_value "PyLong_AsSsize_t" (PyObject* o)
-    PyObject* _true "Py_True"
-    PyObject* PyErr_Occurred()
-    void PyErr_Clear()
-    object PyType_GenericAlloc(type t, Py_ssize_t n)  # what a tuple subclass's tp_alloc is
     PyObject* _dict_get "PyDict_GetItemWithError" (object d, object key)  # borrowed; NULL: absent or error
 
 
@@ -120,15 +109,53 @@ cdef inline bint _number(PyObject* value, double* d):
     return False
 
 
-#: The most entries of a model's cache of indicator look-ups (32 bytes each, and a reference to the key and
-#: the value strings): 2^20 with a vocabulary (whose keys hold those strings anyway), 2^18 with hashing.
+#: The slots of each of the two tables of a model's cache of indicator look-ups (32 bytes each, at most half
+#: of them used, each with a reference to the key and the value strings): 2^20 with a vocabulary (whose keys
+#: hold those strings anyway), 2^18 with hashing. So at most 2^19 (2^17) pairs are cached, in at most 64 MB
+#: (16 MB) of tables.
 cdef Py_ssize_t _PAIRS_MAX = 1 << 20, _PAIRS_MAX_HASHED = 1 << 18
 PAIR_CACHE_SIZE, PAIR_CACHE_SIZE_HASHED = _PAIRS_MAX, _PAIRS_MAX_HASHED
 
 
+cdef extern from *:
+    """
+    /* A str's hash, read from the object when it is cached there (always, once computed): no call. */
+    static inline Py_hash_t sl_str_hash(PyObject* o) {
+        Py_hash_t h = ((PyASCIIObject*) o)->hash;
+        return h != -1 ? h : PyObject_Hash(o);
+    }
+    """
+    Py_hash_t _str_hash "sl_str_hash" (PyObject* o) noexcept  # a str's hash cannot fail
+
+
 cdef extern from "Python.h":
-    Py_hash_t _str_hash "PyObject_Hash" (PyObject* o)  # a str's hash is cached in it: cannot fail
     void _prefetch "__builtin_prefetch" (const void* p) noexcept nogil
+
+
+cdef extern from *:
+    """
+    #include <stdlib.h>
+    #include <string.h>
+    #include <sys/mman.h>
+    /* n zeroed bytes; from 2 MiB on, aligned to 2 MiB and in huge pages where the system allows them
+       (a table looked up at random costs a TLB miss per look-up in 4 KiB pages, as numpy knows). */
+    static void* sl_table_alloc(size_t n) {
+        const size_t huge = (size_t) 1 << 21;
+        void* p;
+        if (n < huge)
+            return calloc(n, 1);
+        n = (n + huge - 1) & ~(huge - 1);
+        p = aligned_alloc(huge, n);
+        if (p == NULL)
+            return NULL;
+    #ifdef MADV_HUGEPAGE
+        madvise(p, n, MADV_HUGEPAGE);
+    #endif
+        memset(p, 0, n);
+        return p;
+    }
+    """
+    void* _table_alloc "sl_table_alloc" (size_t n) noexcept nogil
 
 
 cdef Py_hash_t pair_hash(PyObject* k, PyObject* v) noexcept:
@@ -161,9 +188,15 @@ cdef class RowLayout:
     - the columns of indicators ``k=v`` of str keys and values, in a table of pairs (k, v) → column
       (open addressing, linear probing: one cache line a look-up, mostly), that is looked up before the
       feature dict: the dict's key ``(INDICATOR, k, v)`` costs a tuple, its hash and a comparison, and the
-      dict's entry, its key and its column are three more places in memory. At most `PAIR_CACHE_SIZE`
-      entries (with hashing `PAIR_CACHE_SIZE_HASHED`, or `max_pairs`), at most half full; when it would
-      need more, it starts again empty. With a vocabulary
+      dict's entry, its key and its column are three more places in memory (with hashing, the pair cache
+      is the look-up: a pair not in it costs a BLAKE2b). Bounded, and least recently used first out, in
+      two generations: a table of at most `PAIR_CACHE_SIZE` slots (with hashing
+      `PAIR_CACHE_SIZE_HASHED`, or `max_pairs`), at most half full, and the previous such table; a pair
+      found in the previous one is copied to the current one, and when the current one is full it becomes
+      the previous one (which is dropped) and a new one starts empty. So a stream with more distinct
+      values than the bound keeps the ones it sees often, instead of starting again empty; the cache holds
+      at most the bound's number of pairs (half in each table), and its memory is at most twice a full
+      table (32 bytes a slot) and the pairs' strings. With a vocabulary
       the cache is `complete` while it has seen every indicator created (it started with the vocabulary
       empty, forgot nothing, and the vocabulary still has the `synced` columns it knows of): then a pair
       it does not hold is new, and the dict need not be asked. The look-ups of a row are prefetched.
@@ -182,6 +215,7 @@ cdef class RowLayout:
         free(self.keys)
         free(self.cols)
         free(self.pairs)
+        free(self.older)
 
     def __reduce__(self):
         return RowLayout, ()
@@ -198,14 +232,38 @@ cdef class RowLayout:
             self.keys[i] = NULL
             Py_XDECREF(key)
         self.n = 0
-        for i in range(self.pairs_size if self.n_pairs else 0):
-            if self.pairs[i].k != NULL:
-                Py_XDECREF(self.pairs[i].k)
-                Py_XDECREF(self.pairs[i].v)
-                self.pairs[i].k = NULL
-                self.pairs[i].v = NULL
-        self.n_pairs = 0
+        if self.n_current:
+            _drop_pairs(self.pairs, self.pairs_size)
+        if self.n_older:
+            _drop_pairs(self.older, self.older_size)
+        self.n_pairs = self.n_current = self.n_older = 0
         self.complete, self.synced = False, -1
+
+    def fill(self, list keys not None):
+        """Start again with the indicators of str keys and values among a vocabulary's `keys` (key i is
+        column i) cached, as many as one table holds: if that is all of them, the cache is `complete`, as if
+        it had seen them created (a model restored from a checkpoint then creates its new values without
+        asking the dict first). Returns whether it is."""
+        cdef Py_ssize_t col = 0, limit = _PAIRS_MAX
+        cdef bint complete = True
+        cdef PyObject* k
+        cdef PyObject* v
+        if 0 < self.max_pairs < limit:
+            limit = self.max_pairs
+        self.clear()
+        for key in keys:
+            if isinstance(key, tuple) and len(<tuple> key) == 3 \
+                    and (<tuple> key)[0] is INDICATOR:
+                k, v = <PyObject*> (<tuple> key)[1], <PyObject*> (<tuple> key)[2]
+                if _is_str(k) and _is_str(v):
+                    if 2 * (self.n_current + 1) > limit:
+                        complete = False
+                        break
+                    self.pair_put(k, v, pair_hash(k, v), col, limit)
+            col += 1
+        if complete:
+            self.complete, self.synced = True, len(keys)
+        return complete
 
     cdef int put(self, Py_ssize_t i, PyObject* key, Py_ssize_t col) except -1:
         """Remember that the key at position i is `key`, of column `col`."""
@@ -239,53 +297,62 @@ cdef class RowLayout:
         cdef Py_ssize_t pos = 0
         cdef PyObject* key
         cdef PyObject* value
-        cdef size_t mask
+        cdef size_t mask, older_mask, h
         if self.n_pairs == 0:
             return
         while PyDict_Next(x, &pos, &key, &value):
             _prefetch(value)
         mask = <size_t> (self.pairs_size - 1)
+        older_mask = <size_t> (self.older_size - 1)
         pos = 0
         while PyDict_Next(x, &pos, &key, &value):
             if _is_str(value) and _is_str(key):
-                _prefetch(self.pairs + (<size_t> pair_hash(key, value) & mask))
+                h = <size_t> pair_hash(key, value)
+                _prefetch(self.pairs + (h & mask))
+                if self.n_older:
+                    _prefetch(self.older + (h & older_mask))
 
     cdef Py_ssize_t pair_get(self, PyObject* k, PyObject* v, Py_hash_t h) noexcept:
-        """The column of the indicator k=v (str k and v, h = pair_hash(k, v)) if cached, else -1."""
-        cdef PairEntry* e
-        cdef size_t i, mask
+        """The column of the indicator k=v (str k and v, h = pair_hash(k, v)) if cached, else -1; one
+        found in the previous table is copied to the current one (if it has room without growing)."""
+        cdef Py_ssize_t col
         if self.n_pairs == 0:
             return -1
-        mask = <size_t> (self.pairs_size - 1)
-        i = <size_t> h & mask
-        while True:  # linear probing; the table is at most half full
-            e = self.pairs + i
-            if e.k == NULL:
-                return -1
-            if e.h == h and _same_str(e.v, v) and _same_str(e.k, k):
-                return e.col
-            i = (i + 1) & mask
+        col = _probe(self.pairs, self.pairs_size, k, v, h) if self.n_current else -1
+        if col >= 0 or self.n_older == 0:
+            return col
+        col = _probe(self.older, self.older_size, k, v, h)
+        if col >= 0:
+            if (self.n_current + 1) * 2 > self.pairs_size:
+                if self.older_size != self.pairs_size:
+                    return col  # the current table will grow first (pair_put)
+                self._swap()  # full, at the bound (as the previous one was): a new generation
+            self._insert(k, v, h, col)
+        return col
 
     cdef int pair_put(self, PyObject* k, PyObject* v, Py_hash_t h, Py_ssize_t col, Py_ssize_t limit) except -1:
-        """Cache the column of k=v (not cached yet), in a table of at most `limit` entries, at most half
-        full: it doubles until then, and then starts again empty (no longer `complete`)."""
+        """Cache the column of k=v (not cached yet), in a table of at most `limit` slots, at most half
+        full: it doubles until then, and then becomes the previous table (the one before is forgotten, and
+        the cache is no longer `complete`) and a new one starts empty."""
         cdef PairEntry* old
         cdef Py_ssize_t size = self.pairs_size, old_size = self.pairs_size, i
         if 0 < self.max_pairs < limit:
             limit = self.max_pairs
-        if size == 0 or (self.n_pairs + 1) * 2 > size:
+        if size == 0 or (self.n_current + 1) * 2 > size:
             if size and 2 * size > limit:  # at the bound
-                self.clear()
+                self._rotate()
             else:
                 old = self.pairs
                 size = 2 * size if size else 64
                 while size > limit and size > 2:  # a power of two
                     size //= 2
-                self.pairs = <PairEntry*> calloc(size, sizeof(PairEntry))
+                self.pairs = <PairEntry*> _table_alloc(size * sizeof(PairEntry))
                 if self.pairs == NULL:
                     self.pairs = old
                     raise MemoryError()
-                self.pairs_size, self.n_pairs = size, 0
+                self.pairs_size = size
+                self.n_pairs -= self.n_current
+                self.n_current = 0
                 if old != NULL:
                     for i in range(old_size):
                         if old[i].k != NULL:
@@ -296,6 +363,33 @@ cdef class RowLayout:
         self._insert(k, v, h, col)
         return 0
 
+    cdef int _rotate(self) except -1:
+        """The current table (full) becomes the previous one; the previous one's pairs are forgotten, and
+        its memory is the new, empty, current table."""
+        if self.older == NULL or self.older_size != self.pairs_size:
+            if self.n_older:
+                _drop_pairs(self.older, self.older_size)
+                self.n_pairs -= self.n_older
+                self.n_older = 0
+            free(self.older)
+            self.older, self.older_size = NULL, 0
+            self.older = <PairEntry*> _table_alloc(self.pairs_size * sizeof(PairEntry))
+            if self.older == NULL:
+                raise MemoryError()
+            self.older_size = self.pairs_size
+        self._swap()
+        return 0
+
+    cdef void _swap(self) noexcept:
+        """`_rotate` when the previous table has the current one's size (no memory to allocate)."""
+        cdef PairEntry* fresh = self.older
+        if self.n_older:
+            _drop_pairs(self.older, self.older_size)
+            self.n_pairs -= self.n_older
+        self.older, self.n_older = self.pairs, self.n_current
+        self.pairs, self.n_current = fresh, 0
+        self.complete = False
+
     cdef void _insert(self, PyObject* k, PyObject* v, Py_hash_t h, Py_ssize_t col) noexcept:
         cdef size_t mask = <size_t> (self.pairs_size - 1)
         cdef size_t i = <size_t> h & mask
@@ -304,7 +398,33 @@ cdef class RowLayout:
         Py_XINCREF(k)
         Py_XINCREF(v)
         self.pairs[i].k, self.pairs[i].v, self.pairs[i].h, self.pairs[i].col = k, v, h, col
+        self.n_current += 1
         self.n_pairs += 1
+
+
+cdef inline Py_ssize_t _probe(PairEntry* t, Py_ssize_t size, PyObject* k, PyObject* v, Py_hash_t h) noexcept:
+    """The column of (k, v) in the table t of `size` slots (a power of two, at most half full), or -1."""
+    cdef size_t mask = <size_t> (size - 1)
+    cdef size_t i = <size_t> h & mask
+    cdef PairEntry* e
+    while True:  # linear probing
+        e = t + i
+        if e.k == NULL:
+            return -1
+        if e.h == h and _same_str(e.v, v) and _same_str(e.k, k):
+            return e.col
+        i = (i + 1) & mask
+
+
+cdef void _drop_pairs(PairEntry* t, Py_ssize_t size) noexcept:
+    """Empty the table t of `size` slots, releasing its strings."""
+    cdef Py_ssize_t i
+    for i in range(size):
+        if t[i].k != NULL:
+            Py_XDECREF(t[i].k)
+            Py_XDECREF(t[i].v)
+            t[i].k = NULL
+            t[i].v = NULL
 
 
 cdef inline void _prefetch_row(double* r, Py_ssize_t width) noexcept nogil:
@@ -322,6 +442,23 @@ cdef inline void _prefetch_rows(double* a, Py_ssize_t* c, Py_ssize_t n, Py_ssize
     cdef Py_ssize_t i
     for i in range(n):
         _prefetch_row(a + c[i] * width, width)
+
+
+cdef Py_ssize_t _new_row(dict x, Py_ssize_t pos, RowLayout layout, double* rows, Py_ssize_t width) noexcept:
+    """-1 (row x goes to the feature space's encoder: it has a new indicator, at the entry before `pos`),
+    having prefetched the rows of `width` doubles at `rows` of the indicators cached among the entries
+    after it: their misses then overlap the encoder's work instead of the update's (a click-through row
+    with a few new values has most of its known ones after the first new one)."""
+    cdef PyObject* key
+    cdef PyObject* value
+    cdef Py_ssize_t ci
+    if rows != NULL:
+        while PyDict_Next(x, &pos, &key, &value):
+            if _is_str(value) and _is_str(key):
+                ci = layout.pair_get(key, value, pair_hash(key, value))
+                if ci >= 0:
+                    _prefetch_row(rows + ci * width, width)
+    return -1
 
 
 cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_ssize_t cap, bint merge,
@@ -347,9 +484,9 @@ cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_s
             ci = layout.pair_get(key, value, h)
             if ci < 0:
                 if not merge and layout.complete and layout.synced == len(columns):
-                    return -1  # not cached, so new (see RowLayout.complete): no need to look
+                    return _new_row(x, pos, layout, rows, width)  # not cached, so new (RowLayout.complete)
                 if not _lookup(columns, key, value, &ci, &d):
-                    return -1
+                    return _new_row(x, pos, layout, rows, width)
                 layout.pair_put(key, value, h, ci, pair_limit(merge))
         elif layout is not None and i < layout.n and layout.keys[i] == key and _number(value, &d):
             ci = layout.cols[i]
@@ -1178,6 +1315,18 @@ cdef class SampleStep:
         if p != p:
             _forget(self.space, self.layout, mark)
         return p
+
+    def predict(self, object x):
+        """p = σ(w·x + b) for dict row `x` if `encode` takes it as it is (every feature known), else -1.0:
+        the arithmetic of `dot` on the encoded row and of `stream_logreg.math.sigmoid_scalar`, so bitwise
+        the model's general path, with the look-ups of `__call__` (the layout's keys by position)."""
+        if type(x) is not dict:
+            return -1.0
+        cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, dptr(self.w), 1)
+        if n < 0:
+            return -1.0
+        return _sigmoid(_dot(dptr(self.w), iptr(self.cols), dptr(self.vals), n) + dptr(self.b)[0])
 
     cdef double _learn(self, Py_ssize_t n, double y, double sample_weight) except? -2.0:
         """The update on the row in the first n entries of the scratch buffers; returns p, or NaN if refused.

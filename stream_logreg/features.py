@@ -19,9 +19,10 @@ Two ways to assign columns:
   model never exceeds 2^k weights whatever the stream. Colliding features share a weight. Hash look-ups are
   cached in a dict of at most ``HASH_CACHE_SIZE`` entries, so memory stays bounded.
 
-A model also caches, per model, the columns of the indicators of str keys and values it looks up (a table of
-at most 2^20 pairs, 2^18 with hashing: ``stream_logreg._kernel.RowLayout``), which the compiled encoder
-reads before the dict and keeps up; it never changes a column.
+A model also caches, per model, the columns of the indicators of str keys and values it looks up (at most
+2^19 pairs, 2^17 with hashing, in two tables of 32 bytes a slot: when the newer is half full, the older is
+forgotten, so the pairs seen least recently go first; ``stream_logreg._kernel.RowLayout``), which the
+compiled encoder reads before the dict and keeps up; it never changes a column.
 
 :meth:`FeatureSpace.encode` is the reference, in Python; the model encodes through
 :meth:`FeatureSpace.encode_into`, the same rules compiled (``stream_logreg._features``: new keys, indicators

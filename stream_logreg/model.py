@@ -532,6 +532,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             model._max_cum_l1 = total
         model._step = None  # the feature space and the optimizers' arrays were replaced
         model._layout.clear()
+        if model.features.n_bits is None:  # the look-ups of the vocabulary's indicators, as before the save
+            model._layout.fill(model.features.keys)
         return model
 
     # The per-sample path
@@ -577,6 +579,13 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
     def predict_proba_one(self, x: dict, **kwargs: Any) -> dict[bool, float]:
         """{False: 1 − p, True: p} with p = σ(w·x + b) (the mixture: Σ_k π_k σ(w_k·x + b_k)); unseen
         features count as 0."""
+        step = self._step
+        if step is None:
+            step = self._step = self._compile_step()
+        if step and not self.scale:  # every feature known: the compiled step's look-ups, bitwise the same p
+            p = step.predict(x)
+            if p >= 0.0:
+                return {False: 1.0 - p, True: p}
         p = self._mixture_proba_one(x) if self._mixture else sigmoid_scalar(self._raw_dot(x))
         return {False: 1.0 - p, True: p}
 
@@ -633,6 +642,10 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
 
     def learn_one(self, x: dict, y: Any, w: float = 1.0, **kwargs: Any) -> None:
         """One update with m = 1 on row ``x``, label ``y`` and sample weight ``w``."""
+        step = self._step
+        if step and not self.scale and step(x, y, w) >= 0.0:  # the compiled step took it (predict_learn_one)
+            self.n_samples_seen += 1
+            return
         self.predict_learn_one(x, y, w)
 
     def predict_learn_one(self, x: dict, y: Any, w: float = 1.0) -> float:

@@ -263,6 +263,86 @@ def test_the_pair_cache_changes_no_column(space, max_pairs, stream):
         assert layout.n_pairs <= (max_pairs or 1 << 20)
 
 
+def test_the_pair_cache_keeps_a_pair_seen_recently_when_it_is_full():
+    """A full cache does not forget everything (it did: it started again empty): the pairs of the last
+    half of its bound survive any stream (here a table of 8 slots, 4 pairs in each of its two
+    generations; a pair seen, then 4 new ones: still cached). The oracle: the look-up finds the pair
+    without the feature dict, which no longer has it."""
+    from stream_logreg._kernel import RowLayout, encode_rows
+
+    space, layout = FeatureSpace(), RowLayout(max_pairs=8)
+    cols, vals, indptr = np.zeros(4, dtype=np.intp), np.zeros(4), np.zeros(2, dtype=np.intp)
+
+    def cached(x: dict) -> bool:  # found by the pair cache alone
+        columns = {k: c for k, c in space.columns.items() if k != IndicatorKey("k", x["k"])}
+        return encode_rows([x], 0, columns, cols, vals, indptr, False, layout) == 1
+
+    for i in range(60):
+        hot = {"k": "hot"}
+        space.encode(hot, True)
+        encode_rows([hot], 0, space.columns, cols, vals, indptr, False, layout)
+        for j in range(4):
+            cold = {"k": f"cold{i}-{j}"}
+            space.encode(cold, True)
+            assert encode_rows([cold], 0, space.columns, cols, vals, indptr, False, layout) == 1
+            assert layout.n_pairs <= 8
+        assert cached(hot) and indptr[1] == 1 and cols[0] == space.columns[IndicatorKey("k", "hot")]
+        assert cached({"k": f"cold{i}-3"})
+    assert not cached({"k": "cold0-0"})  # bounded: the old ones are forgotten
+
+
+def test_a_restored_model_has_the_look_ups_of_its_vocabulary(monkeypatch):
+    """After ``from_state`` the pair cache holds every indicator of the vocabulary (``complete``): a new
+    value is created without asking the vocabulary's dict first, as in the model that was saved; and what
+    the restored model learns is bitwise what the saved one does."""
+    model = OnlineLogisticRegression()
+    for x, y in click_rows(200, seed=5):
+        model.predict_learn_one(x, y)
+    restored = OnlineLogisticRegression.from_state(*model.state())
+    layout = restored._layout
+    assert layout.complete and layout.synced == len(restored.features.keys) == layout.n_pairs
+    for x, y in click_rows(200, seed=6):
+        assert restored.predict_learn_one(x, y) == model.predict_learn_one(x, y)
+    assert restored._layout.complete and restored.state()[1] == model.state()[1]
+    # bounded: a cache smaller than the vocabulary holds what fits and is not complete
+    from stream_logreg._kernel import RowLayout
+
+    small = RowLayout(max_pairs=16)
+    assert not small.fill(restored.features.keys) and not small.complete and small.n_pairs == 8
+
+
+@pytest.mark.parametrize("space", SPACES, ids=SPACE_IDS)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream=st.lists(st.tuples(st.one_of(small_rows, rows), st.booleans()), max_size=20),
+       scale=st.sampled_from([1.0, 1e150, 1e300]))
+def test_the_compiled_prediction_is_the_general_paths(space, stream, scale):
+    """``predict_proba_one`` through the compiled step (every feature known) is bitwise the general path's
+    (the dict look-ups, the overflow-safe dot, ``sigmoid_scalar``), whatever the row (unknown features,
+    bad values: the general path answers or raises), after weights that make the dot overflow. (The
+    mixture's prediction always was its compiled step's.)"""
+    model = OnlineLogisticRegression(optimizer=optim.SGD(0.05), **space)
+    for x, y in [({"a": "FR", "b": 1.0, 1: 2.0}, True), ({"a": "DE", "b": -1.0, "c": True}, False)] * 3:
+        model.learn_one(x, y)
+    model._w[:] *= scale  # a dot that overflows in double, which the compiled dot sums again wide
+    for x, y in stream:
+        for row in (x, {"a": "FR", "b": 1.0, 1: 2.0}, {"b": 1e308, 1: -1e308, "c": True}):
+            try:
+                fast = model.predict_proba_one(row)
+            except (ValueError, TypeError) as e:
+                fast = type(e)
+            model._step = False  # the general path (then compiled again)
+            try:
+                slow = model.predict_proba_one(row)
+            except (ValueError, TypeError) as e:
+                slow = type(e)
+            model._step = None
+            assert fast == slow
+        try:
+            model.learn_one(x, y)
+        except (ValueError, TypeError):
+            pass
+
+
 def click_rows(n: int, seed: int) -> list[tuple[dict, bool]]:
     """Rows of 8 string fields with 50–400 values each: new values in most rows, known ones in all."""
     rng = np.random.default_rng(seed)
