@@ -23,7 +23,14 @@ setup(
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
                 extra_compile_args=["-O3"],
             ),
-            Extension("stream_logreg._stream", ["stream_logreg/_stream.pyx"], extra_compile_args=["-O3"]),
+            Extension(
+                "stream_logreg._stream",
+                ["stream_logreg/_stream.pyx"],
+                include_dirs=[numpy.get_include()],
+                depends=["stream_logreg/_json.pxd"],
+                define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+                extra_compile_args=["-O3"],
+            ),
             Extension(
                 "stream_logreg._json",
                 ["stream_logreg/_json.pyx"],

@@ -54,7 +54,7 @@ from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.math cimport isfinite
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint64_t  # noqa
 from libc.string cimport memcmp
 
 import numpy as np
@@ -84,13 +84,6 @@ MAX_ROW = 4096
 cdef Py_ssize_t _MAX_KEYS = MAX_KEYS
 cdef Py_ssize_t _MAX_ROW = MAX_ROW
 cdef Py_ssize_t _MIN_SLOTS = 64
-
-
-cdef struct Slot:
-    uint64_t hash
-    PyObject* key  # a strong reference to the vocabulary's own str; NULL: an empty slot
-    Py_ssize_t col
-    Py_ssize_t stamp  # the row in which it was last met (a repeated key declines)
 
 
 cdef inline bint _ws(unsigned char c) noexcept nogil:
@@ -174,17 +167,7 @@ cdef class RowDecoder:
         ``max_bytes``) it applies; they are read once, here.
     """
 
-    cdef bytes x_field, y_field, id_field
-    cdef Py_ssize_t max_features, max_bytes, cap
-    cdef object space, keys, columns  # the vocabulary the table was filled from
-    cdef Slot* slots
-    cdef Py_ssize_t mask, used, n_rows
-    cdef readonly cnp.ndarray cols, vals  # the last accepted row: cols[:n], vals[:n]
-    cdef Py_ssize_t* c
-    cdef double* v
-    cdef PyObject** k  # the key object of each entry of the last accepted row (borrowed from the table)
-    cdef object k_buffer
-    cdef readonly int label
+    # the attributes: _json.pxd
 
     def __cinit__(self):
         self.slots = NULL

@@ -5,14 +5,23 @@ message.
 `learn_values` goes over `values[start:]` while each decodes to a labelled event the model takes; at the
 first value that needs the caller (a rejection, an unlabelled event, a refused update) it stops and says
 which, so that the caller handles that one message in Python and calls again from the next one.
+
+With a row decoder (``stream_logreg._json.RowDecoder``) a message of the common shape is read straight
+into the model's columns and values and learned from them (``learn_encoded``; without it, from the row as
+a dict of floats); any message it declines, or whose update is refused, takes the codec's way as before.
 """
 
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 
+from stream_logreg._json cimport RowDecoder
+
+cdef object _ZERO = 0, _ONE = 1
+
 
 def learn_values(object decode, object learn, list values not None, Py_ssize_t start, list ps not None,
-                 list ys not None, type event not None):
+                 list ys not None, type event not None, RowDecoder rows=None, object space=None,
+                 object learn_encoded=None):
     """Learn ``values[start:]`` one by one: ``ev = decode(value)``; while ``ev`` is an ``event`` (a tuple
     ``(x, y, id)``) with a label ``y``, ``p = learn(x, y)`` and append ``p`` to ``ps`` and ``y`` to ``ys``.
 
@@ -20,6 +29,12 @@ def learn_values(object decode, object learn, list values not None, Py_ssize_t s
     ``exc`` None) at the end, else ``values[i]`` needs the caller: ``ev`` is its decoded form (a rejection,
     or an event without label) and ``exc`` the ``ValueError`` with which ``learn`` refused it (or None).
     Nothing of ``values[i]`` reached ``ps``/``ys``.
+
+    ``rows`` (a ``RowDecoder``, bound here to the model's feature space ``space``): each value it accepts
+    is learned as ``p = learn_encoded(cols, vals, n, y)`` (or ``learn(x, y)`` with its row as a dict when
+    ``learn_encoded`` is None), bitwise what ``learn`` gives for the decoded event; a value it declines,
+    or whose update raises ``ValueError``, goes the way above (the model is unchanged by a refusal, so
+    ``learn`` refuses it again and says why).
 
     >>> from stream_logreg.codec import Event, JsonCodec
     >>> seen = []
@@ -33,12 +48,29 @@ def learn_values(object decode, object learn, list values not None, Py_ssize_t s
     >>> ps, ys, seen
     ([0.5, 0.5], [1, 0], [({'a': 1}, 1), ({'a': 3}, 0)])
     """
-    cdef Py_ssize_t i, n = PyList_GET_SIZE(values)
-    cdef object ev, x, y, p
+    cdef Py_ssize_t i, m, n = PyList_GET_SIZE(values)
+    cdef object ev, x, y, p, value
+    cdef bint fast = rows is not None and rows.bind(space)
     if not issubclass(event, tuple):
         raise TypeError("event must be a tuple subclass")
     for i in range(max(start, 0), n):
-        ev = decode(<object> PyList_GET_ITEM(values, i))
+        value = <object> PyList_GET_ITEM(values, i)
+        if fast:
+            m = rows.decode(value)
+            if m >= 0:
+                y = _ONE if rows.label else _ZERO
+                try:
+                    if learn_encoded is not None:
+                        p = learn_encoded(rows.cols, rows.vals, m, y)
+                    else:
+                        p = learn(rows.row_dict(m), y)
+                except ValueError:
+                    pass  # refused, the model unchanged: the way below says why
+                else:
+                    ps.append(p)
+                    ys.append(y)
+                    continue
+        ev = decode(value)
         if type(ev) is not event or PyTuple_GET_SIZE(ev) < 2:
             return i, ev, None
         y = <object> PyTuple_GET_ITEM(ev, 1)
