@@ -36,7 +36,7 @@ setup(
                 ["stream_logreg/_json.pyx"],
                 language="c++",
                 include_dirs=[numpy.get_include(), "stream_logreg"],
-                depends=["stream_logreg/_json_float.h", "stream_logreg/vendor/fast_float/fast_float_all.h"],
+                depends=["stream_logreg/_json.h", "stream_logreg/vendor/fast_float/fast_float_all.h"],
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
                 extra_compile_args=["-O3", "-std=c++17"],
             ),

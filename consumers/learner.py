@@ -625,8 +625,8 @@ class Learner:
             raise ValueError(f"{len(records)} records but {n} values")
         while i < n:
             if fast:
-                i, ev, refused = learn_values(decode, predict_learn_one, values, i, ps, ys, Event, rows, space,
-                                              learn_encoded)
+                i, ev, refused = learn_values(decode, predict_learn_one, values, i, ps, ys, Event,
+                                              rows, space, learn_encoded)
                 if i == n:
                     break
             else:

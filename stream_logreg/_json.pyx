@@ -53,8 +53,7 @@ from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
-from libc.math cimport isfinite
-from libc.stdint cimport int64_t, uint64_t  # noqa
+from libc.stdint cimport uint64_t
 from libc.string cimport memcmp
 
 import numpy as np
@@ -71,8 +70,10 @@ cdef extern from "Python.h":
     Py_ssize_t PyLong_AsSsize_t(object o) except? -1
     int PyDict_SetItem(object d, PyObject* key, object value) except -1
 
-cdef extern from "_json_float.h":
-    bint sl_parse_double(const char* first, const char* last, double* out) nogil
+cdef extern from "_json.h":
+    const char* sl_json_number(const char* p, const char* pend, double* out, int* integer) noexcept
+    const unsigned char* sl_key(const unsigned char* p, const unsigned char* end, uint64_t* h) noexcept
+    bint sl_equal(const void* a, const void* b, Py_ssize_t n) noexcept
 
 __all__ = ["MAX_KEYS", "MAX_ROW", "RowDecoder"]
 
@@ -96,64 +97,32 @@ cdef inline Py_ssize_t _skip_ws(const unsigned char* p, Py_ssize_t i) noexcept n
     return i
 
 
-cdef inline Py_ssize_t _plain_string(const unsigned char* p, Py_ssize_t i, uint64_t* h) noexcept nogil:
+cdef inline Py_ssize_t _plain_string(const unsigned char* p, Py_ssize_t i, Py_ssize_t size,
+                                     uint64_t* h) noexcept:
     """``p[i]`` is past an opening quote: the index of the closing quote of a string of printable ASCII
-    without escapes (its FNV-1a hash in ``h``), or -1. The NUL after a bytes object's data stops it."""
-    cdef uint64_t x = 14695981039346656037ULL
-    cdef unsigned char c
-    while True:
-        c = p[i]
-        if c == 34:  # "
-            h[0] = x
-            return i
-        if c < 32 or c >= 128 or c == 92:  # control (NUL included), non-ASCII, backslash
-            return -1
-        x = (x ^ c) * 1099511628211ULL
-        i += 1
+    without escapes (its hash in ``h``), or -1. The NUL after a bytes object's data stops it."""
+    cdef const unsigned char* q = sl_key(p + i, p + size, h)
+    return -1 if q == NULL else q - p
 
 
-cdef inline Py_ssize_t _number(const unsigned char* p, Py_ssize_t i, double* out) noexcept nogil:
+cdef inline Py_ssize_t _number(const unsigned char* p, Py_ssize_t i, Py_ssize_t size, double* out) noexcept:
     """A JSON number from ``p[i]``: the index after it and its value as the codec and the feature space
     make it, or -1 (not a number, an integer of more than 18 digits, not finite as a double)."""
-    cdef Py_ssize_t start = i, digits
-    cdef bint neg = p[i] == 45  # -
-    cdef bint integer = True
-    cdef uint64_t v = 0  # wraps past 20 digits; used only for at most 18
-    if neg:
-        i += 1
-    if p[i] == 48:  # 0
-        i += 1
-    elif 49 <= p[i] <= 57:
-        while 48 <= p[i] <= 57:
-            v = v * 10 + (p[i] - 48)
-            i += 1
-    else:
+    cdef int integer
+    cdef const char* end = sl_json_number(<const char*> p + i, <const char*> p + size, out, &integer)
+    if end == NULL:
         return -1
-    digits = i - start - neg
-    if p[i] == 46:  # .
-        integer = False
-        i += 1
-        if not 48 <= p[i] <= 57:
-            return -1
-        while 48 <= p[i] <= 57:
-            i += 1
-    if p[i] == 101 or p[i] == 69:  # e E
-        integer = False
-        i += 1
-        if p[i] == 43 or p[i] == 45:
-            i += 1
-        if not 48 <= p[i] <= 57:
-            return -1
-        while 48 <= p[i] <= 57:
-            i += 1
-    if integer:
-        if digits > 18:  # beyond what an int64 surely holds: orjson may give a float, or a big int
-            return -1
-        out[0] = <double> (-<int64_t> v if neg else <int64_t> v)  # float(int): -0 is the int 0, so +0.0
-        return i
-    if not sl_parse_double(<const char*> p + start, <const char*> p + i, out) or not isfinite(out[0]):
+    return end - <const char*> p
+
+
+cdef inline Py_ssize_t _integer(const unsigned char* p, Py_ssize_t i, Py_ssize_t size) noexcept:
+    """The index after the JSON integer of at most 18 digits at ``p[i]`` (an id), or -1."""
+    cdef int integer
+    cdef double d
+    cdef const char* end = sl_json_number(<const char*> p + i, <const char*> p + size, &d, &integer)
+    if end == NULL or not integer:
         return -1
-    return i
+    return end - <const char*> p
 
 
 cdef class RowDecoder:
@@ -233,7 +202,7 @@ cdef class RowDecoder:
             if s.key == NULL:
                 return j
             if (s.hash == h and PyUnicode_GET_LENGTH(<object> s.key) == length
-                    and memcmp(PyUnicode_DATA(<object> s.key), key, length) == 0):
+                    and sl_equal(PyUnicode_DATA(<object> s.key), key, length)):
                 return j
             j = (j + 1) & self.mask
 
@@ -313,7 +282,7 @@ cdef class RowDecoder:
         while True:  # the top-level members
             if p[i] != 34:
                 return -1
-            end = _plain_string(p, i + 1, &h)
+            end = _plain_string(p, i + 1, size, &h)
             if end < 0:
                 return -1
             klen = end - i - 1
@@ -333,7 +302,7 @@ cdef class RowDecoder:
                     while True:  # the features
                         if p[i] != 34 or n >= self.cap:
                             return -1
-                        end = _plain_string(p, i + 1, &h)
+                        end = _plain_string(p, i + 1, size, &h)
                         if end < 0:
                             return -1
                         klen = end - i - 1
@@ -365,7 +334,7 @@ cdef class RowDecoder:
                             d = 0.0
                             i += 5
                         else:
-                            i = _number(p, i, &d)
+                            i = _number(p, i, size, &d)
                             if i < 0:
                                 return -1
                         self.c[n] = col
@@ -404,7 +373,7 @@ cdef class RowDecoder:
                     return -1
                 seen_id = True
                 if p[i] == 34:
-                    end = _plain_string(p, i + 1, &h)
+                    end = _plain_string(p, i + 1, size, &h)
                     if end < 0:
                         return -1
                     i = end + 1
@@ -413,10 +382,9 @@ cdef class RowDecoder:
                         return -1
                     i += 4
                 else:
-                    end = _number(p, i, &d)
-                    if end < 0 or _has_fraction(p, i, end):
+                    i = _integer(p, i, size)
+                    if i < 0:
                         return -1
-                    i = end
             else:
                 return -1
             i = _skip_ws(p, i)
@@ -463,12 +431,3 @@ cdef class RowDecoder:
         if learn_encoded is not None:
             return learn_encoded(self.cols, self.vals, n, y), y
         return learn(self.row_dict(n), y), y
-
-
-cdef inline bint _has_fraction(const unsigned char* p, Py_ssize_t i, Py_ssize_t end) noexcept nogil:
-    """Whether the number ``p[i:end]`` has a fraction or an exponent (not an integer)."""
-    while i < end:
-        if p[i] == 46 or p[i] == 101 or p[i] == 69:
-            return True
-        i += 1
-    return False

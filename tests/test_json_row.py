@@ -23,8 +23,10 @@ from stream_logreg import OnlineLogisticRegression
 from stream_logreg.codec import Event, JsonCodec
 from stream_logreg.features import FeatureSpace
 
-KNOWN = ["a", "b", "feature_7", "", "x y", "k\x7f", "A" * 40, "é", "a\\b", 'q"t']
-UNKNOWN = ["c", "zz", "a ", "B"]
+# keys of every length around the 8-byte words the decoder reads; some JSON writes with escapes
+KNOWN = ["a", "b", "feature_7", "", "x y", "k\x7f", "A" * 40, "é", "a\\b", 'q"t', "abcdefgh", "abcdefghi",
+         "0123456789abcdef", "0123456789abcdefX", "after eight é", 'seven "q', "tab\tafter"]
+UNKNOWN = ["c", "zz", "a ", "B", "abcdefgh2", "0123456789abcdeX", "abcdefg"]
 CODEC = JsonCodec()
 
 
