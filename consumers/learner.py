@@ -616,7 +616,9 @@ class Learner:
         scored = 0
         # With batch_size 1 (and no prediction to publish per labelled event) the labelled events are decoded
         # and learned in one compiled pass; it stops at each message that needs this loop (a rejection, an
-        # unlabelled event, a refused update), which is handled here, and goes on from the next one.
+        # unlabelled event, a refused update), which is handled here, and goes on from the next one. A message
+        # of the common shape (numbers of known features) is read by the row decoder from its bytes straight
+        # into the model's columns, no Python object per feature; any other takes the codec's way.
         fast = batch_size == 1 and not publish_labelled
         rows, space = self._rows, model.features
         learn_encoded = getattr(model, "predict_learn_encoded", None)  # the compiled step on an encoded row
