@@ -22,8 +22,10 @@ other top-level fields, longer integers (orjson reads integers beyond 64 bits as
 that overflow a double, a feature space that hashes. What it accepts, ``JsonCodec.decode`` accepts as the
 event of the same features and label, and ``FeatureSpace.encode`` writes as exactly these columns and values:
 integers become the double ``float(int)`` gives (exact conversion of at most 18 digits, rounded to nearest
-even as Python does), other numbers the correctly rounded double (fast_float: Eisel–Lemire with a fallback,
-the double orjson gives), ``true``/``false`` 1.0/0.0.
+even as Python does), other numbers the correctly rounded double (the double orjson gives: fast_float's
+tokenizer and conversion, Clinger's fast path, Eisel–Lemire, the exact fallback; ``stream_logreg/_json.h``),
+``true``/``false`` 1.0/0.0. ``tests/test_json_row.py`` holds it to that against the codec and the model's
+own encoding, on hostile bytes.
 
 Key → column without making a ``str``: an open-addressing table keyed by the key's bytes, filled from the
 vocabulary as keys are met (the first time, the ``str`` is made once and looked up in ``space.columns``;
@@ -31,8 +33,9 @@ a key not there declines). Each entry holds the vocabulary's own key object; a h
 vocabulary still holds that very object at that column (``space.keys[col] is key``), so a rollback, a
 reset or a rebuilt vocabulary can never be served a stale column; a different space, ``keys`` list or
 ``columns`` dict (a restored model, a group-model sync) clears the table. Memory: at most one entry per
-vocabulary key met, and at most :data:`MAX_KEYS` entries (then the table starts again empty), 32 bytes a
-slot at a load of at most one half.
+vocabulary key met, so never more than the vocabulary's size, and at most :data:`MAX_KEYS` entries (then
+the table starts again empty): 32 bytes a slot at a load of at most one half, 4 MiB at most, plus the row
+buffers (:data:`MAX_ROW` entries, 24 bytes each). The key objects are the vocabulary's own (a reference).
 
 >>> from stream_logreg.codec import JsonCodec
 >>> from stream_logreg.features import FeatureSpace
