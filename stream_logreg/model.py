@@ -772,6 +772,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             self._cols, self._vals, self._grads = (
                 np.zeros(2 * n, dtype=np.intp), np.zeros(2 * n), np.zeros(2 * n)
             )
+            self._step = None  # bound to the old buffers
         self._cols[:n], self._vals[:n] = c, v
         return self._learn_encoded(n, target, w, "the update of the encoded row", None)
 
