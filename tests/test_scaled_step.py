@@ -66,7 +66,7 @@ def snapshot(model: OnlineLogisticRegression) -> tuple:
 def encoded(model: OnlineLogisticRegression, x: dict) -> tuple[np.ndarray, np.ndarray, int] | None:
     """Row x as the feature space encodes it, if every feature is known (else None)."""
     cols, vals = np.zeros(len(x) + 1, dtype=np.intp), np.zeros(len(x) + 1)
-    n = _kernel.encode(x, model.features.columns, cols, vals, False)
+    n = _kernel.encode(x, model.features.columns, cols, vals, model.features.hashing)
     return None if n < 0 else (cols, vals, n)
 
 
@@ -235,6 +235,26 @@ def test_predict_learn_encoded_checks_its_contract_and_changes_nothing_when_it_r
     model.predict_learn_encoded(good, vals, 2, False)
     assert vals.tolist() == [3.0, 4.0]  # not written
     assert model.n_samples_seen == 2
+
+
+@pytest.mark.parametrize("n_bits", [None, 4])
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_predict_learn_encoded_without_scaling_is_predict_learn_one(optimizer, n_bits):
+    """Without standardization too, with a vocabulary or hashing (colliding features summed into one entry,
+    as ``encode`` writes them): bitwise predict_learn_one of the dict. (With hashing, the rows' numbers
+    only: a hashed indicator's column is not in ``features.columns``, which the helper encodes with.)"""
+    model = OnlineLogisticRegression(optimizer=OPTIMIZERS[optimizer](), n_bits=n_bits)
+    twin = OnlineLogisticRegression(optimizer=OPTIMIZERS[optimizer](), n_bits=n_bits)
+    used = 0
+    for x, y in stream(300, 17):
+        if n_bits is not None:
+            x = {k: v for k, v in x.items() if not isinstance(v, str)}
+        row = encoded(model, x)
+        used += row is not None
+        p = model.predict_learn_encoded(*row, y) if row is not None else model.predict_learn_one(x, y)
+        assert p == twin.predict_learn_one(x, y)
+    assert used > 250
+    assert snapshot(model) == snapshot(twin)
 
 
 def test_predict_learn_encoded_without_a_compiled_rule_takes_the_general_path():
