@@ -1999,7 +1999,9 @@ cdef double predict_learn_row(object step, Py_ssize_t* c, double* v, Py_ssize_t 
     bitwise `predict_learn_one` of the equivalent dict row. NaN: the update was refused (a non-finite
     step or statistic): nothing was written. ValueError (-2.0 returned): a column beyond the weights, a
     non-finite value or a label not 0 or 1 (see `_row_checks` for what the caller guarantees). The caller
-    counts the accepted rows into the model's `n_samples_seen` (the step does not hold it)."""
+    holds the GIL (the step counts the optimizers' `n_iterations`), gets the step again after anything
+    else changed the model's arrays (a new feature, `from_state`, `mutate`), and counts the accepted rows
+    into the model's `n_samples_seen` (the step does not hold it)."""
     if type(step) is MixtureStep:
         _row_ok(c, v, n, y, cnp.PyArray_DIM((<MixtureStep> step).coef, 0))
         return (<MixtureStep> step)._row(c, v, n, y, w, True)
