@@ -620,15 +620,14 @@ class Learner:
         # of the common shape (numbers of known features) is read by the row decoder from its bytes straight
         # into the model's columns, no Python object per feature; any other takes the codec's way.
         fast = batch_size == 1 and not publish_labelled
-        rows, space = self._rows, model.features
-        learn_encoded = getattr(model, "predict_learn_encoded", None)  # the compiled step on an encoded row
+        rows = self._rows
         i, n = 0, len(values)
         if len(records) != n:
             raise ValueError(f"{len(records)} records but {n} values")
         while i < n:
             if fast:
                 i, ev, refused = learn_values(decode, predict_learn_one, values, i, ps, ys, Event,
-                                              rows, space, learn_encoded)
+                                              rows, model)
                 if i == n:
                     break
             else:

@@ -18,6 +18,7 @@ from stream_logreg._stream import learn_values
 
 from consumers import Learner, LearnerConfig
 from consumers.settings import MODEL_SETTINGS, build_model
+from stream_logreg import OnlineLogisticRegression, optim
 from stream_logreg.codec import Event, JsonCodec, Rejection, encode_event
 
 # Messages of every kind the loop meets: labelled, unlabelled, undecodable, invalid, and values that the model
@@ -68,12 +69,11 @@ def _python_loop(decode, learn, values):
     return ps, ys, stops
 
 
-def _compiled_loop(decode, learn, values, rows=None, model=None, learn_encoded=None):
+def _compiled_loop(decode, learn, values, rows=None, model=None):
     ps, ys, stops = [], [], []
     i = 0
     while True:
-        space = None if model is None else model.features
-        i, ev, exc = learn_values(decode, learn, values, i, ps, ys, Event, rows, space, learn_encoded)
+        i, ev, exc = learn_values(decode, learn, values, i, ps, ys, Event, rows, model)
         if i == len(values):
             assert ev is None and exc is None
             return ps, ys, stops
@@ -81,26 +81,15 @@ def _compiled_loop(decode, learn, values, rows=None, model=None, learn_encoded=N
         i += 1
 
 
-def _model(service: bool = False):
-    """The library's default model, or (``service``) the one ``stream-logreg consume`` builds by default."""
-    if service:
+def _model(kind: str = "library"):
+    """The library's default model, the one ``stream-logreg consume`` builds by default (``service``), or
+    one without a compiled step (``uncompiled``: L1 outside FTRL)."""
+    if kind == "service":
         return build_model({s.name: s.default for s in MODEL_SETTINGS})
+    if kind == "uncompiled":
+        return OnlineLogisticRegression(optimizer=optim.SGD(0.1), l1=0.01)
     return LearnerConfig(bootstrap_servers="k:9092", topics=["t"], group_id="g",
                          checkpoint_dir="/nonexistent").make_model()
-
-
-def _encoded_step(model):
-    """The model's step on an encoded row: its own ``predict_learn_encoded``, else the same row as a dict."""
-    step = getattr(model, "predict_learn_encoded", None)
-    if step is not None:
-        return step
-
-    def learn_encoded(cols, vals, n, y, w=1.0):
-        keys = model.features.keys
-        x = {keys[c]: v for c, v in zip(cols[:n].tolist(), vals[:n].tolist(), strict=True)}
-        return model.predict_learn_one(x, y, w)
-
-    return learn_encoded
 
 
 def _weights(model) -> bytes:
@@ -108,42 +97,43 @@ def _weights(model) -> bytes:
     return np.float64(model.predict_proba_one(probe)[True]).tobytes() + str(model.n_samples_seen).encode()
 
 
-@pytest.mark.parametrize("service", [False, True], ids=["library-model", "service-model"])
-@pytest.mark.parametrize("rows", [None, "dict", "encoded"])
+@pytest.mark.parametrize("kind", ["library", "service", "uncompiled"])
+@pytest.mark.parametrize("rows", [False, True], ids=["codec", "row-decoder"])
 @settings(max_examples=40, deadline=None)
 @given(kinds=st.lists(_KINDS, max_size=40), seed=st.integers(0, 2**16))
-def test_same_as_the_python_loop(rows: str | None, service: bool, kinds: list[str], seed: int) -> None:
+def test_same_as_the_python_loop(rows: bool, kind: str, kinds: list[str], seed: int) -> None:
     rng = random.Random(seed)
     values = [_value(k, rng) for k in kinds]
     codec = JsonCodec()
     decode = codec.decoder()
-    a, b = _model(service), _model(service)
+    a, b = _model(kind), _model(kind)
+    assert (b.compiled_step() is None) == (kind == "uncompiled")
     expected = _python_loop(decode, a.predict_learn_one, values)
-    if rows is None:
-        got = _compiled_loop(decode, b.predict_learn_one, values)
+    if rows:
+        got = _compiled_loop(decode, b.predict_learn_one, values, codec.row_decoder(), b)
     else:
-        got = _compiled_loop(decode, b.predict_learn_one, values, codec.row_decoder(), b,
-                             _encoded_step(b) if rows == "encoded" else None)
+        got = _compiled_loop(decode, b.predict_learn_one, values)
     assert got == expected
     assert _weights(a) == _weights(b)
+    assert a.coef.tobytes() == b.coef.tobytes() and a.intercept == b.intercept
 
 
 def test_the_row_decoder_takes_the_common_shape() -> None:
-    """Not a decoder that declines everything: known features of the common shape are learned from it."""
-    codec, model = JsonCodec(), _model(service=True)
-    model.learn_one({"f0": 0.0, "f1": 0.0}, True)
-    calls = []
-
-    def learn_encoded(cols, vals, n, y):
-        calls.append((cols[:n].tolist(), vals[:n].tolist(), y))
-        return 0.5
-
+    """Not a decoder that declines everything: known features of the common shape are learned from their
+    bytes by the compiled step (the codec is never asked), bitwise as ``predict_learn_one``."""
+    codec = JsonCodec()
+    a, b = _model("service"), _model("service")
+    for m in (a, b):
+        m.learn_one({"f0": 0.0, "f1": 0.0}, True)
     values = [b'{"x": {"f1": 2.5, "f0": -1}, "y": true, "id": "a"}', b'{"x": {"f0": 1e-3}, "y": 0}']
     ps: list[float] = []
     ys: list[int] = []
-    assert learn_values(decode_never, None, values, 0, ps, ys, Event, codec.row_decoder(), model.features,
-                        learn_encoded) == (2, None, None)
-    assert calls == [([1, 0], [2.5, -1.0], 1), ([0], [0.001], 0)] and ys == [1, 0] and ps == [0.5, 0.5]
+    assert learn_values(decode_never, decode_never, values, 0, ps, ys, Event, codec.row_decoder(),
+                        b) == (2, None, None)
+    expected = [a.predict_learn_one({"f1": 2.5, "f0": -1}, 1), a.predict_learn_one({"f0": 1e-3}, 0)]
+    assert ys == [1, 0] and np.array(ps).tobytes() == np.array(expected).tobytes()
+    assert b.n_samples_seen == a.n_samples_seen == 3
+    assert b.coef.tobytes() == a.coef.tobytes() and _weights(a) == _weights(b)
 
 
 def decode_never(value):
