@@ -13,13 +13,14 @@
 FROM python:3.11-slim AS build
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && apt-get install -y --no-install-recommends gcc g++ libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
 # Only the sources: no host-built extension (.so/.c), build/ or checkpoints/ from the working tree.
 COPY pyproject.toml setup.py README.md ./
 COPY stream_logreg/*.py stream_logreg/*.pyx stream_logreg/*.pxd stream_logreg/*.h stream_logreg/
+COPY stream_logreg/vendor/ stream_logreg/vendor/
 COPY consumers/ consumers/
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

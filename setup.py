@@ -1,4 +1,5 @@
-"""Builds the compiled parts (stream_logreg/_kernel.pyx, _features.pyx, _stream.pyx); the rest: pyproject."""
+"""Builds the compiled parts (stream_logreg/_kernel.pyx, _features.pyx, _stream.pyx, _json.pyx: C++, with the
+vendored fast_float header, stream_logreg/vendor/); the rest: pyproject."""
 
 import numpy
 from Cython.Build import cythonize
@@ -22,7 +23,23 @@ setup(
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
                 extra_compile_args=["-O3"],
             ),
-            Extension("stream_logreg._stream", ["stream_logreg/_stream.pyx"], extra_compile_args=["-O3"]),
+            Extension(
+                "stream_logreg._stream",
+                ["stream_logreg/_stream.pyx"],
+                include_dirs=[numpy.get_include()],
+                depends=["stream_logreg/_json.pxd"],
+                define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+                extra_compile_args=["-O3"],
+            ),
+            Extension(
+                "stream_logreg._json",
+                ["stream_logreg/_json.pyx"],
+                language="c++",
+                include_dirs=[numpy.get_include(), "stream_logreg"],
+                depends=["stream_logreg/_json.h", "stream_logreg/vendor/fast_float/fast_float_all.h"],
+                define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+                extra_compile_args=["-O3", "-std=c++17"],
+            ),
         ],
         compiler_directives={"language_level": "3"},
     )

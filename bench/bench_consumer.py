@@ -13,7 +13,9 @@ Produces ``--events`` (200,000) JSON events with ``--features`` (20) numeric fea
     N = ``max_poll_records``, ``fetch.queue.backoff.ms`` and ``queued.max.messages.kbytes`` as the learner,
     see :mod:`consumers.confluent`) ``orjson.loads``-ing each value (after its ``error()`` check);
 (c) the learner (``consumers.Learner``: decode, validate, predict, learn, stats, checkpoints every
-    ``--checkpoint-every`` events) on kafka-python, and (d) on confluent-kafka, for each ``--batch-sizes``.
+    ``--checkpoint-every`` events) on kafka-python, and (d) on confluent-kafka, for each ``--batch-sizes``,
+    with the model ``stream-logreg consume`` builds by default (``consumers.settings.build_model`` of the
+    defaults of ``MODEL_SETTINGS``: the mixture, standardized; printed), not the library's default.
 
 Rates are counted from the end of the first processed batch to the last message (group join and
 connection set-up are not the loop's cost). Each learner run also says where its time went, in µs per
@@ -50,6 +52,7 @@ from kafka import __version__ as kafka_version  # noqa: E402
 
 from bench._kafka import kafka_bootstrap  # noqa: E402
 from consumers import Learner, LearnerConfig  # noqa: E402
+from consumers.settings import MODEL_SETTINGS, build_model  # noqa: E402
 from stream_logreg.codec import encode_event  # noqa: E402
 
 
@@ -222,6 +225,8 @@ def main() -> int:
                     help="profile one learner run per backend (batch size 1) into PREFIX-<client>.prof")
     args = ap.parse_args()
     overrides = {} if args.max_poll_records is None else {"max_poll_records": args.max_poll_records}
+    service_model = build_model({s.name: s.default for s in MODEL_SETTINGS})  # what `consume` builds
+    overrides["model"] = service_model.config()
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     clients = [c for c in args.clients.split(",") if c]
 
@@ -229,6 +234,8 @@ def main() -> int:
         topic = f"bench-consumer-{uuid.uuid4().hex[:8]}"
         seconds = produce(bootstrap, topic, args.events, args.features)
         print(f"produced {args.events:,} events ({args.features} features) in {seconds:.1f}s to {topic}")
+        print(f"the learner's model (stream-logreg consume's default): optimizer "
+              f"{type(service_model.optimizer).__name__}, scale={service_model.scale}")
         base = LearnerConfig(bootstrap_servers=bootstrap, topics=[topic], group_id="x",
                              checkpoint_dir=tempfile.gettempdir(), **overrides)
         raw = {"kafka-python": None, "confluent": None}

@@ -14,6 +14,7 @@ others the wall time. What is measured:
    members) against ``river.linear_model.LogisticRegression`` (``optimizer=optim.SGD(0.1)``). Bars:
    ours SGD/River ≤ 0.3; ours default/River ≤ 0.7 (goal 0.5). Then the scaled path: ``scale=True``
    against River's ``StandardScaler() | LogisticRegression(optimizer=optim.SGD(0.1))``. Bar: ≤ 0.4.
+   Context: ours ``predict_learn_one`` with ``scale=True`` (the service's call; one compiled step).
    (``--only-scaled`` runs the scaled comparisons alone, with the scaled ``learn_many`` of section 2.)
 2. mini-batch on dense float64 arrays (100 features, batches of 1024): samples/s of ``learn_batch``
    (``optim.SGD(0.1)``) against a bare numpy loop of the seed formula in this process. Bar: ≥ 0.9.
@@ -369,6 +370,10 @@ def scaled_per_sample(rows: list[dict], ys: list[bool], repeats: int) -> bool:
                 lambda: OnlineLogisticRegression(optimizer=optim.SGD(LR), scale=True), rows, ys
             ),
             "ours default": per_sample_runner(lambda: OnlineLogisticRegression(scale=True), rows, ys),
+            "ours pl": predict_learn_runner(
+                lambda: OnlineLogisticRegression(optimizer=optim.SGD(LR), scale=True), rows, ys
+            ),
+            "ours default pl": predict_learn_runner(lambda: OnlineLogisticRegression(scale=True), rows, ys),
             "river": per_sample_runner(
                 lambda: preprocessing.StandardScaler()
                 | linear_model.LogisticRegression(optimizer=river_optim.SGD(LR)), rows, ys
@@ -379,6 +384,8 @@ def scaled_per_sample(rows: list[dict], ys: list[bool], repeats: int) -> bool:
     n = len(rows)
     row(f"ours, optim.SGD({LR}), scale=True", times["ours"], n, "µs")
     row("ours, default optimizer, scale=True", times["ours default"], n, "µs")
+    row(f"context: ours predict_learn_one, SGD({LR}), scale=True", times["ours pl"], n, "µs")
+    row("context: ours predict_learn_one, default, scale=True", times["ours default pl"], n, "µs")
     row(f"River StandardScaler() | LogisticRegression(SGD({LR}))", times["river"], n, "µs")
     river_t = statistics.median(times["river"])
     ok = verdict("ratio ours SGD scaled / River pipeline", statistics.median(times["ours"]) / river_t, 0.4,

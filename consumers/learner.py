@@ -202,6 +202,7 @@ class Learner:
         self.stats = LearnerStats(window=config.metrics_window)
         self._codec = config.make_codec()
         self._decode = self._codec.decoder()  # compiled: what self._codec.decode gives
+        self._rows = self._codec.row_decoder()  # the common shape, bytes → the model's columns (or None)
         self._instance_id = config.group_instance_id or default_instance_id(config.checkpoint_dir)
         self._exactly_once = config.processing_guarantee == "exactly-once"
         self._stopping = threading.Event()
@@ -515,14 +516,18 @@ class Learner:
         scored = 0
         # With batch_size 1 (and no prediction to publish per labelled event) the labelled events are decoded
         # and learned in one compiled pass; it stops at each message that needs this loop (a rejection, an
-        # unlabelled event, a refused update), which is handled here, and goes on from the next one.
+        # unlabelled event, a refused update), which is handled here, and goes on from the next one. A message
+        # of the common shape (numbers of known features) is read by the row decoder from its bytes straight
+        # into the model's columns, no Python object per feature; any other takes the codec's way.
         fast = batch_size == 1 and not publish_labelled
+        rows = self._rows
         i, n = 0, len(values)
         if len(records) != n:
             raise ValueError(f"{len(records)} records but {n} values")
         while i < n:
             if fast:
-                i, ev, refused = learn_values(decode, predict_learn_one, values, i, ps, ys, Event)
+                i, ev, refused = learn_values(decode, predict_learn_one, values, i, ps, ys, Event,
+                                              rows, model)
                 if i == n:
                     break
             else:

@@ -54,3 +54,11 @@ cdef class RowLayout:
 
 cdef Py_hash_t pair_hash(PyObject* k, PyObject* v) noexcept
 cdef Py_ssize_t pair_limit(bint hashed) noexcept
+
+
+# Progressive validation of a row already encoded (columns and values, as `encode` writes them), for other
+# compiled modules: see `predict_learn_row` in _kernel.pyx (the step is `OnlineLogisticRegression.compiled_step()`;
+# returns p before the update, NaN if the update is refused with nothing written, -2.0 with a ValueError set
+# for a broken contract; with the GIL held).
+cdef double predict_learn_row(object step, Py_ssize_t* c, double* v, Py_ssize_t n, double y,
+                              double w) except? -2.0

@@ -1391,6 +1391,94 @@ cdef class SampleStep:
         return _ftrl(wp, s0, s1, c, g, n, self.h0, self.h1, self.h2, self.h3, u)
 
 
+    # Built-in standardization (the model's ``scale=True``) and rows already encoded: see `_row_checks`.
+
+    cdef cnp.ndarray stats, numeric, sbuf
+
+    def bind_scale(self, cnp.ndarray stats not None, cnp.ndarray numeric not None):
+        """Standardize every row learned through `scaled`, `predict_learn_encoded` and `predict_learn_row`
+        with the model's statistics `stats` (capacity × 3: count, mean, var) and flags `numeric` (1.0 for
+        a standardized column, 0.0 for an indicator), as `scale_row` does."""
+        _check_scale(stats, numeric, cnp.PyArray_DIM(self.w, 0))
+        self.stats, self.numeric = stats, numeric
+
+    def scaled(self, object x, object y, double sample_weight, bint predict=True):
+        """`__call__` for a model with standardization (`bind_scale`), on a row of known features only:
+        p before the update (the row standardized with the statistics so far; with `predict` False, p of
+        the standardized row learned, which costs no second dot product); -1.0 if `x` or `y` needs the
+        model's general path (a new feature among them: nothing done); NaN if refused (nothing written,
+        the statistics included)."""
+        cdef double label = _binary_label(<PyObject*> y)
+        if label < 0.0 or type(x) is not dict or self.stats is None:
+            return -1.0
+        cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, dptr(self.w), 1)
+        if n < 0:
+            return -1.0
+        return self._row(iptr(self.cols), dptr(self.vals), n, label, sample_weight, predict)
+
+    def logit(self, object x):
+        """w·x + b of dict row `x` (standardized with the statistics so far, if bound), without learning;
+        NaN if `x` needs the model's general path (finite inputs never give NaN)."""
+        if type(x) is not dict:
+            return NAN
+        cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout)
+        if n < 0:
+            return NAN
+        cdef double* v = dptr(self.vals)
+        if self.stats is not None:
+            v = self._scratch(n)
+            _scale_entries(iptr(self.cols), dptr(self.vals), v, n, dptr(self.stats), dptr(self.numeric), False,
+                           NULL)
+        return _dot(dptr(self.w), iptr(self.cols), v, n) + dptr(self.b)[0]
+
+    def predict_learn_encoded(self, cnp.ndarray cols, cnp.ndarray vals, Py_ssize_t n, double y,
+                              double sample_weight):
+        """`predict_learn_row` on arrays (checked: see `_row_checks`)."""
+        _row_checks(cols, vals, n, y, cnp.PyArray_DIM(self.w, 0))
+        return self._row(iptr(cols), dptr(vals), n, y, sample_weight, True)
+
+    cdef double* _scratch(self, Py_ssize_t n) except NULL:
+        """6n doubles: the row standardized for the prediction (n) and for the update (n), the statistics
+        saved (3n), the gradients (n)."""
+        if self.sbuf is None or cnp.PyArray_DIM(self.sbuf, 0) < 6 * n:
+            self.sbuf = np.empty(max(6 * n, 384))
+        return dptr(self.sbuf)
+
+    cdef double _row(self, Py_ssize_t* c, double* v, Py_ssize_t n, double y, double sample_weight,
+                     bint predict) except? -2.0:
+        """p = σ(w·x + b), then the update, on the row c/v[:n] (distinct columns within the weights, finite
+        values, y 0 or 1; v is not written). With the statistics bound: p of the row standardized with
+        the statistics so far (with `predict`), then the statistics learn the row, it is standardized with
+        them and learned (River's StandardScaler, then the model). Returns p, or NaN if the update is
+        refused: then nothing is written (weights, bias, optimizer states, statistics)."""
+        cdef double* wp = dptr(self.w)
+        cdef double* buf = self._scratch(n)
+        cdef double* xs = v
+        cdef double* saved = buf + 2 * n
+        cdef double* o = buf + 5 * n
+        cdef double* s = NULL
+        cdef double* f = NULL
+        cdef double p, p0 = NAN, g
+        if self.stats is not None:
+            s, f = dptr(self.stats), dptr(self.numeric)
+            if predict:
+                _scale_entries(c, v, buf, n, s, f, False, NULL)
+                p0 = _sigmoid(_dot(wp, c, buf, n) + dptr(self.b)[0])
+            xs = buf + n
+            if _scale_entries(c, v, xs, n, s, f, True, saved):
+                _unscale_entries(c, n, s, f, saved)
+                return NAN
+        p = _sample_gradient(wp, c, xs, n, dptr(self.b)[0], y, sample_weight,
+                             self.pos_w if y else self.neg_w, self.l2, self.clip, o, &g)
+        if p != p or not self._checked(c, o, n, g, self._reserve(n)):
+            if s != NULL:
+                _unscale_entries(c, n, s, f, saved)
+            return NAN
+        return p0 if s != NULL and predict else p
+
+
 cdef inline void _save(double* dst, double* src, Py_ssize_t* c, Py_ssize_t n) noexcept nogil:
     """dst[i] ← src[c[i]] for i < n (nothing if src is NULL)."""
     cdef Py_ssize_t i
@@ -1932,7 +2020,187 @@ cdef class MixtureStep:
                 R[MIX_FTRL] -= self.alpha / (self.beta + sqrt(R[MIX_N])) * gk
 
 
+    # Built-in standardization (the model's ``scale=True``) and rows already encoded: as in `SampleStep`.
+
+    cdef cnp.ndarray stats, numeric, sbuf
+
+    def bind_scale(self, cnp.ndarray stats not None, cnp.ndarray numeric not None):
+        """As `SampleStep.bind_scale`."""
+        _check_scale(stats, numeric, cnp.PyArray_DIM(self.coef, 0))
+        self.stats, self.numeric = stats, numeric
+
+    def scaled(self, object x, object y, double sample_weight, bint predict=True):
+        """As `SampleStep.scaled`: the mixture's P(y = 1) before the update; -1.0: the general path; NaN:
+        refused, nothing written."""
+        cdef double label = _binary_label(<PyObject*> y)
+        if label < 0.0 or type(x) is not dict or self.stats is None:
+            return -1.0
+        cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, self.Mp, MIX_S)
+        if n < 0:
+            return -1.0
+        return self._row(iptr(self.cols), dptr(self.vals), n, label, sample_weight, predict)
+
+    def predict_scaled(self, object x):
+        """The mixture's P(y = 1) for dict row `x` standardized with the statistics so far (bound), without
+        learning; -1.0 if `x` needs the model's general path."""
+        if type(x) is not dict or self.stats is None:
+            return -1.0
+        cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout)
+        if n < 0:
+            return -1.0
+        cdef double* t = self._scratch(n)
+        cdef double p[8]
+        _scale_entries(iptr(self.cols), dptr(self.vals), t, n, dptr(self.stats), dptr(self.numeric), False, NULL)
+        self._probas(iptr(self.cols), t, n, p)
+        return self._mix(p)
+
+    def predict_learn_encoded(self, cnp.ndarray cols, cnp.ndarray vals, Py_ssize_t n, double y,
+                              double sample_weight):
+        """`predict_learn_row` on arrays (checked: see `_row_checks`)."""
+        _row_checks(cols, vals, n, y, cnp.PyArray_DIM(self.coef, 0))
+        return self._row(iptr(cols), dptr(vals), n, y, sample_weight, True)
+
+    cdef double* _scratch(self, Py_ssize_t n) except NULL:
+        """5n doubles: the row standardized for the prediction (n) and for the update (n), the statistics
+        saved (3n)."""
+        if self.sbuf is None or cnp.PyArray_DIM(self.sbuf, 0) < 5 * n:
+            self.sbuf = np.empty(max(5 * n, 320))
+        return dptr(self.sbuf)
+
+    cdef double _row(self, Py_ssize_t* c, double* v, Py_ssize_t n, double y, double sample_weight,
+                     bint predict) except? -2.0:
+        """As `SampleStep._row`, with the mixture's prediction and update."""
+        cdef double* buf = self._scratch(n)
+        cdef double* xs = v
+        cdef double* saved = buf + 2 * n
+        cdef double* s = NULL
+        cdef double* f = NULL
+        cdef double pk[8]
+        cdef double p, p0 = NAN
+        cdef Py_ssize_t ip[2]
+        cdef int refused
+        if self.stats is not None:
+            s, f = dptr(self.stats), dptr(self.numeric)
+            if predict:
+                _scale_entries(c, v, buf, n, s, f, False, NULL)
+                self._probas(c, buf, n, pk)
+                p0 = self._mix(pk)
+            xs = buf + n
+            if _scale_entries(c, v, xs, n, s, f, True, saved):
+                _unscale_entries(c, n, s, f, saved)
+                return NAN
+        ip[0], ip[1] = 0, n
+        try:
+            refused = self._learn(c, xs, ip, 1, &y, &sample_weight, &p)
+        except BaseException:
+            if s != NULL:
+                _unscale_entries(c, n, s, f, saved)
+            raise
+        if refused:
+            if s != NULL:
+                _unscale_entries(c, n, s, f, saved)
+            return NAN
+        return p0 if s != NULL and predict else p
+
+
+# Rows already encoded, for other compiled modules (declared in _kernel.pxd).
+
+cdef int _check_scale(cnp.ndarray stats, cnp.ndarray numeric, Py_ssize_t capacity) except -1:
+    if (cnp.PyArray_NDIM(stats) != 2 or cnp.PyArray_DIM(stats, 1) != 3 or not cnp.PyArray_IS_C_CONTIGUOUS(stats)
+            or cnp.PyArray_TYPE(stats) != cnp.NPY_DOUBLE or cnp.PyArray_TYPE(numeric) != cnp.NPY_DOUBLE
+            or not cnp.PyArray_IS_C_CONTIGUOUS(numeric) or cnp.PyArray_DIM(stats, 0) < capacity
+            or cnp.PyArray_DIM(numeric, 0) < capacity):
+        raise ValueError("bind_scale: stats must be C-contiguous float64 (capacity × 3), numeric float64 "
+                         "(capacity), with capacity the weights' rows")
+    return 0
+
+
+cdef int _row_checks(cnp.ndarray cols, cnp.ndarray vals, Py_ssize_t n, double y, Py_ssize_t capacity) except -1:
+    """The contract of a row already encoded, checked (ValueError): cols contiguous intp and vals contiguous
+    float64 with at least n entries, every cols[i] within the weights' `capacity`, every vals[i] finite,
+    y 0 or 1. Not checked (the caller's part): the columns are distinct and exist in the feature space
+    (below its number of columns, not merely its capacity), and the values are what the feature space
+    encodes (numbers as they are, 1.0 for an indicator)."""
+    if (cnp.PyArray_TYPE(cols) != cnp.NPY_INTP or cnp.PyArray_TYPE(vals) != cnp.NPY_DOUBLE
+            or not cnp.PyArray_IS_C_CONTIGUOUS(cols) or not cnp.PyArray_IS_C_CONTIGUOUS(vals)
+            or not 0 <= n <= min(cnp.PyArray_DIM(cols, 0), cnp.PyArray_DIM(vals, 0))):
+        raise ValueError("cols (intp) and vals (float64) must hold n contiguous entries")
+    return _row_ok(iptr(cols), dptr(vals), n, y, capacity)
+
+
+cdef inline int _row_ok(Py_ssize_t* c, double* v, Py_ssize_t n, double y, Py_ssize_t capacity) except -1:
+    cdef Py_ssize_t i
+    cdef int bad = 0
+    for i in range(n):
+        bad |= not (0 <= c[i] < capacity) or not (fabs(v[i]) <= DBL_MAX)
+    if bad or (y != 0.0 and y != 1.0):
+        raise ValueError("a row must have columns within the weights, finite values and a label 0 or 1")
+    return 0
+
+
+cdef double predict_learn_row(object step, Py_ssize_t* c, double* v, Py_ssize_t n, double y,
+                              double w) except? -2.0:
+    """Progressive validation of the row already encoded in c/v[:n] on a model's compiled step (the
+    `SampleStep` or `MixtureStep` that `OnlineLogisticRegression.compiled_step()` returns): returns p, the
+    probability before the update, and learns the row with label y (0.0 or 1.0) and sample weight w;
+    bitwise `predict_learn_one` of the equivalent dict row. NaN: the update was refused (a non-finite
+    step or statistic): nothing was written. ValueError (-2.0 returned): a column beyond the weights, a
+    non-finite value or a label not 0 or 1 (see `_row_checks` for what the caller guarantees). The caller
+    holds the GIL (the step counts the optimizers' `n_iterations`), gets the step again after anything
+    else changed the model's arrays (a new feature, `from_state`, `mutate`), and counts the accepted rows
+    into the model's `n_samples_seen` (the step does not hold it)."""
+    if type(step) is MixtureStep:
+        _row_ok(c, v, n, y, cnp.PyArray_DIM((<MixtureStep> step).coef, 0))
+        return (<MixtureStep> step)._row(c, v, n, y, w, True)
+    if type(step) is SampleStep:
+        _row_ok(c, v, n, y, cnp.PyArray_DIM((<SampleStep> step).w, 0))
+        return (<SampleStep> step)._row(c, v, n, y, w, True)
+    raise TypeError(f"predict_learn_row: a SampleStep or MixtureStep, got {type(step).__name__}")
+
 # Built-in standardization (the model's ``scale=True``): River's StandardScaler, per column.
+
+cdef int _scale_entries(Py_ssize_t* c, double* src, double* dst, Py_ssize_t n, double* s, double* f, bint learn,
+                        double* u) noexcept nogil:
+    """The loop of `scale_row` on raw pointers: dst[i] ← src[i] standardized (dst may be src); with
+    `learn`, the statistics learn src[i] first and their old values go to u[3i:3i + 3]. Returns 1 if a new
+    statistic or value is not finite (a value beyond the double range is written as ±DBL_MAX), else 0."""
+    cdef Py_ssize_t i, j
+    cdef double m0, x
+    cdef int bad = 0
+    for i in range(n):
+        j = c[i]
+        x = src[i]
+        if f[j] == 0.0:
+            dst[i] = x
+            continue
+        if learn:
+            u[3 * i], u[3 * i + 1], u[3 * i + 2] = s[3 * j], s[3 * j + 1], s[3 * j + 2]
+            s[3 * j] += 1.0
+            m0 = s[3 * j + 1]
+            s[3 * j + 1] = m0 + (x - m0) / s[3 * j]
+            s[3 * j + 2] = s[3 * j + 2] + ((x - m0) * (x - s[3 * j + 1]) - s[3 * j + 2]) / s[3 * j]
+            bad |= not (fabs(s[3 * j + 1]) <= DBL_MAX) or not (fabs(s[3 * j + 2]) <= DBL_MAX)
+        if s[3 * j + 2] != 0.0:
+            x = (x - s[3 * j + 1]) / sqrt(s[3 * j + 2])
+        else:
+            x = 0.0
+        if not (fabs(x) <= DBL_MAX):  # beyond the double range: the largest finite value of its sign
+            bad = 1
+            x = DBL_MAX if x > 0 else -DBL_MAX
+        dst[i] = x
+    return bad
+
+
+cdef void _unscale_entries(Py_ssize_t* c, Py_ssize_t n, double* s, double* f, double* u) noexcept nogil:
+    """Put back the statistics `_scale_entries(..., learn=True, u)` changed (last entry first)."""
+    cdef Py_ssize_t i, j
+    for i in range(n - 1, -1, -1):
+        j = c[i]
+        if f[j] != 0.0:
+            s[3 * j], s[3 * j + 1], s[3 * j + 2] = u[3 * i], u[3 * i + 1], u[3 * i + 2]
+
 
 def scale_row(cnp.ndarray cols, cnp.ndarray vals, Py_ssize_t n, cnp.ndarray stats, cnp.ndarray numeric,
               bint learn, object saved):
@@ -1951,13 +2219,12 @@ def scale_row(cnp.ndarray cols, cnp.ndarray vals, Py_ssize_t n, cnp.ndarray stat
             or cnp.PyArray_TYPE(cols) != cnp.NPY_INTP or cnp.PyArray_TYPE(vals) != cnp.NPY_DOUBLE
             or not 0 <= n <= min(cnp.PyArray_DIM(cols, 0), cnp.PyArray_DIM(vals, 0))):
         raise ValueError("scale_row: inconsistent arrays")
-    cdef Py_ssize_t i, j, size = min(cnp.PyArray_DIM(stats, 0), cnp.PyArray_DIM(numeric, 0))
+    cdef Py_ssize_t i, size = min(cnp.PyArray_DIM(stats, 0), cnp.PyArray_DIM(numeric, 0))
     cdef Py_ssize_t* c = iptr(cols)
     cdef double* v = dptr(vals)
     cdef double* s = dptr(stats)
     cdef double* f = dptr(numeric)
     cdef double* u = NULL
-    cdef double m0
     cdef int bad = 0
     for i in range(n):
         if not 0 <= c[i] < size:
@@ -1966,39 +2233,20 @@ def scale_row(cnp.ndarray cols, cnp.ndarray vals, Py_ssize_t n, cnp.ndarray stat
         if saved is None or cnp.PyArray_DIM(<cnp.ndarray> saved, 0) < 3 * n:
             raise ValueError("scale_row: room for 3n saved statistics is needed")
         u = dptr(<cnp.ndarray> saved)
-    for i in range(n):
-        j = c[i]
-        if f[j] == 0.0:
-            continue
-        if learn:
-            u[3 * i], u[3 * i + 1], u[3 * i + 2] = s[3 * j], s[3 * j + 1], s[3 * j + 2]
-            s[3 * j] += 1.0
-            m0 = s[3 * j + 1]
-            s[3 * j + 1] = m0 + (v[i] - m0) / s[3 * j]
-            s[3 * j + 2] = s[3 * j + 2] + ((v[i] - m0) * (v[i] - s[3 * j + 1]) - s[3 * j + 2]) / s[3 * j]
-            bad |= not (fabs(s[3 * j + 1]) <= DBL_MAX) or not (fabs(s[3 * j + 2]) <= DBL_MAX)
-        if s[3 * j + 2] != 0.0:
-            v[i] = (v[i] - s[3 * j + 1]) / sqrt(s[3 * j + 2])
-        else:
-            v[i] = 0.0
-        if not (fabs(v[i]) <= DBL_MAX):  # beyond the double range: the largest finite value of its sign
-            bad = 1
-            v[i] = DBL_MAX if v[i] > 0 else -DBL_MAX
+    bad = _scale_entries(c, v, v, n, s, f, learn, u)
     return bad == 0
 
 
 def unscale_row(cnp.ndarray cols, Py_ssize_t n, cnp.ndarray stats, cnp.ndarray numeric, cnp.ndarray saved):
     """Put back the statistics that `scale_row(..., learn=True, saved)` changed (last entry first)."""
-    cdef Py_ssize_t i, j
+    cdef Py_ssize_t i
     cdef Py_ssize_t* c = iptr(cols)
     cdef double* s = dptr(stats)
     cdef double* f = dptr(numeric)
     cdef double* u = dptr(saved)
     if cnp.PyArray_DIM(saved, 0) < 3 * n or not 0 <= n <= cnp.PyArray_DIM(cols, 0):
         raise ValueError("unscale_row: inconsistent arrays")
-    for i in range(n - 1, -1, -1):
-        j = c[i]
-        if not 0 <= j < min(cnp.PyArray_DIM(stats, 0), cnp.PyArray_DIM(numeric, 0)):
+    for i in range(n):
+        if not 0 <= c[i] < min(cnp.PyArray_DIM(stats, 0), cnp.PyArray_DIM(numeric, 0)):
             raise ValueError("unscale_row: a column is beyond the statistics")
-        if f[j] != 0.0:
-            s[3 * j], s[3 * j + 1], s[3 * j + 2] = u[3 * i], u[3 * i + 1], u[3 * i + 2]
+    _unscale_entries(c, n, s, f, u)

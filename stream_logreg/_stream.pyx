@@ -5,14 +5,26 @@ message.
 `learn_values` goes over `values[start:]` while each decodes to a labelled event the model takes; at the
 first value that needs the caller (a rejection, an unlabelled event, a refused update) it stops and says
 which, so that the caller handles that one message in Python and calls again from the next one.
+
+With a row decoder (``stream_logreg._json.RowDecoder``) a message of the common shape is read straight
+into the model's columns and values and learned from them by the model's compiled step
+(``_kernel.predict_learn_row``; a model without one learns the row as a dict of floats); any message it
+declines, or whose update is refused, takes the codec's way as before.
 """
 
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 
+from libc.math cimport NAN
+
+from stream_logreg._json cimport RowDecoder
+from stream_logreg._kernel cimport predict_learn_row
+
+cdef object _ZERO = 0, _ONE = 1
+
 
 def learn_values(object decode, object learn, list values not None, Py_ssize_t start, list ps not None,
-                 list ys not None, type event not None):
+                 list ys not None, type event not None, RowDecoder rows=None, object model=None):
     """Learn ``values[start:]`` one by one: ``ev = decode(value)``; while ``ev`` is an ``event`` (a tuple
     ``(x, y, id)``) with a label ``y``, ``p = learn(x, y)`` and append ``p`` to ``ps`` and ``y`` to ``ys``.
 
@@ -20,6 +32,14 @@ def learn_values(object decode, object learn, list values not None, Py_ssize_t s
     ``exc`` None) at the end, else ``values[i]`` needs the caller: ``ev`` is its decoded form (a rejection,
     or an event without label) and ``exc`` the ``ValueError`` with which ``learn`` refused it (or None).
     Nothing of ``values[i]`` reached ``ps``/``ys``.
+
+    ``rows`` (a ``RowDecoder``) with ``model`` (the ``OnlineLogisticRegression`` whose ``predict_learn_one``
+    is ``learn``): each value the decoder accepts is learned from its encoded row by the model's compiled
+    step (``model.compiled_step()``, asked again after every call of ``learn``, which may replace the
+    model's arrays), ``n_samples_seen`` counted as ``learn`` counts it; without a compiled step,
+    ``learn(x, y)`` with the row as a dict of floats. Bitwise what ``learn`` gives for the decoded event.
+    A value it declines, or whose update is refused, goes the way above (a refusal leaves the model
+    unchanged, so ``learn`` refuses it again and says why).
 
     >>> from stream_logreg.codec import Event, JsonCodec
     >>> seen = []
@@ -33,12 +53,41 @@ def learn_values(object decode, object learn, list values not None, Py_ssize_t s
     >>> ps, ys, seen
     ([0.5, 0.5], [1, 0], [({'a': 1}, 1), ({'a': 3}, 0)])
     """
-    cdef Py_ssize_t i, n = PyList_GET_SIZE(values)
-    cdef object ev, x, y, p
+    cdef Py_ssize_t i, m, n = PyList_GET_SIZE(values)
+    cdef object ev, x, y, p, value, step = None, compiled = None
+    cdef double q
+    cdef bint fast = rows is not None and model is not None and rows.bind(model.features)
     if not issubclass(event, tuple):
         raise TypeError("event must be a tuple subclass")
+    if fast:
+        compiled = getattr(model, "compiled_step", None)
+        step = None if compiled is None else compiled()
     for i in range(max(start, 0), n):
-        ev = decode(<object> PyList_GET_ITEM(values, i))
+        value = <object> PyList_GET_ITEM(values, i)
+        if fast:
+            m = rows.decode(value)
+            if m >= 0:
+                y = _ONE if rows.label else _ZERO
+                if step is not None:
+                    try:
+                        q = predict_learn_row(step, rows.c, rows.v, m, <double> rows.label, 1.0)
+                    except ValueError:  # not a row the step takes: the way below decides
+                        q = NAN
+                    if q == q:
+                        model.n_samples_seen += 1
+                        ps.append(q)
+                        ys.append(y)
+                        continue
+                else:
+                    try:
+                        p = learn(rows.row_dict(m), y)
+                    except ValueError:
+                        pass  # refused, the model unchanged: the way below says why
+                    else:
+                        ps.append(p)
+                        ys.append(y)
+                        continue
+        ev = decode(value)
         if type(ev) is not event or PyTuple_GET_SIZE(ev) < 2:
             return i, ev, None
         y = <object> PyTuple_GET_ITEM(ev, 1)
@@ -51,4 +100,6 @@ def learn_values(object decode, object learn, list values not None, Py_ssize_t s
             return i, ev, exc
         ps.append(p)
         ys.append(y)
+        if compiled is not None:  # the general path may have replaced the arrays the step is bound to
+            step = compiled()
     return n, None, None

@@ -378,8 +378,12 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         }
 
     def _grow(self, n_columns: int) -> None:
-        """Make room for ``n_columns`` weights (capacity doubles; new weights are 0)."""
+        """Make room for ``n_columns`` weights (capacity doubles; new weights are 0). With ``scale``, every
+        column of the feature space is flagged (see :meth:`_flags`) afterwards: the compiled steps read the
+        flags of the columns they find."""
         if n_columns <= len(self._w):
+            if self.scale:
+                self._flags()
             return
         capacity = max(n_columns, 2 * len(self._w), 16)
         w = np.zeros(capacity)
@@ -399,6 +403,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             numeric = np.zeros(capacity)
             numeric[: len(self._numeric)] = self._numeric
             self._numeric = numeric
+            self._flags()
         self._step = None  # bound to the old arrays
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
@@ -592,6 +597,11 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
     def _raw_dot(self, x: dict) -> float:
         """w·x + b, of the standardized row with ``scale``."""
         if self.scale:
+            step = self._step
+            if step is None:
+                step = self._step = self._compile_step()
+            if step and (z := step.logit(x)) == z:  # NaN: the general path
+                return z
             n = self._scaled_encode(x)
             return _kernel.dot(self._w, self._cols, self._vals, n) + self._b[0]
         return self._raw_dot_one(x)
@@ -643,9 +653,10 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
     def learn_one(self, x: dict, y: Any, w: float = 1.0, **kwargs: Any) -> None:
         """One update with m = 1 on row ``x``, label ``y`` and sample weight ``w``."""
         step = self._step
-        if step and not self.scale and step(x, y, w) >= 0.0:  # the compiled step took it (predict_learn_one)
-            self.n_samples_seen += 1
-            return
+        if step:  # the compiled step took it (as in predict_learn_one; with scale, no prediction made)
+            if (step.scaled(x, y, w, False) if self.scale else step(x, y, w)) >= 0.0:
+                self.n_samples_seen += 1
+                return
         self.predict_learn_one(x, y, w)
 
     def predict_learn_one(self, x: dict, y: Any, w: float = 1.0) -> float:
@@ -654,14 +665,15 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         p and the model afterwards are bitwise those of ``predict_proba_one(x)[True]`` followed by
         ``learn_one(x, y, w)``, at a fraction of the cost: the row is encoded and its dot product computed
         once, and for a row of known features with one of the package's optimizers the whole update is
-        one compiled call (:meth:`_compile_step`). A refused update (a bad value, a non-finite step)
-        raises ``ValueError`` and leaves the model as it was.
+        one compiled call (:meth:`_compile_step`), with ``scale`` too (the statistics, the standardized
+        row, the prediction and the step). A refused update (a bad value, a non-finite step) raises
+        ``ValueError`` and leaves the model as it was.
         """
         step = self._step
         if step is None:
             step = self._step = self._compile_step()
-        if step and not self.scale:
-            p = step(x, y, w)
+        if step:
+            p = step.scaled(x, y, w) if self.scale else step(x, y, w)
             if p >= 0.0:
                 self.n_samples_seen += 1
                 return p
@@ -677,6 +689,12 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         if n < 0:
             mark = features.mark()
             n = self._encode_slow(x, grow=True)
+        return self._learn_encoded(n, target, w, x, mark)
+
+    def _learn_encoded(self, n: int, target: float, w: float, what: str | dict, mark: tuple | None) -> float:
+        """The general path of :meth:`predict_learn_one` on the row in the scratch buffers (first ``n``
+        entries), described by ``what`` in errors; ``mark``: the feature space before the row created
+        columns (rolled back on refusal), or None."""
         saved = None
         p_before = None
         try:
@@ -691,11 +709,11 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
                 saved = np.empty(3 * n)
                 stats, numeric = self._scale_stats, self._numeric
                 if not _kernel.scale_row(self._cols, self._vals, n, stats, numeric, True, saved):
-                    raise ValueError(f"the values of {x!r:.200} are too large to standardize; refused")
+                    raise ValueError(f"{_described(what)} has values too large to standardize; refused")
             if self._mixture:
                 p = self._mixture_step().learn_encoded(n, target, w)
                 if p != p:
-                    raise ValueError(f"the update for {x!r:.200} would make the model non-finite (values too "
+                    raise ValueError(f"{_described(what)} would make the model non-finite (values too "
                                      "large); refused")
                 self.n_samples_seen += 1
                 return p if p_before is None else p_before
@@ -706,8 +724,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
                 self._grads, self._b_grad,
             )
             if p != p:
-                raise ValueError(f"the update for {x!r:.200} is not finite; refused")
-            self._update(self._cols, self._grads, n, self._b_grad[0], x)
+                raise ValueError(f"{_described(what)} is not finite; refused")
+            self._update(self._cols, self._grads, n, self._b_grad[0], what)
         except BaseException:
             if saved is not None:
                 _kernel.unscale_row(self._cols, n, self._scale_stats, self._numeric, saved)
@@ -716,6 +734,69 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             raise
         self.n_samples_seen += 1
         return p if p_before is None else p_before
+
+    def predict_learn_encoded(
+        self, cols: np.ndarray, vals: np.ndarray, n: int, y: Any, w: float = 1.0
+    ) -> float:
+        """:meth:`predict_learn_one` of a row already encoded: ``cols[:n]`` its columns (intp) and
+        ``vals[:n]`` their values (float64), as the feature space encodes a row (``features.columns``
+        gives a feature's column; a number as it is, a bool as 0/1, the indicator ``k=v`` of a string as
+        1.0). Returns p before the update, bitwise what ``predict_learn_one`` returns for the dict row, and
+        leaves the model bitwise as that would.
+
+        The contract (a ``ValueError`` if broken, nothing changed): every column exists in the feature
+        space (below ``n_features``), every value is finite. The caller guarantees that the columns are
+        distinct (as a dict's keys are) and, with hashing, that colliding features were summed into one
+        entry. A refused update (a non-finite step or statistic) raises ``ValueError`` and leaves the
+        model as it was. The arrays are not written.
+
+        >>> model = OnlineLogisticRegression(optimizer=optim_.SGD(0.1), scale=True)
+        >>> model.learn_one({"a": 1.0, "b": 2.0}, True)
+        >>> cols = np.array([model.features.columns["a"], model.features.columns["b"]], dtype=np.intp)
+        >>> twin = model.clone(include_attributes=True)
+        >>> model.predict_learn_encoded(cols, np.array([3.0, 2.0]), 2, False) == twin.predict_learn_one(
+        ...     {"a": 3.0, "b": 2.0}, False)
+        True
+        >>> model.coef.tobytes() == twin.coef.tobytes()
+        True
+
+        """
+        target = _label(y)
+        if not (type(cols) is np.ndarray and cols.dtype == np.intp and type(vals) is np.ndarray
+                and vals.dtype == _F64 and 0 <= n <= min(len(cols), len(vals))):
+            raise ValueError("cols must be an intp array and vals a float64 array, with n entries or more")
+        c, v = cols[:n], vals[:n]
+        if n and not (0 <= c.min() and c.max() < self.features.n_columns and np.isfinite(v).all()):
+            raise ValueError("the columns must exist in the feature space (0 to "
+                             f"{self.features.n_columns - 1}) and the values be finite")
+        step = self._step
+        if step is None:
+            step = self._step = self._compile_step()
+        if step:
+            p = step.predict_learn_encoded(np.ascontiguousarray(c), np.ascontiguousarray(v), n, target, w)
+            if p != p:
+                raise ValueError("the update of the encoded row would make the model non-finite (values too "
+                                 "large); refused")
+            self.n_samples_seen += 1
+            return p
+        if n > len(self._cols):  # an optimizer without a compiled rule: the general path
+            self._cols, self._vals, self._grads = (
+                np.zeros(2 * n, dtype=np.intp), np.zeros(2 * n), np.zeros(2 * n)
+            )
+            self._step = None  # bound to the old buffers
+        self._cols[:n], self._vals[:n] = c, v
+        return self._learn_encoded(n, target, w, "the update of the encoded row", None)
+
+    def compiled_step(self) -> _kernel.SampleStep | _kernel.MixtureStep | None:
+        """The compiled per-sample step bound to the model's current arrays, for compiled callers of
+        ``_kernel.predict_learn_row`` (see ``stream_logreg/_kernel.pxd``), or None if the optimizer has
+        none. Valid until the model's arrays change (a new feature, ``from_state``, ``mutate``): ask again
+        after anything but ``predict_learn_row`` touched the model. The caller adds each accepted row to
+        ``n_samples_seen``."""
+        step = self._step
+        if step is None:
+            step = self._step = self._compile_step()
+        return step or None
 
     def _compile_step(self) -> _kernel.SampleStep | bool:
         """The compiled per-sample update bound to the current arrays, or False if the optimizer has no
@@ -727,23 +808,29 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         """
         if self._mixture:
             opt, bias = self.optimizer, self._bias_optimizer
-            return _kernel.MixtureStep(
+            step = _kernel.MixtureStep(
                 self.features.columns, self.features.n_bits is not None, self._layout, self._cols, self._vals,
                 opt.coef, bias.coef, opt.log_weights, opt.nag, opt.rates, float(opt.nag_lr),
                 float(opt.ftrl_alpha), float(opt.ftrl_beta), self._neg_weight, self._pos_weight,
                 float(self.l2), float(self.clip_gradient), opt, bias, space=self.features,
             )
+            if self.scale:
+                step.bind_scale(self._scale_stats, self._numeric)
+            return step
         twins = optim_.compiled_rule(self.optimizer), optim_.compiled_rule(self._bias_optimizer)
         intercept_lr = self._constant_intercept_lr()
         if twins[0] is None or twins[1] is None or intercept_lr is False or self.l1:
             return False
         (rule, hyper, w_state), (_, _, b_state) = twins
-        return _kernel.SampleStep(
+        step = _kernel.SampleStep(
             self.features.columns, self.features.n_bits is not None, self._layout, self._cols, self._vals,
             self._grads, self._w, self._b, self._neg_weight, self._pos_weight, self.l2, intercept_lr,
             rule, hyper, w_state, b_state, self.optimizer, self._bias_optimizer, float(self.clip_gradient),
             space=self.features,
         )
+        if self.scale:  # the step standardizes every row it learns with the model's statistics
+            step.bind_scale(self._scale_stats, self._numeric)
+        return step
 
     def _flags(self) -> None:
         """Mark the new columns for standardization: numbers (and bools) yes, indicators of strings no."""
@@ -852,6 +939,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
 
     def _mixture_proba_one(self, x: dict) -> float:
         if self.scale:
+            if (p := self._mixture_step().predict_scaled(x)) >= 0.0:
+                return p
             n = self._scaled_encode(x)
             return self._mixture_step().predict_encoded(self._cols, self._vals, n)
         p = self._mixture_step().predict(x)

@@ -1,6 +1,8 @@
 """The compiled decode-and-learn pass (`stream_logreg._stream.learn_values`) against the plain Python loop it
-replaces: the same predictions, the same stops, the same model, bitwise; and the learner's `_process` on both
-paths (compiled with batch_size 1, Python with publish_labelled) gives the same model and metrics."""
+replaces: the same predictions, the same stops, the same model, bitwise, with and without the row decoder
+(`stream_logreg._json.RowDecoder`) in the loop, for the model the service builds by default and the
+library's; and the learner's `_process` on both paths (compiled with batch_size 1, Python with
+publish_labelled) gives the same model and metrics."""
 
 from __future__ import annotations
 
@@ -15,11 +17,14 @@ from kafka import TopicPartition
 from stream_logreg._stream import learn_values
 
 from consumers import Learner, LearnerConfig
+from consumers.settings import MODEL_SETTINGS, build_model
+from stream_logreg import OnlineLogisticRegression, optim
 from stream_logreg.codec import Event, JsonCodec, Rejection, encode_event
 
 # Messages of every kind the loop meets: labelled, unlabelled, undecodable, invalid, and values that the model
 # refuses (a finite value so large that the update is not finite).
-_KINDS = st.sampled_from(["labelled", "labelled", "labelled", "unlabelled", "garbage", "bad_label", "huge"])
+_KINDS = st.sampled_from(["labelled", "labelled", "labelled", "unlabelled", "garbage", "bad_label", "huge",
+                          "hostile", "repeated", "ints", "new"])
 
 
 def _value(kind: str, rng: random.Random) -> bytes:
@@ -32,6 +37,17 @@ def _value(kind: str, rng: random.Random) -> bytes:
         return b"{not json"
     if kind == "bad_label":
         return orjson.dumps({"x": x, "y": 7})
+    if kind == "hostile":  # a labelled message with a byte changed: most are invalid, some are not
+        value = bytearray(encode_event(x, rng.random() > 0.5))
+        value[rng.randrange(len(value))] = rng.choice(b'{}[]":,.-eE0159 \\\x00\xfftfn')
+        return bytes(value)
+    if kind == "repeated":  # the codec keeps the last value of a repeated key
+        return b'{"x": {"f0": 1.5, "f1": 2, "f0": -3.25}, "y": 1}'
+    if kind == "ints":  # integers beyond 2^53, and beyond 64 bits
+        big = rng.choice([2**53 + 1, 10**18 - 1, 2**64 + 1, -(2**63)])
+        return f'{{"x": {{"f0": {big}}}, "y": 0}}'.encode()
+    if kind == "new":  # a feature the model has not met
+        return encode_event({f"n{rng.randrange(10**6)}": 1.0, "f0": 0.5}, rng.random() > 0.5)
     return orjson.dumps({"x": {"f0": 1e308, "f1": 1e308}, "y": 1})
 
 
@@ -53,11 +69,11 @@ def _python_loop(decode, learn, values):
     return ps, ys, stops
 
 
-def _compiled_loop(decode, learn, values):
+def _compiled_loop(decode, learn, values, rows=None, model=None):
     ps, ys, stops = [], [], []
     i = 0
     while True:
-        i, ev, exc = learn_values(decode, learn, values, i, ps, ys, Event)
+        i, ev, exc = learn_values(decode, learn, values, i, ps, ys, Event, rows, model)
         if i == len(values):
             assert ev is None and exc is None
             return ps, ys, stops
@@ -65,7 +81,13 @@ def _compiled_loop(decode, learn, values):
         i += 1
 
 
-def _model():
+def _model(kind: str = "library"):
+    """The library's default model, the one ``stream-logreg consume`` builds by default (``service``), or
+    one without a compiled step (``uncompiled``: L1 outside FTRL)."""
+    if kind == "service":
+        return build_model({s.name: s.default for s in MODEL_SETTINGS})
+    if kind == "uncompiled":
+        return OnlineLogisticRegression(optimizer=optim.SGD(0.1), l1=0.01)
     return LearnerConfig(bootstrap_servers="k:9092", topics=["t"], group_id="g",
                          checkpoint_dir="/nonexistent").make_model()
 
@@ -75,17 +97,47 @@ def _weights(model) -> bytes:
     return np.float64(model.predict_proba_one(probe)[True]).tobytes() + str(model.n_samples_seen).encode()
 
 
-@settings(max_examples=60, deadline=None)
+@pytest.mark.parametrize("kind", ["library", "service", "uncompiled"])
+@pytest.mark.parametrize("rows", [False, True], ids=["codec", "row-decoder"])
+@settings(max_examples=40, deadline=None)
 @given(kinds=st.lists(_KINDS, max_size=40), seed=st.integers(0, 2**16))
-def test_same_as_the_python_loop(kinds: list[str], seed: int) -> None:
+def test_same_as_the_python_loop(rows: bool, kind: str, kinds: list[str], seed: int) -> None:
     rng = random.Random(seed)
     values = [_value(k, rng) for k in kinds]
-    decode = JsonCodec().decoder()
-    a, b = _model(), _model()
+    codec = JsonCodec()
+    decode = codec.decoder()
+    a, b = _model(kind), _model(kind)
+    assert (b.compiled_step() is None) == (kind == "uncompiled")
     expected = _python_loop(decode, a.predict_learn_one, values)
-    got = _compiled_loop(decode, b.predict_learn_one, values)
+    if rows:
+        got = _compiled_loop(decode, b.predict_learn_one, values, codec.row_decoder(), b)
+    else:
+        got = _compiled_loop(decode, b.predict_learn_one, values)
     assert got == expected
     assert _weights(a) == _weights(b)
+    assert a.coef.tobytes() == b.coef.tobytes() and a.intercept == b.intercept
+
+
+def test_the_row_decoder_takes_the_common_shape() -> None:
+    """Not a decoder that declines everything: known features of the common shape are learned from their
+    bytes by the compiled step (the codec is never asked), bitwise as ``predict_learn_one``."""
+    codec = JsonCodec()
+    a, b = _model("service"), _model("service")
+    for m in (a, b):
+        m.learn_one({"f0": 0.0, "f1": 0.0}, True)
+    values = [b'{"x": {"f1": 2.5, "f0": -1}, "y": true, "id": "a"}', b'{"x": {"f0": 1e-3}, "y": 0}']
+    ps: list[float] = []
+    ys: list[int] = []
+    assert learn_values(decode_never, decode_never, values, 0, ps, ys, Event, codec.row_decoder(),
+                        b) == (2, None, None)
+    expected = [a.predict_learn_one({"f1": 2.5, "f0": -1}, 1), a.predict_learn_one({"f0": 1e-3}, 0)]
+    assert ys == [1, 0] and np.array(ps).tobytes() == np.array(expected).tobytes()
+    assert b.n_samples_seen == a.n_samples_seen == 3
+    assert b.coef.tobytes() == a.coef.tobytes() and _weights(a) == _weights(b)
+
+
+def decode_never(value):
+    raise AssertionError("the codec's way was taken")
 
 
 def test_stops_and_resumes() -> None:
