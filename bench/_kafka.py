@@ -42,4 +42,4 @@ def kafka_bootstrap() -> Iterator[str]:
     try:
         yield broker.bootstrap_servers
     finally:
-        broker.stop()
+        broker.close()  # and its work directory
