@@ -20,7 +20,7 @@ WORKDIR /src
 # Only the sources: no host-built extension (.so/.c), build/ or checkpoints/ from the working tree.
 COPY pyproject.toml setup.py README.md ./
 COPY stream_logreg/*.py stream_logreg/*.pyx stream_logreg/*.pxd stream_logreg/*.h stream_logreg/
-COPY stream_logreg/vendor/ stream_logreg/vendor/
+COPY vendor/ vendor/
 COPY consumers/ consumers/
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

@@ -1,5 +1,5 @@
 """Builds the compiled parts (stream_logreg/_kernel.pyx, _features.pyx, _stream.pyx, _json.pyx: C++, with the
-vendored fast_float header, stream_logreg/vendor/); the rest: pyproject."""
+vendored fast_float header, vendor/: a build input, not part of the package); the rest: pyproject."""
 
 import numpy
 from Cython.Build import cythonize
@@ -35,8 +35,8 @@ setup(
                 "stream_logreg._json",
                 ["stream_logreg/_json.pyx"],
                 language="c++",
-                include_dirs=[numpy.get_include(), "stream_logreg"],
-                depends=["stream_logreg/_json.h", "stream_logreg/vendor/fast_float/fast_float_all.h"],
+                include_dirs=[numpy.get_include(), "stream_logreg", "."],  # ".": vendor/
+                depends=["stream_logreg/_json.h", "vendor/fast_float/fast_float_all.h"],
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
                 extra_compile_args=["-O3", "-std=c++17"],
             ),

@@ -1,6 +1,6 @@
 /* The scanning of stream_logreg/_json.pyx: keys eight bytes at a time, and JSON numbers read with the
  * vendored fast_float
- * (stream_logreg/vendor/fast_float, MIT/Apache-2.0): its tokenizer (eight digits at a time) and its
+ * (vendor/fast_float at the repository root, MIT/Apache-2.0): its tokenizer (eight digits at a time) and its
  * correctly rounded conversion (Clinger's fast path, Eisel-Lemire, the exact fallback), as
  * fast_float::from_chars_advanced does them, plus the rules of JSON that from_chars does not apply. */
 #ifndef STREAM_LOGREG_JSON_H
