@@ -462,7 +462,7 @@ class Learner:
                 flush = lambda t: self._outputs.flush(timeout)  # noqa: E731  (not interrupted: bounded)
                 owned = source.assignment() - source.pending if source.consumer is not None else set()
                 if state.fenced is None and state.since_checkpoint and not state.checkpoint(
-                    "stop", flush, flush_timeout=timeout, commit_to=owned  # a write in flight: bounded too
+                    "stop", flush, commit_to=owned
                 ):
                     log.error("no final checkpoint: a restart resumes from checkpoint %s",
                               state.checkpoint_id, extra={"checkpoint_id": state.checkpoint_id})
