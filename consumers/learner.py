@@ -526,10 +526,27 @@ class Learner:
         i, n = 0, len(values)
         if len(records) != n:
             raise ValueError(f"{len(records)} records but {n} values")
+        score = None
+        if fast and labels is not None:
+            # With delayed labels, an unlabelled event of the common shape is predicted in the compiled pass
+            # too (from its encoded row, bitwise predict_proba_one); here only its publication and keeping.
+            n_scored = [0]
+
+            def score(j: int, x: dict, id_: str | None, p: float) -> bool:
+                n_scored[0] += 1
+                r = records[j]
+                if publish is not None:
+                    publish(view(r), Event(x, None, id_), p, model.n_samples_seen, cid)
+                if id_ is None:
+                    return False
+                joined = labels.event(r, id_, x, p, model.n_samples_seen)
+                if joined:
+                    self._learn_joined([(view(r), e) for e in joined])
+                return bool(joined)
         while i < n:
             if fast:
                 i, ev, refused = learn_values(decode, predict_learn_one, values, i, ps, ys, Event,
-                                              rows, model)
+                                              rows, model, score)
                 if i == n:
                     break
             else:
@@ -570,6 +587,8 @@ class Learner:
                 buffer.append((ev, view(r), tp))
                 if len(buffer) >= batch_size:
                     self._learn_buffer(ps, ys)
+        if score is not None:
+            scored += n_scored[0]
         state.positions[tp] = view(records[-1]).offset + 1
         state.since_checkpoint += len(records)
         learned = len(ps)
