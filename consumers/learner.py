@@ -22,7 +22,9 @@ With ``batch_size`` 1 the labelled events of a polled batch are decoded and lear
 (:func:`stream_logreg._stream.learn_values`): a message of the common shape is read from its bytes straight
 into the model's columns by the codec's ``row_decoder()`` and learned by the model's compiled step; any
 other takes the codec's ``decoder()`` and the model's fused step. The Python loop sees only the messages it
-stops at (rejections, unlabelled events, refused updates). Per event (20 float features, the service's
+stops at (rejections, unlabelled events, refused updates); with delayed labels an unlabelled event of the
+common shape is predicted in the pass too (from its encoded row) and handed to Python only to be published
+and kept for its label. Per event (20 float features, the service's
 default model: the standardized mixture of eight learners), the whole pass costs ~3.3 µs, less than
 ``orjson.loads`` of the same messages alone (~4.4 µs); the metrics, positions and counters are folded once
 per polled batch.
