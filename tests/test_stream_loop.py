@@ -81,6 +81,80 @@ def _compiled_loop(decode, learn, values, rows=None, model=None):
         i += 1
 
 
+def _scored_loops(decode, a, b, values, rows):
+    """Both loops with unlabelled events scored: the reference predicts each with ``predict_proba_one``;
+    the compiled pass (``score``) predicts those of the common shape itself, and those it stops at are
+    predicted here. Each: ``(i, x as floats, id, p)``, in order, and the loop's own results."""
+    def scored(ev, i, model, out):
+        try:
+            p = model.predict_proba_one(ev.x)[True]
+        except ValueError:
+            return
+        out.append((i, {k: float(v) for k, v in ev.x.items()}, ev.id, np.float64(p).tobytes()))
+
+    expected_scores, got_scores = [], []
+    ps, ys, stops = [], [], []
+    for i, value in enumerate(values):
+        ev = decode(value)
+        if ev.__class__ is Event and ev.y is None:
+            scored(ev, i, a, expected_scores)
+            continue
+        if ev.__class__ is not Event:
+            stops.append((i, ev, None))
+            continue
+        try:
+            p = a.predict_learn_one(ev.x, ev.y)
+        except ValueError as exc:
+            stops.append((i, ev, type(exc)))
+            continue
+        ps.append(p)
+        ys.append(ev.y)
+    expected = (ps, ys, stops)
+
+    def score(i, x, id_, p):
+        got_scores.append((i, x, id_, np.float64(p).tobytes()))
+        in_pass.append(i)
+        return False
+
+    in_pass: list[int] = []
+
+    ps, ys, stops = [], [], []
+    i = 0
+    while True:
+        i, ev, exc = learn_values(decode, b.predict_learn_one, values, i, ps, ys, Event, rows, b, score)
+        if i == len(values):
+            break
+        if ev.__class__ is Event and ev.y is None and exc is None:
+            scored(ev, i, b, got_scores)
+        else:
+            stops.append((i, ev, None if exc is None else type(exc)))
+        i += 1
+    return expected, expected_scores, (ps, ys, stops), got_scores, in_pass
+
+
+@pytest.mark.parametrize("kind", ["library", "service", "uncompiled"])
+@settings(max_examples=40, deadline=None)
+@given(kinds=st.lists(_KINDS, max_size=40), seed=st.integers(0, 2**16), ids=st.booleans())
+def test_scoring_same_as_the_python_loop(kind: str, kinds: list[str], seed: int, ids: bool) -> None:
+    """With ``score``, the unlabelled events of the common shape are predicted in the pass, bitwise
+    ``predict_proba_one``, in order, with their ids; everything else as without."""
+    rng = random.Random(seed)
+    values = [_value(k, rng) for k in kinds]
+    if ids:
+        values = [v.replace(b'{"x"', b'{"id":"e%d","x"' % j, 1) for j, v in enumerate(values)]
+    values.insert(0, encode_event({f"f{j}": 0.25 for j in range(5)}, 1))  # the features known
+    codec = JsonCodec()
+    a, b = _model(kind), _model(kind)
+    expected, expected_scores, got, got_scores, in_pass = _scored_loops(codec.decoder(), a, b, values,
+                                                                        codec.row_decoder())
+    assert got == expected and got_scores == expected_scores
+    # the events of the common shape were scored in the pass (not a pass that declines them all)
+    unlabelled = {i + 1 for i, k in enumerate(kinds) if k == "unlabelled"}
+    assert set(in_pass) >= unlabelled if kind != "uncompiled" else not in_pass
+    assert _weights(a) == _weights(b)
+    assert a.coef.tobytes() == b.coef.tobytes() and a.intercept == b.intercept
+
+
 def _model(kind: str = "library"):
     """The library's default model, the one ``stream-logreg consume`` builds by default (``service``), or
     one without a compiled step (``uncompiled``: L1 outside FTRL)."""
