@@ -23,6 +23,7 @@ cdef class RowDecoder:
     cdef PyObject** k  # the key object of each entry of the last accepted row (borrowed from the table)
     cdef object k_buffer
     cdef readonly int label
+    cdef readonly object id  # the id of the last row `decode_event` accepted (a str, or None)
 
     cdef void _release(self) noexcept
     cdef int _reset(self, Py_ssize_t n_slots) except -1
@@ -32,4 +33,6 @@ cdef class RowDecoder:
     cdef Py_ssize_t _learn_key(self, const unsigned char* key, Py_ssize_t length, uint64_t h,
                                bint* cleared) except -2
     cdef Py_ssize_t decode(self, object value) except -2
+    cdef Py_ssize_t decode_event(self, object value) except -2
+    cdef Py_ssize_t _decode(self, object value, bint scored) except -2
     cdef dict row_dict(self, Py_ssize_t n)

@@ -263,6 +263,15 @@ cdef class RowDecoder:
     cdef Py_ssize_t decode(self, object value) except -2:
         """The row of ``value`` into ``cols``/``vals`` (and ``label``): how many entries, or -1 (declined).
         Call :meth:`bind` first."""
+        return self._decode(value, False)
+
+    cdef Py_ssize_t decode_event(self, object value) except -2:
+        """As :meth:`decode`, and also a message without label (``y`` absent or ``null``: ``label`` -1);
+        ``id`` is then the event's id as the codec gives it (a ``str``, or None), for an id that is absent,
+        ``null`` or a string (an integer id declines)."""
+        return self._decode(value, True)
+
+    cdef Py_ssize_t _decode(self, object value, bint scored) except -2:
         if type(value) is not bytes:
             return -1
         cdef Py_ssize_t size = PyBytes_GET_SIZE(value)
@@ -272,6 +281,7 @@ cdef class RowDecoder:
         cdef const unsigned char* p = <const unsigned char*> PyBytes_AS_STRING(value)
         cdef Py_ssize_t i = _skip_ws(p, 0), end, j, n = -1, col, klen
         cdef uint64_t h
+        cdef Py_ssize_t id_start = -1, id_end = -1
         cdef bint seen_y = False, seen_id = False, cleared = False
         cdef int label = -1
         cdef double d
@@ -369,6 +379,8 @@ cdef class RowDecoder:
                 elif p[i] == 102 and size - i >= 5 and memcmp(p + i, b"false", 5) == 0:
                     label = 0
                     i += 5
+                elif scored and p[i] == 110 and size - i >= 4 and memcmp(p + i, b"null", 4) == 0:
+                    i += 4  # no label: scored
                 else:  # null (scored by the caller), or anything the codec must judge
                     return -1
             elif klen == len(self.id_field) and memcmp(p + j, <const char*> self.id_field, klen) == 0:
@@ -379,6 +391,7 @@ cdef class RowDecoder:
                     end = _plain_string(p, i + 1, size, &h)
                     if end < 0:
                         return -1
+                    id_start, id_end = i + 1, end
                     i = end + 1
                 elif p[i] == 110:  # null
                     if size - i < 4 or memcmp(p + i, b"null", 4) != 0:
@@ -386,7 +399,7 @@ cdef class RowDecoder:
                     i += 4
                 else:
                     i = _integer(p, i, size)
-                    if i < 0:
+                    if i < 0 or scored:
                         return -1
             else:
                 return -1
@@ -398,9 +411,12 @@ cdef class RowDecoder:
                 break
             else:
                 return -1
-        if i != size or n < 0 or label < 0:
+        if i != size or n < 0 or (label < 0 and not scored):
             return -1
         self.label = label
+        if scored:
+            self.id = None if id_start < 0 else PyUnicode_DecodeASCII(<const char*> p + id_start,
+                                                                      id_end - id_start, NULL)
         return n
 
     cdef dict row_dict(self, Py_ssize_t n):

@@ -62,3 +62,7 @@ cdef Py_ssize_t pair_limit(bint hashed) noexcept
 # for a broken contract; with the GIL held).
 cdef double predict_learn_row(object step, Py_ssize_t* c, double* v, Py_ssize_t n, double y,
                               double w) except? -2.0
+
+# The prediction alone of a row already encoded (see `predict_row` in _kernel.pyx): P(y = 1), bitwise
+# `predict_proba_one`; -2.0 with a ValueError set for a broken contract.
+cdef double predict_row(object step, Py_ssize_t* c, double* v, Py_ssize_t n) except? -2.0

@@ -2159,6 +2159,36 @@ cdef double predict_learn_row(object step, Py_ssize_t* c, double* v, Py_ssize_t 
         return (<SampleStep> step)._row(c, v, n, y, w, True)
     raise TypeError(f"predict_learn_row: a SampleStep or MixtureStep, got {type(step).__name__}")
 
+
+cdef double predict_row(object step, Py_ssize_t* c, double* v, Py_ssize_t n) except? -2.0:
+    """The prediction of the row already encoded in c/v[:n] on a model's compiled step, without learning:
+    P(y = 1), standardized with the statistics so far if the step is bound to them (`bind_scale`); bitwise
+    `predict_proba_one(x)[True]` of the equivalent dict row. ValueError (-2.0 returned): a column beyond
+    the weights or a non-finite value. The contract of `predict_learn_row` otherwise (the GIL held, the step
+    asked again after the model's arrays changed)."""
+    cdef double p[8]
+    cdef double* t
+    cdef MixtureStep ms
+    cdef SampleStep ss
+    if type(step) is MixtureStep:
+        ms = <MixtureStep> step
+        _row_ok(c, v, n, 0.0, cnp.PyArray_DIM(ms.coef, 0))
+        if ms.stats is not None:
+            t = ms._scratch(n)
+            _scale_entries(c, v, t, n, dptr(ms.stats), dptr(ms.numeric), False, NULL)
+            v = t
+        ms._probas(c, v, n, p)
+        return ms._mix(p)
+    if type(step) is SampleStep:
+        ss = <SampleStep> step
+        _row_ok(c, v, n, 0.0, cnp.PyArray_DIM(ss.w, 0))
+        if ss.stats is not None:
+            t = ss._scratch(n)
+            _scale_entries(c, v, t, n, dptr(ss.stats), dptr(ss.numeric), False, NULL)
+            v = t
+        return _sigmoid(_dot(dptr(ss.w), c, v, n) + dptr(ss.b)[0])
+    raise TypeError(f"predict_row: a SampleStep or MixtureStep, got {type(step).__name__}")
+
 # Built-in standardization (the model's ``scale=True``): River's StandardScaler, per column.
 
 cdef int _scale_entries(Py_ssize_t* c, double* src, double* dst, Py_ssize_t n, double* s, double* f, bint learn,

@@ -18,13 +18,14 @@ from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.math cimport NAN
 
 from stream_logreg._json cimport RowDecoder
-from stream_logreg._kernel cimport predict_learn_row
+from stream_logreg._kernel cimport predict_learn_row, predict_row
 
 cdef object _ZERO = 0, _ONE = 1
 
 
 def learn_values(object decode, object learn, list values not None, Py_ssize_t start, list ps not None,
-                 list ys not None, type event not None, RowDecoder rows=None, object model=None):
+                 list ys not None, type event not None, RowDecoder rows=None, object model=None,
+                 object score=None):
     """Learn ``values[start:]`` one by one: ``ev = decode(value)``; while ``ev`` is an ``event`` (a tuple
     ``(x, y, id)``) with a label ``y``, ``p = learn(x, y)`` and append ``p`` to ``ps`` and ``y`` to ``ys``.
 
@@ -40,6 +41,12 @@ def learn_values(object decode, object learn, list values not None, Py_ssize_t s
     ``learn(x, y)`` with the row as a dict of floats. Bitwise what ``learn`` gives for the decoded event.
     A value it declines, or whose update is refused, goes the way above (a refusal leaves the model
     unchanged, so ``learn`` refuses it again and says why).
+
+    ``score`` (with ``rows``, ``model`` and its compiled step): an event of the common shape WITHOUT label
+    is handled here too: ``p`` predicted from its encoded row (``_kernel.predict_row``, bitwise
+    ``model.predict_proba_one(x)[True]``), then ``score(i, x, id, p)`` with ``x`` the row as a dict of
+    floats and ``id`` the event's id (a str, or None), in order; a true result says that it changed the
+    model (a joined event learned), and the compiled step is asked again.
 
     >>> from stream_logreg.codec import Event, JsonCodec
     >>> seen = []
@@ -57,6 +64,7 @@ def learn_values(object decode, object learn, list values not None, Py_ssize_t s
     cdef object ev, x, y, p, value, step = None, compiled = None
     cdef double q
     cdef bint fast = rows is not None and model is not None and rows.bind(model.features)
+    cdef bint scoring = fast and score is not None
     if not issubclass(event, tuple):
         raise TypeError("event must be a tuple subclass")
     if fast:
@@ -65,7 +73,18 @@ def learn_values(object decode, object learn, list values not None, Py_ssize_t s
     for i in range(max(start, 0), n):
         value = <object> PyList_GET_ITEM(values, i)
         if fast:
-            m = rows.decode(value)
+            m = rows.decode_event(value) if scoring else rows.decode(value)
+            if m >= 0 and rows.label < 0:  # no label (only when scoring): predict, then the caller's turn
+                if step is not None:
+                    try:
+                        q = predict_row(step, rows.c, rows.v, m)
+                    except ValueError:  # not a row the step takes: the way below decides
+                        q = NAN
+                    if q == q:
+                        if score(i, rows.row_dict(m), rows.id, q):
+                            step = compiled()
+                        continue
+                m = -1  # the way below
             if m >= 0:
                 y = _ONE if rows.label else _ZERO
                 if step is not None:

@@ -81,6 +81,80 @@ def _compiled_loop(decode, learn, values, rows=None, model=None):
         i += 1
 
 
+def _scored_loops(decode, a, b, values, rows):
+    """Both loops with unlabelled events scored: the reference predicts each with ``predict_proba_one``;
+    the compiled pass (``score``) predicts those of the common shape itself, and those it stops at are
+    predicted here. Each: ``(i, x as floats, id, p)``, in order, and the loop's own results."""
+    def scored(ev, i, model, out):
+        try:
+            p = model.predict_proba_one(ev.x)[True]
+        except ValueError:
+            return
+        out.append((i, {k: float(v) for k, v in ev.x.items()}, ev.id, np.float64(p).tobytes()))
+
+    expected_scores, got_scores = [], []
+    ps, ys, stops = [], [], []
+    for i, value in enumerate(values):
+        ev = decode(value)
+        if ev.__class__ is Event and ev.y is None:
+            scored(ev, i, a, expected_scores)
+            continue
+        if ev.__class__ is not Event:
+            stops.append((i, ev, None))
+            continue
+        try:
+            p = a.predict_learn_one(ev.x, ev.y)
+        except ValueError as exc:
+            stops.append((i, ev, type(exc)))
+            continue
+        ps.append(p)
+        ys.append(ev.y)
+    expected = (ps, ys, stops)
+
+    def score(i, x, id_, p):
+        got_scores.append((i, x, id_, np.float64(p).tobytes()))
+        in_pass.append(i)
+        return False
+
+    in_pass: list[int] = []
+
+    ps, ys, stops = [], [], []
+    i = 0
+    while True:
+        i, ev, exc = learn_values(decode, b.predict_learn_one, values, i, ps, ys, Event, rows, b, score)
+        if i == len(values):
+            break
+        if ev.__class__ is Event and ev.y is None and exc is None:
+            scored(ev, i, b, got_scores)
+        else:
+            stops.append((i, ev, None if exc is None else type(exc)))
+        i += 1
+    return expected, expected_scores, (ps, ys, stops), got_scores, in_pass
+
+
+@pytest.mark.parametrize("kind", ["library", "service", "uncompiled"])
+@settings(max_examples=40, deadline=None)
+@given(kinds=st.lists(_KINDS, max_size=40), seed=st.integers(0, 2**16), ids=st.booleans())
+def test_scoring_same_as_the_python_loop(kind: str, kinds: list[str], seed: int, ids: bool) -> None:
+    """With ``score``, the unlabelled events of the common shape are predicted in the pass, bitwise
+    ``predict_proba_one``, in order, with their ids; everything else as without."""
+    rng = random.Random(seed)
+    values = [_value(k, rng) for k in kinds]
+    if ids:
+        values = [v.replace(b'{"x"', b'{"id":"e%d","x"' % j, 1) for j, v in enumerate(values)]
+    values.insert(0, encode_event({f"f{j}": 0.25 for j in range(5)}, 1))  # the features known
+    codec = JsonCodec()
+    a, b = _model(kind), _model(kind)
+    expected, expected_scores, got, got_scores, in_pass = _scored_loops(codec.decoder(), a, b, values,
+                                                                        codec.row_decoder())
+    assert got == expected and got_scores == expected_scores
+    # the events of the common shape were scored in the pass (not a pass that declines them all)
+    unlabelled = {i + 1 for i, k in enumerate(kinds) if k == "unlabelled"}
+    assert set(in_pass) >= unlabelled if kind != "uncompiled" else not in_pass
+    assert _weights(a) == _weights(b)
+    assert a.coef.tobytes() == b.coef.tobytes() and a.intercept == b.intercept
+
+
 def _model(kind: str = "library"):
     """The library's default model, the one ``stream-logreg consume`` builds by default (``service``), or
     one without a compiled step (``uncompiled``: L1 outside FTRL)."""
@@ -215,3 +289,82 @@ def test_process_paths_agree(tmp_path, seed: int) -> None:
             assert len(labelled) == snap["learned"]
     assert results[0] == results[1]
     assert results[0][2] > 0 and results[0][6]  # something learned, something dead-lettered
+
+
+def _store_state(store) -> tuple:
+    arrays, meta = store.to_state()
+    return tuple((k, np.asarray(v).tobytes()) for k, v in sorted(arrays.items())), orjson.dumps(meta)
+
+
+@pytest.mark.parametrize("model", [{}, {"optimizer": "sgd"}, {"optimizer": "sgd", "scale": True},
+                                   {"scale": False}], ids=["service", "sgd", "sgd-scaled", "mixture"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_process_paths_agree_with_delayed_labels(tmp_path, seed: int, model: dict) -> None:
+    """With delayed labels, the compiled pass predicts unlabelled events of the common shape itself: against
+    the Python path (publish_labelled) the same model, predictions published (bitwise), join store (its
+    checkpointed state), metrics and dead letters, with labels waiting for their events, duplicates, events
+    without id and integer ids, interleaved with labelled events and rejections."""
+    rng = random.Random(seed)
+    ids = [f"e{j}" for j in range(120)]
+    batches = []  # (topic, values)
+    labelled = {0}  # the offsets of the labelled events in "t"
+    events = set()  # the unlabelled events of the common shape
+    n_t = 0
+    for b in range(12):
+        values = [] if b else [encode_event({f"f{j}": 0.5 for j in range(5)}, 1)]  # the features known
+        for _ in range(rng.randint(1, 40)):
+            kind = rng.choice(["event"] * 6 + ["labelled", "labelled", "garbage", "huge", "new", "no_id",
+                                               "int_id"])
+            x = {f"f{j}": rng.gauss(0, 3) for j in range(rng.randint(0, 5))}
+            if kind == "event":
+                values.append(encode_event(x, None, rng.choice(ids)))
+                events.add(values[-1])
+            elif kind == "no_id":
+                values.append(encode_event(x))
+            elif kind == "int_id":
+                values.append(encode_event(x, None, rng.randrange(10**6)))
+            elif kind == "new":
+                new = {f"n{rng.randrange(10**6)}": 1.0, "f0": 0.5}
+                values.append(encode_event(new, None, rng.choice(ids)))
+            else:
+                labelled.add(n_t + len(values))
+                values.append(_value(kind, rng))
+        n_t += len(values)
+        batches.append(("t", values))
+        labels = [orjson.dumps({"id": rng.choice(ids), "y": rng.randint(0, 1)})
+                  for _ in range(rng.randint(0, 30))]
+        if labels:
+            batches.append(("labels", labels))
+    settings_ = {s.name: s.default for s in MODEL_SETTINGS}
+    results = []
+    for publish in (False, True):
+        cfg = LearnerConfig(bootstrap_servers="k:9092", topics=["t"], group_id="g",
+                            checkpoint_dir=str(tmp_path / f"c{publish}"), predictions_topic="p",
+                            publish_labelled=publish, labels_topic="labels")
+        learner = Learner(cfg)
+        learner._state.model = build_model({**settings_, **model})
+        decoded = []
+        learner._decode = lambda v, decode=learner._decode, decoded=decoded: decoded.append(v) or decode(v)
+        sent = []
+        learner._outputs.prediction = lambda r, ev, p, n, cid, sent=sent: sent.append(
+            ("p", r.topic, r.offset, ev.id, np.float64(p).tobytes(), n))
+        learner._outputs.dead_letter = lambda r, why, detail, sent=sent: sent.append(("d", r.offset, why))
+        offsets = {"t": 0, "labels": 0}
+        for topic, values in batches:
+            records = [_Record(offsets[topic] + k, v) for k, v in enumerate(values)]
+            for r in records:
+                r.topic, r.timestamp = topic, r.offset
+            offsets[topic] += len(values)
+            learner._process(TopicPartition(topic, 0), records, values)
+        learner._labels.publish()
+        snap = learner.stats.snapshot()
+        scored = [s for s in sent if s[0] == "p" and s[3] is not None and s[2] not in labelled]
+        results.append((_weights(learner.model), learner.model.n_samples_seen, snap["consumed"],
+                        snap["learned"], snap["scored"], snap["rejected"], snap["join"],
+                        [s for s in sent if s[0] == "d"],
+                        [s for s in sent if s[0] == "p" and s[2] not in labelled],
+                        _store_state(learner._labels.store)))
+        assert scored and snap["join"]["joined"] > 0  # something scored and joined
+        if not publish:  # the compiled pass scored the events of the common shape (all but a new feature's)
+            assert sum(v in events for v in decoded) < len(events) / 4
+    assert results[0] == results[1]
