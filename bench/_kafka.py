@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
+import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
 
-__all__ = ["kafka_bootstrap"]
+__all__ = ["kafka_bootstrap", "stop_processes"]
 
 
 def _broker_module() -> ModuleType:
@@ -43,3 +45,18 @@ def kafka_bootstrap() -> Iterator[str]:
         yield broker.bootstrap_servers
     finally:
         broker.close()  # and its work directory
+
+
+def stop_processes(procs: Iterable[subprocess.Popen], timeout: float = 30.0) -> None:
+    """SIGTERM to each process still running, then wait up to ``timeout`` seconds for each; kill one that
+    has not exited by then."""
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_consumer import learner_rate, produce  # noqa: E402
 
-from bench._kafka import kafka_bootstrap  # noqa: E402
+from bench._kafka import kafka_bootstrap, stop_processes  # noqa: E402
 
 EOS = {"state_store": "kafka", "processing_guarantee": "exactly-once"}
 
@@ -151,14 +151,7 @@ def failover(bootstrap: str, same_identity: bool) -> float:
             return seconds
         finally:
             stop.set()
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_processes(procs)
 
 
 def main() -> int:

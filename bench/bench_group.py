@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -63,7 +62,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench._kafka import kafka_bootstrap  # noqa: E402
+from bench._kafka import kafka_bootstrap, stop_processes  # noqa: E402
 
 _TICK = os.sysconf("SC_CLK_TCK")
 MODEL = {"optimizer": {"name": "AdaGrad", "lr": 0.3}}
@@ -186,13 +185,7 @@ def run(bootstrap: str, members: int, values: list[bytes], sync: float, workdir:
         time.sleep(_IDLE_SECONDS)  # with nothing left to read
         idle = (sum(cpu_seconds(p.pid) for p in procs) - before) / (time.monotonic() - t0) / members
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
     cpu = n = synced = seconds = 0.0
     for seen in history:
         if not seen:
