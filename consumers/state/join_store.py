@@ -405,6 +405,10 @@ class JoinStore:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def has_label(self, id: str) -> bool:
+        """True when a label of ``id`` waits for its event (an event of that id would join now)."""
+        return self._entries.get(id).__class__ is _Label
+
     # Feeding
 
     def add_event(
@@ -440,10 +444,22 @@ class JoinStore:
         entries = self._entries
         entry = entries.get(id)
         if entry is not None:
-            if type(entry) is _Label:
+            if entry.__class__ is _Label:  # its label waits: _join, inline (the common case of a label first)
                 del entries[id]
                 self.n_bytes -= entry.nbytes
-                out.append(self._join(id, x, entry.y, p, version, ts, entry.ts, topic, partition, offset))
+                counts = self._counts
+                counts["joined"] += 1
+                latency = None
+                if ts >= 0 and entry.ts >= 0:
+                    latency = entry.ts - ts
+                    self.latency_counts[bisect.bisect_left(self.latency_buckets_ms, latency)] += 1
+                if self.max_joined:
+                    joined = self._joined
+                    if len(joined) >= self.max_joined:
+                        joined.popitem(last=False)
+                        counts["forgotten_joins"] += 1
+                    joined[id] = self.stream_time
+                out.append(_new(Joined, (id, x, entry.y, p, version, latency, "label", topic, partition, offset)))
             else:
                 self._counts["duplicate_handoffs" if handed_off else "duplicate_events"] += 1
         elif id in self._joined:
@@ -466,6 +482,49 @@ class JoinStore:
                 self.pending_events += 1
             else:
                 self._store(id, event, out)
+        return out
+
+    def add_events(self, events: list[tuple]) -> list[tuple[int, Joined]]:
+        """Feed consecutive scored events ``(id, x, p, version, ts, topic, partition, offset, record_value)``,
+        exactly as :meth:`add_event` would one by one: ``(i, joined)`` for each event to learn now, ``i``
+        the index of the event that brought it. The events loop's path: one call per polled batch, the
+        common case (a new id that fits, kept as its record value) inline.
+
+        >>> store = JoinStore(label_ttl_ms=60_000)
+        >>> store.add_label("b", 1, ts=5)
+        []
+        >>> events = [("a", {"f": 1.0}, 0.25, 0, 10, "ev", 0, 0, None),
+        ...           ("b", {"f": 2.0}, 0.5, 0, 20, "ev", 0, 1, None)]
+        >>> [(i, j.id, j.y, j.p) for i, j in store.add_events(events)], store.counters["pending_events"]
+        ([(1, 'b', 1, 0.5)], 1)
+        """
+        out: list[tuple[int, Joined]] = []
+        entries = self._entries
+        joined_ids = self._joined
+        records = self._decode_record is not None
+        max_pending, max_bytes = self.max_pending, self.max_bytes
+        for i, (id, x, p, version, ts, topic, partition, offset, value) in enumerate(events):
+            if (records and value.__class__ is bytes and id.__class__ is str and p.__class__ is float
+                    and 0.0 <= p <= 1.0 and version.__class__ is int and 0 <= version < _MAX_TS
+                    and ts.__class__ is int and -1 <= ts < _MAX_TS and x.__class__ is dict
+                    and topic.__class__ is str and partition.__class__ is int and offset.__class__ is int
+                    and -1 <= partition < _MAX_TS and -1 <= offset < _MAX_TS):
+                if ts > self.stream_time:  # _tick, inline
+                    self.stream_time = ts
+                    if ts > self._next_expiry:
+                        out.extend([(i, j) for j in self._expire(ts)])
+                if id not in entries and id not in joined_ids and entries:
+                    nbytes = ENTRY_BYTES + len(id) + len(value) + FEATURE_BYTES * len(x)
+                    if len(entries) < max_pending and self.n_bytes + nbytes <= max_bytes:  # new, and it fits
+                        entries[id] = _new(_Event, (x, value, p, version, ts, self.stream_time, topic,
+                                                    partition, offset, nbytes, _RECORD))
+                        self.n_bytes += nbytes
+                        self.pending_events += 1
+                        continue
+            # a join, a duplicate, one that does not fit, features to encode, or a bad one: the general path
+            out.extend([(i, j) for j in self.add_event(id, x, p, version=version, ts=ts, topic=topic,
+                                                       partition=partition, offset=offset,
+                                                       record_value=value)])
         return out
 
     def add_label(
