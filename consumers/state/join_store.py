@@ -459,7 +459,8 @@ class JoinStore:
                         joined.popitem(last=False)
                         counts["forgotten_joins"] += 1
                     joined[id] = self.stream_time
-                out.append(_new(Joined, (id, x, entry.y, p, version, latency, "label", topic, partition, offset)))
+                out.append(_new(Joined, (id, x, entry.y, p, version, latency, "label", topic, partition,
+                                         offset)))
             else:
                 self._counts["duplicate_handoffs" if handed_off else "duplicate_events"] += 1
         elif id in self._joined:
