@@ -774,40 +774,35 @@ class JoinStore:
         Bitwise deterministic: the same operations give the same arrays and the same dict.
         ``JoinStore.from_state(*store.to_state())`` behaves exactly as ``store`` from then on.
         """
-        entries = list(self._entries.items())
-        vals = [e for _, e in entries]
-        topics = list(dict.fromkeys(e.topic for e in vals))
-        code = {t: i for i, t in enumerate(topics)}
-        events = [e.__class__ is _Event for e in vals]
-        columns = {  # column by column: a list of ints each, one numpy conversion each
-            "kind": [_EVENT if ev else _LABEL for ev in events],
-            "y": [0 if ev else e.y for e, ev in zip(vals, events, strict=True)],
-            "version": [e.version if ev else 0 for e, ev in zip(vals, events, strict=True)],
-            "ts": [e.ts for e in vals],
-            "stored_at": [e.stored_at for e in vals],
-            "topic": [code[e.topic] for e in vals],
-            "partition": [e.partition for e in vals],
-            "offset": [e.offset for e in vals],
-            "form": [e.form if ev else 0 for e, ev in zip(vals, events, strict=True)],
-        }
-        ints = [np.array(columns[name], dtype=np.int64) for name in _INT_COLUMNS]
-        p = np.array([e.p if ev else 0.0 for e, ev in zip(vals, events, strict=True)], dtype=np.float64)
-        blobs = [e.blob if ev else b"" for e, ev in zip(vals, events, strict=True)]
-        ids = [id.encode("utf-8", "surrogatepass") for id, _ in entries]
+        entries = self._entries
+        vals = list(entries.values())
+        code: dict[str, int] = {}  # topic -> its index, in the order of first appearance
+        number = code.setdefault
+        # One pass, a row of the int columns (_INT_COLUMNS) per entry, then one numpy conversion.
+        rows = [(_EVENT, 0, e[3], e[4], e[5], number(e[6], len(code)), e[7], e[8], e[10])
+                if e.__class__ is _Event else (_LABEL, e[0], 0, e[1], e[2], number(e[3], len(code)), e[4], e[5], 0)
+                for e in vals]
+        table = np.array(rows, dtype=np.int64).reshape(len(rows), len(_INT_COLUMNS)).T
+        arrays = {name: np.ascontiguousarray(table[i]) for i, name in enumerate(_INT_COLUMNS)}
+        events = table[0] == _EVENT
+        p = np.zeros(len(vals), dtype=np.float64)
+        p[events] = [e[2] for e in vals if e.__class__ is _Event]
+        blobs = [e[1] if e.__class__ is _Event else b"" for e in vals]
+        ids = [id.encode("utf-8", "surrogatepass") for id in entries]
         id_words, id_bytes = _pack(ids)
         x_words, x_bytes = _pack(blobs)
         joined_ids = [id.encode("utf-8", "surrogatepass") for id in self._joined]
         joined_words, joined_bytes = _pack(joined_ids)
-        arrays = {name: ints[i] for i, name in enumerate(_INT_COLUMNS)}
+        topics = list(code)
         arrays.update(
             {
                 "p": p,
-                "id_len": np.array([len(b) for b in ids], dtype=np.int64),
+                "id_len": np.array(list(map(len, ids)), dtype=np.int64),
                 "ids": id_words,
-                "x_len": np.array([len(b) for b in blobs], dtype=np.int64),
+                "x_len": np.array(list(map(len, blobs)), dtype=np.int64),
                 "x": x_words,
                 "joined.at": np.array(list(self._joined.values()), dtype=np.int64),
-                "joined.id_len": np.array([len(b) for b in joined_ids], dtype=np.int64),
+                "joined.id_len": np.array(list(map(len, joined_ids)), dtype=np.int64),
                 "joined.ids": joined_words,
             }
         )
