@@ -780,8 +780,8 @@ class JoinStore:
         number = code.setdefault
         # One pass, a row of the int columns (_INT_COLUMNS) per entry, then one numpy conversion.
         rows = [(_EVENT, 0, e[3], e[4], e[5], number(e[6], len(code)), e[7], e[8], e[10])
-                if e.__class__ is _Event else (_LABEL, e[0], 0, e[1], e[2], number(e[3], len(code)), e[4], e[5], 0)
-                for e in vals]
+                if e.__class__ is _Event
+                else (_LABEL, e[0], 0, e[1], e[2], number(e[3], len(code)), e[4], e[5], 0) for e in vals]
         table = np.array(rows, dtype=np.int64).reshape(len(rows), len(_INT_COLUMNS)).T
         arrays = {name: np.ascontiguousarray(table[i]) for i, name in enumerate(_INT_COLUMNS)}
         events = table[0] == _EVENT
