@@ -3,7 +3,9 @@
 The learner calls :class:`Labels` at three points, and nowhere else:
 
 - an unlabelled event with an id, once scored (and published as always): :meth:`Labels.event` keeps its
-  features and the prediction ``p`` in the :class:`~consumers.state.join_store.JoinStore`;
+  features and the prediction ``p`` in the :class:`~consumers.state.join_store.JoinStore` (in the compiled
+  pass, :meth:`Labels.scorer`'s callback: the events of a polled batch are fed in one
+  :meth:`~consumers.state.join_store.JoinStore.add_events` before the store is next read);
 - records of the labels topic: :meth:`Labels.records` decodes each label (a bad one is a rejection with a
   reason, dead-lettered like any bad input) and feeds it to the store;
 - both return the :class:`~consumers.state.join_store.Joined` events to learn now; :meth:`Labels.learn`
