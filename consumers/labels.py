@@ -375,12 +375,13 @@ class Labels:
         others of the batch in one :meth:`~consumers.state.join_store.JoinStore.add_events` before anything
         else reads or changes the store (:attr:`store`): the same store, in the same order, as one by one,
         since nothing else reaches the store in between. An event whose label waits is fed at once (after
-        those kept before it) and learned at once (``model.predict_learn_one``, counted in ``counts[tp]``;
-        a refused update is ``reject(view(record), ...)``-ed), in its place among the batch's labelled events,
-        exactly as :meth:`event` then :meth:`learn`; any other outcome goes to ``learn_joined(joined)``
-        (records already viewed). Returns True when it changed the model."""
+        those kept before it, :meth:`~consumers.state.join_store.JoinStore.join_waiting`) and learned at once
+        (``model.predict_learn_one``, counted in ``counts[tp]``; a refused update is
+        ``reject(view(record), ...)``-ed), in its place among the batch's labelled events, exactly as
+        :meth:`event` then :meth:`learn`; any other outcome goes to ``learn_joined(joined)`` (records already
+        viewed). Returns True when it changed the model."""
         store = self._store
-        waiting = store.has_label
+        waiting, join = store.has_label, store.join_waiting
         defer = store.expired_policy == "drop"
         pending = self._pending
         keep = pending.append
@@ -408,25 +409,24 @@ class Labels:
                 return False
             if pending:
                 self._flush()
-            joined = store.add_event(id_, x, p, version=version, ts=ts, topic=topic, partition=partition,
-                                     offset=offset, record_value=value)
-            if not joined:
-                return False
-            if len(joined) == 1 and joined[0][6] == "label" and joined[0][7] == topic:
-                jn = joined[0]
+            y = join(id_, p, version, ts)
+            if y >= 0:  # its label waited: learned now, as Labels.learn learns a join
                 try:
-                    learn(jn[1], jn[2])
+                    learn(x, y)
                 except ValueError as exc:
                     reject(view(m), Reason.BAD_VALUE,
-                           f"the model refused to learn joined event {jn.id!r:.60}: {exc}")
+                           f"the model refused to learn joined event {id_!r:.60}: {exc}")
                     return False
-                ps_append(jn[3])
-                ys_append(jn[2])
+                ps_append(p)
+                ys_append(y)
                 self._learned += 1
                 counts[tp] = counts.get(tp, 0) + 1
                 return True
-            learn_joined([(view(m), jn) for jn in joined])
-            return True
+            joined = store.add_event(id_, x, p, version=version, ts=ts, topic=topic, partition=partition,
+                                     offset=offset, record_value=value)
+            if joined:
+                learn_joined([(view(m), jn) for jn in joined])
+            return bool(joined)
 
         def given() -> int:
             return n

@@ -239,6 +239,32 @@ def test_events_fed_in_runs_do_what_they_do_one_by_one(records, ttl, max_pending
     assert runs.n_bytes == one.n_bytes <= max_bytes and len(runs) <= max_pending
 
 
+@settings(max_examples=150, deadline=None)
+@given(scenarios(), st.integers(0, 500), st.integers(1, 12), st.sampled_from(["drop", "negative"]))
+def test_join_waiting_is_add_event_when_it_joins_and_nothing_otherwise(records, ttl, max_pending, policy):
+    """``join_waiting`` (the scorer's path for an event whose label came first) leaves the store exactly as
+    ``add_event`` does when it joins, returning the label that ``add_event``'s only join carries; when it
+    declines (-1), it changed nothing."""
+    a = JoinStore(max_pending=max_pending, label_ttl_ms=ttl, expired_policy=policy)
+    b = JoinStore(max_pending=max_pending, label_ttl_ms=ttl, expired_policy=policy)
+    joins = 0
+    for r in records:
+        if r[0] == "label":
+            assert feed(a, r) == feed(b, r)
+            continue
+        _, id, x, p, ts = r
+        before = str(a.to_state())
+        y = a.join_waiting(id, p, 7, ts)
+        out = feed(b, r)
+        if y < 0:
+            assert str(a.to_state()) == before
+            feed(a, r)
+        else:
+            joins += 1
+            assert [(j.id, j.y, j.p, j.cause) for j in out] == [(id, y, p, "label")]
+        assert str(a.to_state()) == str(b.to_state())
+
+
 def test_events_fed_in_runs_refuse_what_add_event_refuses():
     store = JoinStore(event_fields=JsonCodec().fields)
     good = ("a", {"f": 1.0}, 0.5, 0, 10, "events", 0, 0, encode_event({"f": 1.0}, None, "a"))

@@ -409,6 +409,35 @@ class JoinStore:
         """True when a label of ``id`` waits for its event (an event of that id would join now)."""
         return self._entries.get(id).__class__ is _Label
 
+    def join_waiting(self, id: str, p: float, version: int, ts: int) -> int:
+        """Exactly :meth:`add_event` for an event whose label waits and that moves the stream time past no
+        expiry (the labels loop's common case when labels come first): the label ``y`` of the join, which
+        the caller learns with the event's features now (``p``, its prediction, is what the delayed metrics
+        judge); the join is counted as any. Returns -1, having done nothing, in every other case (then
+        :meth:`add_event` decides)."""
+        entry = self._entries.get(id)
+        if (entry.__class__ is not _Label or p.__class__ is not float or not 0.0 <= p <= 1.0
+                or version.__class__ is not int or not 0 <= version < _MAX_TS
+                or ts.__class__ is not int or not -1 <= ts < _MAX_TS):
+            return -1
+        if ts > self.stream_time:
+            if ts > self._next_expiry:
+                return -1
+            self.stream_time = ts
+        del self._entries[id]
+        self.n_bytes -= entry.nbytes
+        counts = self._counts
+        counts["joined"] += 1
+        if ts >= 0 and entry.ts >= 0:
+            self.latency_counts[bisect.bisect_left(self.latency_buckets_ms, entry.ts - ts)] += 1
+        if self.max_joined:
+            joined = self._joined
+            if len(joined) >= self.max_joined:
+                joined.popitem(last=False)
+                counts["forgotten_joins"] += 1
+            joined[id] = self.stream_time
+        return entry.y
+
     # Feeding
 
     def add_event(
