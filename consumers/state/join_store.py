@@ -426,16 +426,7 @@ class JoinStore:
             self.stream_time = ts
         del self._entries[id]
         self.n_bytes -= entry.nbytes
-        counts = self._counts
-        counts["joined"] += 1
-        if ts >= 0 and entry.ts >= 0:
-            self.latency_counts[bisect.bisect_left(self.latency_buckets_ms, entry.ts - ts)] += 1
-        if self.max_joined:
-            joined = self._joined
-            if len(joined) >= self.max_joined:
-                joined.popitem(last=False)
-                counts["forgotten_joins"] += 1
-            joined[id] = self.stream_time
+        self._count_join(id, ts, entry.ts)
         return entry.y
 
     # Feeding
@@ -473,23 +464,10 @@ class JoinStore:
         entries = self._entries
         entry = entries.get(id)
         if entry is not None:
-            if entry.__class__ is _Label:  # its label waits: _join, inline (the common case of a label first)
+            if type(entry) is _Label:
                 del entries[id]
                 self.n_bytes -= entry.nbytes
-                counts = self._counts
-                counts["joined"] += 1
-                latency = None
-                if ts >= 0 and entry.ts >= 0:
-                    latency = entry.ts - ts
-                    self.latency_counts[bisect.bisect_left(self.latency_buckets_ms, latency)] += 1
-                if self.max_joined:
-                    joined = self._joined
-                    if len(joined) >= self.max_joined:
-                        joined.popitem(last=False)
-                        counts["forgotten_joins"] += 1
-                    joined[id] = self.stream_time
-                out.append(_new(Joined, (id, x, entry.y, p, version, latency, "label", topic, partition,
-                                         offset)))
+                out.append(self._join(id, x, entry.y, p, version, ts, entry.ts, topic, partition, offset))
             else:
                 self._counts["duplicate_handoffs" if handed_off else "duplicate_events"] += 1
         elif id in self._joined:
@@ -733,6 +711,12 @@ class JoinStore:
         partition: int,
         offset: int,
     ) -> Joined:
+        latency = self._count_join(id, event_ts, label_ts)
+        return _new(Joined, (id, x, y, p, version, latency, "label", topic, partition, offset))
+
+    def _count_join(self, id: str, event_ts: int, label_ts: int) -> int | None:
+        """Count a join (its latency in the histogram, its id remembered against late duplicates); the
+        latency, or None without both timestamps."""
         counts = self._counts
         counts["joined"] += 1
         latency = None
@@ -745,7 +729,7 @@ class JoinStore:
                 joined.popitem(last=False)
                 counts["forgotten_joins"] += 1
             joined[id] = self.stream_time
-        return _new(Joined, (id, x, y, p, version, latency, "label", topic, partition, offset))
+        return latency
 
     def _drop_oldest(self, out: list[Joined], event_counter: str, label_counter: str, cause: str) -> None:
         id, entry = self._entries.popitem(last=False)
