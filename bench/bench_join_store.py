@@ -3,7 +3,8 @@
 In one process, on typical events (20 float features, a string id), best of R rounds (the machine is shared):
 
 1. ``add_event`` (stored) and ``add_label`` (joins it) in ns per call, beside a plain ``dict`` insert + pop of
-   the same rows (the least a join can cost);
+   the same rows (the least a join can cost), and per event of ``add_events`` / ``add_labels`` (the
+   learner's: a polled batch a call);
 2. per event, from message bytes: today's labelled path (decode, ``predict_learn_one``) vs the joined path
    (decode, ``predict_proba_one``, ``add_event``; decode the label, ``add_label``, ``learn_one``), as a ratio;
 3. bytes per pending event: memory held by the store (tracemalloc) vs the store's own estimate;
@@ -44,6 +45,26 @@ def time_store(ids: list[str], rows: list[dict]) -> tuple[float, float]:
     t1 = time.perf_counter_ns()
     for i in range(n):
         add_label(ids[i], 1, ts=n + i, topic="labels", partition=0, offset=i)
+    t2 = time.perf_counter_ns()
+    assert store.counters["joined"] == n
+    return (t1 - t0) / n, (t2 - t1) / n
+
+
+def time_batches(ids: list[str], rows: list[dict], chunk: int = 500) -> tuple[float, float]:
+    """ns per event of ``add_events`` (stored, kept as their record values: the learner's way) and of
+    ``add_labels`` (joins them), in polled batches of ``chunk``."""
+    codec = JsonCodec()
+    n = len(ids)
+    values = [encode_event(rows[i], id=ids[i]) for i in range(n)]
+    store = JoinStore(max_pending=n, max_bytes=2**40, event_fields=codec.fields)
+    events = [(ids[i], rows[i], 0.5, i, i, "events", 0, i, values[i]) for i in range(n)]
+    labels = [(ids[i], 1, n + i, "labels", 0, i) for i in range(n)]
+    t0 = time.perf_counter_ns()
+    for k in range(0, n, chunk):
+        store.add_events(events[k:k + chunk])
+    t1 = time.perf_counter_ns()
+    for k in range(0, n, chunk):
+        store.add_labels(labels[k:k + chunk])
     t2 = time.perf_counter_ns()
     assert store.counters["joined"] == n
     return (t1 - t0) / n, (t2 - t1) / n
@@ -169,14 +190,18 @@ def main() -> None:
     args = parser.parse_args()
 
     ids, rows = typical_rows(args.n, args.features)
-    best = {"store": [float("inf")] * 2, "dict": [float("inf")] * 2, "paths": [float("inf")] * 2}
+    best = {k: [float("inf")] * 2 for k in ("store", "batches", "dict", "paths")}
     for _ in range(args.rounds):  # interleaved, so drifts in machine load hit all contenders alike
-        for name, fn in (("store", time_store), ("dict", time_dict), ("paths", time_paths)):
+        for name, fn in (("store", time_store), ("batches", time_batches), ("dict", time_dict),
+                         ("paths", time_paths)):
             best[name] = [min(a, b) for a, b in zip(best[name], fn(ids, rows), strict=True)]
     (ev, lab), (ins, pop), (labelled, joined) = best["store"], best["dict"], best["paths"]
+    evs, labs = best["batches"]
     print(f"{args.n} events of {args.features} float features, best of {args.rounds} rounds")
     print(f"  add_event (stored)      {ev:8.0f} ns   plain dict insert {ins:6.0f} ns  ({ev / ins:4.1f}x)")
     print(f"  add_label (joined)      {lab:8.0f} ns   plain dict pop    {pop:6.0f} ns  ({lab / pop:4.1f}x)")
+    print(f"  add_events (stored, records kept), per event {evs:6.0f} ns; add_labels (joined) {labs:6.0f} ns"
+          " (batches of 500)")
     print(f"  labelled path (decode, predict_learn_one)           {labelled:6.2f} µs/event")
     print(f"  joined path (decode, predict, keep; label, join, learn) {joined:6.2f} µs/event  "
           f"= {labelled / joined:.2f}x the labelled path's throughput")  # fmt: skip

@@ -3,7 +3,9 @@
 The learner calls :class:`Labels` at three points, and nowhere else:
 
 - an unlabelled event with an id, once scored (and published as always): :meth:`Labels.event` keeps its
-  features and the prediction ``p`` in the :class:`~consumers.state.join_store.JoinStore`;
+  features and the prediction ``p`` in the :class:`~consumers.state.join_store.JoinStore` (in the compiled
+  pass, :meth:`Labels.scorer`'s callback: the events of a polled batch are fed in one
+  :meth:`~consumers.state.join_store.JoinStore.add_events` before the store is next read);
 - records of the labels topic: :meth:`Labels.records` decodes each label (a bad one is a rejection with a
   reason, dead-lettered like any bad input) and feeds it to the store;
 - both return the :class:`~consumers.state.join_store.Joined` events to learn now; :meth:`Labels.learn`
@@ -209,7 +211,8 @@ class Labels:
         self.config = config
         self.stats = stats
         self.topic: str = config.labels_topic
-        self.store = self._new_store()
+        self._store = self._new_store()
+        self._pending: list[tuple] = []  # events kept by the scorer, not yet fed (see :meth:`scorer`)
         self.producer: Any = None  # for hand_off, made by connect()
         self._ps: list[float] = []  # the delayed metrics since the last publish(): predictions, labels
         self._ys: list[int] = []
@@ -217,6 +220,29 @@ class Labels:
         self.handed_off = 0  # entries handed to the next owner of their partition, by this process
         make_codec = getattr(config, "make_codec", None)
         self._decode_event = make_codec().decoder() if make_codec is not None else None
+
+    @property
+    def store(self) -> JoinStore:
+        """The join store, with every event kept so far fed to it (:meth:`scorer` defers them)."""
+        if self._pending:
+            self._flush()
+        return self._store
+
+    @store.setter
+    def store(self, store: JoinStore) -> None:
+        self._pending.clear()  # a store replaced (restored): what it had not been fed goes with the old one
+        self._store = store
+
+    def _flush(self) -> None:
+        """Feed the events the scorer kept, in one :meth:`~consumers.state.join_store.JoinStore.add_events`
+        (none of them joins: :meth:`scorer` keeps only those)."""
+        pending = self._pending
+        try:
+            joined = self._store.add_events(pending)
+        finally:
+            pending.clear()  # in place: the scorer of the batch appends to this very list
+        if joined:  # a broken promise: fail loudly rather than learn out of order
+            raise RuntimeError("an event kept for the batch joined: the scorer's rule is broken")
 
     def connect(self) -> None:
         """Make the producer of :meth:`hand_off` (at start, with the learner's producer settings)."""
@@ -336,6 +362,76 @@ class Labels:
         m = record
         return self.store.add_event(id_, x, p, version=version, ts=m.timestamp()[1], topic=m.topic(),
                                     partition=m.partition(), offset=m.offset(), record_value=m.value())
+
+    def scorer(self, records: list, model: Any, publish: Any, counts: dict, tp: Any, learn_joined: Any,
+               reject: Any, view: Any) -> tuple[Any, Any]:
+        """The ``score`` callback of the compiled pass (:func:`stream_logreg._stream.learn_values`) over
+        ``records`` (consecutive records of partition ``tp`` of an events topic, kafka-python's or
+        confluent-kafka's), and a function that says how many events it was given.
+
+        ``score(j, x, id, p)`` publishes the scored event ``j`` (``publish(j, x, id, p)``, unless None) and
+        keeps it. An event that cannot join now (its label is not waiting, and ``expired_policy="drop"``:
+        keeping it expires or evicts nothing to learn) is only appended to a list, fed to the store with the
+        others of the batch in one :meth:`~consumers.state.join_store.JoinStore.add_events` before anything
+        else reads or changes the store (:attr:`store`): the same store, in the same order, as one by one,
+        since nothing else reaches the store in between. An event whose label waits is fed at once (after
+        those kept before it, :meth:`~consumers.state.join_store.JoinStore.join_waiting`) and learned at once
+        (``model.predict_learn_one``, counted in ``counts[tp]``; a refused update is
+        ``reject(view(record), ...)``-ed), in its place among the batch's labelled events, exactly as
+        :meth:`event` then :meth:`learn`; any other outcome goes to ``learn_joined(joined)`` (records already
+        viewed). Returns True when it changed the model."""
+        store = self._store
+        waiting, join = store.has_label, store.join_waiting
+        defer = store.expired_policy == "drop"
+        pending = self._pending
+        keep = pending.append
+        learn = model.predict_learn_one
+        ps_append, ys_append = self._ps.append, self._ys.append
+        confluent = bool(records) and records[0].offset.__class__ is not int
+        topic, partition = tp.topic, tp.partition  # every record's
+        n = 0
+
+        def score(j: int, x: dict, id_: str | None, p: float) -> bool:
+            nonlocal n
+            n += 1
+            if publish is not None:
+                publish(j, x, id_, p)
+            if id_ is None:
+                return False
+            m = records[j]
+            if confluent:
+                ts, offset, value = m.timestamp()[1], m.offset(), m.value()
+            else:
+                ts, offset, value = m.timestamp, m.offset, m.value
+            version = model.n_samples_seen
+            if defer and not waiting(id_):
+                keep((id_, x, p, version, ts, topic, partition, offset, value))
+                return False
+            if pending:
+                self._flush()
+            y = join(id_, p, version, ts)
+            if y >= 0:  # its label waited: learned now, as Labels.learn learns a join
+                try:
+                    learn(x, y)
+                except ValueError as exc:
+                    reject(view(m), Reason.BAD_VALUE,
+                           f"the model refused to learn joined event {id_!r:.60}: {exc}")
+                    return False
+                ps_append(p)
+                ys_append(y)
+                self._learned += 1
+                counts[tp] = counts.get(tp, 0) + 1
+                return True
+            joined = store.add_event(id_, x, p, version=version, ts=ts, topic=topic, partition=partition,
+                                     offset=offset, record_value=value)
+            if joined:
+                learn_joined([(view(m), jn) for jn in joined])
+            return bool(joined)
+
+        def given() -> int:
+            return n
+
+        return score, given
 
     def records(self, records: list, reject: Any, values: list | None = None, view: Any = None
                 ) -> list[tuple[Any, Joined]]:

@@ -531,20 +531,13 @@ class Learner:
         score = None
         if fast and labels is not None:
             # With delayed labels, an unlabelled event of the common shape is predicted in the compiled pass
-            # too (from its encoded row, bitwise predict_proba_one); here only its publication and keeping.
-            n_scored = [0]
+            # too (from its encoded row, bitwise predict_proba_one); here only its publication and its keeping
+            # (Labels.scorer: kept with the batch's others in one store call, or joined and learned at once).
+            def published(j: int, x: dict, id_: str | None, p: float) -> None:
+                publish(view(records[j]), Event(x, None, id_), p, model.n_samples_seen, cid)
 
-            def score(j: int, x: dict, id_: str | None, p: float) -> bool:
-                n_scored[0] += 1
-                r = records[j]
-                if publish is not None:
-                    publish(view(r), Event(x, None, id_), p, model.n_samples_seen, cid)
-                if id_ is None:
-                    return False
-                joined = labels.event(r, id_, x, p, model.n_samples_seen)
-                if joined:
-                    self._learn_joined([(view(r), e) for e in joined])
-                return bool(joined)
+            score, n_scored = labels.scorer(records, model, published if publish is not None else None,
+                                            state.learned, tp, self._learn_joined, self._reject, view)
         while i < n:
             if fast:
                 i, ev, refused = learn_values(decode, predict_learn_one, values, i, ps, ys, Event,
@@ -590,7 +583,7 @@ class Learner:
                 if len(buffer) >= batch_size:
                     self._learn_buffer(ps, ys)
         if score is not None:
-            scored += n_scored[0]
+            scored += n_scored()
         state.positions[tp] = view(records[-1]).offset + 1
         state.since_checkpoint += len(records)
         learned = len(ps)

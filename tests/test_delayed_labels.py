@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from kafka import KafkaProducer
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kafka import KafkaProducer, TopicPartition
 from polling import read_topic, wait_for
 from test_consumer import MODEL, Running, same_model
 from test_consumer import make_config as consumer_config
@@ -219,6 +221,58 @@ class _Rec:
 
 def _labels(cfg: LearnerConfig) -> Labels:
     return Labels(cfg, LearnerStats())
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["event", "label"]), st.integers(0, 15), st.integers(0, 1),
+                          st.integers(0, 400)), max_size=60),
+       st.integers(1, 8), st.integers(1, 300), st.integers(2, 12), st.sampled_from(["drop", "negative"]))
+def test_the_scorer_keeps_and_learns_as_labels_event_one_by_one(feed: list, batch: int, ttl: int,
+                                                                 max_pending: int, policy: str) -> None:
+    """Labels.scorer (the compiled pass's callback: events deferred to one add_events, an event whose label
+    waits learned at once) against Labels.event then Labels.learn event by event: the same model bit for bit,
+    the same store (state, counters), the same learned counts, in polled batches of each topic."""
+    from collections import Counter
+
+    cfg = make_config("k:9092", "ev", "/tmp/c", labels_topic="lb", label_ttl=ttl / 1000,
+                      expired_policy=policy, max_pending=max_pending)
+    fast, slow = _labels(cfg), _labels(cfg)
+    m_fast, m_slow = fresh_model(), fresh_model()
+    tp = TopicPartition("ev", 0)
+    counts: dict = {}
+    slow_counts: Counter = Counter()
+    codec = JsonCodec()
+    offsets = {"ev": 0, "lb": 0}
+    runs: list[tuple[str, list]] = []  # consecutive records of one topic, cut every `batch`
+    for kind, k, y, ts in feed:
+        topic = "ev" if kind == "event" else "lb"
+        value = (encode_event({"a": k / 7, "b": float(ts % 5)}, None, f"id{k}") if kind == "event"
+                 else label(f"id{k}", y))
+        rec = _Rec(value, 0, offsets[topic], ts, topic)
+        offsets[topic] += 1
+        if not runs or runs[-1][0] != topic or len(runs[-1][1]) >= batch:
+            runs.append((topic, []))
+        runs[-1][1].append(rec)
+
+    def learn_joined(joined: list) -> None:
+        counts[tp] = counts.get(tp, 0) + len(fast.learn(m_fast, joined, None))
+
+    for topic, recs in runs:
+        if topic == "lb":
+            fast.learn(m_fast, fast.records(recs, None), None)
+            slow.learn(m_slow, slow.records(recs, None), None)
+            continue
+        score, given = fast.scorer(recs, m_fast, None, counts, tp, learn_joined, None, lambda r: r)
+        for j, r in enumerate(recs):
+            ev = codec.decode(r.value)
+            score(j, ev.x, ev.id, m_fast.predict_proba_one(ev.x)[True])
+            p = m_slow.predict_proba_one(ev.x)[True]
+            joined = slow.event(r, ev.id, ev.x, p, m_slow.n_samples_seen)
+            slow_counts[tp] += len(slow.learn(m_slow, [(r, jn) for jn in joined], None))
+        assert given() == len(recs)
+    assert same_model(m_fast, m_slow) and m_fast.n_samples_seen == m_slow.n_samples_seen
+    assert str(fast.store.to_state()) == str(slow.store.to_state())
+    assert counts.get(tp, 0) == slow_counts[tp] and fast._ps == slow._ps and fast._ys == slow._ys
 
 
 def test_a_hand_off_record_brings_the_entry_back_as_it_was_and_a_repeat_learns_nothing() -> None:

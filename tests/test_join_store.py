@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumers.state.join_store import COUNTERS, ENTRY_BYTES, JoinStore
-from stream_logreg.codec import JsonCodec
+from stream_logreg.codec import JsonCodec, encode_event
 
 # An oracle, written independently
 
@@ -197,6 +197,81 @@ def test_labels_fed_in_runs_do_what_they_do_one_by_one(records, ttl, max_pending
     flush()
     assert out_runs == out_one
     assert str(runs.to_state()) == str(one.to_state())
+
+
+@settings(max_examples=150, deadline=None)
+@given(scenarios(), st.integers(0, 500), st.integers(1, 12), st.sampled_from(["drop", "negative"]),
+       st.booleans(), st.integers(1, 10**6))
+def test_events_fed_in_runs_do_what_they_do_one_by_one(records, ttl, max_pending, policy, as_records,
+                                                        max_bytes):
+    """``add_events`` (the events loop's: the events of a polled batch in one call) is ``add_event`` event by
+    event: the same joins, expiries and evictions, each attributed to the event that caused it, and the same
+    state bit for bit; kept as their record values (the learner's way) or as features, bounded in bytes."""
+    fields = JsonCodec().fields if as_records else None
+    one = JoinStore(max_pending=max_pending, max_bytes=max_bytes, label_ttl_ms=ttl, expired_policy=policy,
+                    event_fields=fields)
+    runs = JoinStore(max_pending=max_pending, max_bytes=max_bytes, label_ttl_ms=ttl, expired_policy=policy,
+                     event_fields=fields)
+    out_one, out_runs, run_, where = [], [], [], []
+
+    def flush() -> None:
+        out_runs.extend((where[i], j) for i, j in runs.add_events(run_))
+        run_.clear()
+        where.clear()
+
+    for k, r in enumerate(records):
+        if r[0] == "label":
+            out_one += [(k, j) for j in feed(one, r)]
+            flush()
+            out_runs += [(k, j) for j in feed(runs, r)]
+            continue
+        _, id, x, p, ts = r
+        if as_records:  # string keys: a JSON record of the default codec
+            x = {str(key): v for key, v in x.items()}
+        value = encode_event(x, None, id) if as_records else None
+        out_one += [(k, j) for j in one.add_event(id, x, p, version=k, ts=ts, topic="events", partition=k % 2,
+                                                  offset=k, record_value=value)]
+        run_.append((id, x, p, k, ts, "events", k % 2, k, value))
+        where.append(k)
+    flush()
+    assert out_runs == out_one
+    assert str(runs.to_state()) == str(one.to_state())
+    assert runs.n_bytes == one.n_bytes <= max_bytes and len(runs) <= max_pending
+
+
+@settings(max_examples=150, deadline=None)
+@given(scenarios(), st.integers(0, 500), st.integers(1, 12), st.sampled_from(["drop", "negative"]))
+def test_join_waiting_is_add_event_when_it_joins_and_nothing_otherwise(records, ttl, max_pending, policy):
+    """``join_waiting`` (the scorer's path for an event whose label came first) leaves the store exactly as
+    ``add_event`` does when it joins, returning the label that ``add_event``'s only join carries; when it
+    declines (-1), it changed nothing."""
+    a = JoinStore(max_pending=max_pending, label_ttl_ms=ttl, expired_policy=policy)
+    b = JoinStore(max_pending=max_pending, label_ttl_ms=ttl, expired_policy=policy)
+    joins = 0
+    for r in records:
+        if r[0] == "label":
+            assert feed(a, r) == feed(b, r)
+            continue
+        _, id, x, p, ts = r
+        before = str(a.to_state())
+        y = a.join_waiting(id, p, 7, ts)
+        out = feed(b, r)
+        if y < 0:
+            assert str(a.to_state()) == before
+            feed(a, r)
+        else:
+            joins += 1
+            assert [(j.id, j.y, j.p, j.cause) for j in out] == [(id, y, p, "label")]
+        assert str(a.to_state()) == str(b.to_state())
+
+
+def test_events_fed_in_runs_refuse_what_add_event_refuses():
+    store = JoinStore(event_fields=JsonCodec().fields)
+    good = ("a", {"f": 1.0}, 0.5, 0, 10, "events", 0, 0, encode_event({"f": 1.0}, None, "a"))
+    for i, bad in ((2, 1.5), (3, -1), (4, 2**63), (0, 7)):
+        with pytest.raises(ValueError):
+            store.add_events([good[:i] + (bad,) + good[i + 1:]])
+    assert store.add_events([good]) == [] and store.counters["pending_events"] == 1
 
 
 @settings(max_examples=100, deadline=None)

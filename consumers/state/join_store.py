@@ -405,6 +405,30 @@ class JoinStore:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def has_label(self, id: str) -> bool:
+        """True when a label of ``id`` waits for its event (an event of that id would join now)."""
+        return self._entries.get(id).__class__ is _Label
+
+    def join_waiting(self, id: str, p: float, version: int, ts: int) -> int:
+        """Exactly :meth:`add_event` for an event whose label waits and that moves the stream time past no
+        expiry (the labels loop's common case when labels come first): the label ``y`` of the join, which
+        the caller learns with the event's features now (``p``, its prediction, is what the delayed metrics
+        judge); the join is counted as any. Returns -1, having done nothing, in every other case (then
+        :meth:`add_event` decides)."""
+        entry = self._entries.get(id)
+        if (entry.__class__ is not _Label or p.__class__ is not float or not 0.0 <= p <= 1.0
+                or version.__class__ is not int or not 0 <= version < _MAX_TS
+                or ts.__class__ is not int or not -1 <= ts < _MAX_TS):
+            return -1
+        if ts > self.stream_time:
+            if ts > self._next_expiry:
+                return -1
+            self.stream_time = ts
+        del self._entries[id]
+        self.n_bytes -= entry.nbytes
+        self._count_join(id, ts, entry.ts)
+        return entry.y
+
     # Feeding
 
     def add_event(
@@ -466,6 +490,49 @@ class JoinStore:
                 self.pending_events += 1
             else:
                 self._store(id, event, out)
+        return out
+
+    def add_events(self, events: list[tuple]) -> list[tuple[int, Joined]]:
+        """Feed consecutive scored events ``(id, x, p, version, ts, topic, partition, offset, record_value)``,
+        exactly as :meth:`add_event` would one by one: ``(i, joined)`` for each event to learn now, ``i``
+        the index of the event that brought it. The events loop's path: one call per polled batch, the
+        common case (a new id that fits, kept as its record value) inline.
+
+        >>> store = JoinStore(label_ttl_ms=60_000)
+        >>> store.add_label("b", 1, ts=5)
+        []
+        >>> events = [("a", {"f": 1.0}, 0.25, 0, 10, "ev", 0, 0, None),
+        ...           ("b", {"f": 2.0}, 0.5, 0, 20, "ev", 0, 1, None)]
+        >>> [(i, j.id, j.y, j.p) for i, j in store.add_events(events)], store.counters["pending_events"]
+        ([(1, 'b', 1, 0.5)], 1)
+        """
+        out: list[tuple[int, Joined]] = []
+        entries = self._entries
+        joined_ids = self._joined
+        records = self._decode_record is not None
+        max_pending, max_bytes = self.max_pending, self.max_bytes
+        for i, (id, x, p, version, ts, topic, partition, offset, value) in enumerate(events):
+            if (records and value.__class__ is bytes and id.__class__ is str and p.__class__ is float
+                    and 0.0 <= p <= 1.0 and version.__class__ is int and 0 <= version < _MAX_TS
+                    and ts.__class__ is int and -1 <= ts < _MAX_TS and x.__class__ is dict
+                    and topic.__class__ is str and partition.__class__ is int and offset.__class__ is int
+                    and -1 <= partition < _MAX_TS and -1 <= offset < _MAX_TS):
+                if ts > self.stream_time:  # _tick, inline
+                    self.stream_time = ts
+                    if ts > self._next_expiry:
+                        out.extend([(i, j) for j in self._expire(ts)])
+                if id not in entries and id not in joined_ids and entries:
+                    nbytes = ENTRY_BYTES + len(id) + len(value) + FEATURE_BYTES * len(x)
+                    if len(entries) < max_pending and self.n_bytes + nbytes <= max_bytes:  # new, and it fits
+                        entries[id] = _new(_Event, (x, value, p, version, ts, self.stream_time, topic,
+                                                    partition, offset, nbytes, _RECORD))
+                        self.n_bytes += nbytes
+                        self.pending_events += 1
+                        continue
+            # a join, a duplicate, one that does not fit, features to encode, or a bad one: the general path
+            out.extend([(i, j) for j in self.add_event(id, x, p, version=version, ts=ts, topic=topic,
+                                                       partition=partition, offset=offset,
+                                                       record_value=value)])
         return out
 
     def add_label(
@@ -644,6 +711,12 @@ class JoinStore:
         partition: int,
         offset: int,
     ) -> Joined:
+        latency = self._count_join(id, event_ts, label_ts)
+        return _new(Joined, (id, x, y, p, version, latency, "label", topic, partition, offset))
+
+    def _count_join(self, id: str, event_ts: int, label_ts: int) -> int | None:
+        """Count a join (its latency in the histogram, its id remembered against late duplicates); the
+        latency, or None without both timestamps."""
         counts = self._counts
         counts["joined"] += 1
         latency = None
@@ -656,7 +729,7 @@ class JoinStore:
                 joined.popitem(last=False)
                 counts["forgotten_joins"] += 1
             joined[id] = self.stream_time
-        return _new(Joined, (id, x, y, p, version, latency, "label", topic, partition, offset))
+        return latency
 
     def _drop_oldest(self, out: list[Joined], event_counter: str, label_counter: str, cause: str) -> None:
         id, entry = self._entries.popitem(last=False)
@@ -714,40 +787,35 @@ class JoinStore:
         Bitwise deterministic: the same operations give the same arrays and the same dict.
         ``JoinStore.from_state(*store.to_state())`` behaves exactly as ``store`` from then on.
         """
-        entries = list(self._entries.items())
-        vals = [e for _, e in entries]
-        topics = list(dict.fromkeys(e.topic for e in vals))
-        code = {t: i for i, t in enumerate(topics)}
-        events = [e.__class__ is _Event for e in vals]
-        columns = {  # column by column: a list of ints each, one numpy conversion each
-            "kind": [_EVENT if ev else _LABEL for ev in events],
-            "y": [0 if ev else e.y for e, ev in zip(vals, events, strict=True)],
-            "version": [e.version if ev else 0 for e, ev in zip(vals, events, strict=True)],
-            "ts": [e.ts for e in vals],
-            "stored_at": [e.stored_at for e in vals],
-            "topic": [code[e.topic] for e in vals],
-            "partition": [e.partition for e in vals],
-            "offset": [e.offset for e in vals],
-            "form": [e.form if ev else 0 for e, ev in zip(vals, events, strict=True)],
-        }
-        ints = [np.array(columns[name], dtype=np.int64) for name in _INT_COLUMNS]
-        p = np.array([e.p if ev else 0.0 for e, ev in zip(vals, events, strict=True)], dtype=np.float64)
-        blobs = [e.blob if ev else b"" for e, ev in zip(vals, events, strict=True)]
-        ids = [id.encode("utf-8", "surrogatepass") for id, _ in entries]
+        entries = self._entries
+        vals = list(entries.values())
+        code: dict[str, int] = {}  # topic -> its index, in the order of first appearance
+        number = code.setdefault
+        # One pass, a row of the int columns (_INT_COLUMNS) per entry, then one numpy conversion.
+        rows = [(_EVENT, 0, e[3], e[4], e[5], number(e[6], len(code)), e[7], e[8], e[10])
+                if e.__class__ is _Event
+                else (_LABEL, e[0], 0, e[1], e[2], number(e[3], len(code)), e[4], e[5], 0) for e in vals]
+        table = np.array(rows, dtype=np.int64).reshape(len(rows), len(_INT_COLUMNS)).T
+        arrays = {name: np.ascontiguousarray(table[i]) for i, name in enumerate(_INT_COLUMNS)}
+        events = table[0] == _EVENT
+        p = np.zeros(len(vals), dtype=np.float64)
+        p[events] = [e[2] for e in vals if e.__class__ is _Event]
+        blobs = [e[1] if e.__class__ is _Event else b"" for e in vals]
+        ids = [id.encode("utf-8", "surrogatepass") for id in entries]
         id_words, id_bytes = _pack(ids)
         x_words, x_bytes = _pack(blobs)
         joined_ids = [id.encode("utf-8", "surrogatepass") for id in self._joined]
         joined_words, joined_bytes = _pack(joined_ids)
-        arrays = {name: ints[i] for i, name in enumerate(_INT_COLUMNS)}
+        topics = list(code)
         arrays.update(
             {
                 "p": p,
-                "id_len": np.array([len(b) for b in ids], dtype=np.int64),
+                "id_len": np.array(list(map(len, ids)), dtype=np.int64),
                 "ids": id_words,
-                "x_len": np.array([len(b) for b in blobs], dtype=np.int64),
+                "x_len": np.array(list(map(len, blobs)), dtype=np.int64),
                 "x": x_words,
                 "joined.at": np.array(list(self._joined.values()), dtype=np.int64),
-                "joined.id_len": np.array([len(b) for b in joined_ids], dtype=np.int64),
+                "joined.id_len": np.array(list(map(len, joined_ids)), dtype=np.int64),
                 "joined.ids": joined_words,
             }
         )
