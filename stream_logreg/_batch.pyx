@@ -34,8 +34,10 @@ value, a reference to the key), and what ``add`` was given.
 >>> p = batch.learn(model)
 >>> p.tolist() == twin.predict_learn_rows([{"a": 0.5, "b": -1}, {"a": 2, "c": 1}], [1, 0]).tolist()
 True
->>> model.coef.tobytes() == twin.coef.tobytes(), len(batch)
-(True, 0)
+>>> model.coef.tobytes() == twin.coef.tobytes()
+True
+>>> batch.clear(); len(batch)
+0
 """
 
 cimport numpy as cnp
@@ -60,7 +62,7 @@ cdef class MiniBatch:
 
     Rows come in order through :meth:`take` (messages of the common shape, from their bytes) and
     :meth:`add` (a dict row); each row remembers the index of its value in the list it came from
-    (:meth:`sources`). ``len()`` is the number of rows; :meth:`learn` learns them all and empties it.
+    (:meth:`sources`). ``len()`` is the number of rows; :meth:`learn` learns them all.
     """
 
     cdef readonly Py_ssize_t size
@@ -120,10 +122,11 @@ cdef class MiniBatch:
         self.cols, self.vals, self.cap = cols, vals, cap
         return 0
 
-    def take(self, RowDecoder rows not None, list values not None, Py_ssize_t start, object space):
+    def take(self, RowDecoder rows, list values not None, Py_ssize_t start, object space):
         """Add the messages ``values[start:]`` of the common shape with a label, one after the other, as
         rows of ``space`` (the model's ``FeatureSpace``, decoded by ``rows``), until the batch is full or a
-        value declines; returns the index of the first value not taken (``len(values)`` at the end)."""
+        value declines; returns the index of the first value not taken (``len(values)`` at the end).
+        Without a row decoder (None: a codec without one) nothing is taken."""
         cdef Py_ssize_t i, n, j, e, k = PyList_GET_SIZE(values)
         cdef Py_ssize_t* c
         cdef double* v
@@ -132,7 +135,7 @@ cdef class MiniBatch:
         cdef Py_ssize_t* sp = <Py_ssize_t*> cnp.PyArray_DATA(self.src)
         if start < 0 or start > k:
             raise ValueError(f"start {start} is outside the {k} values")
-        if self.m >= self.size or not rows.bind(space):
+        if rows is None or self.m >= self.size or not rows.bind(space):
             return start
         for i in range(start, k):
             if self.m >= self.size:
@@ -211,18 +214,15 @@ cdef class MiniBatch:
     def learn(self, object model):
         """Predict and learn the rows with ``model`` (an ``OnlineLogisticRegression``) in one mini-batch
         step; returns the predictions before the update (an array, bitwise ``predict_learn_rows`` of the
-        rows' dicts) and empties the batch. A refused batch raises the model's ``ValueError`` (the model
-        unchanged) and is emptied too."""
+        rows' dicts). A refused batch raises the model's ``ValueError`` (the model unchanged). The rows
+        stay: :meth:`clear` them."""
         cdef Py_ssize_t m = self.m
         cdef object step = getattr(model, "predict_learn_encoded_rows", None)
         if m == 0:
             return np.empty(0)
-        try:
-            if self.n_dicts == 0 and step is not None and self._current(model.features):
-                return step(self.cols[:self.nnz], self.vals[:self.nnz], self.indptr[:m + 1], self.y[:m])
-            return model.predict_learn_rows(self.rows(), self.y[:m].copy())
-        finally:
-            self.clear()
+        if self.n_dicts == 0 and step is not None and self._current(model.features):
+            return step(self.cols[:self.nnz], self.vals[:self.nnz], self.indptr[:m + 1], self.y[:m])
+        return model.predict_learn_rows(self.rows(), self.y[:m].copy())
 
     def keep(self, mask) -> None:
         """Keep only the rows where ``mask`` (one bool per row) is true, in order."""
