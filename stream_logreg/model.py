@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from river import base
 
-from stream_logreg import _kernel
+from stream_logreg import _batch, _kernel
 from stream_logreg import optim as optim_
 from stream_logreg.features import FeatureSpace, IndicatorKey, IndicatorName, encode_value
 from stream_logreg.math import sigmoid, sigmoid_scalar
@@ -848,12 +848,6 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         Z = _standardize(X, stats[:, 1], stats[:, 2], self._numeric[cols] != 0.0)
         return np.ascontiguousarray(np.clip(Z, -_MAX, _MAX))
 
-    def _standardized_entries(self, cols: np.ndarray, vals: np.ndarray) -> np.ndarray:
-        """The entries ``vals`` (columns ``cols``) as ``scale_row`` transforms them, without learning."""
-        self._flags()
-        stats = self._scale_stats[cols]
-        return np.clip(_standardize(vals, stats[:, 1], stats[:, 2], self._numeric[cols] != 0.0), -_MAX, _MAX)
-
     # Built-in standardization of a mini-batch: River's StandardScaler.learn_many, then transform_many.
     # The batch's statistics per column (count, mean, population variance) are merged into the running
     # ones (Chan et al.'s pairwise formula, as River), then every entry is standardized with the merged
@@ -879,31 +873,6 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         Z[:, numeric] = _standardize(Xn, merged[:, 1], merged[:, 2], True)
         _check_standardized(merged, Z)
         return Z, (stat_cols, merged)
-
-    def _scale_entries(self, cols: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, tuple | None]:
-        """CSR entries of finite values (columns ``cols``; a row has a column at most once): the
-        standardized entries and the statistics learned. A feature absent from a row is not an
-        observation of it (as in ``learn_one``): its statistics count the rows that have it."""
-        self._flags()
-        numeric = self._numeric[cols] != 0.0
-        if not numeric.any():
-            return vals, None
-        c, v = cols[numeric], vals[numeric]
-        stat_cols, inv = np.unique(c, return_inverse=True)
-        count = np.bincount(inv).astype(np.float64)
-        k = len(stat_cols)
-        lo, hi = np.full(k, np.inf), np.full(k, -np.inf)
-        np.minimum.at(lo, inv, v)
-        np.maximum.at(hi, inv, v)
-        const = lo == hi
-        with np.errstate(over="ignore", invalid="ignore"):
-            mean = np.where(const, lo, np.bincount(inv, v / count[inv], minlength=k))
-            var = np.where(const, 0.0, np.bincount(inv, np.square(v - mean[inv]) / count[inv], minlength=k))
-        merged = _merge_statistics(self._scale_stats[stat_cols], count, mean, var)
-        out = vals.copy()
-        out[numeric] = _standardize(v, merged[inv, 1], merged[inv, 2], True)
-        _check_standardized(merged, out)
-        return out, (stat_cols, merged)
 
     def _commit_statistics(self, learned: tuple | None) -> None:
         if learned is not None:
@@ -1142,8 +1111,9 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         >>> model.learn_one({"a": 1.0, "b": 2.0}, True)
         >>> twin = model.clone(include_attributes=True)
         >>> a, b = model.features.columns["a"], model.features.columns["b"]
-        >>> p = model.predict_learn_encoded_rows(np.array([a, b, b], dtype=np.intp), np.array([3.0, 2.0, 5.0]),
-        ...                                      np.array([0, 2, 3], dtype=np.intp), [False, True])
+        >>> cols, vals = np.array([a, b, b], dtype=np.intp), np.array([3.0, 2.0, 5.0])
+        >>> indptr = np.array([0, 2, 3], dtype=np.intp)
+        >>> p = model.predict_learn_encoded_rows(cols, vals, indptr, [False, True])
         >>> p.tolist() == twin.predict_learn_rows([{"a": 3.0, "b": 2.0}, {"b": 5.0}], [False, True]).tolist()
         True
         >>> model.coef.tobytes() == twin.coef.tobytes()
@@ -1228,9 +1198,12 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             self._grow(self.features.n_columns)
             learned, before = None, None
             if self.scale:  # the statistics learn the whole batch, then the rows are standardized with them
-                if predict:  # the predictions: the rows standardized with the statistics so far
-                    before = self._csr_probas(cols, self._standardized_entries(cols, vals), indptr)
-                vals, learned = self._scale_entries(cols, vals)
+                self._flags()
+                before = np.empty(len(cols)) if predict else None  # the rows with the statistics so far
+                stats, numeric = np.ascontiguousarray(self._scale_stats), np.ascontiguousarray(self._numeric)
+                vals, learned = _batch.standardize_entries(cols, vals, stats, numeric, before)
+                if predict:
+                    before = self._csr_probas(cols, before, indptr)
             p = np.empty(m)
             if self._mixture:
                 if not self._mixture_step().learn_rows(cols, vals, indptr, y, sample_weight, p):

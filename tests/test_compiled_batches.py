@@ -349,3 +349,71 @@ def test_predict_learn_encoded_rows_is_predict_learn_rows(data, kind: str) -> No
     else:
         assert model.predict_learn_encoded_rows(cols, vals, indptr, ys).tobytes() == expected.tobytes()
     assert _state(model) == _state(twin)
+
+
+def _numpy_standardize_entries(cols, vals, stats, numeric, before):
+    """The oracle: the numpy formulas of the model's mini-batch standardization before it was compiled
+    (River's ``StandardScaler.learn_many`` then ``transform_many`` on CSR entries)."""
+    from stream_logreg.model import _MAX, _check_standardized, _merge_statistics, _standardize
+
+    st_ = stats[cols]
+    if before is not None:
+        before[:] = np.clip(_standardize(vals, st_[:, 1], st_[:, 2], numeric[cols] != 0.0), -_MAX, _MAX)
+    mask = numeric[cols] != 0.0
+    if not mask.any():
+        return vals, None
+    c, v = cols[mask], vals[mask]
+    stat_cols, inv = np.unique(c, return_inverse=True)
+    count = np.bincount(inv).astype(np.float64)
+    k = len(stat_cols)
+    lo, hi = np.full(k, np.inf), np.full(k, -np.inf)
+    np.minimum.at(lo, inv, v)
+    np.maximum.at(hi, inv, v)
+    const = lo == hi
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = np.where(const, lo, np.bincount(inv, v / count[inv], minlength=k))
+        var = np.where(const, 0.0, np.bincount(inv, np.square(v - mean[inv]) / count[inv], minlength=k))
+    merged = _merge_statistics(stats[stat_cols], count, mean, var)
+    out = vals.copy()
+    out[mask] = _standardize(v, merged[inv, 1], merged[inv, 2], True)
+    _check_standardized(merged, out)
+    return out, (stat_cols, merged)
+
+
+_FLOAT = st.one_of(st.floats(-1e3, 1e3), st.sampled_from([0.0, -0.0, 1.0, 1e154, -1e200, 1e308, 5e-324]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), n_cols=st.integers(1, 12))
+def test_standardize_entries_is_the_numpy_formula(data, n_cols: int) -> None:
+    """``_batch.standardize_entries`` against the numpy formulas it replaces, bitwise: the entries, the
+    statistics learned, the predictions' entries and the refusals; running statistics fresh or not, columns
+    of one value, indicators, values near the largest double."""
+    from stream_logreg._batch import standardize_entries
+
+    numeric = np.array(data.draw(st.lists(st.sampled_from([0.0, 1.0, 1.0]), min_size=n_cols,
+                                          max_size=n_cols)))
+    stats = np.array([[data.draw(st.sampled_from([0.0, 1.0, 3.0, 1e6])), data.draw(_FLOAT),
+                       abs(data.draw(_FLOAT))] for _ in range(n_cols)])
+    rows = data.draw(st.lists(st.lists(st.integers(0, n_cols - 1), unique=True, max_size=n_cols),
+                              min_size=1, max_size=20))
+    cols = np.array([j for r in rows for j in r], dtype=np.intp)
+    vals = np.array([data.draw(_FLOAT) for _ in cols])
+    got_before, want_before = np.full(len(cols), 7.0), np.full(len(cols), 7.0)
+    try:
+        want = _numpy_standardize_entries(cols, vals, stats, numeric, want_before)
+    except ValueError as exc:
+        want = str(exc)
+    try:
+        got = standardize_entries(cols, vals, stats, numeric, got_before)
+    except ValueError as exc:
+        got = str(exc)
+    assert got_before.tobytes() == want_before.tobytes()
+    if isinstance(want, str) or want[1] is None:
+        assert got == want if isinstance(want, str) else (got[0] is vals and got[1] is None)
+        return
+    (out, (cs, merged)), (want_out, (want_cs, want_merged)) = got, want
+    assert out.tobytes() == want_out.tobytes()
+    order = np.argsort(cs)
+    assert cs[order].tolist() == want_cs.tolist()
+    assert merged[order].tobytes() == want_merged.tobytes()
