@@ -9,8 +9,10 @@ Each polled message is decoded by :class:`stream_logreg.codec.JsonCodec`:
   reaches the model;
 - a labelled event is first predicted (progressive validation: rolling log loss and accuracy in
   :class:`LearnerStats`) and then learned — with ``batch_size`` 1 both in one ``predict_learn_one``, else
-  buffered until ``batch_size`` labelled events are waiting, then predicted and learned with one
-  ``predict_learn_rows``. Nothing is learned while a batch fills, so each event is predicted by the model
+  buffered until ``batch_size`` labelled events are waiting, then predicted and learned in one mini-batch
+  step (a message of the common shape is read from its bytes straight into the batch's encoded rows,
+  :class:`~consumers.state.buffer.Buffer`; any other is decoded by the codec and kept as its dict row).
+  Nothing is learned while a batch fills, so each event is predicted by the model
   it met on arrival either way; its prediction is counted (and, with ``publish_labelled``, published)
   once its update is made, and not if the update is refused. Batches are cut from consecutive labelled
   events in stream order whatever the poll boundaries;
