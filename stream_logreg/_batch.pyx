@@ -55,7 +55,7 @@ from stream_logreg._json cimport RowDecoder
 
 cnp.import_array()
 
-__all__ = ["MiniBatch", "standardize_entries"]
+__all__ = ["MiniBatch", "check_rows", "standardize_entries"]
 
 
 cdef class MiniBatch:
@@ -266,6 +266,32 @@ cdef class MiniBatch:
         self._release(0)
         self.m = self.nnz = self.n_dicts = 0
         self.xs.clear()
+
+
+def check_rows(cnp.ndarray cols not None, cnp.ndarray vals not None, cnp.ndarray indptr not None,
+               Py_ssize_t n_columns):
+    """``ValueError`` unless the m = len(indptr) − 1 CSR rows ``cols``/``vals`` (contiguous intp and
+    float64, exactly the rows' entries) are well formed: ``indptr`` (contiguous intp) starts at 0, does not
+    decrease and ends at len(cols); every column is in [0, n_columns); every value is finite."""
+    if (cnp.PyArray_TYPE(cols) != cnp.NPY_INTP or cnp.PyArray_TYPE(vals) != cnp.NPY_DOUBLE
+            or cnp.PyArray_TYPE(indptr) != cnp.NPY_INTP or not cnp.PyArray_IS_C_CONTIGUOUS(cols)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(vals) or not cnp.PyArray_IS_C_CONTIGUOUS(indptr)
+            or cnp.PyArray_NDIM(indptr) != 1 or cnp.PyArray_DIM(indptr, 0) < 1):
+        raise ValueError("cols and indptr must be contiguous intp arrays and vals a contiguous float64 array")
+    cdef Py_ssize_t m = cnp.PyArray_DIM(indptr, 0) - 1, nnz = cnp.PyArray_DIM(cols, 0), i
+    cdef Py_ssize_t* c = <Py_ssize_t*> cnp.PyArray_DATA(cols)
+    cdef double* v = <double*> cnp.PyArray_DATA(vals)
+    cdef Py_ssize_t* ip = <Py_ssize_t*> cnp.PyArray_DATA(indptr)
+    if ip[0] != 0 or ip[m] != nnz or cnp.PyArray_DIM(vals, 0) != nnz:
+        raise ValueError("indptr must start at 0, not decrease and end within cols and vals")
+    for i in range(m):
+        if ip[i + 1] < ip[i]:
+            raise ValueError("indptr must start at 0, not decrease and end within cols and vals")
+    for i in range(nnz):
+        if not (0 <= c[i] < n_columns and isfinite(v[i])):
+            raise ValueError(f"the columns must exist in the feature space (0 to {n_columns - 1}) and the "
+                             "values be finite")
+    return None
 
 
 # Built-in standardization of a mini-batch (the model's ``scale=True``): River's StandardScaler.learn_many,

@@ -1125,19 +1125,18 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
                 and indptr.ndim == 1 and len(indptr) >= 1):
             raise ValueError("cols and indptr must be intp arrays and vals a float64 array")
         m = len(indptr) - 1
-        nnz = int(indptr[-1])
-        if int(indptr[0]) != 0 or nnz > min(len(cols), len(vals)) or (m and np.diff(indptr).min() < 0):
-            raise ValueError("indptr must start at 0, not decrease and end within cols and vals")
         y = _labels(y)
         if y.shape != (m,):
             raise ValueError("expected one label in {0, 1, False, True} per row")
+        indptr = np.ascontiguousarray(indptr)
+        nnz = int(indptr[-1])
+        if not 0 <= nnz <= min(len(cols), len(vals)):
+            raise ValueError("indptr must start at 0, not decrease and end within cols and vals")
         c, v = np.ascontiguousarray(cols[:nnz]), np.ascontiguousarray(vals[:nnz])
-        if nnz and not (0 <= c.min() and c.max() < self.features.n_columns and np.isfinite(v).all()):
-            raise ValueError("the columns must exist in the feature space (0 to "
-                             f"{self.features.n_columns - 1}) and the values be finite")
+        _batch.check_rows(c, v, indptr, self.features.n_columns)
         if m == 0:
             return np.empty(0)
-        return self._learn_encoded_rows(c, v, np.ascontiguousarray(indptr), y,
+        return self._learn_encoded_rows(c, v, indptr, y,
                                         self._sample_weights(sample_weight, m), True, None)
 
     def _learn_rows(self, xs: Any, ys: Any, sample_weight: Any, predict: bool) -> np.ndarray | None:
