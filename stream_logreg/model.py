@@ -852,6 +852,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
     # The batch's statistics per column (count, mean, population variance) are merged into the running
     # ones (Chan et al.'s pairwise formula, as River), then every entry is standardized with the merged
     # statistics. Nothing is written here: the caller commits ``learned`` once the update was accepted.
+    # (Dense rows here; CSR rows in one compiled pass, ``_batch.standardize_entries``, the same formulas.)
 
     def _scale_dense(self, X: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, tuple | None]:
         """Dense finite rows X (columns ``cols``, every row has every column): the standardized rows and
