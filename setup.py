@@ -1,5 +1,6 @@
-"""Builds the compiled parts (stream_logreg/_kernel.pyx, _features.pyx, _stream.pyx, _json.pyx: C++, with the
-vendored fast_float header, vendor/: a build input, not part of the package); the rest: pyproject."""
+"""Builds the compiled parts (stream_logreg/_kernel.pyx, _features.pyx, _stream.pyx, _batch.pyx, _json.pyx:
+C++, with the vendored fast_float header, vendor/: a build input, not part of the package); the rest:
+pyproject."""
 
 import numpy
 from Cython.Build import cythonize
@@ -26,6 +27,14 @@ setup(
             Extension(
                 "stream_logreg._stream",
                 ["stream_logreg/_stream.pyx"],
+                include_dirs=[numpy.get_include()],
+                depends=["stream_logreg/_json.pxd"],
+                define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+                extra_compile_args=["-O3"],
+            ),
+            Extension(
+                "stream_logreg._batch",
+                ["stream_logreg/_batch.pyx"],
                 include_dirs=[numpy.get_include()],
                 depends=["stream_logreg/_json.pxd"],
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

@@ -9,8 +9,10 @@ Each polled message is decoded by :class:`stream_logreg.codec.JsonCodec`:
   reaches the model;
 - a labelled event is first predicted (progressive validation: rolling log loss and accuracy in
   :class:`LearnerStats`) and then learned — with ``batch_size`` 1 both in one ``predict_learn_one``, else
-  buffered until ``batch_size`` labelled events are waiting, then predicted and learned with one
-  ``predict_learn_rows``. Nothing is learned while a batch fills, so each event is predicted by the model
+  buffered until ``batch_size`` labelled events are waiting, then predicted and learned in one mini-batch
+  step (a message of the common shape is read from its bytes straight into the batch's encoded rows,
+  :class:`~consumers.state.buffer.Buffer`; any other is decoded by the codec and kept as its dict row).
+  Nothing is learned while a batch fills, so each event is predicted by the model
   it met on arrival either way; its prediction is counted (and, with ``publish_labelled``, published)
   once its update is made, and not if the update is refused. Batches are cut from consecutive labelled
   events in stream order whatever the poll boundaries;
@@ -496,7 +498,8 @@ class Learner:
     def _process(self, tp: TopicPartition, records: list, values: list) -> None:
         """Decode, predict, learn or score, publish; ``records`` are consecutive messages of ``tp`` (as the
         client gives them) and ``values`` their values. The hot path reads only the values: the records
-        are made neutral (``source.record``) only for an output or a buffered event."""
+        are made neutral (``source.record``) only for an output (and once per partition and poll for a
+        mini-batch's bookkeeping, :class:`~consumers.state.buffer.Buffer`)."""
         cfg = self.config
         view = self._source.record
         state = self._state
@@ -544,6 +547,14 @@ class Learner:
                                               rows, model, score)
                 if i == n:
                     break
+            elif batch_size > 1:  # labelled events of the common shape: straight into the next mini-batch
+                i = buffer.take(rows, values, i, model.features, tp, records, view)
+                if len(buffer) >= batch_size:
+                    self._learn_buffer(ps, ys)
+                    continue
+                if i == n:
+                    break
+                ev, refused = decode(values[i]), None
             else:
                 ev, refused = decode(values[i]), None
             r = records[i]
@@ -579,7 +590,7 @@ class Learner:
                 if publish_labelled:  # p is the prediction of the model before this sample
                     publish(view(r), ev, p, model.n_samples_seen - 1, cid)
             else:
-                buffer.append((ev, view(r), tp))
+                buffer.add(x, y, i - 1, tp, records, view)
                 if len(buffer) >= batch_size:
                     self._learn_buffer(ps, ys)
         if score is not None:
@@ -630,24 +641,26 @@ class Learner:
         """
         state = self._state
         buffer = state.buffer
-        labels = [b[0].y for b in buffer]
+        view = self._source.record
         seen = state.model.n_samples_seen
         try:
-            p = state.model.predict_learn_rows([b[0].x for b in buffer], labels).tolist()
-        except ValueError as exc:  # refused before changing the model
-            for b in buffer:
-                self._reject(b[1], Reason.BAD_VALUE, f"the model refused the mini-batch: {exc}")
+            try:
+                p = buffer.batch.learn(state.model).tolist()
+            except ValueError as exc:  # refused before changing the model
+                for r in buffer.records(view):
+                    self._reject(r, Reason.BAD_VALUE, f"the model refused the mini-batch: {exc}")
+                return
+            ps += p
+            ys += buffer.batch.labels()
+            if self.config.predictions_topic and self.config.publish_labelled:
+                decode, cid = self._decode, state.checkpoint_id
+                for r, p_ev in zip(buffer.records(view), p, strict=True):
+                    self._outputs.prediction(r, decode(r.value), p_ev, seen, cid)
+            counts = state.learned
+            for tp, k in buffer.counts():
+                counts[tp] = counts.get(tp, 0) + k
+        finally:
             buffer.clear()
-            return
-        ps += p
-        ys += labels
-        if self.config.predictions_topic and self.config.publish_labelled:
-            for (ev, r, _), p_ev in zip(buffer, p, strict=True):
-                self._outputs.prediction(r, ev, p_ev, seen, state.checkpoint_id)
-        counts = state.learned
-        for tp, k in Counter(map(itemgetter(2), buffer)).items():
-            counts[tp] = counts.get(tp, 0) + k
-        buffer.clear()
 
     def _reject(self, record: Any, reason: Reason, detail: str) -> None:
         reason = Reason(reason)

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from river import base
 
-from stream_logreg import _kernel
+from stream_logreg import _batch, _kernel
 from stream_logreg import optim as optim_
 from stream_logreg.features import FeatureSpace, IndicatorKey, IndicatorName, encode_value
 from stream_logreg.math import sigmoid, sigmoid_scalar
@@ -848,16 +848,11 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         Z = _standardize(X, stats[:, 1], stats[:, 2], self._numeric[cols] != 0.0)
         return np.ascontiguousarray(np.clip(Z, -_MAX, _MAX))
 
-    def _standardized_entries(self, cols: np.ndarray, vals: np.ndarray) -> np.ndarray:
-        """The entries ``vals`` (columns ``cols``) as ``scale_row`` transforms them, without learning."""
-        self._flags()
-        stats = self._scale_stats[cols]
-        return np.clip(_standardize(vals, stats[:, 1], stats[:, 2], self._numeric[cols] != 0.0), -_MAX, _MAX)
-
     # Built-in standardization of a mini-batch: River's StandardScaler.learn_many, then transform_many.
     # The batch's statistics per column (count, mean, population variance) are merged into the running
     # ones (Chan et al.'s pairwise formula, as River), then every entry is standardized with the merged
     # statistics. Nothing is written here: the caller commits ``learned`` once the update was accepted.
+    # (Dense rows here; CSR rows in one compiled pass, ``_batch.standardize_entries``, the same formulas.)
 
     def _scale_dense(self, X: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, tuple | None]:
         """Dense finite rows X (columns ``cols``, every row has every column): the standardized rows and
@@ -879,31 +874,6 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         Z[:, numeric] = _standardize(Xn, merged[:, 1], merged[:, 2], True)
         _check_standardized(merged, Z)
         return Z, (stat_cols, merged)
-
-    def _scale_entries(self, cols: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, tuple | None]:
-        """CSR entries of finite values (columns ``cols``; a row has a column at most once): the
-        standardized entries and the statistics learned. A feature absent from a row is not an
-        observation of it (as in ``learn_one``): its statistics count the rows that have it."""
-        self._flags()
-        numeric = self._numeric[cols] != 0.0
-        if not numeric.any():
-            return vals, None
-        c, v = cols[numeric], vals[numeric]
-        stat_cols, inv = np.unique(c, return_inverse=True)
-        count = np.bincount(inv).astype(np.float64)
-        k = len(stat_cols)
-        lo, hi = np.full(k, np.inf), np.full(k, -np.inf)
-        np.minimum.at(lo, inv, v)
-        np.maximum.at(hi, inv, v)
-        const = lo == hi
-        with np.errstate(over="ignore", invalid="ignore"):
-            mean = np.where(const, lo, np.bincount(inv, v / count[inv], minlength=k))
-            var = np.where(const, 0.0, np.bincount(inv, np.square(v - mean[inv]) / count[inv], minlength=k))
-        merged = _merge_statistics(self._scale_stats[stat_cols], count, mean, var)
-        out = vals.copy()
-        out[numeric] = _standardize(v, merged[inv, 1], merged[inv, 2], True)
-        _check_standardized(merged, out)
-        return out, (stat_cols, merged)
 
     def _commit_statistics(self, learned: tuple | None) -> None:
         if learned is not None:
@@ -1126,9 +1096,53 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         """
         return self._learn_rows(xs, ys, sample_weight, True)
 
+    def predict_learn_encoded_rows(self, cols: np.ndarray, vals: np.ndarray, indptr: np.ndarray, y: Any,
+                                   sample_weight: Any = None) -> np.ndarray:
+        """:meth:`predict_learn_rows` of rows already encoded, in CSR: row i's columns are
+        ``cols[indptr[i]:indptr[i + 1]]`` (intp) and their values ``vals[...]`` (float64), as the feature
+        space encodes a row (see :meth:`predict_learn_encoded`); ``y`` one label per row. Returns the p_i
+        before the update and leaves the model bitwise as :meth:`predict_learn_rows` of the dict rows would.
+
+        The contract (a ``ValueError`` if broken, nothing changed): ``indptr`` starts at 0 and does not
+        decrease, every column exists in the feature space, every value is finite. The caller guarantees
+        that the columns of a row are distinct and, with hashing, that colliding features were summed. A
+        refused update raises ``ValueError`` and leaves the model as it was. The arrays are not written.
+
+        >>> model = OnlineLogisticRegression(optimizer=optim_.SGD(0.1), scale=True)
+        >>> model.learn_one({"a": 1.0, "b": 2.0}, True)
+        >>> twin = model.clone(include_attributes=True)
+        >>> a, b = model.features.columns["a"], model.features.columns["b"]
+        >>> cols, vals = np.array([a, b, b], dtype=np.intp), np.array([3.0, 2.0, 5.0])
+        >>> indptr = np.array([0, 2, 3], dtype=np.intp)
+        >>> p = model.predict_learn_encoded_rows(cols, vals, indptr, [False, True])
+        >>> p.tolist() == twin.predict_learn_rows([{"a": 3.0, "b": 2.0}, {"b": 5.0}], [False, True]).tolist()
+        True
+        >>> model.coef.tobytes() == twin.coef.tobytes()
+        True
+
+        """
+        if not (type(cols) is np.ndarray and cols.dtype == np.intp and type(vals) is np.ndarray
+                and vals.dtype == _F64 and type(indptr) is np.ndarray and indptr.dtype == np.intp
+                and indptr.ndim == 1 and len(indptr) >= 1):
+            raise ValueError("cols and indptr must be intp arrays and vals a float64 array")
+        m = len(indptr) - 1
+        y = _labels(y)
+        if y.shape != (m,):
+            raise ValueError("expected one label in {0, 1, False, True} per row")
+        indptr = np.ascontiguousarray(indptr)
+        nnz = int(indptr[-1])
+        if not 0 <= nnz <= min(len(cols), len(vals)):
+            raise ValueError("indptr must start at 0, not decrease and end within cols and vals")
+        c, v = np.ascontiguousarray(cols[:nnz]), np.ascontiguousarray(vals[:nnz])
+        _batch.check_rows(c, v, indptr, self.features.n_columns)
+        if m == 0:
+            return np.empty(0)
+        return self._learn_encoded_rows(c, v, indptr, y,
+                                        self._sample_weights(sample_weight, m), True, None)
+
     def _learn_rows(self, xs: Any, ys: Any, sample_weight: Any, predict: bool) -> np.ndarray | None:
-        """:meth:`predict_learn_rows`; the predictions are only made with ``predict`` (with ``scale`` they
-        cost a pass of their own: the rows are standardized with the statistics before the batch)."""
+        """:meth:`predict_learn_rows`: the rows encoded into one CSR buffer (new features created in row
+        order), then :meth:`_learn_encoded_rows`."""
         if type(xs) is not list:
             xs = list(xs)
         m = len(xs)
@@ -1137,10 +1151,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         y = _labels(ys)
         if y.shape != (m,):
             raise ValueError("expected one label in {0, 1, False, True} per row")
-        if sample_weight is not None:
-            sample_weight = np.ascontiguousarray(
-                np.broadcast_to(np.asarray(sample_weight, dtype=np.float64), (m,))
-            )
+        sample_weight = self._sample_weights(sample_weight, m)
         features = self.features
         merge = features.n_bits is not None
         try:
@@ -1163,19 +1174,42 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
                 except ValueError as e:
                     raise ValueError(f"row {i}: {e}") from None
                 i += 1
-            self._grow(features.n_columns)
+        except BaseException:
+            self._rollback(mark)  # forget what the earlier rows added
+            raise
+        nnz = indptr[m]  # fewer than `size` where a full vocabulary ignored features
+        return self._learn_encoded_rows(cols[:nnz], vals[:nnz], indptr, y, sample_weight, predict, mark)
+
+    @staticmethod
+    def _sample_weights(sample_weight: Any, m: int) -> np.ndarray | None:
+        if sample_weight is None:
+            return None
+        return np.ascontiguousarray(np.broadcast_to(np.asarray(sample_weight, dtype=np.float64), (m,)))
+
+    def _learn_encoded_rows(self, cols: np.ndarray, vals: np.ndarray, indptr: np.ndarray, y: np.ndarray,
+                            sample_weight: np.ndarray | None, predict: bool, mark: tuple | None
+                            ) -> np.ndarray:
+        """The mini-batch step on the m = len(y) >= 1 CSR rows (``cols``/``vals``: exactly their entries);
+        the predictions are only made with ``predict`` (with ``scale`` they cost a pass of their own: the
+        rows are standardized with the statistics before the batch). ``mark``: the feature space before
+        the rows created columns (rolled back on refusal), or None."""
+        m = len(y)
+        try:
+            self._grow(self.features.n_columns)
             learned, before = None, None
             if self.scale:  # the statistics learn the whole batch, then the rows are standardized with them
-                nnz = indptr[m]  # fewer than `size` where a full vocabulary ignored features
-                cols, vals = cols[:nnz], vals[:nnz]
-                if predict:  # the predictions: the rows standardized with the statistics so far
-                    before = self._csr_probas(cols, self._standardized_entries(cols, vals), indptr)
-                vals, learned = self._scale_entries(cols, vals)
+                self._flags()
+                before = np.empty(len(cols)) if predict else None  # the rows with the statistics so far
+                stats, numeric = np.ascontiguousarray(self._scale_stats), np.ascontiguousarray(self._numeric)
+                vals, learned = _batch.standardize_entries(cols, vals, stats, numeric, before)
+                if predict:
+                    before = self._csr_probas(cols, before, indptr)
             p = np.empty(m)
             if self._mixture:
                 if not self._mixture_step().learn_rows(cols, vals, indptr, y, sample_weight, p):
                     raise ValueError("the batch would make the model non-finite (values too large); refused")
             else:
+                size = len(cols)
                 touched, grads, g_b = np.empty(size, dtype=np.intp), np.empty(size), np.empty(1)
                 n = _kernel.batch_predict_gradient(
                     self._w, self._b, cols, vals, indptr, y, sample_weight, self._neg_weight,
@@ -1186,7 +1220,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
                 self._update(touched, grads, n, float(g_b[0]), "the batch")
             self._commit_statistics(learned)
         except BaseException:
-            self._rollback(mark)  # forget what the earlier rows added
+            if mark is not None:
+                self._rollback(mark)  # forget what the rows added
             raise
         self.n_samples_seen += m
         return p if before is None else before

@@ -53,6 +53,7 @@ from typing import Any
 from kafka import TopicPartition
 from kafka.structs import OffsetAndMetadata
 
+from consumers.state.buffer import Buffer
 from consumers.state.kafka_store import StateFenced
 from consumers.stats import LearnerStats
 from stream_logreg.checkpoints import CheckpointError, Snapshot
@@ -133,9 +134,9 @@ class Checkpointing:
     """The model, the offsets it covers, and its durable checkpoints.
 
     Attributes read and written by the loop's hot path: ``model``, ``positions`` (next offset to read, per
-    partition read), ``buffer`` ((event, record, tp) read but not learned yet), ``learned`` (events of each
-    partition in the model, over its whole history), ``since_checkpoint`` (messages since the last
-    checkpoint).
+    partition read), ``buffer`` (the labelled events read but not learned yet,
+    :class:`~consumers.state.buffer.Buffer`), ``learned`` (events of each partition in the model, over its
+    whole history), ``since_checkpoint`` (messages since the last checkpoint).
 
     >>> from stream_logreg.checkpoints import DirectoryStore          # doctest: +SKIP
     >>> state = Checkpointing(DirectoryStore("ckpt"), config, stats)   # doctest: +SKIP
@@ -162,7 +163,7 @@ class Checkpointing:
         self.model: Any = None
         self.checkpoint_id: str | None = None
         self.positions: dict[TopicPartition, int] = {}
-        self.buffer: list[tuple[Any, Any, TopicPartition]] = []
+        self.buffer = Buffer(config.batch_size)
         self.learned: dict[TopicPartition, int] = {}
         self.ckpt_offsets: dict[TopicPartition, int] = {}  # the offsets of checkpoint_id
         # The group's committed offset when we took each partition: never commit below it (a checkpoint
@@ -258,13 +259,7 @@ class Checkpointing:
 
     def offsets(self) -> dict[TopicPartition, int]:
         """Per partition, the first event not in the model: the position, or the first buffered event."""
-        offsets = dict(self.positions)
-        seen: set[TopicPartition] = set()
-        for _, r, tp in self.buffer:
-            if tp not in seen:
-                seen.add(tp)
-                offsets[tp] = r.offset
-        return offsets
+        return {**self.positions, **self.buffer.first_offsets()}
 
     def checkpoint(self, reason: str, flush: Callable[[float], bool], flush_timeout: float | None = None,
                    commit_to: Iterable[TopicPartition] = ()) -> bool:
@@ -537,7 +532,7 @@ class Checkpointing:
         # which offsets are durable (bounded as the revoke's flush: this may run in a rebalance callback)
         self.settle(min(self.config.commit_timeout_ms / 1000, 2.0))
         current = self.offsets()
-        self.buffer[:] = [b for b in self.buffer if b[2] not in partitions]
+        self.buffer.drop(partitions)
         for tp in partitions:
             self.orphans.pop(tp, None)
             durable = self.ckpt_offsets.get(tp)
