@@ -396,6 +396,7 @@ class Learner:
         with self._lock:
             for tp, (records, values) in work.items():
                 self._process(tp, records, values)
+            self._publish_learned(work)
 
     def _complete(self, pipeline: Pipeline) -> None:
         """Complete the batch in flight (its exception raised here), then fold the stats and tick: the
@@ -881,6 +882,16 @@ class Learner:
                 highwaters[key] = hw
         with st.lock:
             st.positions, st.highwaters = positions, highwaters  # revoked partitions drop out
+        self._publish_learned(())
+
+    def _publish_learned(self, tps: Any) -> None:
+        """Fold what learning the records of partitions ``tps`` changed into the stats: their positions, the
+        model's size (the worker's part, at the end of each batch: no call of the client)."""
+        st, state = self.stats, self._state
+        with st.lock:
+            for tp in tps:
+                if tp in state.positions:
+                    st.positions[tp_key(tp)] = state.positions[tp]
             st.n_samples_seen = state.model.n_samples_seen
             st.n_features = state.model.n_features
             st.buffered = len(state.buffer)
