@@ -62,58 +62,55 @@ def test_one_batch_at_a_time_and_close_logs_what_nobody_raised(caplog: pytest.Lo
 @pytest.mark.kafka
 def test_a_revoke_waits_for_the_batch_in_flight(kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path,
                                                 kafka_client: str) -> None:
-    """Member A's first batch is held on its worker while member B joins: A's revoke callback (inside A's
-    poll) must wait for it, so the revoke checkpoint holds that batch and the offsets it commits cover it;
-    afterwards every event is learned exactly once across A and B."""
+    """Member A's batches are held on its worker for a while each (so that its polls, where the rebalance
+    callbacks run, happen while one is in flight) when member B joins: A's revoke callback must wait for
+    the batch in flight, so that it is learned before the revoke checkpoint and never after the
+    partitions are gone; every event is learned exactly once across A and B."""
     topic = kafka_topic(2)
     group = f"g-{topic}"
-    values = make_events(1000, seed=5)
+    values = make_events(3000, seed=5)
     produce(kafka_bootstrap, topic, values, partitions=2)
     cfg_a = make_config(kafka_bootstrap, topic, tmp_path / "a", group_id=group, max_poll_records=100,
                         kafka_client=kafka_client)
     cfg_b = make_config(kafka_bootstrap, topic, tmp_path / "b", group_id=group, max_poll_records=100,
                         kafka_client=kafka_client)
     learner_a = Learner(cfg_a)
-    held, release = threading.Event(), threading.Event()
-    first: list[int] = []
+    holding, revoked = threading.Event(), threading.Event()
     learn_batch, on_revoked = learner_a._learn_batch, learner_a.on_revoked
-    revokes: list[tuple[int, dict]] = []
+    revokes: list[tuple[bool, bool]] = []  # (a batch in flight when it began, one in flight when it ended)
 
-    def holding(work: dict) -> None:
-        if not held.is_set():
-            first.append(sum(len(records) for records, _ in work.values()))
-            held.set()
-            release.wait(120)
+    def slow(work: dict) -> None:
+        if holding.is_set():
+            revoked.wait(0.5)  # not learned yet: a revoke now must wait for it
         learn_batch(work)
 
-    def revoked(partitions: set) -> dict:
-        # The batch goes on in a moment; a callback that did not wait for it would checkpoint without it.
-        timer = threading.Timer(0.5, release.set)
-        timer.start()
+    def on_revoked_a(partitions: set) -> dict:
+        pipeline = learner_a._pipeline
+        began = pipeline is not None and pipeline.busy
         offsets = on_revoked(partitions)
-        revokes.append((learner_a.model.n_samples_seen,
-                        {tp.partition: o.offset for tp, o in offsets.items()}))
+        revokes.append((began, pipeline is not None and pipeline.busy))
+        revoked.set()
         return offsets
 
-    learner_a._learn_batch, learner_a.on_revoked = holding, revoked
+    learner_a._learn_batch, learner_a.on_revoked = slow, on_revoked_a
     a = Running(learner_a)
     try:
-        wait_for(held.is_set, 60, "A's first batch in flight")
+        a.wait_consumed(300)
+        holding.set()
         with running(cfg_b) as b:
             wait_for(lambda: revokes, 90, "A's revoke")
-            n_seen, offsets = revokes[0]
-            assert first[0] > 0 and n_seen >= first[0]  # the held batch is in the model ...
-            assert sum(offsets.values()) in (0, n_seen)  # ... and in the offsets committed with it
+            assert revokes[0] == (True, False)  # a batch was in flight, and was complete before the revoke
+            holding.clear()
             wait_for(lambda: b.stats()["assigned"] and a.stats()["assigned"], 60, "A and B sharing")
             wait_for(lambda: sum(a.stats()["positions"].values()) + sum(b.stats()["positions"].values())
                      >= len(values), 90, "every event read")
             b.stop()
         a.stop()
     finally:
-        release.set()
+        revoked.set()
         if a.thread.is_alive():
             a.stop()
     ckpt_a, ckpt_b = latest(tmp_path / "a"), latest(tmp_path / "b")
     learned_a, learned_b = Counter(ckpt_a.metadata["learned"]), Counter(ckpt_b.metadata["learned"])
-    assert dict(learned_a + learned_b) == {f"{topic}:0": 500, f"{topic}:1": 500}  # exactly once
+    assert dict(learned_a + learned_b) == {f"{topic}:0": 1500, f"{topic}:1": 1500}  # exactly once
     assert ckpt_a.model.n_samples_seen + ckpt_b.model.n_samples_seen == len(values)
