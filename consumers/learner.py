@@ -27,7 +27,11 @@ common shape is predicted in the pass too (from its encoded row) and handed to P
 and kept for its label. Per event (20 float features, the service's
 default model: the standardized mixture of eight learners), the whole pass costs ~3.3 µs, less than
 ``orjson.loads`` of the same messages alone (~4.4 µs); the metrics, positions and counters are folded once
-per polled batch.
+per polled batch. The runs of such messages are learned with the GIL released, and each polled batch is
+learned on a worker thread while the loop polls the next (:mod:`consumers.pipeline`): the client's poll and
+the learning overlap on two cores. Everything else that touches the state (the rebalance callbacks, the
+periodic checkpoint and commit, seeks, the group model's sync, the transactions, the shutdown) waits for
+the batch in flight first, so that a checkpoint always holds exactly the events its offsets cover.
 
 The checkpoint/offset contract
 ------------------------------
