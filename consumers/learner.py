@@ -332,7 +332,7 @@ class Learner:
                     batch = source.poll(cfg.poll_timeout_ms)
                     self.stats.last_poll_time = time.time()
                 except KafkaError as exc:
-                    self._complete(pipeline)
+                    self._complete(pipeline, tick=False)  # checkpointed after a poll that works
                     with self.stats.lock:
                         self.stats.last_poll_time = time.time()
                         self.stats.poll_errors += 1
@@ -402,16 +402,17 @@ class Learner:
                 self._process(tp, records, values)
             self._publish_learned(work)
 
-    def _complete(self, pipeline: Pipeline) -> None:
-        """Complete the batch in flight (its exception raised here), then fold the stats and tick: the
-        checkpoint and commit that are due."""
+    def _complete(self, pipeline: Pipeline, tick: bool = True) -> None:
+        """Complete the batch in flight (its exception raised here), then fold the stats and (``tick``)
+        make the checkpoint and commit that are due."""
         pipeline.complete()
         state, source = self._state, self._source
         with self._lock:
             self._publish_stats()
-            if source.commit_failures():  # a periodic commit was refused: commit again
-                state.commit_pending = True
-            state.tick(source.assignment(), source.pending, self._flush, source.commit_soon)
+            if tick:
+                if source.commit_failures():  # a periodic commit was refused: commit again
+                    state.commit_pending = True
+                state.tick(source.assignment(), source.pending, self._flush, source.commit_soon)
 
     def _await_batch(self) -> None:
         """For the rebalance callbacks: the batch in flight completes first (its model, positions and
