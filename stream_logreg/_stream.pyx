@@ -136,7 +136,8 @@ def learn_values(object decode, object learn, list values not None, Py_ssize_t s
     for i in range(max(start, 0), n):
         if i < done:  # learned without the GIL
             continue
-        if release_gil and step is not None and i > done and nogil_step(step, rows.cap):
+        # (scratch for rows of 64 entries: a longer row stops the run once, and the way below makes room)
+        if release_gil and step is not None and i > done and nogil_step(step, 64):
             done = _learn_run(rows, step, values, i, scoring, ps, ys, model)
             if done == n:
                 break

@@ -125,3 +125,16 @@ def test_another_thread_runs_while_the_pass_learns(release_gil: bool) -> None:
     assert finished[0]
     assert saw_it_running == release_gil
     assert model.n_samples_seen == 20_001
+
+
+@pytest.mark.parametrize("width", [63, 64, 65, 300])
+def test_wide_rows(width: int) -> None:
+    """Rows wider than the scratch reserved up front stop a run once (the way with the GIL makes room);
+    bitwise the same either way."""
+    rng = random.Random(width)
+    values = [encode_event({f"f{j}": rng.gauss(0, 1) for j in range(rng.randint(1, width))},
+                           rng.random() > 0.5) for _ in range(200)]
+    values.insert(0, encode_event({f"f{j}": 0.0 for j in range(width)}, 1))
+    a, b = _model(), _model()
+    assert _run(a, values, True) == _run(b, values, False)
+    assert _state(a) == _state(b)
