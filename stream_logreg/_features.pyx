@@ -165,12 +165,14 @@ def blake2b64(bytes data not None) -> int:
 
 
 def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not None,
-                cnp.ndarray vals not None, Py_ssize_t start=0, RowLayout layout=None):
+                cnp.ndarray vals not None, Py_ssize_t start=0, RowLayout layout=None, bint looked_up=False):
     """``space.encode(x, grow)`` written into cols[start:] and vals[start:]; returns how many entries, or -1
     if the row must go to the reference (see the module docstring). The buffers (intp, float64) must hold
     ``len(x)`` entries from ``start``. With the model's `layout`, the indicators of str keys and values are
     looked up in its pair cache first (a cached one needs no check: it was checked when it was created),
-    and the others are cached.
+    and the others are cached. `looked_up` (with `layout`): the caller has looked the row up in the pair
+    cache already (and prefetched what it reads), and cols[start + i] holds, for each entry i of a str key
+    and value, the column the cache gave, or -1 (the compiled steps, whose own look-up found a new value).
     """
     if _IndicatorKey is None:
         _bind()
@@ -188,17 +190,19 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
     cdef Py_ssize_t i = 0
     cdef bint cached = layout is not None
     cdef Py_ssize_t limit = pair_limit(space.n_bits is not None)
+    looked_up = looked_up and cached
     # 1. Every value is one the compiled path takes, before anything is looked up (as the reference); the
     # column of entry i, if in the pair cache, goes to c[i] (else -1), which pass 2 reads before it writes
     # c[n], n <= i.
-    if cached:
+    if cached and not looked_up:
         layout.prefetch(x)
     while PyDict_Next(x, &pos, &key, &value):
+        ci = c[i]
         c[i] = -1
         i += 1
         if _is_str(value):
             if cached and _is_str(key):
-                c[i - 1] = layout.pair_get(key, value, pair_hash(key, value))
+                c[i - 1] = ci if looked_up else layout.pair_get(key, value, pair_hash(key, value))
                 if c[i - 1] >= 0:
                     continue
             if _numeric(value):

@@ -14,7 +14,7 @@ through raw pointers, which costs far less per call than typed memoryviews.
 cimport cython
 cimport numpy as cnp
 import numpy as np
-from cpython.dict cimport PyDict_GetItemWithError, PyDict_Next, PyDict_SetItem
+from cpython.dict cimport PyDict_GetItemWithError, PyDict_Next, PyDict_SetItem, PyDict_Size
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLong
 from cpython.object cimport PyObject
@@ -130,6 +130,13 @@ cdef extern from *:
 
 cdef extern from "Python.h":
     void _prefetch "__builtin_prefetch" (const void* p) noexcept nogil
+    void _prefetch_w "sl_prefetch_w" (const void* p) noexcept nogil
+
+
+cdef extern from *:
+    """
+    #define sl_prefetch_w(p) __builtin_prefetch((p), 1)
+    """
 
 
 cdef extern from *:
@@ -444,21 +451,36 @@ cdef inline void _prefetch_rows(double* a, Py_ssize_t* c, Py_ssize_t n, Py_ssize
         _prefetch_row(a + c[i] * width, width)
 
 
-cdef Py_ssize_t _new_row(dict x, Py_ssize_t pos, RowLayout layout, double* rows, Py_ssize_t width) noexcept:
-    """-1 (row x goes to the feature space's encoder: it has a new indicator, at the entry before `pos`),
-    having prefetched the rows of `width` doubles at `rows` of the indicators cached among the entries
-    after it: their misses then overlap the encoder's work instead of the update's (a click-through row
-    with a few new values has most of its known ones after the first new one)."""
+cdef Py_ssize_t _new_row(dict x, Py_ssize_t pos, Py_ssize_t i, RowLayout layout, Py_ssize_t* c, Py_ssize_t cap,
+                        bint merge, double* rows, Py_ssize_t width) noexcept:
+    """Row x goes to the feature space's encoder: it has a new indicator, entry i (the one before `pos`).
+    With `rows`: -3, having prefetched the rows of `width` doubles at `rows` of the indicators cached among
+    the entries after it (their misses then overlap the encoder's work instead of the update's: a
+    click-through row with a few new values has most of its known ones after the first new one), and
+    written what the encoder's look-up would find (`encode_into`'s `looked_up`): c[j], for each entry j
+    of a str key and value, the pair cache's column or -1 (the entries before i are in c already, unless
+    `merge` merged some: then they are looked up again, in the caches now). -1 without `rows`, or if the
+    row does not fit the `cap` entries at c."""
     cdef PyObject* key
     cdef PyObject* value
-    cdef Py_ssize_t ci
-    if rows != NULL:
-        while PyDict_Next(x, &pos, &key, &value):
-            if _is_str(value) and _is_str(key):
-                ci = layout.pair_get(key, value, pair_hash(key, value))
-                if ci >= 0:
-                    _prefetch_row(rows + ci * width, width)
-    return -1
+    cdef Py_ssize_t ci, j = 0, q = 0
+    if rows == NULL or PyDict_Size(x) > cap:
+        return -1
+    if merge:
+        while j < i and PyDict_Next(x, &q, &key, &value):
+            c[j] = layout.pair_get(key, value, pair_hash(key, value)) if _is_str(value) and _is_str(key) else -1
+            j += 1
+    c[i] = -1
+    j = i + 1
+    while PyDict_Next(x, &pos, &key, &value):
+        ci = -1
+        if _is_str(value) and _is_str(key):
+            ci = layout.pair_get(key, value, pair_hash(key, value))
+            if ci >= 0:
+                _prefetch_row(rows + ci * width, width)
+        c[j] = ci
+        j += 1
+    return -3
 
 
 cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_ssize_t cap, bint merge,
@@ -466,7 +488,8 @@ cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_s
     """`encode` into the `cap` entries at c and v; with a `layout`, numeric entries whose key is the one
     at the same position in the layout take its column, and the others update it; indicators of str keys
     and values are looked up in its pair cache first, and cached. With `rows`, the row of `width` doubles
-    of each column found is prefetched at once (so that its misses overlap the rest of the encoding)."""
+    of each column found is prefetched at once (so that its misses overlap the rest of the encoding), and
+    a row with a new indicator returns -3 with the pair cache's answers in c (see `_new_row`)."""
     cdef Py_ssize_t pos = 0, n = 0, i = 0, j
     cdef PyObject* key
     cdef PyObject* value
@@ -484,9 +507,9 @@ cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_s
             ci = layout.pair_get(key, value, h)
             if ci < 0:
                 if not merge and layout.complete and layout.synced == len(columns):
-                    return _new_row(x, pos, layout, rows, width)  # not cached, so new (RowLayout.complete)
+                    return _new_row(x, pos, i, layout, c, cap, merge, rows, width)  # not cached, so new
                 if not _lookup(columns, key, value, &ci, &d):
-                    return _new_row(x, pos, layout, rows, width)
+                    return _new_row(x, pos, i, layout, c, cap, merge, rows, width)
                 layout.pair_put(key, value, h, ci, pair_limit(merge))
         elif layout is not None and i < layout.n and layout.keys[i] == key and _number(value, &d):
             ci = layout.cols[i]
@@ -1144,10 +1167,11 @@ cdef object _encode_into = None  # stream_logreg._features.encode_into, bound on
 
 
 cdef Py_ssize_t _encode_new(object space, dict x, RowLayout layout, cnp.ndarray cols, cnp.ndarray vals,
-                            Py_ssize_t capacity) except -2:
+                            Py_ssize_t capacity, bint looked_up) except -2:
     """Row `x`, which has features not seen yet, encoded by the feature space's compiled encoder (which
     creates their columns, `FeatureSpace.encode_into`, with the pair cache of `layout`) if the weights
-    have room for them (`capacity` columns) and the scratch buffers for the row; else -1, nothing done."""
+    have room for them (`capacity` columns) and the scratch buffers for the row; else -1, nothing done.
+    `looked_up`: `cols` holds the pair cache's answers for the row (`_encode_row` returned -3)."""
     global _encode_into
     if space is None or len(x) > cnp.PyArray_DIM(cols, 0):
         return -1
@@ -1156,7 +1180,7 @@ cdef Py_ssize_t _encode_new(object space, dict x, RowLayout layout, cnp.ndarray 
         return -1
     if _encode_into is None:
         _encode_into = __import__("stream_logreg._features", fromlist=["encode_into"]).encode_into
-    return _encode_into(space, x, True, cols, vals, 0, layout)
+    return _encode_into(space, x, True, cols, vals, 0, layout, looked_up)
 
 
 cdef inline tuple _mark(object space):
@@ -1303,7 +1327,8 @@ cdef class SampleStep:
         if self.space is None:
             return -1.0
         mark = _mark(self.space)
-        n = _encode_new(self.space, <dict> x, self.layout, self.cols, self.vals, cnp.PyArray_DIM(self.w, 0))
+        n = _encode_new(self.space, <dict> x, self.layout, self.cols, self.vals, cnp.PyArray_DIM(self.w, 0),
+                        n == -3)
         if n < 0:
             return -1.0
         _prefetch_rows(dptr(self.w), iptr(self.cols), n, 1)
@@ -1596,6 +1621,22 @@ cdef inline bint _row_finite(double* r, Py_ssize_t n) noexcept nogil:
     return bad == 0
 
 
+cdef enum:
+    NEXT_ROWS = 12  # rows of the columns a vocabulary creates next, prefetched per event (~9 new a row)
+
+
+cdef inline void _prefetch_next(double* rows, Py_ssize_t k, Py_ssize_t capacity) noexcept nogil:
+    """Ask the CPU for the mixture's rows (MIX_S doubles) of the vocabulary's next columns k, k + 1, ...
+    (within `capacity`), for writing: a click-through row creates a few columns, always the next ones, and
+    their rows would otherwise be a cache miss each in the update, once the encoder has created them."""
+    cdef Py_ssize_t end = min(k + NEXT_ROWS, capacity)
+    cdef double* p = rows + k * MIX_S
+    cdef double* last = rows + end * MIX_S
+    while p < last:
+        _prefetch_w(p)
+        p += 8
+
+
 @cython.auto_pickle(False)
 @cython.final
 cdef class MixtureStep:
@@ -1769,6 +1810,8 @@ cdef class MixtureStep:
         cdef double label = _binary_label(<PyObject*> y)
         if label < 0.0 or type(x) is not dict:
             return -1.0
+        if self.space is not None and not self.merge:
+            _prefetch_next(self.Mp, len(self.columns), cnp.PyArray_DIM(self.coef, 0))
         cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
                                         cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, self.Mp, MIX_S)
         cdef Py_ssize_t ip[2]
@@ -1779,7 +1822,7 @@ cdef class MixtureStep:
                 return -1.0
             mark = _mark(self.space)
             n = _encode_new(self.space, <dict> x, self.layout, self.cols, self.vals,
-                            cnp.PyArray_DIM(self.coef, 0))
+                            cnp.PyArray_DIM(self.coef, 0), n == -3)
             if n < 0:
                 return -1.0
             _prefetch_rows(self.Mp, iptr(self.cols), n, MIX_S)
