@@ -72,18 +72,32 @@ static inline uint64_t b2_load(const unsigned char* p) {
         B2_G(v3, v4, v9, v14, m[b2_sigma[z][14]], m[b2_sigma[z][15]]);     \
     } while (0)
 
+/* The compression of the words m[16] (a macro, so that a caller whose words are known zeros gets them
+ * folded away). */
+#define B2_COMPRESS(s, m, last)                                                                     \
+    do {                                                                                            \
+        uint64_t v0 = (s)->h[0], v1 = (s)->h[1], v2 = (s)->h[2], v3 = (s)->h[3];                    \
+        uint64_t v4 = (s)->h[4], v5 = (s)->h[5], v6 = (s)->h[6], v7 = (s)->h[7];                    \
+        uint64_t v8 = b2_iv[0], v9 = b2_iv[1], v10 = b2_iv[2], v11 = b2_iv[3];                      \
+        /* the high word of the counter stays 0: names are far below 2^64 bytes */                  \
+        uint64_t v12 = b2_iv[4] ^ (s)->t, v13 = b2_iv[5];                                           \
+        uint64_t v14 = (last) ? ~b2_iv[6] : b2_iv[6], v15 = b2_iv[7];                               \
+        B2_ROUND(0); B2_ROUND(1); B2_ROUND(2); B2_ROUND(3); B2_ROUND(4); B2_ROUND(5);               \
+        B2_ROUND(6); B2_ROUND(7); B2_ROUND(8); B2_ROUND(9); B2_ROUND(0); B2_ROUND(1);               \
+        (s)->h[0] ^= v0 ^ v8; (s)->h[1] ^= v1 ^ v9; (s)->h[2] ^= v2 ^ v10; (s)->h[3] ^= v3 ^ v11;   \
+        (s)->h[4] ^= v4 ^ v12; (s)->h[5] ^= v5 ^ v13; (s)->h[6] ^= v6 ^ v14; (s)->h[7] ^= v7 ^ v15; \
+    } while (0)
+
 static void b2_compress(b2_state* s, const unsigned char* block, int last) {
     uint64_t m[16];
     for (int i = 0; i < 16; i++) m[i] = b2_load(block + 8 * i);
-    uint64_t v0 = s->h[0], v1 = s->h[1], v2 = s->h[2], v3 = s->h[3];
-    uint64_t v4 = s->h[4], v5 = s->h[5], v6 = s->h[6], v7 = s->h[7];
-    uint64_t v8 = b2_iv[0], v9 = b2_iv[1], v10 = b2_iv[2], v11 = b2_iv[3];
-    uint64_t v12 = b2_iv[4] ^ s->t;  /* the high word of the counter stays 0: names are far below 2^64 bytes */
-    uint64_t v13 = b2_iv[5], v14 = last ? ~b2_iv[6] : b2_iv[6], v15 = b2_iv[7];
-    B2_ROUND(0); B2_ROUND(1); B2_ROUND(2); B2_ROUND(3); B2_ROUND(4); B2_ROUND(5);
-    B2_ROUND(6); B2_ROUND(7); B2_ROUND(8); B2_ROUND(9); B2_ROUND(0); B2_ROUND(1);
-    s->h[0] ^= v0 ^ v8; s->h[1] ^= v1 ^ v9; s->h[2] ^= v2 ^ v10; s->h[3] ^= v3 ^ v11;
-    s->h[4] ^= v4 ^ v12; s->h[5] ^= v5 ^ v13; s->h[6] ^= v6 ^ v14; s->h[7] ^= v7 ^ v15;
+    B2_COMPRESS(s, m, last);
+}
+
+/* The last and only block of a message of at most 16 bytes (most names): 14 of its 16 words are zero. */
+static void b2_compress_short(b2_state* s, const unsigned char* block) {
+    const uint64_t m[16] = {b2_load(block), b2_load(block + 8), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    B2_COMPRESS(s, m, 1);
 }
 
 static inline void b2_init(b2_state* s) {
@@ -113,7 +127,10 @@ static void b2_update(b2_state* s, const char* data, size_t len) {
 static inline uint64_t b2_final(b2_state* s) {
     s->t += s->n;
     memset(s->buf + s->n, 0, 128 - s->n);
-    b2_compress(s, s->buf, 1);
+    if (s->t <= 16)
+        b2_compress_short(s, s->buf);
+    else
+        b2_compress(s, s->buf, 1);
     return s->h[0];
 }
 

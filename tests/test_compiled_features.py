@@ -124,6 +124,15 @@ def test_blake2b_is_hashlibs(data):
     assert _features.blake2b64(data) == expected
 
 
+def test_blake2b_every_length_around_its_blocks():
+    """Every length from 0 to 300 bytes: the short form (a message of at most 16 bytes, one block with 14
+    zero words), one block, a full block, and more."""
+    for n in range(301):
+        data = bytes((37 * i + n) & 0xFF for i in range(n))
+        expected = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+        assert _features.blake2b64(data) == expected, n
+
+
 @pytest.mark.parametrize("s", NUMERIC_LOOKING + ["1e5", "1.5e-3", "-0", "+.5e+5", "infinity", "iNfInItY"])
 def test_numeric_strings_follow_the_policy(s):
     """A string the reference calls a number is declined (the reference raises); any other is a category."""
