@@ -451,7 +451,8 @@ def test_the_compiled_steps_new_values_are_the_reference_encoders(space, opt, mo
     compiled = make()
     ps = [compiled.predict_learn_one(x, y) for x, y in stream]
     original = OnlineLogisticRegression._compile_step
-    monkeypatch.setattr(OnlineLogisticRegression, "_compile_step", lambda self: _EncodingInPython(original(self)))
+    monkeypatch.setattr(OnlineLogisticRegression, "_compile_step",
+                        lambda self: _EncodingInPython(original(self)))
     calls = []
     monkeypatch.setattr(_features, "encode_into", lambda *args: calls.append(args) or -1)
     ref = make()
