@@ -18,7 +18,7 @@ from libc.stdint cimport uint64_t
 from stream_logreg._kernel import INDICATOR
 from stream_logreg._kernel cimport (
     PyErr_Clear, PyErr_Occurred, PyType_GenericAlloc, RowLayout, _column_value, _float_value, _int_value,
-    _is_bool, _is_float, _is_int, _is_str, _true, pair_hash, pair_limit,
+    _is_bool, _is_float, _is_int, _is_str, _true, indicator_hint, pair_hash, pair_limit,
 )
 
 cnp.import_array()
@@ -191,6 +191,8 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
     cdef bint cached = layout is not None
     cdef Py_ssize_t limit = pair_limit(space.n_bits is not None)
     looked_up = looked_up and cached
+    cdef dict columns = space.columns
+    cdef bint hashing = space.n_bits is not None
     # 1. Every value is one the compiled path takes, before anything is looked up (as the reference); the
     # column of entry i, if in the pair cache, goes to c[i] (else -1), which pass 2 reads before it writes
     # c[n], n <= i.
@@ -205,6 +207,8 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
                 c[i - 1] = ci if looked_up else layout.pair_get(key, value, pair_hash(key, value))
                 if c[i - 1] >= 0:
                     continue
+                if looked_up and not hashing:  # new: the step prefetched its dict slot, now its entry
+                    indicator_hint(columns, key, value, True)
             if _numeric(value):
                 return -1
         elif _is_float(value):
@@ -218,9 +222,7 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
                 PyErr_Clear()
                 return -1
     # 2. The columns.
-    cdef dict columns = space.columns
     cdef list keys = space.keys
-    cdef bint hashing = space.n_bits is not None
     cdef uint64_t mask = ((<uint64_t> 1) << space.n_bits) - 1 if hashing else 0
     cdef Py_ssize_t cache_size = _module.HASH_CACHE_SIZE if hashing else 0  # read each time (tests set it)
     max_features = space.max_features

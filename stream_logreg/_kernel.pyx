@@ -165,6 +165,71 @@ cdef extern from *:
     void* _table_alloc "sl_table_alloc" (size_t n) noexcept nogil
 
 
+cdef extern from *:
+    """
+    /* Hints into the hash table of a dict (its memory only; CPython 3.11-3.13's layout of a combined
+       PyDictKeysObject: an 8-byte reference count, the log2 of the slots and of the index bytes, the kind,
+       the indices from byte 32, then the entries, 24 bytes each for keys of any type). Prefetches only, from
+       addresses inside the table: with another layout they do nothing. */
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
+    static inline void sl_dict_hint(PyObject* d, Py_hash_t h, int entry) {
+        const unsigned char* k = (const unsigned char*) ((PyDictObject*) d)->ma_keys;
+        unsigned ls, width;
+        size_t slot;
+        Py_ssize_t ix;
+        if (((PyDictObject*) d)->ma_values != NULL)
+            return;
+        ls = k[8];
+        width = (unsigned) k[9] - ls;  /* log2 of the bytes of an index */
+        if (ls < 3 || ls > 40 || width > 3)
+            return;
+        slot = (size_t) h & (((size_t) 1 << ls) - 1);
+        if (!entry) {
+            __builtin_prefetch(k + 32 + (slot << width));
+            return;
+        }
+        if (k[10] != 0)  /* not DICT_KEYS_GENERAL */
+            return;
+        switch (width) {
+            case 0: ix = ((const int8_t*) (k + 32))[slot]; break;
+            case 1: ix = ((const int16_t*) (k + 32))[slot]; break;
+            case 2: ix = ((const int32_t*) (k + 32))[slot]; break;
+            default: ix = ((const int64_t*) (k + 32))[slot]; break;
+        }
+        if (ix >= 0 && ix < ((Py_ssize_t) 2 << ls) / 3)
+            __builtin_prefetch(k + 32 + ((size_t) 1 << k[9]) + 24 * (size_t) ix);
+    }
+    #else
+    static inline void sl_dict_hint(PyObject* d, Py_hash_t h, int entry) { (void) d; (void) h; (void) entry; }
+    #endif
+
+    /* hash((I, k, v)) of a tuple whose items hash to hi, hk and hv: CPython's tuplehash (xxHash, 3.8+). */
+    static inline Py_hash_t sl_triple_hash(Py_hash_t hi, Py_hash_t hk, Py_hash_t hv) {
+        const Py_uhash_t p1 = 11400714785074694791ULL, p2 = 14029467366897019727ULL, p5 = 2870177450012600261ULL;
+        Py_uhash_t acc = p5, lanes[3] = {(Py_uhash_t) hi, (Py_uhash_t) hk, (Py_uhash_t) hv};
+        for (int i = 0; i < 3; i++) {
+            acc += lanes[i] * p2;
+            acc = (acc << 31) | (acc >> 33);
+            acc *= p1;
+        }
+        acc += 3 ^ (p5 ^ 3527539UL);
+        return acc == (Py_uhash_t) -1 ? 1546275796 : (Py_hash_t) acc;
+    }
+    """
+    void _dict_hint "sl_dict_hint" (PyObject* d, Py_hash_t h, int entry) noexcept
+    Py_hash_t _triple_hash "sl_triple_hash" (Py_hash_t hi, Py_hash_t hk, Py_hash_t hv) noexcept
+
+
+cdef Py_hash_t _INDICATOR_HASH = hash(INDICATOR)
+
+
+cdef void indicator_hint(dict columns, PyObject* k, PyObject* v, bint entry) noexcept:
+    """Ask the CPU for what inserting the indicator key (INDICATOR, k, v) (str k and v) into the feature
+    dict `columns` will read first: its slot in the dict's index, or (`entry`, the index in cache) the
+    entry that slot names. A hint only (see sl_dict_hint)."""
+    _dict_hint(<PyObject*> columns, _triple_hash(_INDICATOR_HASH, _str_hash(k), _str_hash(v)), entry)
+
+
 cdef Py_hash_t pair_hash(PyObject* k, PyObject* v) noexcept:
     """A hash of the pair of str objects (k, v), from their cached hashes (only the cache's slot depends on
     it, never a column)."""
@@ -452,7 +517,7 @@ cdef inline void _prefetch_rows(double* a, Py_ssize_t* c, Py_ssize_t n, Py_ssize
 
 
 cdef Py_ssize_t _new_row(dict x, Py_ssize_t pos, Py_ssize_t i, RowLayout layout, Py_ssize_t* c, Py_ssize_t cap,
-                        bint merge, double* rows, Py_ssize_t width) noexcept:
+                        bint merge, double* rows, Py_ssize_t width, dict columns) noexcept:
     """Row x goes to the feature space's encoder: it has a new indicator, entry i (the one before `pos`).
     With `rows`: -3, having prefetched the rows of `width` doubles at `rows` of the indicators cached among
     the entries after it (their misses then overlap the encoder's work instead of the update's: a
@@ -460,7 +525,8 @@ cdef Py_ssize_t _new_row(dict x, Py_ssize_t pos, Py_ssize_t i, RowLayout layout,
     written what the encoder's look-up would find (`encode_into`'s `looked_up`): c[j], for each entry j
     of a str key and value, the pair cache's column or -1 (the entries before i are in c already, unless
     `merge` merged some: then they are looked up again, in the caches now). -1 without `rows`, or if the
-    row does not fit the `cap` entries at c."""
+    row does not fit the `cap` entries at c. With a vocabulary (not `merge`), the slots of the feature
+    dict `columns` that the new indicators will take are prefetched too (`indicator_hint`)."""
     cdef PyObject* key
     cdef PyObject* value
     cdef Py_ssize_t ci, j = 0, q = 0
@@ -478,6 +544,8 @@ cdef Py_ssize_t _new_row(dict x, Py_ssize_t pos, Py_ssize_t i, RowLayout layout,
             ci = layout.pair_get(key, value, pair_hash(key, value))
             if ci >= 0:
                 _prefetch_row(rows + ci * width, width)
+            elif not merge:
+                indicator_hint(columns, key, value, False)
         c[j] = ci
         j += 1
     return -3
@@ -506,10 +574,12 @@ cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_s
             h = pair_hash(key, value)
             ci = layout.pair_get(key, value, h)
             if ci < 0:
-                if not merge and layout.complete and layout.synced == len(columns):
-                    return _new_row(x, pos, i, layout, c, cap, merge, rows, width)  # not cached, so new
+                if not merge and layout.complete and layout.synced == len(columns):  # not cached, so new
+                    if rows != NULL:
+                        indicator_hint(columns, key, value, False)
+                    return _new_row(x, pos, i, layout, c, cap, merge, rows, width, columns)
                 if not _lookup(columns, key, value, &ci, &d):
-                    return _new_row(x, pos, i, layout, c, cap, merge, rows, width)
+                    return _new_row(x, pos, i, layout, c, cap, merge, rows, width, columns)
                 layout.pair_put(key, value, h, ci, pair_limit(merge))
         elif layout is not None and i < layout.n and layout.keys[i] == key and _number(value, &d):
             ci = layout.cols[i]
