@@ -18,7 +18,7 @@ from libc.stdint cimport uint64_t
 from stream_logreg._kernel import INDICATOR
 from stream_logreg._kernel cimport (
     PyErr_Clear, PyErr_Occurred, PyType_GenericAlloc, RowLayout, _column_value, _float_value, _int_value,
-    _is_bool, _is_float, _is_int, _is_str, _true, indicator_hint, pair_hash, pair_limit,
+    _is_bool, _is_float, _is_int, _is_str, _true, indicator_hint, pair_hash, pair_limit, set_indicator,
 )
 
 cnp.import_array()
@@ -42,6 +42,7 @@ cdef extern from "Python.h":
     void PyObject_GC_UnTrack(object o)
     double PyOS_string_to_double(const char* s, char** endptr, PyObject* overflow_exception)
 
+cdef object _INDICATOR = INDICATOR  # read as a C global in the loops, not from the module's dict
 cdef object _IndicatorKey = None  # stream_logreg.features' classes and functions, bound on first use
 cdef object _looks_numeric = None
 cdef object _feature_name = None
@@ -122,8 +123,8 @@ cdef Py_ssize_t _hash(object key, object value, uint64_t mask) except -1:
 cdef object _indicator_key(object key, object value):
     """IndicatorKey(key, value), as tuple.__new__ makes it, without the intermediate tuple."""
     k = PyType_GenericAlloc(_IndicatorKey, 3)
-    Py_INCREF(INDICATOR)
-    PyTuple_SET_ITEM(k, 0, INDICATOR)
+    Py_INCREF(_INDICATOR)
+    PyTuple_SET_ITEM(k, 0, _INDICATOR)
     Py_INCREF(key)
     PyTuple_SET_ITEM(k, 1, key)
     Py_INCREF(value)
@@ -143,8 +144,8 @@ cdef inline void _untrack(object k, object key):
 cdef object _new_scratch():
     t = PyTuple_New(3)
     for i in range(3):
-        Py_INCREF(INDICATOR if i == 0 else None)
-        PyTuple_SET_ITEM(t, i, INDICATOR if i == 0 else None)
+        Py_INCREF(_INDICATOR if i == 0 else None)
+        PyTuple_SET_ITEM(t, i, _INDICATOR if i == 0 else None)
     return t
 
 
@@ -248,7 +249,10 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
                 ci = _hash(<object> key, <object> value, mask)
                 layout.pair_put(key, value, pair_hash(key, value), ci, limit)
             else:
-                if _is_str(value):
+                if _is_str(value) and complete and _is_str(key):  # new (see `complete`): no look-up
+                    d = 1.0
+                    lookup = None
+                elif _is_str(value):
                     d = 1.0
                     # The look-up key (INDICATOR, key, value) in one tuple for the whole row, refilled,
                     # unless something kept it (a key's __eq__ could): no allocation per entry.
@@ -280,10 +284,15 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
                     dropped += 1
                     continue
                 else:
+                    ci = len(keys)
                     if _is_str(value):
                         lookup = _indicator_key(<object> key, <object> value)
-                    ci = len(keys)
-                    PyDict_SetItem(columns, lookup, ci)
+                        if _is_str(key):
+                            set_indicator(columns, lookup, key, value, ci)
+                        else:
+                            PyDict_SetItem(columns, lookup, ci)
+                    else:
+                        PyDict_SetItem(columns, lookup, ci)
                     keys.append(lookup)
                 if cached and _is_str(value) and _is_str(key):
                     layout.pair_put(key, value, pair_hash(key, value), ci, limit)

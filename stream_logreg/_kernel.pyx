@@ -220,14 +220,37 @@ cdef extern from *:
     Py_hash_t _triple_hash "sl_triple_hash" (Py_hash_t hi, Py_hash_t hk, Py_hash_t hv) noexcept
 
 
+cdef extern from *:
+    """
+    /* d[key] = value for a key whose hash is h: without computing it again where CPython has the call
+       (3.11, 3.12), else as PyDict_SetItem. */
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030D0000
+    #define sl_set_known(d, key, value, h) _PyDict_SetItem_KnownHash((d), (key), (value), (h))
+    #else
+    #define sl_set_known(d, key, value, h) PyDict_SetItem((d), (key), (value))
+    #endif
+    """
+    int _set_known "sl_set_known" (object d, object key, object value, Py_hash_t h) except -1
+
+
 cdef Py_hash_t _INDICATOR_HASH = hash(INDICATOR)
+
+
+cdef Py_hash_t indicator_hash(PyObject* k, PyObject* v) noexcept:
+    """hash(IndicatorKey(k, v)) for str k and v (a tuple's hash: IndicatorKey does not change it)."""
+    return _triple_hash(_INDICATOR_HASH, _str_hash(k), _str_hash(v))
+
+
+cdef int set_indicator(dict columns, object key, PyObject* k, PyObject* v, object col) except -1:
+    """columns[key] = col, for key = IndicatorKey(k, v) (str k and v), its hash not computed again."""
+    return _set_known(columns, key, col, indicator_hash(k, v))
 
 
 cdef void indicator_hint(dict columns, PyObject* k, PyObject* v, bint entry) noexcept:
     """Ask the CPU for what inserting the indicator key (INDICATOR, k, v) (str k and v) into the feature
     dict `columns` will read first: its slot in the dict's index, or (`entry`, the index in cache) the
     entry that slot names. A hint only (see sl_dict_hint)."""
-    _dict_hint(<PyObject*> columns, _triple_hash(_INDICATOR_HASH, _str_hash(k), _str_hash(v)), entry)
+    _dict_hint(<PyObject*> columns, indicator_hash(k, v), entry)
 
 
 cdef Py_hash_t pair_hash(PyObject* k, PyObject* v) noexcept:

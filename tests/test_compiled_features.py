@@ -459,6 +459,9 @@ def test_the_compiled_steps_new_values_are_the_reference_encoders(space, opt, mo
     qs = [ref.predict_learn_one(x, y) for x, y in stream]
     assert len(calls) > 100  # the reference encoded the rows with new values
     assert ps == qs
+    if not compiled.features.hashing:  # the compiled encoder's dict entries are found by Python's hash
+        columns = compiled.features.columns
+        assert all(columns[k] == i for i, k in enumerate(compiled.features.keys))
     a, b = compiled.state(), ref.state()
     assert a[1] == b[1] and a[0].keys() == b[0].keys()
     assert all(a[0][k].tobytes() == b[0][k].tobytes() for k in a[0])
