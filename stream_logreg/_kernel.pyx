@@ -1720,8 +1720,8 @@ cdef enum:
 
 cdef inline void _prefetch_next(double* rows, Py_ssize_t k, Py_ssize_t capacity) noexcept nogil:
     """Ask the CPU for the mixture's rows (MIX_S doubles) of the vocabulary's next columns k, k + 1, ...
-    (within `capacity`), for writing: a click-through row creates a few columns, always the next ones, and
-    their rows would otherwise be a cache miss each in the update, once the encoder has created them."""
+    (within `capacity`), for writing, before the encoder creates them (a click-through row creates a few,
+    always the next ones): their misses then overlap the encoder's work instead of the update's."""
     cdef Py_ssize_t end = min(k + NEXT_ROWS, capacity)
     cdef double* p = rows + k * MIX_S
     cdef double* last = rows + end * MIX_S
@@ -1903,8 +1903,6 @@ cdef class MixtureStep:
         cdef double label = _binary_label(<PyObject*> y)
         if label < 0.0 or type(x) is not dict:
             return -1.0
-        if self.space is not None and not self.merge:
-            _prefetch_next(self.Mp, len(self.columns), cnp.PyArray_DIM(self.coef, 0))
         cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
                                         cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, self.Mp, MIX_S)
         cdef Py_ssize_t ip[2]
@@ -1913,6 +1911,8 @@ cdef class MixtureStep:
         if n < 0:
             if self.space is None:
                 return -1.0
+            if n == -3 and not self.merge:  # the vocabulary's next columns: created now
+                _prefetch_next(self.Mp, len(self.columns), cnp.PyArray_DIM(self.coef, 0))
             mark = _mark(self.space)
             n = _encode_new(self.space, <dict> x, self.layout, self.cols, self.vals,
                             cnp.PyArray_DIM(self.coef, 0), n == -3)
