@@ -389,18 +389,27 @@ cdef class RowLayout:
     cdef void prefetch(self, dict x) noexcept:
         """Ask the CPU for what the look-ups of row x's indicators will read, all at once (the value
         strings, for their hashes, then the cache's slots) rather than one miss after the other."""
-        cdef Py_ssize_t pos = 0
+        cdef Py_ssize_t pos = 0, m = 0, i
         cdef PyObject* key
         cdef PyObject* value
+        cdef PyObject* ks[64]  # the row's entries, read once (no code runs between the two loops)
+        cdef PyObject* vs[64]
         cdef size_t mask, older_mask, h
         if self.n_pairs == 0:
             return
         while PyDict_Next(x, &pos, &key, &value):
             _prefetch(value)
+            if m < 64:
+                ks[m], vs[m] = key, value
+            m += 1
         mask = <size_t> (self.pairs_size - 1)
         older_mask = <size_t> (self.older_size - 1)
         pos = 0
-        while PyDict_Next(x, &pos, &key, &value):
+        i = 0
+        while (i < m if m <= 64 else PyDict_Next(x, &pos, &key, &value)):
+            if m <= 64:
+                key, value = ks[i], vs[i]
+                i += 1
             if _is_str(value) and _is_str(key):
                 h = <size_t> pair_hash(key, value)
                 _prefetch(self.pairs + (h & mask))
