@@ -35,9 +35,15 @@ static const unsigned char b2_sigma[10][16] = {  /* rounds 10 and 11 reuse rows 
 static inline uint64_t b2_rotr(uint64_t x, int n) { return (x >> n) | (x << (64 - n)); }
 
 static inline uint64_t b2_load(const unsigned char* p) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+#else
     uint64_t v = 0;
     for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
     return v;
+#endif
 }
 
 #define B2_G(a, b, c, d, x, y)             \
@@ -52,24 +58,46 @@ static inline uint64_t b2_load(const unsigned char* p) {
         b = b2_rotr(b ^ c, 63);            \
     } while (0)
 
+/* One round with the message words of sigma row z, a constant: every m[] index is then a constant and the
+ * twelve rounds unrolled below keep v in registers (a loop over the rows reads them from memory). */
+#define B2_ROUND(z)                                                        \
+    do {                                                                   \
+        B2_G(v0, v4, v8, v12, m[b2_sigma[z][0]], m[b2_sigma[z][1]]);       \
+        B2_G(v1, v5, v9, v13, m[b2_sigma[z][2]], m[b2_sigma[z][3]]);       \
+        B2_G(v2, v6, v10, v14, m[b2_sigma[z][4]], m[b2_sigma[z][5]]);      \
+        B2_G(v3, v7, v11, v15, m[b2_sigma[z][6]], m[b2_sigma[z][7]]);      \
+        B2_G(v0, v5, v10, v15, m[b2_sigma[z][8]], m[b2_sigma[z][9]]);      \
+        B2_G(v1, v6, v11, v12, m[b2_sigma[z][10]], m[b2_sigma[z][11]]);    \
+        B2_G(v2, v7, v8, v13, m[b2_sigma[z][12]], m[b2_sigma[z][13]]);     \
+        B2_G(v3, v4, v9, v14, m[b2_sigma[z][14]], m[b2_sigma[z][15]]);     \
+    } while (0)
+
+/* The compression of the words m[16] (a macro, so that a caller whose words are known zeros gets them
+ * folded away). */
+#define B2_COMPRESS(s, m, last)                                                                     \
+    do {                                                                                            \
+        uint64_t v0 = (s)->h[0], v1 = (s)->h[1], v2 = (s)->h[2], v3 = (s)->h[3];                    \
+        uint64_t v4 = (s)->h[4], v5 = (s)->h[5], v6 = (s)->h[6], v7 = (s)->h[7];                    \
+        uint64_t v8 = b2_iv[0], v9 = b2_iv[1], v10 = b2_iv[2], v11 = b2_iv[3];                      \
+        /* the high word of the counter stays 0: names are far below 2^64 bytes */                  \
+        uint64_t v12 = b2_iv[4] ^ (s)->t, v13 = b2_iv[5];                                           \
+        uint64_t v14 = (last) ? ~b2_iv[6] : b2_iv[6], v15 = b2_iv[7];                               \
+        B2_ROUND(0); B2_ROUND(1); B2_ROUND(2); B2_ROUND(3); B2_ROUND(4); B2_ROUND(5);               \
+        B2_ROUND(6); B2_ROUND(7); B2_ROUND(8); B2_ROUND(9); B2_ROUND(0); B2_ROUND(1);               \
+        (s)->h[0] ^= v0 ^ v8; (s)->h[1] ^= v1 ^ v9; (s)->h[2] ^= v2 ^ v10; (s)->h[3] ^= v3 ^ v11;   \
+        (s)->h[4] ^= v4 ^ v12; (s)->h[5] ^= v5 ^ v13; (s)->h[6] ^= v6 ^ v14; (s)->h[7] ^= v7 ^ v15; \
+    } while (0)
+
 static void b2_compress(b2_state* s, const unsigned char* block, int last) {
-    uint64_t m[16], v[16];
+    uint64_t m[16];
     for (int i = 0; i < 16; i++) m[i] = b2_load(block + 8 * i);
-    for (int i = 0; i < 8; i++) { v[i] = s->h[i]; v[i + 8] = b2_iv[i]; }
-    v[12] ^= s->t;  /* the high word of the counter stays 0: names are far below 2^64 bytes */
-    if (last) v[14] = ~v[14];
-    for (int r = 0; r < 12; r++) {
-        const unsigned char* z = b2_sigma[r % 10];
-        B2_G(v[0], v[4], v[8], v[12], m[z[0]], m[z[1]]);
-        B2_G(v[1], v[5], v[9], v[13], m[z[2]], m[z[3]]);
-        B2_G(v[2], v[6], v[10], v[14], m[z[4]], m[z[5]]);
-        B2_G(v[3], v[7], v[11], v[15], m[z[6]], m[z[7]]);
-        B2_G(v[0], v[5], v[10], v[15], m[z[8]], m[z[9]]);
-        B2_G(v[1], v[6], v[11], v[12], m[z[10]], m[z[11]]);
-        B2_G(v[2], v[7], v[8], v[13], m[z[12]], m[z[13]]);
-        B2_G(v[3], v[4], v[9], v[14], m[z[14]], m[z[15]]);
-    }
-    for (int i = 0; i < 8; i++) s->h[i] ^= v[i] ^ v[i + 8];
+    B2_COMPRESS(s, m, last);
+}
+
+/* The last and only block of a message of at most 16 bytes (most names): 14 of its 16 words are zero. */
+static void b2_compress_short(b2_state* s, const unsigned char* block) {
+    const uint64_t m[16] = {b2_load(block), b2_load(block + 8), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    B2_COMPRESS(s, m, 1);
 }
 
 static inline void b2_init(b2_state* s) {
@@ -99,7 +127,10 @@ static void b2_update(b2_state* s, const char* data, size_t len) {
 static inline uint64_t b2_final(b2_state* s) {
     s->t += s->n;
     memset(s->buf + s->n, 0, 128 - s->n);
-    b2_compress(s, s->buf, 1);
+    if (s->t <= 16)
+        b2_compress_short(s, s->buf);
+    else
+        b2_compress(s, s->buf, 1);
     return s->h[0];
 }
 

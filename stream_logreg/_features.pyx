@@ -18,7 +18,7 @@ from libc.stdint cimport uint64_t
 from stream_logreg._kernel import INDICATOR
 from stream_logreg._kernel cimport (
     PyErr_Clear, PyErr_Occurred, PyType_GenericAlloc, RowLayout, _column_value, _float_value, _int_value,
-    _is_bool, _is_float, _is_int, _is_str, _true, pair_hash, pair_limit,
+    _is_bool, _is_float, _is_int, _is_str, _true, indicator_hint, pair_hash, pair_limit, set_indicator,
 )
 
 cnp.import_array()
@@ -42,6 +42,7 @@ cdef extern from "Python.h":
     void PyObject_GC_UnTrack(object o)
     double PyOS_string_to_double(const char* s, char** endptr, PyObject* overflow_exception)
 
+cdef object _INDICATOR = INDICATOR  # read as a C global in the loops, not from the module's dict
 cdef object _IndicatorKey = None  # stream_logreg.features' classes and functions, bound on first use
 cdef object _looks_numeric = None
 cdef object _feature_name = None
@@ -122,8 +123,8 @@ cdef Py_ssize_t _hash(object key, object value, uint64_t mask) except -1:
 cdef object _indicator_key(object key, object value):
     """IndicatorKey(key, value), as tuple.__new__ makes it, without the intermediate tuple."""
     k = PyType_GenericAlloc(_IndicatorKey, 3)
-    Py_INCREF(INDICATOR)
-    PyTuple_SET_ITEM(k, 0, INDICATOR)
+    Py_INCREF(_INDICATOR)
+    PyTuple_SET_ITEM(k, 0, _INDICATOR)
     Py_INCREF(key)
     PyTuple_SET_ITEM(k, 1, key)
     Py_INCREF(value)
@@ -143,8 +144,8 @@ cdef inline void _untrack(object k, object key):
 cdef object _new_scratch():
     t = PyTuple_New(3)
     for i in range(3):
-        Py_INCREF(INDICATOR if i == 0 else None)
-        PyTuple_SET_ITEM(t, i, INDICATOR if i == 0 else None)
+        Py_INCREF(_INDICATOR if i == 0 else None)
+        PyTuple_SET_ITEM(t, i, _INDICATOR if i == 0 else None)
     return t
 
 
@@ -165,12 +166,14 @@ def blake2b64(bytes data not None) -> int:
 
 
 def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not None,
-                cnp.ndarray vals not None, Py_ssize_t start=0, RowLayout layout=None):
+                cnp.ndarray vals not None, Py_ssize_t start=0, RowLayout layout=None, bint looked_up=False):
     """``space.encode(x, grow)`` written into cols[start:] and vals[start:]; returns how many entries, or -1
     if the row must go to the reference (see the module docstring). The buffers (intp, float64) must hold
     ``len(x)`` entries from ``start``. With the model's `layout`, the indicators of str keys and values are
     looked up in its pair cache first (a cached one needs no check: it was checked when it was created),
-    and the others are cached.
+    and the others are cached. `looked_up` (with `layout`): the caller has looked the row up in the pair
+    cache already (and prefetched what it reads), and cols[start + i] holds, for each entry i of a str key
+    and value, the column the cache gave, or -1 (the compiled steps, whose own look-up found a new value).
     """
     if _IndicatorKey is None:
         _bind()
@@ -188,19 +191,25 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
     cdef Py_ssize_t i = 0
     cdef bint cached = layout is not None
     cdef Py_ssize_t limit = pair_limit(space.n_bits is not None)
+    looked_up = looked_up and cached
+    cdef dict columns = space.columns
+    cdef bint hashing = space.n_bits is not None
     # 1. Every value is one the compiled path takes, before anything is looked up (as the reference); the
     # column of entry i, if in the pair cache, goes to c[i] (else -1), which pass 2 reads before it writes
     # c[n], n <= i.
-    if cached:
+    if cached and not looked_up:
         layout.prefetch(x)
     while PyDict_Next(x, &pos, &key, &value):
+        ci = c[i]
         c[i] = -1
         i += 1
         if _is_str(value):
             if cached and _is_str(key):
-                c[i - 1] = layout.pair_get(key, value, pair_hash(key, value))
+                c[i - 1] = ci if looked_up else layout.pair_get(key, value, pair_hash(key, value))
                 if c[i - 1] >= 0:
                     continue
+                if looked_up and not hashing:  # new: the step prefetched its dict slot, now its entry
+                    indicator_hint(columns, key, value, True)
             if _numeric(value):
                 return -1
         elif _is_float(value):
@@ -214,9 +223,7 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
                 PyErr_Clear()
                 return -1
     # 2. The columns.
-    cdef dict columns = space.columns
     cdef list keys = space.keys
-    cdef bint hashing = space.n_bits is not None
     cdef uint64_t mask = ((<uint64_t> 1) << space.n_bits) - 1 if hashing else 0
     cdef Py_ssize_t cache_size = _module.HASH_CACHE_SIZE if hashing else 0  # read each time (tests set it)
     max_features = space.max_features
@@ -242,7 +249,10 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
                 ci = _hash(<object> key, <object> value, mask)
                 layout.pair_put(key, value, pair_hash(key, value), ci, limit)
             else:
-                if _is_str(value):
+                if _is_str(value) and complete and _is_str(key):  # new (see `complete`): no look-up
+                    d = 1.0
+                    lookup = None
+                elif _is_str(value):
                     d = 1.0
                     # The look-up key (INDICATOR, key, value) in one tuple for the whole row, refilled,
                     # unless something kept it (a key's __eq__ could): no allocation per entry.
@@ -274,10 +284,15 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
                     dropped += 1
                     continue
                 else:
+                    ci = len(keys)
                     if _is_str(value):
                         lookup = _indicator_key(<object> key, <object> value)
-                    ci = len(keys)
-                    PyDict_SetItem(columns, lookup, ci)
+                        if _is_str(key):
+                            set_indicator(columns, lookup, key, value, ci)
+                        else:
+                            PyDict_SetItem(columns, lookup, ci)
+                    else:
+                        PyDict_SetItem(columns, lookup, ci)
                     keys.append(lookup)
                 if cached and _is_str(value) and _is_str(key):
                     layout.pair_put(key, value, pair_hash(key, value), ci, limit)

@@ -54,6 +54,8 @@ cdef class RowLayout:
 
 cdef Py_hash_t pair_hash(PyObject* k, PyObject* v) noexcept
 cdef Py_ssize_t pair_limit(bint hashed) noexcept
+cdef void indicator_hint(dict columns, PyObject* k, PyObject* v, bint entry) noexcept
+cdef int set_indicator(dict columns, object key, PyObject* k, PyObject* v, object col) except -1
 
 
 # Progressive validation of a row already encoded (columns and values, as `encode` writes them), for other

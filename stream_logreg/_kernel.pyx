@@ -14,7 +14,7 @@ through raw pointers, which costs far less per call than typed memoryviews.
 cimport cython
 cimport numpy as cnp
 import numpy as np
-from cpython.dict cimport PyDict_GetItemWithError, PyDict_Next, PyDict_SetItem
+from cpython.dict cimport PyDict_GetItemWithError, PyDict_Next, PyDict_SetItem, PyDict_Size
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLong
 from cpython.object cimport PyObject
@@ -130,6 +130,13 @@ cdef extern from *:
 
 cdef extern from "Python.h":
     void _prefetch "__builtin_prefetch" (const void* p) noexcept nogil
+    void _prefetch_w "sl_prefetch_w" (const void* p) noexcept nogil
+
+
+cdef extern from *:
+    """
+    #define sl_prefetch_w(p) __builtin_prefetch((p), 1)
+    """
 
 
 cdef extern from *:
@@ -156,6 +163,94 @@ cdef extern from *:
     }
     """
     void* _table_alloc "sl_table_alloc" (size_t n) noexcept nogil
+
+
+cdef extern from *:
+    """
+    /* Hints into the hash table of a dict (its memory only; CPython 3.11-3.13's layout of a combined
+       PyDictKeysObject: an 8-byte reference count, the log2 of the slots and of the index bytes, the kind,
+       the indices from byte 32, then the entries, 24 bytes each for keys of any type). Prefetches only, from
+       addresses inside the table: with another layout they do nothing. */
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
+    static inline void sl_dict_hint(PyObject* d, Py_hash_t h, int entry) {
+        const unsigned char* k = (const unsigned char*) ((PyDictObject*) d)->ma_keys;
+        unsigned ls, width;
+        size_t slot;
+        Py_ssize_t ix;
+        if (((PyDictObject*) d)->ma_values != NULL)
+            return;
+        ls = k[8];
+        width = (unsigned) k[9] - ls;  /* log2 of the bytes of an index */
+        if (ls < 3 || ls > 40 || width > 3)
+            return;
+        slot = (size_t) h & (((size_t) 1 << ls) - 1);
+        if (!entry) {
+            __builtin_prefetch(k + 32 + (slot << width));
+            return;
+        }
+        if (k[10] != 0)  /* not DICT_KEYS_GENERAL */
+            return;
+        switch (width) {
+            case 0: ix = ((const int8_t*) (k + 32))[slot]; break;
+            case 1: ix = ((const int16_t*) (k + 32))[slot]; break;
+            case 2: ix = ((const int32_t*) (k + 32))[slot]; break;
+            default: ix = ((const int64_t*) (k + 32))[slot]; break;
+        }
+        if (ix >= 0 && ix < ((Py_ssize_t) 2 << ls) / 3)
+            __builtin_prefetch(k + 32 + ((size_t) 1 << k[9]) + 24 * (size_t) ix);
+    }
+    #else
+    static inline void sl_dict_hint(PyObject* d, Py_hash_t h, int entry) { (void) d; (void) h; (void) entry; }
+    #endif
+
+    /* hash((I, k, v)) of a tuple whose items hash to hi, hk and hv: CPython's tuplehash (xxHash, 3.8+). */
+    static inline Py_hash_t sl_triple_hash(Py_hash_t hi, Py_hash_t hk, Py_hash_t hv) {
+        const Py_uhash_t p1 = 11400714785074694791ULL, p2 = 14029467366897019727ULL, p5 = 2870177450012600261ULL;
+        Py_uhash_t acc = p5, lanes[3] = {(Py_uhash_t) hi, (Py_uhash_t) hk, (Py_uhash_t) hv};
+        for (int i = 0; i < 3; i++) {
+            acc += lanes[i] * p2;
+            acc = (acc << 31) | (acc >> 33);
+            acc *= p1;
+        }
+        acc += 3 ^ (p5 ^ 3527539UL);
+        return acc == (Py_uhash_t) -1 ? 1546275796 : (Py_hash_t) acc;
+    }
+    """
+    void _dict_hint "sl_dict_hint" (PyObject* d, Py_hash_t h, int entry) noexcept
+    Py_hash_t _triple_hash "sl_triple_hash" (Py_hash_t hi, Py_hash_t hk, Py_hash_t hv) noexcept
+
+
+cdef extern from *:
+    """
+    /* d[key] = value for a key whose hash is h: without computing it again where CPython has the call
+       (3.11, 3.12), else as PyDict_SetItem. */
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030D0000
+    #define sl_set_known(d, key, value, h) _PyDict_SetItem_KnownHash((d), (key), (value), (h))
+    #else
+    #define sl_set_known(d, key, value, h) PyDict_SetItem((d), (key), (value))
+    #endif
+    """
+    int _set_known "sl_set_known" (object d, object key, object value, Py_hash_t h) except -1
+
+
+cdef Py_hash_t _INDICATOR_HASH = hash(INDICATOR)
+
+
+cdef Py_hash_t indicator_hash(PyObject* k, PyObject* v) noexcept:
+    """hash(IndicatorKey(k, v)) for str k and v (a tuple's hash: IndicatorKey does not change it)."""
+    return _triple_hash(_INDICATOR_HASH, _str_hash(k), _str_hash(v))
+
+
+cdef int set_indicator(dict columns, object key, PyObject* k, PyObject* v, object col) except -1:
+    """columns[key] = col, for key = IndicatorKey(k, v) (str k and v), its hash not computed again."""
+    return _set_known(columns, key, col, indicator_hash(k, v))
+
+
+cdef void indicator_hint(dict columns, PyObject* k, PyObject* v, bint entry) noexcept:
+    """Ask the CPU for what inserting the indicator key (INDICATOR, k, v) (str k and v) into the feature
+    dict `columns` will read first: its slot in the dict's index, or (`entry`, the index in cache) the
+    entry that slot names. A hint only (see sl_dict_hint)."""
+    _dict_hint(<PyObject*> columns, indicator_hash(k, v), entry)
 
 
 cdef Py_hash_t pair_hash(PyObject* k, PyObject* v) noexcept:
@@ -294,18 +389,27 @@ cdef class RowLayout:
     cdef void prefetch(self, dict x) noexcept:
         """Ask the CPU for what the look-ups of row x's indicators will read, all at once (the value
         strings, for their hashes, then the cache's slots) rather than one miss after the other."""
-        cdef Py_ssize_t pos = 0
+        cdef Py_ssize_t pos = 0, m = 0, i
         cdef PyObject* key
         cdef PyObject* value
+        cdef PyObject* ks[64]  # the row's entries, read once (no code runs between the two loops)
+        cdef PyObject* vs[64]
         cdef size_t mask, older_mask, h
         if self.n_pairs == 0:
             return
         while PyDict_Next(x, &pos, &key, &value):
             _prefetch(value)
+            if m < 64:
+                ks[m], vs[m] = key, value
+            m += 1
         mask = <size_t> (self.pairs_size - 1)
         older_mask = <size_t> (self.older_size - 1)
         pos = 0
-        while PyDict_Next(x, &pos, &key, &value):
+        i = 0
+        while (i < m if m <= 64 else PyDict_Next(x, &pos, &key, &value)):
+            if m <= 64:
+                key, value = ks[i], vs[i]
+                i += 1
             if _is_str(value) and _is_str(key):
                 h = <size_t> pair_hash(key, value)
                 _prefetch(self.pairs + (h & mask))
@@ -444,21 +548,39 @@ cdef inline void _prefetch_rows(double* a, Py_ssize_t* c, Py_ssize_t n, Py_ssize
         _prefetch_row(a + c[i] * width, width)
 
 
-cdef Py_ssize_t _new_row(dict x, Py_ssize_t pos, RowLayout layout, double* rows, Py_ssize_t width) noexcept:
-    """-1 (row x goes to the feature space's encoder: it has a new indicator, at the entry before `pos`),
-    having prefetched the rows of `width` doubles at `rows` of the indicators cached among the entries
-    after it: their misses then overlap the encoder's work instead of the update's (a click-through row
-    with a few new values has most of its known ones after the first new one)."""
+cdef Py_ssize_t _new_row(dict x, Py_ssize_t pos, Py_ssize_t i, RowLayout layout, Py_ssize_t* c, Py_ssize_t cap,
+                        bint merge, double* rows, Py_ssize_t width, dict columns) noexcept:
+    """Row x goes to the feature space's encoder: it has a new indicator, entry i (the one before `pos`).
+    With `rows`: -3, having prefetched the rows of `width` doubles at `rows` of the indicators cached among
+    the entries after it (their misses then overlap the encoder's work instead of the update's: a
+    click-through row with a few new values has most of its known ones after the first new one), and
+    written what the encoder's look-up would find (`encode_into`'s `looked_up`): c[j], for each entry j
+    of a str key and value, the pair cache's column or -1 (the entries before i are in c already, unless
+    `merge` merged some: then they are looked up again, in the caches now). -1 without `rows`, or if the
+    row does not fit the `cap` entries at c. With a vocabulary (not `merge`), the slots of the feature
+    dict `columns` that the new indicators will take are prefetched too (`indicator_hint`)."""
     cdef PyObject* key
     cdef PyObject* value
-    cdef Py_ssize_t ci
-    if rows != NULL:
-        while PyDict_Next(x, &pos, &key, &value):
-            if _is_str(value) and _is_str(key):
-                ci = layout.pair_get(key, value, pair_hash(key, value))
-                if ci >= 0:
-                    _prefetch_row(rows + ci * width, width)
-    return -1
+    cdef Py_ssize_t ci, j = 0, q = 0
+    if rows == NULL or PyDict_Size(x) > cap:
+        return -1
+    if merge:
+        while j < i and PyDict_Next(x, &q, &key, &value):
+            c[j] = layout.pair_get(key, value, pair_hash(key, value)) if _is_str(value) and _is_str(key) else -1
+            j += 1
+    c[i] = -1
+    j = i + 1
+    while PyDict_Next(x, &pos, &key, &value):
+        ci = -1
+        if _is_str(value) and _is_str(key):
+            ci = layout.pair_get(key, value, pair_hash(key, value))
+            if ci >= 0:
+                _prefetch_row(rows + ci * width, width)
+            elif not merge:
+                indicator_hint(columns, key, value, False)
+        c[j] = ci
+        j += 1
+    return -3
 
 
 cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_ssize_t cap, bint merge,
@@ -466,7 +588,8 @@ cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_s
     """`encode` into the `cap` entries at c and v; with a `layout`, numeric entries whose key is the one
     at the same position in the layout take its column, and the others update it; indicators of str keys
     and values are looked up in its pair cache first, and cached. With `rows`, the row of `width` doubles
-    of each column found is prefetched at once (so that its misses overlap the rest of the encoding)."""
+    of each column found is prefetched at once (so that its misses overlap the rest of the encoding), and
+    a row with a new indicator returns -3 with the pair cache's answers in c (see `_new_row`)."""
     cdef Py_ssize_t pos = 0, n = 0, i = 0, j
     cdef PyObject* key
     cdef PyObject* value
@@ -483,10 +606,12 @@ cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_s
             h = pair_hash(key, value)
             ci = layout.pair_get(key, value, h)
             if ci < 0:
-                if not merge and layout.complete and layout.synced == len(columns):
-                    return _new_row(x, pos, layout, rows, width)  # not cached, so new (RowLayout.complete)
+                if not merge and layout.complete and layout.synced == len(columns):  # not cached, so new
+                    if rows != NULL:
+                        indicator_hint(columns, key, value, False)
+                    return _new_row(x, pos, i, layout, c, cap, merge, rows, width, columns)
                 if not _lookup(columns, key, value, &ci, &d):
-                    return _new_row(x, pos, layout, rows, width)
+                    return _new_row(x, pos, i, layout, c, cap, merge, rows, width, columns)
                 layout.pair_put(key, value, h, ci, pair_limit(merge))
         elif layout is not None and i < layout.n and layout.keys[i] == key and _number(value, &d):
             ci = layout.cols[i]
@@ -1144,10 +1269,11 @@ cdef object _encode_into = None  # stream_logreg._features.encode_into, bound on
 
 
 cdef Py_ssize_t _encode_new(object space, dict x, RowLayout layout, cnp.ndarray cols, cnp.ndarray vals,
-                            Py_ssize_t capacity) except -2:
+                            Py_ssize_t capacity, bint looked_up) except -2:
     """Row `x`, which has features not seen yet, encoded by the feature space's compiled encoder (which
     creates their columns, `FeatureSpace.encode_into`, with the pair cache of `layout`) if the weights
-    have room for them (`capacity` columns) and the scratch buffers for the row; else -1, nothing done."""
+    have room for them (`capacity` columns) and the scratch buffers for the row; else -1, nothing done.
+    `looked_up`: `cols` holds the pair cache's answers for the row (`_encode_row` returned -3)."""
     global _encode_into
     if space is None or len(x) > cnp.PyArray_DIM(cols, 0):
         return -1
@@ -1156,7 +1282,7 @@ cdef Py_ssize_t _encode_new(object space, dict x, RowLayout layout, cnp.ndarray 
         return -1
     if _encode_into is None:
         _encode_into = __import__("stream_logreg._features", fromlist=["encode_into"]).encode_into
-    return _encode_into(space, x, True, cols, vals, 0, layout)
+    return _encode_into(space, x, True, cols, vals, 0, layout, looked_up)
 
 
 cdef inline tuple _mark(object space):
@@ -1303,7 +1429,8 @@ cdef class SampleStep:
         if self.space is None:
             return -1.0
         mark = _mark(self.space)
-        n = _encode_new(self.space, <dict> x, self.layout, self.cols, self.vals, cnp.PyArray_DIM(self.w, 0))
+        n = _encode_new(self.space, <dict> x, self.layout, self.cols, self.vals, cnp.PyArray_DIM(self.w, 0),
+                        n == -3)
         if n < 0:
             return -1.0
         _prefetch_rows(dptr(self.w), iptr(self.cols), n, 1)
@@ -1596,6 +1723,22 @@ cdef inline bint _row_finite(double* r, Py_ssize_t n) noexcept nogil:
     return bad == 0
 
 
+cdef enum:
+    NEXT_ROWS = 12  # rows of the columns a vocabulary creates next, prefetched per event (~9 new a row)
+
+
+cdef inline void _prefetch_next(double* rows, Py_ssize_t k, Py_ssize_t capacity) noexcept nogil:
+    """Ask the CPU for the mixture's rows (MIX_S doubles) of the vocabulary's next columns k, k + 1, ...
+    (within `capacity`), for writing, before the encoder creates them (a click-through row creates a few,
+    always the next ones): their misses then overlap the encoder's work instead of the update's."""
+    cdef Py_ssize_t end = min(k + NEXT_ROWS, capacity)
+    cdef double* p = rows + k * MIX_S
+    cdef double* last = rows + end * MIX_S
+    while p < last:
+        _prefetch_w(p)
+        p += 8
+
+
 @cython.auto_pickle(False)
 @cython.final
 cdef class MixtureStep:
@@ -1779,9 +1922,11 @@ cdef class MixtureStep:
         if n < 0:
             if self.space is None:
                 return -1.0
+            if n == -3 and not self.merge:  # the vocabulary's next columns: created now
+                _prefetch_next(self.Mp, len(self.columns), cnp.PyArray_DIM(self.coef, 0))
             mark = _mark(self.space)
             n = _encode_new(self.space, <dict> x, self.layout, self.cols, self.vals,
-                            cnp.PyArray_DIM(self.coef, 0))
+                            cnp.PyArray_DIM(self.coef, 0), n == -3)
             if n < 0:
                 return -1.0
             _prefetch_rows(self.Mp, iptr(self.cols), n, MIX_S)

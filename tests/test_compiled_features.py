@@ -124,6 +124,15 @@ def test_blake2b_is_hashlibs(data):
     assert _features.blake2b64(data) == expected
 
 
+def test_blake2b_every_length_around_its_blocks():
+    """Every length from 0 to 300 bytes: the short form (a message of at most 16 bytes, one block with 14
+    zero words), one block, a full block, and more."""
+    for n in range(301):
+        data = bytes((37 * i + n) & 0xFF for i in range(n))
+        expected = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+        assert _features.blake2b64(data) == expected, n
+
+
 @pytest.mark.parametrize("s", NUMERIC_LOOKING + ["1e5", "1.5e-3", "-0", "+.5e+5", "infinity", "iNfInItY"])
 def test_numeric_strings_follow_the_policy(s):
     """A string the reference calls a number is declined (the reference raises); any other is a category."""
@@ -405,3 +414,54 @@ def test_a_refused_update_forgets_the_columns_its_compiled_step_created(space, o
     good = {"C0": "brand-new", "C1": "also-new", "n": 1.0}
     assert model.predict_learn_one(good, True) == twin.predict_learn_one(good, True)
     assert list(model.features.keys) == list(twin.features.keys)
+
+
+class _EncodingInPython:
+    """A compiled step whose own encoding is switched off (every row takes the model's general path, and
+    so the reference encoder there): its updates are still the compiled ones."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def __call__(self, x, y, w):
+        return -1.0
+
+    def __getattr__(self, name):
+        return getattr(self.step, name)
+
+
+@pytest.mark.parametrize("space", [{}, {"n_bits": 10}], ids=["vocabulary", "hashed-with-collisions"])
+@pytest.mark.parametrize("opt", ["default", "sgd"])
+def test_the_compiled_steps_new_values_are_the_reference_encoders(space, opt, monkeypatch):
+    """Rows with new values, numbers before, between and after them, encoded inside the compiled step
+    (which hands its pair cache's answers to the encoder): predictions and state bitwise those of a model
+    whose every row goes through the reference encoder (``FeatureSpace.encode``)."""
+    rng = np.random.default_rng(5)
+    stream = []
+    for x, y in click_rows(500, seed=4):
+        items = list(x.items())
+        for at in rng.choice(len(items) + 1, size=int(rng.integers(0, 3)), replace=False):
+            items.insert(int(at), (f"n{int(at)}", float(rng.normal())))
+        stream.append((dict(items), y))
+
+    def make():
+        return OnlineLogisticRegression(**space) if opt == "default" else OnlineLogisticRegression(
+            optimizer=optim.SGD(0.05), **space)
+
+    compiled = make()
+    ps = [compiled.predict_learn_one(x, y) for x, y in stream]
+    original = OnlineLogisticRegression._compile_step
+    monkeypatch.setattr(OnlineLogisticRegression, "_compile_step",
+                        lambda self: _EncodingInPython(original(self)))
+    calls = []
+    monkeypatch.setattr(_features, "encode_into", lambda *args: calls.append(args) or -1)
+    ref = make()
+    qs = [ref.predict_learn_one(x, y) for x, y in stream]
+    assert len(calls) > 100  # the reference encoded the rows with new values
+    assert ps == qs
+    if not compiled.features.hashing:  # the compiled encoder's dict entries are found by Python's hash
+        columns = compiled.features.columns
+        assert all(columns[k] == i for i, k in enumerate(compiled.features.keys))
+    a, b = compiled.state(), ref.state()
+    assert a[1] == b[1] and a[0].keys() == b[0].keys()
+    assert all(a[0][k].tobytes() == b[0][k].tobytes() for k in a[0])
