@@ -1712,6 +1712,7 @@ cdef enum:
 
 cdef double MIX_Z_MAX = 35.0       # a member's logit is clipped to ±35 (p within 6.3e-16 of 0 or 1)
 cdef double MIX_A_MIN = -1e4       # the log-weights' floor (exp(-1e4) is 0 in double)
+cdef double EXP_ZERO_BELOW = -745.2  # exp(x) rounds to 0.0 for every x below (e**-745.133 = 2**-1075)
 cdef double MIX_A_BOUND = 1e300    # a batch's log likelihood is clamped to ±1e300 before normalising
 
 
@@ -1847,7 +1848,8 @@ cdef class MixtureStep:
         cdef double e, s = 0.0, t = 0.0
         cdef Py_ssize_t k
         for k in range(MIX_K):
-            e = exp(a[k])
+            # a weight far below the others is exactly 0.0 without the call (exp's underflow path is slow)
+            e = exp(a[k]) if a[k] > EXP_ZERO_BELOW else 0.0
             s += e
             t += e * p[k]
         return t / s
