@@ -8,7 +8,7 @@ and :class:`ConfluentOutputs`, which keep their contract; the loop does not know
 - :meth:`ConfluentSource.poll` gives, per partition, the raw ``confluent_kafka.Message`` objects and their
   values (the hot loop reads only the values); :meth:`ConfluentSource.record` makes the neutral
   :class:`Record` (``topic partition offset key value timestamp``) of a message, only where one is needed
-  (a dead letter, a prediction, a buffered mini-batch event);
+  (a dead letter, a prediction, the first event of each run of a mini-batch);
 - checkpoint-then-commit: ``enable.auto.commit`` and ``enable.auto.offset.store`` are off, offsets are
   committed explicitly and synchronously, bounded by ``commit_timeout_ms`` (:func:`bounded`);
 - the settings are the learner's kafka-python ones, mapped to librdkafka names (:func:`consumer_conf`,
@@ -194,7 +194,7 @@ def check_config(config: Any) -> None:
 class Record:
     """A consumed message as the loop's outputs and checkpoints see it, whatever the client: ``topic
     partition offset key value timestamp``, read from the ``confluent_kafka.Message`` when asked (cheap to
-    make: a buffered mini-batch event holds one, and usually only its offset is ever read)."""
+    make: each run of a mini-batch holds one, and usually only its offset is ever read)."""
 
     __slots__ = ("_m",)
 
