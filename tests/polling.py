@@ -12,15 +12,18 @@ from typing import Any
 from stream_logreg.checkpoints import Checkpoint, DirectoryStore
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.02) -> Any:
-    """Poll ``condition`` until it returns something truthy (returned), or fail after ``timeout`` s."""
+def wait_for(condition: Callable[[], Any], timeout: float, what: str | Callable[[], str],
+             every: float = 0.02) -> Any:
+    """Poll ``condition`` until it returns something truthy (returned), or fail after ``timeout`` s. ``what``
+    names the condition; a callable is called on failure (to say what the processes were doing then)."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+            said = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {said}")
         time.sleep(every)
 
 

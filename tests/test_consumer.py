@@ -15,6 +15,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -299,7 +300,21 @@ def start_service(bootstrap: str, topic: str, group: str, ckpt: Path, *extra: st
         "--consumer-setting", "session_timeout_ms=6000", "--consumer-setting", "heartbeat_interval_ms=500",
         "--consumer-setting", "fetch_max_wait_ms=100", "--log-level", "WARNING", *extra,
     ]  # fmt: skip
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return popen_logged(cmd, env=env)
+
+
+def popen_logged(cmd: list[str], **kwargs: Any) -> subprocess.Popen:
+    """Start ``cmd`` with its stderr written to an unlinked temporary file, and ``proc.stderr`` reading that
+    file from its start. Not a pipe: a pipe nobody drains fills at 64 KiB of log lines and then blocks the
+    child's next write, wedging a service whose test reads its stderr only once it has failed."""
+    fd, path = tempfile.mkstemp(prefix="learner-stderr-", suffix=".log")
+    try:
+        with os.fdopen(fd, "wb") as err:
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, **kwargs)
+        proc.stderr = open(path, "rb")
+    finally:
+        os.unlink(path)  # (the open handles keep it; nothing is left behind)
+    return proc
 
 
 def read_status(path: Path) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from test_consumer import (
     make_config,
     make_events,
     offline,
+    popen_logged,
     produce,
     read_status,
     running,
@@ -256,7 +257,7 @@ def test_sigkill_and_restart_with_defaults_gets_the_partitions_back_fast(
                kafka_bootstrap, "--topic", topic, "--group", f"g-{topic}", "--checkpoint-dir", str(ckpt),
                "--log-level", "WARNING", "--status-file", str(status), "--status-every", "0.1",
                "--checkpoint-every-messages", "50"]
-        return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return popen_logged(cmd, env=_env())
 
     def assigned() -> bool:
         return len(read_status(status).get("assigned", [])) == 2
