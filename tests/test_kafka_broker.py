@@ -55,6 +55,10 @@ def _consume(
     records: list[ConsumerRecord] = []
     try:
         deadline = time.monotonic() + timeout
+        # the topic's partitions known before the first JoinGroup (the poll): a leader that assigns without
+        # them assigns nothing, and kafka-python's rejoin on the next metadata can take longer than the test
+        # (seen on a loaded machine: "No partition metadata for topic", 0 records in 60 s)
+        consumer.partitions_for_topic(topic)
         while len(records) < expected and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=200).values():
                 records.extend(batch)
