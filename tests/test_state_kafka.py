@@ -139,9 +139,12 @@ def test_a_replacement_on_an_empty_disk_resumes_the_lost_members_state(
             return all(len(read_status(s).get("assigned") or []) == 2 for s in (a_status, b_status))
 
         wait_for(sharing, 90, "A and B sharing the partitions")
-        wait_for(lambda: (read_status(a_status).get("checkpoints_written") or 0) >= 3, 60,
-                 lambda: f"A checkpointing (A: {read_status(a_status)}, B: {read_status(b_status)}, "
-                         f"A's stderr: {a.stderr.read().decode(errors='replace')[-3000:]})")
+        def a_checkpointed() -> bool:
+            assert a.poll() is None, a.stderr.read().decode(errors="replace")[-3000:]
+            return (read_status(a_status).get("checkpoints_written") or 0) >= 3
+
+        wait_for(a_checkpointed, 60, lambda: f"A checkpointing (A: {read_status(a_status)}, B: "
+                 f"{read_status(b_status)}, A's stderr: {a.stderr.read().decode(errors='replace')[-3000:]})")
         lost_partitions = sorted(read_status(a_status)["assigned"])
         a.send_signal(signal.SIGKILL)
         a.wait(30)
