@@ -144,25 +144,45 @@ cdef extern from *:
     #include <stdlib.h>
     #include <string.h>
     #include <sys/mman.h>
-    /* n zeroed bytes; from 2 MiB on, aligned to 2 MiB and in huge pages where the system allows them
-       (a table looked up at random costs a TLB miss per look-up in 4 KiB pages, as numpy knows). */
+    #include <stdint.h>
+    /* n zeroed bytes; from 2 MiB on, a private anonymous mapping aligned to 2 MiB and in huge pages where
+       the system allows them (a table looked up at random costs a TLB miss per look-up in 4 KiB pages, as
+       numpy knows): the kernel zeroes its pages when they are first touched, so the table is not written
+       twice (calloc's memset, or aligned_alloc's and memset's, on top of the kernel's zeroing). Released
+       by sl_table_free with the same n. */
     static void* sl_table_alloc(size_t n) {
         const size_t huge = (size_t) 1 << 21;
-        void* p;
+        unsigned char* p;
+        size_t head;
         if (n < huge)
             return calloc(n, 1);
         n = (n + huge - 1) & ~(huge - 1);
-        p = aligned_alloc(huge, n);
-        if (p == NULL)
+        p = (unsigned char*) mmap(NULL, n + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == (unsigned char*) MAP_FAILED)
             return NULL;
+        head = (huge - ((uintptr_t) p & (huge - 1))) & (huge - 1);
+        if (head)
+            munmap(p, head);
+        if (huge - head)
+            munmap(p + head + n, huge - head);
+        p += head;
     #ifdef MADV_HUGEPAGE
         madvise(p, n, MADV_HUGEPAGE);
     #endif
-        memset(p, 0, n);
         return p;
+    }
+    static void sl_table_free(void* p, size_t n) {
+        const size_t huge = (size_t) 1 << 21;
+        if (p == NULL)
+            return;
+        if (n < huge)
+            free(p);
+        else
+            munmap(p, (n + huge - 1) & ~(huge - 1));
     }
     """
     void* _table_alloc "sl_table_alloc" (size_t n) noexcept nogil
+    void _table_free "sl_table_free" (void* p, size_t n) noexcept nogil
 
 
 cdef extern from *:
@@ -309,8 +329,8 @@ cdef class RowLayout:
         self.clear()
         free(self.keys)
         free(self.cols)
-        free(self.pairs)
-        free(self.older)
+        _table_free(self.pairs, self.pairs_size * sizeof(PairEntry))
+        _table_free(self.older, self.older_size * sizeof(PairEntry))
 
     def __reduce__(self):
         return RowLayout, ()
@@ -463,7 +483,7 @@ cdef class RowLayout:
                             self._insert(old[i].k, old[i].v, old[i].h, old[i].col)
                             Py_XDECREF(old[i].k)
                             Py_XDECREF(old[i].v)
-                    free(old)
+                    _table_free(old, old_size * sizeof(PairEntry))
         self._insert(k, v, h, col)
         return 0
 
@@ -475,7 +495,7 @@ cdef class RowLayout:
                 _drop_pairs(self.older, self.older_size)
                 self.n_pairs -= self.n_older
                 self.n_older = 0
-            free(self.older)
+            _table_free(self.older, self.older_size * sizeof(PairEntry))
             self.older, self.older_size = NULL, 0
             self.older = <PairEntry*> _table_alloc(self.pairs_size * sizeof(PairEntry))
             if self.older == NULL:

@@ -300,6 +300,34 @@ def test_the_pair_cache_keeps_a_pair_seen_recently_when_it_is_full():
     assert not cached({"k": "cold0-0"})  # bounded: the old ones are forgotten
 
 
+def test_the_pair_cache_keeps_its_pairs_in_tables_of_megabytes():
+    """From 2 MiB on (65,536 slots of 32 bytes) a table is mapped memory that only the kernel zeroes: a
+    cache that grows to that size, fills it and rotates it (the previous table mapped too) holds the
+    columns the vocabulary has, finds the pairs of both tables without the feature dict, and is released
+    cleanly. The oracle: the feature dict, and the reference encoder."""
+    from stream_logreg._kernel import RowLayout, encode_rows
+
+    space, layout = FeatureSpace(), RowLayout(max_pairs=1 << 16)
+    cols, vals, indptr = np.zeros(4, dtype=np.intp), np.zeros(4), np.zeros(2, dtype=np.intp)
+    n = 40_000  # past half of the 65,536 slots: one rotation, both tables mapped
+    for i in range(n):
+        x = {"k": f"v{i}"}
+        assert _features.encode_into(space, x, True, cols, vals, 0, layout) == 1
+        assert cols[0] == space.columns[IndicatorKey("k", f"v{i}")] == i
+    assert len(space.keys) == n and 1 << 15 <= layout.n_pairs <= 1 << 16
+    for i in range(n - 1000, n):  # recent: found by the cache alone, with the right column
+        x = {"k": f"v{i}"}
+        assert encode_rows([x], 0, {}, cols, vals, indptr, False, layout) == 1 and cols[0] == i
+    # the first ones: in the previous table (mapped too), copied back to the current one when found
+    assert encode_rows([{"k": "v0"}], 0, {}, cols, vals, indptr, False, layout) == 1 and cols[0] == 0
+    ref = FeatureSpace()
+    for i in range(n):  # and the space is the reference's
+        reference(ref, {"k": f"v{i}"}, True)
+    assert snapshot(space) == snapshot(ref)
+    layout.clear()
+    del layout
+
+
 def test_a_restored_model_has_the_look_ups_of_its_vocabulary(monkeypatch):
     """After ``from_state`` the pair cache holds every indicator of the vocabulary (``complete``): a new
     value is created without asking the vocabulary's dict first, as in the model that was saved; and what
