@@ -325,8 +325,12 @@ class Learner:
         next_progress = idle_since + cfg.progress_every_seconds
         self._progress_consumed = self.stats.consumed
         backoff = 0.1
-        # Batch k is polled while the worker learns batch k - 1 (consumers.pipeline): after the poll, batch
-        # k - 1 is completed and checkpointed/committed, then batch k sought, synced, begun and handed over.
+        # Batch k is polled while the worker learns batch k - 1 (consumers.pipeline). After the poll, in this
+        # order: batch k - 1 is completed; the partitions batch k cannot be learned from are settled (newly
+        # assigned ones sought, a rollback's reload and seek, a partition the client rewound sought back);
+        # then the tick checkpoints and commits batch k - 1; then batch k is synced, begun and handed over,
+        # without the records of a partition sought in this step, or at all if the tick failed and the model
+        # must roll back (read again after the next poll's seek).
         pipeline = self._pipeline = Pipeline(self._learn_batch)
         try:
             while not should_stop():
@@ -334,7 +338,7 @@ class Learner:
                     batch = source.poll(cfg.poll_timeout_ms)
                     self.stats.last_poll_time = time.time()
                 except KafkaError as exc:
-                    self._complete(pipeline, tick=False)  # checkpointed after a poll that works
+                    self._complete(pipeline)  # checkpointed after a poll that works
                     with self.stats.lock:
                         self.stats.last_poll_time = time.time()
                         self.stats.poll_errors += 1
@@ -344,10 +348,7 @@ class Learner:
                     continue
                 backoff = 0.1
                 self._complete(pipeline)
-                if state.fenced is not None:  # another member took this state over: learning on would
-                    fenced = Fenced(f"{state.fenced}")  # learn its events a second time
-                    break
-                if source.fenced:  # learning on would learn the other member's events a second time
+                if state.fenced is None and source.fenced:
                     fenced = Fenced(f"another learner joined group {cfg.group_id} with this learner's "
                                     f"--group-instance-id {source.instance_id}: give each its own "
                                     "--checkpoint-dir or --group-instance-id")
@@ -355,21 +356,12 @@ class Learner:
                     break
                 source.unstick()
                 with self._lock:
-                    pending = set(source.pending)
-                    if state.needs_reload or pending:
-                        if state.needs_reload:  # every partition is sought back to the checkpoint
-                            pending |= source.assignment()
-                        self._init_partitions()
-                    # Records of a partition sought in this step were fetched from before the seek: skip
-                    # them (they are fetched again from where it was sought), as those still waiting.
-                    pending |= source.pending
-                    if self.group is not None and batch:  # never predict with a model staler than that
-                        state.sync_if_due()
-                    if self._exactly_once and batch:
-                        self._transactions.begin(state)
-                    work = {tp: rv for tp, rv in batch.items() if tp not in pending and rv[0]}
+                    work = self._settle(batch) if state.fenced is None else {}
+                if state.fenced is not None:  # another member took this state over: learning on would
+                    fenced = Fenced(f"{state.fenced}")  # learn its events a second time
+                    break
                 n = sum(len(rv[0]) for rv in work.values())
-                if work and state.fenced is None:
+                if work:
                     pipeline.submit(work)
                 now = time.monotonic()
                 if now >= next_progress:
@@ -404,17 +396,64 @@ class Learner:
                 self._process(tp, records, values)
             self._publish_learned(work)
 
-    def _complete(self, pipeline: Pipeline, tick: bool = True) -> None:
-        """Complete the batch in flight (its exception raised here), then fold the stats and (``tick``)
-        make the checkpoint and commit that are due."""
+    def _complete(self, pipeline: Pipeline) -> None:
+        """Complete the batch in flight (its exception raised here), then fold the stats."""
         pipeline.complete()
-        state, source = self._state, self._source
         with self._lock:
             self._publish_stats()
-            if tick:
-                if source.commit_failures():  # a periodic commit was refused: commit again
-                    state.commit_pending = True
-                state.tick(source.assignment(), source.pending, self._flush, source.commit_soon)
+
+    def _settle(self, batch: dict) -> dict:
+        """After the poll of ``batch`` and the completion of the batch before: seek what must be sought,
+        checkpoint and commit what is due, and return the part of ``batch`` to learn (the caller holds the
+        lock; nothing is in flight).
+
+        The records of a partition that is sought here were fetched from before the seek: they are
+        dropped, and fetched again from where it was sought. These are the newly assigned partitions, all
+        of them when the model rolls back to its last checkpoint (a failed checkpoint or transaction, a
+        loss), and a partition whose records start before its position (the client rewound it on its own:
+        learning them would learn events twice; it is sought back to its position). The tick comes after
+        the seeks, so that a checkpoint never holds the offsets of a partition not sought yet; if the tick
+        itself fails and the model must roll back, the whole batch is dropped (the next poll's reload seeks
+        every partition back to the checkpoint)."""
+        state, source = self._state, self._source
+        pending = set(source.pending)
+        if state.needs_reload:  # every partition is sought back to the checkpoint
+            pending |= source.assignment()
+        pending |= self._rewound(batch, pending)
+        if state.needs_reload or source.pending:
+            self._init_partitions()
+        pending |= source.pending  # still waiting (committed offsets not fetched yet)
+        if source.commit_failures():  # a periodic commit was refused: commit again
+            state.commit_pending = True
+        state.tick(source.assignment(), source.pending, self._flush, source.commit_soon)
+        if state.needs_reload or state.fenced is not None or not batch:
+            return {}
+        if self.group is not None:  # never predict with a model staler than that
+            state.sync_if_due()
+        if self._exactly_once:
+            self._transactions.begin(state)
+        return {tp: rv for tp, rv in batch.items() if tp not in pending and rv[0]}
+
+    def _rewound(self, batch: dict, pending: set[TopicPartition]) -> set[TopicPartition]:
+        """The partitions of ``batch`` (not ``pending``) whose records start before their position (the
+        next offset the model has not read): paused and pending, to be sought back to it."""
+        view, positions = self._source.record, self._state.positions
+        rewound = set()
+        for tp, (records, _) in batch.items():
+            expected = positions.get(tp)
+            if tp in pending or not records or expected is None:
+                continue
+            first = view(records[0]).offset
+            if first < expected:
+                log.warning("%s: the client returned offset %d while the model has read up to %d: seeking it "
+                            "back (those events are not learned again)", tp_key(tp), first, expected,
+                            extra={"topic": tp.topic, "partition": tp.partition, "offset": first,
+                                   "reason": "rewound"})
+                rewound.add(tp)
+        if rewound:
+            self._source.pending |= rewound
+            self._source.pause(rewound)
+        return rewound
 
     def _await_batch(self) -> None:
         """For the rebalance callbacks: the batch in flight completes first (its model, positions and
