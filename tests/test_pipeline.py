@@ -114,3 +114,52 @@ def test_a_revoke_waits_for_the_batch_in_flight(kafka_bootstrap: str, kafka_topi
     learned_a, learned_b = Counter(ckpt_a.metadata["learned"]), Counter(ckpt_b.metadata["learned"])
     assert dict(learned_a + learned_b) == {f"{topic}:0": 1500, f"{topic}:1": 1500}  # exactly once
     assert ckpt_a.model.n_samples_seen + ckpt_b.model.n_samples_seen == len(values)
+
+
+@pytest.mark.kafka
+def test_records_from_before_a_partitions_position_are_never_learned(
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Once 300 events are read, the client goes back to the partition's start on its own (a seek to 0
+    behind the learner's back, between two polls: what librdkafka was seen doing once after a rollback's
+    seek). The records it then returns start before the model's position: the learner must not learn them
+    again but seek the partition back to its position; the model is the uninterrupted run's, bitwise."""
+    from tests.test_consumer import offline, same_model
+
+    topic = kafka_topic(1)
+    values = make_events(1200, seed=6)
+    produce(kafka_bootstrap, topic, values)
+    cfg = make_config(kafka_bootstrap, topic, tmp_path / "ckpt", max_poll_records=50,
+                      kafka_client=kafka_client)
+    learner = Learner(cfg)
+    source, poll, rewound = learner._source, learner._source.poll, []
+    key = f"{topic}:0"
+
+    def rewinding_poll(timeout_ms: int) -> dict:
+        if not rewound and (learner.stats.snapshot()["positions"].get(key) or 0) >= 300:
+            (tp,) = source.assignment()
+            rewound.append(learner._state.positions[tp])
+            if kafka_client == "confluent":
+                from confluent_kafka import TopicPartition as CTopicPartition
+
+                source.consumer.seek(CTopicPartition(tp.topic, tp.partition, 0))
+            else:
+                source.consumer.seek(tp, 0)
+        return poll(timeout_ms)
+
+    source.poll = rewinding_poll
+    caplog.set_level(logging.WARNING, logger="consumers.learner")
+    r = Running(learner)
+    try:
+        wait_for(lambda: r.stats()["positions"].get(key) == len(values), 60, "all read")
+    finally:
+        learner.stop()
+        r.thread.join(60)
+    assert r.error is None, r.error
+    assert rewound and rewound[0] >= 300
+    ckpt = latest(tmp_path / "ckpt")
+    assert ckpt.metadata["learned"] == {key: len(values)} and ckpt.metadata["offsets"] == {key: len(values)}
+    expected, _ = offline(values, 1)
+    assert same_model(ckpt.model, expected)  # nothing learned twice
+    assert any("seeking it back" in rec.getMessage() for rec in caplog.records)
