@@ -33,7 +33,12 @@ per polled batch. The runs of such messages are learned with the GIL released, a
 learned on a worker thread while the loop polls the next (:mod:`consumers.pipeline`): the client's poll and
 the learning overlap on two cores. Everything else that touches the state (the rebalance callbacks, the
 periodic checkpoint and commit, seeks, the group model's sync, the transactions, the shutdown) waits for
-the batch in flight first, so that a checkpoint always holds exactly the events its offsets cover.
+the batch in flight first, so that a checkpoint always holds exactly the events its offsets cover. After
+each poll the seeks come first (newly assigned partitions, a rollback to the last checkpoint, a partition
+whose records start before the model's position: a client that went back on its own, as librdkafka once
+did after a rollback's seek), then the periodic checkpoint and commit, then the hand-over of what is left
+of the polled batch (nothing of a partition sought in that step; nothing at all if the checkpoint failed
+and the model must roll back).
 
 The checkpoint/offset contract
 ------------------------------
