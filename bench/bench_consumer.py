@@ -19,9 +19,12 @@ Produces ``--events`` (200,000) JSON events with ``--features`` (20) numeric fea
 
 Rates are counted from the end of the first processed batch to the last message (group join and
 connection set-up are not the loop's cost). Each learner run also says where its time went, in µs per
-event: ``poll`` (the client's poll/consume and the split into per-partition runs), ``process``
-(``Learner._process``: decode, predict, learn, metrics, outputs), ``checkpoint`` (the periodic checkpoint
-write and commit) and ``rest`` (the loop around them: stats, lag look-ups, the bench's own stamps). The bars
+event. The loop polls batch k while a worker thread learns batch k - 1 (``consumers.pipeline``), so the
+wall-clock time per event is the loop's thread: ``poll`` (the client's poll/consume and the split into
+per-partition runs), ``wait`` (for the worker to finish the batch before, and the stats fold),
+``checkpoint`` (the periodic checkpoint write and commit) and ``rest`` (the loop around them: seeks, lag
+look-ups, the hand-over); and, beside it and overlapping ``poll``, the worker's ``process``
+(``Learner._process``: decode, predict, learn, metrics, outputs, the bench's own stamps). The bars
 of issue 15 are printed with the medians: (c)/(a) and (d)/(b) >= 0.9, (d)/(c) >= 2.5. On a machine shared
 with other work the wall-clock rates measure the scheduler as much as the code, so every contender also
 reports the CPU time of its process per event (all threads, the clients' own included), and the ratio of
@@ -153,9 +156,10 @@ def confluent_ceiling(bootstrap: str, topic: str, n: int, conf: dict, batch: int
 def learner_rate(bootstrap: str, topic: str, n: int, batch_size: int, checkpoint_every: int,
                  overrides: dict, client: str, profile: str | None = None) -> tuple[float, dict, dict]:
     """Events/s of the learner (predict + learn + checkpoints) over the topic, its final stats, and where
-    its time went (µs per event: ``poll`` the client, ``process`` decode/predict/learn/stats/outputs,
-    ``checkpoint`` the periodic checkpoint and commit, ``rest`` the loop around them; ``cpu`` the CPU time
-    of the process, all threads).
+    its time went (µs per event; the loop's thread: ``poll`` the client, ``wait`` for the worker,
+    ``checkpoint`` the periodic checkpoint and commit, ``rest`` the loop around them, which add up to the
+    wall-clock time; the worker's ``process`` decode/predict/learn/stats/outputs, overlapping ``poll``;
+    ``cpu`` the CPU time of the process, all threads).
 
     Timed as the ceilings are: from the end of the first processed batch (its events not counted) to the
     end of the one that reaches ``n`` events, stamped by the loop itself (no watcher thread taking the GIL).
@@ -169,10 +173,11 @@ def learner_rate(bootstrap: str, topic: str, n: int, batch_size: int, checkpoint
         )
         learner = Learner(config)
         stats = learner.stats
-        marks: list[tuple[float, int, tuple[float, float, float], float]] = []
-        spent = [0.0, 0.0, 0.0]  # poll, process, checkpoint (seconds)
+        marks: list[tuple[float, int, tuple[float, ...], float]] = []
+        spent = [0.0, 0.0, 0.0, 0.0]  # poll, process, checkpoint, wait and stats (seconds)
         clock = time.perf_counter
         process, poll, tick = learner._process, learner._source.poll, learner._state.tick
+        complete = learner._complete
 
         def timed_poll(timeout_ms):
             t = clock()
@@ -186,6 +191,11 @@ def learner_rate(bootstrap: str, topic: str, n: int, batch_size: int, checkpoint
             tick(*args)
             spent[2] += clock() - t
 
+        def timed_complete(pipeline):  # the wait for the worker and the stats fold
+            t = clock()
+            complete(pipeline)
+            spent[3] += clock() - t
+
         def timed_process(tp, records, values) -> None:  # the learner's own per-batch step, then a stamp
             t = clock()
             process(tp, records, values)
@@ -197,6 +207,7 @@ def learner_rate(bootstrap: str, topic: str, n: int, batch_size: int, checkpoint
                 learner.stop()
 
         learner._process, learner._source.poll, learner._state.tick = timed_process, timed_poll, timed_tick
+        learner._complete = timed_complete
         if profile:
             import cProfile
 
@@ -204,9 +215,9 @@ def learner_rate(bootstrap: str, topic: str, n: int, batch_size: int, checkpoint
         else:
             learner.run()
         (t0, c0, s0, cpu0), (t1, c1, s1, cpu1) = marks[0], marks[-1]
-        per = {k: 1e6 * (b - a) / (c1 - c0) for k, a, b in zip(("poll", "process", "checkpoint"), s0, s1,
-                                                                 strict=True)}
-        per["rest"] = 1e6 * (t1 - t0) / (c1 - c0) - sum(per.values())
+        per = {k: 1e6 * (b - a) / (c1 - c0)
+               for k, a, b in zip(("poll", "process", "checkpoint", "wait"), s0, s1, strict=True)}
+        per["rest"] = 1e6 * (t1 - t0) / (c1 - c0) - per["poll"] - per["wait"] - per["checkpoint"]
         per["cpu"] = 1e6 * (cpu1 - cpu0) / (c1 - c0)
         return (c1 - c0) / (t1 - t0), stats.snapshot(), per
 
@@ -309,10 +320,10 @@ def main() -> int:
                 )
                 per = {k: statistics.median(p[k] for p in parts[client, batch_size])
                        for k in parts[client, batch_size][0]}
-                cpu = per.pop("cpu")
-                print(f"      µs per event (medians): {1e6 / rate:.2f} = "
-                      + " + ".join(f"{k} {v:.2f}" for k, v in per.items())
-                      + f"; CPU {cpu:.2f} µs/event, {a} CPU/{c} CPU = "
+                print(f"      µs per event (medians): {1e6 / rate:.2f} = the loop's thread: "
+                      + " + ".join(f"{k} {per[k]:.2f}" for k in ("poll", "wait", "checkpoint", "rest"))
+                      + f"; beside it the worker: process {per['process']:.2f} (overlapping poll); "
+                      f"CPU {per['cpu']:.2f} µs/event, {a} CPU/{c} CPU = "
                       f"{statistics.median(cpu_ratios[client, batch_size]):.2f}")
             if across[batch_size]:
                 ratio = statistics.median(across[batch_size])

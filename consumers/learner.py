@@ -29,7 +29,16 @@ common shape is predicted in the pass too (from its encoded row) and handed to P
 and kept for its label. Per event (20 float features, the service's
 default model: the standardized mixture of eight learners), the whole pass costs ~3.3 µs, less than
 ``orjson.loads`` of the same messages alone (~4.4 µs); the metrics, positions and counters are folded once
-per polled batch.
+per polled batch. The runs of such messages are learned with the GIL released, and each polled batch is
+learned on a worker thread while the loop polls the next (:mod:`consumers.pipeline`): the client's poll and
+the learning overlap on two cores. Everything else that touches the state (the rebalance callbacks, the
+periodic checkpoint and commit, seeks, the group model's sync, the transactions, the shutdown) waits for
+the batch in flight first, so that a checkpoint always holds exactly the events its offsets cover. After
+each poll the seeks come first (newly assigned partitions, a rollback to the last checkpoint, a partition
+whose records start before the model's position: a client that went back on its own, as librdkafka once
+did after a rollback's seek), then the periodic checkpoint and commit, then the hand-over of what is left
+of the polled batch (nothing of a partition sought in that step; nothing at all if the checkpoint failed
+and the model must roll back).
 
 The checkpoint/offset contract
 ------------------------------
@@ -134,6 +143,7 @@ from stream_logreg._stream import learn_values
 from consumers.config import LearnerConfig
 from consumers.labels import Labels, check_co_partitioned
 from consumers.outputs import Outputs, check_topics
+from consumers.pipeline import Pipeline
 from consumers.source import Source, default_instance_id, wait_or_stop
 from consumers.state.checkpointing import Checkpointing, hold_directory, parse_ref, tp_key, tp_keys
 from consumers.state.transactions import Transactions
@@ -232,6 +242,7 @@ class Learner:
         self._source, self._outputs = _clients(config, self.stats)
         self._outputs.group = self.group  # predictions carry the group model's version
         self._topics_checked = False
+        self._pipeline: Pipeline | None = None  # while running: the polled batch being learned
 
     @property
     def model(self) -> Any:
@@ -319,13 +330,20 @@ class Learner:
         next_progress = idle_since + cfg.progress_every_seconds
         self._progress_consumed = self.stats.consumed
         backoff = 0.1
-        flush = self._flush
+        # Batch k is polled while the worker learns batch k - 1 (consumers.pipeline). After the poll, in this
+        # order: batch k - 1 is completed; the partitions batch k cannot be learned from are settled (newly
+        # assigned ones sought, a rollback's reload and seek, a partition the client rewound sought back);
+        # then the tick checkpoints and commits batch k - 1; then batch k is synced, begun and handed over,
+        # without the records of a partition sought in this step, or at all if the tick failed and the model
+        # must roll back (read again after the next poll's seek).
+        pipeline = self._pipeline = Pipeline(self._learn_batch)
         try:
             while not should_stop():
                 try:
                     batch = source.poll(cfg.poll_timeout_ms)
                     self.stats.last_poll_time = time.time()
                 except KafkaError as exc:
+                    self._complete(pipeline)  # checkpointed after a poll that works
                     with self.stats.lock:
                         self.stats.last_poll_time = time.time()
                         self.stats.poll_errors += 1
@@ -334,39 +352,22 @@ class Learner:
                     backoff = min(backoff * 2, 5.0)
                     continue
                 backoff = 0.1
-                source.unstick()
-                n = 0
-                with self._lock:
-                    pending = set(source.pending)
-                    if state.needs_reload or pending:
-                        if state.needs_reload:  # every partition is sought back to the checkpoint
-                            pending |= source.assignment()
-                        self._init_partitions()
-                    # Records of a partition sought in this step were fetched from before the seek: skip
-                    # them (they are fetched again from where it was sought), as those still waiting.
-                    pending |= source.pending
-                    if self.group is not None and batch:  # never predict with a model staler than that
-                        state.sync_if_due()
-                    if self._exactly_once and batch:
-                        self._transactions.begin(state)
-                    for tp, (records, values) in batch.items():
-                        if tp in pending or not records:
-                            continue  # not sought yet: these will be fetched again after the seek
-                        self._process(tp, records, values)
-                        n += len(records)
-                    self._publish_stats()
-                    if source.commit_failures():  # a periodic commit was refused: commit again
-                        state.commit_pending = True
-                    state.tick(source.assignment(), source.pending, flush, source.commit_soon)
-                if state.fenced is not None:  # another member took this state over: learning on would
-                    fenced = Fenced(f"{state.fenced}")  # learn its events a second time
-                    break
-                if source.fenced:  # learning on would learn the other member's events a second time
+                self._complete(pipeline)
+                if state.fenced is None and source.fenced:
                     fenced = Fenced(f"another learner joined group {cfg.group_id} with this learner's "
                                     f"--group-instance-id {source.instance_id}: give each its own "
                                     "--checkpoint-dir or --group-instance-id")
                     log.error("%s", fenced, extra={"reason": "fenced"})
                     break
+                source.unstick()
+                with self._lock:
+                    work = self._settle(batch) if state.fenced is None else {}
+                if state.fenced is not None:  # another member took this state over: learning on would
+                    fenced = Fenced(f"{state.fenced}")  # learn its events a second time
+                    break
+                n = sum(len(rv[0]) for rv in work.values())
+                if work:
+                    pipeline.submit(work)
                 now = time.monotonic()
                 if now >= next_progress:
                     self._log_progress(now - last_progress)
@@ -377,7 +378,12 @@ class Learner:
                 elif max_idle_seconds is not None and now - idle_since >= max_idle_seconds:
                     log.info("no message for %.1fs: stopping", max_idle_seconds)
                     break
+            pipeline.complete()  # the last batch, checkpointed by the shutdown
+            with self._lock:
+                self._publish_stats()
         finally:
+            pipeline.close()  # the batch in flight completes first
+            self._pipeline = None
             self._shutdown()
             self._stopping.clear()  # a later run() starts afresh
             if held is not None:
@@ -387,6 +393,79 @@ class Learner:
         if fenced is not None:
             raise fenced
         return self.stats
+
+    def _learn_batch(self, work: dict) -> None:
+        """The worker's part (consumers.pipeline): process the records of each partition of a polled batch."""
+        with self._lock:
+            for tp, (records, values) in work.items():
+                self._process(tp, records, values)
+            self._publish_learned(work)
+
+    def _complete(self, pipeline: Pipeline) -> None:
+        """Complete the batch in flight (its exception raised here), then fold the stats."""
+        pipeline.complete()
+        with self._lock:
+            self._publish_stats()
+
+    def _settle(self, batch: dict) -> dict:
+        """After the poll of ``batch`` and the completion of the batch before: seek what must be sought,
+        checkpoint and commit what is due, and return the part of ``batch`` to learn (the caller holds the
+        lock; nothing is in flight).
+
+        The records of a partition that is sought here were fetched from before the seek: they are
+        dropped, and fetched again from where it was sought. These are the newly assigned partitions, all
+        of them when the model rolls back to its last checkpoint (a failed checkpoint or transaction, a
+        loss), and a partition whose records start before its position (the client rewound it on its own:
+        learning them would learn events twice; it is sought back to its position). The tick comes after
+        the seeks, so that a checkpoint never holds the offsets of a partition not sought yet; if the tick
+        itself fails and the model must roll back, the whole batch is dropped (the next poll's reload seeks
+        every partition back to the checkpoint)."""
+        state, source = self._state, self._source
+        pending = set(source.pending)
+        if state.needs_reload:  # every partition is sought back to the checkpoint
+            pending |= source.assignment()
+        pending |= self._rewound(batch, pending)
+        if state.needs_reload or source.pending:
+            self._init_partitions()
+        pending |= source.pending  # still waiting (committed offsets not fetched yet)
+        if source.commit_failures():  # a periodic commit was refused: commit again
+            state.commit_pending = True
+        state.tick(source.assignment(), source.pending, self._flush, source.commit_soon)
+        if state.needs_reload or state.fenced is not None or not batch:
+            return {}
+        if self.group is not None:  # never predict with a model staler than that
+            state.sync_if_due()
+        if self._exactly_once:
+            self._transactions.begin(state)
+        return {tp: rv for tp, rv in batch.items() if tp not in pending and rv[0]}
+
+    def _rewound(self, batch: dict, pending: set[TopicPartition]) -> set[TopicPartition]:
+        """The partitions of ``batch`` (not ``pending``) whose records start before their position (the
+        next offset the model has not read): paused and pending, to be sought back to it."""
+        view, positions = self._source.record, self._state.positions
+        rewound = set()
+        for tp, (records, _) in batch.items():
+            expected = positions.get(tp)
+            if tp in pending or not records or expected is None:
+                continue
+            first = view(records[0]).offset
+            if first < expected:
+                log.warning("%s: the client returned offset %d while the model has read up to %d: seeking it "
+                            "back (those events are not learned again)", tp_key(tp), first, expected,
+                            extra={"topic": tp.topic, "partition": tp.partition, "offset": first,
+                                   "reason": "rewound"})
+                rewound.add(tp)
+        if rewound:
+            self._source.pending |= rewound
+            self._source.pause(rewound)
+        return rewound
+
+    def _await_batch(self) -> None:
+        """For the rebalance callbacks: the batch in flight completes first (its model, positions and
+        counts are what a checkpoint here covers)."""
+        pipeline = self._pipeline
+        if pipeline is not None:
+            pipeline.wait()
 
     # ------------------------------------------------------------------ setup and teardown
 
@@ -677,6 +756,7 @@ class Learner:
 
     def on_revoked(self, partitions: set[TopicPartition]) -> dict:
         """Checkpoint, then let go of ``partitions``; returns the offsets to commit."""
+        self._await_batch()
         with self._lock:
             state, pending = self._state, self._source.pending
             owned = partitions - pending
@@ -703,6 +783,7 @@ class Learner:
         group's committed offset. No checkpoint and no commit; keeping what was learned since the last
         checkpoint would learn those events twice across the group, so the model falls back to its last
         durable checkpoint (the reload is flagged) and re-reads them if the partitions come back."""
+        self._await_batch()
         with self._lock:
             state, pending = self._state, self._source.pending
             owned = partitions - pending
@@ -725,6 +806,7 @@ class Learner:
 
     def on_assigned(self, partitions: set[TopicPartition]) -> None:
         """The source has paused them; the main loop seeks them right after ``poll()`` returns."""
+        self._await_batch()
         with self.stats.lock:
             self.stats.rebalances += 1
         if partitions:
@@ -855,6 +937,16 @@ class Learner:
                 highwaters[key] = hw
         with st.lock:
             st.positions, st.highwaters = positions, highwaters  # revoked partitions drop out
+        self._publish_learned(())
+
+    def _publish_learned(self, tps: Any) -> None:
+        """Fold what learning the records of partitions ``tps`` changed into the stats: their positions, the
+        model's size (the worker's part, at the end of each batch: no call of the client)."""
+        st, state = self.stats, self._state
+        with st.lock:
+            for tp in tps:
+                if tp in state.positions:
+                    st.positions[tp_key(tp)] = state.positions[tp]
             st.n_samples_seen = state.model.n_samples_seen
             st.n_features = state.model.n_features
             st.buffered = len(state.buffer)

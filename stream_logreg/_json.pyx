@@ -73,10 +73,18 @@ cdef extern from "Python.h":
     Py_ssize_t PyLong_AsSsize_t(object o) except? -1
     int PyDict_SetItem(object d, PyObject* key, object value) except -1
 
+cdef extern from "Python.h":
+    # Reads of objects the decoder holds a reference to (its table's keys, the bound vocabulary's list),
+    # without the GIL: the worker that runs the pass is the only one touching the model meanwhile.
+    Py_ssize_t _str_length "PyUnicode_GET_LENGTH" (PyObject* o) noexcept nogil
+    void* _str_data "PyUnicode_DATA" (PyObject* o) noexcept nogil
+    Py_ssize_t _list_size "PyList_GET_SIZE" (PyObject* o) noexcept nogil
+    PyObject* _list_item "PyList_GET_ITEM" (PyObject* o, Py_ssize_t i) noexcept nogil
+
 cdef extern from "_json.h":
-    const char* sl_json_number(const char* p, const char* pend, double* out, int* integer) noexcept
-    const unsigned char* sl_key(const unsigned char* p, const unsigned char* end, uint64_t* h) noexcept
-    bint sl_equal(const void* a, const void* b, Py_ssize_t n) noexcept
+    const char* sl_json_number(const char* p, const char* pend, double* out, int* integer) noexcept nogil
+    const unsigned char* sl_key(const unsigned char* p, const unsigned char* end, uint64_t* h) noexcept nogil
+    bint sl_equal(const void* a, const void* b, Py_ssize_t n) noexcept nogil
 
 __all__ = ["MAX_KEYS", "MAX_ROW", "RowDecoder"]
 
@@ -101,14 +109,15 @@ cdef inline Py_ssize_t _skip_ws(const unsigned char* p, Py_ssize_t i) noexcept n
 
 
 cdef inline Py_ssize_t _plain_string(const unsigned char* p, Py_ssize_t i, Py_ssize_t size,
-                                     uint64_t* h) noexcept:
+                                     uint64_t* h) noexcept nogil:
     """``p[i]`` is past an opening quote: the index of the closing quote of a string of printable ASCII
     without escapes (its hash in ``h``), or -1. The NUL after a bytes object's data stops it."""
     cdef const unsigned char* q = sl_key(p + i, p + size, h)
     return -1 if q == NULL else q - p
 
 
-cdef inline Py_ssize_t _number(const unsigned char* p, Py_ssize_t i, Py_ssize_t size, double* out) noexcept:
+cdef inline Py_ssize_t _number(const unsigned char* p, Py_ssize_t i, Py_ssize_t size,
+                               double* out) noexcept nogil:
     """A JSON number from ``p[i]``: the index after it and its value as the codec and the feature space
     make it, or -1 (not a number, an integer of more than 18 digits, not finite as a double)."""
     cdef int integer
@@ -118,7 +127,7 @@ cdef inline Py_ssize_t _number(const unsigned char* p, Py_ssize_t i, Py_ssize_t 
     return end - <const char*> p
 
 
-cdef inline Py_ssize_t _integer(const unsigned char* p, Py_ssize_t i, Py_ssize_t size) noexcept:
+cdef inline Py_ssize_t _integer(const unsigned char* p, Py_ssize_t i, Py_ssize_t size) noexcept nogil:
     """The index after the JSON integer of at most 18 digits at ``p[i]`` (an id), or -1."""
     cdef int integer
     cdef double d
@@ -148,6 +157,8 @@ cdef class RowDecoder:
         self.x_field = codec.x_field.encode("utf-8")
         self.y_field = codec.y_field.encode("utf-8")
         self.id_field = codec.id_field.encode("utf-8")
+        for j, field in enumerate((self.x_field, self.y_field, self.id_field)):
+            self.fields[j], self.field_len[j] = <const char*> field, len(field)
         self.max_features = int(codec.max_features)
         self.max_bytes = int(codec.max_bytes)
         self.cap = min(self.max_features, _MAX_ROW)
@@ -194,9 +205,10 @@ cdef class RowDecoder:
             if self.used:
                 self._reset(_MIN_SLOTS)
             self.space, self.keys, self.columns = space, space.keys, space.columns
+            self.keys_p = <PyObject*> self.keys
         return space.n_bits is None and type(self.keys) is list and type(self.columns) is dict
 
-    cdef Py_ssize_t _find(self, const unsigned char* key, Py_ssize_t length, uint64_t h) noexcept:
+    cdef Py_ssize_t _find(self, const unsigned char* key, Py_ssize_t length, uint64_t h) noexcept nogil:
         """The slot of ``key``, or of the empty slot where it would go."""
         cdef Py_ssize_t j = <Py_ssize_t> (h & <uint64_t> self.mask)
         cdef Slot* s
@@ -204,8 +216,7 @@ cdef class RowDecoder:
             s = &self.slots[j]
             if s.key == NULL:
                 return j
-            if (s.hash == h and PyUnicode_GET_LENGTH(<object> s.key) == length
-                    and sl_equal(PyUnicode_DATA(<object> s.key), key, length)):
+            if s.hash == h and _str_length(s.key) == length and sl_equal(_str_data(s.key), key, length):
                 return j
             j = (j + 1) & self.mask
 
@@ -272,21 +283,45 @@ cdef class RowDecoder:
         return self._decode(value, True)
 
     cdef Py_ssize_t _decode(self, object value, bint scored) except -2:
+        """`scan` with the GIL: a key met for the first time is looked up in the vocabulary (and the
+        value scanned again), a vocabulary changed in place empties the table; ``id`` made."""
         if type(value) is not bytes:
             return -1
-        cdef Py_ssize_t size = PyBytes_GET_SIZE(value)
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(value), n, j
+        cdef const unsigned char* p = <const unsigned char*> PyBytes_AS_STRING(value)
+        cdef bint cleared = False
+        while True:
+            n = self.scan(p, size, scored)
+            if n != NEEDS_GIL:
+                break
+            if self.miss_len < 0:
+                self._reset(_MIN_SLOTS)  # the vocabulary changed in place: start again
+                return -1
+            j = self._learn_key(p + self.miss_at, self.miss_len, self.miss_h, &cleared)
+            if j < 0 or cleared:
+                return -1
+        if n >= 0 and scored:
+            self.id = None if self.id_start < 0 else PyUnicode_DecodeASCII(
+                <const char*> p + self.id_start, self.id_end - self.id_start, NULL)
+        return n
+
+    cdef Py_ssize_t scan(self, const unsigned char* p, Py_ssize_t size, bint scored) noexcept nogil:
+        """The row of the bytes ``p[:size]`` (``p[size]`` a NUL, as after a ``bytes`` object's data) into
+        ``cols``/``vals``, ``label`` and the id's span, without the GIL: how many entries, -1 (declined),
+        or :data:`NEEDS_GIL`: a key not in the table yet (at ``miss_at``, ``miss_len`` bytes, hash
+        ``miss_h``) or, with ``miss_len`` -1, a vocabulary changed in place (see `_decode`). Call
+        :meth:`bind` first, with the GIL."""
         if size > self.max_bytes:
             return -1
         # A bytes object's data ends with a NUL, which no rule below accepts: no read goes past it.
-        cdef const unsigned char* p = <const unsigned char*> PyBytes_AS_STRING(value)
         cdef Py_ssize_t i = _skip_ws(p, 0), end, j, n = -1, col, klen
         cdef uint64_t h
         cdef Py_ssize_t id_start = -1, id_end = -1
-        cdef bint seen_y = False, seen_id = False, cleared = False
+        cdef bint seen_y = False, seen_id = False
         cdef int label = -1
         cdef double d
-        cdef object keys = self.keys
-        cdef Py_ssize_t n_keys = PyList_GET_SIZE(keys)
+        cdef PyObject* keys = self.keys_p
+        cdef Py_ssize_t n_keys = _list_size(keys)
         cdef Slot* s
         if p[i] != 123:  # {
             return -1
@@ -304,7 +339,7 @@ cdef class RowDecoder:
             if p[i] != 58:  # :
                 return -1
             i = _skip_ws(p, i + 1)
-            if klen == len(self.x_field) and memcmp(p + j, <const char*> self.x_field, klen) == 0:
+            if klen == self.field_len[0] and memcmp(p + j, self.fields[0], klen) == 0:
                 if n >= 0 or p[i] != 123:
                     return -1
                 n = 0
@@ -320,17 +355,16 @@ cdef class RowDecoder:
                             return -1
                         klen = end - i - 1
                         j = self._find(p + i + 1, klen, h)
-                        if self.slots[j].key == NULL:
-                            j = self._learn_key(p + i + 1, klen, h, &cleared)
-                            if j < 0 or cleared:
-                                return -1
+                        if self.slots[j].key == NULL:  # met for the first time: the vocabulary says
+                            self.miss_at, self.miss_len, self.miss_h = i + 1, klen, h
+                            return NEEDS_GIL
                         s = &self.slots[j]
                         col = s.col
                         if s.stamp == self.n_rows:  # a repeated key
                             return -1
-                        if col >= n_keys or PyList_GET_ITEM(keys, col) != s.key:
-                            self._reset(_MIN_SLOTS)  # the vocabulary changed in place: start again
-                            return -1
+                        if col >= n_keys or _list_item(keys, col) != s.key:
+                            self.miss_len = -1  # the vocabulary changed in place
+                            return NEEDS_GIL
                         s.stamp = self.n_rows
                         i = _skip_ws(p, end + 1)
                         if p[i] != 58:
@@ -364,7 +398,7 @@ cdef class RowDecoder:
                             return -1
                 if n > self.max_features:
                     return -1
-            elif klen == len(self.y_field) and memcmp(p + j, <const char*> self.y_field, klen) == 0:
+            elif klen == self.field_len[1] and memcmp(p + j, self.fields[1], klen) == 0:
                 if seen_y:
                     return -1
                 seen_y = True
@@ -383,7 +417,7 @@ cdef class RowDecoder:
                     i += 4  # no label: scored
                 else:  # null (scored by the caller), or anything the codec must judge
                     return -1
-            elif klen == len(self.id_field) and memcmp(p + j, <const char*> self.id_field, klen) == 0:
+            elif klen == self.field_len[2] and memcmp(p + j, self.fields[2], klen) == 0:
                 if seen_id:
                     return -1
                 seen_id = True
@@ -414,9 +448,7 @@ cdef class RowDecoder:
         if i != size or n < 0 or (label < 0 and not scored):
             return -1
         self.label = label
-        if scored:
-            self.id = None if id_start < 0 else PyUnicode_DecodeASCII(<const char*> p + id_start,
-                                                                      id_end - id_start, NULL)
+        self.id_start, self.id_end = id_start, id_end
         return n
 
     cdef dict row_dict(self, Py_ssize_t n):

@@ -68,3 +68,13 @@ cdef double predict_learn_row(object step, Py_ssize_t* c, double* v, Py_ssize_t 
 # The prediction alone of a row already encoded (see `predict_row` in _kernel.pyx): P(y = 1), bitwise
 # `predict_proba_one`; -2.0 with a ValueError set for a broken contract.
 cdef double predict_row(object step, Py_ssize_t* c, double* v, Py_ssize_t n) except? -2.0
+
+# The same without the GIL, for a pass over many rows (see `learn_row_nogil` in _kernel.pyx): `nogil_step`
+# (with the GIL) says whether the step can (a MixtureStep) and reserves its scratch for rows of `cap`
+# entries; `learn_row_nogil` returns p, NaN (refused, nothing written) or -1.0 (the row is not one the step
+# takes: nothing done); `count_steps` (with the GIL) adds the accepted updates to the optimizers'
+# `n_iterations`, once after the pass.
+cdef int nogil_step(object step, Py_ssize_t cap) except -1
+cdef double learn_row_nogil(PyObject* step, Py_ssize_t* c, double* v, Py_ssize_t n, double y,
+                            double w) noexcept nogil
+cdef int count_steps(object step, Py_ssize_t k) except -1

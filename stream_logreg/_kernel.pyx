@@ -1786,6 +1786,7 @@ cdef class MixtureStep:
     cdef Py_ssize_t buf_cap
     cdef Py_ssize_t* ibuf  # scratch: touched columns and the slot of each entry
     cdef Py_ssize_t ibuf_cap
+    cdef Py_ssize_t capacity  # the rows of coef
 
     def __reduce__(self):
         return type(None), ()
@@ -1809,6 +1810,7 @@ cdef class MixtureStep:
         self.columns, self.merge, self.layout = columns, merge, layout
         self.cols, self.vals, self.coef, self.bias, self.logw, self.nag = cols, vals, coef, bias, log_weights, nag
         self.Mp, self.Bp, self.ap, self.scp = dptr(coef), dptr(bias), dptr(log_weights), dptr(nag)
+        self.capacity = cnp.PyArray_DIM(coef, 0)
         for k in range(6):
             self.rates[k] = rates[k]
         self.nag_lr, self.alpha, self.beta = nag_lr, alpha, beta
@@ -1819,7 +1821,7 @@ cdef class MixtureStep:
         free(self.buf)
         free(self.ibuf)
 
-    cdef int _reserve(self, Py_ssize_t nd, Py_ssize_t ni) except -1:
+    cdef int _reserve(self, Py_ssize_t nd, Py_ssize_t ni) except -1 nogil:
         cdef void* mem
         if nd > self.buf_cap:
             mem = realloc(self.buf, nd * sizeof(double))
@@ -1961,6 +1963,7 @@ cdef class MixtureStep:
             if mark is not None:
                 _forget(self.space, self.layout, mark)
             return NAN
+        self._count(1)
         return p
 
     def learn_encoded(self, Py_ssize_t n, double y, double sample_weight):
@@ -1973,6 +1976,7 @@ cdef class MixtureStep:
         ip[0], ip[1] = 0, n
         if self._learn(iptr(self.cols), dptr(self.vals), ip, 1, &y, &sample_weight, &p):
             return NAN
+        self._count(1)
         return p
 
     def learn_rows(self, cnp.ndarray cols, cnp.ndarray vals, cnp.ndarray indptr, cnp.ndarray y,
@@ -1997,17 +2001,27 @@ cdef class MixtureStep:
             sw = np.ascontiguousarray(sample_weight, dtype=np.float64)
             if cnp.PyArray_DIM(sw, 0) != m:
                 raise ValueError("learn_rows: one sample weight per row")
-        return not self._learn(iptr(cols), dptr(vals), iptr(indptr), m, yp, dptr(sw), dptr(out))
+        if self._learn(iptr(cols), dptr(vals), iptr(indptr), m, yp, dptr(sw), dptr(out)):
+            return False
+        self._count(1)
+        return True
+
+    cdef int _count(self, Py_ssize_t k) except -1:
+        """`k` accepted updates: as Optimizer.step, each adds 1 to the optimizers' `n_iterations`."""
+        self.opt.n_iterations += k
+        self.bias_opt.n_iterations += k
+        return 0
 
     cdef int _learn(self, Py_ssize_t* c, double* v, Py_ssize_t* ip, Py_ssize_t m, double* y, double* sw,
-                    double* out) except -1:
-        """The mixture's mini-batch update (m = 1: the per-sample rule); returns 1 if refused."""
+                    double* out) except -1 nogil:
+        """The mixture's mini-batch update (m = 1: the per-sample rule); returns 1 if refused. Without the
+        GIL; the caller counts an accepted update (`_count`)."""
         cdef Py_ssize_t nnz = ip[m] - ip[0], i, e, k, j, nt = 0, size = 16, slot, tix
         cdef int bits = 4
-        cdef double* M = dptr(self.coef)
-        cdef double* B = dptr(self.bias)
-        cdef double* a = dptr(self.logw)
-        cdef double* sc = dptr(self.nag)
+        cdef double* M = self.Mp
+        cdef double* B = self.Bp
+        cdef double* a = self.ap
+        cdef double* sc = self.scp
         cdef double* P
         cdef double* G
         cdef double* gb
@@ -2163,8 +2177,6 @@ cdef class MixtureStep:
             sc[0] = U[nt * MIX_S + MIX_S + MIX_K]
             sc[1] = U[nt * MIX_S + MIX_S + MIX_K + 1]
             return 1
-        self.opt.n_iterations += 1
-        self.bias_opt.n_iterations += 1
         return 0
 
     cdef inline void _member_steps(self, double* R, double* g, double step) noexcept nogil:
@@ -2190,11 +2202,16 @@ cdef class MixtureStep:
     # Built-in standardization (the model's ``scale=True``) and rows already encoded: as in `SampleStep`.
 
     cdef cnp.ndarray stats, numeric, sbuf
+    cdef double* sp  # stats, numeric and sbuf's data (NULL: not bound), for `_row_nogil`
+    cdef double* fp
+    cdef double* sbp
+    cdef Py_ssize_t sb_n
 
     def bind_scale(self, cnp.ndarray stats not None, cnp.ndarray numeric not None):
         """As `SampleStep.bind_scale`."""
         _check_scale(stats, numeric, cnp.PyArray_DIM(self.coef, 0))
         self.stats, self.numeric = stats, numeric
+        self.sp, self.fp = dptr(stats), dptr(numeric)
 
     def scaled(self, object x, object y, double sample_weight, bint predict=True):
         """As `SampleStep.scaled`: the mixture's P(y = 1) before the update; -1.0: the general path; NaN:
@@ -2234,12 +2251,31 @@ cdef class MixtureStep:
         saved (3n)."""
         if self.sbuf is None or cnp.PyArray_DIM(self.sbuf, 0) < 5 * n:
             self.sbuf = np.empty(max(5 * n, 320))
-        return dptr(self.sbuf)
+            self.sbp, self.sb_n = dptr(self.sbuf), cnp.PyArray_DIM(self.sbuf, 0)
+        return self.sbp
+
+    cdef int _reserve_row(self, Py_ssize_t n) except -1:
+        """Room for `_row_nogil` on rows of up to n entries: its scratch and `_learn`'s (m = 1)."""
+        self._scratch(n)
+        return self._reserve(MIX_K + n * MIX_K + MIX_K + n * MIX_S + MIX_S + MIX_K + 2, 2 * n + 1)
 
     cdef double _row(self, Py_ssize_t* c, double* v, Py_ssize_t n, double y, double sample_weight,
                      bint predict) except? -2.0:
-        """As `SampleStep._row`, with the mixture's prediction and update."""
-        cdef double* buf = self._scratch(n)
+        """As `SampleStep._row`, with the mixture's prediction and update (`_row_nogil`, counted)."""
+        self._reserve_row(n)
+        cdef double p = self._row_nogil(c, v, n, y, sample_weight, predict)
+        if p == p:
+            self._count(1)
+        return p
+
+    cdef double _row_nogil(self, Py_ssize_t* c, double* v, Py_ssize_t n, double y, double sample_weight,
+                           bint predict) noexcept nogil:
+        """`_row` without the GIL and without counting the update in the optimizers (the caller's part:
+        `_count`); -1.0, with nothing done, if the scratch is not reserved for n entries (`_reserve_row`)."""
+        if (self.sb_n < 5 * n or self.buf_cap < MIX_K + n * MIX_K + MIX_K + n * MIX_S + MIX_S + MIX_K + 2
+                or self.ibuf_cap < 2 * n + 1):
+            return -1.0
+        cdef double* buf = self.sbp
         cdef double* xs = v
         cdef double* saved = buf + 2 * n
         cdef double* s = NULL
@@ -2248,8 +2284,8 @@ cdef class MixtureStep:
         cdef double p, p0 = NAN
         cdef Py_ssize_t ip[2]
         cdef int refused
-        if self.stats is not None:
-            s, f = dptr(self.stats), dptr(self.numeric)
+        if self.sp != NULL:
+            s, f = self.sp, self.fp
             if predict:
                 _scale_entries(c, v, buf, n, s, f, False, NULL)
                 self._probas(c, buf, n, pk)
@@ -2259,12 +2295,7 @@ cdef class MixtureStep:
                 _unscale_entries(c, n, s, f, saved)
                 return NAN
         ip[0], ip[1] = 0, n
-        try:
-            refused = self._learn(c, xs, ip, 1, &y, &sample_weight, &p)
-        except BaseException:
-            if s != NULL:
-                _unscale_entries(c, n, s, f, saved)
-            raise
+        refused = self._learn(c, xs, ip, 1, &y, &sample_weight, &p)  # reserved: cannot fail
         if refused:
             if s != NULL:
                 _unscale_entries(c, n, s, f, saved)
@@ -2325,6 +2356,38 @@ cdef double predict_learn_row(object step, Py_ssize_t* c, double* v, Py_ssize_t 
         _row_ok(c, v, n, y, cnp.PyArray_DIM((<SampleStep> step).w, 0))
         return (<SampleStep> step)._row(c, v, n, y, w, True)
     raise TypeError(f"predict_learn_row: a SampleStep or MixtureStep, got {type(step).__name__}")
+
+
+cdef int nogil_step(object step, Py_ssize_t cap) except -1:
+    """1 if `learn_row_nogil` can learn rows of up to `cap` entries on `step` (a `MixtureStep`: its scratch
+    is reserved now, with the GIL), else 0 (a `SampleStep`, whose SGD schedule reads its optimizer's
+    `n_iterations`: `predict_learn_row` with the GIL)."""
+    if type(step) is not MixtureStep:
+        return 0
+    (<MixtureStep> step)._reserve_row(cap)
+    return 1
+
+
+cdef double learn_row_nogil(PyObject* step, Py_ssize_t* c, double* v, Py_ssize_t n, double y,
+                            double w) noexcept nogil:
+    """`predict_learn_row` without the GIL, on a step `nogil_step` accepted for rows of at least n entries
+    (the caller holds a reference): p, NaN if refused (nothing written), -1.0 for a row the contract
+    refuses or that does not fit the scratch (nothing done: `predict_learn_row` with the GIL says why). The
+    optimizers' `n_iterations` are the caller's to count, once, with the GIL: `count_steps`."""
+    cdef Py_ssize_t i, capacity = (<MixtureStep> step).capacity
+    cdef int bad = 0
+    for i in range(n):
+        bad |= not (0 <= c[i] < capacity) or not (fabs(v[i]) <= DBL_MAX)
+    if bad or (y != 0.0 and y != 1.0):
+        return -1.0
+    return (<MixtureStep> step)._row_nogil(c, v, n, y, w, True)
+
+
+cdef int count_steps(object step, Py_ssize_t k) except -1:
+    """Count `k` updates `learn_row_nogil` made on `step` into its optimizers' `n_iterations`."""
+    if k:
+        (<MixtureStep> step)._count(k)
+    return 0
 
 
 cdef double predict_row(object step, Py_ssize_t* c, double* v, Py_ssize_t n) except? -2.0:

@@ -10,22 +10,81 @@ With a row decoder (``stream_logreg._json.RowDecoder``) a message of the common 
 into the model's columns and values and learned from them by the model's compiled step
 (``_kernel.predict_learn_row``; a model without one learns the row as a dict of floats); any message it
 declines, or whose update is refused, takes the codec's way as before.
+
+Without the GIL: when the model's step can (the mixture's, ``_kernel.nogil_step``), the run of values from
+where the pass is up to the first that needs Python (a key met for the first time, a value declined, one
+without label, a refused update) is decoded and learned with the GIL released (``RowDecoder.scan``,
+``_kernel.learn_row_nogil``), so that another thread (the loop polling the next batch) runs meanwhile; the
+counts (``n_samples_seen``, the optimizers' ``n_iterations``) and the predictions and labels are added
+after it, with the GIL, in order. The value it stopped at then takes the way above, and the pass goes on.
 """
 
+from cpython.float cimport PyFloat_FromDouble
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.object cimport PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 
 from libc.math cimport NAN
 
 from stream_logreg._json cimport RowDecoder
-from stream_logreg._kernel cimport predict_learn_row, predict_row
+from stream_logreg._kernel cimport count_steps, learn_row_nogil, nogil_step, predict_learn_row, predict_row
+
+cdef extern from "Python.h":
+    # Reads of the values list and its bytes without the GIL (the pass's caller keeps them alive, unchanged).
+    PyObject* _item "PyList_GET_ITEM" (PyObject* o, Py_ssize_t i) noexcept nogil
+    bint _is_bytes "PyBytes_CheckExact" (PyObject* o) noexcept nogil
+    char* _bytes_data "PyBytes_AS_STRING" (PyObject* o) noexcept nogil
+    Py_ssize_t _bytes_size "PyBytes_GET_SIZE" (PyObject* o) noexcept nogil
+    int PyList_Append(object lst, object item) except -1
 
 cdef object _ZERO = 0, _ONE = 1
 
 
+cdef Py_ssize_t _learn_run(RowDecoder rows, object step, list values, Py_ssize_t start, bint scored,
+                           list ps, list ys, object model) except -1:
+    """Decode and learn ``values[start:]`` without the GIL up to the first value that needs Python; returns
+    its index (``len(values)``: all learned). The learned ones are counted and their predictions and labels
+    appended to ``ps``/``ys`` after, in order."""
+    cdef Py_ssize_t n = PyList_GET_SIZE(values), i = start, m, k
+    cdef double* out = <double*> PyMem_Malloc((n - start) * (sizeof(double) + 1) + 1)
+    cdef char* labels = <char*> (out + (n - start))
+    cdef PyObject* lst = <PyObject*> values
+    cdef PyObject* st = <PyObject*> step
+    cdef PyObject* value
+    cdef double q
+    if out == NULL:
+        raise MemoryError()
+    with nogil:
+        while i < n:
+            value = _item(lst, i)
+            if not _is_bytes(value):
+                break
+            m = rows.scan(<const unsigned char*> _bytes_data(value), _bytes_size(value), scored)
+            if m < 0 or rows.label < 0:
+                break
+            q = learn_row_nogil(st, rows.c, rows.v, m, <double> rows.label, 1.0)
+            if not q >= 0.0:  # refused (NaN) or not a row the step takes (-1.0): the GIL's way says why
+                break
+            out[i - start] = q
+            labels[i - start] = rows.label
+            i += 1
+    try:
+        k = i - start
+        if k:
+            model.n_samples_seen += k
+            count_steps(step, k)
+            for m in range(k):
+                PyList_Append(ps, PyFloat_FromDouble(out[m]))
+                PyList_Append(ys, _ONE if labels[m] else _ZERO)
+    finally:
+        PyMem_Free(out)
+    return i
+
+
 def learn_values(object decode, object learn, list values not None, Py_ssize_t start, list ps not None,
                  list ys not None, type event not None, RowDecoder rows=None, object model=None,
-                 object score=None):
+                 object score=None, bint release_gil=True):
     """Learn ``values[start:]`` one by one: ``ev = decode(value)``; while ``ev`` is an ``event`` (a tuple
     ``(x, y, id)``) with a label ``y``, ``p = learn(x, y)`` and append ``p`` to ``ps`` and ``y`` to ``ys``.
 
@@ -48,6 +107,10 @@ def learn_values(object decode, object learn, list values not None, Py_ssize_t s
     floats and ``id`` the event's id (a str, or None), in order; a true result says that it changed the
     model (a joined event learned), and the compiled step is asked again.
 
+    ``release_gil`` (with ``rows``, ``model`` and a step that can: the module docstring): the runs of
+    values that need no Python are learned with the GIL released; bitwise the same as with the GIL held
+    throughout (``release_gil=False``).
+
     >>> from stream_logreg.codec import Event, JsonCodec
     >>> seen = []
     >>> learn = lambda x, y: seen.append((x, y)) or 0.5
@@ -60,7 +123,7 @@ def learn_values(object decode, object learn, list values not None, Py_ssize_t s
     >>> ps, ys, seen
     ([0.5, 0.5], [1, 0], [({'a': 1}, 1), ({'a': 3}, 0)])
     """
-    cdef Py_ssize_t i, m, n = PyList_GET_SIZE(values)
+    cdef Py_ssize_t i, m, n = PyList_GET_SIZE(values), done = -1
     cdef object ev, x, y, p, value, step = None, compiled = None
     cdef double q
     cdef bint fast = rows is not None and model is not None and rows.bind(model.features)
@@ -71,6 +134,15 @@ def learn_values(object decode, object learn, list values not None, Py_ssize_t s
         compiled = getattr(model, "compiled_step", None)
         step = None if compiled is None else compiled()
     for i in range(max(start, 0), n):
+        if i < done:  # learned without the GIL
+            continue
+        # (scratch for rows of 64 entries: a longer row stops the run once, and the way below makes room)
+        if release_gil and step is not None and i > done and nogil_step(step, 64):
+            done = _learn_run(rows, step, values, i, scoring, ps, ys, model)
+            if done == n:
+                break
+            if done > i:
+                continue  # on to values[done], which needs the way below
         value = <object> PyList_GET_ITEM(values, i)
         if fast:
             m = rows.decode_event(value) if scoring else rows.decode(value)

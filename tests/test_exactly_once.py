@@ -68,6 +68,26 @@ def with_poison(values: list[bytes], every: int, seed: int) -> tuple[list[bytes]
     return out, bad
 
 
+def fail_the_second_transaction(monkeypatch: pytest.MonkeyPatch, key: str) -> list[dict]:
+    """Make the first transaction of state ``key`` after its first commit fail once, after its outputs and
+    state were sent (its offsets refused); returns the list that then holds the refused offsets."""
+    from kafka.errors import KafkaError
+
+    from consumers.state.kafka_store import KafkaStore
+
+    send_offsets, failures = KafkaStore.send_offsets, []
+
+    def fail_the_second(self: KafkaStore, offsets: dict, group_metadata: Any) -> None:
+        if len(failures) < 1 and self.key == key and self._index is not None and self._index.commits:
+            failures.append(offsets)  # after the outputs and the state were sent in this transaction
+            self.abort()
+            raise KafkaError("injected: the offsets could not be added to the transaction")
+        send_offsets(self, offsets, group_metadata)
+
+    monkeypatch.setattr(KafkaStore, "send_offsets", fail_the_second)
+    return failures
+
+
 def test_exactly_once_needs_the_kafka_store(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="processing_guarantee: exactly-once needs the state in Kafka"):
         make_config("127.0.0.1:9", "t", tmp_path, processing_guarantee="exactly-once")
@@ -359,24 +379,12 @@ def test_a_fenced_member_stops_and_nothing_of_its_transaction_is_visible(
 def test_a_failed_transaction_is_aborted_and_its_interval_learned_and_published_again(
     kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kafka_client: str
 ) -> None:
-    from kafka.errors import KafkaError
     from test_consumer import same_model
-
-    from consumers.state.kafka_store import KafkaStore
 
     topic, predictions = kafka_topic(1), kafka_topic(1)
     values = make_events(1200, seed=81, unlabelled_every=3)
     produce(kafka_bootstrap, topic, values)
-    send_offsets, failures = KafkaStore.send_offsets, []
-
-    def fail_the_second(self: KafkaStore, offsets: dict, group_metadata: Any) -> None:
-        if len(failures) < 1 and self.key == "eos-fail" and self._index is not None and self._index.commits:
-            failures.append(offsets)  # after the outputs and the state were sent in this transaction
-            self.abort()
-            raise KafkaError("injected: the offsets could not be added to the transaction")
-        send_offsets(self, offsets, group_metadata)
-
-    monkeypatch.setattr(KafkaStore, "send_offsets", fail_the_second)
+    failures = fail_the_second_transaction(monkeypatch, "eos-fail")
     cfg = make_config(kafka_bootstrap, topic, tmp_path / "none", state_store="kafka",
                       processing_guarantee="exactly-once", predictions_topic=predictions,
                       checkpoint_every_messages=300, max_poll_records=50, group_instance_id="eos-fail",
@@ -390,6 +398,52 @@ def test_a_failed_transaction_is_aborted_and_its_interval_learned_and_published_
     assert [(g["id"], g["p"], g["n_samples_seen"]) for g in got] == scored  # each once, as never failed
     final = state(kafka_bootstrap, f"g-{topic}", "eos-fail")
     assert same_model(final.model, expected)  # rolled back and learned again: nothing twice
+
+
+@pytest.mark.kafka
+def test_a_client_that_rewinds_after_the_rollback_is_sought_back_and_nothing_is_learned_twice(
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kafka_client: str
+) -> None:
+    """As above, and the client then goes back to the partition's start on its own, as librdkafka was seen
+    to do once after the rollback's seek (the next records it returned started at offset 0 while the model
+    had been restored to offset 300: 100 predictions were published twice). The learner must not learn
+    records from before its position: it seeks the partition back to it, and every prediction is published
+    once, by the model an uninterrupted run has."""
+    from test_consumer import Running, same_model
+
+    from consumers.learner import Learner
+
+    topic, predictions = kafka_topic(1), kafka_topic(1)
+    values = make_events(1200, seed=82, unlabelled_every=3)
+    produce(kafka_bootstrap, topic, values)
+    failures, rewound = fail_the_second_transaction(monkeypatch, "eos-rewind"), []
+    cfg = make_config(kafka_bootstrap, topic, tmp_path / "none", state_store="kafka",
+                      processing_guarantee="exactly-once", predictions_topic=predictions,
+                      checkpoint_every_messages=300, max_poll_records=50, group_instance_id="eos-rewind",
+                      kafka_client=kafka_client)
+    learner = Learner(cfg)
+    seek_and_resume = learner._source.seek_and_resume
+
+    def rewinding(starts: dict) -> None:
+        if failures and starts and not rewound:  # the rollback's seek: the client goes to offset 0 instead
+            rewound.append(dict(starts))
+            starts = {tp: 0 for tp in starts}
+        seek_and_resume(starts)
+
+    learner._source.seek_and_resume = rewinding
+    r = Running(learner)
+    try:
+        wait_for(lambda: r.stats()["positions"].get(f"{topic}:0") == len(values), 60, "all read")
+    finally:
+        r.learner.stop()
+        r.thread.join(60)
+    assert r.error is None, r.error
+    assert rewound and all(o > 0 for o in rewound[0].values()), rewound  # the rewind did happen
+    expected, scored = offline(values, 1)
+    got = [orjson.loads(rec.value) for rec in read_committed(kafka_bootstrap, predictions, len(scored))]
+    assert [(g["id"], g["p"], g["n_samples_seen"]) for g in got] == scored  # each once, as never failed
+    final = state(kafka_bootstrap, f"g-{topic}", "eos-rewind")
+    assert same_model(final.model, expected)
 
 
 @pytest.mark.kafka

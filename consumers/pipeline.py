@@ -1,0 +1,121 @@
+"""One polled batch learned on a worker thread while the loop polls the next: :class:`Pipeline`.
+
+The learner's loop hands batch k to :meth:`Pipeline.submit` and goes back to ``poll()``; the worker runs the
+batch's processing, which holds the GIL except in the compiled pass (``stream_logreg._stream.learn_values``
+learns the runs of messages of the common shape with the GIL released), so that on a machine with two cores
+the client's poll (confluent-kafka builds its messages with the GIL held; kafka-python's poll is Python) and
+the learning overlap.
+
+What the loop and its callbacks keep to (the checkpoint/offset contract, /work/shared/design.md):
+
+- everything that reads or changes the learner's state besides the worker — the rebalance callbacks, the
+  next iteration's checkpoint and commit, seeks, the group model's sync, the transactions, the shutdown —
+  first :meth:`~Pipeline.wait`\\ s for the batch in flight, so that it is complete (model, positions, learned
+  counts, stats) before anything is checkpointed, committed or handed off;
+- an exception of the worker is raised on the loop's thread by :meth:`~Pipeline.complete` (a callback's
+  :meth:`~Pipeline.wait` does not raise it: the loop does, right after its ``poll()``), and logged by
+  :meth:`~Pipeline.close` if the loop ended on another one;
+- every wait is bounded by one batch's processing, which never waits for the thread that waits for it (the
+  callbacks run inside the loop's own ``poll()``, on its thread or on kafka-python's IO thread, while the
+  loop is parked; the worker needs neither).
+
+>>> seen = []
+>>> pipeline = Pipeline(seen.append)
+>>> pipeline.submit("batch 1")
+>>> pipeline.complete()
+>>> pipeline.close(); seen
+['batch 1']
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Pipeline"]
+
+log = logging.getLogger(__name__)
+
+
+class Pipeline:
+    """Runs ``work(batch)`` on a worker thread, one batch at a time.
+
+    Parameters
+    ----------
+    work
+        What to do with a batch; its exception is kept and raised by :meth:`complete`.
+    name
+        The worker thread's name.
+    """
+
+    def __init__(self, work: Callable[[Any], None], name: str = "learner-batch") -> None:
+        self.work = work
+        self.name = name
+        self._cond = threading.Condition()
+        self._job: Any = None  # handed over, not taken yet
+        self._busy = False  # handed over and not finished
+        self._closed = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def busy(self) -> bool:
+        """A batch is in flight."""
+        return self._busy
+
+    def submit(self, batch: Any) -> None:
+        """Hand ``batch`` to the worker (after :meth:`complete`: one batch at a time)."""
+        if batch is None:
+            raise ValueError("a batch, not None")
+        with self._cond:
+            if self._busy or self._closed:
+                raise RuntimeError("the pipeline is busy or closed")
+            self._job, self._busy = batch, True
+            self._cond.notify_all()
+
+    def wait(self) -> None:
+        """Return once no batch is in flight (at once if none). Does not raise the batch's exception."""
+        if not self._busy or threading.current_thread() is self._thread:
+            return
+        with self._cond:
+            while self._busy:
+                self._cond.wait()
+
+    def complete(self) -> None:
+        """:meth:`wait`, then raise here the exception the batch raised, if it did."""
+        self.wait()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        """Wait for the batch in flight and stop the worker; an exception nobody raised is logged."""
+        self.wait()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+        error, self._error = self._error, None
+        if error is not None:
+            log.error("processing a batch failed", exc_info=error)
+
+    def _run(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while self._job is None and not self._closed:
+                    cond.wait()
+                if self._job is None:
+                    return
+                job, self._job = self._job, None
+            try:
+                self.work(job)
+            except BaseException as exc:  # raised on the loop's thread by complete()
+                self._error = exc
+            finally:
+                with cond:
+                    self._busy = False
+                    cond.notify_all()

@@ -1,0 +1,165 @@
+"""The learner's overlap (consumers.pipeline): a polled batch is learned on a worker thread while the loop
+polls the next; its exceptions reach the loop's thread; a rebalance waits for the batch in flight, so that the
+revoke checkpoint covers exactly what the model learned (a real broker, both backends)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from polling import wait_for
+
+from consumers import Learner
+from consumers.pipeline import Pipeline
+from tests.test_consumer import Running, latest, make_config, make_events, produce, running
+
+
+def test_the_batch_runs_on_the_worker_and_its_exception_reaches_the_caller() -> None:
+    threads, done = [], []
+
+    def work(batch):
+        threads.append(threading.current_thread())
+        if batch == "bad":
+            raise KeyError("broken batch")
+        done.append(batch)
+
+    pipeline = Pipeline(work)
+    try:
+        pipeline.submit("one")
+        pipeline.complete()
+        assert done == ["one"] and threads[0] is not threading.current_thread()
+        pipeline.submit("bad")
+        pipeline.wait()  # a callback's wait does not raise: the loop's complete() does
+        assert not pipeline.busy
+        with pytest.raises(KeyError, match="broken batch"):
+            pipeline.complete()
+        pipeline.complete()  # raised once
+        pipeline.submit("two")
+        pipeline.complete()
+        assert done == ["one", "two"]
+    finally:
+        pipeline.close()
+
+
+def test_one_batch_at_a_time_and_close_logs_what_nobody_raised(caplog: pytest.LogCaptureFixture) -> None:
+    release = threading.Event()
+    pipeline = Pipeline(lambda batch: release.wait(30) and (_ for _ in ()).throw(ValueError(batch)))
+    pipeline.submit("slow")
+    with pytest.raises(RuntimeError, match="busy"):
+        pipeline.submit("another")
+    release.set()
+    with caplog.at_level(logging.ERROR, logger="consumers.pipeline"):
+        pipeline.close()
+    assert any(r.exc_info and isinstance(r.exc_info[1], ValueError) for r in caplog.records)
+    with pytest.raises(RuntimeError, match="closed"):
+        pipeline.submit("late")
+
+
+@pytest.mark.kafka
+def test_a_revoke_waits_for_the_batch_in_flight(kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path,
+                                                kafka_client: str) -> None:
+    """Member A's batches are held on its worker for a while each (so that its polls, where the rebalance
+    callbacks run, happen while one is in flight) when member B joins: A's revoke callback must wait for
+    the batch in flight, so that it is learned before the revoke checkpoint and never after the
+    partitions are gone; every event is learned exactly once across A and B."""
+    topic = kafka_topic(2)
+    group = f"g-{topic}"
+    values = make_events(3000, seed=5)
+    produce(kafka_bootstrap, topic, values, partitions=2)
+    cfg_a = make_config(kafka_bootstrap, topic, tmp_path / "a", group_id=group, max_poll_records=100,
+                        kafka_client=kafka_client)
+    cfg_b = make_config(kafka_bootstrap, topic, tmp_path / "b", group_id=group, max_poll_records=100,
+                        kafka_client=kafka_client)
+    learner_a = Learner(cfg_a)
+    holding, revoked = threading.Event(), threading.Event()
+    learn_batch, on_revoked = learner_a._learn_batch, learner_a.on_revoked
+    revokes: list[tuple[bool, bool]] = []  # (a batch in flight when it began, one in flight when it ended)
+
+    def slow(work: dict) -> None:
+        if holding.is_set():
+            revoked.wait(0.5)  # not learned yet: a revoke now must wait for it
+        learn_batch(work)
+
+    def on_revoked_a(partitions: set) -> dict:
+        pipeline = learner_a._pipeline
+        began = pipeline is not None and pipeline.busy
+        offsets = on_revoked(partitions)
+        revokes.append((began, pipeline is not None and pipeline.busy))
+        revoked.set()
+        return offsets
+
+    learner_a._learn_batch, learner_a.on_revoked = slow, on_revoked_a
+    a = Running(learner_a)
+    try:
+        a.wait_consumed(300)
+        holding.set()
+        with running(cfg_b) as b:
+            wait_for(lambda: revokes, 90, "A's revoke")
+            assert revokes[0] == (True, False)  # a batch was in flight, and was complete before the revoke
+            holding.clear()
+            wait_for(lambda: b.stats()["assigned"] and a.stats()["assigned"], 60, "A and B sharing")
+            wait_for(lambda: sum(a.stats()["positions"].values()) + sum(b.stats()["positions"].values())
+                     >= len(values), 90, "every event read")
+            b.stop()
+        a.stop()
+    finally:
+        revoked.set()
+        if a.thread.is_alive():
+            a.stop()
+    ckpt_a, ckpt_b = latest(tmp_path / "a"), latest(tmp_path / "b")
+    learned_a, learned_b = Counter(ckpt_a.metadata["learned"]), Counter(ckpt_b.metadata["learned"])
+    assert dict(learned_a + learned_b) == {f"{topic}:0": 1500, f"{topic}:1": 1500}  # exactly once
+    assert ckpt_a.model.n_samples_seen + ckpt_b.model.n_samples_seen == len(values)
+
+
+@pytest.mark.kafka
+def test_records_from_before_a_partitions_position_are_never_learned(
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Once 300 events are read, the client goes back to the partition's start on its own (a seek to 0
+    behind the learner's back, between two polls: what librdkafka was seen doing once after a rollback's
+    seek). The records it then returns start before the model's position: the learner must not learn them
+    again but seek the partition back to its position; the model is the uninterrupted run's, bitwise."""
+    from tests.test_consumer import offline, same_model
+
+    topic = kafka_topic(1)
+    values = make_events(1200, seed=6)
+    produce(kafka_bootstrap, topic, values)
+    cfg = make_config(kafka_bootstrap, topic, tmp_path / "ckpt", max_poll_records=50,
+                      kafka_client=kafka_client)
+    learner = Learner(cfg)
+    source, poll, rewound = learner._source, learner._source.poll, []
+    key = f"{topic}:0"
+
+    def rewinding_poll(timeout_ms: int) -> dict:
+        if not rewound and (learner.stats.snapshot()["positions"].get(key) or 0) >= 300:
+            (tp,) = source.assignment()
+            rewound.append(learner._state.positions[tp])
+            if kafka_client == "confluent":
+                from confluent_kafka import TopicPartition as CTopicPartition
+
+                source.consumer.seek(CTopicPartition(tp.topic, tp.partition, 0))
+            else:
+                source.consumer.seek(tp, 0)
+        return poll(timeout_ms)
+
+    source.poll = rewinding_poll
+    caplog.set_level(logging.WARNING, logger="consumers.learner")
+    r = Running(learner)
+    try:
+        wait_for(lambda: r.stats()["positions"].get(key) == len(values), 60, "all read")
+    finally:
+        learner.stop()
+        r.thread.join(60)
+    assert r.error is None, r.error
+    assert rewound and rewound[0] >= 300
+    ckpt = latest(tmp_path / "ckpt")
+    assert ckpt.metadata["learned"] == {key: len(values)} and ckpt.metadata["offsets"] == {key: len(values)}
+    expected, _ = offline(values, 1)
+    assert same_model(ckpt.model, expected)  # nothing learned twice
+    assert any("seeking it back" in rec.getMessage() for rec in caplog.records)
