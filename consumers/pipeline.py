@@ -67,7 +67,8 @@ class Pipeline:
         return self._busy
 
     def submit(self, batch: Any) -> None:
-        """Hand ``batch`` to the worker (after :meth:`complete`: one batch at a time)."""
+        """Hand ``batch`` to the worker (after :meth:`complete`: one batch at a time) and return once the
+        worker has taken it up."""
         if batch is None:
             raise ValueError("a batch, not None")
         with self._cond:
@@ -75,6 +76,8 @@ class Pipeline:
                 raise RuntimeError("the pipeline is busy or closed")
             self._job, self._busy = batch, True
             self._cond.notify_all()
+            while self._job is not None and self._thread.is_alive():
+                self._cond.wait(0.1)
 
     def wait(self) -> None:
         """Return once no batch is in flight (at once if none). Does not raise the batch's exception."""
@@ -111,6 +114,7 @@ class Pipeline:
                 if self._job is None:
                     return
                 job, self._job = self._job, None
+                cond.notify_all()  # submit() returns
             try:
                 self.work(job)
             except BaseException as exc:  # raised on the loop's thread by complete()
