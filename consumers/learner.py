@@ -31,7 +31,10 @@ default model: the standardized mixture of eight learners), the whole pass costs
 ``orjson.loads`` of the same messages alone (~4.4 µs); the metrics, positions and counters are folded once
 per polled batch. The runs of such messages are learned with the GIL released, and each polled batch is
 learned on a worker thread while the loop polls the next (:mod:`consumers.pipeline`): the client's poll and
-the learning overlap on two cores. Everything else that touches the state (the rebalance callbacks, the
+the learning overlap on two cores. While the loop runs, what existed before it is left out of the cyclic
+garbage collector (``gc.freeze()``, undone when :meth:`Learner.run` returns): the client's message objects,
+thousands a poll, trigger a full collection every few polls, which would otherwise scan the whole heap with
+the GIL held and stall the worker. Everything else that touches the state (the rebalance callbacks, the
 periodic checkpoint and commit, seeks, the group model's sync, the transactions, the shutdown) waits for
 the batch in flight first, so that a checkpoint always holds exactly the events its offsets cover. After
 each poll the seeks come first (newly assigned partitions, a rollback to the last checkpoint, a partition
