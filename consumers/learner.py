@@ -340,7 +340,8 @@ class Learner:
         # then the tick checkpoints and commits batch k - 1; then batch k is synced, begun and handed over,
         # without the records of a partition sought in this step, or at all if the tick failed and the model
         # must roll back (read again after the next poll's seek).
-        pipeline = self._pipeline = Pipeline(self._learn_batch)
+        # With batch size 1 the worker is soon in its GIL-free pass: the loop polls once it is there.
+        pipeline = self._pipeline = Pipeline(self._learn_batch, wait_taken=cfg.batch_size == 1)
         # What exists by now (modules, the model, the clients) is left out of the cyclic collector's passes
         # while the loop runs: the client's message objects (GC-tracked, thousands a poll, alive until the
         # worker is done with them) trigger a full collection every few polls, which would otherwise scan

@@ -74,6 +74,14 @@ def test_submit_returns_once_the_worker_has_taken_the_batch_up() -> None:
         assert done == list(range(50))
     finally:
         pipeline.close()
+    release = threading.Event()
+    holding = Pipeline(lambda batch: release.wait(30), wait_taken=False)  # work that holds the GIL
+    try:
+        holding.submit("one")
+        assert holding._job == "one"  # not waited for: the worker cannot have run yet  # noqa: SLF001
+    finally:
+        release.set()
+        holding.close()
 
 
 @pytest.mark.kafka
