@@ -4,7 +4,11 @@ The learner's loop hands batch k to :meth:`Pipeline.submit` and goes back to ``p
 batch's processing, which holds the GIL except in the compiled pass (``stream_logreg._stream.learn_values``
 learns the runs of messages of the common shape with the GIL released), so that on a machine with two cores
 the client's poll (confluent-kafka builds its messages with the GIL held; kafka-python's poll is Python) and
-the learning overlap.
+the learning overlap. :meth:`Pipeline.submit` returns only once the worker has taken the batch up (with
+batch size 1; the mini-batch path holds the GIL through its batch, so waiting for it would only delay the
+poll): left to poll at once, the loop would hold the GIL through the next poll (confluent-kafka's
+``consume`` keeps it for the 2,000 messages it builds, ~1.3 ms) while the worker, woken, waited for it before
+its GIL-free pass could start — the poll and the learning one after the other, not side by side.
 
 What the loop and its callbacks keep to (the checkpoint/offset contract, /work/shared/design.md):
 
@@ -48,11 +52,16 @@ class Pipeline:
         What to do with a batch; its exception is kept and raised by :meth:`complete`.
     name
         The worker thread's name.
+    wait_taken
+        :meth:`submit` returns only once the worker has taken the batch up: for work that soon releases the
+        GIL (the compiled pass); work that holds it would only keep the caller waiting for it.
     """
 
-    def __init__(self, work: Callable[[Any], None], name: str = "learner-batch") -> None:
+    def __init__(self, work: Callable[[Any], None], name: str = "learner-batch", wait_taken: bool = True
+                 ) -> None:
         self.work = work
         self.name = name
+        self.wait_taken = wait_taken
         self._cond = threading.Condition()
         self._job: Any = None  # handed over, not taken yet
         self._busy = False  # handed over and not finished
@@ -67,7 +76,8 @@ class Pipeline:
         return self._busy
 
     def submit(self, batch: Any) -> None:
-        """Hand ``batch`` to the worker (after :meth:`complete`: one batch at a time)."""
+        """Hand ``batch`` to the worker (after :meth:`complete`: one batch at a time); with
+        :attr:`wait_taken`, return once the worker has taken it up."""
         if batch is None:
             raise ValueError("a batch, not None")
         with self._cond:
@@ -75,6 +85,8 @@ class Pipeline:
                 raise RuntimeError("the pipeline is busy or closed")
             self._job, self._busy = batch, True
             self._cond.notify_all()
+            while self.wait_taken and self._job is not None and self._thread.is_alive():
+                self._cond.wait(0.1)
 
     def wait(self) -> None:
         """Return once no batch is in flight (at once if none). Does not raise the batch's exception."""
@@ -111,6 +123,7 @@ class Pipeline:
                 if self._job is None:
                     return
                 job, self._job = self._job, None
+                cond.notify_all()  # submit() returns
             try:
                 self.work(job)
             except BaseException as exc:  # raised on the loop's thread by complete()

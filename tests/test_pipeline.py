@@ -4,6 +4,7 @@ revoke checkpoint covers exactly what the model learned (a real broker, both bac
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections import Counter
@@ -57,6 +58,67 @@ def test_one_batch_at_a_time_and_close_logs_what_nobody_raised(caplog: pytest.Lo
     assert any(r.exc_info and isinstance(r.exc_info[1], ValueError) for r in caplog.records)
     with pytest.raises(RuntimeError, match="closed"):
         pipeline.submit("late")
+
+
+def test_submit_returns_once_the_worker_has_taken_the_batch_up() -> None:
+    """The loop's next poll holds the GIL for long stretches of C (confluent-kafka builds its messages with
+    it): the worker takes the batch up (and goes on into its GIL-free pass) before submit() returns, rather
+    than waiting for the GIL behind the poll."""
+    done = []
+    pipeline = Pipeline(done.append)
+    try:
+        for i in range(50):
+            pipeline.submit(i)
+            assert pipeline._job is None, f"batch {i} not taken up yet"  # noqa: SLF001
+            pipeline.complete()
+        assert done == list(range(50))
+    finally:
+        pipeline.close()
+    release = threading.Event()
+    holding = Pipeline(lambda batch: release.wait(30), wait_taken=False)  # work that holds the GIL
+    try:
+        holding.submit("one")
+        assert holding._job == "one"  # not waited for: the worker cannot have run yet  # noqa: SLF001
+    finally:
+        release.set()
+        holding.close()
+
+
+@pytest.mark.kafka
+def test_what_exists_before_the_loop_is_frozen_while_it_runs(kafka_bootstrap: str, kafka_topic: Any,
+                                                             tmp_path: Path, kafka_client: str) -> None:
+    """The objects made before the loop (modules, the model, the clients) are left out of the cyclic
+    collector while it runs (gc.freeze): the full collections that the client's messages trigger do not
+    scan them with the GIL held. Once run() returns they are collectable again; the model is the
+    uninterrupted offline run's, bitwise."""
+    from tests.test_consumer import offline, same_model
+
+    topic = kafka_topic(1)
+    values = make_events(600, seed=7)
+    produce(kafka_bootstrap, topic, values)
+    cfg = make_config(kafka_bootstrap, topic, tmp_path / "ckpt", max_poll_records=100,
+                      kafka_client=kafka_client)
+    learner = Learner(cfg)
+    before = gc.get_freeze_count()
+    frozen: list[int] = []
+    learn_batch = learner._learn_batch
+
+    def counting(work: dict) -> None:
+        frozen.append(gc.get_freeze_count())
+        learn_batch(work)
+
+    learner._learn_batch = counting
+    r = Running(learner)
+    try:
+        wait_for(lambda: r.stats()["positions"].get(f"{topic}:0") == len(values), 60, "all read")
+    finally:
+        learner.stop()
+        r.thread.join(60)
+    assert r.error is None, r.error
+    assert frozen and min(frozen) > before + 10_000  # the modules, at least
+    assert gc.get_freeze_count() == before
+    expected, _ = offline(values, 1)
+    assert same_model(latest(tmp_path / "ckpt").model, expected)
 
 
 @pytest.mark.kafka
