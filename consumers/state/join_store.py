@@ -426,7 +426,16 @@ class JoinStore:
             self.stream_time = ts
         del self._entries[id]
         self.n_bytes -= entry.nbytes
-        self._count_join(id, ts, entry.ts)
+        counts = self._counts  # _count_join, inline
+        counts["joined"] += 1
+        if ts >= 0 and entry.ts >= 0:
+            self.latency_counts[bisect.bisect_left(self.latency_buckets_ms, entry.ts - ts)] += 1
+        if self.max_joined:
+            joined = self._joined
+            if len(joined) >= self.max_joined:
+                joined.popitem(last=False)
+                counts["forgotten_joins"] += 1
+            joined[id] = self.stream_time
         return entry.y
 
     # Feeding
