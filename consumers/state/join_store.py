@@ -100,6 +100,7 @@ import bisect
 import math
 from collections import OrderedDict
 from collections.abc import Mapping
+from itertools import chain
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -291,9 +292,10 @@ def _decode_features(blob: bytes) -> dict:
 
 def _pack(chunks: list[bytes]) -> tuple[np.ndarray, int]:
     """Bytes as an int64 array (little-endian, zero-padded to 8 bytes) and the true byte length."""
-    blob = b"".join(chunks)
-    n = len(blob)
-    return np.frombuffer(blob + b"\0" * (-n % 8), dtype="<i8").astype(np.int64), n
+    n = sum(map(len, chunks))
+    # One copy: joined and padded into a (writable) bytearray, viewed as the array (no copy on little-endian).
+    blob = bytearray().join([*chunks, b"\0" * (-n % 8)])
+    return np.frombuffer(blob, dtype="<i8").astype(np.int64, copy=False), n
 
 
 def _unpack(words: np.ndarray, n: int, lengths: np.ndarray, what: str) -> list[bytes]:
@@ -804,7 +806,8 @@ class JoinStore:
         rows = [(_EVENT, 0, e[3], e[4], e[5], number(e[6], len(code)), e[7], e[8], e[10])
                 if e.__class__ is _Event
                 else (_LABEL, e[0], 0, e[1], e[2], number(e[3], len(code)), e[4], e[5], 0) for e in vals]
-        table = np.array(rows, dtype=np.int64).reshape(len(rows), len(_INT_COLUMNS)).T
+        table = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=len(rows) * len(_INT_COLUMNS))
+        table = table.reshape(len(rows), len(_INT_COLUMNS)).T
         arrays = {name: np.ascontiguousarray(table[i]) for i, name in enumerate(_INT_COLUMNS)}
         events = table[0] == _EVENT
         p = np.zeros(len(vals), dtype=np.float64)
