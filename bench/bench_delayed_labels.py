@@ -33,6 +33,11 @@ raises both r1 and r2, not their ratio). With confluent-kafka the client is chea
 the bound is the joined path's own CPU: scoring, keeping, then decoding a label and learning, where the
 labelled path is one compiled decode-and-learn call per message.
 
+(d) in this process, no broker: the learner's own CPU per event (``Learner._process`` on polled batches of
+    client-like records, as the loop hands them over), for (a) and for (b) in both orders: every label before
+    its event (how a backlog of both topics is often read: the labels, small, come in first) and every event
+    before its label (the live case), batches of ``--lag`` each way. What a real client adds is r1 and r2.
+
 (c) memory per pending event: ``tracemalloc`` around storing the events as the learner does (the record
 value and its decoded features, kept so that a join does not decode again), beside the store's own
 estimate (what ``--max-pending-bytes`` bounds).
@@ -181,6 +186,64 @@ def _raw_pass(bootstrap: str, topics: list[str], messages: int, client: str) -> 
     return c1 - c0, t1 - t0, p1 - p0
 
 
+class _Record:
+    """A kafka-python-like record, as the source hands it over."""
+
+    __slots__ = ("topic", "partition", "offset", "key", "value", "timestamp")
+
+    def __init__(self, topic: str, offset: int, value: bytes, timestamp: int) -> None:
+        self.topic, self.partition, self.offset, self.key, self.value, self.timestamp = (
+            topic, 0, offset, None, value, timestamp)
+
+
+def in_process(events: list[tuple[str, dict, int]], lag: int, order: str) -> float:
+    """CPU µs per event learned of ``Learner._process`` alone (:func:`main`'s (d)): ``order`` "labelled"
+    (the events with their labels), "labels first" or "events first" (batches of ``lag`` events and of
+    their labels, alternating)."""
+    from kafka import TopicPartition
+
+    config = LearnerConfig(bootstrap_servers="localhost:9", topics=["ev"], group_id="g",
+                           checkpoint_dir=tempfile.gettempdir(),
+                           labels_topic=None if order == "labelled" else "lb")
+    learner = Learner(config)
+    ev_tp, lb_tp = TopicPartition("ev", 0), TopicPartition("lb", 0)
+    batches: list[tuple] = []
+    for start in range(0, len(events), lag):
+        chunk = events[start:start + lag]
+        if order == "labelled":
+            batches.append((ev_tp, [encode_event(x, y, id_) for id_, x, y in chunk]))
+            continue
+        evs = (ev_tp, [encode_event(x, None, id_) for id_, x, _ in chunk])
+        lbs = (lb_tp, [orjson.dumps({"id": id_, "y": y}) for id_, _, y in chunk])
+        batches += [lbs, evs] if order == "labels first" else [evs, lbs]
+    offsets = {"ev": 0, "lb": 0}
+    polled = []
+    for tp, values in batches:
+        o = offsets[tp.topic]
+        polled.append((tp, [_Record(tp.topic, o + k, v, o + k) for k, v in enumerate(values)], values))
+        offsets[tp.topic] += len(values)
+    t0 = time.process_time()
+    for tp, records, values in polled:
+        learner._process(tp, records, values)
+    t1 = time.process_time()
+    assert learner.model.n_samples_seen == len(events), (order, learner.model.n_samples_seen)
+    return (t1 - t0) / len(events) * 1e6
+
+
+def report_in_process(events: list[tuple[str, dict, int]], args: argparse.Namespace) -> int:
+    """Print (d): the medians of ``--rounds`` rounds, the three orders interleaved."""
+    us: dict[str, list[float]] = {o: [] for o in ("labelled", "labels first", "events first")}
+    for _ in range(args.rounds):
+        for o in us:
+            us[o].append(in_process(events, args.lag, o))
+    med = {o: statistics.median(v) for o, v in us.items()}
+    print(f"(d) the learner's own CPU per event learned, in this process (medians of {args.rounds}): "
+          f"labelled {med['labelled']:.2f} µs; joined, labels first {med['labels first']:.2f} µs "
+          f"(x {med['labels first'] / med['labelled']:.2f}), events first {med['events first']:.2f} µs "
+          f"(x {med['events first'] / med['labelled']:.2f})", flush=True)
+    return 0
+
+
 def memory_per_event(events: list[tuple[str, dict, int]]) -> tuple[float, float]:
     """(measured bytes, estimated bytes) per pending event of a JoinStore holding ``events`` as the learner
     keeps them: each record value and the features decoded from it (both made inside the measurement, and
@@ -209,8 +272,11 @@ def main() -> int:
     ap.add_argument("--lag", type=int, default=100, help="events between an event and its label")
     ap.add_argument("--kafka-client", choices=["kafka-python", "confluent", "both"], default="both")
     ap.add_argument("--raw-passes", type=int, default=5, help="readings summed per raw rate (r1, r2)")
+    ap.add_argument("--in-process-only", action="store_true", help="only (d), no broker")
     args = ap.parse_args()
     events = make_events(args.events, args.features)
+    if args.in_process_only:
+        return report_in_process(events, args)
     with kafka_bootstrap() as bootstrap:
         stem = f"bench-labels-{uuid.uuid4().hex[:8]}"
         labelled, unlabelled, labels = f"{stem}-labelled", f"{stem}-events", f"{stem}-labels"
@@ -260,6 +326,7 @@ def main() -> int:
                   f"{us['b'] - us['r2']:.1f} µs")
             print(f"{client}: delayed log loss {snap_b['delayed_log_loss']:.4f}, immediate "
                   f"{snap_a['log_loss']:.4f}", flush=True)
+    report_in_process(events, args)
     measured, estimated = memory_per_event(events[: min(args.events, 50_000)])
     print(f"(c) memory per pending event ({args.features} float features): {measured:,.0f} bytes measured "
           f"(tracemalloc), {estimated:,.0f} bytes estimated by the store (--max-pending-bytes counts this)")

@@ -55,7 +55,7 @@ from typing import Any
 
 import orjson
 
-from consumers.state.join_store import Joined, JoinStore, Taken
+from consumers.state.join_store import Joined, JoinStore, Taken, _Label
 from consumers.stats import progressive_metrics
 from stream_logreg.codec import Event, Reason, Rejection, encode_event
 
@@ -364,29 +364,37 @@ class Labels:
                                     partition=m.partition(), offset=m.offset(), record_value=m.value())
 
     def scorer(self, records: list, model: Any, publish: Any, counts: dict, tp: Any, learn_joined: Any,
-               reject: Any, view: Any) -> tuple[Any, Any]:
-        """The ``score`` callback of the compiled pass (:func:`stream_logreg._stream.learn_values`) over
-        ``records`` (consecutive records of partition ``tp`` of an events topic, kafka-python's or
-        confluent-kafka's), and a function that says how many events it was given.
+               reject: Any, view: Any) -> tuple[Any, Any, tuple]:
+        """The ``score`` and ``join`` callbacks of the compiled pass
+        (:func:`stream_logreg._stream.learn_values`) over ``records`` (consecutive records of partition ``tp``
+        of an events topic, kafka-python's or confluent-kafka's), and a function that says how many events
+        they were given.
 
         ``score(j, x, id, p)`` publishes the scored event ``j`` (``publish(j, x, id, p)``, unless None) and
         keeps it. An event that cannot join now (its label is not waiting, and ``expired_policy="drop"``:
         keeping it expires or evicts nothing to learn) is only appended to a list, fed to the store with the
         others of the batch in one :meth:`~consumers.state.join_store.JoinStore.add_events` before anything
         else reads or changes the store (:attr:`store`): the same store, in the same order, as one by one,
-        since nothing else reaches the store in between. An event whose label waits is fed at once (after
-        those kept before it, :meth:`~consumers.state.join_store.JoinStore.join_waiting`) and learned at once
-        (``model.predict_learn_one``, counted in ``counts[tp]``; a refused update is
-        ``reject(view(record), ...)``-ed), in its place among the batch's labelled events, exactly as
-        :meth:`event` then :meth:`learn`; any other outcome goes to ``learn_joined(joined)`` (records already
-        viewed). Returns True when it changed the model."""
+        since nothing else reaches the store in between. Any other outcome goes to ``learn_joined(joined)``
+        (records already viewed). Returns True when it changed the model.
+
+        ``join``, for an event whose label waits (the pass looks its id up in the store's entries):
+        ``joined(j, id, p)`` feeds it at once (after those kept before it,
+        :meth:`~consumers.state.join_store.JoinStore.join_waiting`), publishes it and counts it as learned
+        (``counts[tp]``, the delayed metrics), and returns the label, with which the pass learns it from its
+        encoded row, in its place among the batch's labelled events: exactly :meth:`event` then
+        :meth:`learn`. If the step refuses that update, ``refused(j, x, id, y)`` learns ``x`` the general way
+        (``model.predict_learn_one``) or, refused again, takes the counts back and ``reject(view(record),
+        ...)``-s it. ``joined`` returns -1, having published and counted nothing, where the store would do
+        more than this join (an expiry due, a bad timestamp): ``score`` then does it all."""
         store = self._store
         waiting, join = store.has_label, store.join_waiting
         defer = store.expired_policy == "drop"
         pending = self._pending
         keep = pending.append
         learn = model.predict_learn_one
-        ps_append, ys_append = self._ps.append, self._ys.append
+        ps, ys = self._ps, self._ys
+        ps_append, ys_append = ps.append, ys.append
         confluent = bool(records) and records[0].offset.__class__ is not int
         topic, partition = tp.topic, tp.partition  # every record's
         n = 0
@@ -409,29 +417,49 @@ class Labels:
                 return False
             if pending:
                 self._flush()
-            y = join(id_, p, version, ts)
-            if y >= 0:  # its label waited: learned now, as Labels.learn learns a join
-                try:
-                    learn(x, y)
-                except ValueError as exc:
-                    reject(view(m), Reason.BAD_VALUE,
-                           f"the model refused to learn joined event {id_!r:.60}: {exc}")
-                    return False
-                ps_append(p)
-                ys_append(y)
-                self._learned += 1
-                counts[tp] = counts.get(tp, 0) + 1
-                return True
             joined = store.add_event(id_, x, p, version=version, ts=ts, topic=topic, partition=partition,
                                      offset=offset, record_value=value)
             if joined:
                 learn_joined([(view(m), jn) for jn in joined])
             return bool(joined)
 
+        def joined(j: int, id_: str, p: float) -> int:
+            nonlocal n
+            if pending:
+                self._flush()
+            m = records[j]
+            y = join(id_, p, model.n_samples_seen, m.timestamp()[1] if confluent else m.timestamp)
+            if y < 0:
+                return -1
+            n += 1
+            if publish is not None:
+                publish(j, None, id_, p)
+            ps_append(p)
+            ys_append(y)
+            self._learned += 1
+            counts[tp] = counts.get(tp, 0) + 1
+            return y
+
+        def refused(j: int, x: dict, id_: str, y: int) -> bool:
+            try:
+                learn(x, y)
+            except ValueError as exc:
+                ps.pop()
+                ys.pop()
+                self._learned -= 1
+                if counts[tp] == 1:
+                    del counts[tp]
+                else:
+                    counts[tp] -= 1
+                reject(view(records[j]), Reason.BAD_VALUE,
+                       f"the model refused to learn joined event {id_!r:.60}: {exc}")
+                return False
+            return True
+
         def given() -> int:
             return n
 
-        return score, given
+        return score, given, (store._entries, _Label, joined, refused)
 
     def records(self, records: list, reject: Any, values: list | None = None, view: Any = None
                 ) -> list[tuple[Any, Joined]]:

@@ -621,7 +621,7 @@ class Learner:
         i, n = 0, len(values)
         if len(records) != n:
             raise ValueError(f"{len(records)} records but {n} values")
-        score = None
+        score = join = None
         if fast and labels is not None:
             # With delayed labels, an unlabelled event of the common shape is predicted in the compiled pass
             # too (from its encoded row, bitwise predict_proba_one); here only its publication and its keeping
@@ -629,12 +629,12 @@ class Learner:
             def published(j: int, x: dict, id_: str | None, p: float) -> None:
                 publish(view(records[j]), Event(x, None, id_), p, model.n_samples_seen, cid)
 
-            score, n_scored = labels.scorer(records, model, published if publish is not None else None,
-                                            state.learned, tp, self._learn_joined, self._reject, view)
+            score, n_scored, join = labels.scorer(records, model, published if publish is not None else None,
+                                                  state.learned, tp, self._learn_joined, self._reject, view)
         while i < n:
             if fast:
                 i, ev, refused = learn_values(decode, predict_learn_one, values, i, ps, ys, Event,
-                                              rows, model, score)
+                                              rows, model, score, join=join)
                 if i == n:
                     break
             elif batch_size > 1:  # labelled events of the common shape: straight into the next mini-batch

@@ -33,6 +33,7 @@ from stream_logreg._kernel cimport count_steps, learn_row_nogil, nogil_step, pre
 cdef extern from "Python.h":
     # Reads of the values list and its bytes without the GIL (the pass's caller keeps them alive, unchanged).
     PyObject* _item "PyList_GET_ITEM" (PyObject* o, Py_ssize_t i) noexcept nogil
+    PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
     bint _is_bytes "PyBytes_CheckExact" (PyObject* o) noexcept nogil
     char* _bytes_data "PyBytes_AS_STRING" (PyObject* o) noexcept nogil
     Py_ssize_t _bytes_size "PyBytes_GET_SIZE" (PyObject* o) noexcept nogil
@@ -84,7 +85,7 @@ cdef Py_ssize_t _learn_run(RowDecoder rows, object step, list values, Py_ssize_t
 
 def learn_values(object decode, object learn, list values not None, Py_ssize_t start, list ps not None,
                  list ys not None, type event not None, RowDecoder rows=None, object model=None,
-                 object score=None, bint release_gil=True):
+                 object score=None, bint release_gil=True, tuple join=None):
     """Learn ``values[start:]`` one by one: ``ev = decode(value)``; while ``ev`` is an ``event`` (a tuple
     ``(x, y, id)``) with a label ``y``, ``p = learn(x, y)`` and append ``p`` to ``ps`` and ``y`` to ``ys``.
 
@@ -107,6 +108,13 @@ def learn_values(object decode, object learn, list values not None, Py_ssize_t s
     floats and ``id`` the event's id (a str, or None), in order; a true result says that it changed the
     model (a joined event learned), and the compiled step is asked again.
 
+    ``join`` (with ``score``): ``(waiting, label_type, joined, refused)`` for an event whose label is
+    already there: when ``waiting`` (a dict, by id) holds an entry of type ``label_type`` under the event's
+    id, ``y = joined(i, id, p)`` first; with ``y`` 0 or 1 the event is learned here with label ``y`` from
+    its encoded row (bitwise ``learn(x, y)``; an update the step refuses goes to ``refused(i, x, id, y)``,
+    whose true result says that it changed the model), and ``score`` is not called; with ``y`` -1,
+    ``score`` as above. No dict ``x`` is made for an event learned this way.
+
     ``release_gil`` (with ``rows``, ``model`` and a step that can: the module docstring): the runs of
     values that need no Python are learned with the GIL released; bitwise the same as with the GIL held
     throughout (``release_gil=False``).
@@ -125,11 +133,18 @@ def learn_values(object decode, object learn, list values not None, Py_ssize_t s
     """
     cdef Py_ssize_t i, m, n = PyList_GET_SIZE(values), done = -1
     cdef object ev, x, y, p, value, step = None, compiled = None
+    cdef object waiting = None, label_type = None, joined = None, refused = None, id_
+    cdef PyObject* entry
     cdef double q
+    cdef long yj
     cdef bint fast = rows is not None and model is not None and rows.bind(model.features)
     cdef bint scoring = fast and score is not None
     if not issubclass(event, tuple):
         raise TypeError("event must be a tuple subclass")
+    if join is not None and scoring:
+        waiting, label_type, joined, refused = join
+        if type(waiting) is not dict and not isinstance(waiting, dict):
+            raise TypeError("join's first item must be a dict")
     if fast:
         compiled = getattr(model, "compiled_step", None)
         step = None if compiled is None else compiled()
@@ -153,7 +168,22 @@ def learn_values(object decode, object learn, list values not None, Py_ssize_t s
                     except ValueError:  # not a row the step takes: the way below decides
                         q = NAN
                     if q == q:
-                        if score(i, rows.row_dict(m), rows.id, q):
+                        id_ = rows.id
+                        if waiting is not None and id_ is not None:
+                            entry = PyDict_GetItemWithError(waiting, id_)
+                            if entry != NULL and type(<object> entry) is label_type:
+                                yj = joined(i, id_, q)
+                                if yj == 0 or yj == 1:
+                                    try:
+                                        q = predict_learn_row(step, rows.c, rows.v, m, <double> yj, 1.0)
+                                    except ValueError:  # not a row the step takes: refused() decides
+                                        q = NAN
+                                    if q == q:
+                                        model.n_samples_seen += 1
+                                    elif refused(i, rows.row_dict(m), id_, yj):
+                                        step = compiled()
+                                    continue
+                        if score(i, rows.row_dict(m), id_, q):
                             step = compiled()
                         continue
                 m = -1  # the way below

@@ -229,9 +229,10 @@ def _labels(cfg: LearnerConfig) -> Labels:
        st.integers(1, 8), st.integers(1, 300), st.integers(2, 12), st.sampled_from(["drop", "negative"]))
 def test_the_scorer_keeps_and_learns_as_labels_event_one_by_one(feed: list, batch: int, ttl: int,
                                                                  max_pending: int, policy: str) -> None:
-    """Labels.scorer (the compiled pass's callback: events deferred to one add_events, an event whose label
-    waits learned at once) against Labels.event then Labels.learn event by event: the same model bit for bit,
-    the same store (state, counters), the same learned counts, in polled batches of each topic."""
+    """Labels.scorer (the compiled pass's callbacks: events deferred to one add_events, an event whose label
+    waits joined at once and learned by the pass) against Labels.event then Labels.learn event by event: the
+    same model bit for bit, the same store (state, counters), the same learned counts, in polled batches of
+    each topic."""
     from collections import Counter
 
     cfg = make_config("k:9092", "ev", "/tmp/c", labels_topic="lb", label_ttl=ttl / 1000,
@@ -262,13 +263,22 @@ def test_the_scorer_keeps_and_learns_as_labels_event_one_by_one(feed: list, batc
             fast.learn(m_fast, fast.records(recs, None), None)
             slow.learn(m_slow, slow.records(recs, None), None)
             continue
-        score, given = fast.scorer(recs, m_fast, None, counts, tp, learn_joined, None, lambda r: r)
-        for j, r in enumerate(recs):
+        score, given, (waiting, label_type, joined, refused) = fast.scorer(recs, m_fast, None, counts, tp,
+                                                                           learn_joined, None, lambda r: r)
+        for j, r in enumerate(recs):  # as the compiled pass calls them
             ev = codec.decode(r.value)
-            score(j, ev.x, ev.id, m_fast.predict_proba_one(ev.x)[True])
+            p = m_fast.predict_proba_one(ev.x)[True]
+            y = joined(j, ev.id, p) if ev.id is not None and type(waiting.get(ev.id)) is label_type else -1
+            if y < 0:
+                score(j, ev.x, ev.id, p)
+            else:
+                try:
+                    m_fast.predict_learn_one(ev.x, y)
+                except ValueError:
+                    refused(j, ev.x, ev.id, y)
             p = m_slow.predict_proba_one(ev.x)[True]
-            joined = slow.event(r, ev.id, ev.x, p, m_slow.n_samples_seen)
-            slow_counts[tp] += len(slow.learn(m_slow, [(r, jn) for jn in joined], None))
+            now = slow.event(r, ev.id, ev.x, p, m_slow.n_samples_seen)
+            slow_counts[tp] += len(slow.learn(m_slow, [(r, jn) for jn in now], None))
         assert given() == len(recs)
     assert same_model(m_fast, m_slow) and m_fast.n_samples_seen == m_slow.n_samples_seen
     assert str(fast.store.to_state()) == str(slow.store.to_state())

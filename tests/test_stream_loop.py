@@ -314,7 +314,7 @@ def test_process_paths_agree_with_delayed_labels(tmp_path, seed: int, model: dic
         values = [] if b else [encode_event({f"f{j}": 0.5 for j in range(5)}, 1)]  # the features known
         for _ in range(rng.randint(1, 40)):
             kind = rng.choice(["event"] * 6 + ["labelled", "labelled", "garbage", "huge", "new", "no_id",
-                                               "int_id"])
+                                               "int_id", "huge_event"])
             x = {f"f{j}": rng.gauss(0, 3) for j in range(rng.randint(0, 5))}
             if kind == "event":
                 values.append(encode_event(x, None, rng.choice(ids)))
@@ -323,6 +323,8 @@ def test_process_paths_agree_with_delayed_labels(tmp_path, seed: int, model: dic
                 values.append(encode_event(x))
             elif kind == "int_id":
                 values.append(encode_event(x, None, rng.randrange(10**6)))
+            elif kind == "huge_event":  # its update refused, its label waiting or not
+                values.append(orjson.dumps({"x": {"f0": 1e308, "f1": -1e308}, "id": rng.choice(ids)}))
             elif kind == "new":
                 new = {f"n{rng.randrange(10**6)}": 1.0, "f0": 0.5}
                 values.append(encode_event(new, None, rng.choice(ids)))
@@ -361,7 +363,9 @@ def test_process_paths_agree_with_delayed_labels(tmp_path, seed: int, model: dic
         scored = [s for s in sent if s[0] == "p" and s[3] is not None and s[2] not in labelled]
         results.append((_weights(learner.model), learner.model.n_samples_seen, snap["consumed"],
                         snap["learned"], snap["scored"], snap["rejected"], snap["join"],
-                        [s for s in sent if s[0] == "d"],
+                        snap["delayed_predicted"], snap["delayed_log_loss_total"],
+                        snap["delayed_correct_total"],
+                        sorted(learner._state.learned.items()), [s for s in sent if s[0] == "d"],
                         [s for s in sent if s[0] == "p" and s[2] not in labelled],
                         _store_state(learner._labels.store)))
         assert scored and snap["join"]["joined"] > 0  # something scored and joined

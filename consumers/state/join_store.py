@@ -100,6 +100,7 @@ import bisect
 import math
 from collections import OrderedDict
 from collections.abc import Mapping
+from itertools import chain
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -291,9 +292,10 @@ def _decode_features(blob: bytes) -> dict:
 
 def _pack(chunks: list[bytes]) -> tuple[np.ndarray, int]:
     """Bytes as an int64 array (little-endian, zero-padded to 8 bytes) and the true byte length."""
-    blob = b"".join(chunks)
-    n = len(blob)
-    return np.frombuffer(blob + b"\0" * (-n % 8), dtype="<i8").astype(np.int64), n
+    n = sum(map(len, chunks))
+    # One copy: joined and padded into a (writable) bytearray, viewed as the array (no copy on little-endian).
+    blob = bytearray().join([*chunks, b"\0" * (-n % 8)])
+    return np.frombuffer(blob, dtype="<i8").astype(np.int64, copy=False), n
 
 
 def _unpack(words: np.ndarray, n: int, lengths: np.ndarray, what: str) -> list[bytes]:
@@ -426,7 +428,16 @@ class JoinStore:
             self.stream_time = ts
         del self._entries[id]
         self.n_bytes -= entry.nbytes
-        self._count_join(id, ts, entry.ts)
+        counts = self._counts  # _count_join, inline
+        counts["joined"] += 1
+        if ts >= 0 and entry.ts >= 0:
+            self.latency_counts[bisect.bisect_left(self.latency_buckets_ms, entry.ts - ts)] += 1
+        if self.max_joined:
+            joined = self._joined
+            if len(joined) >= self.max_joined:
+                joined.popitem(last=False)
+                counts["forgotten_joins"] += 1
+            joined[id] = self.stream_time
         return entry.y
 
     # Feeding
@@ -795,7 +806,8 @@ class JoinStore:
         rows = [(_EVENT, 0, e[3], e[4], e[5], number(e[6], len(code)), e[7], e[8], e[10])
                 if e.__class__ is _Event
                 else (_LABEL, e[0], 0, e[1], e[2], number(e[3], len(code)), e[4], e[5], 0) for e in vals]
-        table = np.array(rows, dtype=np.int64).reshape(len(rows), len(_INT_COLUMNS)).T
+        table = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=len(rows) * len(_INT_COLUMNS))
+        table = table.reshape(len(rows), len(_INT_COLUMNS)).T
         arrays = {name: np.ascontiguousarray(table[i]) for i, name in enumerate(_INT_COLUMNS)}
         events = table[0] == _EVENT
         p = np.zeros(len(vals), dtype=np.float64)
