@@ -370,8 +370,11 @@ def _numpy_standardize_entries(cols, vals, stats, numeric, before):
     np.minimum.at(lo, inv, v)
     np.maximum.at(hi, inv, v)
     const = lo == hi
+    # A column of one value has that value as its mean: the first of its entries (0.0 and -0.0 are one value,
+    # and np.minimum.at's pick between them is not specified).
+    first = v[np.unique(inv, return_index=True)[1]]
     with np.errstate(over="ignore", invalid="ignore"):
-        mean = np.where(const, lo, np.bincount(inv, v / count[inv], minlength=k))
+        mean = np.where(const, first, np.bincount(inv, v / count[inv], minlength=k))
         var = np.where(const, 0.0, np.bincount(inv, np.square(v - mean[inv]) / count[inv], minlength=k))
     merged = _merge_statistics(stats[stat_cols], count, mean, var)
     out = vals.copy()

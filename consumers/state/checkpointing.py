@@ -279,10 +279,10 @@ class Checkpointing:
             flush_timeout = self.config.commit_timeout_ms / 1000
         in_flight = self._writing is not None
         if not self.settle(flush_timeout):
-            with self.stats.lock:
-                self.stats.checkpoint_failures += 1
             log.error("the checkpoint being written did not complete within %.1fs: no %s checkpoint",
                       flush_timeout, reason, extra={"reason": reason})
+            with self.stats.lock:
+                self.stats.checkpoint_failures += 1
             return False
         if in_flight and not self.since_checkpoint and not self.needs_reload:  # it covered everything
             return True
@@ -304,10 +304,10 @@ class Checkpointing:
         """Flush the outputs; then (metadata, offsets, model to save) of a checkpoint now, or None (the
         outputs are not acknowledged, or the group model's contribution is no model)."""
         if not flush(flush_timeout):
+            log.warning("checkpoint postponed: outputs not acknowledged yet", extra={"reason": reason})
             with self.stats.lock:
                 self.stats.checkpoint_failures += 1
             self.last_checkpoint_at = t0  # try again at the next tick, not at every poll
-            log.warning("checkpoint postponed: outputs not acknowledged yet", extra={"reason": reason})
             return None
         offsets = self.offsets()
         try:  # the group model: what this member's own events changed
@@ -335,12 +335,13 @@ class Checkpointing:
             self.fenced = exc
             log.error("%s", exc, extra={"reason": "state_fenced"})
             return
+        # Logged before it is counted: whoever sees the count (a metric, a test) finds the log line already.
+        log.error("writing a checkpoint to %r failed", self.store, exc_info=exc, extra={"reason": reason})
         with self.stats.lock:
             self.stats.checkpoint_failures += 1
         self.last_checkpoint_at = t0
         if self.group_metadata is not None:  # the interval's transaction was aborted: start it over
             self.needs_reload = True
-        log.error("writing a checkpoint to %r failed", self.store, exc_info=exc, extra={"reason": reason})
 
     def _written(self, cid: str, offsets: dict[TopicPartition, int], saved: Any, reason: str, duration: float,
                  covered: int) -> None:
