@@ -14,7 +14,7 @@ through raw pointers, which costs far less per call than typed memoryviews.
 cimport cython
 cimport numpy as cnp
 import numpy as np
-from cpython.dict cimport PyDict_GetItemWithError, PyDict_Next, PyDict_SetItem, PyDict_Size
+from cpython.dict cimport PyDict_GetItemWithError, PyDict_SetItem, PyDict_Size
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLong
 from cpython.object cimport PyObject
@@ -55,6 +55,29 @@ cdef inline double* dptr(cnp.ndarray a):
 cdef inline Py_ssize_t* iptr(cnp.ndarray a):
     return <Py_ssize_t*> cnp.PyArray_DATA(a)
 
+
+
+cdef extern from "_dictnext.h":
+    bint PyDict_Next "sl_dict_next" (object d, Py_ssize_t* pos, PyObject** key, PyObject** value) noexcept
+    int _dict_next_check "sl_dict_next_check" (list dicts) except -1
+
+
+def _dict_samples() -> list:
+    """Dicts of every kind a row can be (str keys, other keys, mixed, with deleted entries, empty, an
+    instance's split dict) for the self-check of the inline PyDict_Next (_dictnext.h)."""
+    class Slots:
+        pass
+    o = Slots()
+    o.a, o.b = 1, 2
+    a = {f"k{i}": i for i in range(40)}
+    del a["k3"], a["k39"]
+    b = {i: str(i) for i in range(20)}
+    del b[0]
+    return [a, b, {"x": 1, 2: "y", (3,): None}, {}, dict.fromkeys("abc"), o.__dict__, {"only": 1.0}]
+
+
+#: Whether the rows' loops read dicts inline (the layout confirmed at import), not through PyDict_Next.
+DICT_NEXT_INLINE = bool(_dict_next_check(_dict_samples()))
 
 cdef extern from "Python.h":
     # (the type checks and conversions the encoder shares are declared in _kernel.pxd)
@@ -1754,9 +1777,11 @@ cdef extern from *:
         const __m128i exponent = _mm_set1_epi64x((long long) 0x7FF0000000000000ULL);
         const __m128i one = _mm_set1_epi64x((long long) 0x0010000000000000ULL);
         __m128i wide = _mm_setzero_si128();
-        for (; i + 2 <= n; i += 2)
-            wide = _mm_or_si128(wide, _mm_add_epi64(_mm_and_si128(_mm_loadu_si128((const __m128i*) (r + i)),
+        const Py_ssize_t pairs = n / 2;
+        for (Py_ssize_t j = 0; j < pairs; j++)
+            wide = _mm_or_si128(wide, _mm_add_epi64(_mm_and_si128(_mm_loadu_si128((const __m128i*) (r + 2 * j)),
                                                                   exponent), one));
+        i = 2 * pairs;
         acc = (uint64_t) _mm_cvtsi128_si64(_mm_or_si128(wide, _mm_unpackhi_epi64(wide, wide)));
     #endif
         for (; i < n; i++) {
