@@ -12,7 +12,8 @@ setup(
             Extension(
                 "stream_logreg._kernel",
                 ["stream_logreg/_kernel.pyx"],
-                include_dirs=[numpy.get_include()],
+                include_dirs=[numpy.get_include(), "stream_logreg"],
+                depends=["stream_logreg/_dictnext.h"],
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
                 extra_compile_args=["-O3"],
             ),
@@ -20,7 +21,7 @@ setup(
                 "stream_logreg._features",
                 ["stream_logreg/_features.pyx"],
                 include_dirs=[numpy.get_include(), "stream_logreg"],
-                depends=["stream_logreg/_blake2b.h"],
+                depends=["stream_logreg/_blake2b.h", "stream_logreg/_dictnext.h"],
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
                 extra_compile_args=["-O3"],
             ),

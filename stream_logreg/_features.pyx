@@ -8,7 +8,7 @@ but the bounded hash cache.
 """
 
 cimport numpy as cnp
-from cpython.dict cimport PyDict_Next, PyDict_SetItem
+from cpython.dict cimport PyDict_SetItem
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_New, PyTuple_SET_ITEM
@@ -22,6 +22,29 @@ from stream_logreg._kernel cimport (
 )
 
 cnp.import_array()
+
+
+cdef extern from "_dictnext.h":
+    bint PyDict_Next "sl_dict_next" (object d, Py_ssize_t* pos, PyObject** key, PyObject** value) noexcept
+    int _dict_next_check "sl_dict_next_check" (list dicts) except -1
+
+
+def _dict_samples() -> list:
+    """Dicts of every kind a row can be (str keys, other keys, mixed, with deleted entries, empty, an
+    instance's split dict) for the self-check of the inline PyDict_Next (_dictnext.h)."""
+    class Slots:
+        pass
+    o = Slots()
+    o.a, o.b = 1, 2
+    a = {f"k{i}": i for i in range(40)}
+    del a["k3"], a["k39"]
+    b = {i: str(i) for i in range(20)}
+    del b[0]
+    return [a, b, {"x": 1, 2: "y", (3,): None}, {}, dict.fromkeys("abc"), o.__dict__, {"only": 1.0}]
+
+
+#: Whether the rows' loops read dicts inline (the layout confirmed at import), not through PyDict_Next.
+DICT_NEXT_INLINE = bool(_dict_next_check(_dict_samples()))
 
 cdef extern from "_blake2b.h":
     ctypedef struct b2_state:

@@ -14,7 +14,7 @@ through raw pointers, which costs far less per call than typed memoryviews.
 cimport cython
 cimport numpy as cnp
 import numpy as np
-from cpython.dict cimport PyDict_GetItemWithError, PyDict_Next, PyDict_SetItem, PyDict_Size
+from cpython.dict cimport PyDict_GetItemWithError, PyDict_SetItem, PyDict_Size
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLong
 from cpython.object cimport PyObject
@@ -25,6 +25,7 @@ from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
 from libc.float cimport DBL_MAX
 from libc.math cimport NAN, exp, fabs, isfinite, log, pow, sqrt
 from libc.stdlib cimport calloc, free, realloc
+from libc.string cimport memcpy
 
 cnp.import_array()
 
@@ -54,6 +55,29 @@ cdef inline double* dptr(cnp.ndarray a):
 cdef inline Py_ssize_t* iptr(cnp.ndarray a):
     return <Py_ssize_t*> cnp.PyArray_DATA(a)
 
+
+
+cdef extern from "_dictnext.h":
+    bint PyDict_Next "sl_dict_next" (object d, Py_ssize_t* pos, PyObject** key, PyObject** value) noexcept
+    int _dict_next_check "sl_dict_next_check" (list dicts) except -1
+
+
+def _dict_samples() -> list:
+    """Dicts of every kind a row can be (str keys, other keys, mixed, with deleted entries, empty, an
+    instance's split dict) for the self-check of the inline PyDict_Next (_dictnext.h)."""
+    class Slots:
+        pass
+    o = Slots()
+    o.a, o.b = 1, 2
+    a = {f"k{i}": i for i in range(40)}
+    del a["k3"], a["k39"]
+    b = {i: str(i) for i in range(20)}
+    del b[0]
+    return [a, b, {"x": 1, 2: "y", (3,): None}, {}, dict.fromkeys("abc"), o.__dict__, {"only": 1.0}]
+
+
+#: Whether the rows' loops read dicts inline (the layout confirmed at import), not through PyDict_Next.
+DICT_NEXT_INLINE = bool(_dict_next_check(_dict_samples()))
 
 cdef extern from "Python.h":
     # (the type checks and conversions the encoder shares are declared in _kernel.pxd)
@@ -1736,12 +1760,38 @@ cdef double EXP_ZERO_BELOW = -745.2  # exp(x) rounds to 0.0 for every x below (e
 cdef double MIX_A_BOUND = 1e300    # a batch's log likelihood is clamped to ±1e300 before normalising
 
 
-cdef inline bint _row_finite(double* r, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef int bad = 0
-    for i in range(n):
-        bad |= not (fabs(r[i]) <= DBL_MAX)
-    return bad == 0
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    /* Whether the n doubles at r are all finite: a double is not (inf, NaN) when its 11 exponent bits are
+       all set, and then adding 1 to them carries into the sign bit. Integer operations only (SSE2 does them
+       two at a time: no branch, no floating-point compare per element). */
+    #ifdef __SSE2__
+    #include <emmintrin.h>
+    #endif
+    static inline int sl_row_finite(const double* r, Py_ssize_t n) {
+        uint64_t acc = 0, b;
+        Py_ssize_t i = 0;
+    #ifdef __SSE2__
+        const __m128i exponent = _mm_set1_epi64x((long long) 0x7FF0000000000000ULL);
+        const __m128i one = _mm_set1_epi64x((long long) 0x0010000000000000ULL);
+        __m128i wide = _mm_setzero_si128();
+        const Py_ssize_t pairs = n / 2;
+        for (Py_ssize_t j = 0; j < pairs; j++)
+            wide = _mm_or_si128(wide, _mm_add_epi64(_mm_and_si128(_mm_loadu_si128((const __m128i*) (r + 2 * j)),
+                                                                  exponent), one));
+        i = 2 * pairs;
+        acc = (uint64_t) _mm_cvtsi128_si64(_mm_or_si128(wide, _mm_unpackhi_epi64(wide, wide)));
+    #endif
+        for (; i < n; i++) {
+            memcpy(&b, r + i, sizeof b);
+            acc |= (b & 0x7FF0000000000000ULL) + 0x0010000000000000ULL;
+        }
+        return (acc >> 63) == 0;
+    }
+    """
+    bint _row_finite "sl_row_finite" (double* r, Py_ssize_t n) noexcept nogil
 
 
 cdef enum:
@@ -2078,9 +2128,7 @@ cdef class MixtureStep:
             free(table)
         # 3. Save what the update may change.
         for tix in range(nt):
-            R = M + T[tix] * MIX_S
-            for k in range(MIX_S):
-                U[tix * MIX_S + k] = R[k]
+            memcpy(U + tix * MIX_S, M + T[tix] * MIX_S, MIX_S * sizeof(double))
         for k in range(MIX_S):
             U[nt * MIX_S + k] = B[k]
         for k in range(MIX_K):
@@ -2138,6 +2186,15 @@ cdef class MixtureStep:
             acc += 1.0  # the bias: x = 1, s = 1
         sc[0] += 1.0
         sc[1] += acc / fm
+        if m == 1:  # steps 6 and 7 for one row (its columns distinct), the same operations fused
+            self._steps_one(P, c, v, nnz, y[0], sw[0], gb)
+            bad |= not _row_finite(B, MIX_S) or not _row_finite(a, MIX_K) or not _row_finite(sc, 2)
+            for e in range(nnz):
+                bad |= not _row_finite(M + c[e] * MIX_S, MIX_S)
+            if bad:
+                self._undo(T, nt, U)
+                return 1
+            return 0
         # 6. Each member's mean gradient over the batch: g_kj = (1/m) Σ_i clip((p_ik − y_i) s_i c_i) x_ij.
         for e in range(nt * MIX_K):
             G[e] = 0.0
@@ -2166,18 +2223,47 @@ cdef class MixtureStep:
                 bad |= not _row_finite(B, MIX_S)
         bad |= not _row_finite(a, MIX_K) or not _row_finite(sc, 2)
         if bad:
-            for tix in range(nt - 1, -1, -1):
-                R = M + T[tix] * MIX_S
-                for k in range(MIX_S):
-                    R[k] = U[tix * MIX_S + k]
-            for k in range(MIX_S):
-                B[k] = U[nt * MIX_S + k]
-            for k in range(MIX_K):
-                a[k] = U[nt * MIX_S + MIX_S + k]
-            sc[0] = U[nt * MIX_S + MIX_S + MIX_K]
-            sc[1] = U[nt * MIX_S + MIX_S + MIX_K + 1]
+            self._undo(T, nt, U)
             return 1
         return 0
+
+    cdef inline void _steps_one(self, double* P, Py_ssize_t* c, double* v, Py_ssize_t n, double y, double sw,
+                                double* gb) noexcept nogil:
+        """Steps 6 and 7 of `_learn` for a batch of one row (entries i < n, distinct columns c[i]): the
+        gradients (p_k − y)·s·c·x_i with the same operations as the batch's (each a sum from 0.0, divided by
+        the batch's size 1.0, which is exact and so left out), then the members' steps, row by row."""
+        cdef double* M = self.Mp
+        cdef double* R
+        cdef double rk[8]
+        cdef double g[8]
+        cdef double wt = sw * (self.pos_w if y == 1.0 else self.neg_w), vi, l2 = self.l2
+        cdef double step = self.nag_lr * sqrt(self.scp[0] / self.scp[1])
+        cdef Py_ssize_t i, k
+        for k in range(MIX_K):
+            rk[k] = _clip((P[k] - y) * wt, self.clip)
+            gb[k] = 0.0 + rk[k]
+        for i in range(n):
+            R = M + c[i] * MIX_S
+            vi = v[i]
+            for k in range(MIX_K):
+                g[k] = (0.0 + rk[k] * vi) + l2 * R[k]
+            self._member_steps(R, g, step)
+        self._member_steps(self.Bp, gb, step)
+
+    cdef inline void _undo(self, Py_ssize_t* T, Py_ssize_t nt, double* U) noexcept nogil:
+        """Put back what step 3 of `_learn` saved in U (the nt rows T, then the bias, a_k, t and N)."""
+        cdef double* R
+        cdef Py_ssize_t tix, k
+        for tix in range(nt - 1, -1, -1):
+            R = self.Mp + T[tix] * MIX_S
+            for k in range(MIX_S):
+                R[k] = U[tix * MIX_S + k]
+        for k in range(MIX_S):
+            self.Bp[k] = U[nt * MIX_S + k]
+        for k in range(MIX_K):
+            self.ap[k] = U[nt * MIX_S + MIX_S + k]
+        self.scp[0] = U[nt * MIX_S + MIX_S + MIX_K]
+        self.scp[1] = U[nt * MIX_S + MIX_S + MIX_K + 1]
 
     cdef inline void _member_steps(self, double* R, double* g, double step) noexcept nogil:
         """The eight members' updates of one coordinate's row R, with gradients g[0..7]."""

@@ -493,3 +493,58 @@ def test_the_compiled_steps_new_values_are_the_reference_encoders(space, opt, mo
     a, b = compiled.state(), ref.state()
     assert a[1] == b[1] and a[0].keys() == b[0].keys()
     assert all(a[0][k].tobytes() == b[0][k].tobytes() for k in a[0])
+
+
+def _with_holes(x: dict) -> dict:
+    """The same entries in the same order, in a table with deleted entries between them (and after)."""
+    row: dict = {}
+    for i, (k, v) in enumerate(x.items()):  # str keys: a table of str keys stays one
+        row[f"gone{i}"] = 0.0
+        row[k] = v
+        del row[f"gone{i}"]
+    row["gone"] = 1.0
+    del row["gone"]
+    return row
+
+
+class _Row:
+    pass
+
+
+def _split(x: dict) -> dict:
+    """The same entries as an instance's dict (split keys, str keys only)."""
+    o = _Row()
+    for k, v in x.items():
+        setattr(o, k, v)
+    return o.__dict__
+
+
+@pytest.mark.parametrize("space", [{}, {"n_bits": 18}], ids=["vocabulary", "hashed"])
+@pytest.mark.parametrize("n_bits_optimizer", ["default", "sgd"])
+def test_rows_read_inline_are_read_as_pydict_next_reads_them(space, n_bits_optimizer):
+    """The row loops read a dict's table inline (_dictnext.h) once the import's self-check confirmed the
+    layout: on this CPython it must have (else the inline path goes untested). Rows whose tables have
+    deleted entries, other keys than str, or split keys, then learn bitwise as the same rows built plainly."""
+    from stream_logreg import _kernel
+
+    assert _kernel.DICT_NEXT_INLINE and _features.DICT_NEXT_INLINE
+    rng = np.random.default_rng(3)
+
+    def make() -> OnlineLogisticRegression:
+        opt = {} if n_bits_optimizer == "default" else {"optimizer": optim.SGD(0.05)}
+        return OnlineLogisticRegression(**space, **opt)
+
+    plain, holes, split = make(), make(), make()
+    for i in range(300):
+        x = {f"c{j}": f"v{rng.integers(0, 30)}" for j in range(int(rng.integers(1, 6)))}
+        x["num"] = float(rng.normal())
+        y = bool(rng.random() < 0.4)
+        p = plain.predict_learn_one(dict(x), y)
+        assert holes.predict_learn_one(_with_holes(x), y) == p
+        assert split.predict_learn_one(_split(x), y) == p
+        if i % 7 == 0:
+            z = {**x, 3: 1.5, ("pair", 1): "a"}
+            q = plain.predict_learn_one(z, y)
+            assert holes.predict_learn_one(_with_holes(z), y) == q
+            split.predict_learn_one(z, y)
+    assert np.array_equal(plain.coef, holes.coef) and np.array_equal(plain.coef, split.coef)

@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_logreg import OnlineLogisticRegression, optim
+from stream_logreg.features import IndicatorKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import candidates as cand  # noqa: E402  (the prototypes, bench/candidates.py)
@@ -339,3 +340,97 @@ def test_scale_refuses_what_it_cannot_standardize_and_leaves_no_trace():
     assert 0.0 <= model.predict_proba_one({"a": 1.7e308})[True] <= 1.0
     with pytest.raises(ValueError, match="vocabulary"):
         OnlineLogisticRegression(scale=True, n_bits=10)
+
+
+class ExactMixture:
+    """The kernel's per-sample mixture rule written out in Python floats (IEEE doubles, the same libm exp
+    and log), operation for operation as `MixtureStep._learn` does it for a batch of one row: the batch's
+    sums start from 0.0 and its mean divides by 1.0. An independent oracle, bitwise, for the one-row path."""
+
+    RATES = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+
+    def __init__(self, l2: float, neg_w: float, pos_w: float) -> None:
+        self.l2, self.neg_w, self.pos_w = l2, neg_w, pos_w
+        self.rows: dict = {}
+        self.bias = [0.0] * 11
+        self.a = [0.0] * 8
+        self.t = self.n = 0.0
+
+    @staticmethod
+    def sigmoid(z: float) -> float:
+        if z >= 0.0:
+            return 1.0 / (1.0 + math.exp(-z))
+        e = math.exp(z)
+        return e / (1.0 + e)
+
+    @staticmethod
+    def clip(z: float) -> float:
+        return 35.0 if z > 35.0 else (-35.0 if z < -35.0 else z)
+
+    def steps(self, r: list, g: list, step: float) -> None:
+        for k in range(6):
+            r[k] = r[k] - self.RATES[k] * g[k]
+        if g[6] != 0.0:
+            r[9] = r[9] + g[6] * g[6]
+            if r[9] > 0.0:
+                r[6] = r[6] - step * (g[6] / math.sqrt(r[9])) / r[8]
+        if g[7] != 0.0:
+            r[10] = r[10] + g[7] * g[7]
+            if r[10] > 0.0:
+                r[7] = r[7] - 0.17 / (0.5 + math.sqrt(r[10])) * g[7]
+
+    def learn(self, x: list[tuple[object, float]], y: float, sw: float) -> float:
+        rows, b = [self.rows.setdefault(key, [0.0] * 11) for key, _ in x], self.bias
+        z = [0.0] * 8
+        for r, (_, v) in zip(rows, x, strict=True):
+            for k in range(8):
+                z[k] = z[k] + r[k] * v
+        p = [self.sigmoid(self.clip(z[k] + b[k])) for k in range(8)]
+        e = [math.exp(a) if a > -745.2 else 0.0 for a in self.a]
+        s = t = 0.0
+        for k in range(8):
+            s, t = s + e[k], t + e[k] * p[k]
+        out = t / s
+        wt = sw * (self.pos_w if y == 1.0 else self.neg_w)
+        acc = [self.a[k] + (0.0 + wt * math.log(p[k] if y == 1.0 else 1.0 - p[k])) for k in range(8)]
+        top = max(acc)
+        self.a = [d - top if d - top > -1e4 else -1e4 for d in acc]
+        for r, (_, v) in zip([*rows, b], [*x, (None, 1.0)], strict=True):  # NAG's rescaling
+            if abs(v) > r[8]:
+                r[6] = r[6] * ((r[8] / abs(v)) * (r[8] / abs(v))) if r[8] > 0.0 else 0.0
+                r[8] = abs(v)
+        zn = total = 0.0
+        for r, (_, v) in zip(rows, x, strict=True):
+            zn = zn + r[6] * v
+            if v != 0.0:
+                total = total + (v / r[8]) * (v / r[8])
+        p[6] = self.sigmoid(self.clip(zn + b[6]))
+        self.t, self.n = self.t + 1.0, self.n + (total + 1.0) / 1.0
+        grad = [min(max((p[k] - y) * wt, -1e12), 1e12) for k in range(8)]
+        step = 0.5 * math.sqrt(self.t / self.n)
+        for r, (_, v) in zip(rows, x, strict=True):
+            self.steps(r, [(0.0 + grad[k] * v) / 1.0 + self.l2 * r[k] for k in range(8)], step)
+        self.steps(b, [(0.0 + g) / 1.0 for g in grad], step)
+        return out
+
+
+@pytest.mark.parametrize("params", [{}, {"l2": 0.01, "class_weight": {0: 1.0, 1: 2.5}}])
+def test_one_row_step_is_the_exact_rule_bitwise(params):
+    """predict_learn_one (the compiled one-row step) against ExactMixture: every prediction and, at the
+    end, every number of the state bitwise; sample weights, indicators, floats, zeros, growing scales."""
+    rng = random.Random(7)
+    model = OnlineLogisticRegression(**params)
+    w = params.get("class_weight", {0: 1.0, 1: 1.0})
+    oracle = ExactMixture(params.get("l2", 0.0), w[0], w[1])
+    for i in range(400):
+        x = {"shop": f"s{rng.randrange(60)}", "city": f"c{rng.randrange(9)}",
+             "age": rng.choice([0.0, rng.gauss(0, 1), rng.gauss(0, 1) * 10.0 ** (i // 100)])}
+        y, sw = rng.random() < 0.4, rng.choice([1.0, 0.5, 3.0])
+        enc = [((k, v) if isinstance(v, str) else k, 1.0 if isinstance(v, str) else v) for k, v in x.items()]
+        assert model.predict_learn_one(x, y, sw) == oracle.learn(enc, float(y), sw)
+    opt, columns = model.optimizer, model.features.columns
+    for key, row in oracle.rows.items():
+        col = columns[IndicatorKey(*key) if isinstance(key, tuple) else key]
+        assert opt.coef[col].tolist() == row
+    assert model._bias_optimizer.coef[0].tolist() == oracle.bias
+    assert opt.log_weights.tolist() == oracle.a and opt.nag.tolist() == [oracle.t, oracle.n]
