@@ -85,11 +85,15 @@ def blas_report() -> list[str]:
 
 
 def repeat(contenders: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
-    """Run each contender ``repeats`` times, interleaved; each call returns its own elapsed seconds."""
+    """Run each contender ``repeats`` times, interleaved, the order rotated by one each round (so that no
+    contender always runs first, or right after the same other one: what the one before leaves behind,
+    freed memory to reuse or caches to refill, changes the next one's time); each call returns its own
+    elapsed seconds."""
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, run in contenders.items():
-            times[name].append(run())
+    names = list(contenders)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name].append(contenders[name]())
     return times
 
 
