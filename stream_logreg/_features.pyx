@@ -15,7 +15,7 @@ from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_New, PyTuple_SET_ITEM
 from libc.math cimport isfinite
 from libc.stdint cimport uint64_t
 
-from stream_logreg._kernel import INDICATOR
+from stream_logreg._kernel import INDICATOR, _dict_samples
 from stream_logreg._kernel cimport (
     PyErr_Clear, PyErr_Occurred, PyType_GenericAlloc, RowLayout, _column_value, _float_value, _int_value,
     _is_bool, _is_float, _is_int, _is_str, _true, indicator_hint, pair_hash, pair_limit, set_indicator,
@@ -29,21 +29,8 @@ cdef extern from "_dictnext.h":
     int _dict_next_check "sl_dict_next_check" (list dicts) except -1
 
 
-def _dict_samples() -> list:
-    """Dicts of every kind a row can be (str keys, other keys, mixed, with deleted entries, empty, an
-    instance's split dict) for the self-check of the inline PyDict_Next (_dictnext.h)."""
-    class Slots:
-        pass
-    o = Slots()
-    o.a, o.b = 1, 2
-    a = {f"k{i}": i for i in range(40)}
-    del a["k3"], a["k39"]
-    b = {i: str(i) for i in range(20)}
-    del b[0]
-    return [a, b, {"x": 1, 2: "y", (3,): None}, {}, dict.fromkeys("abc"), o.__dict__, {"only": 1.0}]
-
-
-#: Whether the rows' loops read dicts inline (the layout confirmed at import), not through PyDict_Next.
+#: Whether the rows' loops read dicts inline (the layout confirmed at import, on the same dicts as _kernel's
+#: check: each module has its own copy of the inline reader), not through PyDict_Next.
 DICT_NEXT_INLINE = bool(_dict_next_check(_dict_samples()))
 
 cdef extern from "_blake2b.h":

@@ -143,7 +143,7 @@ def learn_values(object decode, object learn, list values not None, Py_ssize_t s
         raise TypeError("event must be a tuple subclass")
     if join is not None and scoring:
         waiting, label_type, joined, refused = join
-        if type(waiting) is not dict and not isinstance(waiting, dict):
+        if not isinstance(waiting, dict):
             raise TypeError("join's first item must be a dict")
     if fast:
         compiled = getattr(model, "compiled_step", None)
