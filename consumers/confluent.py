@@ -423,6 +423,9 @@ class ConfluentSource(Source):
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
         self.consumer.pause([_ctp(tp) for tp in partitions])
 
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        self.consumer.resume([_ctp(tp) for tp in partitions])
+
     def highwater(self, tp: TopicPartition) -> int | None:
         """The partition's end offset as last fetched, refreshed at most every :attr:`highwater_every`
         seconds (even librdkafka's cached look-up waits on its threads, ~1 ms: too slow for every poll)."""

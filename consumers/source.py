@@ -332,6 +332,9 @@ class Source:
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
         self.consumer.pause(*partitions)
 
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        self.consumer.resume(*partitions)
+
     def highwater(self, tp: TopicPartition) -> int | None:
         """The partition's end offset as last fetched (a local look-up)."""
         return self.consumer.highwater(tp)
