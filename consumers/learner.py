@@ -448,15 +448,17 @@ class Learner:
         if source.commit_failures():  # a periodic commit was refused: commit again
             state.commit_pending = True
         state.tick(source.assignment(), source.pending, self._flush, source.commit_soon)
-        if state.needs_reload or state.fenced is not None or not batch:
+        if state.needs_reload or state.fenced is not None:
+            return {}
+        work = {tp: rv for tp, rv in batch.items() if tp not in pending and rv[0]}
+        if self._pacer is not None:  # after every poll, an empty one too: a pause may end without records
+            self._pace(work)
+        if not batch:
             return {}
         if self.group is not None:  # never predict with a model staler than that
             state.sync_if_due()
         if self._exactly_once:
             self._transactions.begin(state)
-        work = {tp: rv for tp, rv in batch.items() if tp not in pending and rv[0]}
-        if self._pacer is not None:
-            self._pace(work)
         return work
 
     def _pace(self, work: dict) -> None:

@@ -300,6 +300,7 @@ class Source:
         their values (what the hot loop reads, alike for every client). A member fenced by another one
         with the same instance id is flagged (:attr:`fenced`) and gets nothing: with nothing new to commit
         this is where it finds out, and retrying the poll would never end."""
+        self._unpark()
         try:
             polled = self.consumer.poll(timeout_ms=timeout_ms)
         except FencedInstanceIdError:
@@ -308,6 +309,18 @@ class Source:
         if not polled and self._heartbeat_fenced():
             self.fenced = True
         return {tp: (rs, [r.value for r in rs]) for tp, rs in polled.items()}
+
+    def _unpark(self) -> None:
+        """Work around kafka-python 3.0.12 starving a resumed partition. It parks the records fetched for a
+        partition while the partition is paused, and after its resume gives them back only when the slot
+        for the partition being drained is empty: ``None``, not an emptied one, which it leaves there.
+        Meanwhile it fetches nothing more for a partition whose records are parked, so a paused and
+        resumed partition could get nothing for good. An emptied slot is cleared before each poll while
+        records are parked (what kafka-python itself does with a new fetch)."""
+        fetcher = getattr(self.consumer, "_fetcher", None)
+        current = getattr(fetcher, "_next_partition_records", None)
+        if current is not None and not current and getattr(fetcher, "_paused_partition_records", None):
+            fetcher._next_partition_records = None
 
     def _heartbeat_fenced(self) -> bool:
         """Whether kafka-python's heartbeat thread was fenced (another member joined with this one's
