@@ -246,8 +246,11 @@ class Learner:
                                     extra_state=self._labels, group=self.group)
         self._source, self._outputs = _clients(config, self.stats)
         # Delayed labels: the events and labels topics read in step by record time (consumers.pacing)
-        self._pacer = (Pacer(config.labels_topic, self._source.record, config.auto_offset_reset == "earliest")
-                       if config.labels_topic else None)
+        # (a lead in record time of half the TTL, or a half-full store; any lead where a pause is cheap)
+        self._pacer = (Pacer(config.labels_topic, self._source.record,
+                             0 if self._source.pause_keeps_fetched else int(config.label_ttl * 500),
+                             self._labels.crowded, from_start=config.auto_offset_reset == "earliest")
+                       if self._labels is not None else None)
         self._outputs.group = self.group  # predictions carry the group model's version
         self._topics_checked = False
         self._pipeline: Pipeline | None = None  # while running: the polled batch being learned

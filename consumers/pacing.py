@@ -7,30 +7,34 @@ labels. What is read ahead waits in the join store for a partner that is still i
 (the oldest entries evicted, their events never learned) and the stream time it brings expires what waits
 (``--label-ttl`` counts in record time). Live, neither topic is behind and none of this happens.
 
-So, as Kafka Streams does (it processes the record with the smallest timestamp among its partitions), the
-learner holds back the partition that has read ahead: with ``P(e)`` the labels partition of the same number as
-events partition ``e`` (they are co-partitioned), after every poll
+So the learner holds back the partition that has read ahead, as Kafka Streams does (it processes the
+record with the smallest timestamp among its partitions). With kafka-python, which keeps what it fetched
+for a paused partition, at any lead; with librdkafka, which drops it (a pause costs a fetch again), only
+once reading ahead would cost: a lead of half the TTL, or a store half full.
+With ``P(e)`` the labels partition of the same number as events partition ``e`` (they are co-partitioned),
+after every poll
 
-- labels partition ``L`` is paused while some events partition ``e`` with ``P(e) = L`` still has records to
-  read (its position is before its end) and the last label read from ``L`` has a later timestamp than the
-  last event read from ``e``;
-- events partition ``e`` is paused while ``P(e)`` still has records to read and the last event read from
-  ``e`` has a later timestamp than the last label read from ``P(e)``;
-- a paused partition is resumed as soon as neither holds (its partner caught up in time, or read to its end).
+- labels partition ``L`` is paused when some events partition ``e`` with ``P(e) = L`` still has records to
+  read (its position is before its end), the last label read from ``L`` has a later timestamp than the last
+  event read from ``e``, and either by more than half the TTL (``max_lead_ms``) or the store is more than
+  half full (``crowded()``);
+- events partition ``e`` is paused likewise against ``P(e)``;
+- a paused partition is resumed once its partner has caught up with it in time, or has nothing more to read.
 
 A partition not read yet, or whose records carry no timestamp (-1), counts as the earliest while it has
-records to read; one with no timestamp holds nothing back. Whether a partition has records to read is its
-position (the record after the last one read, else where it was sought to, else its start) against its end
-offset (the larger of the one found when it was assigned and the last one fetched). A partition that should
-have records but brings none for :data:`STALLED_SECONDS` (its records deleted by retention, say) holds
-nothing back until it brings some: no pause waits on a partition that does not move.
+records to read (its partner is held back until it has read them); one with no timestamp holds nothing
+back. Whether a partition has records to read is its position (the record after the last one read, else
+where it was sought to, else its start) against its end offset (the larger of the one found when it was
+assigned and the last one fetched). A partition that should have records but brings none for
+:data:`STALLED_SECONDS` (its records deleted by retention, say) holds nothing back until it brings some:
+no pause waits on a partition that does not move.
 
 The partition that is behind in time is never paused, so reading always goes on: a pause ends when its
 partner reaches the paused one's time or the end of its log. What a poll had already brought is learned
-(at most one poll's records, up to ``--max-poll-records``, past the point of balance). This changes only
-when records are read, never which records are learned or in which order within a partition: the
-exactly-once contract (design.md) is the same. A paused partition is resumed from the record after the
-last one read, by either client.
+(so a partition reads at most one poll's records, up to ``--max-poll-records``, past the point where it is
+held back). This changes only when records are read, never which records are learned or in which order
+within a partition: the exactly-once contract (design.md) is the same. A paused partition is resumed from
+the record after the last one read, by either client.
 """
 
 from __future__ import annotations
@@ -51,29 +55,37 @@ class Pacer:
     """Holds back the events or labels partitions that have read ahead, in record time, of their partner.
 
     ``labels_topic``: the labels topic (every other topic read is an events topic). ``record``: the client's
-    record view (``topic partition offset timestamp``). ``from_start``: whether a partition with no known
-    position is read from its start (``auto_offset_reset="earliest"``), else from its end. :meth:`assigned` is
-    told the end offsets of newly assigned partitions, :meth:`read` each poll's records (those that will be
-    learned); :meth:`step` then returns the partitions to pause and to resume.
+    record view (``topic partition offset timestamp``). ``max_lead_ms``: the lead in record time beyond
+    which a partition is held back (half the TTL); ``crowded()``: whether the store is so full that any lead
+    is (more than half its bounds). ``from_start``: whether a partition with no known position is read from
+    its start (``auto_offset_reset="earliest"``), else from its end. :meth:`assigned` is told the end offsets
+    of newly assigned partitions, :meth:`read` each poll's records (those that will be learned); :meth:`step`
+    then returns the partitions to pause and to resume.
 
     >>> from collections import namedtuple
     >>> from kafka import TopicPartition as TP
     >>> R = namedtuple("R", "offset timestamp")
     >>> events, labels = TP("events", 0), TP("labels", 0)
-    >>> pacer = Pacer("labels", record=lambda r: r, clock=lambda: 0.0)
+    >>> pacer = Pacer("labels", record=lambda r: r, max_lead_ms=3_000, clock=lambda: 0.0)
     >>> pacer.assigned({events: 50, labels: 100})
     >>> pacer.read({labels: [R(99, 5_000)]})       # the labels came first: events 0-49 are still to read
     >>> pacer.step({events, labels}, lambda tp: None)
     ({TopicPartition(topic='labels', partition=0)}, set())
+    >>> pacer.read({events: [R(29, 4_000)]})       # not caught up yet (though within 3 s)
+    >>> pacer.step({events, labels}, lambda tp: None)
+    (set(), set())
     >>> pacer.read({events: [R(49, 6_000)]})       # the events caught up in time
     >>> pacer.step({events, labels}, lambda tp: None)
     (set(), {TopicPartition(topic='labels', partition=0)})
     """
 
-    def __init__(self, labels_topic: str, record: Callable[[Any], Any], from_start: bool = True,
+    def __init__(self, labels_topic: str, record: Callable[[Any], Any], max_lead_ms: int,
+                 crowded: Callable[[], bool] = lambda: False, from_start: bool = True,
                  clock: Callable[[], float] = _time.monotonic) -> None:
         self.labels_topic = labels_topic
         self.record = record
+        self.max_lead_ms = max_lead_ms
+        self.crowded = crowded
         self.from_start = from_start
         self.clock = clock
         self.held: set[TopicPartition] = set()
@@ -128,6 +140,18 @@ class Pacer:
                 return self.from_start and max(ends) > 0
             return n < max(ends)
 
+        held, max_lead = self.held, self.max_lead_ms
+        crowded: list[bool] = []  # asked once, when needed
+
+        def ahead(t: int, of: int, tp: TopicPartition) -> bool:  # partner time ``of``: -1 if not known
+            if t < 0 or t <= of:
+                return False
+            if tp in held or of < 0 or t - of > max_lead:  # held until the partner catches up
+                return True
+            if not crowded:
+                crowded.append(self.crowded())
+            return crowded[0]
+
         by_number: dict[int, tuple[list, list]] = {}
         for tp in assignment:
             by_number.setdefault(tp.partition, ([], []))[tp.topic == labels].append(tp)
@@ -135,10 +159,10 @@ class Pacer:
         for events, label_tps in by_number.values():
             for lp in label_tps:
                 tl = time.get(lp, -1)
-                if tl >= 0 and any(time.get(e, -1) < tl and behind(e) for e in events):
+                if any(behind(e) and ahead(tl, time.get(e, -1), lp) for e in events):
                     want.add(lp)
                 if behind(lp):
-                    want.update(e for e in events if time.get(e, -1) >= 0 and time[e] > tl)
+                    want.update(e for e in events if ahead(time.get(e, -1), tl, e))
         pause, resume = want - self.held, self.held - want
         self.held = want
         return pause, resume

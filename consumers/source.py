@@ -135,6 +135,10 @@ class Source:
     >>> batch = source.poll()                                                 # doctest: +SKIP
     """
 
+    #: Whether a pause keeps what was fetched for the partition (kafka-python 3.0 parks it and hands it back
+    #: on resume): pausing is then cheap (consumers.pacing holds back at any lead).
+    pause_keeps_fetched = True
+
     def __init__(self, config: Any, stats: Any) -> None:
         self.config = config
         self.stats = stats

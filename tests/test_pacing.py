@@ -38,14 +38,18 @@ gaps = st.lists(st.integers(0, 50), min_size=0, max_size=120)
 
 
 @settings(max_examples=300, deadline=None)
-@given(gaps, gaps, st.integers(1, 20), st.lists(st.booleans(), min_size=1, max_size=400))
+@given(gaps, gaps, st.integers(1, 20), st.lists(st.booleans(), min_size=1, max_size=400),
+       st.sampled_from([0, 30, 200, 10**9]), st.booleans())
 def test_reading_goes_on_and_nothing_runs_ahead_of_a_partner_still_behind_by_more_than_a_poll(
-        ev_gaps: list[int], lb_gaps: list[int], batch: int, picks: list[bool]) -> None:
+        ev_gaps: list[int], lb_gaps: list[int], batch: int, picks: list[bool], max_lead: int,
+        crowded: bool) -> None:
     logs = {EV: times(ev_gaps), LB: times(lb_gaps)}
     read = {EV: 0, LB: 0}
     paused: set[TopicPartition] = set()
-    pacer = Pacer("labels", record=lambda r: r, clock=lambda: 0.0)
+    pacer = Pacer("labels", record=lambda r: r, max_lead_ms=max_lead, crowded=lambda: crowded,
+                  clock=lambda: 0.0)
     pacer.assigned({tp: len(log) for tp, log in logs.items()})
+    lead = 0 if crowded else max_lead  # what may be read ahead of a partner still behind, beyond a poll
     for i in range(10 * (len(logs[EV]) + len(logs[LB])) + 2):
         open_ = [tp for tp in (EV, LB) if tp not in paused and read[tp] < len(logs[tp])]
         if not open_:
@@ -61,16 +65,20 @@ def test_reading_goes_on_and_nothing_runs_ahead_of_a_partner_still_behind_by_mor
         assert paused == pacer.held and len(paused) <= 1  # never both: one of them is the earlier
         for a, b in ((EV, LB), (LB, EV)):  # read ahead of a partner still behind: one poll at most
             if read[b] < len(logs[b]):
-                head = logs[b][read[b] - 1] if read[b] else -1
-                ahead = sum(t > head for t in logs[a][:read[a]])
+                limit = logs[b][read[b] - 1] + lead if read[b] else -1
+                ahead = sum(t > limit for t in logs[a][:read[a]])
                 assert ahead <= batch, (a, ahead, batch)
+        for tp in paused:  # held only while its partner, behind, has not caught up
+            other = LB if tp == EV else EV
+            assert read[other] < len(logs[other])
+            assert not read[other] or logs[other][read[other] - 1] < logs[tp][read[tp] - 1]
     else:
         raise AssertionError("reading did not end")
 
 
 def test_a_partner_that_brings_nothing_holds_nothing_back() -> None:
     now = [0.0]
-    pacer = Pacer("labels", record=lambda r: r, clock=lambda: now[0])
+    pacer = Pacer("labels", record=lambda r: r, max_lead_ms=0, clock=lambda: now[0])
     pacer.assigned({EV: 100, LB: 100})
     pacer.read({LB: [R(9, 1_000)]})
     assert pacer.step({EV, LB}, lambda tp: None) == ({LB}, set())  # events 0-99 still to read
@@ -83,13 +91,13 @@ def test_a_partner_that_brings_nothing_holds_nothing_back() -> None:
 
 
 def test_no_pause_without_timestamps_or_without_a_partner_behind() -> None:
-    pacer = Pacer("labels", record=lambda r: r, clock=lambda: 0.0)
+    pacer = Pacer("labels", record=lambda r: r, max_lead_ms=0, clock=lambda: 0.0)
     pacer.assigned({EV: 10, LB: 10})
     pacer.read({LB: [R(9, -1)], EV: [R(3, 5)]})  # labels without timestamps
     assert pacer.step({EV, LB}, lambda tp: None) == (set(), set())
     pacer.read({LB: [R(9, 50)], EV: [R(9, 5)]})  # events read to their end: nothing to wait for
     assert pacer.step({EV, LB}, lambda tp: None) == (set(), set())
-    later = Pacer("labels", record=lambda r: r, from_start=False, clock=lambda: 0.0)
+    later = Pacer("labels", record=lambda r: r, max_lead_ms=0, from_start=False, clock=lambda: 0.0)
     later.assigned({EV: 10, LB: 10})  # read from the end (auto_offset_reset=latest): nothing behind
     later.read({LB: [R(10, 50)]})
     assert later.step({EV, LB}, lambda tp: None) == (set(), set())
@@ -97,7 +105,7 @@ def test_no_pause_without_timestamps_or_without_a_partner_behind() -> None:
 
 def test_the_pair_is_by_partition_number_and_a_revoked_partition_is_forgotten() -> None:
     e1, l1 = TopicPartition("events", 1), TopicPartition("labels", 1)
-    pacer = Pacer("labels", record=lambda r: r, clock=lambda: 0.0)
+    pacer = Pacer("labels", record=lambda r: r, max_lead_ms=0, clock=lambda: 0.0)
     pacer.assigned({EV: 100, LB: 100, e1: 100, l1: 100})
     pacer.read({LB: [R(5, 900)], EV: [R(5, 100)], l1: [R(5, 100)], e1: [R(5, 900)]})
     assert pacer.step({EV, LB, e1, l1}, lambda tp: None) == ({LB, e1}, set())
