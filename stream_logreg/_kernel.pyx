@@ -1828,6 +1828,37 @@ cdef extern from *:
                           double* z) noexcept nogil
 
 
+cdef extern from *:
+    """
+    /* One coordinate's gradients and SGD steps in `MixtureStep._steps_one`: g[k] = (0.0 + rk[k]·x) + l2·R[k]
+       for the eight members (R before the steps), then R[k] -= rates[k]·g[k] for the six SGD members; with
+       SSE2 two members at a time (per member the same IEEE operations in the same order: bitwise). */
+    static inline void sl_grad8_sgd6(double* R, const double* rk, double x, double l2, const double* rates,
+                                     double* g) {
+    #ifdef __SSE2__
+        const __m128d xs = _mm_set1_pd(x), ls = _mm_set1_pd(l2), zero = _mm_setzero_pd();
+        __m128d g0, g1, g2, g3;
+        g0 = _mm_add_pd(_mm_add_pd(zero, _mm_mul_pd(_mm_loadu_pd(rk), xs)), _mm_mul_pd(ls, _mm_loadu_pd(R)));
+        g1 = _mm_add_pd(_mm_add_pd(zero, _mm_mul_pd(_mm_loadu_pd(rk + 2), xs)), _mm_mul_pd(ls, _mm_loadu_pd(R + 2)));
+        g2 = _mm_add_pd(_mm_add_pd(zero, _mm_mul_pd(_mm_loadu_pd(rk + 4), xs)), _mm_mul_pd(ls, _mm_loadu_pd(R + 4)));
+        g3 = _mm_add_pd(_mm_add_pd(zero, _mm_mul_pd(_mm_loadu_pd(rk + 6), xs)), _mm_mul_pd(ls, _mm_loadu_pd(R + 6)));
+        _mm_storeu_pd(R, _mm_sub_pd(_mm_loadu_pd(R), _mm_mul_pd(_mm_loadu_pd(rates), g0)));
+        _mm_storeu_pd(R + 2, _mm_sub_pd(_mm_loadu_pd(R + 2), _mm_mul_pd(_mm_loadu_pd(rates + 2), g1)));
+        _mm_storeu_pd(R + 4, _mm_sub_pd(_mm_loadu_pd(R + 4), _mm_mul_pd(_mm_loadu_pd(rates + 4), g2)));
+        _mm_storeu_pd(g + 6, g3);
+    #else
+        int k;
+        for (k = 0; k < 8; k++)
+            g[k] = (0.0 + rk[k] * x) + l2 * R[k];
+        for (k = 0; k < 6; k++)
+            R[k] -= rates[k] * g[k];
+    #endif
+    }
+    """
+    void _grad8_sgd6 "sl_grad8_sgd6" (double* R, double* rk, double x, double l2, double* rates,
+                                      double* g) noexcept nogil
+
+
 cdef enum:
     NEXT_ROWS = 12  # rows of the columns a vocabulary creates next, prefetched per event (~9 new a row)
 
@@ -2266,7 +2297,7 @@ cdef class MixtureStep:
         cdef double* R
         cdef double rk[8]
         cdef double g[8]
-        cdef double wt = sw * (self.pos_w if y == 1.0 else self.neg_w), vi, l2 = self.l2
+        cdef double wt = sw * (self.pos_w if y == 1.0 else self.neg_w), l2 = self.l2
         cdef double step = self.nag_lr * sqrt(self.scp[0] / self.scp[1])
         cdef Py_ssize_t i, k
         for k in range(MIX_K):
@@ -2274,10 +2305,8 @@ cdef class MixtureStep:
             gb[k] = 0.0 + rk[k]
         for i in range(n):
             R = M + c[i] * MIX_S
-            vi = v[i]
-            for k in range(MIX_K):
-                g[k] = (0.0 + rk[k] * vi) + l2 * R[k]
-            self._member_steps(R, g, step)
+            _grad8_sgd6(R, rk, v[i], l2, self.rates, g)  # g[6], g[7] written: NAG's and FTRL's
+            self._adaptive_steps(R, g, step)
         self._member_steps(self.Bp, gb, step)
 
     cdef inline void _undo(self, Py_ssize_t* T, Py_ssize_t nt, double* U) noexcept nogil:
@@ -2298,9 +2327,13 @@ cdef class MixtureStep:
     cdef inline void _member_steps(self, double* R, double* g, double step) noexcept nogil:
         """The eight members' updates of one coordinate's row R, with gradients g[0..7]."""
         cdef Py_ssize_t k
-        cdef double gk
         for k in range(6):
             R[k] -= self.rates[k] * g[k]
+        self._adaptive_steps(R, g, step)
+
+    cdef inline void _adaptive_steps(self, double* R, double* g, double step) noexcept nogil:
+        """NAG's and FTRL's updates of R with gradients g[6], g[7] (the end of `_member_steps`)."""
+        cdef double gk
         # NAG and FTRL skip a zero gradient, and one whose square underflows to a zero accumulator (a
         # value below ~1e-154: 0/0 otherwise).
         gk = g[MIX_NAG]
