@@ -2141,7 +2141,7 @@ cdef class MixtureStep:
         cdef Py_ssize_t* slots
         cdef Py_ssize_t* table = NULL
         cdef double delta[8]
-        cdef double wt, r, rk, av, acc, mx, step, gk, zn, fm = <double> m
+        cdef double wt, r, rk, av, acc, step, gk, zn, fm = <double> m
         cdef long double wide
         cdef int bad = 0
         # scratch: P (m·K), G (nnz·K), gb (K), U (nnz·S + S + K + 2); ints: T (nnz), slots (nnz)
@@ -2163,30 +2163,26 @@ cdef class MixtureStep:
             for k in range(MIX_K):
                 r = P[i * MIX_K + k]
                 delta[k] += wt * log(r if y[i] == 1.0 else 1.0 - r)
-        # 2. The distinct columns (in order of first appearance) and each entry's slot among them.
         if m == 1:
-            for e in range(nnz):
-                T[e] = c[e]
-                slots[e] = e
-            nt = nnz
-        else:
-            while size < 2 * nnz:
-                size <<= 1
-                bits += 1
-            table = <Py_ssize_t*> calloc(size, sizeof(Py_ssize_t))
-            if table == NULL:
-                raise MemoryError()
-            for e in range(nnz):
-                j = c[e]
-                slot = <Py_ssize_t> ((<unsigned long long> j * 11400714819323198485ULL) >> (64 - bits))
-                while table[slot] != 0 and T[table[slot] - 1] != j:
-                    slot = (slot + 1) & (size - 1)
-                if table[slot] == 0:
-                    table[slot] = nt + 1
-                    T[nt] = j
-                    nt += 1
-                slots[e] = table[slot] - 1
-            free(table)
+            return self._rest_one(c, v, nnz, y[0], sw[0], P, delta, U)
+        # 2. The distinct columns (in order of first appearance) and each entry's slot among them.
+        while size < 2 * nnz:
+            size <<= 1
+            bits += 1
+        table = <Py_ssize_t*> calloc(size, sizeof(Py_ssize_t))
+        if table == NULL:
+            raise MemoryError()
+        for e in range(nnz):
+            j = c[e]
+            slot = <Py_ssize_t> ((<unsigned long long> j * 11400714819323198485ULL) >> (64 - bits))
+            while table[slot] != 0 and T[table[slot] - 1] != j:
+                slot = (slot + 1) & (size - 1)
+            if table[slot] == 0:
+                table[slot] = nt + 1
+                T[nt] = j
+                nt += 1
+            slots[e] = table[slot] - 1
+        free(table)
         # 3. Save what the update may change.
         for tix in range(nt):
             memcpy(U + tix * MIX_S, M + T[tix] * MIX_S, MIX_S * sizeof(double))
@@ -2197,21 +2193,7 @@ cdef class MixtureStep:
         U[nt * MIX_S + MIX_S + MIX_K] = sc[0]
         U[nt * MIX_S + MIX_S + MIX_K + 1] = sc[1]
         # 4. The mixture: a_k ← a_k + Σ_i s_i c_i ln p_ik(y_i), then normalised to max 0, floored at −1e4.
-        mx = -DBL_MAX
-        for k in range(MIX_K):
-            acc = a[k] + delta[k]
-            if acc != acc:
-                bad = 1
-            elif acc > MIX_A_BOUND:
-                acc = MIX_A_BOUND
-            elif acc < -MIX_A_BOUND:
-                acc = -MIX_A_BOUND
-            delta[k] = acc
-            if acc > mx:
-                mx = acc
-        for k in range(MIX_K):
-            acc = delta[k] - mx
-            a[k] = acc if acc > MIX_A_MIN else MIX_A_MIN
+        bad |= self._log_weights(delta)
         # 5. NAG: rescale the weights of coordinates whose |x| exceeds their scale, then predict again.
         for e in range(nnz):
             av = fabs(v[e])
@@ -2222,12 +2204,7 @@ cdef class MixtureStep:
                 else:
                     R[MIX_NAG] = 0.0
                 R[MIX_SCALE] = av
-        if 1.0 > B[MIX_SCALE]:
-            if B[MIX_SCALE] > 0.0:
-                B[MIX_NAG] *= B[MIX_SCALE] * B[MIX_SCALE]
-            else:
-                B[MIX_NAG] = 0.0
-            B[MIX_SCALE] = 1.0
+        self._bias_scale()
         acc = 0.0
         for i in range(m):
             zn = 0.0
@@ -2247,15 +2224,6 @@ cdef class MixtureStep:
             acc += 1.0  # the bias: x = 1, s = 1
         sc[0] += 1.0
         sc[1] += acc / fm
-        if m == 1:  # steps 6 and 7 for one row (its columns distinct), the same operations fused
-            self._steps_one(P, c, v, nnz, y[0], sw[0], gb)
-            bad |= not _row_finite(B, MIX_S) or not _row_finite(a, MIX_K) or not _row_finite(sc, 2)
-            for e in range(nnz):
-                bad |= not _row_finite(M + c[e] * MIX_S, MIX_S)
-            if bad:
-                self._undo(T, nt, U)
-                return 1
-            return 0
         # 6. Each member's mean gradient over the batch: g_kj = (1/m) Σ_i clip((p_ik − y_i) s_i c_i) x_ij.
         for e in range(nt * MIX_K):
             G[e] = 0.0
@@ -2288,8 +2256,104 @@ cdef class MixtureStep:
             return 1
         return 0
 
-    cdef inline void _steps_one(self, double* P, Py_ssize_t* c, double* v, Py_ssize_t n, double y, double sw,
-                                double* gb) noexcept nogil:
+    cdef inline int _log_weights(self, double* delta) noexcept nogil:
+        """Step 4 of `_learn`: a_k ← a_k + delta_k (the batch's log likelihoods; delta is overwritten), then
+        normalised to max 0 and floored at −1e4; 1 if a sum is NaN."""
+        cdef double* a = self.ap
+        cdef double acc, mx = -DBL_MAX
+        cdef Py_ssize_t k
+        cdef int bad = 0
+        for k in range(MIX_K):
+            acc = a[k] + delta[k]
+            if acc != acc:
+                bad = 1
+            elif acc > MIX_A_BOUND:
+                acc = MIX_A_BOUND
+            elif acc < -MIX_A_BOUND:
+                acc = -MIX_A_BOUND
+            delta[k] = acc
+            if acc > mx:
+                mx = acc
+        for k in range(MIX_K):
+            acc = delta[k] - mx
+            a[k] = acc if acc > MIX_A_MIN else MIX_A_MIN
+        return bad
+
+    cdef inline void _bias_scale(self) noexcept nogil:
+        """NAG's scale of the bias (x = 1): its weight rescaled as `_learn`'s step 5 does for the columns."""
+        cdef double* B = self.Bp
+        if 1.0 > B[MIX_SCALE]:
+            if B[MIX_SCALE] > 0.0:
+                B[MIX_NAG] *= B[MIX_SCALE] * B[MIX_SCALE]
+            else:
+                B[MIX_NAG] = 0.0
+            B[MIX_SCALE] = 1.0
+
+    cdef inline int _rest_one(self, Py_ssize_t* c, double* v, Py_ssize_t n, double y, double sw, double* P,
+                              double* delta, double* U) noexcept nogil:
+        """Steps 2 to 7 of `_learn` for a batch of one row (entries i < n, distinct columns c[i], so that each
+        step's loop over the entries reads and writes only its own entry's row): the same operations on each
+        row, in the same order, the loops of steps 3 and 5 fused (save, rescale, NAG's logit) and of step 7
+        with the finite checks. P: the members' probabilities, delta: the log likelihoods (step 1), U: the
+        scratch of `_learn`. Returns 1 if refused (everything put back)."""
+        cdef double* M = self.Mp
+        cdef double* B = self.Bp
+        cdef double* a = self.ap
+        cdef double* sc = self.scp
+        cdef double* R
+        cdef double* ub = U + n * MIX_S
+        cdef double acc, av, zn
+        cdef double gb[8]
+        cdef long double wide
+        cdef Py_ssize_t e, k
+        cdef int bad = 0
+        # 3. Save what the update may change: the bias, a_k, t and N now, each row in the loop of step 5.
+        for k in range(MIX_S):
+            ub[k] = B[k]
+        for k in range(MIX_K):
+            ub[MIX_S + k] = a[k]
+        ub[MIX_S + MIX_K] = sc[0]
+        ub[MIX_S + MIX_K + 1] = sc[1]
+        # 4. The mixture's log-weights.
+        bad |= self._log_weights(delta)
+        # 5. NAG: the bias's scale, then per row: saved, rescaled, and its term of the logit and of N.
+        self._bias_scale()
+        acc = 0.0
+        zn = 0.0
+        for e in range(n):
+            R = M + c[e] * MIX_S
+            memcpy(U + e * MIX_S, R, MIX_S * sizeof(double))
+            av = fabs(v[e])
+            if av > R[MIX_SCALE]:
+                if R[MIX_SCALE] > 0.0:
+                    R[MIX_NAG] *= (R[MIX_SCALE] / av) * (R[MIX_SCALE] / av)
+                else:
+                    R[MIX_NAG] = 0.0
+                R[MIX_SCALE] = av
+            zn += R[MIX_NAG] * v[e]
+            if v[e] != 0.0:
+                acc += (v[e] / R[MIX_SCALE]) * (v[e] / R[MIX_SCALE])
+        if not isfinite(zn):
+            wide = 0.0
+            for e in range(n):
+                wide += (<long double> M[c[e] * MIX_S + MIX_NAG]) * (<long double> v[e])
+            zn = <double> wide
+        zn = zn + B[MIX_NAG]
+        zn = MIX_Z_MAX if zn > MIX_Z_MAX else (-MIX_Z_MAX if zn < -MIX_Z_MAX else zn)
+        P[MIX_NAG] = _sigmoid(zn)
+        acc += 1.0  # the bias: x = 1, s = 1
+        sc[0] += 1.0
+        sc[1] += acc  # acc / m as in `_learn`, m = 1: exact
+        # 6 and 7, each row checked right after its step.
+        bad |= self._steps_one(P, c, v, n, y, sw, gb)
+        bad |= not _row_finite(B, MIX_S) or not _row_finite(a, MIX_K) or not _row_finite(sc, 2)
+        if bad:
+            self._undo(c, n, U)
+            return 1
+        return 0
+
+    cdef inline int _steps_one(self, double* P, Py_ssize_t* c, double* v, Py_ssize_t n, double y, double sw,
+                               double* gb) noexcept nogil:
         """Steps 6 and 7 of `_learn` for a batch of one row (entries i < n, distinct columns c[i]): the
         gradients (p_k − y)·s·c·x_i with the same operations as the batch's (each a sum from 0.0, divided by
         the batch's size 1.0, which is exact and so left out), then the members' steps, row by row."""
@@ -2303,11 +2367,14 @@ cdef class MixtureStep:
         for k in range(MIX_K):
             rk[k] = _clip((P[k] - y) * wt, self.clip)
             gb[k] = 0.0 + rk[k]
+        cdef int bad = 0
         for i in range(n):
             R = M + c[i] * MIX_S
             _grad8_sgd6(R, rk, v[i], l2, self.rates, g)  # g[6], g[7] written: NAG's and FTRL's
             self._adaptive_steps(R, g, step)
+            bad |= not _row_finite(R, MIX_S)
         self._member_steps(self.Bp, gb, step)
+        return bad
 
     cdef inline void _undo(self, Py_ssize_t* T, Py_ssize_t nt, double* U) noexcept nogil:
         """Put back what step 3 of `_learn` saved in U (the nt rows T, then the bias, a_k, t and N)."""
