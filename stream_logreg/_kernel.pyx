@@ -2502,14 +2502,14 @@ cdef class MixtureStep:
         cdef int refused
         if self.sp != NULL:
             s, f = self.sp, self.fp
-            if predict:
-                _scale_entries(c, v, buf, n, s, f, False, NULL)
-                self._probas(c, buf, n, pk)
-                p0 = self._mix(pk)
             xs = buf + n
-            if _scale_entries(c, v, xs, n, s, f, True, saved):
+            if (_scale_twice(c, v, buf, xs, n, s, f, saved) if predict
+                    else _scale_entries(c, v, xs, n, s, f, True, saved)):
                 _unscale_entries(c, n, s, f, saved)
                 return NAN
+            if predict:  # from the row standardized before its values were learned (buf)
+                self._probas(c, buf, n, pk)
+                p0 = self._mix(pk)
         ip[0], ip[1] = 0, n
         # reserved: cannot fail; standardized with a prediction first, that one is returned (not this one)
         refused = self._learn(c, xs, ip, 1, &y, &sample_weight, NULL if s != NULL and predict else &p)
@@ -2638,35 +2638,53 @@ cdef double predict_row(object step, Py_ssize_t* c, double* v, Py_ssize_t n) exc
 
 # Built-in standardization (the model's ``scale=True``): River's StandardScaler, per column.
 
+cdef inline double _scale_one(Py_ssize_t j, double x, double* s, double* f, bint learn, double* u,
+                              int* bad) noexcept nogil:
+    """Value x of column j standardized (unchanged if j is not numeric, f[j] == 0); with `learn`, the
+    statistics of j learn x first and their old values go to u[0:3]. Sets *bad to 1 if a new statistic or
+    the value is not finite (a value beyond the double range is returned as ±DBL_MAX)."""
+    cdef double m0
+    if f[j] == 0.0:
+        return x
+    if learn:
+        u[0], u[1], u[2] = s[3 * j], s[3 * j + 1], s[3 * j + 2]
+        s[3 * j] += 1.0
+        m0 = s[3 * j + 1]
+        s[3 * j + 1] = m0 + (x - m0) / s[3 * j]
+        s[3 * j + 2] = s[3 * j + 2] + ((x - m0) * (x - s[3 * j + 1]) - s[3 * j + 2]) / s[3 * j]
+        bad[0] |= not (fabs(s[3 * j + 1]) <= DBL_MAX) or not (fabs(s[3 * j + 2]) <= DBL_MAX)
+    if s[3 * j + 2] != 0.0:
+        x = (x - s[3 * j + 1]) / sqrt(s[3 * j + 2])
+    else:
+        x = 0.0
+    if not (fabs(x) <= DBL_MAX):  # beyond the double range: the largest finite value of its sign
+        bad[0] = 1
+        x = DBL_MAX if x > 0 else -DBL_MAX
+    return x
+
+
 cdef int _scale_entries(Py_ssize_t* c, double* src, double* dst, Py_ssize_t n, double* s, double* f, bint learn,
                         double* u) noexcept nogil:
     """The loop of `scale_row` on raw pointers: dst[i] ← src[i] standardized (dst may be src); with
     `learn`, the statistics learn src[i] first and their old values go to u[3i:3i + 3]. Returns 1 if a new
     statistic or value is not finite (a value beyond the double range is written as ±DBL_MAX), else 0."""
-    cdef Py_ssize_t i, j
-    cdef double m0, x
+    cdef Py_ssize_t i
     cdef int bad = 0
     for i in range(n):
-        j = c[i]
-        x = src[i]
-        if f[j] == 0.0:
-            dst[i] = x
-            continue
-        if learn:
-            u[3 * i], u[3 * i + 1], u[3 * i + 2] = s[3 * j], s[3 * j + 1], s[3 * j + 2]
-            s[3 * j] += 1.0
-            m0 = s[3 * j + 1]
-            s[3 * j + 1] = m0 + (x - m0) / s[3 * j]
-            s[3 * j + 2] = s[3 * j + 2] + ((x - m0) * (x - s[3 * j + 1]) - s[3 * j + 2]) / s[3 * j]
-            bad |= not (fabs(s[3 * j + 1]) <= DBL_MAX) or not (fabs(s[3 * j + 2]) <= DBL_MAX)
-        if s[3 * j + 2] != 0.0:
-            x = (x - s[3 * j + 1]) / sqrt(s[3 * j + 2])
-        else:
-            x = 0.0
-        if not (fabs(x) <= DBL_MAX):  # beyond the double range: the largest finite value of its sign
-            bad = 1
-            x = DBL_MAX if x > 0 else -DBL_MAX
-        dst[i] = x
+        dst[i] = _scale_one(c[i], src[i], s, f, learn, u + 3 * i if learn else NULL, &bad)
+    return bad
+
+
+cdef inline int _scale_twice(Py_ssize_t* c, double* src, double* before, double* after, Py_ssize_t n, double* s,
+                             double* f, double* u) noexcept nogil:
+    """`_scale_entries(c, src, before, n, s, f, False, NULL)` then `_scale_entries(c, src, after, n, s, f,
+    True, u)` in one loop (the row's columns distinct: entry i's statistics are only its own); returns the
+    second's result."""
+    cdef Py_ssize_t i
+    cdef int bad = 0, ignored = 0
+    for i in range(n):
+        before[i] = _scale_one(c[i], src[i], s, f, False, NULL, &ignored)
+        after[i] = _scale_one(c[i], src[i], s, f, True, u + 3 * i, &bad)
     return bad
 
 
