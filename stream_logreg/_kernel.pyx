@@ -2117,8 +2117,12 @@ cdef class MixtureStep:
 
     cdef int _count(self, Py_ssize_t k) except -1:
         """`k` accepted updates: as Optimizer.step, each adds 1 to the optimizers' `n_iterations`."""
-        self.opt.n_iterations += k
-        self.bias_opt.n_iterations += k
+        if k == 1:  # the per-event case: Cython adds a constant 1 without making an int object for it
+            self.opt.n_iterations += 1
+            self.bias_opt.n_iterations += 1
+        else:
+            self.opt.n_iterations += k
+            self.bias_opt.n_iterations += k
         return 0
 
     cdef int _learn(self, Py_ssize_t* c, double* v, Py_ssize_t* ip, Py_ssize_t m, double* y, double* sw,
