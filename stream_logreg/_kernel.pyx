@@ -1794,6 +1794,71 @@ cdef extern from *:
     bint _row_finite "sl_row_finite" (double* r, Py_ssize_t n) noexcept nogil
 
 
+cdef extern from *:
+    """
+    /* z[k] = 0.0 + Σ_i rows[c[i]·width + k]·v[i] for k < 8, the sum in the order of i: with SSE2 two members
+       at a time (each lane the same IEEE products and sums, in the same order, as the scalar loop: bitwise
+       its results), the row's first 8 doubles loaded as they lie. */
+    static inline void sl_dot8(const double* rows, Py_ssize_t width, const Py_ssize_t* c, const double* v,
+                               Py_ssize_t n, double* z) {
+    #ifdef __SSE2__
+        __m128d z0 = _mm_setzero_pd(), z1 = _mm_setzero_pd(), z2 = _mm_setzero_pd(), z3 = _mm_setzero_pd();
+        for (Py_ssize_t i = 0; i < n; i++) {
+            const double* r = rows + c[i] * width;
+            const __m128d x = _mm_set1_pd(v[i]);
+            z0 = _mm_add_pd(z0, _mm_mul_pd(_mm_loadu_pd(r), x));
+            z1 = _mm_add_pd(z1, _mm_mul_pd(_mm_loadu_pd(r + 2), x));
+            z2 = _mm_add_pd(z2, _mm_mul_pd(_mm_loadu_pd(r + 4), x));
+            z3 = _mm_add_pd(z3, _mm_mul_pd(_mm_loadu_pd(r + 6), x));
+        }
+        _mm_storeu_pd(z, z0);
+        _mm_storeu_pd(z + 2, z1);
+        _mm_storeu_pd(z + 4, z2);
+        _mm_storeu_pd(z + 6, z3);
+    #else
+        for (int k = 0; k < 8; k++)
+            z[k] = 0.0;
+        for (Py_ssize_t i = 0; i < n; i++)
+            for (int k = 0; k < 8; k++)
+                z[k] += rows[c[i] * width + k] * v[i];
+    #endif
+    }
+    """
+    void _dot8 "sl_dot8" (double* rows, Py_ssize_t width, Py_ssize_t* c, double* v, Py_ssize_t n,
+                          double* z) noexcept nogil
+
+
+cdef extern from *:
+    """
+    /* One coordinate's gradients and SGD steps in `MixtureStep._steps_one`: g[k] = (0.0 + rk[k]·x) + l2·R[k]
+       for the eight members (R before the steps), then R[k] -= rates[k]·g[k] for the six SGD members; with
+       SSE2 two members at a time (per member the same IEEE operations in the same order: bitwise). */
+    static inline void sl_grad8_sgd6(double* R, const double* rk, double x, double l2, const double* rates,
+                                     double* g) {
+    #ifdef __SSE2__
+        const __m128d xs = _mm_set1_pd(x), ls = _mm_set1_pd(l2), zero = _mm_setzero_pd();
+        __m128d g0, g1, g2, g3;
+        g0 = _mm_add_pd(_mm_add_pd(zero, _mm_mul_pd(_mm_loadu_pd(rk), xs)), _mm_mul_pd(ls, _mm_loadu_pd(R)));
+        g1 = _mm_add_pd(_mm_add_pd(zero, _mm_mul_pd(_mm_loadu_pd(rk + 2), xs)), _mm_mul_pd(ls, _mm_loadu_pd(R + 2)));
+        g2 = _mm_add_pd(_mm_add_pd(zero, _mm_mul_pd(_mm_loadu_pd(rk + 4), xs)), _mm_mul_pd(ls, _mm_loadu_pd(R + 4)));
+        g3 = _mm_add_pd(_mm_add_pd(zero, _mm_mul_pd(_mm_loadu_pd(rk + 6), xs)), _mm_mul_pd(ls, _mm_loadu_pd(R + 6)));
+        _mm_storeu_pd(R, _mm_sub_pd(_mm_loadu_pd(R), _mm_mul_pd(_mm_loadu_pd(rates), g0)));
+        _mm_storeu_pd(R + 2, _mm_sub_pd(_mm_loadu_pd(R + 2), _mm_mul_pd(_mm_loadu_pd(rates + 2), g1)));
+        _mm_storeu_pd(R + 4, _mm_sub_pd(_mm_loadu_pd(R + 4), _mm_mul_pd(_mm_loadu_pd(rates + 4), g2)));
+        _mm_storeu_pd(g + 6, g3);
+    #else
+        int k;
+        for (k = 0; k < 8; k++)
+            g[k] = (0.0 + rk[k] * x) + l2 * R[k];
+        for (k = 0; k < 6; k++)
+            R[k] -= rates[k] * g[k];
+    #endif
+    }
+    """
+    void _grad8_sgd6 "sl_grad8_sgd6" (double* R, double* rk, double x, double l2, double* rates,
+                                      double* g) noexcept nogil
+
+
 cdef enum:
     NEXT_ROWS = 12  # rows of the columns a vocabulary creates next, prefetched per event (~9 new a row)
 
@@ -1891,14 +1956,8 @@ cdef class MixtureStep:
         cdef double* B = self.Bp
         cdef double z[8]
         cdef long double wide
-        cdef double* r
         cdef Py_ssize_t i, k
-        for k in range(MIX_K):
-            z[k] = 0.0
-        for i in range(n):
-            r = M + c[i] * MIX_S
-            for k in range(MIX_K):
-                z[k] += r[k] * v[i]
+        _dot8(M, MIX_S, c, v, n, z)
         for k in range(MIX_K):
             if not isfinite(z[k]):  # an overflow or inf − inf: the correctly signed sum, ±inf at worst
                 wide = 0.0
@@ -2058,14 +2117,19 @@ cdef class MixtureStep:
 
     cdef int _count(self, Py_ssize_t k) except -1:
         """`k` accepted updates: as Optimizer.step, each adds 1 to the optimizers' `n_iterations`."""
-        self.opt.n_iterations += k
-        self.bias_opt.n_iterations += k
+        if k == 1:  # the per-event case: Cython adds a constant 1 without making an int object for it
+            self.opt.n_iterations += 1
+            self.bias_opt.n_iterations += 1
+        else:
+            self.opt.n_iterations += k
+            self.bias_opt.n_iterations += k
         return 0
 
     cdef int _learn(self, Py_ssize_t* c, double* v, Py_ssize_t* ip, Py_ssize_t m, double* y, double* sw,
                     double* out) except -1 nogil:
-        """The mixture's mini-batch update (m = 1: the per-sample rule); returns 1 if refused. Without the
-        GIL; the caller counts an accepted update (`_count`)."""
+        """The mixture's mini-batch update (m = 1: the per-sample rule); returns 1 if refused. out[i]: the
+        mixture's P(y = 1) for row i before the update (out NULL: not computed). Without the GIL; the caller
+        counts an accepted update (`_count`)."""
         cdef Py_ssize_t nnz = ip[m] - ip[0], i, e, k, j, nt = 0, size = 16, slot, tix
         cdef int bits = 4
         cdef double* M = self.Mp
@@ -2081,7 +2145,7 @@ cdef class MixtureStep:
         cdef Py_ssize_t* slots
         cdef Py_ssize_t* table = NULL
         cdef double delta[8]
-        cdef double wt, r, rk, av, acc, mx, step, gk, zn, fm = <double> m
+        cdef double wt, r, rk, av, acc, step, gk, zn, fm = <double> m
         cdef long double wide
         cdef int bad = 0
         # scratch: P (m·K), G (nnz·K), gb (K), U (nnz·S + S + K + 2); ints: T (nnz), slots (nnz)
@@ -2097,35 +2161,32 @@ cdef class MixtureStep:
             delta[k] = 0.0
         for i in range(m):
             self._probas(c + ip[i], v + ip[i], ip[i + 1] - ip[i], P + i * MIX_K)
-            out[i] = self._mix(P + i * MIX_K)
+            if out != NULL:
+                out[i] = self._mix(P + i * MIX_K)
             wt = sw[i] * (self.pos_w if y[i] == 1.0 else self.neg_w)
             for k in range(MIX_K):
                 r = P[i * MIX_K + k]
                 delta[k] += wt * log(r if y[i] == 1.0 else 1.0 - r)
-        # 2. The distinct columns (in order of first appearance) and each entry's slot among them.
         if m == 1:
-            for e in range(nnz):
-                T[e] = c[e]
-                slots[e] = e
-            nt = nnz
-        else:
-            while size < 2 * nnz:
-                size <<= 1
-                bits += 1
-            table = <Py_ssize_t*> calloc(size, sizeof(Py_ssize_t))
-            if table == NULL:
-                raise MemoryError()
-            for e in range(nnz):
-                j = c[e]
-                slot = <Py_ssize_t> ((<unsigned long long> j * 11400714819323198485ULL) >> (64 - bits))
-                while table[slot] != 0 and T[table[slot] - 1] != j:
-                    slot = (slot + 1) & (size - 1)
-                if table[slot] == 0:
-                    table[slot] = nt + 1
-                    T[nt] = j
-                    nt += 1
-                slots[e] = table[slot] - 1
-            free(table)
+            return self._rest_one(c, v, nnz, y[0], sw[0], P, delta, U)
+        # 2. The distinct columns (in order of first appearance) and each entry's slot among them.
+        while size < 2 * nnz:
+            size <<= 1
+            bits += 1
+        table = <Py_ssize_t*> calloc(size, sizeof(Py_ssize_t))
+        if table == NULL:
+            raise MemoryError()
+        for e in range(nnz):
+            j = c[e]
+            slot = <Py_ssize_t> ((<unsigned long long> j * 11400714819323198485ULL) >> (64 - bits))
+            while table[slot] != 0 and T[table[slot] - 1] != j:
+                slot = (slot + 1) & (size - 1)
+            if table[slot] == 0:
+                table[slot] = nt + 1
+                T[nt] = j
+                nt += 1
+            slots[e] = table[slot] - 1
+        free(table)
         # 3. Save what the update may change.
         for tix in range(nt):
             memcpy(U + tix * MIX_S, M + T[tix] * MIX_S, MIX_S * sizeof(double))
@@ -2136,21 +2197,7 @@ cdef class MixtureStep:
         U[nt * MIX_S + MIX_S + MIX_K] = sc[0]
         U[nt * MIX_S + MIX_S + MIX_K + 1] = sc[1]
         # 4. The mixture: a_k ← a_k + Σ_i s_i c_i ln p_ik(y_i), then normalised to max 0, floored at −1e4.
-        mx = -DBL_MAX
-        for k in range(MIX_K):
-            acc = a[k] + delta[k]
-            if acc != acc:
-                bad = 1
-            elif acc > MIX_A_BOUND:
-                acc = MIX_A_BOUND
-            elif acc < -MIX_A_BOUND:
-                acc = -MIX_A_BOUND
-            delta[k] = acc
-            if acc > mx:
-                mx = acc
-        for k in range(MIX_K):
-            acc = delta[k] - mx
-            a[k] = acc if acc > MIX_A_MIN else MIX_A_MIN
+        bad |= self._log_weights(delta)
         # 5. NAG: rescale the weights of coordinates whose |x| exceeds their scale, then predict again.
         for e in range(nnz):
             av = fabs(v[e])
@@ -2161,12 +2208,7 @@ cdef class MixtureStep:
                 else:
                     R[MIX_NAG] = 0.0
                 R[MIX_SCALE] = av
-        if 1.0 > B[MIX_SCALE]:
-            if B[MIX_SCALE] > 0.0:
-                B[MIX_NAG] *= B[MIX_SCALE] * B[MIX_SCALE]
-            else:
-                B[MIX_NAG] = 0.0
-            B[MIX_SCALE] = 1.0
+        self._bias_scale()
         acc = 0.0
         for i in range(m):
             zn = 0.0
@@ -2186,15 +2228,6 @@ cdef class MixtureStep:
             acc += 1.0  # the bias: x = 1, s = 1
         sc[0] += 1.0
         sc[1] += acc / fm
-        if m == 1:  # steps 6 and 7 for one row (its columns distinct), the same operations fused
-            self._steps_one(P, c, v, nnz, y[0], sw[0], gb)
-            bad |= not _row_finite(B, MIX_S) or not _row_finite(a, MIX_K) or not _row_finite(sc, 2)
-            for e in range(nnz):
-                bad |= not _row_finite(M + c[e] * MIX_S, MIX_S)
-            if bad:
-                self._undo(T, nt, U)
-                return 1
-            return 0
         # 6. Each member's mean gradient over the batch: g_kj = (1/m) Σ_i clip((p_ik − y_i) s_i c_i) x_ij.
         for e in range(nt * MIX_K):
             G[e] = 0.0
@@ -2227,8 +2260,104 @@ cdef class MixtureStep:
             return 1
         return 0
 
-    cdef inline void _steps_one(self, double* P, Py_ssize_t* c, double* v, Py_ssize_t n, double y, double sw,
-                                double* gb) noexcept nogil:
+    cdef inline int _log_weights(self, double* delta) noexcept nogil:
+        """Step 4 of `_learn`: a_k ← a_k + delta_k (the batch's log likelihoods; delta is overwritten), then
+        normalised to max 0 and floored at −1e4; 1 if a sum is NaN."""
+        cdef double* a = self.ap
+        cdef double acc, mx = -DBL_MAX
+        cdef Py_ssize_t k
+        cdef int bad = 0
+        for k in range(MIX_K):
+            acc = a[k] + delta[k]
+            if acc != acc:
+                bad = 1
+            elif acc > MIX_A_BOUND:
+                acc = MIX_A_BOUND
+            elif acc < -MIX_A_BOUND:
+                acc = -MIX_A_BOUND
+            delta[k] = acc
+            if acc > mx:
+                mx = acc
+        for k in range(MIX_K):
+            acc = delta[k] - mx
+            a[k] = acc if acc > MIX_A_MIN else MIX_A_MIN
+        return bad
+
+    cdef inline void _bias_scale(self) noexcept nogil:
+        """NAG's scale of the bias (x = 1): its weight rescaled as `_learn`'s step 5 does for the columns."""
+        cdef double* B = self.Bp
+        if 1.0 > B[MIX_SCALE]:
+            if B[MIX_SCALE] > 0.0:
+                B[MIX_NAG] *= B[MIX_SCALE] * B[MIX_SCALE]
+            else:
+                B[MIX_NAG] = 0.0
+            B[MIX_SCALE] = 1.0
+
+    cdef inline int _rest_one(self, Py_ssize_t* c, double* v, Py_ssize_t n, double y, double sw, double* P,
+                              double* delta, double* U) noexcept nogil:
+        """Steps 2 to 7 of `_learn` for a batch of one row (entries i < n, distinct columns c[i], so that each
+        step's loop over the entries reads and writes only its own entry's row): the same operations on each
+        row, in the same order, the loops of steps 3 and 5 fused (save, rescale, NAG's logit) and of step 7
+        with the finite checks. P: the members' probabilities, delta: the log likelihoods (step 1), U: the
+        scratch of `_learn`. Returns 1 if refused (everything put back)."""
+        cdef double* M = self.Mp
+        cdef double* B = self.Bp
+        cdef double* a = self.ap
+        cdef double* sc = self.scp
+        cdef double* R
+        cdef double* ub = U + n * MIX_S
+        cdef double acc, av, zn
+        cdef double gb[8]
+        cdef long double wide
+        cdef Py_ssize_t e, k
+        cdef int bad = 0
+        # 3. Save what the update may change: the bias, a_k, t and N now, each row in the loop of step 5.
+        for k in range(MIX_S):
+            ub[k] = B[k]
+        for k in range(MIX_K):
+            ub[MIX_S + k] = a[k]
+        ub[MIX_S + MIX_K] = sc[0]
+        ub[MIX_S + MIX_K + 1] = sc[1]
+        # 4. The mixture's log-weights.
+        bad |= self._log_weights(delta)
+        # 5. NAG: the bias's scale, then per row: saved, rescaled, and its term of the logit and of N.
+        self._bias_scale()
+        acc = 0.0
+        zn = 0.0
+        for e in range(n):
+            R = M + c[e] * MIX_S
+            memcpy(U + e * MIX_S, R, MIX_S * sizeof(double))
+            av = fabs(v[e])
+            if av > R[MIX_SCALE]:
+                if R[MIX_SCALE] > 0.0:
+                    R[MIX_NAG] *= (R[MIX_SCALE] / av) * (R[MIX_SCALE] / av)
+                else:
+                    R[MIX_NAG] = 0.0
+                R[MIX_SCALE] = av
+            zn += R[MIX_NAG] * v[e]
+            if v[e] != 0.0:
+                acc += (v[e] / R[MIX_SCALE]) * (v[e] / R[MIX_SCALE])
+        if not isfinite(zn):
+            wide = 0.0
+            for e in range(n):
+                wide += (<long double> M[c[e] * MIX_S + MIX_NAG]) * (<long double> v[e])
+            zn = <double> wide
+        zn = zn + B[MIX_NAG]
+        zn = MIX_Z_MAX if zn > MIX_Z_MAX else (-MIX_Z_MAX if zn < -MIX_Z_MAX else zn)
+        P[MIX_NAG] = _sigmoid(zn)
+        acc += 1.0  # the bias: x = 1, s = 1
+        sc[0] += 1.0
+        sc[1] += acc  # acc / m as in `_learn`, m = 1: exact
+        # 6 and 7, each row checked right after its step.
+        bad |= self._steps_one(P, c, v, n, y, sw, gb)
+        bad |= not _row_finite(B, MIX_S) or not _row_finite(a, MIX_K) or not _row_finite(sc, 2)
+        if bad:
+            self._undo(c, n, U)
+            return 1
+        return 0
+
+    cdef inline int _steps_one(self, double* P, Py_ssize_t* c, double* v, Py_ssize_t n, double y, double sw,
+                               double* gb) noexcept nogil:
         """Steps 6 and 7 of `_learn` for a batch of one row (entries i < n, distinct columns c[i]): the
         gradients (p_k − y)·s·c·x_i with the same operations as the batch's (each a sum from 0.0, divided by
         the batch's size 1.0, which is exact and so left out), then the members' steps, row by row."""
@@ -2236,19 +2365,20 @@ cdef class MixtureStep:
         cdef double* R
         cdef double rk[8]
         cdef double g[8]
-        cdef double wt = sw * (self.pos_w if y == 1.0 else self.neg_w), vi, l2 = self.l2
+        cdef double wt = sw * (self.pos_w if y == 1.0 else self.neg_w), l2 = self.l2
         cdef double step = self.nag_lr * sqrt(self.scp[0] / self.scp[1])
         cdef Py_ssize_t i, k
         for k in range(MIX_K):
             rk[k] = _clip((P[k] - y) * wt, self.clip)
             gb[k] = 0.0 + rk[k]
+        cdef int bad = 0
         for i in range(n):
             R = M + c[i] * MIX_S
-            vi = v[i]
-            for k in range(MIX_K):
-                g[k] = (0.0 + rk[k] * vi) + l2 * R[k]
-            self._member_steps(R, g, step)
+            _grad8_sgd6(R, rk, v[i], l2, self.rates, g)  # g[6], g[7] written: NAG's and FTRL's
+            self._adaptive_steps(R, g, step)
+            bad |= not _row_finite(R, MIX_S)
         self._member_steps(self.Bp, gb, step)
+        return bad
 
     cdef inline void _undo(self, Py_ssize_t* T, Py_ssize_t nt, double* U) noexcept nogil:
         """Put back what step 3 of `_learn` saved in U (the nt rows T, then the bias, a_k, t and N)."""
@@ -2268,9 +2398,13 @@ cdef class MixtureStep:
     cdef inline void _member_steps(self, double* R, double* g, double step) noexcept nogil:
         """The eight members' updates of one coordinate's row R, with gradients g[0..7]."""
         cdef Py_ssize_t k
-        cdef double gk
         for k in range(6):
             R[k] -= self.rates[k] * g[k]
+        self._adaptive_steps(R, g, step)
+
+    cdef inline void _adaptive_steps(self, double* R, double* g, double step) noexcept nogil:
+        """NAG's and FTRL's updates of R with gradients g[6], g[7] (the end of `_member_steps`)."""
+        cdef double gk
         # NAG and FTRL skip a zero gradient, and one whose square underflows to a zero accumulator (a
         # value below ~1e-154: 0/0 otherwise).
         gk = g[MIX_NAG]
@@ -2372,16 +2506,17 @@ cdef class MixtureStep:
         cdef int refused
         if self.sp != NULL:
             s, f = self.sp, self.fp
-            if predict:
-                _scale_entries(c, v, buf, n, s, f, False, NULL)
-                self._probas(c, buf, n, pk)
-                p0 = self._mix(pk)
             xs = buf + n
-            if _scale_entries(c, v, xs, n, s, f, True, saved):
+            if (_scale_twice(c, v, buf, xs, n, s, f, saved) if predict
+                    else _scale_entries(c, v, xs, n, s, f, True, saved)):
                 _unscale_entries(c, n, s, f, saved)
                 return NAN
+            if predict:  # from the row standardized before its values were learned (buf)
+                self._probas(c, buf, n, pk)
+                p0 = self._mix(pk)
         ip[0], ip[1] = 0, n
-        refused = self._learn(c, xs, ip, 1, &y, &sample_weight, &p)  # reserved: cannot fail
+        # reserved: cannot fail; standardized with a prediction first, that one is returned (not this one)
+        refused = self._learn(c, xs, ip, 1, &y, &sample_weight, NULL if s != NULL and predict else &p)
         if refused:
             if s != NULL:
                 _unscale_entries(c, n, s, f, saved)
@@ -2507,35 +2642,53 @@ cdef double predict_row(object step, Py_ssize_t* c, double* v, Py_ssize_t n) exc
 
 # Built-in standardization (the model's ``scale=True``): River's StandardScaler, per column.
 
+cdef inline double _scale_one(Py_ssize_t j, double x, double* s, double* f, bint learn, double* u,
+                              int* bad) noexcept nogil:
+    """Value x of column j standardized (unchanged if j is not numeric, f[j] == 0); with `learn`, the
+    statistics of j learn x first and their old values go to u[0:3]. Sets *bad to 1 if a new statistic or
+    the value is not finite (a value beyond the double range is returned as ±DBL_MAX)."""
+    cdef double m0
+    if f[j] == 0.0:
+        return x
+    if learn:
+        u[0], u[1], u[2] = s[3 * j], s[3 * j + 1], s[3 * j + 2]
+        s[3 * j] += 1.0
+        m0 = s[3 * j + 1]
+        s[3 * j + 1] = m0 + (x - m0) / s[3 * j]
+        s[3 * j + 2] = s[3 * j + 2] + ((x - m0) * (x - s[3 * j + 1]) - s[3 * j + 2]) / s[3 * j]
+        bad[0] |= not (fabs(s[3 * j + 1]) <= DBL_MAX) or not (fabs(s[3 * j + 2]) <= DBL_MAX)
+    if s[3 * j + 2] != 0.0:
+        x = (x - s[3 * j + 1]) / sqrt(s[3 * j + 2])
+    else:
+        x = 0.0
+    if not (fabs(x) <= DBL_MAX):  # beyond the double range: the largest finite value of its sign
+        bad[0] = 1
+        x = DBL_MAX if x > 0 else -DBL_MAX
+    return x
+
+
 cdef int _scale_entries(Py_ssize_t* c, double* src, double* dst, Py_ssize_t n, double* s, double* f, bint learn,
                         double* u) noexcept nogil:
     """The loop of `scale_row` on raw pointers: dst[i] ← src[i] standardized (dst may be src); with
     `learn`, the statistics learn src[i] first and their old values go to u[3i:3i + 3]. Returns 1 if a new
     statistic or value is not finite (a value beyond the double range is written as ±DBL_MAX), else 0."""
-    cdef Py_ssize_t i, j
-    cdef double m0, x
+    cdef Py_ssize_t i
     cdef int bad = 0
     for i in range(n):
-        j = c[i]
-        x = src[i]
-        if f[j] == 0.0:
-            dst[i] = x
-            continue
-        if learn:
-            u[3 * i], u[3 * i + 1], u[3 * i + 2] = s[3 * j], s[3 * j + 1], s[3 * j + 2]
-            s[3 * j] += 1.0
-            m0 = s[3 * j + 1]
-            s[3 * j + 1] = m0 + (x - m0) / s[3 * j]
-            s[3 * j + 2] = s[3 * j + 2] + ((x - m0) * (x - s[3 * j + 1]) - s[3 * j + 2]) / s[3 * j]
-            bad |= not (fabs(s[3 * j + 1]) <= DBL_MAX) or not (fabs(s[3 * j + 2]) <= DBL_MAX)
-        if s[3 * j + 2] != 0.0:
-            x = (x - s[3 * j + 1]) / sqrt(s[3 * j + 2])
-        else:
-            x = 0.0
-        if not (fabs(x) <= DBL_MAX):  # beyond the double range: the largest finite value of its sign
-            bad = 1
-            x = DBL_MAX if x > 0 else -DBL_MAX
-        dst[i] = x
+        dst[i] = _scale_one(c[i], src[i], s, f, learn, u + 3 * i if learn else NULL, &bad)
+    return bad
+
+
+cdef inline int _scale_twice(Py_ssize_t* c, double* src, double* before, double* after, Py_ssize_t n, double* s,
+                             double* f, double* u) noexcept nogil:
+    """`_scale_entries(c, src, before, n, s, f, False, NULL)` then `_scale_entries(c, src, after, n, s, f,
+    True, u)` in one loop (the row's columns distinct: entry i's statistics are only its own); returns the
+    second's result."""
+    cdef Py_ssize_t i
+    cdef int bad = 0, ignored = 0
+    for i in range(n):
+        before[i] = _scale_one(c[i], src[i], s, f, False, NULL, &ignored)
+        after[i] = _scale_one(c[i], src[i], s, f, True, u + 3 * i, &bad)
     return bad
 
 
