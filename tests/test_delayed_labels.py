@@ -415,8 +415,17 @@ def test_a_learner_catching_up_reads_both_topics_in_step_and_joins_every_event(
     cfg = make_config(kafka_bootstrap, ev, tmp_path / "ckpt", labels_topic=lb, label_ttl=2.0, max_pending=400,
                       max_poll_records=100, checkpoint_every_messages=1000, kafka_client=kafka_client)
     run = Running(Learner(cfg))
+
+    def where() -> str:  # what the reading looked like, if it stops
+        learner = run.learner
+        pacer, source = learner._pacer, learner._source
+        tps = sorted(source.assignment())
+        return (f"every record consumed: {run.stats()['consumed']} consumed; held {pacer.held}, last read "
+                f"{pacer._time} next {pacer._next}, ends {pacer._end}, fetched ends "
+                f"{[source.highwater(tp) for tp in tps]}, positions {learner._state.positions}")
+
     try:
-        snap = wait_for(lambda: (s := run.stats())["consumed"] >= 6000 and s, 120, "every record consumed")
+        snap = wait_for(lambda: (s := run.stats())["consumed"] >= 6000 and s, 120, where)
         join = snap["join"]
         assert (join["joined"], snap["n_samples_seen"]) == (3000, 3000), join
         assert join["dropped_full_events"] == join["dropped_full_labels"] == 0, join
