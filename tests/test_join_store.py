@@ -521,12 +521,14 @@ def test_the_byte_bound_is_respected_and_an_entry_too_large_is_dropped():
     assert store.counters["dropped_full_events"] == 8
 
 
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("rows_of", ["shared keys", "unique keys", "string values"])
 @pytest.mark.parametrize("kept_as", ["features", "record"])
-def test_the_byte_estimate_is_above_the_memory_really_held(kept_as, rows_of):
+def test_the_byte_estimate_is_above_the_memory_really_held(kept_as, rows_of, packed):
     """The store keeps each event's decoded features (a join does not decode them again) and, with
     ``event_fields``, its record value: the estimate covers both, for features whose key objects the decoder
-    shares between events, unique keys (nothing shared) and string values."""
+    shares between events, unique keys (nothing shared) and string values; before the first ``to_state``
+    and after it (the bytes then kept in its packed copy, and the packed rows and numbers beside)."""
     from stream_logreg.codec import encode_event
 
     n, names = 2_000, [f"feature_{i:02d}" for i in range(20)]
@@ -548,6 +550,9 @@ def test_the_byte_estimate_is_above_the_memory_really_held(kept_as, rows_of):
         assert x == rows[i]
         store.add_event(ids[i], x, 0.5, version=i, ts=i, topic="events", partition=0, offset=i + 10**6,
                         record_value=value if kept_as == "record" else None)
+    if packed:
+        state = store.to_state()
+        del state
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     assert len(store) == n

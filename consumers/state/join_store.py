@@ -383,22 +383,35 @@ def _gather(buf: np.ndarray, lens: np.ndarray | None, keep: np.ndarray | None, m
     tail = b"".join(more)
     n = sum(b - a for a, b in spans) + len(tail)
     out = np.empty(-(-n // 8) * 8, dtype=np.uint8)
+    dst, src = memoryview(out), memoryview(buf)  # (a memoryview's slices copy at a fraction of numpy's cost)
     o = 0
     for a, b in spans:
-        out[o:o + b - a] = buf[a:b]
+        dst[o:o + b - a] = src[a:b]
         o += b - a
-    out[o:n] = np.frombuffer(tail, dtype=np.uint8)
+    dst[o:n] = tail
     out[n:] = 0
     return out.view(np.int64), n
 
 
 def _packed(arrays: Mapping[str, np.ndarray], rows: np.ndarray, topics: list[str], id_bytes: int,
-            x_bytes: int) -> _Packed:
-    """The packed copy of the entries' arrays of a state (``rows``: the numbers their entries hold)."""
+            x_bytes: int, old: _Packed | None = None) -> _Packed:
+    """The packed copy of the entries' arrays of a state (``rows``: the numbers their entries hold); the
+    bytes written over those of ``old`` (no longer needed) when they fit in it with little to spare."""
     cols = {name: _narrow(arrays[name]) for name in (*_INT_COLUMNS, "id_len", "x_len")}
-    ids = np.ascontiguousarray(arrays["ids"], dtype="<i8").view(np.uint8)[:id_bytes].copy()
-    x = np.ascontiguousarray(arrays["x"], dtype="<i8").view(np.uint8)[:x_bytes].copy()
+    ids = _bytes_of(arrays["ids"], id_bytes, None if old is None else old.ids)
+    x = _bytes_of(arrays["x"], x_bytes, None if old is None else old.x)
     return _Packed(len(rows), _narrow(rows), cols, np.array(arrays["p"], dtype=np.float64), ids, x, topics)
+
+
+def _bytes_of(words: np.ndarray, n: int, old: np.ndarray | None) -> np.ndarray:
+    """The first ``n`` bytes of ``words``, copied into the memory of ``old`` (a view of the start of its
+    base) when it holds them with at most 1/32 to spare (memory the process already has: no page to
+    fault in), else into new memory."""
+    buf = None if old is None else old if old.base is None else old.base
+    if buf is None or not n <= len(buf) <= n + n // 32:
+        buf = np.empty(n, dtype=np.uint8)
+    buf[:n] = np.ascontiguousarray(words, dtype="<i8").view(np.uint8)[:n]
+    return buf if len(buf) == n else buf[:n]
 
 
 class JoinStore:
@@ -939,13 +952,6 @@ class JoinStore:
         """
         entries = self._entries
         old = self._packed
-        new = []  # the entries added since the previous call (the last ones: older ones are packed)
-        for item in reversed(entries.items()):
-            e = item[1]
-            if (e[1] if e.__class__ is _Event else e[7]).__class__ is int:
-                break
-            new.append(item)
-        new.reverse()
         kept = keep = None  # the rows of the packed copy still present: how many, which (None: all)
         if old is not None:
             kept = old.n
@@ -959,7 +965,16 @@ class JoinStore:
                 keep[at] = False
                 kept = old.n - len(gone)
                 rows = rows[keep]
-        if (kept or 0) + len(new) != len(entries):
+        # The entries added since the previous call: the last ones (those before them are packed).
+        n_new = len(entries) - (kept or 0)
+        if kept:
+            new_ids = list(islice(reversed(entries), n_new))
+            vals = list(islice(reversed(entries.values()), n_new))
+            new_ids.reverse()
+            vals.reverse()
+        else:
+            new_ids, vals = list(entries), list(entries.values())
+        if n_new < 0 or any((e[1] if e.__class__ is _Event else e[7]).__class__ is int for e in vals[:1]):
             raise RuntimeError("join store: the packed copy lost track of the entries")
         # Topics, numbered in the order of first appearance: those of the rows kept, then of the new ones.
         code: dict[str, int] = {}
@@ -979,7 +994,6 @@ class JoinStore:
                 lut[c] = number(old.topics[lo + c], len(code))
             topic_kept = lut[local]
         # The new rows, as the whole store was packed before: a row of the int columns per entry.
-        vals = [e for _, e in new]
         table = np.fromiter(
             chain.from_iterable(
                 (_EVENT, 0, e[3], e[4], e[5], number(e[6], len(code)), e[7], e[8], e[10])
@@ -993,7 +1007,7 @@ class JoinStore:
         p_new = np.zeros(len(vals), dtype=np.float64)
         p_new[table[0] == _EVENT] = [e[2] for e in vals if e.__class__ is _Event]
         blobs = [e[1] if e.__class__ is _Event else b"" for e in vals]
-        ids = [item[0].encode("utf-8", "surrogatepass") for item in new]
+        ids = [id.encode("utf-8", "surrogatepass") for id in new_ids]
         arrays: dict[str, np.ndarray] = {}
         for i, name in enumerate(_INT_COLUMNS):
             if not kept:
@@ -1033,19 +1047,20 @@ class JoinStore:
             "joined_id_bytes": packed_joined.id_bytes,
             "event_fields": None if self.event_fields is None else list(self.event_fields),
         }
-        # The new packed copy (the old one first let go of), then the new entries point into it.
-        old = keep = None
+        # The new packed copy (over the old one's memory when it fits), then the new entries point into it.
+        keep = None
         self._packed = None
         first = self._next_row
-        rows = np.arange(first, first + len(new), dtype=np.int64) if kept is None else np.concatenate(
-            [rows, np.arange(first, first + len(new), dtype=np.int64)])
-        self._packed = _packed(arrays, rows, topics, id_bytes, x_bytes)
+        rows = np.arange(first, first + n_new, dtype=np.int64) if kept is None else np.concatenate(
+            [rows, np.arange(first, first + n_new, dtype=np.int64)])
+        self._packed = _packed(arrays, rows, topics, id_bytes, x_bytes, old)
+        old = None
         self._gone = []
         self._packed_joined = packed_joined
-        for s, (id, e) in enumerate(new, first):
+        for s, id, e in zip(range(first, first + n_new), new_ids, vals, strict=True):
             entries[id] = (_new(_Event, (e[0], s, *e[2:])) if e.__class__ is _Event
                            else _new(_Label, (*e[:7], s)))
-        self._next_row = first + len(new)
+        self._next_row = first + n_new
         return arrays, meta
 
     def _joined_state(self) -> tuple[dict[str, np.ndarray], _PackedJoined]:
