@@ -561,6 +561,23 @@ def test_the_byte_estimate_is_above_the_memory_really_held(kept_as, rows_of, pac
     assert ENTRY_BYTES > 0
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_the_byte_estimate_of_a_label_is_above_the_memory_really_held(packed):
+    n = 2_000
+    store = JoinStore(max_pending=n)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(n):  # timestamps and offsets as Kafka's (int objects of their own)
+        store.add_label(f"lab-{i:09d}", i % 2, ts=1_700_000_000_000 + i, topic="labels", partition=3,
+                        offset=10**9 + i)
+    if packed:
+        state = store.to_state()
+        del state
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert held <= store.n_bytes, (held / n, store.n_bytes / n)
+
+
 def test_latency_histogram_counts_each_join_in_its_bucket():
     store = JoinStore(label_ttl_ms=10**9, latency_buckets_ms=(0, 10, 100))
     for i, delay in enumerate([-5, 0, 10, 11, 100, 5_000]):

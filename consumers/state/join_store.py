@@ -317,8 +317,9 @@ def _unpack(words: np.ndarray, n: int, lengths: np.ndarray, what: str) -> list[b
 class _Packed(NamedTuple):
     """What the last :meth:`JoinStore.to_state` wrote, kept to write it again: its ``n`` rows (every entry
     then present, in order), each int column narrowed (:func:`_narrow`: ``_INT_COLUMNS``, ``id_len``,
-    ``x_len``, and ``rows``, the number each entry holds to find its row, increasing), ``p``, the ids' and
-    the events' bytes (uint8, one after the other), and the topics the ``topic`` column numbers."""
+    ``x_len``, and ``rows``, the number each entry holds to find its row, increasing), ``p`` of the events'
+    rows, the ids' and the events' bytes (uint8, one after the other), and the topics the ``topic``
+    column numbers."""
 
     n: int
     rows: tuple[int, np.ndarray | None]
@@ -400,7 +401,8 @@ def _packed(arrays: Mapping[str, np.ndarray], rows: np.ndarray, topics: list[str
     cols = {name: _narrow(arrays[name]) for name in (*_INT_COLUMNS, "id_len", "x_len")}
     ids = _bytes_of(arrays["ids"], id_bytes, None if old is None else old.ids)
     x = _bytes_of(arrays["x"], x_bytes, None if old is None else old.x)
-    return _Packed(len(rows), _narrow(rows), cols, np.array(arrays["p"], dtype=np.float64), ids, x, topics)
+    p = np.asarray(arrays["p"], dtype=np.float64)[np.asarray(arrays["kind"]) == _EVENT]  # a label's is 0.0
+    return _Packed(len(rows), _narrow(rows), cols, p, ids, x, topics)
 
 
 def _bytes_of(words: np.ndarray, n: int, old: np.ndarray | None) -> np.ndarray:
@@ -1015,7 +1017,13 @@ class JoinStore:
             else:
                 part = topic_kept if name == "topic" else _widen(old.cols[name], keep, kept)
                 arrays[name] = np.concatenate([part, table[i]])
-        arrays["p"] = np.concatenate([old.p if keep is None else old.p[keep], p_new]) if kept else p_new
+        if kept:
+            events = _widen(old.cols["kind"], None, old.n) == _EVENT
+            p_kept = np.zeros(kept, dtype=np.float64)
+            p_kept[events if keep is None else events[keep]] = old.p if keep is None else old.p[keep[events]]
+            arrays["p"] = np.concatenate([p_kept, p_new])
+        else:
+            arrays["p"] = p_new
         id_len_new = np.array(list(map(len, ids)), dtype=np.int64)
         x_len_new = np.array(list(map(len, blobs)), dtype=np.int64)
         if old is not None and old.n:
@@ -1271,9 +1279,9 @@ class JoinStore:
         store._joined = OrderedDict(zip(joined_ids, cols["joined.at"].tolist(), strict=True))
         store.stream_time = stream_time
         store._counts = {k: counters[k] for k in COUNTERS}
-        if seed:  # as to_state writes them: a label's p 0.0 (-0.0 passes the check), topics as saved
-            store._packed = _packed({**cols, "p": np.where(events, p, 0.0)}, np.arange(n, dtype=np.int64),
-                                    list(topics), meta["id_bytes"], meta["x_bytes"])
+        if seed:  # the topics as saved: to_state numbers them anew
+            store._packed = _packed(cols, np.arange(n, dtype=np.int64), list(topics), meta["id_bytes"],
+                                    meta["x_bytes"])
             store._next_row = n
         n_joined = meta["joined_id_bytes"]
         joined_bytes = np.ascontiguousarray(cols["joined.ids"], dtype="<i8").view(np.uint8)[:n_joined].copy()
