@@ -387,14 +387,15 @@ def _gather(buf: np.ndarray, lens: np.ndarray | None, keep: np.ndarray | None, m
     """What :func:`_pack` makes of the rows of ``buf`` (uint8; ``lens`` bytes each) that ``keep`` keeps
     (all when None) followed by ``more``: one copy of each run of consecutive rows kept."""
     if keep is None:
-        spans = [(0, len(buf))]
+        spans, n = [(0, len(buf))], len(buf)
     else:
         ends = np.cumsum(lens)
         edges = np.diff(keep.view(np.int8), prepend=0, append=0)  # +1 where a run starts, -1 past its end
         first, stop = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-        spans = list(zip((ends[first] - lens[first]).tolist(), ends[stop - 1].tolist(), strict=True))
+        starts, stops = ends[first] - lens[first], ends[stop - 1]
+        spans, n = list(zip(starts.tolist(), stops.tolist(), strict=True)), int((stops - starts).sum())
     tail = b"".join(more)
-    n = sum(b - a for a, b in spans) + len(tail)
+    n += len(tail)
     out = np.empty(-(-n // 8) * 8, dtype=np.uint8)
     dst, src = memoryview(out), memoryview(buf)  # (a memoryview's slices copy at a fraction of numpy's cost)
     o = 0
