@@ -1078,9 +1078,9 @@ class JoinStore:
         old = None
         self._gone = []
         self._packed_joined = packed_joined
-        for s, id, e in zip(range(first, first + n_new), new_ids, vals, strict=True):
-            entries[id] = (_new(_Event, (e[0], s, *e[2:])) if e.__class__ is _Event
-                           else _new(_Label, (*e[:7], s)))
+        entries.update(zip(new_ids, [_new(_Event, (e[0], s, *e[2:])) if e.__class__ is _Event
+                                     else _new(_Label, (*e[:7], s)) for s, e in enumerate(vals, first)],
+                           strict=True))
         self._next_row = first + n_new
         return arrays, meta
 
