@@ -396,15 +396,11 @@ def _gather(buf: np.ndarray, lens: np.ndarray | None, keep: np.ndarray | None, m
         spans, n = list(zip(starts.tolist(), stops.tolist(), strict=True)), int((stops - starts).sum())
     tail = b"".join(more)
     n += len(tail)
-    out = np.empty(-(-n // 8) * 8, dtype=np.uint8)
-    dst, src = memoryview(out), memoryview(buf)  # (a memoryview's slices copy at a fraction of numpy's cost)
-    o = 0
-    for a, b in spans:
-        dst[o:o + b - a] = src[a:b]
-        o += b - a
-    dst[o:n] = tail
-    out[n:] = 0
-    return out.view(np.int64), n
+    # One bytearray, joined as _pack's: numpy would ask the kernel for huge pages, which may stall it for
+    # 100+ ms (and a bytearray(size) is zeroed first).
+    src = memoryview(buf)
+    out = bytearray().join([*(src[a:b] for a, b in spans), tail, bytes(-n % 8)])
+    return np.frombuffer(out, dtype="<i8").astype(np.int64, copy=False), n
 
 
 def _packed(arrays: Mapping[str, np.ndarray], rows: np.ndarray, topics: list[str], id_bytes: int,
@@ -422,9 +418,9 @@ def _bytes_of(words: np.ndarray, n: int, old: np.ndarray | None) -> np.ndarray:
     """The first ``n`` bytes of ``words``, copied into the memory of ``old`` (a view of the start of its
     base) when it holds them with at most 1/32 to spare (memory the process already has: no page to
     fault in), else into new memory."""
-    buf = None if old is None else old if old.base is None else old.base
+    buf = None if old is None else old.base if isinstance(old.base, np.ndarray) else old
     if buf is None or not n <= len(buf) <= n + n // 32:
-        buf = np.empty(n, dtype=np.uint8)
+        buf = np.frombuffer(bytearray(n), dtype=np.uint8)  # (as in _gather: no huge pages asked for)
     buf[:n] = np.ascontiguousarray(words, dtype="<i8").view(np.uint8)[:n]
     return buf if len(buf) == n else buf[:n]
 
