@@ -7,8 +7,12 @@ In one process, on typical events (20 float features, a string id), best of R ro
    learner's: a polled batch a call);
 2. per event, from message bytes: today's labelled path (decode, ``predict_learn_one``) vs the joined path
    (decode, ``predict_proba_one``, ``add_event``; decode the label, ``add_label``, ``learn_one``), as a ratio;
-3. bytes per pending event: memory held by the store (tracemalloc) vs the store's own estimate;
-4. ``to_state`` / ``from_state`` time (and state size) for 10^4 and 10^5 pending events.
+3. bytes per pending event: memory held by the store (tracemalloc) vs the store's own estimate, before the
+   first ``to_state`` and after it (the store then keeps the events' bytes packed);
+4. ``to_state`` / ``from_state`` CPU time (and state size) for 10^4 and 10^5 pending events: ``to_state``'s
+   first call (every entry new to it) and a call after 10,000 changes (5,000 joins, 5,000 new events), each
+   beside the whole store packed anew (the reference: ``to_state`` as it was, ``tests/test_join_store.py``),
+   on a twin store fed the same; the outputs are checked equal, bit for bit.
 
     PYTHONPATH=. python bench/bench_join_store.py [--n 50000] [--rounds 3] [--features 20]
         [--state 10000,100000]
@@ -17,6 +21,7 @@ In one process, on typical events (20 float features, a string id), best of R ro
 from __future__ import annotations
 
 import argparse
+import gc
 import random
 import time
 import tracemalloc
@@ -146,9 +151,10 @@ def time_paths(ids: list[str], rows: list[dict], chunk: int = 500) -> tuple[floa
     return labelled, joined_path
 
 
-def memory(ids: list[str], rows: list[dict]) -> tuple[float, float]:
+def memory(ids: list[str], rows: list[dict]) -> tuple[float, float, float]:
     """Bytes per pending event as the learner keeps them (the record value and the features decoded from
-    it, both made inside the measurement): held (tracemalloc) and estimated by the store."""
+    it, both made inside the measurement): held (tracemalloc) before the first ``to_state`` and after it
+    (its output let go of), and estimated by the store."""
     codec = JsonCodec()
     decode = codec.decoder()
     values = [encode_event(rows[i], id=ids[i]) for i in range(len(ids))]
@@ -160,25 +166,61 @@ def memory(ids: list[str], rows: list[dict]) -> tuple[float, float]:
         store.add_event(ids[i], decode(value).x, 0.5, version=i, ts=i, topic="events", partition=0, offset=i,
                         record_value=value)
     held = tracemalloc.get_traced_memory()[0] - before
+    state = store.to_state()
+    del state
+    packed = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    return held / len(ids), store.n_bytes / len(ids)
+    return held / len(ids), packed / len(ids), store.n_bytes / len(ids)
 
 
-def time_state(n: int, n_features: int, rounds: int) -> tuple[float, float, int]:
-    """Seconds for to_state and from_state of a store of n pending events, and the state's bytes."""
-    ids, rows = typical_rows(n, n_features, seed=n)
-    store = JoinStore(max_pending=n, max_bytes=2**40)
-    for i in range(n):
-        store.add_event(ids[i], rows[i], 0.5, version=i, ts=i, topic="events", partition=0, offset=i)
-    save = load = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        arrays, meta = store.to_state()
-        t1 = time.perf_counter()
-        JoinStore.from_state(arrays, meta)
-        t2 = time.perf_counter()
-        save, load = min(save, t1 - t0), min(load, t2 - t1)
-    return save, load, sum(a.nbytes for a in arrays.values())
+def _timed(fn: object) -> tuple[float, object]:
+    """CPU seconds of ``fn()`` (the process's: the machine is shared) and what it returned."""
+    gc.collect()  # a collection the allocations before would trigger is not the call's
+    t0 = time.process_time()
+    out = fn()
+    return time.process_time() - t0, out
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return a[1] == b[1] and a[0].keys() == b[0].keys() and all(
+        a[0][k].dtype == b[0][k].dtype and a[0][k].tobytes() == b[0][k].tobytes() for k in a[0])
+
+
+def time_state(n: int, n_features: int, rounds: int, changes: int = 10_000) -> dict[str, float]:
+    """Seconds for to_state of a store of n pending events (features JSON, one topic): its first call and
+    one after ``changes`` changes (half joins of random pending events, half new events), each beside the
+    reference on a twin store fed the same; from_state of that state; the state's bytes."""
+    from tests.test_join_store import reference_state
+
+    ids, rows = typical_rows(n + changes // 2, n_features, seed=n)
+    best = dict.fromkeys(("first", "first_ref", "after", "after_ref", "load"), float("inf"))
+    for r in range(rounds):
+        store, twin = (JoinStore(max_pending=n, max_bytes=2**40) for _ in range(2))
+        for s in (store, twin):
+            for i in range(n):
+                s.add_event(ids[i], rows[i], 0.5, version=i, ts=i, topic="events", partition=0, offset=i)
+        first, state = _timed(store.to_state)
+        first_ref, ref = _timed(lambda twin=twin: reference_state(twin))
+        assert _same(state, ref)
+        del state, ref
+        rng = random.Random(r)
+        joins = rng.sample(range(n), changes // 2)
+        labels = [(ids[i], 1, n + k, "labels", 0, k) for k, i in enumerate(joins)]
+        for s in (store, twin):
+            s.add_labels(labels)
+            for i in range(n, n + changes // 2):
+                s.add_event(ids[i], rows[i], 0.5, version=i, ts=n + changes, topic="events", partition=0,
+                            offset=i)
+        after, state = _timed(store.to_state)
+        after_ref, ref = _timed(lambda twin=twin: reference_state(twin))
+        assert _same(state, ref)
+        load, _ = _timed(lambda state=state: JoinStore.from_state(*state))
+        for k, v in (("first", first), ("first_ref", first_ref), ("after", after), ("after_ref", after_ref),
+                     ("load", load)):
+            best[k] = min(best[k], v)
+        best["size"] = sum(a.nbytes for a in state[0].values())
+        del state, ref, store, twin
+    return best
 
 
 def main() -> None:
@@ -205,12 +247,16 @@ def main() -> None:
     print(f"  labelled path (decode, predict_learn_one)           {labelled:6.2f} µs/event")
     print(f"  joined path (decode, predict, keep; label, join, learn) {joined:6.2f} µs/event  "
           f"= {labelled / joined:.2f}x the labelled path's throughput")  # fmt: skip
-    held, estimate = memory(ids[:20_000], rows[:20_000])
-    print(f"  memory per pending event: {held:.0f} bytes held (tracemalloc), {estimate:.0f} estimated")
+    held, packed, estimate = memory(ids[:20_000], rows[:20_000])
+    print(f"  memory per pending event: {held:.0f} bytes held (tracemalloc) before the first to_state, "
+          f"{packed:.0f} after it; {estimate:.0f} estimated")
     for n in (int(s) for s in args.state.split(",")):
-        save, load, size = time_state(n, args.features, args.rounds)
-        print(f"  {n:>7} pending: to_state {save * 1e3:7.1f} ms, from_state {load * 1e3:7.1f} ms, "
-              f"state {size / 2**20:6.1f} MiB")  # fmt: skip
+        t = time_state(n, args.features, args.rounds)
+        print(f"  {n:>7} pending, CPU: to_state first call {t['first'] * 1e3:6.1f} ms (all packed anew "
+              f"{t['first_ref'] * 1e3:6.1f} ms, {t['first_ref'] / t['first']:4.2f}x); after 10,000 changes "
+              f"{t['after'] * 1e3:6.1f} ms (anew {t['after_ref'] * 1e3:6.1f} ms, "
+              f"{t['after_ref'] / t['after']:4.1f}x); from_state {t['load'] * 1e3:6.1f} ms; "
+              f"state {t['size'] / 2**20:5.1f} MiB")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -521,12 +521,14 @@ def test_the_byte_bound_is_respected_and_an_entry_too_large_is_dropped():
     assert store.counters["dropped_full_events"] == 8
 
 
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("rows_of", ["shared keys", "unique keys", "string values"])
 @pytest.mark.parametrize("kept_as", ["features", "record"])
-def test_the_byte_estimate_is_above_the_memory_really_held(kept_as, rows_of):
+def test_the_byte_estimate_is_above_the_memory_really_held(kept_as, rows_of, packed):
     """The store keeps each event's decoded features (a join does not decode them again) and, with
     ``event_fields``, its record value: the estimate covers both, for features whose key objects the decoder
-    shares between events, unique keys (nothing shared) and string values."""
+    shares between events, unique keys (nothing shared) and string values; before the first ``to_state``
+    and after it (the bytes then kept in its packed copy, and the packed rows and numbers beside)."""
     from stream_logreg.codec import encode_event
 
     n, names = 2_000, [f"feature_{i:02d}" for i in range(20)]
@@ -548,12 +550,32 @@ def test_the_byte_estimate_is_above_the_memory_really_held(kept_as, rows_of):
         assert x == rows[i]
         store.add_event(ids[i], x, 0.5, version=i, ts=i, topic="events", partition=0, offset=i + 10**6,
                         record_value=value if kept_as == "record" else None)
+    if packed:
+        state = store.to_state()
+        del state
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     assert len(store) == n
     assert held <= store.n_bytes, (held / n, store.n_bytes / n)
     assert store.n_bytes <= 2 * held  # and not absurdly above
     assert ENTRY_BYTES > 0
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_the_byte_estimate_of_a_label_is_above_the_memory_really_held(packed):
+    n = 2_000
+    store = JoinStore(max_pending=n)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(n):  # timestamps and offsets as Kafka's (int objects of their own)
+        store.add_label(f"lab-{i:09d}", i % 2, ts=1_700_000_000_000 + i, topic="labels", partition=3,
+                        offset=10**9 + i)
+    if packed:
+        state = store.to_state()
+        del state
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert held <= store.n_bytes, (held / n, store.n_bytes / n)
 
 
 def test_latency_histogram_counts_each_join_in_its_bucket():
@@ -747,3 +769,161 @@ def test_the_record_form_is_no_larger_than_features_json_plus_the_envelope():
     envelope = sum(len(v) - len(orjson.dumps(x if all(type(k) is str for k in x) else list(x.items())))
                    for _, x, v in rows)
     assert store.n_bytes <= plain.n_bytes + envelope
+
+
+# to_state() packs only what changed since the previous call: bit for bit the whole store packed anew
+
+
+def reference_state(store: JoinStore) -> tuple[dict, dict]:
+    """The whole store packed anew, row by row: ``to_state`` as it was before it kept a packed copy (the
+    oracle). ``store`` must never have been packed (every event still holds its bytes)."""
+    from itertools import chain
+
+    from consumers.state.join_store import _EVENT, _INT_COLUMNS, _LABEL, FORMAT, _Event, _pack
+
+    entries = store._entries
+    vals = list(entries.values())
+    assert all(type(e[1]) is bytes for e in vals if type(e) is _Event)
+    code: dict[str, int] = {}
+    number = code.setdefault
+    rows = [(_EVENT, 0, e[3], e[4], e[5], number(e[6], len(code)), e[7], e[8], e[10])
+            if e.__class__ is _Event
+            else (_LABEL, e[0], 0, e[1], e[2], number(e[3], len(code)), e[4], e[5], 0) for e in vals]
+    table = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=len(rows) * len(_INT_COLUMNS))
+    table = table.reshape(len(rows), len(_INT_COLUMNS)).T
+    arrays = {name: np.ascontiguousarray(table[i]) for i, name in enumerate(_INT_COLUMNS)}
+    p = np.zeros(len(vals), dtype=np.float64)
+    p[table[0] == _EVENT] = [e[2] for e in vals if e.__class__ is _Event]
+    blobs = [e[1] if e.__class__ is _Event else b"" for e in vals]
+    ids = [id.encode("utf-8", "surrogatepass") for id in entries]
+    id_words, id_bytes = _pack(ids)
+    x_words, x_bytes = _pack(blobs)
+    joined_ids = [id.encode("utf-8", "surrogatepass") for id in store._joined]
+    joined_words, joined_bytes = _pack(joined_ids)
+    arrays.update({
+        "p": p,
+        "id_len": np.array(list(map(len, ids)), dtype=np.int64),
+        "ids": id_words,
+        "x_len": np.array(list(map(len, blobs)), dtype=np.int64),
+        "x": x_words,
+        "joined.at": np.array(list(store._joined.values()), dtype=np.int64),
+        "joined.id_len": np.array(list(map(len, joined_ids)), dtype=np.int64),
+        "joined.ids": joined_words,
+    })
+    meta = {
+        "format": FORMAT,
+        "params": store.params(),
+        "stream_time": store.stream_time,
+        "counters": dict(store._counts),
+        "latency_counts": list(store.latency_counts),
+        "topics": list(code),
+        "id_bytes": id_bytes,
+        "x_bytes": x_bytes,
+        "joined_id_bytes": joined_bytes,
+        "event_fields": None if store.event_fields is None else list(store.event_fields),
+    }
+    return arrays, meta
+
+
+_ids = st.sampled_from([f"e{i}" for i in range(5)] + ["é1", "\ud800x"])
+_ts = st.integers(-1, 600)
+_event = st.tuples(st.just("event"), _ids, _ts, st.integers(0, 3), st.integers(0, 2), st.booleans())
+_label = st.tuples(st.just("label"), _ids, st.integers(0, 1), _ts, st.integers(0, 2))
+_op = st.one_of(
+    _event,
+    st.tuples(st.just("events"), st.lists(_event, max_size=6)),
+    _label,
+    st.tuples(st.just("labels"), st.lists(_label, max_size=6)),
+    st.tuples(st.just("advance"), _ts),
+    st.tuples(st.just("take"), st.integers(0, 2)),
+    st.tuples(st.just("join_waiting"), _ids, _ts),
+    st.just(("state",)),
+    st.just(("state",)),
+    st.just(("restore",)),
+)
+
+
+def _features(i: int, k: int) -> dict:
+    return [{"f": float(k)}, {"f": 0.5, "g": "v" * (3 * k)}, {1: k, "1": True}, {}][i]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_op, max_size=40), st.integers(0, 400), st.integers(1, 8),
+       st.sampled_from([10**9, 1_500, 3_000]), st.sampled_from(["drop", "negative"]),
+       st.sampled_from([None, 0, 3]), st.booleans())
+def test_to_state_is_the_whole_store_packed_anew_after_any_operations(ops, ttl, max_pending, max_bytes,
+                                                                     policy, max_joined, as_records):
+    """Random operations (events and labels one by one and in batches, joins, expiry, eviction, take, ids
+    that come back) interleaved with ``to_state`` and ``from_state`` round trips: ``to_state`` equals, bit
+    for bit, the reference (the whole store packed anew) of a twin store fed the same and never packed, and
+    both give the same joins and the same entries taken (record values included)."""
+    check_against_twin(ops, ttl, max_pending, max_bytes, policy, max_joined, as_records)
+
+
+def check_against_twin(ops: list[tuple], ttl: int, max_pending: int, max_bytes: int, policy: str,
+                       max_joined: int | None, as_records: bool) -> None:
+    kwargs = dict(max_pending=max_pending, max_bytes=max_bytes, label_ttl_ms=ttl, expired_policy=policy,
+                  max_joined=max_joined, event_fields=FIELDS if as_records else None)
+    store, twin = JoinStore(**kwargs), JoinStore(**kwargs)
+
+    def event_args(op: tuple, k: int) -> tuple:
+        _, id_, ts, which, part, record = op
+        x = _features(which, k)
+        value = encode_event(x, None, id_) if record and which != 2 and id_.isprintable() else None
+        return id_, x, (k % 5) / 4, k, ts, f"ev{part % 2}", part, k, value
+
+    for k, op in enumerate(ops):
+        if op[0] == "state":
+            assert_same_state(store.to_state(), reference_state(twin))
+            continue
+        if op[0] == "restore":
+            arrays, meta = store.to_state()
+            arrays = {a: np.frombuffer(v.tobytes(), dtype=v.dtype) for a, v in arrays.items()}
+            store = JoinStore.from_state(arrays, json.loads(json.dumps(meta)))
+            continue
+        outs = []
+        for s in (store, twin):
+            if op[0] == "event":
+                id_, x, p, v, ts, tp, part, off, value = event_args(op, k)
+                outs.append(s.add_event(id_, x, p, version=v, ts=ts, topic=tp, partition=part, offset=off,
+                                        record_value=value))
+            elif op[0] == "events":
+                outs.append(s.add_events([event_args(e, k * 10 + i) for i, e in enumerate(op[1])]))
+            elif op[0] == "label":
+                _, id_, y, ts, part = op
+                outs.append(s.add_label(id_, y, ts=ts, topic="lb", partition=part, offset=k))
+            elif op[0] == "labels":
+                outs.append(s.add_labels([(id_, y, ts, "lb", part, k * 10 + i)
+                                          for i, (_, id_, y, ts, part) in enumerate(op[1])]))
+            elif op[0] == "advance":
+                outs.append(s.advance(op[1]))
+            elif op[0] == "take":
+                outs.append(s.take({("ev0", op[1]), ("lb", op[1])}))
+            else:
+                outs.append(s.join_waiting(op[1], 0.25, k, op[2]))
+        assert outs[0] == outs[1]
+        assert store.n_bytes == twin.n_bytes and store.counters == twin.counters
+    assert_same_state(store.to_state(), reference_state(twin))
+    assert_same_state(store.to_state(), reference_state(twin))  # twice: nothing changed in between
+
+
+E, S = ("event", "e1", 10, 0, 0, True), ("state",)
+
+
+@pytest.mark.parametrize("ops", [
+    [E, S, ("label", "e1", 1, 20, 0), S],  # add_label joins a packed event
+    [E, S, ("labels", [("label", "e1", 1, 20, 0)]), S],  # add_labels
+    [("label", "e1", 1, 5, 0), S, E, S],  # add_event joins a packed label
+    [("label", "e1", 1, 5, 0), S, ("join_waiting", "e1", 10), S],  # join_waiting
+    [("label", "e1", 1, 5, 0), S, ("events", [E]), S],  # add_events
+    [E, ("event", "e2", 11, 1, 1, False), S, ("take", 0), S],  # take: the record value from the packed copy
+    [E, S, ("advance", 10**6), S],  # expiry
+    [E, S] + [("event", f"e{i}", 20 + i, 1, 0, True) for i in range(2, 12)] + [S],  # eviction
+    [E, S, ("label", "e1", 1, 20, 0), S, ("advance", 10**6), S],  # a joined id expires
+    [E, ("event", "e2", 11, 0, 1, True), S, ("take", 0), ("event", "e3", 12, 0, 0, True), S],  # topics
+    # renumbered: their first row left
+    [E, S, ("restore",), ("label", "e1", 1, 20, 0), S],  # the copy a restored store starts from
+    [E, ("event", "e2", 11, 0, 1, True), ("event", "e3", 12, 0, 2, True), S, ("label", "e1", 1, 20, 0), S],
+])
+def test_every_way_an_entry_leaves_is_packed_as_the_whole_store(ops):
+    check_against_twin(ops, 100, 4, 10**9, "negative", 3, True)

@@ -46,8 +46,20 @@ Rules
   same estimate and evicts exactly the same entries (unless it is rebuilt with other ``event_fields``: its
   record values are then converted to features JSON). Both constants are calibrated with tracemalloc
   (``bench/bench_join_store.py``, ``tests/test_join_store.py``): for 20 float features decoded by the
-  codec, about 1990 bytes held per pending event (id, record value and dict) against 3330 estimated; with
-  unique keys (no key object shared between events) about 3000 against 3080, the case the constant covers.
+  codec, about 1890 bytes held per pending event (id, record value and dict) against 3255 estimated; with
+  unique keys (no key object shared between events) about 3245 against 3345, the case the constant covers;
+  a pending label about 350 against 413. After a :meth:`~JoinStore.to_state` about 30 bytes more per event
+  and 50 per label (below): the estimate covers them.
+- **A checkpoint costs what changed**: :meth:`~JoinStore.to_state` keeps a packed copy of what it wrote
+  (its int columns narrowed: each as its smallest value and the differences to it in the smallest unsigned
+  dtype), and each entry it packed holds its row number there instead of its bytes, so that an event's
+  record value or features JSON is held once. The next call writes that copy's rows still present (those
+  of the entries removed since are masked out), then the entries added since: Python work for the entries
+  added and removed in between only, bulk copies of the rest; and the result is the new copy, a single
+  segment with no removed rows. Between two calls, the packed rows of the entries removed since are still
+  held: at most the size of the last copy (for events of 20 float features about 500 bytes per event,
+  against about 3300 estimated); the next call lets them go. The joined ids are kept packed likewise
+  (they leave oldest first). ``to_state``'s output is the same, bit for bit, whenever it was called before.
 - **Features** are dicts whose keys and values are ``str``, ``int`` (64 bits), finite ``float`` or ``bool``
   (the codec produces ``str``/``int`` keys): they round-trip exactly, key and value types included (``1``,
   ``1.0`` and ``"1"`` stay distinct). Anything else (NaN, ``None``, nested values, ints beyond 64 bits,
@@ -100,7 +112,7 @@ import bisect
 import math
 from collections import OrderedDict
 from collections.abc import Mapping
-from itertools import chain
+from itertools import chain, islice
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -196,7 +208,9 @@ class Taken(NamedTuple):
 
 class _Event(NamedTuple):
     x: dict  # the features, as given (kept: a join never decodes them again)
-    blob: bytes  # form _FEATURES: the features as JSON; form _RECORD: the event's record value
+    # form _FEATURES: the features as JSON; form _RECORD: the event's record value. Once packed by
+    # to_state(), the int that finds its row there instead (the bytes are kept once, in the packed copy).
+    blob: bytes | int
     p: float
     version: int
     ts: int
@@ -216,6 +230,7 @@ class _Label(NamedTuple):
     partition: int
     offset: int
     nbytes: int
+    row: int | None  # None until packed by to_state(), then the int that finds its row there
 
 
 def _check_int(value: Any, what: str, low: int, high: int = _MAX_TS) -> int:
@@ -311,6 +326,105 @@ def _unpack(words: np.ndarray, n: int, lengths: np.ndarray, what: str) -> list[b
     return [blob[s:e] for s, e in zip(starts, ends, strict=True)]
 
 
+class _Packed(NamedTuple):
+    """What the last :meth:`JoinStore.to_state` wrote, kept to write it again: its ``n`` rows (every entry
+    then present, in order), each int column narrowed (:func:`_narrow`: ``_INT_COLUMNS``, ``id_len``,
+    ``x_len``, and ``rows``, the number each entry holds to find its row, increasing), ``p`` of the events'
+    rows, the ids' and the events' bytes (uint8, one after the other), and the topics the ``topic``
+    column numbers."""
+
+    n: int
+    rows: tuple[int, np.ndarray | None]
+    cols: dict[str, tuple[int, np.ndarray | None]]
+    p: np.ndarray
+    ids: np.ndarray
+    x: np.ndarray
+    topics: list[str]
+
+
+class _PackedJoined(NamedTuple):
+    """The joined ids the last :meth:`JoinStore.to_state` wrote, and the counts of those forgotten and
+    expired then (those that left since are the oldest ones: their difference)."""
+
+    n: int
+    at: tuple[int, np.ndarray | None]
+    id_len: tuple[int, np.ndarray | None]
+    ids: np.ndarray
+    id_bytes: int
+    forgotten: int
+    expired: int
+
+
+_U64 = 2**64 - 1
+
+
+def _narrow(a: np.ndarray) -> tuple[int, np.ndarray | None]:
+    """An int64 column as its smallest value and the differences to it, in the smallest unsigned dtype that
+    holds them (None when they are all 0): what :func:`_widen` makes the column of again, exactly."""
+    if not len(a):
+        return 0, None
+    lo, hi = int(a.min()), int(a.max())
+    if lo == hi:
+        return lo, None
+    span = hi - lo
+    dtype = next(t for t, bits in ((np.uint8, 8), (np.uint16, 16), (np.uint32, 32), (np.uint64, 64))
+                 if span < 2**bits)
+    return lo, (a.view(np.uint64) - np.uint64(lo & _U64)).astype(dtype)  # wraps: exact below 2**64
+
+
+def _widen(col: tuple[int, np.ndarray | None], keep: np.ndarray | None, n: int) -> np.ndarray:
+    """The int64 column of :func:`_narrow`, its rows that ``keep`` keeps (all when None; ``n`` of them)."""
+    lo, d = col
+    if d is None:
+        return np.full(n, lo, dtype=np.int64)
+    if keep is not None:
+        d = d[keep]
+    return (d.astype(np.uint64) + np.uint64(lo & _U64)).view(np.int64)
+
+
+def _gather(buf: np.ndarray, lens: np.ndarray | None, keep: np.ndarray | None, more: list[bytes]
+            ) -> tuple[np.ndarray, int]:
+    """What :func:`_pack` makes of the rows of ``buf`` (uint8; ``lens`` bytes each) that ``keep`` keeps
+    (all when None) followed by ``more``: one copy of each run of consecutive rows kept."""
+    if keep is None:
+        spans, n = [(0, len(buf))], len(buf)
+    else:
+        ends = np.cumsum(lens)
+        edges = np.diff(keep.view(np.int8), prepend=0, append=0)  # +1 where a run starts, -1 past its end
+        first, stop = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        starts, stops = ends[first] - lens[first], ends[stop - 1]
+        spans, n = list(zip(starts.tolist(), stops.tolist(), strict=True)), int((stops - starts).sum())
+    tail = b"".join(more)
+    n += len(tail)
+    # One bytearray, joined as _pack's: numpy would ask the kernel for huge pages, which may stall it for
+    # 100+ ms (and a bytearray(size) is zeroed first).
+    src = memoryview(buf)
+    out = bytearray().join([*(src[a:b] for a, b in spans), tail, bytes(-n % 8)])
+    return np.frombuffer(out, dtype="<i8").astype(np.int64, copy=False), n
+
+
+def _packed(arrays: Mapping[str, np.ndarray], rows: np.ndarray, topics: list[str], id_bytes: int,
+            x_bytes: int, old: _Packed | None = None) -> _Packed:
+    """The packed copy of the entries' arrays of a state (``rows``: the numbers their entries hold); the
+    bytes written over those of ``old`` (no longer needed) when they fit in it with little to spare."""
+    cols = {name: _narrow(arrays[name]) for name in (*_INT_COLUMNS, "id_len", "x_len")}
+    ids = _bytes_of(arrays["ids"], id_bytes, None if old is None else old.ids)
+    x = _bytes_of(arrays["x"], x_bytes, None if old is None else old.x)
+    p = np.asarray(arrays["p"], dtype=np.float64)[np.asarray(arrays["kind"]) == _EVENT]  # a label's is 0.0
+    return _Packed(len(rows), _narrow(rows), cols, p, ids, x, topics)
+
+
+def _bytes_of(words: np.ndarray, n: int, old: np.ndarray | None) -> np.ndarray:
+    """The first ``n`` bytes of ``words``, copied into the memory of ``old`` (a view of the start of its
+    base) when it holds them with at most 1/32 to spare (memory the process already has: no page to
+    fault in), else into new memory."""
+    buf = None if old is None else old.base if isinstance(old.base, np.ndarray) else old
+    if buf is None or not n <= len(buf) <= n + n // 32:
+        buf = np.frombuffer(bytearray(n), dtype=np.uint8)  # (as in _gather: no huge pages asked for)
+    buf[:n] = np.ascontiguousarray(words, dtype="<i8").view(np.uint8)[:n]
+    return buf if len(buf) == n else buf[:n]
+
+
 class JoinStore:
     """Scored events waiting for their labels, and labels waiting for their events, keyed by id.
 
@@ -384,6 +498,14 @@ class JoinStore:
         self._negative = expired_policy == "negative"
         self._counts = dict.fromkeys(COUNTERS, 0)
         self._next_expiry = _NEVER
+        # The packed copy of what the last to_state() wrote (see to_state): its rows, the numbers of the
+        # packed entries removed since, the number the next packed entry gets; the joined ids likewise,
+        # with the count of those forgotten and expired when it was made.
+        self._packed: _Packed | None = None
+        self._gone: list[int] = []
+        self._next_row = 0
+        self._packed_joined: _PackedJoined | None = None
+        self._joined_expired = 0
         self.event_fields: tuple[str, str, str] | None = None
         self._decode_record: Any = None
         if event_fields is not None:
@@ -428,6 +550,8 @@ class JoinStore:
             self.stream_time = ts
         del self._entries[id]
         self.n_bytes -= entry.nbytes
+        if entry[7] is not None:
+            self._gone.append(entry[7])
         counts = self._counts  # _count_join, inline
         counts["joined"] += 1
         if ts >= 0 and entry.ts >= 0:
@@ -478,6 +602,8 @@ class JoinStore:
             if type(entry) is _Label:
                 del entries[id]
                 self.n_bytes -= entry.nbytes
+                if entry[7] is not None:
+                    self._gone.append(entry[7])
                 out.append(self._join(id, x, entry.y, p, version, ts, entry.ts, topic, partition, offset))
             else:
                 self._counts["duplicate_handoffs" if handed_off else "duplicate_events"] += 1
@@ -566,6 +692,8 @@ class JoinStore:
                 del entries[id]
                 self.n_bytes -= entry.nbytes
                 self.pending_events -= 1
+                if entry[1].__class__ is int:
+                    self._gone.append(entry[1])
                 e = entry
                 out.append(self._join(id, e.x, y, e.p, e.version, e.ts, ts, e.topic, e.partition, e.offset))
             else:
@@ -574,7 +702,8 @@ class JoinStore:
             self._counts["duplicate_handoffs" if handed_off else "duplicate_labels"] += 1
         else:
             _check_origin(topic, partition, offset)
-            label = _new(_Label, (y, ts, self.stream_time, topic, partition, offset, ENTRY_BYTES + len(id)))
+            label = _new(_Label, (y, ts, self.stream_time, topic, partition, offset, ENTRY_BYTES + len(id),
+                                  None))
             self._store(id, label, out)
         return out
 
@@ -597,6 +726,7 @@ class JoinStore:
         counts = self._counts
         latency_counts, buckets = self.latency_counts, self.latency_buckets_ms
         max_joined = self.max_joined
+        gone = self._gone
         for i, (id, y, ts, topic, partition, offset) in enumerate(labels):
             checked = (id.__class__ is str and y.__class__ is int and (y == 0 or y == 1)
                        and ts.__class__ is int and -1 <= ts < _MAX_TS)
@@ -615,7 +745,7 @@ class JoinStore:
                         and -1 <= partition < _MAX_TS and -1 <= offset < _MAX_TS):  # a label first, that fits
                     nbytes = ENTRY_BYTES + len(id)
                     if self.n_bytes + nbytes <= self.max_bytes:
-                        label = (y, ts, self.stream_time, topic, partition, offset, nbytes)
+                        label = (y, ts, self.stream_time, topic, partition, offset, nbytes, None)
                         entries[id] = _new(_Label, label)
                         self.n_bytes += nbytes
                         continue
@@ -627,6 +757,8 @@ class JoinStore:
             del entries[id]
             self.n_bytes -= entry.nbytes
             self.pending_events -= 1
+            if entry[1].__class__ is int:
+                gone.append(entry[1])
             counts["joined"] += 1
             event_ts = entry.ts
             latency = None
@@ -653,19 +785,36 @@ class JoinStore:
         Nothing is counted: they did not leave by a join, an expiry or an eviction."""
         entries = self._entries
         taken = [(id, e) for id, e in entries.items() if (e.topic, e.partition) in partitions]
+        packed = self._packed_values([e.blob for _, e in taken if e.__class__ is _Event and e.form == _RECORD
+                                      and e.blob.__class__ is int])
         out = []
         for id, e in taken:
             del entries[id]
             self.n_bytes -= e.nbytes
+            row = e[1] if e.__class__ is _Event else e[7]
+            if row.__class__ is int:
+                self._gone.append(row)
             if type(e) is _Event:
                 self.pending_events -= 1
-                value = e.blob if e.form == _RECORD else None
+                value = (packed[row] if row.__class__ is int else row) if e.form == _RECORD else None
                 out.append(Taken(id, e.x, None, e.ts, e.topic, e.partition, e.offset, value,
                                  e.p, e.version))
             else:
                 out.append(Taken(id, None, e.y, e.ts, e.topic, e.partition, e.offset, None, None, None))
         self._update_next_expiry()
         return out
+
+    def _packed_values(self, rows: list[int]) -> dict[int, bytes]:
+        """The bytes the packed copy keeps for the entries that hold these row numbers."""
+        if not rows:
+            return {}
+        old = self._packed
+        at = np.searchsorted(_widen(old.rows, None, old.n), np.array(rows, dtype=np.int64))
+        lens = _widen(old.cols["x_len"], None, old.n)
+        ends = np.cumsum(lens)
+        x = old.x
+        return {r: x[e - n:e].tobytes()
+                for r, e, n in zip(rows, ends[at].tolist(), lens[at].tolist(), strict=True)}
 
     def origins(self) -> set[tuple[str, int]]:
         """The ``(topic, partition)`` of every entry's record."""
@@ -699,6 +848,7 @@ class JoinStore:
         joined = self._joined
         while joined and joined[next(iter(joined))] < horizon:
             joined.popitem(last=False)
+            self._joined_expired += 1
         self._update_next_expiry()
         return out
 
@@ -745,6 +895,9 @@ class JoinStore:
     def _drop_oldest(self, out: list[Joined], event_counter: str, label_counter: str, cause: str) -> None:
         id, entry = self._entries.popitem(last=False)
         self.n_bytes -= entry.nbytes
+        row = entry[1] if entry.__class__ is _Event else entry[7]
+        if row.__class__ is int:
+            self._gone.append(row)
         self.pending_events -= type(entry) is _Event
         self._discard(id, entry, out, event_counter, label_counter, cause)
 
@@ -795,42 +948,110 @@ class JoinStore:
     def to_state(self) -> tuple[dict[str, np.ndarray], dict]:
         """Everything the store holds, as int64/float64 arrays and a JSON-able dict (no pickle).
 
-        Bitwise deterministic: the same operations give the same arrays and the same dict.
-        ``JoinStore.from_state(*store.to_state())`` behaves exactly as ``store`` from then on.
+        Bitwise deterministic: the same operations give the same arrays and the same dict, whenever
+        ``to_state`` was called before. ``JoinStore.from_state(*store.to_state())`` behaves exactly as
+        ``store`` from then on.
+
+        What it costs: Python work for the entries added and removed since the previous call only, and
+        bulk copies (memcpy speed) of the rest. The store keeps a packed copy of what the previous call
+        wrote, narrowed (each int column as its smallest value and the differences to it in the smallest
+        unsigned dtype), and the entries it covers hold their row number there instead of their bytes: an
+        event's record value or features JSON is kept once. Each call writes the rows of that copy still
+        present (a mask of those removed), then the entries added since, and makes the result the new
+        copy: one segment, with no removed rows in it, whatever happened before. The joined ids likewise
+        (they only ever leave oldest first).
         """
         entries = self._entries
-        vals = list(entries.values())
-        code: dict[str, int] = {}  # topic -> its index, in the order of first appearance
+        old = self._packed
+        kept = keep = None  # the rows of the packed copy still present: how many, which (None: all)
+        if old is not None:
+            kept = old.n
+            rows = _widen(old.rows, None, old.n)
+            if self._gone:
+                gone = np.array(self._gone, dtype=np.int64)
+                at = np.searchsorted(rows, gone)
+                if not (at < old.n).all() or not (rows[np.minimum(at, old.n - 1)] == gone).all():
+                    raise RuntimeError("join store: an entry removed was not in the packed copy")
+                keep = np.ones(old.n, dtype=bool)
+                keep[at] = False
+                kept = old.n - len(gone)
+                rows = rows[keep]
+        # The entries added since the previous call: the last ones (those before them are packed).
+        n_new = len(entries) - (kept or 0)
+        if kept:
+            new_ids = list(islice(reversed(entries), n_new))
+            vals = list(islice(reversed(entries.values()), n_new))
+            new_ids.reverse()
+            vals.reverse()
+        else:
+            new_ids, vals = list(entries), list(entries.values())
+        if n_new < 0 or any((e[1] if e.__class__ is _Event else e[7]).__class__ is int for e in vals[:1]):
+            raise RuntimeError("join store: the packed copy lost track of the entries")
+        # Topics, numbered in the order of first appearance: those of the rows kept, then of the new ones.
+        code: dict[str, int] = {}
         number = code.setdefault
-        # One pass, a row of the int columns (_INT_COLUMNS) per entry, then one numpy conversion.
-        rows = [(_EVENT, 0, e[3], e[4], e[5], number(e[6], len(code)), e[7], e[8], e[10])
+        if kept:
+            lo, d = old.cols["topic"]
+            local = (np.zeros(kept, dtype=np.intp) if d is None
+                     else (d if keep is None else d[keep]).astype(np.intp))
+            seen = np.flatnonzero(np.bincount(local, minlength=len(old.topics)))
+            if len(seen) > 8:
+                firsts, idx = np.unique(local, return_index=True)
+                seen = firsts[np.argsort(idx)]
+            elif len(seen) > 1:
+                seen = seen[np.argsort([int(np.argmax(local == c)) for c in seen.tolist()])]
+            lut = np.zeros(len(old.topics), dtype=np.int64)
+            for c in seen.tolist():
+                lut[c] = number(old.topics[lo + c], len(code))
+            topic_kept = lut[local]
+        # The new rows, as the whole store was packed before: a row of the int columns per entry.
+        table = np.fromiter(
+            chain.from_iterable(
+                (_EVENT, 0, e[3], e[4], e[5], number(e[6], len(code)), e[7], e[8], e[10])
                 if e.__class__ is _Event
-                else (_LABEL, e[0], 0, e[1], e[2], number(e[3], len(code)), e[4], e[5], 0) for e in vals]
-        table = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=len(rows) * len(_INT_COLUMNS))
-        table = table.reshape(len(rows), len(_INT_COLUMNS)).T
-        arrays = {name: np.ascontiguousarray(table[i]) for i, name in enumerate(_INT_COLUMNS)}
-        events = table[0] == _EVENT
-        p = np.zeros(len(vals), dtype=np.float64)
-        p[events] = [e[2] for e in vals if e.__class__ is _Event]
+                else (_LABEL, e[0], 0, e[1], e[2], number(e[3], len(code)), e[4], e[5], 0)
+                for e in vals
+            ),
+            dtype=np.int64,
+            count=len(vals) * len(_INT_COLUMNS),
+        ).reshape(len(vals), len(_INT_COLUMNS)).T
+        p_new = np.zeros(len(vals), dtype=np.float64)
+        p_new[table[0] == _EVENT] = [e[2] for e in vals if e.__class__ is _Event]
         blobs = [e[1] if e.__class__ is _Event else b"" for e in vals]
-        ids = [id.encode("utf-8", "surrogatepass") for id in entries]
-        id_words, id_bytes = _pack(ids)
-        x_words, x_bytes = _pack(blobs)
-        joined_ids = [id.encode("utf-8", "surrogatepass") for id in self._joined]
-        joined_words, joined_bytes = _pack(joined_ids)
+        ids = [id.encode("utf-8", "surrogatepass") for id in new_ids]
+        arrays: dict[str, np.ndarray] = {}
+        for i, name in enumerate(_INT_COLUMNS):
+            if not kept:
+                arrays[name] = np.ascontiguousarray(table[i])
+            else:
+                part = topic_kept if name == "topic" else _widen(old.cols[name], keep, kept)
+                arrays[name] = np.concatenate([part, table[i]])
+        if kept:
+            events = _widen(old.cols["kind"], None, old.n) == _EVENT
+            p_kept = np.zeros(kept, dtype=np.float64)
+            p_kept[events if keep is None else events[keep]] = old.p if keep is None else old.p[keep[events]]
+            arrays["p"] = np.concatenate([p_kept, p_new])
+        else:
+            arrays["p"] = p_new
+        id_len_new = np.array(list(map(len, ids)), dtype=np.int64)
+        x_len_new = np.array(list(map(len, blobs)), dtype=np.int64)
+        if old is not None and old.n:
+            id_len_old = _widen(old.cols["id_len"], None, old.n)
+            x_len_old = _widen(old.cols["x_len"], None, old.n)
+            id_words, id_bytes = _gather(old.ids, id_len_old, keep, ids)
+            x_words, x_bytes = _gather(old.x, x_len_old, keep, blobs)
+            if keep is not None:
+                id_len_old, x_len_old = id_len_old[keep], x_len_old[keep]
+            arrays["id_len"] = np.concatenate([id_len_old, id_len_new])
+            arrays["x_len"] = np.concatenate([x_len_old, x_len_new])
+        else:
+            id_words, id_bytes = _pack(ids)
+            x_words, x_bytes = _pack(blobs)
+            arrays["id_len"], arrays["x_len"] = id_len_new, x_len_new
+        arrays["ids"], arrays["x"] = id_words, x_words
+        joined_state, packed_joined = self._joined_state()
+        arrays.update(joined_state)
         topics = list(code)
-        arrays.update(
-            {
-                "p": p,
-                "id_len": np.array(list(map(len, ids)), dtype=np.int64),
-                "ids": id_words,
-                "x_len": np.array(list(map(len, blobs)), dtype=np.int64),
-                "x": x_words,
-                "joined.at": np.array(list(self._joined.values()), dtype=np.int64),
-                "joined.id_len": np.array(list(map(len, joined_ids)), dtype=np.int64),
-                "joined.ids": joined_words,
-            }
-        )
         meta = {
             "format": FORMAT,
             "params": self.params(),
@@ -840,10 +1061,53 @@ class JoinStore:
             "topics": topics,
             "id_bytes": id_bytes,
             "x_bytes": x_bytes,
-            "joined_id_bytes": joined_bytes,
+            "joined_id_bytes": packed_joined.id_bytes,
             "event_fields": None if self.event_fields is None else list(self.event_fields),
         }
+        # The new packed copy (over the old one's memory when it fits), then the new entries point into it.
+        keep = None
+        self._packed = None
+        first = self._next_row
+        rows = np.arange(first, first + n_new, dtype=np.int64) if kept is None else np.concatenate(
+            [rows, np.arange(first, first + n_new, dtype=np.int64)])
+        self._packed = _packed(arrays, rows, topics, id_bytes, x_bytes, old)
+        old = None
+        self._gone = []
+        self._packed_joined = packed_joined
+        entries.update(zip(new_ids, [_new(_Event, (e[0], s, *e[2:])) if e.__class__ is _Event
+                                     else _new(_Label, (*e[:7], s)) for s, e in enumerate(vals, first)],
+                           strict=True))
+        self._next_row = first + n_new
         return arrays, meta
+
+    def _joined_state(self) -> tuple[dict[str, np.ndarray], _PackedJoined]:
+        """The joined ids' arrays, from those of the previous call (the oldest ones forgotten or expired
+        since left off) and the ids joined since; and their new packed copy."""
+        joined = self._joined
+        pj = self._packed_joined
+        forgotten, expired = self._counts["forgotten_joins"], self._joined_expired
+        start = n_old = 0
+        if pj is not None:
+            n_old = pj.n
+            start = min(n_old, forgotten - pj.forgotten + expired - pj.expired)
+        new_ids = list(islice(reversed(joined), len(joined) - (n_old - start)))
+        new_ids.reverse()
+        encoded = [id.encode("utf-8", "surrogatepass") for id in new_ids]
+        at_new = np.array([joined[id] for id in new_ids], dtype=np.int64)
+        len_new = np.array(list(map(len, encoded)), dtype=np.int64)
+        if n_old:
+            lens = _widen(pj.id_len, None, n_old)
+            skip = int(lens[:start].sum())
+            words, n_bytes = _gather(pj.ids[skip:], None, None, encoded)
+            at = np.concatenate([_widen(pj.at, None, n_old)[start:], at_new])
+            lens = np.concatenate([lens[start:], len_new])
+        else:
+            (words, n_bytes), at, lens = _pack(encoded), at_new, len_new
+        if len(at) != len(joined):
+            raise RuntimeError("join store: the packed joined ids lost track of the joins")
+        packed = _PackedJoined(len(at), _narrow(at), _narrow(lens), words.view(np.uint8)[:n_bytes].copy(),
+                               n_bytes, forgotten, expired)
+        return {"joined.at": at, "joined.id_len": lens, "joined.ids": words}, packed
 
     @classmethod
     def from_state(cls, arrays: Mapping[str, np.ndarray], meta: Mapping, *, event_fields: Any = "as saved"
@@ -1005,15 +1269,16 @@ class JoinStore:
         )
         entries = store._entries
         n_bytes = n_events = 0
+        seed = not convert  # the arrays loaded are the first packed copy: the entries hold their rows
         for id, i, blob, k, yi, v, t, s, tp, part, off, pi, f in rows:
             if k == _EVENT:
                 x = xs[i]
                 nbytes = ENTRY_BYTES + len(id) + len(blob) + FEATURE_BYTES * len(x)
-                entries[id] = _new(_Event, (x, blob, pi, v, t, s, tp, part, off, nbytes, f))
+                entries[id] = _new(_Event, (x, i if seed else blob, pi, v, t, s, tp, part, off, nbytes, f))
                 n_events += 1
             else:
                 nbytes = ENTRY_BYTES + len(id)
-                entries[id] = _new(_Label, (yi, t, s, tp, part, off, nbytes))
+                entries[id] = _new(_Label, (yi, t, s, tp, part, off, nbytes, i if seed else None))
             n_bytes += nbytes
         store.n_bytes, store.pending_events = n_bytes, n_events
         if store.n_bytes > store.max_bytes:
@@ -1023,6 +1288,15 @@ class JoinStore:
         store._joined = OrderedDict(zip(joined_ids, cols["joined.at"].tolist(), strict=True))
         store.stream_time = stream_time
         store._counts = {k: counters[k] for k in COUNTERS}
+        if seed:  # the topics as saved: to_state numbers them anew
+            store._packed = _packed(cols, np.arange(n, dtype=np.int64), list(topics), meta["id_bytes"],
+                                    meta["x_bytes"])
+            store._next_row = n
+        n_joined = meta["joined_id_bytes"]
+        joined_bytes = np.ascontiguousarray(cols["joined.ids"], dtype="<i8").view(np.uint8)[:n_joined].copy()
+        store._packed_joined = _PackedJoined(len(joined_ids), _narrow(cols["joined.at"]),
+                                             _narrow(cols["joined.id_len"]), joined_bytes, n_joined,
+                                             counters["forgotten_joins"], 0)
         store._update_next_expiry()
         return store
 
