@@ -213,6 +213,10 @@ class TransactionalProducer(Producer):
         self._call(super().commit_transaction, self.timeout)
 
     def abort_transaction(self) -> None:
+        """Abort the open transaction. What is queued is delivered first (at most ``timeout`` s; it stays
+        invisible): librdkafka's abort right after records whose partitions are not added to the
+        transaction yet can fail with the fatal ``INVALID_TXN_STATE`` (librdkafka issue 4849)."""
+        self.flush(self.timeout)
         self._call(super().abort_transaction, self.timeout)
 
     def close(self, timeout: float | None = None) -> None:

@@ -432,6 +432,10 @@ class Learner:
         itself fails and the model must roll back, the whole batch is dropped (the next poll's reload seeks
         every partition back to the checkpoint)."""
         state, source = self._state, self._source
+        if self._exactly_once and self._outputs.lost:  # the open transaction may not commit without them
+            self._transactions.abort(state, self._outputs, f"{self._outputs.lost} of its outputs could not "
+                                     "be sent; they are published again")
+            state.needs_reload = True
         pending = set(source.pending)
         if state.needs_reload:  # every partition is sought back to the checkpoint
             pending |= source.assignment()
@@ -534,8 +538,11 @@ class Learner:
             self._labels.connect()
         self._outputs.connect()
 
-    def _flush(self, timeout: float) -> bool:
-        return self._outputs.flush(timeout, self._stopping.is_set)
+    def _flush(self, timeout: float, interruptible: bool = True) -> bool:
+        """Whether every output since the last checkpoint is acknowledged (waiting at most ``timeout``).
+        Exactly-once: never when one was dropped, which the transaction would otherwise commit without."""
+        done = self._outputs.flush(timeout, self._stopping.is_set if interruptible else lambda: False)
+        return done and not (self._exactly_once and self._outputs.lost)
 
     def _shutdown(self) -> None:
         """Final checkpoint and commit, then leave the group (the revoke callback then has nothing to do).
@@ -553,7 +560,7 @@ class Learner:
         timeout_ms = max(int(timeout * 1000), 1)
         try:
             with self._lock:
-                flush = lambda t: self._outputs.flush(timeout)  # noqa: E731  (not interrupted: bounded)
+                flush = lambda t: self._flush(timeout, interruptible=False)  # noqa: E731  (bounded)
                 owned = source.assignment() - source.pending if source.consumer is not None else set()
                 if state.fenced is None and state.since_checkpoint and not state.checkpoint(
                     "stop", flush, commit_to=owned

@@ -9,7 +9,9 @@ Every wait is bounded and no output can hold up a checkpoint or the shutdown for
 - a flush waits at most its timeout (in short slices, so a stop request is heard) and re-sends failed
   records at most ``retries`` times; what is still not acknowledged then is **dropped and counted**
   (``LearnerStats.output_dropped`` and ``output_failures``, by topic), and the checkpoint goes on. Outputs
-  are at least once while the topics are healthy, and best-effort beyond that bound;
+  are at least once while the topics are healthy, and best-effort beyond that bound (with exactly-once,
+  a dropped record is never committed: :attr:`Outputs.lost` counts them, and the learner aborts the
+  transaction and publishes its events' outputs again instead);
 - a topic that cannot take records (deleted, not authorised, no metadata) is marked unhealthy
   (``LearnerStats.output_healthy`` false): records for it are dropped and counted at once instead of each
   blocking the loop, and it is probed again at every checkpoint;
@@ -79,6 +81,9 @@ class Outputs:
         self._outbox: list[list[Any]] = []
         self._down: dict[str, str] = {}  # unhealthy topic -> why
         self._probed: dict[str, float] = {}  # unhealthy topic -> when last asked about
+        # Records dropped since the last reset(): exactly-once, the open transaction lacks them, so it may
+        # not commit (the learner aborts it and publishes its events' outputs again).
+        self.lost = 0
         # The group model (consumers.state.group_model.GroupModel), or None: its version goes into each
         # prediction (group_version: events it covered at the last synchronisation; group_synced_at).
         self.group: Any = None
@@ -227,6 +232,7 @@ class Outputs:
         """Forget the outbox and the unhealthy topics: the transaction they were sent in was aborted (its
         records are never visible), and the events they came from are read and published again."""
         self._outbox, self._down, self._probed = [], {}, {}
+        self.lost = 0
         with self.stats.lock:
             self.stats.output_healthy = True
 
@@ -301,6 +307,7 @@ class Outputs:
                         extra={"topic": topic, "reason": type(exc).__name__})
 
     def _dropped(self, topic: str, n: int) -> None:
+        self.lost += n
         with self.stats.lock:
             self.stats.output_dropped[topic] = self.stats.output_dropped.get(topic, 0) + n
 

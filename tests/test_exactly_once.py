@@ -185,6 +185,65 @@ def test_outputs_are_those_of_an_offline_replay_and_visible_once_committed(
     assert not (tmp_path / "none").exists()
 
 
+def refuse_one_send(monkeypatch: pytest.MonkeyPatch, kafka_client: str, topic: str, after: int) -> list[int]:
+    """Make the learner's producer refuse its ``after``-th send to ``topic``, once, as each client does when
+    it has no metadata for the topic (kafka-python: no answer within ``max_block_ms``, as during a broker
+    restart; librdkafka: unknown topic); returns the list that then holds the refused send's number."""
+    seen, refused = [0], []
+
+    def refuse(send: Any, make_error: Any) -> Any:
+        def patched(self: Any, t: str, *args: Any, **kwargs: Any) -> Any:
+            if t == topic and not refused:
+                seen[0] += 1
+                if seen[0] == after:
+                    refused.append(seen[0])
+                    raise make_error()
+            return send(self, t, *args, **kwargs)
+        return patched
+
+    if kafka_client == "confluent":
+        from confluent_kafka import KafkaError as CKError
+        from confluent_kafka import KafkaException
+
+        from consumers.confluent_tx import TransactionalProducer
+
+        monkeypatch.setattr(TransactionalProducer, "produce", refuse(
+            TransactionalProducer.produce, lambda: KafkaException(CKError(CKError._UNKNOWN_TOPIC))))
+    else:
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaTimeoutError
+
+        monkeypatch.setattr(KafkaProducer, "send", refuse(
+            KafkaProducer.send, lambda: KafkaTimeoutError("Failed to update metadata after 1.0 secs.")))
+    return refused
+
+
+@pytest.mark.kafka
+def test_an_output_the_producer_refuses_is_published_again_not_committed_without(
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused send marks its topic unhealthy and drops its records for a while (at-least-once: counted,
+    so that checkpoints go on); exactly-once, the open transaction must not commit without them: it is
+    aborted and its events are read, learned and published again."""
+    topic, predictions = kafka_topic(1), kafka_topic(1)
+    values = make_events(1500, seed=43, unlabelled_every=3)
+    produce(kafka_bootstrap, topic, values)
+    refused = refuse_one_send(monkeypatch, kafka_client, predictions, after=150)
+    cfg = make_config(kafka_bootstrap, topic, tmp_path / "none", state_store="kafka",
+                      processing_guarantee="exactly-once", predictions_topic=predictions,
+                      checkpoint_every_messages=300, max_poll_records=100, group_instance_id="eos-refused",
+                      kafka_client=kafka_client)
+    with running(cfg) as r:
+        wait_for(lambda: r.stats()["positions"].get(f"{topic}:0") == len(values), 60, "all read")
+        dropped = r.stats()["output_dropped"]
+    assert refused == [150] and dropped.get(predictions, 0) >= 1  # the drop happened
+    _, scored = offline(values, 1)
+    got = [orjson.loads(rec.value) for rec in read_committed(kafka_bootstrap, predictions, len(scored))]
+    assert [(g["id"], g["p"], g["n_samples_seen"]) for g in got] == scored  # each once, in order
+    final = state(kafka_bootstrap, f"g-{topic}", "eos-refused")
+    assert final.metadata["offsets"] == {f"{topic}:0": len(values)}
+
+
 @pytest.mark.kafka
 def test_sigkills_mid_transaction_and_a_rebalance_publish_each_output_exactly_once(
     kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str
