@@ -12,7 +12,11 @@ Every wait is bounded and no output can hold up a checkpoint or the shutdown for
   are at least once while the topics are healthy, and best-effort beyond that bound (with exactly-once,
   a dropped record is never committed: :attr:`Outputs.lost` counts them, and the learner aborts the
   transaction and publishes its events' outputs again instead);
-- a topic that cannot take records (deleted, not authorised, no metadata) is marked unhealthy
+- a send that gets no metadata for its topic within the producer's ``max_block_ms`` (the brokers are away,
+  e.g. restarting, or the topic is gone) holds that topic's records, in order and without blocking the loop
+  again, for at most :attr:`Outputs.hold_seconds` and ``buffer_memory`` bytes: each flush tries to hand them
+  to the producer again (the checkpoint waits meanwhile); past either bound the topic is unhealthy;
+- a topic that cannot take records (deleted, not authorised, held for too long) is marked unhealthy
   (``LearnerStats.output_healthy`` false): records for it are dropped and counted at once instead of each
   blocking the loop, and it is probed again at every checkpoint;
 - a dead letter bigger than the producer's ``max_request_size`` is sent truncated: the original headers,
@@ -60,6 +64,20 @@ class MissingTopics(Exception):
         self.topics = topics
 
 
+class _Held:
+    """The outbox's stand-in for the future of a record not handed to the producer yet (its topic is held:
+    no metadata came within ``max_block_ms``); :meth:`Outputs.flush` sends it."""
+
+    is_done = False
+
+    @staticmethod
+    def failed() -> bool:
+        return False
+
+
+_HELD = _Held()
+
+
 class Outputs:
     """The producer side of the learner: ``dead_letter``, ``prediction``, ``flush``, ``close``.
 
@@ -71,6 +89,7 @@ class Outputs:
 
     retries = 3  # re-sends of a failed record within one flush
     probe_every = 30.0  # seconds between two look-ups of an unhealthy topic
+    hold_seconds = 30.0  # how long a topic without metadata holds its records before it is unhealthy
 
     def __init__(self, config: Any, stats: LearnerStats, producer: KafkaProducer | None = None) -> None:
         self.config = config
@@ -81,6 +100,9 @@ class Outputs:
         self._outbox: list[list[Any]] = []
         self._down: dict[str, str] = {}  # unhealthy topic -> why
         self._probed: dict[str, float] = {}  # unhealthy topic -> when last asked about
+        self._held: dict[str, float] = {}  # topic without metadata -> since when its records are held
+        self._held_bytes = 0  # what the held records take, at most ``buffer_memory``
+        self.max_held_bytes = int(config.producer_kwargs().get("buffer_memory", 33_554_432))
         # Records dropped since the last reset(): exactly-once, the open transaction lacks them, so it may
         # not commit (the learner aborts it and publishes its events' outputs again).
         self.lost = 0
@@ -152,17 +174,85 @@ class Outputs:
         if topic in self._down:
             self._dropped(topic, 1)
             return
+        entry = [_HELD, topic, value, key, headers, attempts]
+        if topic in self._held:  # in order behind the held ones, without waiting for metadata again
+            self._hold(entry)
+        elif self._hand(entry):
+            self._outbox.append(entry)
+
+    def _hand(self, entry: list) -> bool | None:
+        """Hand ``entry`` to the producer (its future into ``entry[0]``): True; False if it was dropped,
+        None if it is held (no metadata for its topic within ``max_block_ms``)."""
+        topic, value, key, headers = entry[1:5]
         try:
-            future = self.producer.send(topic, value=value, key=key, headers=headers)
+            entry[0] = self.producer.send(topic, value=value, key=key, headers=headers)
         except _FATAL as exc:
             self._failed(topic, exc, down=not isinstance(exc, kerr.MessageSizeTooLargeError))
             self._dropped(topic, 1)
+            return False
+        except KafkaError as exc:  # no metadata in max_block_ms: the brokers are away or the topic is gone
+            if topic not in self._held:
+                self._held[topic] = time.monotonic()
+                log.warning("no metadata for %s within max_block_ms (%r): holding its records for at most "
+                            "%.0fs", topic, exc, self.hold_seconds, extra={"topic": topic, "reason": "held"})
+                with self.stats.lock:
+                    self.stats.output_healthy = False
+            self._hold(entry)
+            return None
+        return True
+
+    @staticmethod
+    def _size(entries: list[list]) -> int:
+        return sum(len(o[2] or b"") + len(o[3] or b"") for o in entries)
+
+    def _hold(self, entry: list) -> None:
+        """Keep ``entry`` in the outbox, to be sent by the next flush (dropped past ``max_held_bytes``)."""
+        size = self._size([entry])
+        if self._held_bytes + size > self.max_held_bytes:
+            self._failed(entry[1], kerr.KafkaTimeoutError("the records held for it exceed buffer_memory"),
+                         down=False)
+            self._dropped(entry[1], 1)
             return
-        except KafkaError as exc:  # no metadata in max_block_ms: the topic is gone or the brokers are away
-            self._failed(topic, exc, down=True)
-            self._dropped(topic, 1)
-            return
-        self._outbox.append([future, topic, value, key, headers, attempts])
+        entry[0] = _HELD
+        self._held_bytes += size
+        self._outbox.append(entry)
+
+    def _take_held(self, topic: str) -> list[list]:
+        """The held records of ``topic``, in order, out of the outbox."""
+        held = [o for o in self._outbox if o[0] is _HELD and o[1] == topic]
+        self._outbox = [o for o in self._outbox if o[0] is not _HELD or o[1] != topic]
+        self._held_bytes -= self._size(held)
+        return held
+
+    def _release_held(self) -> None:
+        """Hand each held topic's records to the producer again, in order; a topic held for longer than
+        :attr:`hold_seconds` is unhealthy (its records dropped and counted)."""
+        for topic, since in list(self._held.items()):
+            entries = self._take_held(topic)
+            for i, entry in enumerate(entries):
+                if topic in self._down:  # refused for good meanwhile
+                    self._dropped(topic, len(entries) - i)
+                    break
+                sent = self._hand(entry)
+                if sent:
+                    self._outbox.append(entry)
+                elif sent is None:  # still no metadata: the rest stay held, behind it
+                    for rest in entries[i + 1:]:
+                        self._hold(rest)
+                    break
+            else:
+                del self._held[topic]
+                continue
+            if topic in self._down:
+                del self._held[topic]
+            elif time.monotonic() - since >= self.hold_seconds:
+                del self._held[topic]
+                held = self._take_held(topic)
+                self._failed(topic, kerr.KafkaTimeoutError(f"no metadata for {self.hold_seconds:.0f}s"),
+                             down=True)
+                self._dropped(topic, len(held))
+        with self.stats.lock:
+            self.stats.output_healthy = not (self._down or self._held)
 
     # ------------------------------------------------------------------ flushing
 
@@ -175,6 +265,7 @@ class Outputs:
         brokers are slow or away): they stay in the outbox and the caller postpones its checkpoint.
         """
         self._probe_down_topics()
+        self._release_held()
         deadline = time.monotonic() + timeout
         while self._outbox:
             self._wait_done(deadline, should_stop)
@@ -199,13 +290,13 @@ class Outputs:
                 break
         if not self._outbox:
             return True
-        gone = self._gone({o[1] for o in self._outbox})
+        gone = self._gone({o[1] for o in self._outbox if o[0] is not _HELD})
         for topic, exc in gone.items():  # deleted while its records waited: they can never be delivered
             self._failed(topic, exc, down=True)
         for o in self._outbox:
-            if o[1] in gone:
+            if o[1] in gone and o[0] is not _HELD:
                 self._dropped(o[1], 1)
-        self._outbox = [o for o in self._outbox if o[1] not in gone]
+        self._outbox = [o for o in self._outbox if o[1] not in gone or o[0] is _HELD]
         return not self._outbox
 
     # What a client backend says about its sends (flush() decides with these).
@@ -231,7 +322,7 @@ class Outputs:
     def reset(self) -> None:
         """Forget the outbox and the unhealthy topics: the transaction they were sent in was aborted (its
         records are never visible), and the events they came from are read and published again."""
-        self._outbox, self._down, self._probed = [], {}, {}
+        self._outbox, self._down, self._probed, self._held, self._held_bytes = [], {}, {}, {}, 0
         self.lost = 0
         with self.stats.lock:
             self.stats.output_healthy = True
@@ -240,13 +331,13 @@ class Outputs:
         """Give up on every unacknowledged output (counted as dropped); returns how many."""
         for o in self._outbox:
             self._dropped(o[1], 1)
-        n, self._outbox = len(self._outbox), []
+        n, self._outbox, self._held, self._held_bytes = len(self._outbox), [], {}, 0
         return n
 
     def _wait_done(self, deadline: float, should_stop: Callable[[], bool]) -> None:
         while not should_stop():
             left = deadline - time.monotonic()
-            if left <= 0 or all(o[0].is_done for o in self._outbox):
+            if left <= 0 or all(o[0].is_done or o[0] is _HELD for o in self._outbox):
                 return
             try:
                 self.producer.flush(timeout=min(left, 0.5))

@@ -186,9 +186,9 @@ def test_outputs_are_those_of_an_offline_replay_and_visible_once_committed(
 
 
 def refuse_one_send(monkeypatch: pytest.MonkeyPatch, kafka_client: str, topic: str, after: int) -> list[int]:
-    """Make the learner's producer refuse its ``after``-th send to ``topic``, once, as each client does when
-    it has no metadata for the topic (kafka-python: no answer within ``max_block_ms``, as during a broker
-    restart; librdkafka: unknown topic); returns the list that then holds the refused send's number."""
+    """Make the learner's producer refuse its ``after``-th send to ``topic``, once, as for good
+    (kafka-python: not authorised; librdkafka: unknown topic), so that the outputs drop it and mark the
+    topic unhealthy; returns the list that then holds the refused send's number."""
     seen, refused = [0], []
 
     def refuse(send: Any, make_error: Any) -> Any:
@@ -211,10 +211,10 @@ def refuse_one_send(monkeypatch: pytest.MonkeyPatch, kafka_client: str, topic: s
             TransactionalProducer.produce, lambda: KafkaException(CKError(CKError._UNKNOWN_TOPIC))))
     else:
         from kafka import KafkaProducer
-        from kafka.errors import KafkaTimeoutError
+        from kafka.errors import TopicAuthorizationFailedError
 
         monkeypatch.setattr(KafkaProducer, "send", refuse(
-            KafkaProducer.send, lambda: KafkaTimeoutError("Failed to update metadata after 1.0 secs.")))
+            KafkaProducer.send, lambda: TopicAuthorizationFailedError({topic})))
     return refused
 
 
@@ -222,9 +222,9 @@ def refuse_one_send(monkeypatch: pytest.MonkeyPatch, kafka_client: str, topic: s
 def test_an_output_the_producer_refuses_is_published_again_not_committed_without(
     kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A refused send marks its topic unhealthy and drops its records for a while (at-least-once: counted,
-    so that checkpoints go on); exactly-once, the open transaction must not commit without them: it is
-    aborted and its events are read, learned and published again."""
+    """A refused send marks its topic unhealthy and drops its records until it is back (at-least-once:
+    counted, so that checkpoints go on); exactly-once, the open transaction must not commit without them:
+    it is aborted and its events are read, learned and published again."""
     topic, predictions = kafka_topic(1), kafka_topic(1)
     values = make_events(1500, seed=43, unlabelled_every=3)
     produce(kafka_bootstrap, topic, values)

@@ -235,6 +235,86 @@ def test_an_output_topic_deleted_mid_run_is_bounded_and_counted(kafka_bootstrap:
     assert same_model(r.learner.model, expected)
 
 
+def committed_offset(bootstrap: str, group: str, topic: str) -> int | None:
+    """The group's committed offset of ``topic``'s partition 0 (None before the first commit)."""
+    from kafka.errors import KafkaError
+
+    try:
+        found = committed(bootstrap, group).get(TopicPartition(topic, 0))
+    except KafkaError:  # no coordinator for the group yet
+        return None
+    return None if found is None else found.offset
+
+
+def refuse_sends(monkeypatch: pytest.MonkeyPatch, topic: str, first: int, last: float) -> list[int]:
+    """Make kafka-python's producer refuse its sends number ``first`` to ``last`` to ``topic`` as it does when
+    the topic's metadata does not come within ``max_block_ms`` (the brokers away, e.g. restarting); returns
+    the numbers of the refused sends."""
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaTimeoutError
+
+    send, seen, refused = KafkaProducer.send, [0], []
+
+    def patched(self: Any, t: str, *args: Any, **kwargs: Any) -> Any:
+        if t == topic:
+            seen[0] += 1
+            if first <= seen[0] <= last:
+                refused.append(seen[0])
+                raise KafkaTimeoutError("Failed to update metadata after 1.0 secs.")
+        return send(self, t, *args, **kwargs)
+
+    monkeypatch.setattr(KafkaProducer, "send", patched)
+    return refused
+
+
+@pytest.mark.kafka
+def test_records_without_metadata_for_a_while_are_held_in_order_and_none_is_lost(
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A send without metadata (a broker restart) holds its topic's records; each checkpoint's flush tries
+    again (the checkpoint waits meanwhile) and, once the topic answers, they go out in order."""
+    topic, predictions = kafka_topic(1), kafka_topic(1)
+    values = make_events(1200, seed=34, unlabelled_every=3)
+    produce(kafka_bootstrap, topic, values)
+    refused = refuse_sends(monkeypatch, predictions, 150, 153)  # the send, then three flushes' tries
+    cfg = make_config(kafka_bootstrap, topic, tmp_path / "ckpt", predictions_topic=predictions,
+                      checkpoint_every_messages=100, checkpoint_every_seconds=0.5, max_poll_records=50)
+    _, scored = offline(values, 1)
+    with running(cfg) as r:
+        wait_for(lambda: committed_offset(kafka_bootstrap, cfg.group_id, topic) == len(values), 60,
+                 "every offset committed", every=0.2)
+        snap = r.stats()
+    assert refused == [150, 151, 152, 153]
+    assert snap["output_dropped"] == {} and snap["output_healthy"] and snap["checkpoint_failures"] >= 3
+    records = read_topic(kafka_bootstrap, predictions, len(scored))
+    published = [orjson.loads(rec.value)["id"] for rec in records]
+    assert published == [i for i, _, _ in scored]  # each once, in order
+
+
+@pytest.mark.kafka
+def test_records_held_for_too_long_are_dropped_and_counted(
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A topic without metadata for longer than the hold is unhealthy: its records are dropped and counted,
+    and the checkpoints and commits go on (the same bound as a deleted topic)."""
+    from consumers.outputs import Outputs
+
+    monkeypatch.setattr(Outputs, "hold_seconds", 1.0)
+    topic, predictions = kafka_topic(1), kafka_topic(1)
+    values = make_events(600, seed=35, unlabelled_every=3)
+    produce(kafka_bootstrap, topic, values)
+    refused = refuse_sends(monkeypatch, predictions, 50, float("inf"))
+    cfg = make_config(kafka_bootstrap, topic, tmp_path / "ckpt", predictions_topic=predictions,
+                      checkpoint_every_messages=100, checkpoint_every_seconds=0.5, max_poll_records=50)
+    with running(cfg) as r:
+        wait_for(lambda: committed_offset(kafka_bootstrap, cfg.group_id, topic) == len(values), 60,
+                 "every offset committed", every=0.2)
+        snap = r.stats()
+    assert refused and not snap["output_healthy"]
+    assert snap["output_dropped"][predictions] == 200 - 49  # all but the 49 sent before the first refusal
+    assert len(read_topic(kafka_bootstrap, predictions, 200, timeout=2)) == 49
+
+
 def read_status_ok(r: Any) -> bool:
     s = r.stats()
     return s["predictions_published"] >= 150 and s["checkpoints_written"] >= 2
