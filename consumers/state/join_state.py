@@ -367,30 +367,7 @@ class PackedState:
         fmt = getattr(meta, "get", dict().get)("format")
         if not isinstance(meta, Mapping) or fmt not in (1, FORMAT):
             raise ValueError(f"join store state: unknown format {fmt!r}")
-        if fmt == 1 and isinstance(arrays, Mapping) and "form" not in arrays and "kind" in arrays:
-            arrays = {**arrays, "form": np.zeros(len(arrays["kind"]), dtype=np.int64)}  # features JSON only
-        expected = {
-            *_INT_COLUMNS,
-            "p",
-            "id_len",
-            "ids",
-            "x_len",
-            "x",
-            "joined.at",
-            "joined.id_len",
-            "joined.ids",
-        }
-        if set(arrays) != expected:
-            raise ValueError(f"join store state: arrays {sorted(arrays)}, expected {sorted(expected)}")
-        cols = {}
-        for name in expected:
-            a = np.asarray(arrays[name])
-            want = np.float64 if name == "p" else np.int64
-            if a.dtype != want or a.ndim != 1:
-                raise ValueError(
-                    f"join store state: array {name!r} is {a.dtype} {a.shape}, expected 1-D {want.__name__}"
-                )
-            cols[name] = a
+        cols = _columns(arrays, fmt)
         params = meta.get("params")
         if not isinstance(params, Mapping):
             raise ValueError("join store state: no params")
@@ -422,36 +399,8 @@ class PackedState:
         topics = meta.get("topics")
         if not isinstance(topics, list) or not all(type(t) is str for t in topics):
             raise ValueError("join store state: topics must be a list of strings")
-        kind, y, version, ts, stored_at, topic, partition, offset, form = (cols[c] for c in _INT_COLUMNS)
-        p = cols["p"]
-        events = kind == _EVENT
-        checks = (
-            ("kind", ((kind == _EVENT) | (kind == _LABEL)).all()),
-            ("y", ((y == 0) | ((y == 1) & ~events)).all()),
-            ("version", (version >= 0).all() and (version[~events] == 0).all()),
-            ("ts", (ts >= -1).all()),
-            (
-                "stored_at",
-                (stored_at >= -1).all()
-                and (stored_at <= stream_time).all()
-                and (np.diff(stored_at) >= 0).all(),
-            ),
-            ("topic", ((topic >= 0) & (topic < len(topics))).all()),
-            ("partition", (partition >= -1).all()),
-            ("offset", (offset >= -1).all()),
-            ("form", (((form == _FEATURES) | (form == _RECORD)) & (events | (form == _FEATURES))).all()),
-            ("p", np.isfinite(p).all() and ((p >= 0.0) & (p <= 1.0)).all() and (p[~events] == 0.0).all()),
-            ("x_len", (cols["x_len"][events] >= 2).all() and (cols["x_len"][~events] == 0).all()),
-            (
-                "joined.at",
-                (cols["joined.at"] >= -1).all()
-                and (cols["joined.at"] <= stream_time).all()
-                and (np.diff(cols["joined.at"]) >= 0).all(),
-            ),
-        )
-        for name, ok in checks:
-            if not ok:
-                raise ValueError(f"join store state: array {name!r} holds values a store cannot have")
+        _check_columns(cols, stream_time, len(topics))
+        kind, form = cols["kind"], cols["form"]
         ids = [_decode_id(b) for b in _unpack(cols["ids"], meta.get("id_bytes"), cols["id_len"], "ids")]
         blobs = _unpack(cols["x"], meta.get("x_bytes"), cols["x_len"], "features")
         joined_ids = [
@@ -499,14 +448,14 @@ class PackedState:
             range(n),
             blobs,
             kind.tolist(),
-            y.tolist(),
-            version.tolist(),
-            ts.tolist(),
-            stored_at.tolist(),
-            [topics[c] for c in topic.tolist()],
-            partition.tolist(),
-            offset.tolist(),
-            p.tolist(),
+            cols["y"].tolist(),
+            cols["version"].tolist(),
+            cols["ts"].tolist(),
+            cols["stored_at"].tolist(),
+            [topics[c] for c in cols["topic"].tolist()],
+            cols["partition"].tolist(),
+            cols["offset"].tolist(),
+            cols["p"].tolist(),
             forms,
             strict=True,
         )
@@ -547,6 +496,70 @@ class PackedState:
             None if event_fields is None else tuple(event_fields),
             packed,
         )
+
+
+def _columns(arrays: Mapping[str, np.ndarray], fmt: int) -> dict[str, np.ndarray]:
+    """The state's arrays by name, each checked to be there (and no other), 1-D and of its dtype; a format 1
+    state's (no ``form`` column) with the column it implies."""
+    if fmt == 1 and isinstance(arrays, Mapping) and "form" not in arrays and "kind" in arrays:
+        arrays = {**arrays, "form": np.zeros(len(arrays["kind"]), dtype=np.int64)}  # features JSON only
+    expected = {
+        *_INT_COLUMNS,
+        "p",
+        "id_len",
+        "ids",
+        "x_len",
+        "x",
+        "joined.at",
+        "joined.id_len",
+        "joined.ids",
+    }
+    if set(arrays) != expected:
+        raise ValueError(f"join store state: arrays {sorted(arrays)}, expected {sorted(expected)}")
+    cols = {}
+    for name in expected:
+        a = np.asarray(arrays[name])
+        want = np.float64 if name == "p" else np.int64
+        if a.dtype != want or a.ndim != 1:
+            raise ValueError(
+                f"join store state: array {name!r} is {a.dtype} {a.shape}, expected 1-D {want.__name__}"
+            )
+        cols[name] = a
+    return cols
+
+
+def _check_columns(cols: dict[str, np.ndarray], stream_time: int, n_topics: int) -> None:
+    """Refuse the columns (of the same length) if any holds a value a store cannot have."""
+    kind, y, version, ts, stored_at, topic, partition, offset, form = (cols[c] for c in _INT_COLUMNS)
+    p = cols["p"]
+    events = kind == _EVENT
+    checks = (
+        ("kind", ((kind == _EVENT) | (kind == _LABEL)).all()),
+        ("y", ((y == 0) | ((y == 1) & ~events)).all()),
+        ("version", (version >= 0).all() and (version[~events] == 0).all()),
+        ("ts", (ts >= -1).all()),
+        (
+            "stored_at",
+            (stored_at >= -1).all()
+            and (stored_at <= stream_time).all()
+            and (np.diff(stored_at) >= 0).all(),
+        ),
+        ("topic", ((topic >= 0) & (topic < n_topics)).all()),
+        ("partition", (partition >= -1).all()),
+        ("offset", (offset >= -1).all()),
+        ("form", (((form == _FEATURES) | (form == _RECORD)) & (events | (form == _FEATURES))).all()),
+        ("p", np.isfinite(p).all() and ((p >= 0.0) & (p <= 1.0)).all() and (p[~events] == 0.0).all()),
+        ("x_len", (cols["x_len"][events] >= 2).all() and (cols["x_len"][~events] == 0).all()),
+        (
+            "joined.at",
+            (cols["joined.at"] >= -1).all()
+            and (cols["joined.at"] <= stream_time).all()
+            and (np.diff(cols["joined.at"]) >= 0).all(),
+        ),
+    )
+    for name, ok in checks:
+        if not ok:
+            raise ValueError(f"join store state: array {name!r} holds values a store cannot have")
 
 
 def _check_stored_features(ids: list[str], blobs: list[bytes], kinds: list[int]) -> dict[int, dict]:
