@@ -779,7 +779,8 @@ def reference_state(store: JoinStore) -> tuple[dict, dict]:
     oracle). ``store`` must never have been packed (every event still holds its bytes)."""
     from itertools import chain
 
-    from consumers.state.join_store import _EVENT, _INT_COLUMNS, _LABEL, FORMAT, _Event, _pack
+    from consumers.state.join_entries import _Event
+    from consumers.state.join_state import _EVENT, _INT_COLUMNS, _LABEL, FORMAT, _pack
 
     entries = store._entries
     vals = list(entries.values())

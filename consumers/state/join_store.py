@@ -1,5 +1,9 @@
 """The delayed-label join store: events scored now, learned when their label arrives (issue 13).
 
+This module holds the store (:class:`JoinStore`: events and labels waiting for each other, joins, expiry by
+record time, eviction, take) and what it returns (:class:`Joined`, :class:`Taken`); its entries and the rule
+of the features an event may hold are in ``join_entries``, its checkpoint form in ``join_state``.
+
 An unlabelled event is scored at once; its features ``x``, the probability ``p`` predicted then and the model
 version that made it are kept here under the event's id until its label arrives on the labels topic. A label
 may also come first: it is kept until its event arrives. Either way the pair comes back once, as a
@@ -59,7 +63,8 @@ Rules
   segment with no removed rows. Between two calls, the packed rows of the entries removed since are still
   held: at most the size of the last copy (for events of 20 float features about 500 bytes per event,
   against about 3300 estimated); the next call lets them go. The joined ids are kept packed likewise
-  (they leave oldest first). ``to_state``'s output is the same, bit for bit, whenever it was called before.
+  (they leave oldest first). ``to_state``'s output is the same, bit for bit, whenever it was called before
+  (the checkpoint form and its packed copy: ``consumers/state/join_state.py``).
 - **Features** are dicts whose keys and values are ``str``, ``int`` (64 bits), finite ``float`` or ``bool``
   (the codec produces ``str``/``int`` keys): they round-trip exactly, key and value types included (``1``,
   ``1.0`` and ``"1"`` stay distinct). Anything else (NaN, ``None``, nested values, ints beyond 64 bits,
@@ -109,26 +114,31 @@ True
 from __future__ import annotations
 
 import bisect
-import math
 from collections import OrderedDict
 from collections.abc import Mapping
-from itertools import chain, islice
 from typing import Any, NamedTuple
 
 import numpy as np
-import orjson
 
-from stream_logreg.codec import Event, JsonCodec
+from consumers.state.join_entries import (
+    _FEATURES,
+    _MAX_TS,
+    _RECORD,
+    COUNTERS,
+    ENTRY_BYTES,
+    FEATURE_BYTES,
+    _check_int,
+    _encode_features,
+    _Event,
+    _Label,
+    _new,
+)
+from consumers.state.join_state import FORMAT, PackedState
+from stream_logreg.codec import JsonCodec
 
 __all__ = ["DEFAULT_LATENCY_BUCKETS_MS", "ENTRY_BYTES", "FEATURE_BYTES", "Joined", "JoinStore", "Taken"]
 
-FORMAT = 2  # 2: the ``form`` column and ``event_fields`` (1, features JSON only, still loads)
-# Measured in bench/bench_join_store.py: per pending event, what the entry costs beyond its id and its
-# features' JSON bytes (the entry tuple, the bytes object's header, the ordered dict's slot and link, p).
-ENTRY_BYTES = 400
-# Per feature of a pending event, beyond its text: the decoded dict's slot and the value object (kept so that
-# a join never decodes the event again). Calibrated beside ENTRY_BYTES.
-FEATURE_BYTES = 120
+
 DEFAULT_LATENCY_BUCKETS_MS = (
     0,
     10,
@@ -142,28 +152,7 @@ DEFAULT_LATENCY_BUCKETS_MS = (
     7 * 86_400_000,
 )
 POLICIES = ("drop", "negative")
-COUNTERS = (
-    "joined",
-    "duplicate_labels",
-    "duplicate_events",
-    "orphan_labels",
-    "expired_events",
-    "dropped_full_events",
-    "dropped_full_labels",
-    "forgotten_joins",
-    "duplicate_handoffs",
-)
-_MAX_TS = 2**63
-_DUMPS_OPTIONS = (
-    orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATACLASS
-)
-_EVENT, _LABEL = 0, 1
-_FEATURES, _RECORD = 0, 1  # how an event's features are kept (the ``form`` column)
-#: The generous codec bounds a stored record value is decoded with (it passed the learner's own bounds).
-_CODEC_BOUNDS = {"max_features": 2**31, "max_bytes": 2**62}
-_OBJECT = ord("{")
 _NEVER = _MAX_TS  # beyond any stream time
-_new = tuple.__new__  # builds a named tuple without its Python-level __new__
 
 
 class Joined(NamedTuple):
@@ -206,223 +195,11 @@ class Taken(NamedTuple):
     version: int | None
 
 
-class _Event(NamedTuple):
-    x: dict  # the features, as given (kept: a join never decodes them again)
-    # form _FEATURES: the features as JSON; form _RECORD: the event's record value. Once packed by
-    # to_state(), the int that finds its row there instead (the bytes are kept once, in the packed copy).
-    blob: bytes | int
-    p: float
-    version: int
-    ts: int
-    stored_at: int
-    topic: str
-    partition: int
-    offset: int
-    nbytes: int
-    form: int
-
-
-class _Label(NamedTuple):
-    y: int
-    ts: int
-    stored_at: int
-    topic: str
-    partition: int
-    offset: int
-    nbytes: int
-    row: int | None  # None until packed by to_state(), then the int that finds its row there
-
-
-def _check_int(value: Any, what: str, low: int, high: int = _MAX_TS) -> int:
-    if type(value) is not int or not low <= value < high:
-        raise ValueError(f"{what} must be an integer in [{low}, {high}), got {value!r:.60}")
-    return value
-
-
 def _check_origin(topic: Any, partition: Any, offset: Any) -> None:
     if type(topic) is not str:
         raise ValueError(f"topic must be a string, got {topic!r:.60}")
     _check_int(partition, "partition", -1)
     _check_int(offset, "offset", -1)
-
-
-def _check_scalar(v: Any, what: str) -> None:
-    tv = type(v)
-    if tv is float:
-        if not math.isfinite(v):
-            raise ValueError(f"{what} is not finite: {v!r}")
-    elif tv is int:
-        if not -(2**63) <= v < 2**64:
-            raise ValueError(f"{what} is an integer beyond 64 bits")
-    elif tv is not str and tv is not bool:
-        raise ValueError(f"{what} is a {tv.__name__}; expected a float, int, bool or str")
-
-
-def _check_pairs(pairs: Any) -> None:
-    """The exact rule for stored features, keys and values alike: a ``float`` (finite), ``int`` (64 bits),
-    ``bool`` or ``str`` -- the scalars that JSON round-trips with their type. (The slow path, taken when the
-    JSON check of :func:`_proven` could not prove it.)"""
-    if type(pairs) is not list:
-        raise ValueError("features must be a dict")
-    for pair in pairs:
-        if type(pair) not in (list, tuple) or len(pair) != 2:
-            raise ValueError("features must be a dict")
-        k, v = pair
-        _check_scalar(k, f"feature key {k!r:.60}")
-        _check_scalar(v, f"the value of feature {k!r:.60}")
-
-
-def _proven(blob: bytes, n: int) -> bool:
-    """True when ``blob``, the JSON of ``n`` features, holds flat scalars only, none null: an object with no
-    other ``{`` and no ``[``, or an array of ``n`` pairs with no ``{``. A string that contains those
-    characters only sends the features to the slow check."""
-    if b"null" in blob:
-        return False
-    if blob[0] == _OBJECT:
-        return b"[" not in blob and blob.count(b"{") == 1
-    return b"{" not in blob and blob.count(b"[") == n + 1
-
-
-def _encode_features(x: dict) -> bytes:
-    """The features as compact JSON bytes: an object when every key is a ``str`` (orjson refuses other keys
-    without an option), else an array of ``[key, value]`` pairs, which keeps the keys' types."""
-    if type(x) is not dict:
-        raise ValueError(f"features must be a dict, got {type(x).__name__}")
-    try:
-        blob = orjson.dumps(x, option=_DUMPS_OPTIONS)
-    except TypeError:
-        try:
-            blob = orjson.dumps(list(x.items()), option=_DUMPS_OPTIONS)
-        except TypeError as exc:  # orjson.JSONEncodeError: ints beyond 64 bits, surrogates, other types
-            _check_pairs(list(x.items()))
-            raise ValueError(f"features cannot be stored: {exc}") from None
-    if not _proven(blob, len(x)):
-        _check_pairs(list(x.items()))
-    return bytes(memoryview(blob))  # a compact copy: orjson's own buffer keeps 4 KiB allocated
-
-
-def _decode_features(blob: bytes) -> dict:
-    return orjson.loads(blob) if blob[0] == _OBJECT else dict(orjson.loads(blob))
-
-
-def _pack(chunks: list[bytes]) -> tuple[np.ndarray, int]:
-    """Bytes as an int64 array (little-endian, zero-padded to 8 bytes) and the true byte length."""
-    n = sum(map(len, chunks))
-    # One copy: joined and padded into a (writable) bytearray, viewed as the array (no copy on little-endian).
-    blob = bytearray().join([*chunks, b"\0" * (-n % 8)])
-    return np.frombuffer(blob, dtype="<i8").astype(np.int64, copy=False), n
-
-
-def _unpack(words: np.ndarray, n: int, lengths: np.ndarray, what: str) -> list[bytes]:
-    if not isinstance(n, int) or n < 0 or len(words) != -(-n // 8):
-        raise ValueError(f"join store state: {what} holds {len(words)} words for {n!r} bytes")
-    if int(lengths.sum()) != n:
-        raise ValueError(f"join store state: {what} lengths add up to {int(lengths.sum())}, not {n}")
-    blob = np.ascontiguousarray(words, dtype="<i8").tobytes()
-    if any(blob[n:]):
-        raise ValueError(f"join store state: {what} has non-zero padding")
-    ends = np.cumsum(lengths).tolist()
-    starts = [0, *ends][:-1]
-    return [blob[s:e] for s, e in zip(starts, ends, strict=True)]
-
-
-class _Packed(NamedTuple):
-    """What the last :meth:`JoinStore.to_state` wrote, kept to write it again: its ``n`` rows (every entry
-    then present, in order), each int column narrowed (:func:`_narrow`: ``_INT_COLUMNS``, ``id_len``,
-    ``x_len``, and ``rows``, the number each entry holds to find its row, increasing), ``p`` of the events'
-    rows, the ids' and the events' bytes (uint8, one after the other), and the topics the ``topic``
-    column numbers."""
-
-    n: int
-    rows: tuple[int, np.ndarray | None]
-    cols: dict[str, tuple[int, np.ndarray | None]]
-    p: np.ndarray
-    ids: np.ndarray
-    x: np.ndarray
-    topics: list[str]
-
-
-class _PackedJoined(NamedTuple):
-    """The joined ids the last :meth:`JoinStore.to_state` wrote, and the counts of those forgotten and
-    expired then (those that left since are the oldest ones: their difference)."""
-
-    n: int
-    at: tuple[int, np.ndarray | None]
-    id_len: tuple[int, np.ndarray | None]
-    ids: np.ndarray
-    id_bytes: int
-    forgotten: int
-    expired: int
-
-
-_U64 = 2**64 - 1
-
-
-def _narrow(a: np.ndarray) -> tuple[int, np.ndarray | None]:
-    """An int64 column as its smallest value and the differences to it, in the smallest unsigned dtype that
-    holds them (None when they are all 0): what :func:`_widen` makes the column of again, exactly."""
-    if not len(a):
-        return 0, None
-    lo, hi = int(a.min()), int(a.max())
-    if lo == hi:
-        return lo, None
-    span = hi - lo
-    dtype = next(t for t, bits in ((np.uint8, 8), (np.uint16, 16), (np.uint32, 32), (np.uint64, 64))
-                 if span < 2**bits)
-    return lo, (a.view(np.uint64) - np.uint64(lo & _U64)).astype(dtype)  # wraps: exact below 2**64
-
-
-def _widen(col: tuple[int, np.ndarray | None], keep: np.ndarray | None, n: int) -> np.ndarray:
-    """The int64 column of :func:`_narrow`, its rows that ``keep`` keeps (all when None; ``n`` of them)."""
-    lo, d = col
-    if d is None:
-        return np.full(n, lo, dtype=np.int64)
-    if keep is not None:
-        d = d[keep]
-    return (d.astype(np.uint64) + np.uint64(lo & _U64)).view(np.int64)
-
-
-def _gather(buf: np.ndarray, lens: np.ndarray | None, keep: np.ndarray | None, more: list[bytes]
-            ) -> tuple[np.ndarray, int]:
-    """What :func:`_pack` makes of the rows of ``buf`` (uint8; ``lens`` bytes each) that ``keep`` keeps
-    (all when None) followed by ``more``: one copy of each run of consecutive rows kept."""
-    if keep is None:
-        spans, n = [(0, len(buf))], len(buf)
-    else:
-        ends = np.cumsum(lens)
-        edges = np.diff(keep.view(np.int8), prepend=0, append=0)  # +1 where a run starts, -1 past its end
-        first, stop = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-        starts, stops = ends[first] - lens[first], ends[stop - 1]
-        spans, n = list(zip(starts.tolist(), stops.tolist(), strict=True)), int((stops - starts).sum())
-    tail = b"".join(more)
-    n += len(tail)
-    # One bytearray, joined as _pack's: numpy would ask the kernel for huge pages, which may stall it for
-    # 100+ ms (and a bytearray(size) is zeroed first).
-    src = memoryview(buf)
-    out = bytearray().join([*(src[a:b] for a, b in spans), tail, bytes(-n % 8)])
-    return np.frombuffer(out, dtype="<i8").astype(np.int64, copy=False), n
-
-
-def _packed(arrays: Mapping[str, np.ndarray], rows: np.ndarray, topics: list[str], id_bytes: int,
-            x_bytes: int, old: _Packed | None = None) -> _Packed:
-    """The packed copy of the entries' arrays of a state (``rows``: the numbers their entries hold); the
-    bytes written over those of ``old`` (no longer needed) when they fit in it with little to spare."""
-    cols = {name: _narrow(arrays[name]) for name in (*_INT_COLUMNS, "id_len", "x_len")}
-    ids = _bytes_of(arrays["ids"], id_bytes, None if old is None else old.ids)
-    x = _bytes_of(arrays["x"], x_bytes, None if old is None else old.x)
-    p = np.asarray(arrays["p"], dtype=np.float64)[np.asarray(arrays["kind"]) == _EVENT]  # a label's is 0.0
-    return _Packed(len(rows), _narrow(rows), cols, p, ids, x, topics)
-
-
-def _bytes_of(words: np.ndarray, n: int, old: np.ndarray | None) -> np.ndarray:
-    """The first ``n`` bytes of ``words``, copied into the memory of ``old`` (a view of the start of its
-    base) when it holds them with at most 1/32 to spare (memory the process already has: no page to
-    fault in), else into new memory."""
-    buf = None if old is None else old.base if isinstance(old.base, np.ndarray) else old
-    if buf is None or not n <= len(buf) <= n + n // 32:
-        buf = np.frombuffer(bytearray(n), dtype=np.uint8)  # (as in _gather: no huge pages asked for)
-    buf[:n] = np.ascontiguousarray(words, dtype="<i8").view(np.uint8)[:n]
-    return buf if len(buf) == n else buf[:n]
 
 
 class JoinStore:
@@ -498,22 +275,21 @@ class JoinStore:
         self._negative = expired_policy == "negative"
         self._counts = dict.fromkeys(COUNTERS, 0)
         self._next_expiry = _NEVER
-        # The packed copy of what the last to_state() wrote (see to_state): its rows, the numbers of the
-        # packed entries removed since, the number the next packed entry gets; the joined ids likewise,
-        # with the count of those forgotten and expired when it was made.
-        self._packed: _Packed | None = None
-        self._gone: list[int] = []
-        self._next_row = 0
-        self._packed_joined: _PackedJoined | None = None
-        self._joined_expired = 0
+        self._joined_expired = 0  # the joined ids expired so far (with those forgotten: those that left)
+        self._set_packed(PackedState())
         self.event_fields: tuple[str, str, str] | None = None
-        self._decode_record: Any = None
         if event_fields is not None:
             self._set_event_fields(tuple(event_fields))
 
     def _set_event_fields(self, fields: tuple) -> None:
-        self._decode_record = JsonCodec(*fields, **_CODEC_BOUNDS).decoder()  # ValueError for bad fields
+        JsonCodec(*fields)  # a ValueError for bad fields
         self.event_fields = fields
+
+    def _set_packed(self, packed: PackedState) -> None:
+        """What the last to_state wrote (the checkpoint form's packed copy): an entry that holds a row number
+        there (an int in place of its bytes) is handed to ``self._row_left`` when it leaves."""
+        self._packed = packed
+        self._row_left = packed.gone.append
 
     # Counters
 
@@ -551,7 +327,7 @@ class JoinStore:
         del self._entries[id]
         self.n_bytes -= entry.nbytes
         if entry[7] is not None:
-            self._gone.append(entry[7])
+            self._row_left(entry[7])
         counts = self._counts  # _count_join, inline
         counts["joined"] += 1
         if ts >= 0 and entry.ts >= 0:
@@ -603,7 +379,7 @@ class JoinStore:
                 del entries[id]
                 self.n_bytes -= entry.nbytes
                 if entry[7] is not None:
-                    self._gone.append(entry[7])
+                    self._row_left(entry[7])
                 out.append(self._join(id, x, entry.y, p, version, ts, entry.ts, topic, partition, offset))
             else:
                 self._counts["duplicate_handoffs" if handed_off else "duplicate_events"] += 1
@@ -614,7 +390,7 @@ class JoinStore:
                 _check_origin(topic, partition, offset)
             elif not (-1 <= partition < _MAX_TS and -1 <= offset < _MAX_TS):
                 _check_origin(topic, partition, offset)
-            if record_value is not None and self._decode_record is not None:
+            if record_value is not None and self.event_fields is not None:
                 blob, form = record_value if type(record_value) is bytes else bytes(record_value), _RECORD
             else:
                 blob, form = _encode_features(x), _FEATURES
@@ -646,7 +422,7 @@ class JoinStore:
         out: list[tuple[int, Joined]] = []
         entries = self._entries
         joined_ids = self._joined
-        records = self._decode_record is not None
+        records = self.event_fields is not None
         max_pending, max_bytes = self.max_pending, self.max_bytes
         for i, (id, x, p, version, ts, topic, partition, offset, value) in enumerate(events):
             if (records and value.__class__ is bytes and id.__class__ is str and p.__class__ is float
@@ -693,7 +469,7 @@ class JoinStore:
                 self.n_bytes -= entry.nbytes
                 self.pending_events -= 1
                 if entry[1].__class__ is int:
-                    self._gone.append(entry[1])
+                    self._row_left(entry[1])
                 e = entry
                 out.append(self._join(id, e.x, y, e.p, e.version, e.ts, ts, e.topic, e.partition, e.offset))
             else:
@@ -726,7 +502,7 @@ class JoinStore:
         counts = self._counts
         latency_counts, buckets = self.latency_counts, self.latency_buckets_ms
         max_joined = self.max_joined
-        gone = self._gone
+        row_left = self._row_left
         for i, (id, y, ts, topic, partition, offset) in enumerate(labels):
             checked = (id.__class__ is str and y.__class__ is int and (y == 0 or y == 1)
                        and ts.__class__ is int and -1 <= ts < _MAX_TS)
@@ -758,7 +534,7 @@ class JoinStore:
             self.n_bytes -= entry.nbytes
             self.pending_events -= 1
             if entry[1].__class__ is int:
-                gone.append(entry[1])
+                row_left(entry[1])
             counts["joined"] += 1
             event_ts = entry.ts
             latency = None
@@ -785,7 +561,7 @@ class JoinStore:
         Nothing is counted: they did not leave by a join, an expiry or an eviction."""
         entries = self._entries
         taken = [(id, e) for id, e in entries.items() if (e.topic, e.partition) in partitions]
-        packed = self._packed_values([e.blob for _, e in taken if e.__class__ is _Event and e.form == _RECORD
+        packed = self._packed.values([e.blob for _, e in taken if e.__class__ is _Event and e.form == _RECORD
                                       and e.blob.__class__ is int])
         out = []
         for id, e in taken:
@@ -793,7 +569,7 @@ class JoinStore:
             self.n_bytes -= e.nbytes
             row = e[1] if e.__class__ is _Event else e[7]
             if row.__class__ is int:
-                self._gone.append(row)
+                self._row_left(row)
             if type(e) is _Event:
                 self.pending_events -= 1
                 value = (packed[row] if row.__class__ is int else row) if e.form == _RECORD else None
@@ -803,18 +579,6 @@ class JoinStore:
                 out.append(Taken(id, None, e.y, e.ts, e.topic, e.partition, e.offset, None, None, None))
         self._update_next_expiry()
         return out
-
-    def _packed_values(self, rows: list[int]) -> dict[int, bytes]:
-        """The bytes the packed copy keeps for the entries that hold these row numbers."""
-        if not rows:
-            return {}
-        old = self._packed
-        at = np.searchsorted(_widen(old.rows, None, old.n), np.array(rows, dtype=np.int64))
-        lens = _widen(old.cols["x_len"], None, old.n)
-        ends = np.cumsum(lens)
-        x = old.x
-        return {r: x[e - n:e].tobytes()
-                for r, e, n in zip(rows, ends[at].tolist(), lens[at].tolist(), strict=True)}
 
     def origins(self) -> set[tuple[str, int]]:
         """The ``(topic, partition)`` of every entry's record."""
@@ -897,7 +661,7 @@ class JoinStore:
         self.n_bytes -= entry.nbytes
         row = entry[1] if entry.__class__ is _Event else entry[7]
         if row.__class__ is int:
-            self._gone.append(row)
+            self._row_left(row)
         self.pending_events -= type(entry) is _Event
         self._discard(id, entry, out, event_counter, label_counter, cause)
 
@@ -954,160 +718,22 @@ class JoinStore:
 
         What it costs: Python work for the entries added and removed since the previous call only, and
         bulk copies (memcpy speed) of the rest. The store keeps a packed copy of what the previous call
-        wrote, narrowed (each int column as its smallest value and the differences to it in the smallest
-        unsigned dtype), and the entries it covers hold their row number there instead of their bytes: an
-        event's record value or features JSON is kept once. Each call writes the rows of that copy still
-        present (a mask of those removed), then the entries added since, and makes the result the new
-        copy: one segment, with no removed rows in it, whatever happened before. The joined ids likewise
-        (they only ever leave oldest first).
+        wrote, and the entries it covers hold their row number there instead of their bytes: an event's
+        record value or features JSON is kept once (:meth:`PackedState.pack
+        <consumers.state.join_state.PackedState.pack>`).
         """
-        entries = self._entries
-        old = self._packed
-        kept = keep = None  # the rows of the packed copy still present: how many, which (None: all)
-        if old is not None:
-            kept = old.n
-            rows = _widen(old.rows, None, old.n)
-            if self._gone:
-                gone = np.array(self._gone, dtype=np.int64)
-                at = np.searchsorted(rows, gone)
-                if not (at < old.n).all() or not (rows[np.minimum(at, old.n - 1)] == gone).all():
-                    raise RuntimeError("join store: an entry removed was not in the packed copy")
-                keep = np.ones(old.n, dtype=bool)
-                keep[at] = False
-                kept = old.n - len(gone)
-                rows = rows[keep]
-        # The entries added since the previous call: the last ones (those before them are packed).
-        n_new = len(entries) - (kept or 0)
-        if kept:
-            new_ids = list(islice(reversed(entries), n_new))
-            vals = list(islice(reversed(entries.values()), n_new))
-            new_ids.reverse()
-            vals.reverse()
-        else:
-            new_ids, vals = list(entries), list(entries.values())
-        if n_new < 0 or any((e[1] if e.__class__ is _Event else e[7]).__class__ is int for e in vals[:1]):
-            raise RuntimeError("join store: the packed copy lost track of the entries")
-        # Topics, numbered in the order of first appearance: those of the rows kept, then of the new ones.
-        code: dict[str, int] = {}
-        number = code.setdefault
-        if kept:
-            lo, d = old.cols["topic"]
-            local = (np.zeros(kept, dtype=np.intp) if d is None
-                     else (d if keep is None else d[keep]).astype(np.intp))
-            seen = np.flatnonzero(np.bincount(local, minlength=len(old.topics)))
-            if len(seen) > 8:
-                firsts, idx = np.unique(local, return_index=True)
-                seen = firsts[np.argsort(idx)]
-            elif len(seen) > 1:
-                seen = seen[np.argsort([int(np.argmax(local == c)) for c in seen.tolist()])]
-            lut = np.zeros(len(old.topics), dtype=np.int64)
-            for c in seen.tolist():
-                lut[c] = number(old.topics[lo + c], len(code))
-            topic_kept = lut[local]
-        # The new rows, as the whole store was packed before: a row of the int columns per entry.
-        table = np.fromiter(
-            chain.from_iterable(
-                (_EVENT, 0, e[3], e[4], e[5], number(e[6], len(code)), e[7], e[8], e[10])
-                if e.__class__ is _Event
-                else (_LABEL, e[0], 0, e[1], e[2], number(e[3], len(code)), e[4], e[5], 0)
-                for e in vals
-            ),
-            dtype=np.int64,
-            count=len(vals) * len(_INT_COLUMNS),
-        ).reshape(len(vals), len(_INT_COLUMNS)).T
-        p_new = np.zeros(len(vals), dtype=np.float64)
-        p_new[table[0] == _EVENT] = [e[2] for e in vals if e.__class__ is _Event]
-        blobs = [e[1] if e.__class__ is _Event else b"" for e in vals]
-        ids = [id.encode("utf-8", "surrogatepass") for id in new_ids]
-        arrays: dict[str, np.ndarray] = {}
-        for i, name in enumerate(_INT_COLUMNS):
-            if not kept:
-                arrays[name] = np.ascontiguousarray(table[i])
-            else:
-                part = topic_kept if name == "topic" else _widen(old.cols[name], keep, kept)
-                arrays[name] = np.concatenate([part, table[i]])
-        if kept:
-            events = _widen(old.cols["kind"], None, old.n) == _EVENT
-            p_kept = np.zeros(kept, dtype=np.float64)
-            p_kept[events if keep is None else events[keep]] = old.p if keep is None else old.p[keep[events]]
-            arrays["p"] = np.concatenate([p_kept, p_new])
-        else:
-            arrays["p"] = p_new
-        id_len_new = np.array(list(map(len, ids)), dtype=np.int64)
-        x_len_new = np.array(list(map(len, blobs)), dtype=np.int64)
-        if old is not None and old.n:
-            id_len_old = _widen(old.cols["id_len"], None, old.n)
-            x_len_old = _widen(old.cols["x_len"], None, old.n)
-            id_words, id_bytes = _gather(old.ids, id_len_old, keep, ids)
-            x_words, x_bytes = _gather(old.x, x_len_old, keep, blobs)
-            if keep is not None:
-                id_len_old, x_len_old = id_len_old[keep], x_len_old[keep]
-            arrays["id_len"] = np.concatenate([id_len_old, id_len_new])
-            arrays["x_len"] = np.concatenate([x_len_old, x_len_new])
-        else:
-            id_words, id_bytes = _pack(ids)
-            x_words, x_bytes = _pack(blobs)
-            arrays["id_len"], arrays["x_len"] = id_len_new, x_len_new
-        arrays["ids"], arrays["x"] = id_words, x_words
-        joined_state, packed_joined = self._joined_state()
-        arrays.update(joined_state)
-        topics = list(code)
+        left = self._counts["forgotten_joins"] + self._joined_expired
+        arrays, form = self._packed.pack(self._entries, self._joined, left)
         meta = {
             "format": FORMAT,
             "params": self.params(),
             "stream_time": self.stream_time,
             "counters": dict(self._counts),
             "latency_counts": list(self.latency_counts),
-            "topics": topics,
-            "id_bytes": id_bytes,
-            "x_bytes": x_bytes,
-            "joined_id_bytes": packed_joined.id_bytes,
+            **form,  # topics, id_bytes, x_bytes, joined_id_bytes
             "event_fields": None if self.event_fields is None else list(self.event_fields),
         }
-        # The new packed copy (over the old one's memory when it fits), then the new entries point into it.
-        keep = None
-        self._packed = None
-        first = self._next_row
-        rows = np.arange(first, first + n_new, dtype=np.int64) if kept is None else np.concatenate(
-            [rows, np.arange(first, first + n_new, dtype=np.int64)])
-        self._packed = _packed(arrays, rows, topics, id_bytes, x_bytes, old)
-        old = None
-        self._gone = []
-        self._packed_joined = packed_joined
-        entries.update(zip(new_ids, [_new(_Event, (e[0], s, *e[2:])) if e.__class__ is _Event
-                                     else _new(_Label, (*e[:7], s)) for s, e in enumerate(vals, first)],
-                           strict=True))
-        self._next_row = first + n_new
         return arrays, meta
-
-    def _joined_state(self) -> tuple[dict[str, np.ndarray], _PackedJoined]:
-        """The joined ids' arrays, from those of the previous call (the oldest ones forgotten or expired
-        since left off) and the ids joined since; and their new packed copy."""
-        joined = self._joined
-        pj = self._packed_joined
-        forgotten, expired = self._counts["forgotten_joins"], self._joined_expired
-        start = n_old = 0
-        if pj is not None:
-            n_old = pj.n
-            start = min(n_old, forgotten - pj.forgotten + expired - pj.expired)
-        new_ids = list(islice(reversed(joined), len(joined) - (n_old - start)))
-        new_ids.reverse()
-        encoded = [id.encode("utf-8", "surrogatepass") for id in new_ids]
-        at_new = np.array([joined[id] for id in new_ids], dtype=np.int64)
-        len_new = np.array(list(map(len, encoded)), dtype=np.int64)
-        if n_old:
-            lens = _widen(pj.id_len, None, n_old)
-            skip = int(lens[:start].sum())
-            words, n_bytes = _gather(pj.ids[skip:], None, None, encoded)
-            at = np.concatenate([_widen(pj.at, None, n_old)[start:], at_new])
-            lens = np.concatenate([lens[start:], len_new])
-        else:
-            (words, n_bytes), at, lens = _pack(encoded), at_new, len_new
-        if len(at) != len(joined):
-            raise RuntimeError("join store: the packed joined ids lost track of the joins")
-        packed = _PackedJoined(len(at), _narrow(at), _narrow(lens), words.view(np.uint8)[:n_bytes].copy(),
-                               n_bytes, forgotten, expired)
-        return {"joined.at": at, "joined.id_len": lens, "joined.ids": words}, packed
 
     @classmethod
     def from_state(cls, arrays: Mapping[str, np.ndarray], meta: Mapping, *, event_fields: Any = "as saved"
@@ -1118,239 +744,13 @@ class JoinStore:
 
         ``event_fields``: those of the events to come (default: the state's). Events kept as record values
         of other fields are converted to features JSON (their memory estimate changes with their form)."""
-        fmt = getattr(meta, "get", dict().get)("format")
-        if not isinstance(meta, Mapping) or fmt not in (1, FORMAT):
-            raise ValueError(f"join store state: unknown format {fmt!r}")
-        if fmt == 1 and isinstance(arrays, Mapping) and "form" not in arrays and "kind" in arrays:
-            arrays = {**arrays, "form": np.zeros(len(arrays["kind"]), dtype=np.int64)}  # features JSON only
-        expected = {
-            *_INT_COLUMNS,
-            "p",
-            "id_len",
-            "ids",
-            "x_len",
-            "x",
-            "joined.at",
-            "joined.id_len",
-            "joined.ids",
-        }
-        if set(arrays) != expected:
-            raise ValueError(f"join store state: arrays {sorted(arrays)}, expected {sorted(expected)}")
-        cols = {}
-        for name in expected:
-            a = np.asarray(arrays[name])
-            want = np.float64 if name == "p" else np.int64
-            if a.dtype != want or a.ndim != 1:
-                raise ValueError(
-                    f"join store state: array {name!r} is {a.dtype} {a.shape}, expected 1-D {want.__name__}"
-                )
-            cols[name] = a
-        params = meta.get("params")
-        if not isinstance(params, Mapping):
-            raise ValueError("join store state: no params")
-        store = cls(**{**params, "latency_buckets_ms": tuple(params.get("latency_buckets_ms", ()))})
-        n = len(cols["kind"])
-        for name in (*_INT_COLUMNS, "p", "id_len", "x_len"):
-            if len(cols[name]) != n:
-                raise ValueError(f"join store state: array {name!r} has {len(cols[name])} entries, not {n}")
-        if n > store.max_pending:
-            raise ValueError(f"join store state: {n} entries, more than max_pending={store.max_pending}")
-        if len(cols["joined.at"]) != len(cols["joined.id_len"]) or len(cols["joined.at"]) > store.max_joined:
-            raise ValueError("join store state: the joined ids do not match their times or exceed max_joined")
-        for name in ("id_len", "x_len", "joined.id_len"):
-            if (cols[name] < 0).any():
-                raise ValueError(f"join store state: array {name!r} has negative lengths")
-        stream_time = meta.get("stream_time")
-        try:
-            _check_int(stream_time, "stream_time", -1)
-            store.latency_counts = _counts_list(meta.get("latency_counts"), len(store.latency_counts))
-            counters = meta.get("counters")
-            if fmt == 1 and isinstance(counters, Mapping) and "duplicate_handoffs" not in counters:
-                counters = {**counters, "duplicate_handoffs": 0}  # counted since format 2
-            if not isinstance(counters, Mapping) or set(counters) != set(COUNTERS):
-                raise ValueError(f"counters must be exactly {COUNTERS}")
-            for k in COUNTERS:
-                _check_int(counters[k], f"counter {k}", 0)
-        except ValueError as exc:
-            raise ValueError(f"join store state: {exc}") from None
-        topics = meta.get("topics")
-        if not isinstance(topics, list) or not all(type(t) is str for t in topics):
-            raise ValueError("join store state: topics must be a list of strings")
-        kind, y, version, ts, stored_at, topic, partition, offset, form = (cols[c] for c in _INT_COLUMNS)
-        p = cols["p"]
-        events = kind == _EVENT
-        checks = (
-            ("kind", ((kind == _EVENT) | (kind == _LABEL)).all()),
-            ("y", ((y == 0) | ((y == 1) & ~events)).all()),
-            ("version", (version >= 0).all() and (version[~events] == 0).all()),
-            ("ts", (ts >= -1).all()),
-            (
-                "stored_at",
-                (stored_at >= -1).all()
-                and (stored_at <= stream_time).all()
-                and (np.diff(stored_at) >= 0).all(),
-            ),
-            ("topic", ((topic >= 0) & (topic < len(topics))).all()),
-            ("partition", (partition >= -1).all()),
-            ("offset", (offset >= -1).all()),
-            ("form", (((form == _FEATURES) | (form == _RECORD)) & (events | (form == _FEATURES))).all()),
-            ("p", np.isfinite(p).all() and ((p >= 0.0) & (p <= 1.0)).all() and (p[~events] == 0.0).all()),
-            ("x_len", (cols["x_len"][events] >= 2).all() and (cols["x_len"][~events] == 0).all()),
-            (
-                "joined.at",
-                (cols["joined.at"] >= -1).all()
-                and (cols["joined.at"] <= stream_time).all()
-                and (np.diff(cols["joined.at"]) >= 0).all(),
-            ),
-        )
-        for name, ok in checks:
-            if not ok:
-                raise ValueError(f"join store state: array {name!r} holds values a store cannot have")
-        ids = [_decode_id(b) for b in _unpack(cols["ids"], meta.get("id_bytes"), cols["id_len"], "ids")]
-        blobs = _unpack(cols["x"], meta.get("x_bytes"), cols["x_len"], "features")
-        joined_ids = [
-            _decode_id(b)
-            for b in _unpack(
-                cols["joined.ids"], meta.get("joined_id_bytes"), cols["joined.id_len"], "joined ids"
-            )
-        ]
-        if (
-            len(set(ids)) != n
-            or len(set(joined_ids)) != len(joined_ids)
-            or not set(ids).isdisjoint(joined_ids)
-        ):
-            raise ValueError("join store state: repeated ids")
-        records = (form == _RECORD).nonzero()[0].tolist()
-        saved_fields = meta.get("event_fields")
-        if saved_fields is not None:
-            if type(saved_fields) is not list or len(saved_fields) != 3:
-                raise ValueError("join store state: event_fields must be a list of three field names")
-            try:
-                store._set_event_fields(tuple(saved_fields))
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"join store state: event_fields: {exc}") from None
-        elif records:
-            raise ValueError("join store state: events kept as record values but no event_fields")
-        kinds = kind.tolist()
-        for i in records:
-            kinds[i] = _LABEL  # not features JSON: checked below by decoding the record
-        xs = _check_stored_features(ids, blobs, kinds)  # index -> the features of each features-JSON event
-        forms = form.tolist()
-        if event_fields == "as saved":
-            event_fields = saved_fields
-        convert = records and tuple(event_fields or ()) != tuple(saved_fields)
-        for i in records:
-            ev = store._decode_record(blobs[i])
-            if type(ev) is not Event or ev.y is not None or ev.id != ids[i]:
-                raise ValueError(f"join store state: the record kept for event {ids[i]!r:.60} is not an "
-                                 "unlabelled event of that id")
-            xs[i] = ev.x
-            if convert:
-                blobs[i], forms[i] = _encode_features(ev.x), _FEATURES
-        if event_fields is None:
-            store.event_fields = store._decode_record = None
-        elif tuple(event_fields) != store.event_fields:
-            store._set_event_fields(tuple(event_fields))
-        rows = zip(
-            ids,
-            range(n),
-            blobs,
-            kind.tolist(),
-            y.tolist(),
-            version.tolist(),
-            ts.tolist(),
-            stored_at.tolist(),
-            [topics[c] for c in topic.tolist()],
-            partition.tolist(),
-            offset.tolist(),
-            p.tolist(),
-            forms,
-            strict=True,
-        )
-        entries = store._entries
-        n_bytes = n_events = 0
-        seed = not convert  # the arrays loaded are the first packed copy: the entries hold their rows
-        for id, i, blob, k, yi, v, t, s, tp, part, off, pi, f in rows:
-            if k == _EVENT:
-                x = xs[i]
-                nbytes = ENTRY_BYTES + len(id) + len(blob) + FEATURE_BYTES * len(x)
-                entries[id] = _new(_Event, (x, i if seed else blob, pi, v, t, s, tp, part, off, nbytes, f))
-                n_events += 1
-            else:
-                nbytes = ENTRY_BYTES + len(id)
-                entries[id] = _new(_Label, (yi, t, s, tp, part, off, nbytes, i if seed else None))
-            n_bytes += nbytes
-        store.n_bytes, store.pending_events = n_bytes, n_events
-        if store.n_bytes > store.max_bytes:
-            raise ValueError(
-                f"join store state: {store.n_bytes} bytes, more than max_bytes={store.max_bytes}"
-            )
-        store._joined = OrderedDict(zip(joined_ids, cols["joined.at"].tolist(), strict=True))
-        store.stream_time = stream_time
-        store._counts = {k: counters[k] for k in COUNTERS}
-        if seed:  # the topics as saved: to_state numbers them anew
-            store._packed = _packed(cols, np.arange(n, dtype=np.int64), list(topics), meta["id_bytes"],
-                                    meta["x_bytes"])
-            store._next_row = n
-        n_joined = meta["joined_id_bytes"]
-        joined_bytes = np.ascontiguousarray(cols["joined.ids"], dtype="<i8").view(np.uint8)[:n_joined].copy()
-        store._packed_joined = _PackedJoined(len(joined_ids), _narrow(cols["joined.at"]),
-                                             _narrow(cols["joined.id_len"]), joined_bytes, n_joined,
-                                             counters["forgotten_joins"], 0)
+        r = PackedState.unpack(arrays, meta, cls, event_fields)
+        store = r.store
+        store._entries, store._joined, store.stream_time = r.entries, r.joined, r.stream_time
+        store._counts, store.latency_counts = r.counters, r.latency_counts
+        store.n_bytes, store.pending_events = r.n_bytes, r.pending_events
+        if r.event_fields is not None:
+            store._set_event_fields(r.event_fields)
+        store._set_packed(r.packed)
         store._update_next_expiry()
         return store
-
-
-_INT_COLUMNS = ("kind", "y", "version", "ts", "stored_at", "topic", "partition", "offset", "form")
-
-
-def _check_stored_features(ids: list[str], blobs: list[bytes], kinds: list[int]) -> dict[int, dict]:
-    """The features of the events (``kinds[i] == _EVENT``), by index; refuse state features that
-    :func:`_encode_features` could not have written. One parse of all of them as one JSON array: as no blob
-    is empty, each must hold exactly one value for the count to match; then the checks of :func:`_proven`
-    over the whole, and a blob at a time only if those fail."""
-    events = [i for i, k in enumerate(kinds) if k == _EVENT]
-    whole = b"[" + b",".join([blobs[i] for i in events]) + b"]"
-    try:
-        xs = orjson.loads(whole)
-    except orjson.JSONDecodeError:
-        xs = None
-    if xs is None or len(xs) != len(events):
-        for i in events:  # find the culprit
-            try:
-                orjson.loads(blobs[i])
-            except orjson.JSONDecodeError:
-                raise ValueError(f"join store state: the features of {ids[i]!r:.60} are not JSON") from None
-        raise ValueError("join store state: the features do not hold one value per event")
-    n_objects = n_brackets = 0
-    for x in xs:
-        if type(x) is dict:
-            n_objects += 1
-        elif type(x) is list and all(type(pair) is list and len(pair) == 2 for pair in x):
-            n_brackets += len(x) + 1
-        else:
-            n_objects = -1  # not features: the slow check names the event
-            break
-    if b"null" not in whole and whole.count(b"{") == n_objects and whole.count(b"[") == n_brackets + 1:
-        return {i: x if type(x) is dict else dict(x) for i, x in zip(events, xs, strict=True)}
-    for i, x in zip(events, xs, strict=True):
-        try:
-            _check_pairs(list(x.items()) if type(x) is dict else x)
-        except ValueError as exc:
-            raise ValueError(f"join store state: event {ids[i]!r:.60}: {exc}") from None
-    return {i: x if type(x) is dict else dict(x) for i, x in zip(events, xs, strict=True)}
-
-
-def _decode_id(b: bytes) -> str:
-    try:
-        return b.decode("utf-8", "surrogatepass")
-    except UnicodeDecodeError:
-        raise ValueError("join store state: an id is not UTF-8") from None
-
-
-def _counts_list(value: Any, n: int) -> list[int]:
-    if not isinstance(value, list) or len(value) != n:
-        raise ValueError(f"latency_counts must be a list of {n} counts")
-    for c in value:
-        _check_int(c, "a latency count", 0)
-    return list(value)
