@@ -255,6 +255,7 @@ class ConfluentSource(Source):
 
     probe_every = 1.0  # seconds between two connection probes while the brokers seem away
     highwater_every = 1.0  # seconds between two look-ups of a partition's end offset (for the lag)
+    pause_keeps_fetched = False  # librdkafka drops what it fetched for a paused partition: fetched again
 
     def __init__(self, config: Any, stats: Any) -> None:
         super().__init__(config, stats)
@@ -422,6 +423,9 @@ class ConfluentSource(Source):
 
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
         self.consumer.pause([_ctp(tp) for tp in partitions])
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        self.consumer.resume([_ctp(tp) for tp in partitions])
 
     def highwater(self, tp: TopicPartition) -> int | None:
         """The partition's end offset as last fetched, refreshed at most every :attr:`highwater_every`

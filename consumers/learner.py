@@ -147,6 +147,7 @@ from stream_logreg._stream import learn_values
 from consumers.config import LearnerConfig
 from consumers.labels import Labels, check_co_partitioned
 from consumers.outputs import Outputs, check_topics
+from consumers.pacing import Pacer
 from consumers.pipeline import Pipeline
 from consumers.source import Source, default_instance_id, wait_or_stop
 from consumers.state.checkpointing import Checkpointing, hold_directory, parse_ref, tp_key, tp_keys
@@ -244,6 +245,12 @@ class Learner:
                                                     else None),
                                     extra_state=self._labels, group=self.group)
         self._source, self._outputs = _clients(config, self.stats)
+        # Delayed labels: the events and labels topics read in step by record time (consumers.pacing)
+        # (a lead in record time of half the TTL, or a half-full store; any lead where a pause is cheap)
+        self._pacer = (Pacer(config.labels_topic, self._source.record,
+                             0 if self._source.pause_keeps_fetched else int(config.label_ttl * 500),
+                             self._labels.crowded, from_start=config.auto_offset_reset == "earliest")
+                       if self._labels is not None else None)
         self._outputs.group = self.group  # predictions carry the group model's version
         self._topics_checked = False
         self._pipeline: Pipeline | None = None  # while running: the polled batch being learned
@@ -439,16 +446,40 @@ class Learner:
         if state.needs_reload or source.pending:
             self._init_partitions()
         pending |= source.pending  # still waiting (committed offsets not fetched yet)
+        if self._pacer is not None:  # sought or waiting: the client resumes them (or keeps them paused)
+            self._pacer.forget(pending)
         if source.commit_failures():  # a periodic commit was refused: commit again
             state.commit_pending = True
         state.tick(source.assignment(), source.pending, self._flush, source.commit_soon)
-        if state.needs_reload or state.fenced is not None or not batch:
+        if state.needs_reload or state.fenced is not None:
+            return {}
+        work = {tp: rv for tp, rv in batch.items() if tp not in pending and rv[0]}
+        if self._pacer is not None:  # after every poll, an empty one too: a pause may end without records
+            self._pace(work)
+        if not batch:
             return {}
         if self.group is not None:  # never predict with a model staler than that
             state.sync_if_due()
         if self._exactly_once:
             self._transactions.begin(state)
-        return {tp: rv for tp, rv in batch.items() if tp not in pending and rv[0]}
+        return work
+
+    def _pace(self, work: dict) -> None:
+        """Pause the events or labels partitions that read ahead of their partner in record time, resume
+        those that no longer do (:class:`~consumers.pacing.Pacer`)."""
+        pacer, source = self._pacer, self._source
+        pacer.read({tp: records for tp, (records, _) in work.items()})
+        pause, resume = pacer.step(source.assignment() - source.pending, source.highwater,
+                                    self._state.positions.get)
+        if pause:
+            source.pause(pause)
+        if resume:
+            source.resume(resume)
+        if pause or resume:
+            log.debug("catching up: %s read ahead of their partner, paused; %s resumed", tp_keys(pause),
+                      tp_keys(resume), extra={"reason": "paced"})
+        with self.stats.lock:
+            self.stats.held_back = len(pacer.held)
 
     def _rewound(self, batch: dict, pending: set[TopicPartition]) -> set[TopicPartition]:
         """The partitions of ``batch`` (not ``pending``) whose records start before their position (the
@@ -852,6 +883,8 @@ class Learner:
             )
             return  # stay paused; the next loop iteration tries again
         source.seek_and_resume(state.start_offsets(committed, ends))
+        if self._pacer is not None:
+            self._pacer.assigned(ends)
         with self.stats.lock:
             self.stats.assigned = [tp_key(tp) for tp in sorted(assigned)]
         if self._labels is not None:  # entries a crash or a stop left here for partitions now another's

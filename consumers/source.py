@@ -135,6 +135,10 @@ class Source:
     >>> batch = source.poll()                                                 # doctest: +SKIP
     """
 
+    #: Whether a pause keeps what was fetched for the partition (kafka-python 3.0 parks it and hands it back
+    #: on resume): pausing is then cheap (consumers.pacing holds back at any lead).
+    pause_keeps_fetched = True
+
     def __init__(self, config: Any, stats: Any) -> None:
         self.config = config
         self.stats = stats
@@ -313,11 +317,12 @@ class Source:
     def _unpark(self) -> None:
         """Work around kafka-python 3.0.12 starving a resumed partition. It parks the records fetched for a
         partition while the partition is paused (as the learner does while it seeks newly assigned or
-        rewound partitions), and after its resume gives them back only when the slot for the partition
-        being drained is empty: ``None``, not an emptied one, which it leaves there. Meanwhile it fetches
-        nothing more for a partition whose records are parked, so a paused and resumed partition could get
-        nothing for good. An emptied slot is cleared before each poll while records are parked (what
-        kafka-python itself does with a new fetch)."""
+        rewound partitions, and while it holds back one that read ahead: consumers.pacing), and after its
+        resume gives them back only when the slot for the partition being drained is empty: ``None``, not
+        an emptied one, which it leaves there. Meanwhile it fetches nothing more for a partition whose
+        records are parked, so a paused and resumed partition could get nothing for good. An emptied slot
+        is cleared before each poll while records are parked (what kafka-python itself does with a new
+        fetch)."""
         fetcher = getattr(self.consumer, "_fetcher", None)
         current = getattr(fetcher, "_next_partition_records", None)
         if current is not None and not current and getattr(fetcher, "_paused_partition_records", None):
@@ -345,6 +350,9 @@ class Source:
 
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
         self.consumer.pause(*partitions)
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        self.consumer.resume(*partitions)
 
     def highwater(self, tp: TopicPartition) -> int | None:
         """The partition's end offset as last fetched (a local look-up)."""

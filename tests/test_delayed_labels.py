@@ -400,6 +400,42 @@ def test_a_full_store_drops_the_oldest_and_learns_them_as_negatives(kafka_bootst
     assert same_model(run.learner.model, model)
 
 
+def test_a_learner_catching_up_reads_both_topics_in_step_and_joins_every_event(
+        kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str) -> None:
+    """A backlog of events and of their labels (each 500 ms of record time after its event) read by a learner
+    whose store holds 400 entries and whose TTL is 2 s of record time: read as fetched, one topic runs
+    ahead of the other (whole fetches of labels fill the store, whole fetches of events expire before their
+    labels are read); read in step (consumers.pacing), every event is joined, nothing dropped or expired."""
+    ev, lb = kafka_topic(), kafka_topic()
+    data = events(3000, seed=7)
+    t0 = 1_700_000_000_000
+    send(kafka_bootstrap, [(ev, encode_event(x, None, id_), id_, t0 + 10 * i) for i, (id_, x, _) in
+                           enumerate(data)])
+    send(kafka_bootstrap, [(lb, label(id_, y), id_, t0 + 10 * i + 500) for i, (id_, _, y) in enumerate(data)])
+    cfg = make_config(kafka_bootstrap, ev, tmp_path / "ckpt", labels_topic=lb, label_ttl=2.0, max_pending=400,
+                      max_poll_records=100, checkpoint_every_messages=1000, kafka_client=kafka_client)
+    run = Running(Learner(cfg))
+
+    def where() -> str:  # what the reading looked like, if it stops
+        learner = run.learner
+        pacer, source = learner._pacer, learner._source
+        tps = sorted(source.assignment())
+        return (f"every record consumed: {run.stats()['consumed']} consumed; held {pacer.held}, last read "
+                f"{pacer._time} next {pacer._next}, ends {pacer._end}, fetched ends "
+                f"{[source.highwater(tp) for tp in tps]}, positions {learner._state.positions}")
+
+    try:
+        snap = wait_for(lambda: (s := run.stats())["consumed"] >= 6000 and s, 120, where)
+        join = snap["join"]
+        assert (join["joined"], snap["n_samples_seen"]) == (3000, 3000), join
+        assert join["dropped_full_events"] == join["dropped_full_labels"] == 0, join
+        assert join["expired_events"] == join["orphan_labels"] == 0, join
+        assert join["pending_events"] == join["pending_labels"] == 0, join
+        assert snap["held_back"] == 0  # caught up: nothing held back any more
+    finally:
+        run.stop()
+
+
 def test_labels_not_co_partitioned_exit_2(kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path) -> None:
     ev, lb = kafka_topic(2), kafka_topic(1)
     for labels_topic, message in ((lb, "same number of partitions"), ("no-such-labels", "do not exist")):
