@@ -335,10 +335,8 @@ class ConfluentSource(Source):
         assigned = _tps(partitions)
         try:
             consumer.assign(partitions)
-            if partitions:
-                consumer.pause(partitions)
             self._assigned = assigned  # eager protocol: the whole new assignment
-            self.pending |= assigned
+            self.assigned(assigned)  # paused until sought
             self._handler.on_assigned(assigned)
         except Exception:
             log.exception("handling the assignment of %s failed", tp_keys(assigned))
@@ -421,10 +419,10 @@ class ConfluentSource(Source):
     #: The neutral record of a consumed message.
     record = Record
 
-    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+    def _pause(self, partitions: list[TopicPartition]) -> None:
         self.consumer.pause([_ctp(tp) for tp in partitions])
 
-    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+    def _resume(self, partitions: list[TopicPartition]) -> None:
         self.consumer.resume([_ctp(tp) for tp in partitions])
 
     def highwater(self, tp: TopicPartition) -> int | None:
@@ -551,11 +549,8 @@ class ConfluentSource(Source):
         except KafkaException as exc:
             raise _neutral(exc) from None
 
-    def seek_and_resume(self, starts: dict[TopicPartition, int]) -> None:
-        for tp, offset in starts.items():
-            self.consumer.seek(_ctp(tp, offset))
-        self.consumer.resume([_ctp(tp) for tp in sorted(self.pending)])
-        self.pending.clear()
+    def _seek(self, tp: TopicPartition, offset: int) -> None:
+        self.consumer.seek(_ctp(tp, offset))
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._assigned)

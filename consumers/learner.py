@@ -149,7 +149,7 @@ from consumers.labels import Labels, check_co_partitioned
 from consumers.outputs import Outputs, check_topics
 from consumers.pacing import Pacer
 from consumers.pipeline import Pipeline
-from consumers.source import Source, default_instance_id, wait_or_stop
+from consumers.source import PACED, SOUGHT, Source, default_instance_id, wait_or_stop
 from consumers.state.checkpointing import Checkpointing, hold_directory, parse_ref, tp_key, tp_keys
 from consumers.state.transactions import Transactions
 from consumers.stats import LearnerStats, progressive_metrics
@@ -446,7 +446,7 @@ class Learner:
         if state.needs_reload or source.pending:
             self._init_partitions()
         pending |= source.pending  # still waiting (committed offsets not fetched yet)
-        if self._pacer is not None:  # sought or waiting: the client resumes them (or keeps them paused)
+        if self._pacer is not None:  # sought or waiting: what was read of them says nothing any more
             self._pacer.forget(pending)
         if source.commit_failures():  # a periodic commit was refused: commit again
             state.commit_pending = True
@@ -465,21 +465,22 @@ class Learner:
         return work
 
     def _pace(self, work: dict) -> None:
-        """Pause the events or labels partitions that read ahead of their partner in record time, resume
-        those that no longer do (:class:`~consumers.pacing.Pacer`)."""
+        """Hold back (:data:`~consumers.source.PACED`) the events or labels partitions that read ahead of
+        their partner in record time, release those that no longer do (:class:`~consumers.pacing.Pacer`).
+
+        The source says which partitions are held back (a revoke or an assignment lets go of them), the
+        pacer which should be: the difference is paused and resumed, every poll. A partition waiting to be
+        sought is not paced (released if it was: the pacer forgot what was read of it)."""
         pacer, source = self._pacer, self._source
         pacer.read({tp: records for tp, (records, _) in work.items()})
-        pause, resume = pacer.step(source.assignment() - source.pending, source.highwater,
-                                    self._state.positions.get)
-        if pause:
-            source.pause(pause)
-        if resume:
-            source.resume(resume)
-        if pause or resume:
-            log.debug("catching up: %s read ahead of their partner, paused; %s resumed", tp_keys(pause),
-                      tp_keys(resume), extra={"reason": "paced"})
+        held = source.held(PACED)
+        pacer.held = set(held)
+        pacer.step(source.assignment() - source.pending, source.highwater, self._state.positions.get)
+        want = pacer.held
+        source.release(held - want, PACED)
+        source.hold(want - held, PACED)
         with self.stats.lock:
-            self.stats.held_back = len(pacer.held)
+            self.stats.held_back = len(want)
 
     def _rewound(self, batch: dict, pending: set[TopicPartition]) -> set[TopicPartition]:
         """The partitions of ``batch`` (not ``pending``) whose records start before their position (the
@@ -498,8 +499,7 @@ class Learner:
                                    "reason": "rewound"})
                 rewound.add(tp)
         if rewound:
-            self._source.pending |= rewound
-            self._source.pause(rewound)
+            self._source.hold(rewound, SOUGHT)
         return rewound
 
     def _await_batch(self) -> None:
@@ -800,9 +800,9 @@ class Learner:
         """Checkpoint, then let go of ``partitions``; returns the offsets to commit."""
         self._await_batch()
         with self._lock:
-            state, pending = self._state, self._source.pending
-            owned = partitions - pending
-            pending -= partitions
+            state = self._state
+            owned = partitions - self._source.pending
+            self._source.drop(partitions)  # no pause outlives its partition
             # Bounded: this runs on the IO thread, where a long flush would delay heartbeats.
             flush_timeout = min(self.config.commit_timeout_ms / 1000, 2.0)
             if self._labels is not None and not self._source.closing and not state.needs_reload:
@@ -827,9 +827,9 @@ class Learner:
         durable checkpoint (the reload is flagged) and re-reads them if the partitions come back."""
         self._await_batch()
         with self._lock:
-            state, pending = self._state, self._source.pending
-            owned = partitions - pending
-            pending -= partitions
+            state = self._state
+            owned = partitions - self._source.pending
+            self._source.drop(partitions)  # no pause outlives its partition
             if (state.commit_pending or self._source.unconfirmed()) and state.commit_offsets(owned, set()):
                 log.warning(
                     "evicted before checkpoint %s was committed: if another member takes the partitions, it "
@@ -863,14 +863,12 @@ class Learner:
                 self._transactions.abort(state, self._outputs, "rolling back")
                 self._outputs.reset()  # also after a failed commit, whose transaction is gone already
             state.restore()
-            source.pending |= set(source.assignment())
-            if source.pending:
-                source.pause(source.pending)
+            source.hold(source.assignment(), SOUGHT)
         assigned = source.assignment()
-        source.pending &= assigned
-        if not source.pending:
-            return
+        source.drop(set(source.paused) - assigned)  # not ours any more (the client forgets them too)
         tps = sorted(source.pending)
+        if not tps:
+            return
         try:
             found = source.committed_metadata(tps)
             if hasattr(state.store, "key"):

@@ -35,6 +35,12 @@ partner reaches the paused one's time or the end of its log. What a poll had alr
 held back). This changes only when records are read, never which records are learned or in which order
 within a partition: the exactly-once contract (design.md) is the same. A paused partition is resumed from
 the record after the last one read, by either client.
+
+The pacer only says which partitions should be held back; the pauses are the source's
+(:meth:`consumers.source.Source.hold` with the reason ``"paced"``), which also pauses partitions for other
+reasons (to seek them) and lets go of every pause of a revoked partition. Before each :meth:`Pacer.step`
+the learner sets :attr:`Pacer.held` to what the source holds back, and after it pauses and resumes the
+difference: a pause the pacer did not ask for is never lifted by it, nor one it asked for left behind.
 """
 
 from __future__ import annotations
@@ -109,8 +115,8 @@ class Pacer:
                 self._time[tp], self._next[tp], self._moved[tp] = last.timestamp, last.offset + 1, now
 
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
-        """Partitions sought, revoked or lost: what was read of them no longer says where they are, and the
-        client resumes (or drops) them on its own."""
+        """Partitions sought, revoked or lost: what was read of them no longer says where they are (not
+        held back any more: the next :meth:`step` does not pace them while they wait to be sought)."""
         for tp in partitions:
             self._time.pop(tp, None)
             self._next.pop(tp, None)
