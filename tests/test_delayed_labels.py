@@ -444,7 +444,10 @@ def test_a_learner_catching_up_reads_both_topics_in_step_and_joins_every_event(
                 f"{starts}")
 
     try:
-        snap = wait_for(lambda: (s := run.stats())["consumed"] >= 6000 and s, 120, where)
+        wait_for(lambda: run.stats()["consumed"] >= 6000, 120, where)
+        # the worker counts a batch's records before it publishes what they did (model, join counters)
+        snap = wait_for(lambda: (s := run.stats())["n_samples_seen"] >= 3000 and s, 10,
+                        lambda: f"3000 learned: {run.stats()['join']}")
         join = snap["join"]
         assert (join["joined"], snap["n_samples_seen"]) == (3000, 3000), join
         assert join["dropped_full_events"] == join["dropped_full_labels"] == 0, join
