@@ -35,8 +35,9 @@ labelled path is one compiled decode-and-learn call per message.
 
 (d) in this process, no broker: the learner's own CPU per event (``Learner._process`` on polled batches of
     client-like records, as the loop hands them over), for (a) and for (b) in both orders: every label before
-    its event (how a backlog of both topics is often read: the labels, small, come in first) and every event
-    before its label (the live case), batches of ``--lag`` each way. What a real client adds is r1 and r2.
+    its event (labels that came first) and every event before its label (the live case, and how a backlog of
+    both topics is read: in step by record time, consumers.pacing), batches of ``--lag`` each way. What a
+    real client adds is r1 and r2.
 
 (c) memory per pending event: ``tracemalloc`` around storing the events as the learner does (the record
 value and its decoded features, kept so that a join does not decode again), beside the store's own

@@ -255,6 +255,7 @@ class ConfluentSource(Source):
 
     probe_every = 1.0  # seconds between two connection probes while the brokers seem away
     highwater_every = 1.0  # seconds between two look-ups of a partition's end offset (for the lag)
+    pause_keeps_fetched = False  # librdkafka drops what it fetched for a paused partition: fetched again
 
     def __init__(self, config: Any, stats: Any) -> None:
         super().__init__(config, stats)
@@ -334,10 +335,8 @@ class ConfluentSource(Source):
         assigned = _tps(partitions)
         try:
             consumer.assign(partitions)
-            if partitions:
-                consumer.pause(partitions)
             self._assigned = assigned  # eager protocol: the whole new assignment
-            self.pending |= assigned
+            self.assigned(assigned)  # paused until sought
             self._handler.on_assigned(assigned)
         except Exception:
             log.exception("handling the assignment of %s failed", tp_keys(assigned))
@@ -420,8 +419,11 @@ class ConfluentSource(Source):
     #: The neutral record of a consumed message.
     record = Record
 
-    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+    def _pause(self, partitions: list[TopicPartition]) -> None:
         self.consumer.pause([_ctp(tp) for tp in partitions])
+
+    def _resume(self, partitions: list[TopicPartition]) -> None:
+        self.consumer.resume([_ctp(tp) for tp in partitions])
 
     def highwater(self, tp: TopicPartition) -> int | None:
         """The partition's end offset as last fetched, refreshed at most every :attr:`highwater_every`
@@ -547,11 +549,8 @@ class ConfluentSource(Source):
         except KafkaException as exc:
             raise _neutral(exc) from None
 
-    def seek_and_resume(self, starts: dict[TopicPartition, int]) -> None:
-        for tp, offset in starts.items():
-            self.consumer.seek(_ctp(tp, offset))
-        self.consumer.resume([_ctp(tp) for tp in sorted(self.pending)])
-        self.pending.clear()
+    def _seek(self, tp: TopicPartition, offset: int) -> None:
+        self.consumer.seek(_ctp(tp, offset))
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._assigned)

@@ -327,6 +327,12 @@ class Labels:
 
     # ------------------------------------------------------------------ state (checkpoint hooks)
 
+    def crowded(self) -> bool:
+        """Whether the join store holds more than half its bounds (entries or bytes): reading one topic
+        ahead of the other is then held back (consumers.pacing)."""
+        store = self.store
+        return 2 * len(store) > store.max_pending or 2 * store.n_bytes > store.max_bytes
+
     def extras(self) -> dict:
         """The checkpoint's extra part: the join store's arrays and meta."""
         return {EXTRA_NAME: self.store.to_state()}

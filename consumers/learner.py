@@ -147,8 +147,9 @@ from stream_logreg._stream import learn_values
 from consumers.config import LearnerConfig
 from consumers.labels import Labels, check_co_partitioned
 from consumers.outputs import Outputs, check_topics
+from consumers.pacing import Pacer
 from consumers.pipeline import Pipeline
-from consumers.source import Source, default_instance_id, wait_or_stop
+from consumers.source import PACED, SOUGHT, Source, default_instance_id, wait_or_stop
 from consumers.state.checkpointing import Checkpointing, hold_directory, parse_ref, tp_key, tp_keys
 from consumers.state.transactions import Transactions
 from consumers.stats import LearnerStats, progressive_metrics
@@ -244,6 +245,12 @@ class Learner:
                                                     else None),
                                     extra_state=self._labels, group=self.group)
         self._source, self._outputs = _clients(config, self.stats)
+        # Delayed labels: the events and labels topics read in step by record time (consumers.pacing)
+        # (a lead in record time of half the TTL, or a half-full store; any lead where a pause is cheap)
+        self._pacer = (Pacer(config.labels_topic, self._source.record,
+                             0 if self._source.pause_keeps_fetched else int(config.label_ttl * 500),
+                             self._labels.crowded, from_start=config.auto_offset_reset == "earliest")
+                       if self._labels is not None else None)
         self._outputs.group = self.group  # predictions carry the group model's version
         self._topics_checked = False
         self._pipeline: Pipeline | None = None  # while running: the polled batch being learned
@@ -443,16 +450,41 @@ class Learner:
         if state.needs_reload or source.pending:
             self._init_partitions()
         pending |= source.pending  # still waiting (committed offsets not fetched yet)
+        if self._pacer is not None:  # sought or waiting: what was read of them says nothing any more
+            self._pacer.forget(pending)
         if source.commit_failures():  # a periodic commit was refused: commit again
             state.commit_pending = True
         state.tick(source.assignment(), source.pending, self._flush, source.commit_soon)
-        if state.needs_reload or state.fenced is not None or not batch:
+        if state.needs_reload or state.fenced is not None:
+            return {}
+        work = {tp: rv for tp, rv in batch.items() if tp not in pending and rv[0]}
+        if self._pacer is not None:  # after every poll, an empty one too: a pause may end without records
+            self._pace(work)
+        if not batch:
             return {}
         if self.group is not None:  # never predict with a model staler than that
             state.sync_if_due()
         if self._exactly_once:
             self._transactions.begin(state)
-        return {tp: rv for tp, rv in batch.items() if tp not in pending and rv[0]}
+        return work
+
+    def _pace(self, work: dict) -> None:
+        """Hold back (:data:`~consumers.source.PACED`) the events or labels partitions that read ahead of
+        their partner in record time, release those that no longer do (:class:`~consumers.pacing.Pacer`).
+
+        The source says which partitions are held back (a revoke or an assignment lets go of them), the
+        pacer which should be: the difference is paused and resumed, every poll. A partition waiting to be
+        sought is not paced (released if it was: the pacer forgot what was read of it)."""
+        pacer, source = self._pacer, self._source
+        pacer.read({tp: records for tp, (records, _) in work.items()})
+        held = source.held(PACED)
+        pacer.held = set(held)
+        pacer.step(source.assignment() - source.pending, source.highwater, self._state.positions.get)
+        want = pacer.held
+        source.release(held - want, PACED)
+        source.hold(want - held, PACED)
+        with self.stats.lock:
+            self.stats.held_back = len(want)
 
     def _rewound(self, batch: dict, pending: set[TopicPartition]) -> set[TopicPartition]:
         """The partitions of ``batch`` (not ``pending``) whose records start before their position (the
@@ -471,8 +503,7 @@ class Learner:
                                    "reason": "rewound"})
                 rewound.add(tp)
         if rewound:
-            self._source.pending |= rewound
-            self._source.pause(rewound)
+            self._source.hold(rewound, SOUGHT)
         return rewound
 
     def _await_batch(self) -> None:
@@ -776,9 +807,9 @@ class Learner:
         """Checkpoint, then let go of ``partitions``; returns the offsets to commit."""
         self._await_batch()
         with self._lock:
-            state, pending = self._state, self._source.pending
-            owned = partitions - pending
-            pending -= partitions
+            state = self._state
+            owned = partitions - self._source.pending
+            self._source.drop(partitions)  # no pause outlives its partition
             # Bounded: this runs on the IO thread, where a long flush would delay heartbeats.
             flush_timeout = min(self.config.commit_timeout_ms / 1000, 2.0)
             if self._labels is not None and not self._source.closing and not state.needs_reload:
@@ -803,9 +834,9 @@ class Learner:
         durable checkpoint (the reload is flagged) and re-reads them if the partitions come back."""
         self._await_batch()
         with self._lock:
-            state, pending = self._state, self._source.pending
-            owned = partitions - pending
-            pending -= partitions
+            state = self._state
+            owned = partitions - self._source.pending
+            self._source.drop(partitions)  # no pause outlives its partition
             if (state.commit_pending or self._source.unconfirmed()) and state.commit_offsets(owned, set()):
                 log.warning(
                     "evicted before checkpoint %s was committed: if another member takes the partitions, it "
@@ -839,14 +870,12 @@ class Learner:
                 self._transactions.abort(state, self._outputs, "rolling back")
                 self._outputs.reset()  # also after a failed commit, whose transaction is gone already
             state.restore()
-            source.pending |= set(source.assignment())
-            if source.pending:
-                source.pause(source.pending)
+            source.hold(source.assignment(), SOUGHT)
         assigned = source.assignment()
-        source.pending &= assigned
-        if not source.pending:
-            return
+        source.drop(set(source.paused) - assigned)  # not ours any more (the client forgets them too)
         tps = sorted(source.pending)
+        if not tps:
+            return
         try:
             found = source.committed_metadata(tps)
             if hasattr(state.store, "key"):
@@ -859,6 +888,8 @@ class Learner:
             )
             return  # stay paused; the next loop iteration tries again
         source.seek_and_resume(state.start_offsets(committed, ends))
+        if self._pacer is not None:
+            self._pacer.assigned(ends)
         with self.stats.lock:
             self.stats.assigned = [tp_key(tp) for tp in sorted(assigned)]
         if self._labels is not None:  # entries a crash or a stop left here for partitions now another's

@@ -173,6 +173,9 @@ METRICS: tuple[MetricSpec, ...] = (
     _g("pending_labels", None, "Labels waiting for their event in the join store."),
     _g("pending_bytes", "join_bytes",
        "Estimated memory of the join store's entries, in bytes (bounded by --max-pending-bytes)."),
+    _g("partitions_held_back", "held_back",
+       "Partitions of the events or labels topic paused because they had read ahead, in record time, of "
+       "their partner partition, which still has records to read (while catching up; 0 when live)."),
     _c("joined", None, "Events joined with their label and learned, over the model's whole history."),
     _c("duplicate_labels", None, "Labels of an id already joined or waiting (learned once, counted here)."),
     _c("duplicate_events", None, "Events whose id was already waiting or joined (the first one is kept)."),

@@ -42,6 +42,18 @@ the model is safe even if a future kafka-python ran callbacks concurrently):
   ``poll()`` returns, the main loop fetches their committed offsets (a blocking call, fine on the main
   thread), seeks each to max(checkpoint, committed) and resumes them; records of a partition waiting for
   that are never processed.
+
+Who pauses a partition, and why
+-------------------------------
+Every pause and resume of a partition goes through :meth:`Source.hold` and :meth:`Source.release`, each
+with its reason: :data:`SOUGHT` while the partition waits to be sought (newly assigned, rewound by the
+client, rolled back to the checkpoint: :attr:`Source.pending`), :data:`PACED` while it is held back for
+having read ahead of its partner (consumers.pacing). :attr:`Source.paused` keeps the reasons of each
+partition, and the client has a partition paused if and only if its set is not empty: a resume for one
+reason never undoes a pause for another, and a partition resumed has no reason left to be paused. An
+assignment (the eager protocol: the whole new one) starts every partition over with :data:`SOUGHT` alone;
+a revoked or lost partition leaves the bookkeeping with every reason (:meth:`Source.drop`): no pause
+outlives its partition. Each pause and resume is logged at DEBUG with its reason.
 - lost (evicted from the group, e.g. after the broker was away longer than the session timeout): no
   checkpoint and no commit — the partitions may already be another member's, which starts at the group's
   committed offset.
@@ -66,11 +78,18 @@ from kafka.errors import FencedInstanceIdError, KafkaError
 
 from consumers.state.checkpointing import tp_keys
 
-__all__ = ["ConnectTimeout", "RebalanceHandler", "Source", "default_instance_id", "wait_or_stop"]
+__all__ = ["PACED", "SOUGHT", "ConnectTimeout", "RebalanceHandler", "Source", "default_instance_id",
+           "wait_or_stop"]
 
 log = logging.getLogger(__name__)
 
 _ATTEMPT_MS = 1000  # one bootstrap attempt: short, so that a stop request is heard between attempts
+
+
+#: Why a partition is paused: it waits to be sought (assigned, rewound, rolled back), the learner seeks it.
+SOUGHT = "sought"
+#: Why a partition is paused: it read ahead of its partner partition in record time (consumers.pacing).
+PACED = "paced"
 
 
 class ConnectTimeout(Exception):
@@ -119,9 +138,7 @@ class _Listener(AsyncConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         assigned = set(assigned)
         try:
-            self._source.pending |= assigned
-            if assigned:
-                self._source.consumer.pause(*assigned)
+            self._source.assigned(assigned)
             self._handler.on_assigned(assigned)
         except Exception:
             log.exception("handling the assignment of %s failed", tp_keys(assigned))
@@ -135,11 +152,17 @@ class Source:
     >>> batch = source.poll()                                                 # doctest: +SKIP
     """
 
+    #: Whether a pause keeps what was fetched for the partition (kafka-python 3.0 parks it and hands it back
+    #: on resume): pausing is then cheap (consumers.pacing holds back at any lead).
+    pause_keeps_fetched = True
+
     def __init__(self, config: Any, stats: Any) -> None:
         self.config = config
         self.stats = stats
         self.consumer: KafkaConsumer | None = None
-        self.pending: set[TopicPartition] = set()  # assigned, waiting to be sought
+        #: Why each partition is paused (see the module docstring): the client has it paused iff the set
+        #: is not empty. Changed only by hold(), release(), assigned() and drop().
+        self.paused: dict[TopicPartition, set[str]] = {}
         self.closing = False
         self.fenced = False
         self.instance_id = config.group_instance_id or default_instance_id(config.checkpoint_dir)
@@ -157,7 +180,7 @@ class Source:
         """Create the consumer (after ``before()``, e.g. the producer) and subscribe; retry with backoff,
         for at most ``timeout`` seconds (then :class:`ConnectTimeout`). False if asked to stop first."""
         cfg = self.config
-        self.pending.clear()
+        self.paused.clear()  # a new consumer: nothing of an old one is paused
         deadline = time.monotonic() + timeout
         backoff = 0.5
         while not should_stop():
@@ -284,11 +307,13 @@ class Source:
 
     def seek_and_resume(self, starts: dict[TopicPartition, int]) -> None:
         """Seek the pending partitions (those in ``starts``; the others start at auto_offset_reset) and
-        resume them all."""
+        release them all from :data:`SOUGHT` (resumed unless paused for another reason too)."""
         for tp, offset in starts.items():
-            self.consumer.seek(tp, offset)
-        self.consumer.resume(*sorted(self.pending))
-        self.pending.clear()
+            self._seek(tp, offset)
+        self.release(self.pending, SOUGHT)
+
+    def _seek(self, tp: TopicPartition, offset: int) -> None:
+        self.consumer.seek(tp, offset)
 
     def assignment(self) -> set[TopicPartition]:
         return self.consumer.assignment()
@@ -313,11 +338,12 @@ class Source:
     def _unpark(self) -> None:
         """Work around kafka-python 3.0.12 starving a resumed partition. It parks the records fetched for a
         partition while the partition is paused (as the learner does while it seeks newly assigned or
-        rewound partitions), and after its resume gives them back only when the slot for the partition
-        being drained is empty: ``None``, not an emptied one, which it leaves there. Meanwhile it fetches
-        nothing more for a partition whose records are parked, so a paused and resumed partition could get
-        nothing for good. An emptied slot is cleared before each poll while records are parked (what
-        kafka-python itself does with a new fetch)."""
+        rewound partitions, and while it holds back one that read ahead: consumers.pacing), and after its
+        resume gives them back only when the slot for the partition being drained is empty: ``None``, not
+        an emptied one, which it leaves there. Meanwhile it fetches nothing more for a partition whose
+        records are parked, so a paused and resumed partition could get nothing for good. An emptied slot
+        is cleared before each poll while records are parked (what kafka-python itself does with a new
+        fetch)."""
         fetcher = getattr(self.consumer, "_fetcher", None)
         current = getattr(fetcher, "_next_partition_records", None)
         if current is not None and not current and getattr(fetcher, "_paused_partition_records", None):
@@ -343,8 +369,66 @@ class Source:
         """The record with ``topic partition offset key value timestamp`` (kafka-python's own)."""
         return r
 
-    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+    # ------------------------------------------------------------------ pauses, each with its reason
+
+    @property
+    def pending(self) -> set[TopicPartition]:
+        """The partitions waiting to be sought (paused for :data:`SOUGHT`): a copy."""
+        return {tp for tp, why in self.paused.items() if SOUGHT in why}
+
+    def held(self, reason: str) -> set[TopicPartition]:
+        """The partitions paused for ``reason`` (a copy)."""
+        return {tp for tp, why in self.paused.items() if reason in why}
+
+    def hold(self, partitions: Iterable[TopicPartition], reason: str) -> None:
+        """Pause ``partitions`` for ``reason``; the client pauses those that had no reason yet."""
+        new = []
+        for tp in partitions:
+            why = self.paused.setdefault(tp, set())
+            if not why:
+                new.append(tp)
+            why.add(reason)
+        if new:
+            new.sort()
+            self._pause(new)
+            log.debug("paused %s (%s)", tp_keys(new), reason, extra={"reason": reason})
+
+    def release(self, partitions: Iterable[TopicPartition], reason: str) -> None:
+        """Lift the pause of ``partitions`` for ``reason``; the client resumes those left with no reason."""
+        free = []
+        for tp in partitions:
+            why = self.paused.get(tp)
+            if why is None or reason not in why:
+                continue
+            why.discard(reason)
+            if not why:
+                del self.paused[tp]
+                free.append(tp)
+        if free:
+            free.sort()
+            self._resume(free)
+            log.debug("resumed %s (%s)", tp_keys(free), reason, extra={"reason": reason})
+
+    def assigned(self, partitions: set[TopicPartition]) -> None:
+        """A new assignment (the whole of it: the eager protocol): every partition paused for
+        :data:`SOUGHT` alone (the client itself starts them unpaused), nothing else kept."""
+        self.paused = {tp: {SOUGHT} for tp in partitions}
+        if partitions:
+            self._pause(sorted(partitions))
+            log.debug("paused %s (%s)", tp_keys(partitions), SOUGHT, extra={"reason": SOUGHT})
+
+    def drop(self, partitions: Iterable[TopicPartition]) -> None:
+        """Partitions revoked or lost: out of the bookkeeping with all their reasons (the client forgets
+        them; assigned again, they start over)."""
+        gone = [tp for tp in partitions if self.paused.pop(tp, None) is not None]
+        if gone:
+            log.debug("let go of %s, paused until then", tp_keys(gone), extra={"reason": "revoked"})
+
+    def _pause(self, partitions: list[TopicPartition]) -> None:
         self.consumer.pause(*partitions)
+
+    def _resume(self, partitions: list[TopicPartition]) -> None:
+        self.consumer.resume(*partitions)
 
     def highwater(self, tp: TopicPartition) -> int | None:
         """The partition's end offset as last fetched (a local look-up)."""

@@ -85,6 +85,7 @@ class LearnerStats:
         self.join_bytes = 0
         self.join_latency_buckets_ms: list[int] = []
         self.join_latency_counts: list[int] = []
+        self.held_back = 0  # partitions paused because they read ahead of their partner (consumers.pacing)
         # Rolling window over the last ~``window`` labelled events, kept per processed chunk (a polled
         # batch of one partition) as (events, log loss sum, correct) so the hot loop only sums.
         self._window = window

@@ -8,12 +8,14 @@ hostile input refused), the settings.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kafka import KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from polling import read_topic, wait_for
 from test_consumer import MODEL, Running, same_model
 from test_consumer import make_config as consumer_config
@@ -63,8 +65,22 @@ def label(id_: str, y: int) -> bytes:
     return orjson.dumps({"id": id_, "y": y})
 
 
+#: How old a record's timestamp may be here. The broker deletes the records older than its retention
+#: (7 days by default) at each retention check (every 5 minutes), whatever their offsets: records with such
+#: timestamps can vanish in the middle of a test, which then waits for them in vain.
+MAX_RECORD_AGE_MS = 24 * 3600 * 1000
+
+
+def recent_ms() -> int:
+    """A record time of a few minutes ago (far within the broker's retention, not in its future)."""
+    return int(time.time() * 1000) - 10 * 60 * 1000
+
+
 def send(bootstrap: str, records: list[tuple[str, bytes | None, str | None, int | None]]) -> None:
-    """Send ``(topic, value, key, timestamp_ms)`` in order; wait for every acknowledgement."""
+    """Send ``(topic, value, key, timestamp_ms)`` in order; wait for every acknowledgement. Refuses a
+    timestamp older than :data:`MAX_RECORD_AGE_MS` (the broker's retention check could delete it mid-test)."""
+    oldest = int(time.time() * 1000) - MAX_RECORD_AGE_MS
+    assert all(ts is None or ts >= oldest for *_, ts in records), "record times within the retention"
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     try:
         futures = [producer.send(t, value=v, key=None if k is None else k.encode(), timestamp_ms=ts)
@@ -340,7 +356,7 @@ def test_early_duplicate_orphan_and_expired_labels_are_counted(kafka_bootstrap: 
                                                                 tmp_path: Path) -> None:
     ev, lb, preds, dlq = kafka_topic(), kafka_topic(), kafka_topic(), kafka_topic()
     data = events(10, seed=1)
-    t0 = 1_700_000_000_000
+    t0 = recent_ms()
     records = [(ev, encode_event(x, None, id_), id_, t0 + 100 * i) for i, (id_, x, _) in enumerate(data)]
     records.insert(0, (lb, label("early", 1), "early", t0))  # a label before its event
     records.append((ev, encode_event({"a": 1.0}, None, "early"), "early", t0 + 1_500))
@@ -398,6 +414,48 @@ def test_a_full_store_drops_the_oldest_and_learns_them_as_negatives(kafka_bootst
     for _, x, _ in data[:16]:
         model.learn_one(JsonCodec().decode(encode_event(x)).x, 0)
     assert same_model(run.learner.model, model)
+
+
+def test_a_learner_catching_up_reads_both_topics_in_step_and_joins_every_event(
+        kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str) -> None:
+    """A backlog of events and of their labels (each 500 ms of record time after its event) read by a learner
+    whose store holds 400 entries and whose TTL is 2 s of record time: read as fetched, one topic runs
+    ahead of the other (whole fetches of labels fill the store, whole fetches of events expire before their
+    labels are read); read in step (consumers.pacing), every event is joined, nothing dropped or expired."""
+    ev, lb = kafka_topic(), kafka_topic()
+    data = events(3000, seed=7)
+    t0 = recent_ms()
+    send(kafka_bootstrap, [(ev, encode_event(x, None, id_), id_, t0 + 10 * i) for i, (id_, x, _) in
+                           enumerate(data)])
+    send(kafka_bootstrap, [(lb, label(id_, y), id_, t0 + 10 * i + 500) for i, (id_, _, y) in enumerate(data)])
+    cfg = make_config(kafka_bootstrap, ev, tmp_path / "ckpt", labels_topic=lb, label_ttl=2.0, max_pending=400,
+                      max_poll_records=100, checkpoint_every_messages=1000, kafka_client=kafka_client)
+    run = Running(Learner(cfg))
+
+    def where() -> str:  # what the reading looked like, if it stops (and whether the records are still there)
+        learner = run.learner
+        pacer, source = learner._pacer, learner._source
+        tps = sorted(source.assignment())
+        with contextlib.closing(KafkaConsumer(bootstrap_servers=kafka_bootstrap)) as c:
+            starts = c.beginning_offsets([TopicPartition(t, 0) for t in (ev, lb)])
+        return (f"every record consumed: {run.stats()['consumed']} consumed; paused {source.paused}, held "
+                f"{pacer.held}, last read {pacer._time} next {pacer._next}, ends {pacer._end}, fetched ends "
+                f"{[source.highwater(tp) for tp in tps]}, positions {learner._state.positions}, log starts "
+                f"{starts}")
+
+    try:
+        wait_for(lambda: run.stats()["consumed"] >= 6000, 120, where)
+        # the worker counts a batch's records before it publishes what they did (model, join counters)
+        snap = wait_for(lambda: (s := run.stats())["n_samples_seen"] >= 3000 and s, 10,
+                        lambda: f"3000 learned: {run.stats()['join']}")
+        join = snap["join"]
+        assert (join["joined"], snap["n_samples_seen"]) == (3000, 3000), join
+        assert join["dropped_full_events"] == join["dropped_full_labels"] == 0, join
+        assert join["expired_events"] == join["orphan_labels"] == 0, join
+        assert join["pending_events"] == join["pending_labels"] == 0, join
+        assert snap["held_back"] == 0  # caught up: nothing held back any more
+    finally:
+        run.stop()
 
 
 def test_labels_not_co_partitioned_exit_2(kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path) -> None:
