@@ -489,11 +489,14 @@ class Learner:
     def _rewound(self, batch: dict, pending: set[TopicPartition]) -> set[TopicPartition]:
         """The partitions of ``batch`` (not ``pending``) whose records start before their position (the
         next offset the model has not read): paused and pending, to be sought back to it."""
-        view, positions = self._source.record, self._state.positions
+        view, positions, origins = self._source.record, self._state.positions, self._state.origins
         rewound = set()
         for tp, (records, _) in batch.items():
             expected = positions.get(tp)
-            if tp in pending or not records or expected is None:
+            if tp in pending or not records:
+                continue
+            if expected is None:  # started at auto_offset_reset: where a rollback reads it again from
+                origins.setdefault(tp, view(records[0]).offset)
                 continue
             first = view(records[0]).offset
             if first < expected:

@@ -219,16 +219,19 @@ def refuse_one_send(monkeypatch: pytest.MonkeyPatch, kafka_client: str, topic: s
 
 
 @pytest.mark.kafka
+@pytest.mark.parametrize("after", [10, 150])  # before the first checkpoint, after it
 def test_an_output_the_producer_refuses_is_published_again_not_committed_without(
-    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str, monkeypatch: pytest.MonkeyPatch
+    kafka_bootstrap: str, kafka_topic: Any, tmp_path: Path, kafka_client: str,
+    monkeypatch: pytest.MonkeyPatch, after: int
 ) -> None:
     """A refused send marks its topic unhealthy and drops its records until it is back (at-least-once:
     counted, so that checkpoints go on); exactly-once, the open transaction must not commit without them:
-    it is aborted and its events are read, learned and published again."""
+    it is aborted and its events are read, learned and published again (from where this model started
+    reading, when there was no checkpoint yet)."""
     topic, predictions = kafka_topic(1), kafka_topic(1)
     values = make_events(1500, seed=43, unlabelled_every=3)
     produce(kafka_bootstrap, topic, values)
-    refused = refuse_one_send(monkeypatch, kafka_client, predictions, after=150)
+    refused = refuse_one_send(monkeypatch, kafka_client, predictions, after=after)
     cfg = make_config(kafka_bootstrap, topic, tmp_path / "none", state_store="kafka",
                       processing_guarantee="exactly-once", predictions_topic=predictions,
                       checkpoint_every_messages=300, max_poll_records=100, group_instance_id="eos-refused",
@@ -236,7 +239,7 @@ def test_an_output_the_producer_refuses_is_published_again_not_committed_without
     with running(cfg) as r:
         wait_for(lambda: r.stats()["positions"].get(f"{topic}:0") == len(values), 60, "all read")
         dropped = r.stats()["output_dropped"]
-    assert refused == [150] and dropped.get(predictions, 0) >= 1  # the drop happened
+    assert refused == [after] and dropped.get(predictions, 0) >= 1  # the drop happened
     _, scored = offline(values, 1)
     got = [orjson.loads(rec.value) for rec in read_committed(kafka_bootstrap, predictions, len(scored))]
     assert [(g["id"], g["p"], g["n_samples_seen"]) for g in got] == scored  # each once, in order

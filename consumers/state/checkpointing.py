@@ -172,6 +172,10 @@ class Checkpointing:
         # Per owned partition, "<key>@<member>" of a lost member's state that covered it and that nobody
         # continues: carried in the commit metadata for a fresh member to find (consumers.learner).
         self.orphans: dict[TopicPartition, str] = {}
+        # Per owned partition that started at auto_offset_reset, the offset of the first record read: a
+        # rollback to a checkpoint that does not cover it reads it again from there (the client's own
+        # position is past what the rolled-back model forgot).
+        self.origins: dict[TopicPartition, int] = {}
         self.since_checkpoint = 0
         self.last_checkpoint_at = time.monotonic()
         self.commit_pending = False
@@ -536,6 +540,7 @@ class Checkpointing:
         self.buffer.drop(partitions)
         for tp in partitions:
             self.orphans.pop(tp, None)
+            self.origins.pop(tp, None)
             durable = self.ckpt_offsets.get(tp)
             if current.get(tp) != durable:
                 self.needs_reload = True
@@ -572,10 +577,15 @@ class Checkpointing:
                 self.positions.pop(tp, None)
                 self.ckpt_offsets.pop(tp, None)
                 self.floor.pop(tp, None)
+                self.origins.pop(tp, None)
                 self.since_checkpoint = max(self.since_checkpoint, 1)
                 continue
             if theirs is not None:
                 self.floor[tp] = theirs
+            if not candidates and tp in self.origins:  # a rollback to before the first checkpoint of it
+                log.info("%s: no checkpoint of it yet: reading it again from offset %d, where this model "
+                         "started", tp_key(tp), self.origins[tp], extra={**where, "offset": self.origins[tp]})
+                candidates = [self.origins[tp]]
             if not candidates:
                 log.info("%s: new partition, starting at auto_offset_reset=%s", tp_key(tp),
                          self.config.auto_offset_reset, extra=where)
