@@ -254,6 +254,7 @@ class Learner:
         self._outputs.group = self.group  # predictions carry the group model's version
         self._topics_checked = False
         self._pipeline: Pipeline | None = None  # while running: the polled batch being learned
+        self._unpublished = 0  # records processed, counted in stats.consumed by _publish_learned
 
     @property
     def model(self) -> Any:
@@ -492,11 +493,13 @@ class Learner:
         view, positions, origins = self._source.record, self._state.positions, self._state.origins
         rewound = set()
         for tp, (records, _) in batch.items():
-            expected = positions.get(tp)
-            if tp in pending or not records:
+            if not records:
                 continue
-            if expected is None:  # started at auto_offset_reset: where a rollback reads it again from
-                origins.setdefault(tp, view(records[0]).offset)
+            expected = positions.get(tp)
+            if expected is None:  # started at auto_offset_reset: where a rollback reads it again from (also
+                origins.setdefault(tp, view(records[0]).offset)  # when these records are dropped: pending)
+                continue
+            if tp in pending:
                 continue
             first = view(records[0]).offset
             if first < expected:
@@ -732,9 +735,9 @@ class Learner:
         if batch_size == 1 and learned:
             state.learned[tp] = state.learned.get(tp, 0) + learned
         loss, hits = progressive_metrics(ps, ys) if learned else (0.0, 0)
+        self._unpublished += len(records)
         st = self.stats
         with st.lock:
-            st.consumed += len(records)
             st.learned += learned
             st.scored += scored
             st._add_chunk(learned, loss, hits)
@@ -747,8 +750,7 @@ class Learner:
         state = self._state
         state.positions[tp] = view(records[-1]).offset + 1
         state.since_checkpoint += len(records)
-        with self.stats.lock:
-            self.stats.consumed += len(records)
+        self._unpublished += len(records)
 
     def _learn_joined(self, joined: list) -> None:
         """Learn joined events once each (delayed metrics in the stats), counted under their event's
@@ -1004,4 +1006,8 @@ class Learner:
             st.buffered = len(state.buffer)
         if self._labels is not None:
             self._labels.publish()
+        if self._unpublished:  # last: whoever sees the records counted sees all the rest of them
+            with st.lock:
+                st.consumed += self._unpublished
+            self._unpublished = 0
 

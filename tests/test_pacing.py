@@ -130,8 +130,8 @@ class _WorstClient:
     """A kafka-python-like consumer as unhelpful as a real one may be: a poll gives any number of records
     of any partitions that are assigned, not paused and not at their end (or none), a partition may go back
     on its own (as librdkafka once did after a seek), the committed offsets may not come (sought at a later
-    poll), an assignment starts every partition unpaused, and a pause, resume or seek of a partition not
-    assigned is an error."""
+    poll), an assignment starts every partition unpaused (at offset 0: no offset is committed, and
+    auto_offset_reset is earliest), and a pause, resume or seek of a partition not assigned is an error."""
 
     def __init__(self, logs: dict[TopicPartition, list[int]], rng: random.Random) -> None:
         self.logs, self.rng = logs, rng
@@ -142,7 +142,7 @@ class _WorstClient:
 
     def assign(self, tps: set[TopicPartition]) -> None:
         self.assigned, self.paused = set(tps), set()
-        self.position = {tp: self.position.get(tp, 0) for tp in tps}
+        self.position = dict.fromkeys(tps, 0)
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.assigned)
