@@ -822,6 +822,37 @@ cdef inline double _clip(double g, double clip) noexcept nogil:
     return g
 
 
+cdef struct Distinct:  # a batch's distinct columns: open addressing (linear probing) of index + 1, 0 empty
+    Py_ssize_t* table
+    Py_ssize_t mask  # the table's size − 1 (a power of two, at least twice the entries)
+    int shift        # 64 − log2(size), for Fibonacci hashing
+
+
+cdef inline int _distinct_init(Distinct* d, Py_ssize_t nnz) except -1 nogil:
+    """A zeroed table for the distinct columns of `nnz` entries (the caller frees `d.table`)."""
+    cdef int bits = 4
+    while (<Py_ssize_t> 1 << bits) < 2 * nnz:
+        bits += 1
+    d.table = <Py_ssize_t*> calloc(<Py_ssize_t> 1 << bits, sizeof(Py_ssize_t))
+    if d.table == NULL:
+        raise MemoryError()
+    d.mask, d.shift = (<Py_ssize_t> 1 << bits) - 1, 64 - bits
+    return 0
+
+
+cdef inline Py_ssize_t _distinct_index(Distinct* d, Py_ssize_t* cols, Py_ssize_t n,
+                                       Py_ssize_t j) noexcept nogil:
+    """The index of column j among the distinct columns so far, cols[:n] (in order of first appearance);
+    a new one is appended (cols[n] ← j) and n returned: the caller then counts it."""
+    cdef Py_ssize_t slot = <Py_ssize_t> ((<unsigned long long> j * 11400714819323198485ULL) >> d.shift)
+    while d.table[slot] != 0 and cols[d.table[slot] - 1] != j:
+        slot = (slot + 1) & d.mask
+    if d.table[slot] == 0:
+        d.table[slot] = n + 1
+        cols[n] = j
+    return d.table[slot] - 1
+
+
 cdef inline double _sample_gradient(double* wp, Py_ssize_t* c, double* v, Py_ssize_t n, double b, double y,
                                     double sample_weight, double class_weight, double l2, double clip,
                                     double* o, double* g_out) noexcept nogil:
@@ -1001,8 +1032,7 @@ def batch_predict_gradient(cnp.ndarray w, cnp.ndarray b, cnp.ndarray cols, cnp.n
     weights s, `neg_w` / `pos_w` are the class weights c. Returns the number of touched columns, or -1 if
     anything is not finite. Writes p, touched, grads and g_b only, never w or b.
     """
-    cdef Py_ssize_t m = cnp.PyArray_DIM(y, 0), i, k, j, slot, nt = 0, size = 16, nnz
-    cdef int bits = 4
+    cdef Py_ssize_t m = cnp.PyArray_DIM(y, 0), i, k, t, nt = 0, nnz
     cdef double* wp = dptr(w)
     cdef Py_ssize_t* c = iptr(cols)
     cdef double* v = dptr(vals)
@@ -1014,7 +1044,7 @@ def batch_predict_gradient(cnp.ndarray w, cnp.ndarray b, cnp.ndarray cols, cnp.n
     cdef double* gp = dptr(grads)
     cdef double z, r, s = 0.0
     cdef bint ok = True
-    cdef Py_ssize_t* table
+    cdef Distinct d
     if m == 0 or cnp.PyArray_DIM(indptr, 0) < m + 1 or cnp.PyArray_DIM(p, 0) < m:
         raise ValueError("batch_predict_gradient: inconsistent array lengths")
     nnz = ip[m]
@@ -1027,30 +1057,19 @@ def batch_predict_gradient(cnp.ndarray w, cnp.ndarray b, cnp.ndarray cols, cnp.n
             raise ValueError(f"labels must be 0, 1, False or True, got {yp[i]!r} (row {i})")
     if sample_weight is not None:
         sp = dptr(<cnp.ndarray> sample_weight)
-    # The distinct columns: an open-addressing table (linear probing) of slot + 1 into `touched`.
-    while size < 2 * nnz:
-        size <<= 1
-        bits += 1
-    table = <Py_ssize_t*> calloc(size, sizeof(Py_ssize_t))
-    if table == NULL:
-        raise MemoryError()
+    _distinct_init(&d, nnz)  # the distinct columns, into `touched`
     for i in range(m):
         z = _dot(wp, c + ip[i], v + ip[i], ip[i + 1] - ip[i])
         pp[i] = _sigmoid(z + dptr(b)[0])
         r = _clip((pp[i] - yp[i]) * (1.0 if sp == NULL else sp[i]) * (pos_w if yp[i] == 1.0 else neg_w), clip)
         s += r
         for k in range(ip[i], ip[i + 1]):
-            j = c[k]
-            slot = <Py_ssize_t> ((<unsigned long long> j * 11400714819323198485ULL) >> (64 - bits))
-            while table[slot] != 0 and tp[table[slot] - 1] != j:
-                slot = (slot + 1) & (size - 1)
-            if table[slot] == 0:
-                table[slot] = nt + 1
-                tp[nt] = j
+            t = _distinct_index(&d, tp, nt, c[k])
+            if t == nt:
                 gp[nt] = 0.0
                 nt += 1
-            gp[table[slot] - 1] += r * v[k]
-    free(table)
+            gp[t] += r * v[k]
+    free(d.table)
     ok = isfinite(s)
     for k in range(nt):
         if l2 == 0.0:
@@ -2130,8 +2149,7 @@ cdef class MixtureStep:
         """The mixture's mini-batch update (m = 1: the per-sample rule); returns 1 if refused. out[i]: the
         mixture's P(y = 1) for row i before the update (out NULL: not computed). Without the GIL; the caller
         counts an accepted update (`_count`)."""
-        cdef Py_ssize_t nnz = ip[m] - ip[0], i, e, k, j, nt = 0, size = 16, slot, tix
-        cdef int bits = 4
+        cdef Py_ssize_t nnz = ip[m] - ip[0], i, e, k, nt = 0, tix
         cdef double* M = self.Mp
         cdef double* B = self.Bp
         cdef double* a = self.ap
@@ -2143,7 +2161,7 @@ cdef class MixtureStep:
         cdef double* R
         cdef Py_ssize_t* T
         cdef Py_ssize_t* slots
-        cdef Py_ssize_t* table = NULL
+        cdef Distinct d
         cdef double delta[8]
         cdef double wt, r, rk, av, acc, step, gk, zn, fm = <double> m
         cdef long double wide
@@ -2170,23 +2188,12 @@ cdef class MixtureStep:
         if m == 1:
             return self._rest_one(c, v, nnz, y[0], sw[0], P, delta, U)
         # 2. The distinct columns (in order of first appearance) and each entry's slot among them.
-        while size < 2 * nnz:
-            size <<= 1
-            bits += 1
-        table = <Py_ssize_t*> calloc(size, sizeof(Py_ssize_t))
-        if table == NULL:
-            raise MemoryError()
+        _distinct_init(&d, nnz)
         for e in range(nnz):
-            j = c[e]
-            slot = <Py_ssize_t> ((<unsigned long long> j * 11400714819323198485ULL) >> (64 - bits))
-            while table[slot] != 0 and T[table[slot] - 1] != j:
-                slot = (slot + 1) & (size - 1)
-            if table[slot] == 0:
-                table[slot] = nt + 1
-                T[nt] = j
+            slots[e] = _distinct_index(&d, T, nt, c[e])
+            if slots[e] == nt:
                 nt += 1
-            slots[e] = table[slot] - 1
-        free(table)
+        free(d.table)
         # 3. Save what the update may change.
         for tix in range(nt):
             memcpy(U + tix * MIX_S, M + T[tix] * MIX_S, MIX_S * sizeof(double))
