@@ -1779,6 +1779,17 @@ cdef double EXP_ZERO_BELOW = -745.2  # exp(x) rounds to 0.0 for every x below (e
 cdef double MIX_A_BOUND = 1e300    # a batch's log likelihood is clamped to ±1e300 before normalising
 
 
+cdef inline void _nag_rescale(double* R, double av) noexcept nogil:
+    """NAG's scale of coordinate R (its row of MIX_S doubles) for an |x| of `av`: if av exceeds the scale,
+    the weight is multiplied by (scale / av)² (set to 0 from a scale of 0) and the scale becomes av."""
+    if av > R[MIX_SCALE]:
+        if R[MIX_SCALE] > 0.0:
+            R[MIX_NAG] *= (R[MIX_SCALE] / av) * (R[MIX_SCALE] / av)
+        else:
+            R[MIX_NAG] = 0.0
+        R[MIX_SCALE] = av
+
+
 cdef extern from *:
     """
     #include <stdint.h>
@@ -2163,7 +2174,7 @@ cdef class MixtureStep:
         cdef Py_ssize_t* slots
         cdef Distinct d
         cdef double delta[8]
-        cdef double wt, r, rk, av, acc, step, gk, zn, fm = <double> m
+        cdef double wt, r, rk, acc, step, gk, zn, fm = <double> m
         cdef long double wide
         cdef int bad = 0
         # scratch: P (m·K), G (nnz·K), gb (K), U (nnz·S + S + K + 2); ints: T (nnz), slots (nnz)
@@ -2207,15 +2218,8 @@ cdef class MixtureStep:
         bad |= self._log_weights(delta)
         # 5. NAG: rescale the weights of coordinates whose |x| exceeds their scale, then predict again.
         for e in range(nnz):
-            av = fabs(v[e])
-            R = M + c[e] * MIX_S
-            if av > R[MIX_SCALE]:
-                if R[MIX_SCALE] > 0.0:
-                    R[MIX_NAG] *= (R[MIX_SCALE] / av) * (R[MIX_SCALE] / av)
-                else:
-                    R[MIX_NAG] = 0.0
-                R[MIX_SCALE] = av
-        self._bias_scale()
+            _nag_rescale(M + c[e] * MIX_S, fabs(v[e]))
+        _nag_rescale(B, 1.0)  # the bias: x = 1
         acc = 0.0
         for i in range(m):
             zn = 0.0
@@ -2290,16 +2294,6 @@ cdef class MixtureStep:
             a[k] = acc if acc > MIX_A_MIN else MIX_A_MIN
         return bad
 
-    cdef inline void _bias_scale(self) noexcept nogil:
-        """NAG's scale of the bias (x = 1): its weight rescaled as `_learn`'s step 5 does for the columns."""
-        cdef double* B = self.Bp
-        if 1.0 > B[MIX_SCALE]:
-            if B[MIX_SCALE] > 0.0:
-                B[MIX_NAG] *= B[MIX_SCALE] * B[MIX_SCALE]
-            else:
-                B[MIX_NAG] = 0.0
-            B[MIX_SCALE] = 1.0
-
     cdef inline int _rest_one(self, Py_ssize_t* c, double* v, Py_ssize_t n, double y, double sw, double* P,
                               double* delta, double* U) noexcept nogil:
         """Steps 2 to 7 of `_learn` for a batch of one row (entries i < n, distinct columns c[i], so that each
@@ -2313,7 +2307,7 @@ cdef class MixtureStep:
         cdef double* sc = self.scp
         cdef double* R
         cdef double* ub = U + n * MIX_S
-        cdef double acc, av, zn
+        cdef double acc, zn
         cdef double gb[8]
         cdef long double wide
         cdef Py_ssize_t e, k
@@ -2328,19 +2322,13 @@ cdef class MixtureStep:
         # 4. The mixture's log-weights.
         bad |= self._log_weights(delta)
         # 5. NAG: the bias's scale, then per row: saved, rescaled, and its term of the logit and of N.
-        self._bias_scale()
+        _nag_rescale(B, 1.0)
         acc = 0.0
         zn = 0.0
         for e in range(n):
             R = M + c[e] * MIX_S
             memcpy(U + e * MIX_S, R, MIX_S * sizeof(double))
-            av = fabs(v[e])
-            if av > R[MIX_SCALE]:
-                if R[MIX_SCALE] > 0.0:
-                    R[MIX_NAG] *= (R[MIX_SCALE] / av) * (R[MIX_SCALE] / av)
-                else:
-                    R[MIX_NAG] = 0.0
-                R[MIX_SCALE] = av
+            _nag_rescale(R, fabs(v[e]))
             zn += R[MIX_NAG] * v[e]
             if v[e] != 0.0:
                 acc += (v[e] / R[MIX_SCALE]) * (v[e] / R[MIX_SCALE])
