@@ -914,23 +914,12 @@ cdef inline bint _plain_value(PyObject* v):
 
 cdef object _plain_label(PyObject* y):
     """The label 0 or 1 of a `true`/`false`/0/1/0.0/1.0 field, None for null; False if anything else."""
-    cdef int overflow = 0
-    cdef long long v
-    cdef double d
     if y == NULL or y == <PyObject*> None:
         return None
-    if _is_bool(y):
-        return 1 if y == _true else 0
-    if _is_int(y):
-        v = PyLong_AsLongLongAndOverflow(<object> y, &overflow)
-        if overflow == 0 and (v == 0 or v == 1):
-            return <int> v
+    cdef double d = _binary_label(y)
+    if d < 0.0:
         return False
-    if _is_exact_float(y):
-        d = _float_value(y)
-        if d == 0.0 or d == 1.0:
-            return 1 if d == 1.0 else 0
-    return False
+    return 1 if d == 1.0 else 0
 
 
 cdef object _plain_id(PyObject* i):
