@@ -830,26 +830,31 @@ cdef struct Distinct:  # a batch's distinct columns: open addressing (linear pro
 
 cdef inline int _distinct_init(Distinct* d, Py_ssize_t nnz) except -1 nogil:
     """A zeroed table for the distinct columns of `nnz` entries (the caller frees `d.table`)."""
+    cdef Py_ssize_t size = 16
     cdef int bits = 4
-    while (<Py_ssize_t> 1 << bits) < 2 * nnz:
+    while size < 2 * nnz:
+        size <<= 1
         bits += 1
-    d.table = <Py_ssize_t*> calloc(<Py_ssize_t> 1 << bits, sizeof(Py_ssize_t))
+    d.table = <Py_ssize_t*> calloc(size, sizeof(Py_ssize_t))
     if d.table == NULL:
         raise MemoryError()
-    d.mask, d.shift = (<Py_ssize_t> 1 << bits) - 1, 64 - bits
+    d.mask, d.shift = size - 1, 64 - bits
     return 0
 
 
-cdef inline Py_ssize_t _distinct_index(Distinct* d, Py_ssize_t* cols, Py_ssize_t n,
-                                       Py_ssize_t j) noexcept nogil:
-    """The index of column j among the distinct columns so far, cols[:n] (in order of first appearance);
-    a new one is appended (cols[n] ← j) and n returned: the caller then counts it."""
+cdef inline Py_ssize_t _distinct_index(Distinct d, Py_ssize_t* cols, Py_ssize_t* n, Py_ssize_t j,
+                                       double* sums) noexcept nogil:
+    """The index of column j among the distinct columns so far, cols[:n[0]] (in order of first appearance);
+    a new one is appended: cols[n[0]] ← j, sums[n[0]] ← 0.0 (unless sums is NULL), n[0] += 1."""
     cdef Py_ssize_t slot = <Py_ssize_t> ((<unsigned long long> j * 11400714819323198485ULL) >> d.shift)
     while d.table[slot] != 0 and cols[d.table[slot] - 1] != j:
         slot = (slot + 1) & d.mask
     if d.table[slot] == 0:
-        d.table[slot] = n + 1
-        cols[n] = j
+        cols[n[0]] = j
+        if sums != NULL:
+            sums[n[0]] = 0.0
+        n[0] += 1
+        d.table[slot] = n[0]
     return d.table[slot] - 1
 
 
@@ -1021,7 +1026,7 @@ def batch_predict_gradient(cnp.ndarray w, cnp.ndarray b, cnp.ndarray cols, cnp.n
     weights s, `neg_w` / `pos_w` are the class weights c. Returns the number of touched columns, or -1 if
     anything is not finite. Writes p, touched, grads and g_b only, never w or b.
     """
-    cdef Py_ssize_t m = cnp.PyArray_DIM(y, 0), i, k, t, nt = 0, nnz
+    cdef Py_ssize_t m = cnp.PyArray_DIM(y, 0), i, k, nt = 0, nnz
     cdef double* wp = dptr(w)
     cdef Py_ssize_t* c = iptr(cols)
     cdef double* v = dptr(vals)
@@ -1046,18 +1051,14 @@ def batch_predict_gradient(cnp.ndarray w, cnp.ndarray b, cnp.ndarray cols, cnp.n
             raise ValueError(f"labels must be 0, 1, False or True, got {yp[i]!r} (row {i})")
     if sample_weight is not None:
         sp = dptr(<cnp.ndarray> sample_weight)
-    _distinct_init(&d, nnz)  # the distinct columns, into `touched`
+    _distinct_init(&d, nnz)  # the distinct columns, into `touched`, and their sums, in `grads`
     for i in range(m):
         z = _dot(wp, c + ip[i], v + ip[i], ip[i + 1] - ip[i])
         pp[i] = _sigmoid(z + dptr(b)[0])
         r = _clip((pp[i] - yp[i]) * (1.0 if sp == NULL else sp[i]) * (pos_w if yp[i] == 1.0 else neg_w), clip)
         s += r
         for k in range(ip[i], ip[i + 1]):
-            t = _distinct_index(&d, tp, nt, c[k])
-            if t == nt:
-                gp[nt] = 0.0
-                nt += 1
-            gp[t] += r * v[k]
+            gp[_distinct_index(d, tp, &nt, c[k], gp)] += r * v[k]
     free(d.table)
     ok = isfinite(s)
     for k in range(nt):
@@ -2190,9 +2191,7 @@ cdef class MixtureStep:
         # 2. The distinct columns (in order of first appearance) and each entry's slot among them.
         _distinct_init(&d, nnz)
         for e in range(nnz):
-            slots[e] = _distinct_index(&d, T, nt, c[e])
-            if slots[e] == nt:
-                nt += 1
+            slots[e] = _distinct_index(d, T, &nt, c[e], NULL)
         free(d.table)
         # 3. Save what the update may change.
         for tix in range(nt):

@@ -357,6 +357,21 @@ class ExactMixture:
         self.t = self.n = 0.0
 
     @staticmethod
+    def encode(x: dict) -> list[tuple[object, float]]:
+        """Row x as the model encodes it, by feature: (k, v) for a number v of key k, ((k, v), 1.0) for the
+        indicator of a string v."""
+        return [((k, v) if isinstance(v, str) else k, 1.0 if isinstance(v, str) else v) for k, v in x.items()]
+
+    def assert_state_of(self, model: OnlineLogisticRegression) -> None:
+        """Every number of the model's state (the columns' rows, the bias's, a_k, t and N) is the oracle's."""
+        opt, columns = model.optimizer, model.features.columns
+        for key, row in self.rows.items():
+            col = columns[IndicatorKey(*key) if isinstance(key, tuple) else key]
+            assert opt.coef[col].tolist() == row
+        assert model._bias_optimizer.coef[0].tolist() == self.bias
+        assert opt.log_weights.tolist() == self.a and opt.nag.tolist() == [self.t, self.n]
+
+    @staticmethod
     def sigmoid(z: float) -> float:
         if z >= 0.0:
             return 1.0 / (1.0 + math.exp(-z))
@@ -482,14 +497,8 @@ def test_one_row_step_is_the_exact_rule_bitwise(params):
         x = {"shop": f"s{rng.randrange(60)}", "city": f"c{rng.randrange(9)}",
              "age": rng.choice([0.0, rng.gauss(0, 1), rng.gauss(0, 1) * 10.0 ** (i // 100)])}
         y, sw = rng.random() < 0.4, rng.choice([1.0, 0.5, 3.0])
-        enc = [((k, v) if isinstance(v, str) else k, 1.0 if isinstance(v, str) else v) for k, v in x.items()]
-        assert model.predict_learn_one(x, y, sw) == oracle.learn(enc, float(y), sw)
-    opt, columns = model.optimizer, model.features.columns
-    for key, row in oracle.rows.items():
-        col = columns[IndicatorKey(*key) if isinstance(key, tuple) else key]
-        assert opt.coef[col].tolist() == row
-    assert model._bias_optimizer.coef[0].tolist() == oracle.bias
-    assert opt.log_weights.tolist() == oracle.a and opt.nag.tolist() == [oracle.t, oracle.n]
+        assert model.predict_learn_one(x, y, sw) == oracle.learn(oracle.encode(x), float(y), sw)
+    oracle.assert_state_of(model)
 
 
 @pytest.mark.parametrize("params", [{}, {"l2": 0.01, "class_weight": {0: 1.0, 1: 2.5}}])
@@ -507,13 +516,6 @@ def test_mini_batch_step_is_the_exact_rule_bitwise(params):
                "age": rng.choice([0.0, rng.gauss(0, 1), rng.gauss(0, 1) * 10.0 ** (i // 30)])}
               for _ in range(m)]
         ys, sws = [rng.random() < 0.4 for _ in range(m)], [rng.choice([1.0, 0.5, 3.0]) for _ in range(m)]
-        enc = [[((k, v) if isinstance(v, str) else k, 1.0 if isinstance(v, str) else v) for k, v in x.items()]
-               for x in xs]
-        expected = oracle.learn_batch(enc, [float(y) for y in ys], sws)
+        expected = oracle.learn_batch([oracle.encode(x) for x in xs], [float(y) for y in ys], sws)
         assert model.predict_learn_rows(xs, ys, sws).tolist() == expected
-    opt, columns = model.optimizer, model.features.columns
-    for key, row in oracle.rows.items():
-        col = columns[IndicatorKey(*key) if isinstance(key, tuple) else key]
-        assert opt.coef[col].tolist() == row
-    assert model._bias_optimizer.coef[0].tolist() == oracle.bias
-    assert opt.log_weights.tolist() == oracle.a and opt.nag.tolist() == [oracle.t, oracle.n]
+    oracle.assert_state_of(model)
