@@ -1734,7 +1734,7 @@ def finite_at(tuple arrays, cnp.ndarray cols, Py_ssize_t n):
 cdef Py_ssize_t _ZERO = 0
 
 
-cdef inline double _binary_label(PyObject* y):
+cdef inline double _binary_label(PyObject* y) noexcept:
     """1.0 or 0.0 for the labels True/1/1.0 and False/0/0.0/-0.0 (exact types); -1.0 for anything else."""
     cdef int overflow = 0
     cdef long long v
