@@ -822,6 +822,42 @@ cdef inline double _clip(double g, double clip) noexcept nogil:
     return g
 
 
+cdef struct Distinct:  # a batch's distinct columns: open addressing (linear probing) of index + 1, 0 empty
+    Py_ssize_t* table
+    Py_ssize_t mask  # the table's size − 1 (a power of two, at least twice the entries)
+    int shift        # 64 − log2(size), for Fibonacci hashing
+
+
+cdef inline int _distinct_init(Distinct* d, Py_ssize_t nnz) except -1 nogil:
+    """A zeroed table for the distinct columns of `nnz` entries (the caller frees `d.table`)."""
+    cdef Py_ssize_t size = 16
+    cdef int bits = 4
+    while size < 2 * nnz:
+        size <<= 1
+        bits += 1
+    d.table = <Py_ssize_t*> calloc(size, sizeof(Py_ssize_t))
+    if d.table == NULL:
+        raise MemoryError()
+    d.mask, d.shift = size - 1, 64 - bits
+    return 0
+
+
+cdef inline Py_ssize_t _distinct_index(Distinct d, Py_ssize_t* cols, Py_ssize_t* n, Py_ssize_t j,
+                                       double* sums) noexcept nogil:
+    """The index of column j among the distinct columns so far, cols[:n[0]] (in order of first appearance);
+    a new one is appended: cols[n[0]] ← j, sums[n[0]] ← 0.0 (unless sums is NULL), n[0] += 1."""
+    cdef Py_ssize_t slot = <Py_ssize_t> ((<unsigned long long> j * 11400714819323198485ULL) >> d.shift)
+    while d.table[slot] != 0 and cols[d.table[slot] - 1] != j:
+        slot = (slot + 1) & d.mask
+    if d.table[slot] == 0:
+        cols[n[0]] = j
+        if sums != NULL:
+            sums[n[0]] = 0.0
+        n[0] += 1
+        d.table[slot] = n[0]
+    return d.table[slot] - 1
+
+
 cdef inline double _sample_gradient(double* wp, Py_ssize_t* c, double* v, Py_ssize_t n, double b, double y,
                                     double sample_weight, double class_weight, double l2, double clip,
                                     double* o, double* g_out) noexcept nogil:
@@ -883,23 +919,12 @@ cdef inline bint _plain_value(PyObject* v):
 
 cdef object _plain_label(PyObject* y):
     """The label 0 or 1 of a `true`/`false`/0/1/0.0/1.0 field, None for null; False if anything else."""
-    cdef int overflow = 0
-    cdef long long v
-    cdef double d
     if y == NULL or y == <PyObject*> None:
         return None
-    if _is_bool(y):
-        return 1 if y == _true else 0
-    if _is_int(y):
-        v = PyLong_AsLongLongAndOverflow(<object> y, &overflow)
-        if overflow == 0 and (v == 0 or v == 1):
-            return <int> v
+    cdef double d = _binary_label(y)
+    if d < 0.0:
         return False
-    if _is_exact_float(y):
-        d = _float_value(y)
-        if d == 0.0 or d == 1.0:
-            return 1 if d == 1.0 else 0
-    return False
+    return 1 if d == 1.0 else 0
 
 
 cdef object _plain_id(PyObject* i):
@@ -1001,8 +1026,7 @@ def batch_predict_gradient(cnp.ndarray w, cnp.ndarray b, cnp.ndarray cols, cnp.n
     weights s, `neg_w` / `pos_w` are the class weights c. Returns the number of touched columns, or -1 if
     anything is not finite. Writes p, touched, grads and g_b only, never w or b.
     """
-    cdef Py_ssize_t m = cnp.PyArray_DIM(y, 0), i, k, j, slot, nt = 0, size = 16, nnz
-    cdef int bits = 4
+    cdef Py_ssize_t m = cnp.PyArray_DIM(y, 0), i, k, nt = 0, nnz
     cdef double* wp = dptr(w)
     cdef Py_ssize_t* c = iptr(cols)
     cdef double* v = dptr(vals)
@@ -1014,7 +1038,7 @@ def batch_predict_gradient(cnp.ndarray w, cnp.ndarray b, cnp.ndarray cols, cnp.n
     cdef double* gp = dptr(grads)
     cdef double z, r, s = 0.0
     cdef bint ok = True
-    cdef Py_ssize_t* table
+    cdef Distinct d
     if m == 0 or cnp.PyArray_DIM(indptr, 0) < m + 1 or cnp.PyArray_DIM(p, 0) < m:
         raise ValueError("batch_predict_gradient: inconsistent array lengths")
     nnz = ip[m]
@@ -1027,30 +1051,15 @@ def batch_predict_gradient(cnp.ndarray w, cnp.ndarray b, cnp.ndarray cols, cnp.n
             raise ValueError(f"labels must be 0, 1, False or True, got {yp[i]!r} (row {i})")
     if sample_weight is not None:
         sp = dptr(<cnp.ndarray> sample_weight)
-    # The distinct columns: an open-addressing table (linear probing) of slot + 1 into `touched`.
-    while size < 2 * nnz:
-        size <<= 1
-        bits += 1
-    table = <Py_ssize_t*> calloc(size, sizeof(Py_ssize_t))
-    if table == NULL:
-        raise MemoryError()
+    _distinct_init(&d, nnz)  # the distinct columns, into `touched`, and their sums, in `grads`
     for i in range(m):
         z = _dot(wp, c + ip[i], v + ip[i], ip[i + 1] - ip[i])
         pp[i] = _sigmoid(z + dptr(b)[0])
         r = _clip((pp[i] - yp[i]) * (1.0 if sp == NULL else sp[i]) * (pos_w if yp[i] == 1.0 else neg_w), clip)
         s += r
         for k in range(ip[i], ip[i + 1]):
-            j = c[k]
-            slot = <Py_ssize_t> ((<unsigned long long> j * 11400714819323198485ULL) >> (64 - bits))
-            while table[slot] != 0 and tp[table[slot] - 1] != j:
-                slot = (slot + 1) & (size - 1)
-            if table[slot] == 0:
-                table[slot] = nt + 1
-                tp[nt] = j
-                gp[nt] = 0.0
-                nt += 1
-            gp[table[slot] - 1] += r * v[k]
-    free(table)
+            gp[_distinct_index(d, tp, &nt, c[k], gp)] += r * v[k]
+    free(d.table)
     ok = isfinite(s)
     for k in range(nt):
         if l2 == 0.0:
@@ -1725,7 +1734,7 @@ def finite_at(tuple arrays, cnp.ndarray cols, Py_ssize_t n):
 cdef Py_ssize_t _ZERO = 0
 
 
-cdef inline double _binary_label(PyObject* y):
+cdef inline double _binary_label(PyObject* y) noexcept:
     """1.0 or 0.0 for the labels True/1/1.0 and False/0/0.0/-0.0 (exact types); -1.0 for anything else."""
     cdef int overflow = 0
     cdef long long v
@@ -1758,6 +1767,17 @@ cdef double MIX_Z_MAX = 35.0       # a member's logit is clipped to ±35 (p with
 cdef double MIX_A_MIN = -1e4       # the log-weights' floor (exp(-1e4) is 0 in double)
 cdef double EXP_ZERO_BELOW = -745.2  # exp(x) rounds to 0.0 for every x below (e**-745.133 = 2**-1075)
 cdef double MIX_A_BOUND = 1e300    # a batch's log likelihood is clamped to ±1e300 before normalising
+
+
+cdef inline void _nag_rescale(double* R, double av) noexcept nogil:
+    """NAG's scale of coordinate R (its row of MIX_S doubles) for an |x| of `av`: if av exceeds the scale,
+    the weight is multiplied by (scale / av)² (set to 0 from a scale of 0) and the scale becomes av."""
+    if av > R[MIX_SCALE]:
+        if R[MIX_SCALE] > 0.0:
+            R[MIX_NAG] *= (R[MIX_SCALE] / av) * (R[MIX_SCALE] / av)
+        else:
+            R[MIX_NAG] = 0.0
+        R[MIX_SCALE] = av
 
 
 cdef extern from *:
@@ -2130,8 +2150,7 @@ cdef class MixtureStep:
         """The mixture's mini-batch update (m = 1: the per-sample rule); returns 1 if refused. out[i]: the
         mixture's P(y = 1) for row i before the update (out NULL: not computed). Without the GIL; the caller
         counts an accepted update (`_count`)."""
-        cdef Py_ssize_t nnz = ip[m] - ip[0], i, e, k, j, nt = 0, size = 16, slot, tix
-        cdef int bits = 4
+        cdef Py_ssize_t nnz = ip[m] - ip[0], i, e, k, nt = 0, tix
         cdef double* M = self.Mp
         cdef double* B = self.Bp
         cdef double* a = self.ap
@@ -2143,9 +2162,9 @@ cdef class MixtureStep:
         cdef double* R
         cdef Py_ssize_t* T
         cdef Py_ssize_t* slots
-        cdef Py_ssize_t* table = NULL
+        cdef Distinct d
         cdef double delta[8]
-        cdef double wt, r, rk, av, acc, step, gk, zn, fm = <double> m
+        cdef double wt, r, rk, acc, step, gk, zn, fm = <double> m
         cdef long double wide
         cdef int bad = 0
         # scratch: P (m·K), G (nnz·K), gb (K), U (nnz·S + S + K + 2); ints: T (nnz), slots (nnz)
@@ -2170,23 +2189,10 @@ cdef class MixtureStep:
         if m == 1:
             return self._rest_one(c, v, nnz, y[0], sw[0], P, delta, U)
         # 2. The distinct columns (in order of first appearance) and each entry's slot among them.
-        while size < 2 * nnz:
-            size <<= 1
-            bits += 1
-        table = <Py_ssize_t*> calloc(size, sizeof(Py_ssize_t))
-        if table == NULL:
-            raise MemoryError()
+        _distinct_init(&d, nnz)
         for e in range(nnz):
-            j = c[e]
-            slot = <Py_ssize_t> ((<unsigned long long> j * 11400714819323198485ULL) >> (64 - bits))
-            while table[slot] != 0 and T[table[slot] - 1] != j:
-                slot = (slot + 1) & (size - 1)
-            if table[slot] == 0:
-                table[slot] = nt + 1
-                T[nt] = j
-                nt += 1
-            slots[e] = table[slot] - 1
-        free(table)
+            slots[e] = _distinct_index(d, T, &nt, c[e], NULL)
+        free(d.table)
         # 3. Save what the update may change.
         for tix in range(nt):
             memcpy(U + tix * MIX_S, M + T[tix] * MIX_S, MIX_S * sizeof(double))
@@ -2200,15 +2206,8 @@ cdef class MixtureStep:
         bad |= self._log_weights(delta)
         # 5. NAG: rescale the weights of coordinates whose |x| exceeds their scale, then predict again.
         for e in range(nnz):
-            av = fabs(v[e])
-            R = M + c[e] * MIX_S
-            if av > R[MIX_SCALE]:
-                if R[MIX_SCALE] > 0.0:
-                    R[MIX_NAG] *= (R[MIX_SCALE] / av) * (R[MIX_SCALE] / av)
-                else:
-                    R[MIX_NAG] = 0.0
-                R[MIX_SCALE] = av
-        self._bias_scale()
+            _nag_rescale(M + c[e] * MIX_S, fabs(v[e]))
+        _nag_rescale(B, 1.0)  # the bias: x = 1
         acc = 0.0
         for i in range(m):
             zn = 0.0
@@ -2283,16 +2282,6 @@ cdef class MixtureStep:
             a[k] = acc if acc > MIX_A_MIN else MIX_A_MIN
         return bad
 
-    cdef inline void _bias_scale(self) noexcept nogil:
-        """NAG's scale of the bias (x = 1): its weight rescaled as `_learn`'s step 5 does for the columns."""
-        cdef double* B = self.Bp
-        if 1.0 > B[MIX_SCALE]:
-            if B[MIX_SCALE] > 0.0:
-                B[MIX_NAG] *= B[MIX_SCALE] * B[MIX_SCALE]
-            else:
-                B[MIX_NAG] = 0.0
-            B[MIX_SCALE] = 1.0
-
     cdef inline int _rest_one(self, Py_ssize_t* c, double* v, Py_ssize_t n, double y, double sw, double* P,
                               double* delta, double* U) noexcept nogil:
         """Steps 2 to 7 of `_learn` for a batch of one row (entries i < n, distinct columns c[i], so that each
@@ -2306,7 +2295,7 @@ cdef class MixtureStep:
         cdef double* sc = self.scp
         cdef double* R
         cdef double* ub = U + n * MIX_S
-        cdef double acc, av, zn
+        cdef double acc, zn
         cdef double gb[8]
         cdef long double wide
         cdef Py_ssize_t e, k
@@ -2321,19 +2310,13 @@ cdef class MixtureStep:
         # 4. The mixture's log-weights.
         bad |= self._log_weights(delta)
         # 5. NAG: the bias's scale, then per row: saved, rescaled, and its term of the logit and of N.
-        self._bias_scale()
+        _nag_rescale(B, 1.0)
         acc = 0.0
         zn = 0.0
         for e in range(n):
             R = M + c[e] * MIX_S
             memcpy(U + e * MIX_S, R, MIX_S * sizeof(double))
-            av = fabs(v[e])
-            if av > R[MIX_SCALE]:
-                if R[MIX_SCALE] > 0.0:
-                    R[MIX_NAG] *= (R[MIX_SCALE] / av) * (R[MIX_SCALE] / av)
-                else:
-                    R[MIX_NAG] = 0.0
-                R[MIX_SCALE] = av
+            _nag_rescale(R, fabs(v[e]))
             zn += R[MIX_NAG] * v[e]
             if v[e] != 0.0:
                 acc += (v[e] / R[MIX_SCALE]) * (v[e] / R[MIX_SCALE])

@@ -357,6 +357,21 @@ class ExactMixture:
         self.t = self.n = 0.0
 
     @staticmethod
+    def encode(x: dict) -> list[tuple[object, float]]:
+        """Row x as the model encodes it, by feature: (k, v) for a number v of key k, ((k, v), 1.0) for the
+        indicator of a string v."""
+        return [((k, v) if isinstance(v, str) else k, 1.0 if isinstance(v, str) else v) for k, v in x.items()]
+
+    def assert_state_of(self, model: OnlineLogisticRegression) -> None:
+        """Every number of the model's state (the columns' rows, the bias's, a_k, t and N) is the oracle's."""
+        opt, columns = model.optimizer, model.features.columns
+        for key, row in self.rows.items():
+            col = columns[IndicatorKey(*key) if isinstance(key, tuple) else key]
+            assert opt.coef[col].tolist() == row
+        assert model._bias_optimizer.coef[0].tolist() == self.bias
+        assert opt.log_weights.tolist() == self.a and opt.nag.tolist() == [self.t, self.n]
+
+    @staticmethod
     def sigmoid(z: float) -> float:
         if z >= 0.0:
             return 1.0 / (1.0 + math.exp(-z))
@@ -413,6 +428,62 @@ class ExactMixture:
         self.steps(b, [(0.0 + g) / 1.0 for g in grad], step)
         return out
 
+    def learn_batch(self, xs: list[list[tuple[object, float]]], ys: list[float], sws: list[float]
+                    ) -> list[float]:
+        """The kernel's mini-batch rule (m > 1 rows), operation for operation as `MixtureStep._learn`: each
+        distinct column's gradients summed over the rows in order, then one step per distinct column."""
+        m, b = float(len(xs)), self.bias
+        rows = [[self.rows.setdefault(key, [0.0] * 11) for key, _ in x] for x in xs]
+        e = [math.exp(a) if a > -745.2 else 0.0 for a in self.a]
+        ps, out, delta = [], [], [0.0] * 8
+        for r_i, x, y, sw in zip(rows, xs, ys, sws, strict=True):
+            z = [0.0] * 8
+            for r, (_, v) in zip(r_i, x, strict=True):
+                for k in range(8):
+                    z[k] = z[k] + r[k] * v
+            p = [self.sigmoid(self.clip(z[k] + b[k])) for k in range(8)]
+            s = t = 0.0
+            for k in range(8):
+                s, t = s + e[k], t + e[k] * p[k]
+            out.append(t / s)
+            wt = sw * (self.pos_w if y == 1.0 else self.neg_w)
+            delta = [delta[k] + wt * math.log(p[k] if y == 1.0 else 1.0 - p[k]) for k in range(8)]
+            ps.append(p)
+        acc = [self.a[k] + delta[k] for k in range(8)]
+        top = max(acc)
+        self.a = [d - top if d - top > -1e4 else -1e4 for d in acc]
+        entries = [(r, v) for r_i, x in zip(rows, xs, strict=True) for r, (_, v) in zip(r_i, x, strict=True)]
+        for r, v in [*entries, (b, 1.0)]:  # NAG's rescaling: every entry in order, then the bias
+            if abs(v) > r[8]:
+                r[6] = r[6] * ((r[8] / abs(v)) * (r[8] / abs(v))) if r[8] > 0.0 else 0.0
+                r[8] = abs(v)
+        total = 0.0
+        for p, r_i, x in zip(ps, rows, xs, strict=True):
+            zn = 0.0
+            for r, (_, v) in zip(r_i, x, strict=True):
+                zn = zn + r[6] * v
+                if v != 0.0:
+                    total = total + (v / r[8]) * (v / r[8])
+            p[6] = self.sigmoid(self.clip(zn + b[6]))
+            total = total + 1.0
+        self.t, self.n = self.t + 1.0, self.n + total / m
+        grads: dict = {}  # each distinct column's sums, in order of first appearance
+        gb = [0.0] * 8
+        for p, x, y, sw in zip(ps, xs, ys, sws, strict=True):
+            wt = sw * (self.pos_w if y == 1.0 else self.neg_w)
+            for k in range(8):
+                rk = min(max((p[k] - y) * wt, -1e12), 1e12)
+                gb[k] = gb[k] + rk
+                for key, v in x:
+                    g = grads.setdefault(key, [0.0] * 8)
+                    g[k] = g[k] + rk * v
+        step = 0.5 * math.sqrt(self.t / self.n)
+        for key, g in grads.items():
+            r = self.rows[key]
+            self.steps(r, [g[k] / m + self.l2 * r[k] for k in range(8)], step)
+        self.steps(b, [g / m for g in gb], step)
+        return out
+
 
 @pytest.mark.parametrize("params", [{}, {"l2": 0.01, "class_weight": {0: 1.0, 1: 2.5}}])
 def test_one_row_step_is_the_exact_rule_bitwise(params):
@@ -426,11 +497,25 @@ def test_one_row_step_is_the_exact_rule_bitwise(params):
         x = {"shop": f"s{rng.randrange(60)}", "city": f"c{rng.randrange(9)}",
              "age": rng.choice([0.0, rng.gauss(0, 1), rng.gauss(0, 1) * 10.0 ** (i // 100)])}
         y, sw = rng.random() < 0.4, rng.choice([1.0, 0.5, 3.0])
-        enc = [((k, v) if isinstance(v, str) else k, 1.0 if isinstance(v, str) else v) for k, v in x.items()]
-        assert model.predict_learn_one(x, y, sw) == oracle.learn(enc, float(y), sw)
-    opt, columns = model.optimizer, model.features.columns
-    for key, row in oracle.rows.items():
-        col = columns[IndicatorKey(*key) if isinstance(key, tuple) else key]
-        assert opt.coef[col].tolist() == row
-    assert model._bias_optimizer.coef[0].tolist() == oracle.bias
-    assert opt.log_weights.tolist() == oracle.a and opt.nag.tolist() == [oracle.t, oracle.n]
+        assert model.predict_learn_one(x, y, sw) == oracle.learn(oracle.encode(x), float(y), sw)
+    oracle.assert_state_of(model)
+
+
+@pytest.mark.parametrize("params", [{}, {"l2": 0.01, "class_weight": {0: 1.0, 1: 2.5}}])
+def test_mini_batch_step_is_the_exact_rule_bitwise(params):
+    """predict_learn_rows (the compiled mini-batch step, m > 1) against ExactMixture.learn_batch: every
+    prediction and, at the end, every number of the state bitwise. The batches share columns (few cities,
+    many shops), so each distinct column must be found again among those of the rows before it."""
+    rng = random.Random(11)
+    model = OnlineLogisticRegression(**params)
+    w = params.get("class_weight", {0: 1.0, 1: 1.0})
+    oracle = ExactMixture(params.get("l2", 0.0), w[0], w[1])
+    for i in range(120):
+        m = rng.choice([2, 3, 7, 16, 40])
+        xs = [{"shop": f"s{rng.randrange(300)}", "city": f"c{rng.randrange(5)}",
+               "age": rng.choice([0.0, rng.gauss(0, 1), rng.gauss(0, 1) * 10.0 ** (i // 30)])}
+              for _ in range(m)]
+        ys, sws = [rng.random() < 0.4 for _ in range(m)], [rng.choice([1.0, 0.5, 3.0]) for _ in range(m)]
+        expected = oracle.learn_batch([oracle.encode(x) for x in xs], [float(y) for y in ys], sws)
+        assert model.predict_learn_rows(xs, ys, sws).tolist() == expected
+    oracle.assert_state_of(model)
