@@ -374,7 +374,7 @@ class Source:
     @property
     def pending(self) -> set[TopicPartition]:
         """The partitions waiting to be sought (paused for :data:`SOUGHT`): a copy."""
-        return {tp for tp, why in self.paused.items() if SOUGHT in why}
+        return self.held(SOUGHT)
 
     def held(self, reason: str) -> set[TopicPartition]:
         """The partitions paused for ``reason`` (a copy)."""
