@@ -196,11 +196,14 @@ def learner_rate(bootstrap: str, topic: str, n: int, batch_size: int, checkpoint
             complete(pipeline)
             spent[3] += clock() - t
 
+        seen = [0]  # records processed (stats.consumed is folded in only after the whole polled batch)
+
         def timed_process(tp, records, values) -> None:  # the learner's own per-batch step, then a stamp
             t = clock()
             process(tp, records, values)
             spent[1] += clock() - t
-            consumed = stats.consumed
+            seen[0] += len(records)
+            consumed = seen[0]
             if not marks or consumed >= n:
                 marks.append((clock(), consumed, tuple(spent), time.process_time()))
             if consumed >= n:
