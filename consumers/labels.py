@@ -54,6 +54,7 @@ import logging
 from typing import Any
 
 import orjson
+from stream_logreg._json import plain_labels
 
 from consumers.state.join_store import Joined, JoinStore, Taken, _Label
 from consumers.stats import progressive_metrics
@@ -477,9 +478,11 @@ class Labels:
         polled them; without them, ``records`` are such records.
 
         One pass: a label of the plain form (an object whose id is a string and whose label is the integer 0
-        or 1) is read by one ``orjson.loads`` and fed with the batch's others in one
-        :meth:`~consumers.state.join_store.JoinStore.add_labels`; any other record (a hand-off, an integer
-        id, a bad label) takes :func:`decode_label`'s path, in its place in the order."""
+        or 1) is fed with the batch's others in one :meth:`~consumers.state.join_store.JoinStore.add_labels`,
+        read by the compiled :func:`stream_logreg._json.plain_labels` (exactly ``{"id": "...", "y": 0|1}``
+        in ASCII, no escapes: no Python object but the id and the tuple) or else by one ``orjson.loads``;
+        any other record (a hand-off, an integer id, a bad label) takes :func:`decode_label`'s path, in its
+        place in the order."""
         if not records:
             return []
         if view is None:
@@ -496,11 +499,19 @@ class Labels:
             stamps = [r.timestamp for r in records]
         cfg = self.config
         id_field, y_field, max_bytes = cfg.label_id_field, cfg.label_y_field, cfg.max_message_bytes
+        id_bytes, y_bytes = id_field.encode(), y_field.encode()
         loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
         out: list[tuple[Any, Joined]] = []
         plain: list[tuple] = []  # the labels fed in one call, and the index of their records
         where: list[int] = []
-        for i, value in enumerate(values):
+        i, n = 0, len(values)
+        while i < n:
+            stop = plain_labels(values, i, id_bytes, y_bytes, max_bytes, stamps, topic, partition, offsets,
+                                plain)
+            where.extend(range(i, stop))
+            if stop == n:
+                break
+            i, value = stop + 1, values[stop]  # not the compiled form: orjson's plain form, or the way below
             doc = None
             if value is not None and len(value) <= max_bytes and not value.startswith(_HANDOFF_PREFIX):
                 try:
@@ -510,13 +521,13 @@ class Labels:
             if doc.__class__ is dict:
                 id_, y = doc.get(id_field), doc.get(y_field)
                 if id_.__class__ is str and y.__class__ is int and (y == 0 or y == 1):
-                    plain.append((id_, y, stamps[i], topic, partition, offsets[i]))
-                    where.append(i)
+                    plain.append((id_, y, stamps[stop], topic, partition, offsets[stop]))
+                    where.append(stop)
                     continue
             if plain:  # keep the order: what came before this record first
                 out.extend([(view(records[where[k]]), j) for k, j in self.store.add_labels(plain)])
                 plain, where = [], []
-            out.extend(self._one(view(records[i]), reject))
+            out.extend(self._one(view(records[stop]), reject))
         if plain:
             out.extend([(view(records[where[k]]), j) for k, j in self.store.add_labels(plain)])
         return out

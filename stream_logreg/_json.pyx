@@ -86,7 +86,7 @@ cdef extern from "_json.h":
     const unsigned char* sl_key(const unsigned char* p, const unsigned char* end, uint64_t* h) noexcept nogil
     bint sl_equal(const void* a, const void* b, Py_ssize_t n) noexcept nogil
 
-__all__ = ["MAX_KEYS", "MAX_ROW", "RowDecoder"]
+__all__ = ["MAX_KEYS", "MAX_ROW", "RowDecoder", "plain_labels"]
 
 #: The most keys the table holds; when full it is emptied and filled again from the vocabulary.
 MAX_KEYS = 1 << 16
@@ -482,3 +482,112 @@ cdef class RowDecoder:
         if learn_encoded is not None:
             return learn_encoded(self.cols, self.vals, n, y), y
         return learn(self.row_dict(n), y), y
+
+
+
+cdef object _ZERO = 0, _ONE = 1
+
+
+cdef inline Py_ssize_t _label_member(const unsigned char* p, Py_ssize_t i, Py_ssize_t size, const char* field,
+                                     Py_ssize_t field_len) noexcept:
+    """At ``p[i]``, the opening quote of a member's key: the index past the colon and the whitespace after
+    it when the key is exactly ``field`` (printable ASCII, no escapes), else -1."""
+    cdef uint64_t h
+    cdef Py_ssize_t end
+    if p[i] != 34:  # '"'
+        return -1
+    end = _plain_string(p, i + 1, size, &h)
+    if end < 0 or end - i - 1 != field_len or memcmp(p + i + 1, field, field_len) != 0:
+        return -1
+    i = _skip_ws(p, end + 1)
+    if p[i] != 58:  # ':'
+        return -1
+    return _skip_ws(p, i + 1)
+
+
+cdef object _plain_label(object value, const char* id_field, Py_ssize_t id_len, const char* y_field,
+                         Py_ssize_t y_len, Py_ssize_t max_bytes, int* label):
+    """The id of a label of the plain form (its label in ``label``), or None: see :func:`plain_labels`."""
+    cdef Py_ssize_t size, i, member, at, id_start = -1, id_end = -1, end
+    cdef int y = -1
+    cdef uint64_t h
+    cdef const unsigned char* p
+    if type(value) is not bytes:
+        return None
+    size = PyBytes_GET_SIZE(value)
+    if size > max_bytes:
+        return None
+    p = <const unsigned char*> PyBytes_AS_STRING(value)  # a NUL follows the data: every scan stops there
+    i = _skip_ws(p, 0)
+    if p[i] != 123:  # '{'
+        return None
+    i = _skip_ws(p, i + 1)
+    for member in range(2):
+        if member:
+            if p[i] != 44:  # ','
+                return None
+            i = _skip_ws(p, i + 1)
+        at = _label_member(p, i, size, id_field, id_len) if id_start < 0 else -1
+        if at >= 0:
+            if p[at] != 34:
+                return None
+            end = _plain_string(p, at + 1, size, &h)
+            if end < 0:
+                return None
+            id_start, id_end = at + 1, end
+            i = _skip_ws(p, end + 1)
+            continue
+        at = _label_member(p, i, size, y_field, y_len) if y < 0 else -1
+        if at < 0 or (p[at] != 48 and p[at] != 49):  # exactly the integer 0 or 1: not 01, 0.0, 1e0
+            return None
+        if (p[at + 1] >= 48 and p[at + 1] <= 57) or p[at + 1] == 46 or p[at + 1] == 101 or p[at + 1] == 69:
+            return None
+        y = p[at] - 48
+        i = _skip_ws(p, at + 1)
+    if p[i] != 125:  # '}'
+        return None
+    if _skip_ws(p, i + 1) != size:
+        return None
+    label[0] = y
+    return PyUnicode_DecodeASCII(<const char*> p + id_start, id_end - id_start, NULL)
+
+
+def plain_labels(list values not None, Py_ssize_t start, bytes id_field not None, bytes y_field not None,
+                 Py_ssize_t max_bytes, list stamps not None, object topic, object partition,
+                 list offsets not None, list out not None) -> int:
+    """Append ``(id, y, stamps[i], topic, partition, offsets[i])`` to ``out`` for each ``values[i]``,
+    ``i`` from ``start``, while it is a label of the PLAIN form; return the index of the first that is not
+    (``len(values)`` at the end), which the caller decodes its own way (``consumers.labels.decode_label``).
+
+    The plain form: an exact ``bytes`` value of at most ``max_bytes`` bytes that is JSON whitespace, one
+    object of exactly two members, the ``id_field`` (a string of printable ASCII without escapes) and the
+    ``y_field`` (exactly the integer ``0`` or ``1``), in either order, whitespace, the end; the field names
+    as their UTF-8 bytes (none if they are the same). What it accepts, ``orjson.loads`` reads as
+    ``{id_field: id, y_field: y}`` with ``id`` that ``str`` and ``y`` that ``int``; anything else (other
+    members, escapes, non-ASCII, ``true``, ``1.0``, ``-0``, a repeated member, bytes after the object) is
+    declined, which is always safe: the caller's way gives the same label, or rejects it.
+
+    >>> out = []
+    >>> values = [b'{"id": "a1", "y": 1}', b' {"y":0,"id":"b"} ', b'{"id": "\\u0063", "y": 1}']
+    >>> plain_labels(values, 0, b"id", b"y", 1 << 20, [5, 6, 7], "labels", 0, [10, 11, 12], out)
+    2
+    >>> out
+    [('a1', 1, 5, 'labels', 0, 10), ('b', 0, 6, 'labels', 0, 11)]
+    """
+    cdef Py_ssize_t n = PyList_GET_SIZE(values), i
+    cdef const char* idf = PyBytes_AS_STRING(id_field)
+    cdef const char* yf = PyBytes_AS_STRING(y_field)
+    cdef Py_ssize_t idn = PyBytes_GET_SIZE(id_field), yn = PyBytes_GET_SIZE(y_field)
+    cdef object id_
+    cdef int y = -1
+    if PyList_GET_SIZE(stamps) < n or PyList_GET_SIZE(offsets) < n:
+        raise ValueError("stamps and offsets need an item for each value")
+    if id_field == y_field:  # orjson keeps the last of two members of the same name
+        return max(start, 0)
+    for i in range(max(start, 0), n):
+        id_ = _plain_label(<object> PyList_GET_ITEM(values, i), idf, idn, yf, yn, max_bytes, &y)
+        if id_ is None:
+            return i
+        out.append((id_, _ONE if y else _ZERO, <object> PyList_GET_ITEM(stamps, i), topic, partition,
+                    <object> PyList_GET_ITEM(offsets, i)))
+    return n

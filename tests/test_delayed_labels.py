@@ -114,6 +114,81 @@ def test_labels_decode_like_the_event_codec() -> None:
     assert JsonCodec().decode(encode_event({"a": 1.0}, id=7)).id == decode_label(b'{"id": 7, "y": 1}')[0]
 
 
+_WS = st.sampled_from(["", "", "", "", "", "", " ", " ", " ", "\n", "\t ", "\r\n"] * 3 + ["\x0b", "\x00"])
+_KEYS = st.sampled_from(['"id"', '"y"', '"ts"', '"i\\u0064"', '"\u00efd"', '"Id"', "id", '""'])
+_VALUES = st.one_of(
+    st.sampled_from(["0", "1", "true", "false", "1.0", "-0", "01", "2", "1e0", "0.", "null", '"1"', "[1]",
+                     '{"y": 1}', '"a\\"b"', '"\u00e9t\u00e9"', '"\\u0061"', '"tab\tin"', "12", "-1"]),
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=127), max_size=12).map(
+        lambda t: orjson.dumps(t).decode()))
+
+
+_PLAIN_TEXT = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=127), max_size=12).map(
+    lambda t: orjson.dumps(t).decode())
+_Y_TEXT = st.sampled_from(["0", "1", "0", "1", "1.0", "0.", "01", "1e0", "0E1", "10", "true", "-0", '"1"'])
+
+
+@st.composite
+def _label_like(draw: Any) -> bytes:
+    """Bytes near the plain form ``{"id": "...", "y": 0|1}``: the two members in either order, near-miss
+    values, extra or repeated members, whitespace, garbage after, a byte changed."""
+    members = [('"id"', draw(_PLAIN_TEXT if draw(st.integers(0, 3)) else _VALUES)),
+               ('"y"', draw(_Y_TEXT if draw(st.integers(0, 3)) else _VALUES))]
+    if draw(st.booleans()):
+        members.reverse()
+    if draw(st.integers(0, 3)) == 0:  # an extra or a repeated member
+        members.insert(draw(st.integers(0, 2)), (draw(_KEYS), draw(st.one_of(_Y_TEXT, _PLAIN_TEXT))))
+    body = ",".join(f"{k}{draw(_WS)}:{draw(_WS)}{v}{draw(_WS)}" for k, v in members)
+    text = f"{draw(_WS)}{{{draw(_WS)}{body}}}{draw(_WS)}{draw(st.sampled_from([''] * 9 + ['x', '}', ',']))}"
+    raw = text.encode("utf-8", "surrogatepass")
+    if draw(st.integers(0, 4)) == 0 and raw:  # a byte changed at random
+        i = draw(st.integers(0, len(raw) - 1))
+        raw = raw[:i] + bytes([draw(st.integers(0, 255))]) + raw[i + 1:]
+    return raw
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(_label_like(), max_size=6), st.sampled_from([(b"id", b"y"), (b"y", b"id"), (b"ts", b"y"),
+                                                              (b"id", b"id")]))
+def test_the_compiled_label_reader_reads_what_orjson_reads_or_declines(values: list, fields: tuple) -> None:
+    from stream_logreg._json import plain_labels
+
+    out: list = []
+    n = len(values)
+    stop = plain_labels(values, 0, *fields, 200, list(range(n)), "lb", 3, list(range(10, 10 + n)), out)
+    assert 0 <= stop <= n and len(out) == stop
+    id_field, y_field = (f.decode() for f in fields)
+    for i, (id_, y, ts, topic, partition, offset) in enumerate(out):
+        doc = orjson.loads(values[i])  # accepted: orjson reads exactly this object, with these types
+        assert doc == {id_field: id_, y_field: y} and type(id_) is str and type(y) is int and len(doc) == 2
+        assert (ts, topic, partition, offset) == (i, "lb", 3, 10 + i)
+    if stop < n:  # declined: not the plain form (a bad label, another form, or a plain one read by orjson)
+        with contextlib.suppress(orjson.JSONDecodeError):
+            doc = orjson.loads(values[stop])
+            plain = (type(doc) is dict and len(doc) == 2 and type(doc.get(id_field)) is str
+                     and doc.get(id_field).isascii() and doc.get(id_field).isprintable()
+                     and not {'"', "\\"} & set(doc.get(id_field)) and doc.get(y_field) in (0, 1)
+                     and type(doc.get(y_field)) is int and fields[0] != fields[1])
+            if plain:  # its canonical forms, either order, are read by the compiled reader
+                assert values[stop] not in (orjson.dumps({id_field: doc[id_field], y_field: doc[y_field]}),
+                                            orjson.dumps({y_field: doc[y_field], id_field: doc[id_field]}))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=127,
+                                                         blacklist_characters='"\\'), max_size=20),
+                          st.integers(0, 1)), min_size=1, max_size=20))
+def test_plain_labels_are_read_by_the_compiled_reader_as_orjson_reads_them(labels: list) -> None:
+    from stream_logreg._json import plain_labels
+
+    values = [orjson.dumps({"id": i, "y": y}) for i, y in labels]
+    out: list = []
+    n = len(values)
+    assert plain_labels(values, 0, b"id", b"y", 1 << 20, [7] * n, "lb", 0, [0] * n, out) == n
+    assert [(i, y) for i, y, *_ in out] == labels
+    assert out == [(i, y, 7, "lb", 0, 0) for i, y in labels]
+
+
 def _store_with_entries() -> JoinStore:
     store = JoinStore(max_pending=100, label_ttl_ms=60_000)
     store.add_event("a", {"f": 1.5, "g": "x"}, 0.25, version=3, ts=1_000)
