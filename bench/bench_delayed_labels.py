@@ -23,7 +23,9 @@ event (all threads, the client's included), which the machine's load disturbs le
 The ceiling: the raw client (kafka-python's ``KafkaConsumer`` / confluent-kafka's ``Consumer`` of the
 learner's settings, no decoding, no model) reading (r1) the labelled topic and (r2) both the unlabelled
 events and the labels topic, in events per second (r2: one event per two messages), timed the same way.
-r2/r1 is the most (b)/(a) can be with a free join; (b)/(a) is also given against it.
+With a free join (b) is at most r2, so (b)/(a) is at most r2/(a); that is r2/r1 when the labelled path runs
+at its client's speed ((a) = r1), and the faster the labelled path, the lower the bound. The goal of 0.8 is
+above it on both clients here: r2/r1 is 0.33-0.49 on kafka-python and 0.46-0.68 on confluent-kafka.
 
 What bounds it (measured, 20 float features, the shared 2-core machine): kafka-python parses a record in
 10-16 µs of CPU whatever its size, a 30-byte label as much as a 525-byte event, and reads one partition per
@@ -315,12 +317,13 @@ def main() -> int:
             us = {k: statistics.median(v) for k, v in cpu.items()}
             ratio = statistics.median(b / a for a, b in zip(rates["a"], rates["b"], strict=True))
             ceiling = statistics.median(r2 / r1 for r1, r2 in zip(rates["r1"], rates["r2"], strict=True))
+            bound = statistics.median(r2 / a for a, r2 in zip(rates["a"], rates["r2"], strict=True))
             print(f"{client}: (a) labelled median {med['a']:,.0f}, (b) joined median {med['b']:,.0f} events "
                   f"learned/s: (b)/(a) = {ratio:.2f} (median of the rounds' ratios; goal >= 0.8)")
             print(f"{client}: the client's ceiling, raw r1 {med['r1']:,.0f} and r2 {med['r2']:,.0f} events/s:"
-                  f" with two messages per event (b)/(a) can be at most r2/r1 = {ceiling:.2f}; "
-                  f"(a)/r1 = {med['a'] / med['r1']:.2f}, (b)/r2 = {med['b'] / med['r2']:.2f}, "
-                  f"(b)/(a) against the ceiling = {ratio / ceiling:.2f}")
+                  f" two messages an event, so with a free join (b) <= r2 and (b)/(a) <= r2/(a) = {bound:.2f}"
+                  f" (r2/r1 = {ceiling:.2f}, (a)/r1 = {med['a'] / med['r1']:.2f}); (b)/r2 = "
+                  f"{statistics.median(b / r2 for b, r2 in zip(rates['b'], rates['r2'], strict=True)):.2f}")
             print(f"{client}: CPU per event (this process, all threads; medians): (a) {us['a']:.1f} µs, (b) "
                   f"{us['b']:.1f} µs = (a) x {us['b'] / us['a']:.2f}; the client alone r1 {us['r1']:.1f}, r2 "
                   f"{us['r2']:.1f} µs; the learner's own (a - r1) {us['a'] - us['r1']:.1f}, (b - r2) "
