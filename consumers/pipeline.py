@@ -166,6 +166,9 @@ class Pipeline:
                 with cond:
                     if self._job is None:
                         self._busy = False
+                        cond.notify_all()
                     elif self._error is not None:  # handed over behind a batch that failed: dropped
                         self._job, self._busy = None, False
-                    cond.notify_all()
+                        cond.notify_all()
+                    # else the next batch is waiting (still busy): taking it up notifies (no wake-up of
+                    # the loop in between only to find it still waiting)

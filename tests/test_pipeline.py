@@ -136,8 +136,7 @@ def test_a_batch_handed_over_behind_a_failing_one_is_dropped() -> None:
         pipeline.submit("ok")
         pipeline.complete()
         assert done == ["ok"]
-        release.clear()
-        pipeline.submit("bad")
+        pipeline.submit("bad")  # released: fails at once
         pipeline.wait()
         with pytest.raises(KeyError, match="broken batch"):  # failed before the hand-over
             pipeline.hand_over("after")
