@@ -41,7 +41,11 @@ each poll the seeks come first (newly assigned partitions, a rollback to the las
 whose records start before the model's position: a client that went back on its own, as librdkafka once
 did after a rollback's seek), then the periodic checkpoint and commit, then the hand-over of what is left
 of the polled batch (nothing of a partition sought in that step; nothing at all if the checkpoint failed
-and the model must roll back).
+and the model must roll back). When none of these has anything to do (batch size 1, no tick due even
+counting the batch in flight, nothing to seek, no rebalance, no records before the position the batch in
+flight leaves; not with exactly-once, delayed labels or the group model), the polled batch is handed over
+behind the one in flight instead (``Learner._ready``, :meth:`~consumers.pipeline.Pipeline.hand_over`): the
+worker takes it up as soon as it is done, without waiting for the loop.
 
 The checkpoint/offset contract
 ------------------------------
@@ -351,7 +355,8 @@ class Learner:
         # then the tick checkpoints and commits batch k - 1; then batch k is synced, begun and handed over,
         # without the records of a partition sought in this step, or at all if the tick failed and the model
         # must roll back (read again after the next poll's seek).
-        # With batch size 1 the worker is soon in its GIL-free pass: the loop polls once it is there.
+        # With batch size 1 the worker is soon in its GIL-free pass: the loop polls once it is there. When
+        # nothing of the above has anything to do, batch k is handed over behind batch k - 1 (_ready).
         pipeline = self._pipeline = Pipeline(self._learn_batch, wait_taken=cfg.batch_size == 1)
         # What exists by now (modules, the model, the clients) is left out of the cyclic collector's passes
         # while the loop runs: the client's message objects (GC-tracked, thousands a poll, alive until the
