@@ -21,7 +21,8 @@ Rates are counted from the end of the first processed batch to the last message 
 connection set-up are not the loop's cost). Each learner run also says where its time went, in µs per
 event. The loop polls batch k while a worker thread learns batch k - 1 (``consumers.pipeline``), so the
 wall-clock time per event is the loop's thread: ``poll`` (the client's poll/consume and the split into
-per-partition runs), ``wait`` (for the worker to finish the batch before, and the stats fold),
+per-partition runs), ``wait`` (for the worker to finish the batch before, or, when the batch is handed over
+behind it, to take it up; and the stats fold),
 ``checkpoint`` (the periodic checkpoint write and commit) and ``rest`` (the loop around them: seeks, lag
 look-ups, the hand-over); and, beside it and overlapping ``poll``, the worker's ``process``
 (``Learner._process``: decode, predict, learn, metrics, outputs, the bench's own stamps). The bars
@@ -177,7 +178,7 @@ def learner_rate(bootstrap: str, topic: str, n: int, batch_size: int, checkpoint
         spent = [0.0, 0.0, 0.0, 0.0]  # poll, process, checkpoint, wait and stats (seconds)
         clock = time.perf_counter
         process, poll, tick = learner._process, learner._source.poll, learner._state.tick
-        complete = learner._complete
+        complete, hand_over = learner._complete, learner._hand_over
 
         def timed_poll(timeout_ms):
             t = clock()
@@ -196,6 +197,13 @@ def learner_rate(bootstrap: str, topic: str, n: int, batch_size: int, checkpoint
             complete(pipeline)
             spent[3] += clock() - t
 
+        def timed_hand_over(pipeline, work):  # the wait for the worker to take it up, and the lag fold
+            t = clock()
+            try:
+                return hand_over(pipeline, work)
+            finally:
+                spent[3] += clock() - t
+
         seen = [0]  # records processed (stats.consumed is folded in only after the whole polled batch)
 
         def timed_process(tp, records, values) -> None:  # the learner's own per-batch step, then a stamp
@@ -210,7 +218,7 @@ def learner_rate(bootstrap: str, topic: str, n: int, batch_size: int, checkpoint
                 learner.stop()
 
         learner._process, learner._source.poll, learner._state.tick = timed_process, timed_poll, timed_tick
-        learner._complete = timed_complete
+        learner._complete, learner._hand_over = timed_complete, timed_hand_over
         if profile:
             import cProfile
 

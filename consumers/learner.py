@@ -41,7 +41,11 @@ each poll the seeks come first (newly assigned partitions, a rollback to the las
 whose records start before the model's position: a client that went back on its own, as librdkafka once
 did after a rollback's seek), then the periodic checkpoint and commit, then the hand-over of what is left
 of the polled batch (nothing of a partition sought in that step; nothing at all if the checkpoint failed
-and the model must roll back).
+and the model must roll back). When none of these has anything to do (batch size 1, no tick due even
+counting the batch in flight, nothing to seek, no rebalance, no records before the position the batch in
+flight leaves; not with exactly-once, delayed labels or the group model), the polled batch is handed over
+behind the one in flight instead (``Learner._ready``, :meth:`~consumers.pipeline.Pipeline.hand_over`): the
+worker takes it up as soon as it is done, without waiting for the loop.
 
 The checkpoint/offset contract
 ------------------------------
@@ -254,6 +258,9 @@ class Learner:
         self._outputs.group = self.group  # predictions carry the group model's version
         self._topics_checked = False
         self._pipeline: Pipeline | None = None  # while running: the polled batch being learned
+        self._rebalanced = False  # a rebalance callback ran since the loop last settled (Learner._ready)
+        self._ends: dict[TopicPartition, int] = {}  # the positions after the last batch handed over
+        self._in_flight = 0  # the records of the last batch handed over
         self._unpublished = 0  # records processed, counted in stats.consumed by _publish_learned
 
     @property
@@ -348,7 +355,8 @@ class Learner:
         # then the tick checkpoints and commits batch k - 1; then batch k is synced, begun and handed over,
         # without the records of a partition sought in this step, or at all if the tick failed and the model
         # must roll back (read again after the next poll's seek).
-        # With batch size 1 the worker is soon in its GIL-free pass: the loop polls once it is there.
+        # With batch size 1 the worker is soon in its GIL-free pass: the loop polls once it is there. When
+        # nothing of the above has anything to do, batch k is handed over behind batch k - 1 (_ready).
         pipeline = self._pipeline = Pipeline(self._learn_batch, wait_taken=cfg.batch_size == 1)
         # What exists by now (modules, the model, the clients) is left out of the cyclic collector's passes
         # while the loop runs: the client's message objects (GC-tracked, thousands a poll, alive until the
@@ -370,6 +378,16 @@ class Learner:
                     backoff = min(backoff * 2, 5.0)
                     continue
                 backoff = 0.1
+                work = self._ready(batch) if pipeline.busy else None
+                if work is not None:  # nothing due: handed over while the batch before is learned
+                    n = self._hand_over(pipeline, work)
+                    now = time.monotonic()
+                    if now >= next_progress:
+                        self._log_progress(now - last_progress)
+                        last_progress, next_progress = now, now + cfg.progress_every_seconds
+                    self._watch_connection()
+                    idle_since = now
+                    continue
                 self._complete(pipeline)
                 if state.fenced is None and source.fenced:
                     fenced = Fenced(f"another learner joined group {cfg.group_id} with this learner's "
@@ -378,6 +396,7 @@ class Learner:
                     log.error("%s", fenced, extra={"reason": "fenced"})
                     break
                 source.unstick()
+                self._rebalanced = False  # settled from here on
                 with self._lock:
                     work = self._settle(batch) if state.fenced is None else {}
                 if state.fenced is not None:  # another member took this state over: learning on would
@@ -385,6 +404,7 @@ class Learner:
                     break
                 n = sum(len(rv[0]) for rv in work.values())
                 if work:
+                    self._submitted(work, n)
                     pipeline.submit(work)
                 now = time.monotonic()
                 if now >= next_progress:
@@ -419,6 +439,53 @@ class Learner:
             for tp, (records, values) in work.items():
                 self._process(tp, records, values)
             self._publish_learned(work)
+
+    def _ready(self, batch: dict) -> dict | None:
+        """The work of ``batch`` if it may be handed over while the batch before is still being learned
+        (:meth:`Pipeline.hand_over`), else None: the loop then completes that one and settles as usual.
+
+        Only when nothing would be done between the two batches: batch size 1 with neither exactly-once,
+        delayed labels nor the group model; no rebalance since the last settling; nothing to seek or
+        reload; no tick due even counting the batch in flight (:meth:`Checkpointing.quiet`); and every
+        partition's records starting at or after the position the model has once the batch in flight is
+        learned (its last offset + 1: what ``_process`` sets), so that none was rewound. What
+        :meth:`_settle` would have done then is nothing but this hand-over, so the model, its positions and
+        every checkpoint are the same as if the loop had waited (no lock taken: the worker holds it; every
+        state read here is the loop's own, or only grows while the worker runs, which makes the answer
+        None, not wrong)."""
+        state, source = self._state, self._source
+        if (not batch or not self._pipeline.wait_taken or self._rebalanced or self._exactly_once
+                or self._pacer is not None or self.group is not None or state.needs_reload
+                or state.fenced is not None or source.fenced or source.pending
+                or not state.quiet(self._in_flight)):
+            return None
+        ends, positions, view = self._ends, state.positions, source.record
+        for tp, (records, _) in batch.items():
+            if records:
+                expected = ends.get(tp)
+                if expected is None:
+                    expected = positions.get(tp)
+                if expected is None or view(records[0]).offset < expected:
+                    return None  # a new partition's first records (origins), or rewound: _settle's
+        if source.commit_failures():  # a periodic commit was refused: commit again (at the next tick)
+            state.commit_pending = True
+        return {tp: rv for tp, rv in batch.items() if rv[0]}
+
+    def _submitted(self, work: dict, n: int) -> None:
+        """Note what the batch handed over leaves the positions at (:meth:`_ready`)."""
+        view = self._source.record
+        self._ends = {tp: view(records[-1]).offset + 1 for tp, (records, _) in work.items()}
+        self._in_flight = n
+
+    def _hand_over(self, pipeline: Pipeline, work: dict) -> int:
+        """Hand ``work`` over behind the batch in flight (:meth:`_ready`), then fold the lag into the stats
+        (the positions, the model's size and the counts are the worker's, :meth:`_publish_learned`);
+        returns how many records it has."""
+        n = sum(len(rv[0]) for rv in work.values())
+        self._submitted(work, n)
+        pipeline.hand_over(work)
+        self._publish_highwaters()
+        return n
 
     def _complete(self, pipeline: Pipeline) -> None:
         """Complete the batch in flight (its exception raised here), then fold the stats."""
@@ -811,6 +878,7 @@ class Learner:
     def on_revoked(self, partitions: set[TopicPartition]) -> dict:
         """Checkpoint, then let go of ``partitions``; returns the offsets to commit."""
         self._await_batch()
+        self._rebalanced = True
         with self._lock:
             state = self._state
             owned = partitions - self._source.pending
@@ -838,6 +906,7 @@ class Learner:
         checkpoint would learn those events twice across the group, so the model falls back to its last
         durable checkpoint (the reload is flagged) and re-reads them if the partitions come back."""
         self._await_batch()
+        self._rebalanced = True
         with self._lock:
             state = self._state
             owned = partitions - self._source.pending
@@ -861,6 +930,7 @@ class Learner:
     def on_assigned(self, partitions: set[TopicPartition]) -> None:
         """The source has paused them; the main loop seeks them right after ``poll()`` returns."""
         self._await_batch()
+        self._rebalanced = True
         with self.stats.lock:
             self.stats.rebalances += 1
         if partitions:
@@ -992,6 +1062,17 @@ class Learner:
         with st.lock:
             st.positions, st.highwaters = positions, highwaters  # revoked partitions drop out
         self._publish_learned(())
+
+    def _publish_highwaters(self) -> None:
+        """Fold every owned partition's highwater (lag) into the stats (the loop's own look-ups: no lock)."""
+        source = self._source
+        highwaters = {}
+        for tp in source.assignment():
+            hw = source.highwater(tp)
+            if hw is not None:
+                highwaters[tp_key(tp)] = hw
+        with self.stats.lock:
+            self.stats.highwaters = highwaters
 
     def _publish_learned(self, tps: Any) -> None:
         """Fold what learning the records of partitions ``tps`` changed into the stats: their positions, the

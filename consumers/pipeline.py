@@ -10,6 +10,13 @@ poll): left to poll at once, the loop would hold the GIL through the next poll (
 ``consume`` keeps it for the 2,000 messages it builds, ~1.3 ms) while the worker, woken, waited for it before
 its GIL-free pass could start — the poll and the learning one after the other, not side by side.
 
+:meth:`Pipeline.hand_over` is the same hand-over made while the batch before is still in flight: the worker
+takes the new batch up the moment it has finished the one before (it never waits for the loop, nor for a
+wake-up: the loop's work between two batches is done while the worker learns), and the call returns once it
+has, so that one batch at a time is in flight after it as after :meth:`~Pipeline.submit`. The learner hands
+over this way only what it may hand over before the batch in flight is complete (nothing due, nothing to seek:
+``Learner._ready``).
+
 What the loop and its callbacks keep to (the checkpoint/offset contract, /work/shared/design.md):
 
 - everything that reads or changes the learner's state besides the worker — the rebalance callbacks, the
@@ -67,6 +74,7 @@ class Pipeline:
         self._busy = False  # handed over and not finished
         self._closed = False
         self._error: BaseException | None = None
+        self._queued = False  # a batch handed over while the one before was in flight, not taken yet
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -87,6 +95,31 @@ class Pipeline:
             self._cond.notify_all()
             while self.wait_taken and self._job is not None and self._thread.is_alive():
                 self._cond.wait(0.1)
+
+    def hand_over(self, batch: Any) -> None:
+        """Hand ``batch`` to the worker to take up once the batch in flight (if any) is complete, and return
+        when it has taken it up (with :attr:`wait_taken` only: one batch in flight when this returns).
+
+        If the batch in flight raised, ``batch`` is dropped (never run) and the exception raised here, as
+        :meth:`complete` raises it."""
+        if batch is None:
+            raise ValueError("a batch, not None")
+        if not self.wait_taken:
+            raise RuntimeError("hand_over() needs wait_taken: use complete() and submit()")
+        with self._cond:
+            if self._closed or self._job is not None:
+                raise RuntimeError("the pipeline is closed or a batch is waiting already")
+            if not self._busy and self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            self._job, self._busy, self._queued = batch, True, True
+            self._cond.notify_all()
+            while self._job is not None and self._thread.is_alive():
+                self._cond.wait(0.1)
+            dropped, self._queued = self._queued, False
+        if dropped:  # the batch before raised: this one was not run
+            self.complete()
+            raise RuntimeError("the batch in flight failed and the next was dropped")  # complete() raised
 
     def wait(self) -> None:
         """Return once no batch is in flight (at once if none). Does not raise the batch's exception."""
@@ -123,6 +156,7 @@ class Pipeline:
                 if self._job is None:
                     return
                 job, self._job = self._job, None
+                self._queued = False  # taken up
                 cond.notify_all()  # submit() returns
             try:
                 self.work(job)
@@ -130,5 +164,11 @@ class Pipeline:
                 self._error = exc
             finally:
                 with cond:
-                    self._busy = False
-                    cond.notify_all()
+                    if self._job is None:
+                        self._busy = False
+                        cond.notify_all()
+                    elif self._error is not None:  # handed over behind a batch that failed: dropped
+                        self._job, self._busy = None, False
+                        cond.notify_all()
+                    # else the next batch is waiting (still busy): taking it up notifies (no wake-up of
+                    # the loop in between only to find it still waiting)

@@ -261,6 +261,19 @@ class Checkpointing:
             or time.monotonic() - self.last_checkpoint_at >= every
         )
 
+    def quiet(self, more: int) -> bool:
+        """Whether :meth:`tick` would do nothing once ``more`` messages more are counted in
+        :attr:`since_checkpoint`: no checkpoint due, no background write ended (to take in and commit), no
+        group model to synchronise. Read without the learner's lock while a batch is learned (the loop's
+        hand-over, ``Learner._ready``): a count already added is counted twice, so the answer errs on
+        the side of "no", never of "yes"."""
+        write = self._writing
+        if self.group is not None or (write is not None and write.done.is_set()):
+            return False
+        covered = 0 if write is None else write.covered
+        return (self.since_checkpoint + more - covered < self.config.checkpoint_every_messages
+                and time.monotonic() - self.last_checkpoint_at < self.config.checkpoint_every_seconds)
+
     def offsets(self) -> dict[TopicPartition, int]:
         """Per partition, the first event not in the model: the position, or the first buffered event."""
         return {**self.positions, **self.buffer.first_offsets()}
