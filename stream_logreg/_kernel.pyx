@@ -593,7 +593,7 @@ cdef inline void _prefetch_rows(double* a, Py_ssize_t* c, Py_ssize_t n, Py_ssize
 
 
 cdef Py_ssize_t _new_row(dict x, Py_ssize_t pos, Py_ssize_t i, RowLayout layout, Py_ssize_t* c, Py_ssize_t cap,
-                        bint merge, double* rows, Py_ssize_t width, dict columns) noexcept:
+                        bint merge, double* rows, Py_ssize_t width, dict columns, bint hint) noexcept:
     """Row x goes to the feature space's encoder: it has a new indicator, entry i (the one before `pos`).
     With `rows`: -3, having prefetched the rows of `width` doubles at `rows` of the indicators cached among
     the entries after it (their misses then overlap the encoder's work instead of the update's: a
@@ -601,8 +601,9 @@ cdef Py_ssize_t _new_row(dict x, Py_ssize_t pos, Py_ssize_t i, RowLayout layout,
     written what the encoder's look-up would find (`encode_into`'s `looked_up`): c[j], for each entry j
     of a str key and value, the pair cache's column or -1 (the entries before i are in c already, unless
     `merge` merged some: then they are looked up again, in the caches now). -1 without `rows`, or if the
-    row does not fit the `cap` entries at c. With a vocabulary (not `merge`), the slots of the feature
-    dict `columns` that the new indicators will take are prefetched too (`indicator_hint`)."""
+    row does not fit the `cap` entries at c. With `hint` (a vocabulary whose dict the encoder will ask),
+    the slots of the feature dict `columns` that the new indicators will take are prefetched too
+    (`indicator_hint`)."""
     cdef PyObject* key
     cdef PyObject* value
     cdef Py_ssize_t ci, j = 0, q = 0
@@ -620,7 +621,7 @@ cdef Py_ssize_t _new_row(dict x, Py_ssize_t pos, Py_ssize_t i, RowLayout layout,
             ci = layout.pair_get(key, value, pair_hash(key, value))
             if ci >= 0:
                 _prefetch_row(rows + ci * width, width)
-            elif not merge:
+            elif hint:
                 indicator_hint(columns, key, value, False)
         c[j] = ci
         j += 1
@@ -628,12 +629,15 @@ cdef Py_ssize_t _new_row(dict x, Py_ssize_t pos, Py_ssize_t i, RowLayout layout,
 
 
 cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_ssize_t cap, bint merge,
-                            RowLayout layout, double* rows=NULL, Py_ssize_t width=0) except -2:
+                            RowLayout layout, double* rows=NULL, Py_ssize_t width=0, Py_ssize_t n_vocab=-1) except -2:
     """`encode` into the `cap` entries at c and v; with a `layout`, numeric entries whose key is the one
     at the same position in the layout take its column, and the others update it; indicators of str keys
     and values are looked up in its pair cache first, and cached. With `rows`, the row of `width` doubles
     of each column found is prefetched at once (so that its misses overlap the rest of the encoding), and
-    a row with a new indicator returns -3 with the pair cache's answers in c (see `_new_row`)."""
+    a row with a new indicator returns -3 with the pair cache's answers in c (see `_new_row`). `n_vocab`:
+    the vocabulary's number of columns, if `columns` may lack the entries the encoder left out while the
+    pair cache is complete (a feature space's own dict, see `FeatureSpace.columns`), else -1 (it has
+    them all: len(columns))."""
     cdef Py_ssize_t pos = 0, n = 0, i = 0, j
     cdef PyObject* key
     cdef PyObject* value
@@ -642,6 +646,8 @@ cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_s
     cdef Py_hash_t h
     if layout is not None:
         layout.prefetch(x)
+    if n_vocab < 0:
+        n_vocab = len(columns)
     while PyDict_Next(x, &pos, &key, &value):
         if n >= cap:
             return -1
@@ -650,12 +656,10 @@ cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_s
             h = pair_hash(key, value)
             ci = layout.pair_get(key, value, h)
             if ci < 0:
-                if not merge and layout.complete and layout.synced == len(columns):  # not cached, so new
-                    if rows != NULL:
-                        indicator_hint(columns, key, value, False)
-                    return _new_row(x, pos, i, layout, c, cap, merge, rows, width, columns)
+                if not merge and layout.complete and layout.synced == n_vocab:  # not cached, so new
+                    return _new_row(x, pos, i, layout, c, cap, merge, rows, width, columns, False)
                 if not _lookup(columns, key, value, &ci, &d):
-                    return _new_row(x, pos, i, layout, c, cap, merge, rows, width, columns)
+                    return _new_row(x, pos, i, layout, c, cap, merge, rows, width, columns, not merge)
                 layout.pair_put(key, value, h, ci, pair_limit(merge))
         elif layout is not None and i < layout.n and layout.keys[i] == key and _number(value, &d):
             ci = layout.cols[i]
@@ -697,10 +701,10 @@ def encode(dict x not None, dict columns, cnp.ndarray cols, cnp.ndarray vals, bi
 
 
 def encode_rows(list xs, Py_ssize_t start, dict columns, cnp.ndarray cols, cnp.ndarray vals,
-                cnp.ndarray indptr, bint merge, RowLayout layout):
+                cnp.ndarray indptr, bint merge, RowLayout layout, Py_ssize_t n_vocab=-1):
     """`encode` the rows xs[start:] one after the other into the buffers (CSR): row i's entries go to
     cols/vals[indptr[i]:indptr[i + 1]]; the caller sets indptr[start]. `layout` (or None) as in
-    `RowLayout`.
+    `RowLayout`, `n_vocab` as in `_encode_row`.
 
     Stops at the first row that `encode` leaves to the slow path (or that is not a dict) and returns its
     index; returns len(xs) when every row is written.
@@ -716,7 +720,7 @@ def encode_rows(list xs, Py_ssize_t start, dict columns, cnp.ndarray cols, cnp.n
         x = xs[i]
         if type(x) is not dict or not 0 <= ip[i] <= cap:
             return i
-        n = _encode_row(<dict> x, columns, c + ip[i], v + ip[i], cap - ip[i], merge, layout)
+        n = _encode_row(<dict> x, columns, c + ip[i], v + ip[i], cap - ip[i], merge, layout, NULL, 0, n_vocab)
         if n < 0:
             return i
         ip[i + 1] = ip[i] + n
@@ -1338,6 +1342,19 @@ cdef Py_ssize_t _encode_new(object space, dict x, RowLayout layout, cnp.ndarray 
     return _encode_into(space, x, True, cols, vals, 0, layout, looked_up)
 
 
+cdef list _vocab_keys(object space, bint merge):
+    """The keys list of the vocabulary `space` (a step's, for `_vocab_size`), or None (hashing, none)."""
+    if space is None or merge or type(space.keys) is not list:
+        return None
+    return space.keys
+
+
+cdef inline Py_ssize_t _vocab_size(list keys) noexcept:
+    """The vocabulary's number of columns, for `_encode_row` (its dict may lack entries: see
+    `FeatureSpace.columns`); -1 without a vocabulary (len(columns) then)."""
+    return -1 if keys is None else PyList_GET_SIZE(keys)
+
+
 cdef inline tuple _mark(object space):
     """`space.mark()` (`FeatureSpace.mark`: the number of vocabulary columns and `n_dropped`) without the
     method call, on every row with a new feature."""
@@ -1391,6 +1408,7 @@ cdef class SampleStep:
     cdef double* undo  # 3 doubles per coordinate of a step, and 3 for the bias (see the rules)
     cdef Py_ssize_t undo_cap
     cdef object opt, bias_opt, space
+    cdef list keys  # the vocabulary's keys (`space.keys`), or None (see `_vocab_size`)
 
     def __reduce__(self):
         # Bound to one model's arrays: a copy (River's clone(include_attributes=True) deep-copies each
@@ -1430,6 +1448,7 @@ cdef class SampleStep:
         self.b_s0 = b_state[0] if len(b_state) > 0 else None
         self.b_s1 = b_state[1] if len(b_state) > 1 else None
         self.opt, self.bias_opt, self.space = opt, bias_opt, space
+        self.keys = _vocab_keys(space, merge)
         self._reserve(cnp.PyArray_DIM(cols, 0))
 
     def __dealloc__(self):
@@ -1476,7 +1495,8 @@ cdef class SampleStep:
         if label < 0.0 or type(x) is not dict:
             return -1.0
         cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
-                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, dptr(self.w), 1)
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, dptr(self.w), 1,
+                                        _vocab_size(self.keys))
         if n >= 0:
             return self._learn(n, label, sample_weight)
         if self.space is None:
@@ -1503,7 +1523,8 @@ cdef class SampleStep:
         if type(x) is not dict:
             return -1.0
         cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
-                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, dptr(self.w), 1)
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, dptr(self.w), 1,
+                                        _vocab_size(self.keys))
         if n < 0:
             return -1.0
         return _sigmoid(_dot(dptr(self.w), iptr(self.cols), dptr(self.vals), n) + dptr(self.b)[0])
@@ -1592,7 +1613,8 @@ cdef class SampleStep:
         if label < 0.0 or type(x) is not dict or self.stats is None:
             return -1.0
         cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
-                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, dptr(self.w), 1)
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, dptr(self.w), 1,
+                                        _vocab_size(self.keys))
         if n < 0:
             return -1.0
         return self._row(iptr(self.cols), dptr(self.vals), n, label, sample_weight, predict)
@@ -1603,7 +1625,8 @@ cdef class SampleStep:
         if type(x) is not dict:
             return NAN
         cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
-                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout)
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, NULL, 0,
+                                        _vocab_size(self.keys))
         if n < 0:
             return NAN
         cdef double* v = dptr(self.vals)
@@ -1922,6 +1945,7 @@ cdef class MixtureStep:
     cdef Py_ssize_t* ibuf  # scratch: touched columns and the slot of each entry
     cdef Py_ssize_t ibuf_cap
     cdef Py_ssize_t capacity  # the rows of coef
+    cdef list keys  # the vocabulary's keys (`space.keys`), or None (see `_vocab_size`)
 
     def __reduce__(self):
         return type(None), ()
@@ -1951,6 +1975,7 @@ cdef class MixtureStep:
         self.nag_lr, self.alpha, self.beta = nag_lr, alpha, beta
         self.neg_w, self.pos_w, self.l2, self.clip = neg_w, pos_w, l2, clip
         self.opt, self.bias_opt, self.space = opt, bias_opt, space
+        self.keys = _vocab_keys(space, merge)
 
     def __dealloc__(self):
         free(self.buf)
@@ -2017,7 +2042,8 @@ cdef class MixtureStep:
         if type(x) is not dict:
             return -1.0
         cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
-                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout)
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, NULL, 0,
+                                        _vocab_size(self.keys))
         if n < 0:
             return -1.0
         cdef double p[8]
@@ -2066,15 +2092,16 @@ cdef class MixtureStep:
         if label < 0.0 or type(x) is not dict:
             return -1.0
         cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
-                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, self.Mp, MIX_S)
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, self.Mp, MIX_S,
+                                        _vocab_size(self.keys))
         cdef Py_ssize_t ip[2]
         cdef double p
         mark = None
         if n < 0:
             if self.space is None:
                 return -1.0
-            if n == -3 and not self.merge:  # the vocabulary's next columns: created now
-                _prefetch_next(self.Mp, len(self.columns), cnp.PyArray_DIM(self.coef, 0))
+            if n == -3 and self.keys is not None:  # the vocabulary's next columns: created now
+                _prefetch_next(self.Mp, PyList_GET_SIZE(self.keys), cnp.PyArray_DIM(self.coef, 0))
             mark = _mark(self.space)
             n = _encode_new(self.space, <dict> x, self.layout, self.cols, self.vals,
                             cnp.PyArray_DIM(self.coef, 0), n == -3)
@@ -2423,7 +2450,8 @@ cdef class MixtureStep:
         if label < 0.0 or type(x) is not dict or self.stats is None:
             return -1.0
         cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
-                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, self.Mp, MIX_S)
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, self.Mp, MIX_S,
+                                        _vocab_size(self.keys))
         if n < 0:
             return -1.0
         return self._row(iptr(self.cols), dptr(self.vals), n, label, sample_weight, predict)
@@ -2434,7 +2462,8 @@ cdef class MixtureStep:
         if type(x) is not dict or self.stats is None:
             return -1.0
         cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
-                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout)
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, NULL, 0,
+                                        _vocab_size(self.keys))
         if n < 0:
             return -1.0
         cdef double* t = self._scratch(n)

@@ -546,7 +546,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
     def _encode(self, x: dict, grow: bool) -> int:
         """Write row ``x`` into the scratch buffers; return how many entries (compiled fast path first)."""
         try:
-            n = _kernel.encode(x, self.features.columns, self._cols, self._vals, self.features.hashing)
+            n = _kernel.encode(x, self.features._columns, self._cols, self._vals, self.features.hashing)
         except TypeError:  # x is not a dict
             _check_row(x)
             raise
@@ -572,7 +572,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             n = self._encode(x, grow=False)
             return _kernel.dot(self._w, self._cols, self._vals, n) + self._b[0]
         try:
-            z = _kernel.dot_dict(x, self.features.columns, self._w)
+            z = _kernel.dot_dict(x, self.features._columns, self._w)
         except TypeError:  # x is not a dict (the compiled functions take dicts only)
             _check_row(x)
             raise
@@ -684,7 +684,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         _check_row(x)
         target = _label(y)
         features = self.features
-        n = _kernel.encode(x, features.columns, self._cols, self._vals, features.n_bits is not None)
+        n = _kernel.encode(x, features._columns, self._cols, self._vals, features.n_bits is not None)
         mark = None
         if n < 0:
             mark = features.mark()
@@ -808,9 +808,9 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         """
         if self._mixture:
             opt, bias = self.optimizer, self._bias_optimizer
-            step = _kernel.MixtureStep(
-                self.features.columns, self.features.n_bits is not None, self._layout, self._cols, self._vals,
-                opt.coef, bias.coef, opt.log_weights, opt.nag, opt.rates, float(opt.nag_lr),
+            step = _kernel.MixtureStep(  # the feature dict as it is (see FeatureSpace.columns)
+                self.features._columns, self.features.n_bits is not None, self._layout, self._cols,
+                self._vals, opt.coef, bias.coef, opt.log_weights, opt.nag, opt.rates, float(opt.nag_lr),
                 float(opt.ftrl_alpha), float(opt.ftrl_beta), self._neg_weight, self._pos_weight,
                 float(self.l2), float(self.clip_gradient), opt, bias, space=self.features,
             )
@@ -823,7 +823,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             return False
         (rule, hyper, w_state), (_, _, b_state) = twins
         step = _kernel.SampleStep(
-            self.features.columns, self.features.n_bits is not None, self._layout, self._cols, self._vals,
+            self.features._columns, self.features.n_bits is not None, self._layout, self._cols, self._vals,
             self._grads, self._w, self._b, self._neg_weight, self._pos_weight, self.l2, intercept_lr,
             rule, hyper, w_state, b_state, self.optimizer, self._bias_optimizer, float(self.clip_gradient),
             space=self.features,
@@ -1166,7 +1166,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         try:
             i = 0
             layout = self._layout
-            while (i := _kernel.encode_rows(xs, i, features.columns, cols, vals, indptr, merge, layout)) < m:
+            while (i := _kernel.encode_rows(xs, i, features._columns, cols, vals, indptr, merge, layout,
+                                            -1 if merge else len(features.keys))) < m:
                 # new features or a bad value: the feature space decides (and may grow)
                 try:
                     n_row = features.encode_into(xs[i], True, cols, vals, indptr[i], layout)
