@@ -348,7 +348,7 @@ class FeatureSpace:
             for key in self.keys[n_keys:]:
                 del self._columns[key]
         else:  # the keys from `start` on may be missing from the dict (see `columns`)
-            for key in self.keys[max(start, n_keys):]:
+            for key in self.keys[n_keys:]:
                 self._columns.pop(key, None)
             if start >= n_keys:
                 self._unindexed = None

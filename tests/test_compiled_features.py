@@ -460,6 +460,28 @@ def test_new_categories_enter_the_feature_dict_when_it_is_read(opt):
     assert all(a[0][k].tobytes() == b[0][k].tobytes() == c[0][k].tobytes() for k in a[0])
 
 
+def test_a_rollback_forgets_the_new_keys_in_the_dict_and_those_left_out():
+    """Rows whose new numbers enter the feature dict and whose new categories wait (the pair cache knows
+    all of them), rolled back: the dict is the vocabulary's again, whichever came first."""
+    from stream_logreg._kernel import RowLayout
+
+    space, layout = FeatureSpace(), RowLayout()
+    cols, vals = np.zeros(4, dtype=np.intp), np.zeros(4)
+
+    def vocabulary():
+        return list(zip(space.keys, range(len(space.keys)), strict=True))
+
+    for x in ({"n": 1.0, "a": "FR"}, {"a": "FR", "n": 1.0}, {"m": 2.0, "b": "DE", "k": 3.0, "c": "IT"}):
+        mark = space.mark()
+        assert _features.encode_into(space, x, True, cols, vals, 0, layout) == len(x)
+        assert (len(space._columns) < len(space.keys)) == (type(list(x.values())[-1]) is str)
+        space.rollback(mark)
+        layout.fill(space.keys)  # (complete again, as after a checkpoint)
+        assert list(space.columns.items()) == vocabulary()
+        _features.encode_into(space, {"a": "FR"}, True, cols, vals, 0, layout)  # and again, kept
+    assert space.names == ["a=FR"] and list(space.columns.items()) == vocabulary()
+
+
 @pytest.mark.parametrize("space", [{}, {"n_bits": 18}], ids=["vocabulary", "hashed"])
 @pytest.mark.parametrize("opt", ["default", "sgd"])
 def test_a_refused_update_forgets_the_columns_its_compiled_step_created(space, opt, monkeypatch):
