@@ -211,6 +211,119 @@ cdef extern from *:
 
 cdef extern from *:
     """
+    #if defined(__linux__)
+    #ifndef MREMAP_MAYMOVE
+    #define MREMAP_MAYMOVE 1
+    #endif
+    #ifndef MREMAP_FIXED
+    #define MREMAP_FIXED 2
+    #endif
+    #endif
+    /* The table p of old_n bytes (sl_table_alloc's) as one of new_n > old_n bytes, p released: the old
+       bytes kept, the new ones zero. From 2 MiB on (a mapping) on Linux, its pages are moved, not copied:
+       mremap onto the head of a new mapping (aligned, in huge pages where allowed), whose tail the kernel
+       zeroes when first touched; else (or if mremap refuses) a copy. NULL (p untouched) without memory. */
+    static void* sl_table_grow(void* p, size_t old_n, size_t new_n) {
+        const size_t huge = (size_t) 1 << 21;
+        void* q = sl_table_alloc(new_n);
+        if (q == NULL)
+            return NULL;
+    #if defined(__linux__)
+        if (old_n >= huge && new_n >= huge) {
+            size_t old_len = (old_n + huge - 1) & ~(huge - 1);
+            if (mremap(p, old_len, old_len, MREMAP_MAYMOVE | MREMAP_FIXED, q) != MAP_FAILED) {
+    #ifdef MADV_HUGEPAGE
+                madvise(q, old_len, MADV_HUGEPAGE);
+    #endif
+                return q;
+            }
+        }
+    #endif
+        if (old_n)
+            memcpy(q, p, old_n);
+        sl_table_free(p, old_n);
+        return q;
+    }
+    """
+    void* _table_grow "sl_table_grow" (void* p, size_t old_n, size_t new_n) noexcept nogil
+
+
+cdef extern from "Python.h":
+    Py_ssize_t Py_REFCNT(object o)
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class _Table:
+    """The memory of a state array that `grown` enlarges (`sl_table_alloc`'s), released with the last
+    array on it."""
+    cdef void* p
+    cdef size_t n
+
+    def __dealloc__(self):
+        _table_free(self.p, self.n)
+
+
+cdef cnp.ndarray _on_table(_Table t, Py_ssize_t rows, Py_ssize_t width):
+    """The float64 array (rows,) (width 0) or (rows, width) on the memory of `t`."""
+    cdef cnp.npy_intp dims[2]
+    dims[0], dims[1] = rows, width
+    cdef cnp.ndarray arr = cnp.PyArray_SimpleNewFromData(1 if width == 0 else 2, dims, cnp.NPY_DOUBLE, t.p)
+    cnp.set_array_base(arr, t)
+    return arr
+
+
+def grown(object owner, str name, Py_ssize_t rows) -> None:
+    """Set ``owner.<name>``, a float64 array of shape (m,) or (m, k) (C-contiguous), to one of ``rows``
+    rows if m < rows (else leave it): the same values, then rows of 0.0. Its memory is a table of this module's (made
+    here the first time: mapped pages from 2 MiB on, which the kernel zeroes when first touched), which
+    the next growth enlarges without copying when nothing else holds the array or its memory (pages moved:
+    ``sl_table_grow``); when something does (a view, a reference kept), the array is copied as
+    ``np.zeros`` and assignment would, and the old one stays valid. Memory: the array's bytes rounded up to
+    2 MiB, untouched pages not resident; the model doubles its capacity, so at most twice the columns in
+    use are mapped."""
+    old = getattr(owner, name)
+    if (type(old) is not np.ndarray or cnp.PyArray_TYPE(old) != cnp.NPY_DOUBLE
+            or not cnp.PyArray_IS_C_CONTIGUOUS(old) or not 1 <= cnp.PyArray_NDIM(old) <= 2):
+        raise TypeError("grown: a C-contiguous float64 array of 1 or 2 dimensions")
+    cdef cnp.ndarray a = <cnp.ndarray> old
+    cdef Py_ssize_t m = cnp.PyArray_DIM(a, 0)
+    cdef Py_ssize_t width = 0 if cnp.PyArray_NDIM(a) == 1 else cnp.PyArray_DIM(a, 1)
+    cdef size_t row_bytes = sizeof(double) * (1 if width == 0 else width)
+    if rows <= m:  # it has them already
+        return
+    cdef size_t old_n = m * row_bytes, new_n = rows * row_bytes
+    cdef _Table t
+    cdef _Table base = None
+    cdef void* q
+    cdef PyObject* owner_of_memory = cnp.PyArray_BASE(a)
+    if owner_of_memory != NULL and type(<object> owner_of_memory) is _Table:
+        base = <_Table> owner_of_memory
+    del old  # (a holds it)
+    # Moved only if nothing but `owner` holds the array (its attribute and `a`) and nothing but the array
+    # holds its table (a view of it would), and the array is the whole table from its start.
+    if (base is not None and Py_REFCNT(a) == 2 and Py_REFCNT(base) == 2 and base.p == cnp.PyArray_DATA(a)
+            and base.n == old_n):
+        q = _table_grow(base.p, base.n, new_n)
+        if q == NULL:
+            raise MemoryError()
+        t = _Table.__new__(_Table)
+        t.p, t.n = q, new_n
+        base.p, base.n = NULL, 0  # its pages are the new table's now: `a` must not be read again
+        setattr(owner, name, _on_table(t, rows, width))
+        return
+    t = _Table.__new__(_Table)
+    t.p = _table_alloc(new_n)
+    if t.p == NULL:
+        raise MemoryError()
+    t.n = new_n
+    if old_n:
+        memcpy(t.p, cnp.PyArray_DATA(a), old_n)
+    setattr(owner, name, _on_table(t, rows, width))
+
+
+cdef extern from *:
+    """
     /* Hints into the hash table of a dict (its memory only; CPython 3.11-3.13's layout of a combined
        PyDictKeysObject: an 8-byte reference count, the log2 of the slots and of the index bytes, the kind,
        the indices from byte 32, then the entries, 24 bytes each for keys of any type). Prefetches only, from

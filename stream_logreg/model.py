@@ -385,26 +385,19 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             if self.scale:
                 self._flags()
             return
+        self._step = None  # bound to the old arrays (and holding them: they could not be moved)
         capacity = max(n_columns, 2 * len(self._w), 16)
-        w = np.zeros(capacity)
+        n = len(self._w)
+        _kernel.grown(self, "_w", capacity)  # the same values, then zeros (pages moved, not copied)
         if self._init_value:
-            w[len(self._w):] = self._init_value
-        w[: len(self._w)] = self._w
-        self._w = w
+            self._w[n:] = self._init_value
         if isinstance(self.optimizer, optim_.Optimizer):
             self.optimizer.resize(capacity)
-        cum = np.zeros(capacity)
-        cum[: len(self._cum_l1)] = self._cum_l1
-        self._cum_l1 = cum
+        _kernel.grown(self, "_cum_l1", capacity)
         if self.scale:
-            stats = np.zeros((capacity, 3))
-            stats[: len(self._scale_stats)] = self._scale_stats
-            self._scale_stats = stats
-            numeric = np.zeros(capacity)
-            numeric[: len(self._numeric)] = self._numeric
-            self._numeric = numeric
+            _kernel.grown(self, "_scale_stats", capacity)
+            _kernel.grown(self, "_numeric", capacity)
             self._flags()
-        self._step = None  # bound to the old arrays
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         """The complete learned state: float arrays and a JSON-able dict (for checkpoints, no pickle).
@@ -657,6 +650,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             if (step.scaled(x, y, w, False) if self.scale else step(x, y, w)) >= 0.0:
                 self.n_samples_seen += 1
                 return
+        del step  # (it holds the arrays, which growing then copies instead of moving)
         self.predict_learn_one(x, y, w)
 
     def predict_learn_one(self, x: dict, y: Any, w: float = 1.0) -> float:
@@ -679,6 +673,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
                 return p
             if p != p:
                 raise ValueError(f"the update for {x!r:.200} is not finite; refused")
+        del step  # (it holds the arrays, which growing then copies instead of moving)
         # The general path: new features or a bad value (the feature space decides, and may grow), a label
         # of another type, or an optimizer without a compiled rule.
         _check_row(x)
