@@ -218,11 +218,12 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
     cdef double d
     cdef Py_ssize_t i = 0
     cdef bint cached = layout is not None
-    cdef Py_ssize_t limit = pair_limit(space.n_bits is not None)
+    n_bits = space.n_bits  # (each attribute read once: this runs for every row with a new value)
+    cdef bint hashing = n_bits is not None
+    cdef Py_ssize_t limit = pair_limit(hashing)
     looked_up = looked_up and cached
     cdef dict columns = space._columns  # as it is (see `FeatureSpace.columns`): indexed below if need be
     cdef list keys = space.keys
-    cdef bint hashing = space.n_bits is not None
     cdef bint complete = False, done = False
     # (a hint only: whether the dict will be asked about the new indicators, see `complete` below)
     cdef bint hint = looked_up and not hashing and not (layout.complete and layout.synced == len(keys))
@@ -255,7 +256,7 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
                 PyErr_Clear()
                 return -1
     # 2. The columns.
-    cdef uint64_t mask = ((<uint64_t> 1) << space.n_bits) - 1 if hashing else 0
+    cdef uint64_t mask = ((<uint64_t> 1) << <int> n_bits) - 1 if hashing else 0
     cdef Py_ssize_t cache_size = _module.HASH_CACHE_SIZE if hashing else 0  # read each time (tests set it)
     max_features = space.max_features
     cdef Py_ssize_t cap = -1 if max_features is None else max_features
