@@ -22,7 +22,9 @@ Two ways to assign columns:
 A model also caches, per model, the columns of the indicators of str keys and values it looks up (at most
 2^19 pairs, 2^17 with hashing, in two tables of 32 bytes a slot: when the newer is half full, the older is
 forgotten, so the pairs seen least recently go first; ``stream_logreg._kernel.RowLayout``), which the
-compiled encoder reads before the dict and keeps up; it never changes a column.
+compiled encoder reads before the dict and keeps up; it never changes a column. While it knows every
+indicator of the vocabulary, the dict entries of the new ones wait: ``FeatureSpace.columns`` adds them (in
+column order) when it is read.
 
 :meth:`FeatureSpace.encode` is the reference, in Python; the model encodes through
 :meth:`FeatureSpace.encode_into`, the same rules compiled (``stream_logreg._features``: new keys, indicators
