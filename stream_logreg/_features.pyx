@@ -167,6 +167,24 @@ cdef inline void _fill(object t, Py_ssize_t i, PyObject* item):
     Py_DECREF(<object> old)
 
 
+def index_keys(dict columns not None, list keys not None, Py_ssize_t start) -> None:
+    """``columns[keys[i]] = i`` for every column i from ``start`` on (``FeatureSpace._index``: the entries
+    the encoder left out; the others are set again to the same column)."""
+    if _IndicatorKey is None:
+        _bind()
+    cdef Py_ssize_t i
+    cdef PyObject* k
+    cdef PyObject* v
+    for i in range(max(start, 0), len(keys)):
+        key = keys[i]
+        if type(key) is _IndicatorKey:
+            k, v = PyTuple_GET_ITEM(key, 1), PyTuple_GET_ITEM(key, 2)
+            if _is_str(k) and _is_str(v):
+                set_indicator(columns, key, k, v, i)
+                continue
+        PyDict_SetItem(columns, key, i)
+
+
 def blake2b64(bytes data not None) -> int:
     """``int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")``, the compiled hash."""
     cdef b2_state st
@@ -200,10 +218,15 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
     cdef double d
     cdef Py_ssize_t i = 0
     cdef bint cached = layout is not None
-    cdef Py_ssize_t limit = pair_limit(space.n_bits is not None)
+    n_bits = space.n_bits  # (each attribute read once: this runs for every row with a new value)
+    cdef bint hashing = n_bits is not None
+    cdef Py_ssize_t limit = pair_limit(hashing)
     looked_up = looked_up and cached
-    cdef dict columns = space.columns
-    cdef bint hashing = space.n_bits is not None
+    cdef dict columns = space._columns  # as it is (see `FeatureSpace.columns`): indexed below if need be
+    cdef list keys = space.keys
+    cdef bint complete = False, done = False
+    # (a hint only: whether the dict will be asked about the new indicators, see `complete` below)
+    cdef bint hint = looked_up and not hashing and not (layout.complete and layout.synced == len(keys))
     # 1. Every value is one the compiled path takes, before anything is looked up (as the reference); the
     # column of entry i, if in the pair cache, goes to c[i] (else -1), which pass 2 reads before it writes
     # c[n], n <= i.
@@ -218,7 +241,7 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
                 c[i - 1] = ci if looked_up else layout.pair_get(key, value, pair_hash(key, value))
                 if c[i - 1] >= 0:
                     continue
-                if looked_up and not hashing:  # new: the step prefetched its dict slot, now its entry
+                if hint:  # new: the step prefetched its dict slot, now its entry
                     indicator_hint(columns, key, value, True)
             if _numeric(value):
                 return -1
@@ -233,18 +256,19 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
                 PyErr_Clear()
                 return -1
     # 2. The columns.
-    cdef list keys = space.keys
-    cdef uint64_t mask = ((<uint64_t> 1) << space.n_bits) - 1 if hashing else 0
+    cdef uint64_t mask = ((<uint64_t> 1) << <int> n_bits) - 1 if hashing else 0
     cdef Py_ssize_t cache_size = _module.HASH_CACHE_SIZE if hashing else 0  # read each time (tests set it)
     max_features = space.max_features
     cdef Py_ssize_t cap = -1 if max_features is None else max_features
     # With a vocabulary whose indicators of str keys and values are all in the pair cache, a pair not
-    # cached is new: no dict look-up (see RowLayout.complete).
-    cdef bint complete = False, done = False
+    # cached is new: no dict look-up (see RowLayout.complete), and the dict's entry of a new one is left
+    # out (FeatureSpace.columns adds it when the dict is read); else the dict must hold every key first.
     if cached and not hashing:
         if layout.synced == -1 and len(keys) == 0 and len(columns) == 0 and layout.n_pairs == 0:
             layout.complete, layout.synced = True, 0
         complete = layout.complete and layout.synced == len(keys)
+    if not complete and not hashing and len(columns) != len(keys):
+        space._index()
     pos = 0
     i = 0
     scratch = None
@@ -295,13 +319,17 @@ def encode_into(object space, dict x not None, bint grow, cnp.ndarray cols not N
                     continue
                 else:
                     ci = len(keys)
-                    if _is_str(value):
+                    if _is_str(value) and _is_str(key):
                         lookup = _indicator_key(<object> key, <object> value)
-                        if _is_str(key):
+                        if not complete:
                             set_indicator(columns, lookup, key, value, ci)
-                        else:
-                            PyDict_SetItem(columns, lookup, ci)
+                        elif len(columns) == ci:  # the first entry left out (see `complete`)
+                            space._unindexed = ci
                     else:
+                        if _is_str(value):
+                            lookup = _indicator_key(<object> key, <object> value)
+                        if len(columns) != ci:  # the entries left out first: the dict keeps column order
+                            space._index()
                         PyDict_SetItem(columns, lookup, ci)
                     keys.append(lookup)
                 if cached and _is_str(value) and _is_str(key):

@@ -201,10 +201,11 @@ cdef class RowDecoder:
         """Use ``space`` (a ``FeatureSpace``) from now on; True if it is a vocabulary the decoder can
         serve. The table is emptied when the space, its ``keys`` list or its ``columns`` dict is another
         object than the one it was filled from."""
-        if space is not self.space or space.keys is not self.keys or space.columns is not self.columns:
+        # (the dict as it is: the entries it may lack are indicators, never a plain str key)
+        if space is not self.space or space.keys is not self.keys or space._columns is not self.columns:
             if self.used:
                 self._reset(_MIN_SLOTS)
-            self.space, self.keys, self.columns = space, space.keys, space.columns
+            self.space, self.keys, self.columns = space, space.keys, space._columns
             self.keys_p = <PyObject*> self.keys
         return space.n_bits is None and type(self.keys) is list and type(self.columns) is dict
 

@@ -211,6 +211,119 @@ cdef extern from *:
 
 cdef extern from *:
     """
+    #if defined(__linux__)
+    #ifndef MREMAP_MAYMOVE
+    #define MREMAP_MAYMOVE 1
+    #endif
+    #ifndef MREMAP_FIXED
+    #define MREMAP_FIXED 2
+    #endif
+    #endif
+    /* The table p of old_n bytes (sl_table_alloc's) as one of new_n > old_n bytes, p released: the old
+       bytes kept, the new ones zero. From 2 MiB on (a mapping) on Linux, its pages are moved, not copied:
+       mremap onto the head of a new mapping (aligned, in huge pages where allowed), whose tail the kernel
+       zeroes when first touched; else (or if mremap refuses) a copy. NULL (p untouched) without memory. */
+    static void* sl_table_grow(void* p, size_t old_n, size_t new_n) {
+        const size_t huge = (size_t) 1 << 21;
+        void* q = sl_table_alloc(new_n);
+        if (q == NULL)
+            return NULL;
+    #if defined(__linux__)
+        if (old_n >= huge && new_n >= huge) {
+            size_t old_len = (old_n + huge - 1) & ~(huge - 1);
+            if (mremap(p, old_len, old_len, MREMAP_MAYMOVE | MREMAP_FIXED, q) != MAP_FAILED) {
+    #ifdef MADV_HUGEPAGE
+                madvise(q, old_len, MADV_HUGEPAGE);
+    #endif
+                return q;
+            }
+        }
+    #endif
+        if (old_n)
+            memcpy(q, p, old_n);
+        sl_table_free(p, old_n);
+        return q;
+    }
+    """
+    void* _table_grow "sl_table_grow" (void* p, size_t old_n, size_t new_n) noexcept nogil
+
+
+cdef extern from "Python.h":
+    Py_ssize_t Py_REFCNT(object o)
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class _Table:
+    """The memory of a state array that `grown` enlarges (`sl_table_alloc`'s), released with the last
+    array on it."""
+    cdef void* p
+    cdef size_t n
+
+    def __dealloc__(self):
+        _table_free(self.p, self.n)
+
+
+cdef cnp.ndarray _on_table(_Table t, Py_ssize_t rows, Py_ssize_t width):
+    """The float64 array (rows,) (width 0) or (rows, width) on the memory of `t`."""
+    cdef cnp.npy_intp dims[2]
+    dims[0], dims[1] = rows, width
+    cdef cnp.ndarray arr = cnp.PyArray_SimpleNewFromData(1 if width == 0 else 2, dims, cnp.NPY_DOUBLE, t.p)
+    cnp.set_array_base(arr, t)
+    return arr
+
+
+def grown(object owner, str name, Py_ssize_t rows) -> None:
+    """Set ``owner.<name>``, a float64 array of shape (m,) or (m, k) (C-contiguous), to one of ``rows``
+    rows if m < rows (else leave it): the same values, then rows of 0.0. Its memory is a table of this module's (made
+    here the first time: mapped pages from 2 MiB on, which the kernel zeroes when first touched), which
+    the next growth enlarges without copying when nothing else holds the array or its memory (pages moved:
+    ``sl_table_grow``); when something does (a view, a reference kept), the array is copied as
+    ``np.zeros`` and assignment would, and the old one stays valid. Memory: the array's bytes rounded up to
+    2 MiB, untouched pages not resident; the model doubles its capacity, so at most twice the columns in
+    use are mapped."""
+    old = getattr(owner, name)
+    if (type(old) is not np.ndarray or cnp.PyArray_TYPE(old) != cnp.NPY_DOUBLE
+            or not cnp.PyArray_IS_C_CONTIGUOUS(old) or not 1 <= cnp.PyArray_NDIM(old) <= 2):
+        raise TypeError("grown: a C-contiguous float64 array of 1 or 2 dimensions")
+    cdef cnp.ndarray a = <cnp.ndarray> old
+    cdef Py_ssize_t m = cnp.PyArray_DIM(a, 0)
+    cdef Py_ssize_t width = 0 if cnp.PyArray_NDIM(a) == 1 else cnp.PyArray_DIM(a, 1)
+    cdef size_t row_bytes = sizeof(double) * (1 if width == 0 else width)
+    if rows <= m:  # it has them already
+        return
+    cdef size_t old_n = m * row_bytes, new_n = rows * row_bytes
+    cdef _Table t
+    cdef _Table base = None
+    cdef void* q
+    cdef PyObject* owner_of_memory = cnp.PyArray_BASE(a)
+    if owner_of_memory != NULL and type(<object> owner_of_memory) is _Table:
+        base = <_Table> owner_of_memory
+    del old  # (a holds it)
+    # Moved only if nothing but `owner` holds the array (its attribute and `a`) and nothing but the array
+    # holds its table (a view of it would), and the array is the whole table from its start.
+    if (base is not None and Py_REFCNT(a) == 2 and Py_REFCNT(base) == 2 and base.p == cnp.PyArray_DATA(a)
+            and base.n == old_n):
+        q = _table_grow(base.p, base.n, new_n)
+        if q == NULL:
+            raise MemoryError()
+        t = _Table.__new__(_Table)
+        t.p, t.n = q, new_n
+        base.p, base.n = NULL, 0  # its pages are the new table's now: `a` must not be read again
+        setattr(owner, name, _on_table(t, rows, width))
+        return
+    t = _Table.__new__(_Table)
+    t.p = _table_alloc(new_n)
+    if t.p == NULL:
+        raise MemoryError()
+    t.n = new_n
+    if old_n:
+        memcpy(t.p, cnp.PyArray_DATA(a), old_n)
+    setattr(owner, name, _on_table(t, rows, width))
+
+
+cdef extern from *:
+    """
     /* Hints into the hash table of a dict (its memory only; CPython 3.11-3.13's layout of a combined
        PyDictKeysObject: an 8-byte reference count, the log2 of the slots and of the index bytes, the kind,
        the indices from byte 32, then the entries, 24 bytes each for keys of any type). Prefetches only, from
@@ -593,7 +706,7 @@ cdef inline void _prefetch_rows(double* a, Py_ssize_t* c, Py_ssize_t n, Py_ssize
 
 
 cdef Py_ssize_t _new_row(dict x, Py_ssize_t pos, Py_ssize_t i, RowLayout layout, Py_ssize_t* c, Py_ssize_t cap,
-                        bint merge, double* rows, Py_ssize_t width, dict columns) noexcept:
+                        bint merge, double* rows, Py_ssize_t width, dict columns, bint hint) noexcept:
     """Row x goes to the feature space's encoder: it has a new indicator, entry i (the one before `pos`).
     With `rows`: -3, having prefetched the rows of `width` doubles at `rows` of the indicators cached among
     the entries after it (their misses then overlap the encoder's work instead of the update's: a
@@ -601,8 +714,9 @@ cdef Py_ssize_t _new_row(dict x, Py_ssize_t pos, Py_ssize_t i, RowLayout layout,
     written what the encoder's look-up would find (`encode_into`'s `looked_up`): c[j], for each entry j
     of a str key and value, the pair cache's column or -1 (the entries before i are in c already, unless
     `merge` merged some: then they are looked up again, in the caches now). -1 without `rows`, or if the
-    row does not fit the `cap` entries at c. With a vocabulary (not `merge`), the slots of the feature
-    dict `columns` that the new indicators will take are prefetched too (`indicator_hint`)."""
+    row does not fit the `cap` entries at c. With `hint` (a vocabulary whose dict the encoder will ask),
+    the slots of the feature dict `columns` that the new indicators will take are prefetched too
+    (`indicator_hint`)."""
     cdef PyObject* key
     cdef PyObject* value
     cdef Py_ssize_t ci, j = 0, q = 0
@@ -620,7 +734,7 @@ cdef Py_ssize_t _new_row(dict x, Py_ssize_t pos, Py_ssize_t i, RowLayout layout,
             ci = layout.pair_get(key, value, pair_hash(key, value))
             if ci >= 0:
                 _prefetch_row(rows + ci * width, width)
-            elif not merge:
+            elif hint:
                 indicator_hint(columns, key, value, False)
         c[j] = ci
         j += 1
@@ -628,12 +742,15 @@ cdef Py_ssize_t _new_row(dict x, Py_ssize_t pos, Py_ssize_t i, RowLayout layout,
 
 
 cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_ssize_t cap, bint merge,
-                            RowLayout layout, double* rows=NULL, Py_ssize_t width=0) except -2:
+                            RowLayout layout, double* rows=NULL, Py_ssize_t width=0, Py_ssize_t n_vocab=-1) except -2:
     """`encode` into the `cap` entries at c and v; with a `layout`, numeric entries whose key is the one
     at the same position in the layout take its column, and the others update it; indicators of str keys
     and values are looked up in its pair cache first, and cached. With `rows`, the row of `width` doubles
     of each column found is prefetched at once (so that its misses overlap the rest of the encoding), and
-    a row with a new indicator returns -3 with the pair cache's answers in c (see `_new_row`)."""
+    a row with a new indicator returns -3 with the pair cache's answers in c (see `_new_row`). `n_vocab`:
+    the vocabulary's number of columns, if `columns` may lack the entries the encoder left out while the
+    pair cache is complete (a feature space's own dict, see `FeatureSpace.columns`), else -1 (it has
+    them all: len(columns))."""
     cdef Py_ssize_t pos = 0, n = 0, i = 0, j
     cdef PyObject* key
     cdef PyObject* value
@@ -642,6 +759,8 @@ cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_s
     cdef Py_hash_t h
     if layout is not None:
         layout.prefetch(x)
+    if n_vocab < 0:
+        n_vocab = len(columns)
     while PyDict_Next(x, &pos, &key, &value):
         if n >= cap:
             return -1
@@ -650,12 +769,10 @@ cdef Py_ssize_t _encode_row(dict x, dict columns, Py_ssize_t* c, double* v, Py_s
             h = pair_hash(key, value)
             ci = layout.pair_get(key, value, h)
             if ci < 0:
-                if not merge and layout.complete and layout.synced == len(columns):  # not cached, so new
-                    if rows != NULL:
-                        indicator_hint(columns, key, value, False)
-                    return _new_row(x, pos, i, layout, c, cap, merge, rows, width, columns)
+                if not merge and layout.complete and layout.synced == n_vocab:  # not cached, so new
+                    return _new_row(x, pos, i, layout, c, cap, merge, rows, width, columns, False)
                 if not _lookup(columns, key, value, &ci, &d):
-                    return _new_row(x, pos, i, layout, c, cap, merge, rows, width, columns)
+                    return _new_row(x, pos, i, layout, c, cap, merge, rows, width, columns, not merge)
                 layout.pair_put(key, value, h, ci, pair_limit(merge))
         elif layout is not None and i < layout.n and layout.keys[i] == key and _number(value, &d):
             ci = layout.cols[i]
@@ -697,10 +814,10 @@ def encode(dict x not None, dict columns, cnp.ndarray cols, cnp.ndarray vals, bi
 
 
 def encode_rows(list xs, Py_ssize_t start, dict columns, cnp.ndarray cols, cnp.ndarray vals,
-                cnp.ndarray indptr, bint merge, RowLayout layout):
+                cnp.ndarray indptr, bint merge, RowLayout layout, Py_ssize_t n_vocab=-1):
     """`encode` the rows xs[start:] one after the other into the buffers (CSR): row i's entries go to
     cols/vals[indptr[i]:indptr[i + 1]]; the caller sets indptr[start]. `layout` (or None) as in
-    `RowLayout`.
+    `RowLayout`, `n_vocab` as in `_encode_row`.
 
     Stops at the first row that `encode` leaves to the slow path (or that is not a dict) and returns its
     index; returns len(xs) when every row is written.
@@ -716,7 +833,7 @@ def encode_rows(list xs, Py_ssize_t start, dict columns, cnp.ndarray cols, cnp.n
         x = xs[i]
         if type(x) is not dict or not 0 <= ip[i] <= cap:
             return i
-        n = _encode_row(<dict> x, columns, c + ip[i], v + ip[i], cap - ip[i], merge, layout)
+        n = _encode_row(<dict> x, columns, c + ip[i], v + ip[i], cap - ip[i], merge, layout, NULL, 0, n_vocab)
         if n < 0:
             return i
         ip[i + 1] = ip[i] + n
@@ -1338,6 +1455,19 @@ cdef Py_ssize_t _encode_new(object space, dict x, RowLayout layout, cnp.ndarray 
     return _encode_into(space, x, True, cols, vals, 0, layout, looked_up)
 
 
+cdef list _vocab_keys(object space, bint merge):
+    """The keys list of the vocabulary `space` (a step's, for `_vocab_size`), or None (hashing, none)."""
+    if space is None or merge or type(space.keys) is not list:
+        return None
+    return space.keys
+
+
+cdef inline Py_ssize_t _vocab_size(list keys) noexcept:
+    """The vocabulary's number of columns, for `_encode_row` (its dict may lack entries: see
+    `FeatureSpace.columns`); -1 without a vocabulary (len(columns) then)."""
+    return -1 if keys is None else PyList_GET_SIZE(keys)
+
+
 cdef inline tuple _mark(object space):
     """`space.mark()` (`FeatureSpace.mark`: the number of vocabulary columns and `n_dropped`) without the
     method call, on every row with a new feature."""
@@ -1391,6 +1521,7 @@ cdef class SampleStep:
     cdef double* undo  # 3 doubles per coordinate of a step, and 3 for the bias (see the rules)
     cdef Py_ssize_t undo_cap
     cdef object opt, bias_opt, space
+    cdef list keys  # the vocabulary's keys (`space.keys`), or None (see `_vocab_size`)
 
     def __reduce__(self):
         # Bound to one model's arrays: a copy (River's clone(include_attributes=True) deep-copies each
@@ -1430,6 +1561,7 @@ cdef class SampleStep:
         self.b_s0 = b_state[0] if len(b_state) > 0 else None
         self.b_s1 = b_state[1] if len(b_state) > 1 else None
         self.opt, self.bias_opt, self.space = opt, bias_opt, space
+        self.keys = _vocab_keys(space, merge)
         self._reserve(cnp.PyArray_DIM(cols, 0))
 
     def __dealloc__(self):
@@ -1476,7 +1608,8 @@ cdef class SampleStep:
         if label < 0.0 or type(x) is not dict:
             return -1.0
         cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
-                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, dptr(self.w), 1)
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, dptr(self.w), 1,
+                                        _vocab_size(self.keys))
         if n >= 0:
             return self._learn(n, label, sample_weight)
         if self.space is None:
@@ -1503,7 +1636,8 @@ cdef class SampleStep:
         if type(x) is not dict:
             return -1.0
         cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
-                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, dptr(self.w), 1)
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, dptr(self.w), 1,
+                                        _vocab_size(self.keys))
         if n < 0:
             return -1.0
         return _sigmoid(_dot(dptr(self.w), iptr(self.cols), dptr(self.vals), n) + dptr(self.b)[0])
@@ -1592,7 +1726,8 @@ cdef class SampleStep:
         if label < 0.0 or type(x) is not dict or self.stats is None:
             return -1.0
         cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
-                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, dptr(self.w), 1)
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, dptr(self.w), 1,
+                                        _vocab_size(self.keys))
         if n < 0:
             return -1.0
         return self._row(iptr(self.cols), dptr(self.vals), n, label, sample_weight, predict)
@@ -1603,7 +1738,8 @@ cdef class SampleStep:
         if type(x) is not dict:
             return NAN
         cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
-                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout)
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, NULL, 0,
+                                        _vocab_size(self.keys))
         if n < 0:
             return NAN
         cdef double* v = dptr(self.vals)
@@ -1922,6 +2058,7 @@ cdef class MixtureStep:
     cdef Py_ssize_t* ibuf  # scratch: touched columns and the slot of each entry
     cdef Py_ssize_t ibuf_cap
     cdef Py_ssize_t capacity  # the rows of coef
+    cdef list keys  # the vocabulary's keys (`space.keys`), or None (see `_vocab_size`)
 
     def __reduce__(self):
         return type(None), ()
@@ -1951,6 +2088,7 @@ cdef class MixtureStep:
         self.nag_lr, self.alpha, self.beta = nag_lr, alpha, beta
         self.neg_w, self.pos_w, self.l2, self.clip = neg_w, pos_w, l2, clip
         self.opt, self.bias_opt, self.space = opt, bias_opt, space
+        self.keys = _vocab_keys(space, merge)
 
     def __dealloc__(self):
         free(self.buf)
@@ -2017,7 +2155,8 @@ cdef class MixtureStep:
         if type(x) is not dict:
             return -1.0
         cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
-                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout)
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, NULL, 0,
+                                        _vocab_size(self.keys))
         if n < 0:
             return -1.0
         cdef double p[8]
@@ -2066,15 +2205,16 @@ cdef class MixtureStep:
         if label < 0.0 or type(x) is not dict:
             return -1.0
         cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
-                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, self.Mp, MIX_S)
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, self.Mp, MIX_S,
+                                        _vocab_size(self.keys))
         cdef Py_ssize_t ip[2]
         cdef double p
         mark = None
         if n < 0:
             if self.space is None:
                 return -1.0
-            if n == -3 and not self.merge:  # the vocabulary's next columns: created now
-                _prefetch_next(self.Mp, len(self.columns), cnp.PyArray_DIM(self.coef, 0))
+            if n == -3 and self.keys is not None:  # the vocabulary's next columns: created now
+                _prefetch_next(self.Mp, PyList_GET_SIZE(self.keys), cnp.PyArray_DIM(self.coef, 0))
             mark = _mark(self.space)
             n = _encode_new(self.space, <dict> x, self.layout, self.cols, self.vals,
                             cnp.PyArray_DIM(self.coef, 0), n == -3)
@@ -2423,7 +2563,8 @@ cdef class MixtureStep:
         if label < 0.0 or type(x) is not dict or self.stats is None:
             return -1.0
         cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
-                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, self.Mp, MIX_S)
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, self.Mp, MIX_S,
+                                        _vocab_size(self.keys))
         if n < 0:
             return -1.0
         return self._row(iptr(self.cols), dptr(self.vals), n, label, sample_weight, predict)
@@ -2434,7 +2575,8 @@ cdef class MixtureStep:
         if type(x) is not dict or self.stats is None:
             return -1.0
         cdef Py_ssize_t n = _encode_row(<dict> x, self.columns, iptr(self.cols), dptr(self.vals),
-                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout)
+                                        cnp.PyArray_DIM(self.cols, 0), self.merge, self.layout, NULL, 0,
+                                        _vocab_size(self.keys))
         if n < 0:
             return -1.0
         cdef double* t = self._scratch(n)

@@ -22,7 +22,9 @@ Two ways to assign columns:
 A model also caches, per model, the columns of the indicators of str keys and values it looks up (at most
 2^19 pairs, 2^17 with hashing, in two tables of 32 bytes a slot: when the newer is half full, the older is
 forgotten, so the pairs seen least recently go first; ``stream_logreg._kernel.RowLayout``), which the
-compiled encoder reads before the dict and keeps up; it never changes a column.
+compiled encoder reads before the dict and keeps up; it never changes a column. While it knows every
+indicator of the vocabulary, the dict entries of the new ones wait: ``FeatureSpace.columns`` adds them (in
+column order) when it is read.
 
 :meth:`FeatureSpace.encode` is the reference, in Python; the model encodes through
 :meth:`FeatureSpace.encode_into`, the same rules compiled (``stream_logreg._features``: new keys, indicators
@@ -203,11 +205,32 @@ class FeatureSpace:
             raise ValueError("max_features applies to the vocabulary; with n_bits the size is 2^n_bits")
         self.n_bits = n_bits
         self.max_features = max_features
-        #: key (or IndicatorKey) → column; with hashing, a bounded cache of recent look-ups.
-        self.columns: dict[Hashable, int] = {}
+        self.columns = {}
         #: vocabulary only: the key of each column, in column order.
         self.keys: list[Hashable] = []
         self.n_dropped = 0
+
+    @property
+    def columns(self) -> dict[Hashable, int]:
+        """Key (or IndicatorKey) → column; with hashing, a bounded cache of recent look-ups.
+
+        With a vocabulary, the compiled encoder may leave the entries of the indicators it creates out of
+        the dict while the model's pair cache answers for all of them (see ``RowLayout``; ``_unindexed``:
+        the first column whose key may be missing): they are added here, at the first read."""
+        if self._unindexed is not None:
+            self._index()
+        return self._columns
+
+    @columns.setter
+    def columns(self, columns: dict[Hashable, int]) -> None:
+        self._columns = columns
+        self._unindexed: int | None = None
+
+    def _index(self) -> None:
+        """Add the entries the compiled encoder left out (the keys of the columns from ``_unindexed`` on)."""
+        if self._unindexed is not None:
+            _features.index_keys(self._columns, self.keys, self._unindexed)
+            self._unindexed = None
 
     @property
     def hashing(self) -> bool:
@@ -231,20 +254,21 @@ class FeatureSpace:
 
     def column(self, key: Hashable, grow: bool) -> int | None:
         """The column of ``key``; a new one if ``grow`` and there is room, else ``None`` (ignored)."""
-        col = self.columns.get(key)
+        columns = self.columns
+        col = columns.get(key)
         if col is not None:
             return col
         if self.n_bits is not None:
-            if len(self.columns) >= HASH_CACHE_SIZE:
-                self.columns.clear()
-            col = self.columns[key] = self.hash_column(key)
+            if len(columns) >= HASH_CACHE_SIZE:
+                columns.clear()
+            col = columns[key] = self.hash_column(key)
             return col
         if not grow:
             return None
         if self.max_features is not None and len(self.keys) >= self.max_features:
             self.n_dropped += 1
             return None
-        col = self.columns[key] = len(self.keys)
+        col = columns[key] = len(self.keys)
         self.keys.append(key)
         return col
 
@@ -321,8 +345,15 @@ class FeatureSpace:
         up. With hashing only the bounded look-up cache may keep new entries (they are not state).
         """
         n_keys, n_dropped = mark
-        for key in self.keys[n_keys:]:
-            del self.columns[key]
+        start = self._unindexed
+        if start is None:
+            for key in self.keys[n_keys:]:
+                del self._columns[key]
+        else:  # the keys from `start` on may be missing from the dict (see `columns`)
+            for key in self.keys[n_keys:]:
+                self._columns.pop(key, None)
+            if start >= n_keys:
+                self._unindexed = None
         del self.keys[n_keys:]
         self.n_dropped = n_dropped
 

@@ -385,26 +385,19 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             if self.scale:
                 self._flags()
             return
+        self._step = None  # bound to the old arrays (and holding them: they could not be moved)
         capacity = max(n_columns, 2 * len(self._w), 16)
-        w = np.zeros(capacity)
+        n = len(self._w)
+        _kernel.grown(self, "_w", capacity)  # the same values, then zeros (pages moved, not copied)
         if self._init_value:
-            w[len(self._w):] = self._init_value
-        w[: len(self._w)] = self._w
-        self._w = w
+            self._w[n:] = self._init_value
         if isinstance(self.optimizer, optim_.Optimizer):
             self.optimizer.resize(capacity)
-        cum = np.zeros(capacity)
-        cum[: len(self._cum_l1)] = self._cum_l1
-        self._cum_l1 = cum
+        _kernel.grown(self, "_cum_l1", capacity)
         if self.scale:
-            stats = np.zeros((capacity, 3))
-            stats[: len(self._scale_stats)] = self._scale_stats
-            self._scale_stats = stats
-            numeric = np.zeros(capacity)
-            numeric[: len(self._numeric)] = self._numeric
-            self._numeric = numeric
+            _kernel.grown(self, "_scale_stats", capacity)
+            _kernel.grown(self, "_numeric", capacity)
             self._flags()
-        self._step = None  # bound to the old arrays
 
     def state(self) -> tuple[dict[str, np.ndarray], dict]:
         """The complete learned state: float arrays and a JSON-able dict (for checkpoints, no pickle).
@@ -546,7 +539,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
     def _encode(self, x: dict, grow: bool) -> int:
         """Write row ``x`` into the scratch buffers; return how many entries (compiled fast path first)."""
         try:
-            n = _kernel.encode(x, self.features.columns, self._cols, self._vals, self.features.hashing)
+            n = _kernel.encode(x, self.features._columns, self._cols, self._vals, self.features.hashing)
         except TypeError:  # x is not a dict
             _check_row(x)
             raise
@@ -572,7 +565,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             n = self._encode(x, grow=False)
             return _kernel.dot(self._w, self._cols, self._vals, n) + self._b[0]
         try:
-            z = _kernel.dot_dict(x, self.features.columns, self._w)
+            z = _kernel.dot_dict(x, self.features._columns, self._w)
         except TypeError:  # x is not a dict (the compiled functions take dicts only)
             _check_row(x)
             raise
@@ -657,6 +650,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             if (step.scaled(x, y, w, False) if self.scale else step(x, y, w)) >= 0.0:
                 self.n_samples_seen += 1
                 return
+        del step  # (it holds the arrays, which growing then copies instead of moving)
         self.predict_learn_one(x, y, w)
 
     def predict_learn_one(self, x: dict, y: Any, w: float = 1.0) -> float:
@@ -679,12 +673,13 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
                 return p
             if p != p:
                 raise ValueError(f"the update for {x!r:.200} is not finite; refused")
+        del step  # (it holds the arrays, which growing then copies instead of moving)
         # The general path: new features or a bad value (the feature space decides, and may grow), a label
         # of another type, or an optimizer without a compiled rule.
         _check_row(x)
         target = _label(y)
         features = self.features
-        n = _kernel.encode(x, features.columns, self._cols, self._vals, features.n_bits is not None)
+        n = _kernel.encode(x, features._columns, self._cols, self._vals, features.n_bits is not None)
         mark = None
         if n < 0:
             mark = features.mark()
@@ -808,9 +803,9 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         """
         if self._mixture:
             opt, bias = self.optimizer, self._bias_optimizer
-            step = _kernel.MixtureStep(
-                self.features.columns, self.features.n_bits is not None, self._layout, self._cols, self._vals,
-                opt.coef, bias.coef, opt.log_weights, opt.nag, opt.rates, float(opt.nag_lr),
+            step = _kernel.MixtureStep(  # the feature dict as it is (see FeatureSpace.columns)
+                self.features._columns, self.features.n_bits is not None, self._layout, self._cols,
+                self._vals, opt.coef, bias.coef, opt.log_weights, opt.nag, opt.rates, float(opt.nag_lr),
                 float(opt.ftrl_alpha), float(opt.ftrl_beta), self._neg_weight, self._pos_weight,
                 float(self.l2), float(self.clip_gradient), opt, bias, space=self.features,
             )
@@ -823,7 +818,7 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
             return False
         (rule, hyper, w_state), (_, _, b_state) = twins
         step = _kernel.SampleStep(
-            self.features.columns, self.features.n_bits is not None, self._layout, self._cols, self._vals,
+            self.features._columns, self.features.n_bits is not None, self._layout, self._cols, self._vals,
             self._grads, self._w, self._b, self._neg_weight, self._pos_weight, self.l2, intercept_lr,
             rule, hyper, w_state, b_state, self.optimizer, self._bias_optimizer, float(self.clip_gradient),
             space=self.features,
@@ -1166,7 +1161,8 @@ class OnlineLogisticRegression(base.MiniBatchClassifier):
         try:
             i = 0
             layout = self._layout
-            while (i := _kernel.encode_rows(xs, i, features.columns, cols, vals, indptr, merge, layout)) < m:
+            while (i := _kernel.encode_rows(xs, i, features._columns, cols, vals, indptr, merge, layout,
+                                            -1 if merge else len(features.keys))) < m:
                 # new features or a bad value: the feature space decides (and may grow)
                 try:
                     n_row = features.encode_into(xs[i], True, cols, vals, indptr[i], layout)

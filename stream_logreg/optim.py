@@ -62,11 +62,8 @@ class Optimizer(base.Base):
     def resize(self, capacity: int) -> None:
         """Grow the state arrays to ``capacity`` coordinates; new coordinates start from zero state."""
         for name in self._state_names:
-            old = getattr(self, name)
-            if len(old) < capacity:
-                new = np.zeros(capacity)
-                new[: len(old)] = old
-                setattr(self, name, new)
+            if len(getattr(self, name)) < capacity:
+                _kernel.grown(self, name, capacity)  # the same values, then zeros
 
     def step(self, w: np.ndarray, cols: np.ndarray, grads: np.ndarray, n: int) -> None:
         """Apply one update to the coordinates ``cols[:n]`` of ``w`` given their gradient ``grads[:n]``."""
@@ -369,9 +366,7 @@ class Mixture(Optimizer):
 
     def resize(self, capacity: int) -> None:
         if len(self.coef) < capacity:
-            coef = np.zeros((capacity, len(self._state_names)))
-            coef[: len(self.coef)] = self.coef
-            self.coef = coef
+            _kernel.grown(self, "coef", capacity)  # the same rows, then rows of zeros
 
     def _step(self, w: np.ndarray, cols: np.ndarray, grads: np.ndarray, n: int) -> None:
         raise TypeError("the mixture learns through OnlineLogisticRegression, not from a gradient")

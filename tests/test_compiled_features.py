@@ -420,6 +420,68 @@ def test_new_categories_learned_in_the_compiled_step_are_the_reference_model(spa
     assert all(a[0][k].tobytes() == b[0][k].tobytes() for k in a[0])
 
 
+@pytest.mark.parametrize("opt", ["default", "sgd"])
+def test_new_categories_enter_the_feature_dict_when_it_is_read(opt):
+    """While the pair cache knows every indicator, the compiled step leaves the dict entries of the ones
+    it creates out (the costliest part of a new value: a miss in a large table); reading
+    ``features.columns`` adds them, in column order, as if they had been there all along. With new numbers
+    among the new values, a copy taken meanwhile, and a pair cache that forgets (so the dict is needed
+    again): the dict is always the vocabulary's, and the models learn bitwise what one with the default
+    cache learns."""
+    from stream_logreg._kernel import RowLayout
+
+    def make(max_pairs=0):
+        model = OnlineLogisticRegression() if opt == "default" else OnlineLogisticRegression(
+            optimizer=optim.SGD(0.05))
+        if max_pairs:
+            model._layout, model._step = RowLayout(max_pairs=max_pairs), None
+        return model
+
+    stream = [({**x, f"n{i}": 1.5} if i % 37 == 0 else x, y) for i, (x, y) in enumerate(click_rows(900, 7))]
+    model, forgetful = make(), make(max_pairs=64)
+    ps = [model.predict_learn_one(x, y) for x, y in stream[:300]]
+    features = model.features
+    assert len(features._columns) < len(features.keys)  # left out
+    twin = copy.deepcopy(model)
+
+    def vocabulary(space):
+        return list(zip(space.keys, range(len(space.keys)), strict=True))
+
+    assert list(features.columns.items()) == vocabulary(features)
+    assert len(features._columns) == len(features.keys) and features._unindexed is None
+    ps += [model.predict_learn_one(x, y) for x, y in stream[300:]]
+    qs = [twin.predict_learn_one(x, y) for x, y in stream[300:]]
+    rs = [forgetful.predict_learn_one(x, y) for x, y in stream]
+    assert ps[300:] == qs and ps == rs
+    for m in (twin, forgetful, model):
+        assert list(m.features.columns.items()) == vocabulary(m.features) == vocabulary(model.features)
+    a, b, c = model.state(), twin.state(), forgetful.state()
+    assert a[1] == b[1] == c[1]
+    assert all(a[0][k].tobytes() == b[0][k].tobytes() == c[0][k].tobytes() for k in a[0])
+
+
+def test_a_rollback_forgets_the_new_keys_in_the_dict_and_those_left_out():
+    """Rows whose new numbers enter the feature dict and whose new categories wait (the pair cache knows
+    all of them), rolled back: the dict is the vocabulary's again, whichever came first."""
+    from stream_logreg._kernel import RowLayout
+
+    space, layout = FeatureSpace(), RowLayout()
+    cols, vals = np.zeros(4, dtype=np.intp), np.zeros(4)
+
+    def vocabulary():
+        return list(zip(space.keys, range(len(space.keys)), strict=True))
+
+    for x in ({"n": 1.0, "a": "FR"}, {"a": "FR", "n": 1.0}, {"m": 2.0, "b": "DE", "k": 3.0, "c": "IT"}):
+        mark = space.mark()
+        assert _features.encode_into(space, x, True, cols, vals, 0, layout) == len(x)
+        assert (len(space._columns) < len(space.keys)) == (type(list(x.values())[-1]) is str)
+        space.rollback(mark)
+        layout.fill(space.keys)  # (complete again, as after a checkpoint)
+        assert list(space.columns.items()) == vocabulary()
+        _features.encode_into(space, {"a": "FR"}, True, cols, vals, 0, layout)  # and again, kept
+    assert space.names == ["a=FR"] and list(space.columns.items()) == vocabulary()
+
+
 @pytest.mark.parametrize("space", [{}, {"n_bits": 18}], ids=["vocabulary", "hashed"])
 @pytest.mark.parametrize("opt", ["default", "sgd"])
 def test_a_refused_update_forgets_the_columns_its_compiled_step_created(space, opt, monkeypatch):

@@ -410,3 +410,39 @@ def test_load_state_names_a_missing_array():
     opt = optim.FTRL()
     with pytest.raises(ValueError, match=r"FTRL state lacks the array\(s\) \['n'\]"):
         opt.load_state({"z": np.zeros(3)}, 0, 3)
+
+
+@pytest.mark.parametrize("width", [0, 3, 11])
+def test_grown_state_arrays_keep_their_values_and_what_others_hold(width):
+    """``_kernel.grown`` (the models' and optimizers' state arrays as the vocabulary grows: doubling, from
+    tables whose pages are moved rather than copied past 2 MiB): after each growth, the old values then
+    zeros, as ``np.zeros`` plus assignment gives; an array or a view kept from before a growth (which then
+    copies instead of moving) keeps its values."""
+    from stream_logreg import _kernel
+
+    class Owner:
+        pass
+
+    rng = np.random.default_rng(3)
+    shape = (0,) if width == 0 else (0, width)
+    owner, oracle, kept = Owner(), np.zeros(shape), []
+    owner.a = np.zeros(shape)
+    for rows in [1, 16, 40_000, 80_000, 90_000, 300_000, 700_000]:
+        _kernel.grown(owner, "a", rows)
+        grown = np.zeros((rows,) + oracle.shape[1:])
+        grown[: len(oracle)] = oracle
+        oracle = grown
+        assert owner.a.shape == oracle.shape and owner.a.dtype == np.float64 and owner.a.flags.c_contiguous
+        assert owner.a.tobytes() == oracle.tobytes()
+        touched = rng.integers(0, rows, 50)
+        owner.a[touched] = oracle[touched] = rng.normal(size=oracle[touched].shape)
+        if rows in (80_000, 300_000):  # held from outside across the next growth: copied, still valid
+            kept.append((owner.a, owner.a[touched], touched))
+        if rows == 90_000:  # a view of it kept
+            low = touched[touched < rows // 2]
+            kept.append((owner.a[: rows // 2], owner.a[low], low))
+        _kernel.grown(owner, "a", rows // 2)  # fewer rows: left as it is
+        assert owner.a.shape[0] == rows
+    for array, values, at in kept:
+        assert array[at].tobytes() == values.tobytes()
+    assert owner.a.tobytes() == oracle.tobytes()
