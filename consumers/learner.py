@@ -1050,29 +1050,28 @@ class Learner:
 
     def _publish_stats(self) -> None:
         """Fold the model's size and every owned partition's position and highwater (lag) into the stats."""
-        st, state, source = self.stats, self._state, self._source
-        positions, highwaters = {}, {}
-        for tp in source.assignment():  # local look-ups, no request
-            key = tp_key(tp)
-            if tp in state.positions:
-                positions[key] = state.positions[tp]
-            hw = source.highwater(tp)
-            if hw is not None:
-                highwaters[key] = hw
+        st, positions = self.stats, self._state.positions
+        owned = {tp_key(tp): positions[tp] for tp in self._source.assignment() if tp in positions}
+        highwaters = self._highwaters()
         with st.lock:
-            st.positions, st.highwaters = positions, highwaters  # revoked partitions drop out
+            st.positions, st.highwaters = owned, highwaters  # revoked partitions drop out
         self._publish_learned(())
 
     def _publish_highwaters(self) -> None:
         """Fold every owned partition's highwater (lag) into the stats (the loop's own look-ups: no lock)."""
+        highwaters = self._highwaters()
+        with self.stats.lock:
+            self.stats.highwaters = highwaters
+
+    def _highwaters(self) -> dict[str, int]:
+        """Every owned partition's highwater the client knows (local look-ups, no request)."""
         source = self._source
-        highwaters = {}
+        out = {}
         for tp in source.assignment():
             hw = source.highwater(tp)
             if hw is not None:
-                highwaters[tp_key(tp)] = hw
-        with self.stats.lock:
-            self.stats.highwaters = highwaters
+                out[tp_key(tp)] = hw
+        return out
 
     def _publish_learned(self, tps: Any) -> None:
         """Fold what learning the records of partitions ``tps`` changed into the stats: their positions, the
