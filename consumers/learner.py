@@ -155,6 +155,7 @@ from consumers.pacing import Pacer
 from consumers.pipeline import Pipeline
 from consumers.source import PACED, SOUGHT, Source, default_instance_id, wait_or_stop
 from consumers.state.checkpointing import Checkpointing, hold_directory, parse_ref, tp_key, tp_keys
+from consumers.state.takeover import find_orphans
 from consumers.state.transactions import Transactions
 from consumers.stats import LearnerStats, progressive_metrics
 from stream_logreg.checkpoints import CheckpointError, DirectoryStore
@@ -985,66 +986,41 @@ class Learner:
             self._state.since_checkpoint = max(self._state.since_checkpoint, 1)
 
     def _take_over(self, committed: dict[TopicPartition, Any]) -> None:
-        """On an assignment with the Kafka store: find the states of lost members that covered the new
-        partitions, and continue one if this member is fresh (nothing learned, no state of its own).
-
-        The committed offsets' metadata (``<state key>/<checkpoint>@<member>[;orphan=<key>@<member>]``)
-        names the state that holds the events before them and the member that wrote it, and maybe a lost
-        state that covered the partition before. A state whose last writer is no longer in the group
-        (``describe_groups``) and that no live member writes (none of the group's committed offsets names
-        it with a live writer) is an orphan. A fresh member takes the orphan covering most of the new
-        partitions over (named directly first, then by the ``orphan`` mark): opening its store fences the
-        lost member (a zombie's next transaction fails) and its newest checkpoint becomes this member's
-        model, under that key from now on. A member that is not fresh keeps its own model, and marks the
-        partitions with the orphan in its commits, so that a fresh member given them later (a replacement
-        that joined after the group had expired the lost member) still finds and continues the lost state.
-        """
+        """On an assignment with the Kafka store: mark the new partitions with the lost members' states
+        that covered them, and continue the one covering most of them if this member is fresh (nothing
+        learned, no state of its own): :mod:`consumers.state.takeover` decides, from the committed offsets'
+        metadata."""
         state, source = self._state, self._source
-        mine = state.store.key
         refs = {tp: r for tp, m in committed.items()
                 if m is not None and (r := parse_ref(m.metadata)) is not None}
-        if not any((r.key != mine and r.member != self._instance_id) or (r.orphan and r.orphan[0] != mine)
-                   for r in refs.values()):
-            for tp in refs:
-                state.orphans.pop(tp, None)
-            return
-        live = source.live_members()
-        named: dict[TopicPartition, tuple[str, str]] = {}
-        marked: dict[TopicPartition, tuple[str, str]] = {}
-        for tp, r in refs.items():
-            if r.key != mine and r.member not in live and r.member != self._instance_id:
-                named[tp] = (r.key, r.member)
-            if r.orphan and r.orphan[0] != mine and r.orphan[1] not in live:
-                marked[tp] = r.orphan
-        if not (named or marked):
-            return
-        held = {r.key for m in source.group_offsets().values()
-                if (r := parse_ref(getattr(m, "metadata", None))) is not None and r.member in live}
-        for tp in refs:
-            found = named.get(tp) or marked.get(tp)
-            if found is None or found[0] in held:
+
+        def held_keys(live: set[str]) -> set[str]:
+            return {r.key for m in source.group_offsets().values()
+                    if (r := parse_ref(getattr(m, "metadata", None))) is not None and r.member in live}
+
+        found = find_orphans(refs, state.store.key, self._instance_id, source.live_members, held_keys)
+        for tp, mark in found.marks.items():
+            if mark is None:
                 state.orphans.pop(tp, None)
             else:
-                state.orphans[tp] = "@".join(found)
-        if not state.fresh:
+                state.orphans[tp] = mark
+        key = found.key
+        if key is None or not state.fresh:
             return
-        candidates = Counter(k for k, _ in named.values() if k not in held)
-        candidates = candidates or Counter(k for k, _ in marked.values() if k not in held)
-        for key, _ in candidates.most_common(1):
-            store = self._open_store(key)
-            previous = state.store
-            with contextlib.suppress(CheckpointError):
-                previous.abort()
-            state.adopt(store)
-            previous.close()
-            if self._exactly_once:  # the outputs go into the transactions of the state taken over
-                self._outputs.producer = store.producer
-                previous.producer.close(timeout=1)
-            for tp in [tp for tp, o in state.orphans.items() if o.startswith(f"{key}@")]:
-                del state.orphans[tp]
-            log.info("took over the state %r of a lost member (checkpoint %s, n_samples_seen=%d)", key,
-                     state.checkpoint_id, state.model.n_samples_seen,
-                     extra={"checkpoint_id": state.checkpoint_id, "reason": "took_over"})
+        store = self._open_store(key)
+        previous = state.store
+        with contextlib.suppress(CheckpointError):
+            previous.abort()
+        state.adopt(store)
+        previous.close()
+        if self._exactly_once:  # the outputs go into the transactions of the state taken over
+            self._outputs.producer = store.producer
+            previous.producer.close(timeout=1)
+        for tp in [tp for tp, o in state.orphans.items() if o.startswith(f"{key}@")]:
+            del state.orphans[tp]
+        log.info("took over the state %r of a lost member (checkpoint %s, n_samples_seen=%d)", key,
+                 state.checkpoint_id, state.model.n_samples_seen,
+                 extra={"checkpoint_id": state.checkpoint_id, "reason": "took_over"})
 
     # ------------------------------------------------------------------ stats
 
